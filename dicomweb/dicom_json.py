@@ -1,0 +1,197 @@
+"""DICOM JSON (PS3.18 Annex F.2) for QIDO-RS results and WADO-RS metadata.
+
+``to_dicom_json`` converts a dataset to the JSON model without bulk data:
+binary values above a threshold, and values pydicom deferred while reading,
+become a ``BulkDataURI`` under the instance's ``/bulkdata/{tag path}``, so
+``/metadata`` never carries pixels. Tag paths are ``GGGGEEEE`` at the top
+level and ``SSSSSSSS/{item}/GGGGEEEE`` inside sequences (the URI form is the
+origin server's choice, PS3.18 §F.2.7). ``from_dicom_json`` goes back through
+pydicom's reader.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import PersonName
+
+DEFAULT_BULK_THRESHOLD = 1024
+PIXEL_DATA = 0x7FE00010
+
+# PS3.18 Table F.2.3-1: how each VR's values are written in JSON.
+_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+_INT_VRS = frozenset({"IS", "SL", "SS", "SV", "UL", "US", "UV"})
+_FLOAT_VRS = frozenset({"DS", "FL", "FD"})
+# pydicom's ambiguous VRs, resolved the way PS3.5 Annex A usually does for LE data.
+_AMBIGUOUS: dict[str, str] = {
+    "US or SS": "US",
+    "OB or OW": "OW",
+    "US or OW": "US",
+    "US or SS or OW": "US",
+}
+_TAG_PATH_RE = re.compile(r"^[0-9A-Fa-f]{8}(/[0-9]+/[0-9A-Fa-f]{8})*$")
+
+JsonDataset = dict[str, Any]
+BulkResolver = Callable[[str, str, str], Any]
+
+
+@dataclass(frozen=True)
+class _Context:
+    uri_prefix: str | None
+    threshold: int
+
+
+def instance_uri_prefix(base: str, study_uid: str, series_uid: str, sop_uid: str) -> str:
+    """The WADO-RS instance URL that bulk data URIs hang from (PS3.18 §10.4.1)."""
+    return f"{base.rstrip('/')}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
+
+
+def format_tag_path(path: tuple[int, ...]) -> str:
+    """``(seq, item, tag, ...)`` → ``SSSSSSSS/item/GGGGEEEE`` for a bulkdata URI."""
+    return "/".join(f"{p:08X}" if i % 2 == 0 else str(p) for i, p in enumerate(path))
+
+
+def parse_tag_path(text: str) -> tuple[int, ...]:
+    """Inverse of ``format_tag_path``; raises ValueError on anything else."""
+    if not _TAG_PATH_RE.fullmatch(text):
+        raise ValueError(f"not a bulk data tag path: {text!r}")
+    return tuple(int(p, 16) if i % 2 == 0 else int(p) for i, p in enumerate(text.split("/")))
+
+
+def to_dicom_json(
+    ds: Dataset,
+    *,
+    bulk_uri_prefix: str | None = None,
+    threshold: int = DEFAULT_BULK_THRESHOLD,
+    extra_bulk: Iterable[tuple[int, str]] = (),
+) -> JsonDataset:
+    """Dataset → DICOM JSON object (PS3.18 §F.2), large values as BulkDataURI.
+
+    Without ``bulk_uri_prefix`` every value is inline. ``extra_bulk`` names
+    elements absent from ``ds`` (pixel data read with stop_before_pixels) to
+    list as bulk data anyway.
+    """
+    ctx = _Context(bulk_uri_prefix, threshold)
+    out = _dataset(ds, (), ctx)
+    if bulk_uri_prefix is not None:
+        for tag, vr in extra_bulk:
+            out[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": _bulk_uri(ctx, (tag,))}
+    return dict(sorted(out.items()))
+
+
+def _dataset(ds: Dataset, parent: tuple[int, ...], ctx: _Context) -> JsonDataset:
+    out: JsonDataset = {}
+    for tag in ds.keys():
+        if tag & 0xFFFF == 0:  # group lengths are not part of the JSON model
+            continue
+        path = (*parent, int(tag))
+        raw = ds.get_item(tag)
+        if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
+            out[f"{tag:08X}"] = _deferred(raw, path, ctx)
+        else:
+            out[f"{tag:08X}"] = _element(ds[tag], path, ctx)
+    return out
+
+
+def _deferred(raw: RawDataElement, path: tuple[int, ...], ctx: _Context) -> JsonDataset:
+    vr = _vr(raw.VR, raw.tag)
+    if ctx.uri_prefix is None:
+        raise ValueError(f"value of {raw.tag:08X} was deferred and no bulk URI prefix given")
+    return {"vr": vr, "BulkDataURI": _bulk_uri(ctx, path)}
+
+
+def _vr(vr: str | None, tag: int) -> str:
+    if not vr:
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            vr = "UN"
+    return _AMBIGUOUS.get(vr, vr)
+
+
+def _element(elem: DataElement, path: tuple[int, ...], ctx: _Context) -> JsonDataset:
+    vr = _vr(elem.VR, elem.tag)
+    value = elem.value
+    if vr == "SQ":
+        items = [_dataset(item, (*path, i), ctx) for i, item in enumerate(value or [])]
+        return {"vr": vr, "Value": items} if items else {"vr": vr}
+    if vr in _BINARY_VRS or isinstance(value, bytes):
+        return _binary(vr if vr in _BINARY_VRS else "OW", value, path, ctx)
+    values = _as_list(value)
+    if not values or all(v is None or v == "" for v in values):
+        return {"vr": vr}
+    return {"vr": vr, "Value": [_scalar(vr, v) for v in values]}
+
+
+def _binary(vr: str, value: bytes | None, path: tuple[int, ...], ctx: _Context) -> JsonDataset:
+    if not value:
+        return {"vr": vr}
+    if ctx.uri_prefix is not None and (len(value) > ctx.threshold or path == (PIXEL_DATA,)):
+        return {"vr": vr, "BulkDataURI": _bulk_uri(ctx, path)}
+    return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
+
+
+def _bulk_uri(ctx: _Context, path: tuple[int, ...]) -> str:
+    return f"{ctx.uri_prefix}/bulkdata/{format_tag_path(path)}"
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, MultiValue | list | tuple):
+        return list(value)
+    return [value]
+
+
+def _scalar(vr: str, value: Any) -> Any:
+    if value is None or value == "":
+        return None
+    if vr == "PN":
+        return _person_name(value)
+    if vr == "AT":
+        return f"{int(value):08X}"
+    if vr in _INT_VRS or vr in _FLOAT_VRS:
+        return _number(vr, value)
+    return str(value)
+
+
+def _number(vr: str, value: Any) -> int | float | str | None:
+    """JSON number; an unparsable IS/DS string is passed through rather than lost."""
+    try:
+        number = int(value) if vr in _INT_VRS else float(value)
+    except (TypeError, ValueError):
+        return str(value).strip() or None
+    return number if math.isfinite(number) else None
+
+
+def _person_name(value: Any) -> dict[str, str] | None:
+    """PN as its component groups (PS3.18 §F.2.2)."""
+    pn = value if isinstance(value, PersonName) else PersonName(str(value))
+    groups = {
+        "Alphabetic": pn.alphabetic,
+        "Ideographic": pn.ideographic,
+        "Phonetic": pn.phonetic,
+    }
+    kept = {name: text for name, text in groups.items() if text}
+    return kept or None
+
+
+def from_dicom_json(obj: JsonDataset, bulk_resolver: BulkResolver | None = None) -> Dataset:
+    """DICOM JSON object → Dataset (PS3.18 §F.2); BulkDataURIs resolved by ``bulk_resolver``.
+
+    Without a resolver, bulk data values are left empty.
+    """
+    return Dataset.from_json(obj, bulk_resolver or _no_bulk_data)
+
+
+def _no_bulk_data(tag: str, vr: str, uri: str) -> None:
+    return None

@@ -1,0 +1,329 @@
+"""Parse one received Part-10 instance for ingest, without loading its pixel data.
+
+``parse_instance`` reads the header with pydicom (``stop_before_pixels``, large
+values deferred), checks that the file is a complete Part-10 instance with the
+identifying UIDs, and returns the ``InstanceHeader`` the index needs plus where
+the pixel data sits in the file (for frame retrieval without re-parsing).
+
+Failures raise ``InstanceRejected`` carrying a Failure Reason (0008,1197) code
+from PS3.18 Table I.2-2 (``FAILURE_REASONS``), ready for the STOW-RS response.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+
+from dicomweb import transfer_syntax
+
+# Failure Reason values, PS3.18 Table I.2-2 "Store Instances Response Failure
+# Reason Values" (2024c). 0x0111 is the PS3.7 Annex C "Duplicate SOP Instance"
+# status, used as an additional code as the table allows.
+OUT_OF_RESOURCES = 0xA700
+DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
+PROCESSING_FAILURE = 0x0110
+DUPLICATE_SOP_INSTANCE = 0x0111
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+FAILURE_REASONS: dict[int, str] = {
+    OUT_OF_RESOURCES: "Refused out of Resources",
+    DATA_SET_DOES_NOT_MATCH_SOP_CLASS: "Error: Data Set does not match SOP Class",
+    CANNOT_UNDERSTAND: "Error: Cannot understand",
+    TRANSFER_SYNTAX_NOT_SUPPORTED: "Referenced Transfer Syntax not supported",
+    PROCESSING_FAILURE: "Processing failure",
+    DUPLICATE_SOP_INSTANCE: "Duplicate SOP Instance",
+    SOP_CLASS_NOT_SUPPORTED: "Referenced SOP Class not supported",
+}
+
+DEFAULT_DEFER_SIZE = 64 * 1024
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+_LONG_VRS = frozenset(
+    {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"}
+)
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _SEQ_END = 0xFFFEE000, 0xFFFEE0DD
+_FOREIGN_ERRORS = (InvalidDicomError, EOFError, ValueError, struct.error, TypeError, KeyError)
+
+
+class InstanceRejected(Exception):
+    """The instance cannot be stored; ``reason`` is a PS3.18 Table I.2-2 code."""
+
+    def __init__(self, reason: int, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class PixelDataLocation:
+    """Where the pixel data value starts in the file; ``length`` None = encapsulated."""
+
+    tag: int
+    vr: str | None
+    offset: int
+    length: int | None
+
+
+# (field, keyword, kind) — the attributes the index keeps (PS3.18 §10.6.3.3 tables
+# plus what ImagingStudy and WADO-RS need).
+_TEXT_FIELDS: tuple[tuple[str, str], ...] = (
+    ("specific_character_set", "SpecificCharacterSet"),
+    ("patient_id", "PatientID"),
+    ("issuer_of_patient_id", "IssuerOfPatientID"),
+    ("patient_name", "PatientName"),
+    ("patient_birth_date", "PatientBirthDate"),
+    ("patient_sex", "PatientSex"),
+    ("study_date", "StudyDate"),
+    ("study_time", "StudyTime"),
+    ("accession_number", "AccessionNumber"),
+    ("referring_physician_name", "ReferringPhysicianName"),
+    ("study_id", "StudyID"),
+    ("study_description", "StudyDescription"),
+    ("timezone_offset_from_utc", "TimezoneOffsetFromUTC"),
+    ("modality", "Modality"),
+    ("series_description", "SeriesDescription"),
+    ("series_date", "SeriesDate"),
+    ("series_time", "SeriesTime"),
+    ("body_part_examined", "BodyPartExamined"),
+    ("laterality", "Laterality"),
+    ("performed_procedure_step_start_date", "PerformedProcedureStepStartDate"),
+    ("performed_procedure_step_start_time", "PerformedProcedureStepStartTime"),
+    ("content_date", "ContentDate"),
+    ("content_time", "ContentTime"),
+    ("photometric_interpretation", "PhotometricInterpretation"),
+)
+_INT_FIELDS: tuple[tuple[str, str], ...] = (
+    ("series_number", "SeriesNumber"),
+    ("instance_number", "InstanceNumber"),
+    ("rows", "Rows"),
+    ("columns", "Columns"),
+    ("number_of_frames", "NumberOfFrames"),
+    ("bits_allocated", "BitsAllocated"),
+    ("samples_per_pixel", "SamplesPerPixel"),
+)
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """What the DICOM index stores about one instance (strings as in the file)."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    specific_character_set: str | None = None
+    patient_id: str | None = None
+    issuer_of_patient_id: str | None = None
+    patient_name: str | None = None
+    patient_birth_date: str | None = None
+    patient_sex: str | None = None
+    study_date: str | None = None
+    study_time: str | None = None
+    accession_number: str | None = None
+    referring_physician_name: str | None = None
+    study_id: str | None = None
+    study_description: str | None = None
+    timezone_offset_from_utc: str | None = None
+    modality: str | None = None
+    series_description: str | None = None
+    series_date: str | None = None
+    series_time: str | None = None
+    body_part_examined: str | None = None
+    laterality: str | None = None
+    performed_procedure_step_start_date: str | None = None
+    performed_procedure_step_start_time: str | None = None
+    content_date: str | None = None
+    content_time: str | None = None
+    photometric_interpretation: str | None = None
+    series_number: int | None = None
+    instance_number: int | None = None
+    rows: int | None = None
+    columns: int | None = None
+    number_of_frames: int | None = None
+    bits_allocated: int | None = None
+    samples_per_pixel: int | None = None
+
+
+@dataclass(frozen=True)
+class ParsedInstance:
+    """The result of parsing: index header, header dataset (no pixels), pixel location."""
+
+    header: InstanceHeader
+    dataset: Dataset
+    pixel_data: PixelDataLocation | None
+    size: int
+
+
+def parse_instance(
+    source: Path | bytes,
+    *,
+    sop_classes: Collection[str] | None = None,
+    defer_size: int = DEFAULT_DEFER_SIZE,
+) -> ParsedInstance:
+    """Parse and validate one Part-10 instance for STOW-RS (PS3.18 §10.5; PS3.10 §7)."""
+    with _opened(source) as fp, _cannot_understand():
+        size = fp.seek(0, io.SEEK_END)
+        fp.seek(0)
+        ds = dcmread(fp, stop_before_pixels=True, defer_size=defer_size)
+        ts = _transfer_syntax(ds)
+        pixels = _locate_pixel_data(fp, ds, size, ts)
+        _check_complete(ds, size)
+    header = _header(ds, ts)
+    if sop_classes is not None and header.sop_class_uid not in sop_classes:
+        raise InstanceRejected(SOP_CLASS_NOT_SUPPORTED, f"SOP Class {header.sop_class_uid}")
+    return ParsedInstance(header, ds, pixels, size)
+
+
+@contextmanager
+def _opened(source: Path | bytes) -> Iterator[BinaryIO]:
+    if isinstance(source, bytes):
+        yield io.BytesIO(source)
+        return
+    with source.open("rb") as fh:
+        yield fh
+
+
+@contextmanager
+def _cannot_understand() -> Iterator[None]:
+    """Translate pydicom's parse failures into a 0xC000 rejection."""
+    try:
+        yield
+    except InstanceRejected:
+        raise
+    except InvalidDicomError as exc:
+        raise InstanceRejected(CANNOT_UNDERSTAND, f"not a DICOM Part-10 file: {exc}") from exc
+    except _FOREIGN_ERRORS as exc:
+        raise InstanceRejected(CANNOT_UNDERSTAND, f"cannot parse instance: {exc}") from exc
+
+
+def _transfer_syntax(ds: Dataset) -> str:
+    ts = ds.file_meta.get("TransferSyntaxUID")
+    if not ts:
+        raise InstanceRejected(CANNOT_UNDERSTAND, "File Meta has no Transfer Syntax UID")
+    if not transfer_syntax.is_accepted(str(ts)):
+        raise InstanceRejected(TRANSFER_SYNTAX_NOT_SUPPORTED, f"transfer syntax {ts}")
+    return str(ts)
+
+
+def _locate_pixel_data(fp: BinaryIO, ds: Dataset, size: int, ts: str) -> PixelDataLocation | None:
+    if ts == transfer_syntax.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        return None  # offsets refer to the inflated stream; nothing to seek to
+    start = fp.tell()
+    if start >= size:
+        return None
+    endian = "<" if ts != transfer_syntax.EXPLICIT_VR_BIG_ENDIAN else ">"
+    tag, vr, offset, length = _element_header(fp, start, endian, ts)
+    if tag not in _PIXEL_TAGS:
+        return None
+    if length == _UNDEFINED:
+        _skip_fragments(fp, offset, size)
+        return PixelDataLocation(tag, vr, offset, None)
+    if offset + length > size:
+        raise InstanceRejected(CANNOT_UNDERSTAND, "file truncated inside the pixel data")
+    return PixelDataLocation(tag, vr, offset, length)
+
+
+def _element_header(
+    fp: BinaryIO, start: int, endian: str, ts: str
+) -> tuple[int, str | None, int, int]:
+    head = _read_exact(fp, 8)
+    group, elem = struct.unpack(endian + "HH", head[:4])
+    tag = group << 16 | elem
+    if ts == transfer_syntax.IMPLICIT_VR_LITTLE_ENDIAN:
+        return tag, None, start + 8, struct.unpack("<I", head[4:])[0]
+    vr = head[4:6].decode("latin-1")
+    if vr in _LONG_VRS:
+        return tag, vr, start + 12, struct.unpack(endian + "I", _read_exact(fp, 4))[0]
+    return tag, vr, start + 8, struct.unpack(endian + "H", head[6:])[0]
+
+
+def _skip_fragments(fp: BinaryIO, offset: int, size: int) -> None:
+    """Walk the encapsulated items to their delimiter (PS3.5 §A.4), checking extents."""
+    fp.seek(offset)
+    while True:
+        group, elem, length = struct.unpack("<HHI", _read_exact(fp, 8))
+        tag = group << 16 | elem
+        if tag == _SEQ_END:
+            return
+        if tag != _ITEM or length == _UNDEFINED:
+            raise InstanceRejected(CANNOT_UNDERSTAND, "malformed encapsulated pixel data")
+        if fp.tell() + length > size:
+            raise InstanceRejected(CANNOT_UNDERSTAND, "file truncated inside the pixel data")
+        fp.seek(length, io.SEEK_CUR)
+
+
+def _read_exact(fp: BinaryIO, n: int) -> bytes:
+    data = fp.read(n)
+    if len(data) != n:
+        raise InstanceRejected(CANNOT_UNDERSTAND, "file truncated")
+    return data
+
+
+def _check_complete(ds: Dataset, size: int) -> None:
+    """pydicom stops quietly at end of file: compare each value with its declared length."""
+    for tag in ds.keys():
+        raw = ds.get_item(tag)
+        if not isinstance(raw, RawDataElement) or raw.length == _UNDEFINED:
+            continue
+        if raw.value is None:
+            short = raw.value_tell + raw.length > size
+        else:
+            short = len(raw.value) < raw.length
+        if short:
+            raise InstanceRejected(CANNOT_UNDERSTAND, f"file truncated in element {tag:08X}")
+
+
+def _header(ds: Dataset, ts: str) -> InstanceHeader:
+    optional: dict[str, Any] = {name: _text(ds, keyword) for name, keyword in _TEXT_FIELDS}
+    optional.update({name: _int(ds, keyword) for name, keyword in _INT_FIELDS})
+    return InstanceHeader(
+        study_instance_uid=_required_uid(ds, "StudyInstanceUID"),
+        series_instance_uid=_required_uid(ds, "SeriesInstanceUID"),
+        sop_instance_uid=_required_uid(ds, "SOPInstanceUID"),
+        sop_class_uid=_required_uid(ds, "SOPClassUID"),
+        transfer_syntax_uid=ts,
+        **optional,
+    )
+
+
+def _required_uid(ds: Dataset, keyword: str) -> str:
+    with _cannot_understand():
+        value = str(ds.get(keyword) or "").strip()
+    if not value:
+        raise InstanceRejected(CANNOT_UNDERSTAND, f"missing {keyword}")
+    if len(value) > 64 or not _UID_RE.fullmatch(value):
+        raise InstanceRejected(CANNOT_UNDERSTAND, f"invalid {keyword}: {value!r}")
+    return value
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    with _cannot_understand():
+        value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    if isinstance(value, MultiValue | list):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return None if value is None or value == "" else int(value)
+    except (TypeError, ValueError):
+        return None

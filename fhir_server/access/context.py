@@ -1,0 +1,95 @@
+"""Who is asking, and what they are asking to do.
+
+``AuthContext`` is what a verified token becomes; every interaction, the
+DICOMweb edge and the HL7 bridge take one. ``Interaction`` names the FHIR
+RESTful interactions and maps each onto the SMART v2 permission letters it
+needs. See https://build.fhir.org/ig/HL7/smart-app-launch/scopes-and-launch-context.html
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from fhir_server.access.scopes import ScopeSet
+
+Permission = Literal["c", "r", "u", "d", "s"]
+
+
+class Interaction(StrEnum):
+    """A FHIR RESTful interaction, as access control sees it.
+
+    See https://hl7.org/fhir/R4/http.html
+    """
+
+    READ = "read"
+    VREAD = "vread"
+    HISTORY_INSTANCE = "history-instance"
+    SEARCH = "search"
+    HISTORY = "history"  # type or system level
+    CREATE = "create"
+    UPDATE = "update"
+    PATCH = "patch"
+    DELETE = "delete"
+    OPERATION = "operation"
+
+    @property
+    def permissions(self) -> frozenset[Permission]:
+        """The SMART v2 letters a single scope must grant for this interaction."""
+        return _PERMISSIONS[self]
+
+    @property
+    def on_instance(self) -> bool:
+        """Whether the interaction targets one existing resource (so its existence can leak)."""
+        return self in _INSTANCE_LEVEL
+
+
+# SMART App Launch 2.0, "Scopes for requesting FHIR resources": r covers read,
+# vread and instance history; s covers type search and type/system history.
+# An operation not mapped to concrete interactions needs the full set: its
+# handler authorises what it really does (e.g. $everything as SEARCH) instead.
+_PERMISSIONS: dict[Interaction, frozenset[Permission]] = {
+    Interaction.READ: frozenset({"r"}),
+    Interaction.VREAD: frozenset({"r"}),
+    Interaction.HISTORY_INSTANCE: frozenset({"r"}),
+    Interaction.SEARCH: frozenset({"s"}),
+    Interaction.HISTORY: frozenset({"s"}),
+    Interaction.CREATE: frozenset({"c"}),
+    Interaction.UPDATE: frozenset({"u"}),
+    Interaction.PATCH: frozenset({"u"}),
+    Interaction.DELETE: frozenset({"d"}),
+    Interaction.OPERATION: frozenset({"c", "r", "u", "d", "s"}),
+}
+
+_INSTANCE_LEVEL = frozenset(
+    {
+        Interaction.READ,
+        Interaction.VREAD,
+        Interaction.HISTORY_INSTANCE,
+        Interaction.UPDATE,
+        Interaction.PATCH,
+        Interaction.DELETE,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthContext:
+    """The verified identity and grant behind one request.
+
+    ``patient`` and ``encounter`` are the SMART launch context (ids, not
+    references); ``fhir_user`` is a relative reference such as
+    ``Practitioner/123``; ``token_id`` is the token's ``jti`` (for audit and
+    revocation).
+    """
+
+    subject: str
+    client_id: str | None
+    scopes: ScopeSet
+    patient: str | None = None
+    encounter: str | None = None
+    fhir_user: str | None = None
+    roles: frozenset[str] = field(default_factory=frozenset)
+    token_id: str | None = None

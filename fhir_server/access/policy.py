@@ -1,0 +1,272 @@
+"""The access decision: which interactions a context may perform, and on what.
+
+Decisions are made inside the query (STYLE.md point 12): a ``patient/`` scope
+becomes a compartment filter, a granular scope's ``?param=value`` constraint
+becomes a filter, and both are added to the search tree before the backend
+compiles it. A single-resource interaction is allowed exactly when that same
+filter would match the resource, so read and search always agree.
+
+Choices, kept here so they are made once:
+
+- **403 vs 404.** No scope for the type and action: 403 ``Forbidden`` (that
+  reveals nothing about any resource). A scope for the type, but the stored
+  resource is outside what it reaches (another patient's, another category):
+  404 ``NotFound``, the same answer as for an id that does not exist, so a
+  token cannot probe for other patients' records. Content the client sends
+  (create, the new body of an update) outside its reach: 403, since the client
+  already knows that content.
+- **Shared reference data.** Types never in the Patient compartment
+  (Practitioner, Organization, Location, Endpoint, Device...) can be read and
+  searched under a ``patient/`` scope only when the scope names the type
+  (``patient/Practitioner.rs``), never through ``patient/*``, and never
+  written: a patient-context app has no business changing directory data,
+  and ``*`` must not silently reach beyond the patient's own record.
+- **Granular constraints** are compiled to filters; a constraint the
+  compiler cannot express makes that scope grant nothing (refused, never
+  widened).
+- A ``patient/`` scope without a patient in the context grants nothing.
+
+See https://build.fhir.org/ig/HL7/smart-app-launch/scopes-and-launch-context.html
+and https://hl7.org/fhir/R4/compartmentdefinition.html
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from fhir_server.access.compartment import PatientCompartment
+from fhir_server.access.context import AuthContext, Interaction
+from fhir_server.access.scopes import Constraint, ResourceScope, required
+from fhir_server.access.tokens import bearer_challenge
+from fhir_server.errors import Forbidden, NotFound
+from fhir_server.search.ast import And, Compare, Node, Not, Or
+from fhir_server.search.values import IndexEntry, ReferenceValue, TokenValue
+
+ConstraintCompiler = Callable[[str, tuple[Constraint, ...]], Node]
+"""Turns a granular scope's constraints on a type into a filter; raises
+``UnsupportedConstraint`` for what it cannot express."""
+
+Matcher = Callable[[Node, str, Sequence[IndexEntry]], bool]
+"""Evaluates a filter over one resource's id and index entries."""
+
+# Token search parameters the built-in compiler accepts in a granular scope:
+# the ones SMART and US Core constrain on. The composition root can inject a
+# compiler backed by the search registry to accept every parameter.
+TOKEN_CONSTRAINT_PARAMS = frozenset({"category", "code", "status", "type", "_tag", "_security"})
+
+_READ_ONLY = frozenset({"r", "s"})
+
+
+class UnsupportedConstraint(ValueError):
+    """A granular scope constraint that cannot be turned into a filter."""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One scope usable for a request, and the filter it restricts to (None: all)."""
+
+    scope: ResourceScope
+    where: Node | None
+
+
+def compile_token_constraints(resource_type: str, constraints: tuple[Constraint, ...]) -> Node:
+    """``category=sys|code,sys|other&status=final`` -> And of Or of token Compares."""
+    parts: list[Node] = []
+    for param, value in constraints:
+        if param not in TOKEN_CONSTRAINT_PARAMS:
+            raise UnsupportedConstraint(f"cannot constrain {resource_type} on {param!r}")
+        values = tuple(_token(v) for v in value.split(","))
+        parts.append(Or(tuple(Compare(param, "token", v) for v in values)))
+    return parts[0] if len(parts) == 1 else And(tuple(parts))
+
+
+def _token(text: str) -> TokenValue:
+    if not text:
+        raise UnsupportedConstraint("empty token in constraint")
+    if "|" not in text:
+        return TokenValue(None, text)
+    system, code = text.split("|", 1)
+    return TokenValue(system, code or None)
+
+
+def compartment_filter(
+    compartment: PatientCompartment, resource_type: str, patient_id: str
+) -> Node | None:
+    """The filter selecting ``patient_id``'s compartment among ``resource_type`` resources,
+    or None when the type is never in a compartment."""
+    if resource_type == "Patient":
+        return Compare("_id", "token", TokenValue(None, patient_id))
+    params = compartment.params_for(resource_type)
+    if not params:
+        return None
+    ref = ReferenceValue("Patient", patient_id)
+    return Or(tuple(Compare(p, "reference", ref) for p in params))
+
+
+def match_filter(node: Node, resource_id: str, entries: Sequence[IndexEntry]) -> bool:
+    """Evaluate the filters this module builds; anything else does not match (fail closed)."""
+    if isinstance(node, And):
+        return all(match_filter(p, resource_id, entries) for p in node.parts)
+    if isinstance(node, Or):
+        return any(match_filter(p, resource_id, entries) for p in node.parts)
+    if isinstance(node, Not):
+        return not match_filter(node.part, resource_id, entries)
+    if not isinstance(node, Compare) or node.prefix != "eq" or node.modifier is not None:
+        return False
+    if node.param == "_id" and isinstance(node.value, TokenValue):
+        return node.value.code == resource_id
+    return any(e.param == node.param and _value_matches(node, e) for e in entries)
+
+
+def _value_matches(node: Compare, entry: IndexEntry) -> bool:
+    want, have = node.value, entry.value
+    if isinstance(want, ReferenceValue) and isinstance(have, ReferenceValue):
+        return (want.type, want.id) == (have.type, have.id)
+    if isinstance(want, TokenValue) and isinstance(have, TokenValue):
+        return _token_matches(want, have)
+    return False
+
+
+def _token_matches(want: TokenValue, have: TokenValue) -> bool:
+    # See https://hl7.org/fhir/R4/search.html#token: [system]|[code] semantics.
+    if want.code is not None and want.code != have.code:
+        return False
+    if want.system is None:
+        return True
+    if want.system == "":
+        return not have.system
+    return want.system == have.system
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicy:
+    """Decides every access against SMART scopes and the Patient compartment."""
+
+    compartment: PatientCompartment
+    compile_constraints: ConstraintCompiler = field(default=compile_token_constraints)
+    matches: Matcher = field(default=match_filter)
+
+    def grants(
+        self, ctx: AuthContext, action: Interaction, resource_type: str
+    ) -> tuple[Grant, ...]:
+        """The scopes that can serve this request, each with its restriction."""
+        found = (self._grant(ctx, s, action, resource_type) for s in ctx.scopes.resources)
+        return tuple(g for g in found if g is not None)
+
+    def authorize(self, ctx: AuthContext, action: Interaction, resource_type: str) -> None:
+        """Raise Forbidden (403) unless some scope allows ``action`` on ``resource_type``."""
+        if not self.grants(ctx, action, resource_type):
+            raise _forbidden(action, resource_type)
+
+    def search_filter(
+        self,
+        ctx: AuthContext,
+        resource_type: str,
+        action: Interaction = Interaction.SEARCH,
+    ) -> Node | None:
+        """The filter to AND into a search (or type history) on ``resource_type``;
+        None when unrestricted. Raises Forbidden when nothing allows it."""
+        grants = self.grants(ctx, action, resource_type)
+        if not grants:
+            raise _forbidden(action, resource_type)
+        return _any_of(grants)
+
+    def check_resource(
+        self,
+        ctx: AuthContext,
+        action: Interaction,
+        resource_type: str,
+        resource_id: str,
+        entries: Sequence[IndexEntry],
+    ) -> None:
+        """Check an interaction on one stored resource (with its index ``entries``).
+
+        403 without a scope for the type; 404 when the resource lies outside
+        what the scopes reach (for CREATE, 403: there is nothing to hide).
+        """
+        if self._reaches(ctx, action, resource_type, resource_id, entries):
+            return
+        if action.on_instance:
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        raise _forbidden(action, resource_type)
+
+    def check_content(
+        self,
+        ctx: AuthContext,
+        action: Interaction,
+        resource_type: str,
+        resource_id: str,
+        entries: Sequence[IndexEntry],
+    ) -> None:
+        """Check content the client sends (create, the new body of update or patch):
+        Forbidden (403) unless it stays within what the scopes reach."""
+        if not self._reaches(ctx, action, resource_type, resource_id, entries):
+            raise _forbidden(action, resource_type, "the resource is outside the granted access")
+
+    def _reaches(
+        self,
+        ctx: AuthContext,
+        action: Interaction,
+        resource_type: str,
+        resource_id: str,
+        entries: Sequence[IndexEntry],
+    ) -> bool:
+        grants = self.grants(ctx, action, resource_type)
+        if not grants:
+            raise _forbidden(action, resource_type)
+        where = _any_of(grants)
+        return where is None or self.matches(where, resource_id, entries)
+
+    def _grant(
+        self, ctx: AuthContext, scope: ResourceScope, action: Interaction, resource_type: str
+    ) -> Grant | None:
+        if not scope.grants(resource_type, action):
+            return None
+        try:
+            constraint = self._constraint(scope, resource_type)
+        except UnsupportedConstraint:
+            return None
+        if scope.level != "patient":
+            return Grant(scope, constraint)
+        if ctx.patient is None:
+            return None
+        in_compartment = compartment_filter(self.compartment, resource_type, ctx.patient)
+        if in_compartment is None:
+            return self._shared_data_grant(scope, action, resource_type, constraint)
+        return Grant(scope, _both(in_compartment, constraint))
+
+    def _constraint(self, scope: ResourceScope, resource_type: str) -> Node | None:
+        if not scope.constraints:
+            return None
+        return self.compile_constraints(resource_type, scope.constraints)
+
+    @staticmethod
+    def _shared_data_grant(
+        scope: ResourceScope, action: Interaction, resource_type: str, constraint: Node | None
+    ) -> Grant | None:
+        if scope.names(resource_type) and required(action) <= _READ_ONLY:
+            return Grant(scope, constraint)
+        return None
+
+
+def _both(a: Node, b: Node | None) -> Node:
+    return a if b is None else And((a, b))
+
+
+def _any_of(grants: Sequence[Grant]) -> Node | None:
+    nodes: list[Node] = []
+    for grant in grants:
+        if grant.where is None:
+            return None
+        if grant.where not in nodes:
+            nodes.append(grant.where)
+    return nodes[0] if len(nodes) == 1 else Or(tuple(nodes))
+
+
+def _forbidden(action: Interaction, resource_type: str, why: str | None = None) -> Forbidden:
+    reason = why or "no granted scope allows it"
+    return Forbidden(
+        f"{action.value} on {resource_type} refused: {reason}",
+        headers={"WWW-Authenticate": bearer_challenge(error="insufficient_scope")},
+    )

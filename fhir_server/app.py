@@ -1,0 +1,181 @@
+"""The composition root: ``create_app(settings)`` builds the store, the search
+registry, the access policy, the token verifier and the audit log, and mounts
+the FHIR API and the auth endpoints. Nothing else wires things together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from fhir_server.access import AccessPolicy, PatientCompartment
+from fhir_server.access.tokens import bearer_token
+from fhir_server.audit import AuditLog
+from fhir_server.errors import FhirError, StorageUnavailable
+from fhir_server.http.metrics import HttpMetrics, MetricsMiddleware
+from fhir_server.http.responses import error_response
+from fhir_server.http.routes import FhirHttp
+from fhir_server.interactions.capability import capability_statement
+from fhir_server.interactions.services import Limits, Services, new_uuid, utc_now
+from fhir_server.resources.meta import format_instant
+from fhir_server.search.registry import SearchRegistry
+from fhir_server.settings import Settings
+from fhir_server.storage.base import Store
+from smart.keys import KeyRing
+from smart.tokens import JwtTokenVerifier
+
+log = logging.getLogger(__name__)
+
+SERVER_FILE = "server.json"
+
+
+@dataclass(frozen=True)
+class ServerIdentity:
+    """Where tokens for this server must point; written to the data dir so the admin
+    commands (``radhub token``) mint tokens the running server accepts."""
+
+    issuer: str
+    audience: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> ServerIdentity:
+        return cls(issuer=f"{settings.public_base}/auth", audience=settings.fhir_base)
+
+    def save(self, data_dir: Path) -> None:
+        path = data_dir / SERVER_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"issuer": self.issuer, "audience": self.audience}))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, data_dir: Path, fallback: Settings) -> ServerIdentity:
+        try:
+            raw = json.loads((data_dir / SERVER_FILE).read_text())
+            return cls(issuer=raw["issuer"], audience=raw["audience"])
+        except (OSError, ValueError, KeyError):
+            return cls.of(fallback)
+
+
+def build_store(settings: Settings, registry: SearchRegistry) -> Store:
+    """The embedded store by default, MongoDB when a URI is given."""
+    if settings.mongodb_uri:
+        from fhir_server.storage.mongo.store import MongoStore
+
+        return MongoStore.from_uri(settings.mongodb_uri, registry)
+    from fhir_server.storage.sqlite.store import SqliteStore
+
+    return SqliteStore(settings.data_dir, registry)
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    """Create the data dir (owner-only) or fail with a clear message."""
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        probe = settings.data_dir / ".write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StorageUnavailable(f"data dir {settings.data_dir} is unusable: {exc}") from exc
+
+
+def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
+    """Build the whole application. ``store`` overrides the configured one (tests)."""
+    prepare_data_dir(settings)
+    registry = SearchRegistry.load()
+    store = store or build_store(settings, registry)
+    keyring = KeyRing.open(settings.data_dir)
+    identity = ServerIdentity.of(settings)
+    identity.save(settings.data_dir)
+    policy = AccessPolicy(PatientCompartment.load())
+    svc = Services(
+        store=store,
+        registry=registry,
+        policy=policy,
+        base_url=settings.fhir_base,
+        limits=Limits(max_body_bytes=settings.max_body_bytes),
+    )
+    audit = AuditLog(store, registry, new_uuid, flush_interval=settings.audit_flush_interval)
+    verifier = JwtTokenVerifier(keyring, identity.issuer, identity.audience)
+    published = format_instant(utc_now())
+    oauth = {"jwks": f"{settings.public_base}/auth/jwks"}
+
+    def capability() -> dict[str, Any]:
+        return capability_statement(registry, settings.fhir_base, published, oauth)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await store.start()
+        audit.start()
+        try:
+            yield
+        finally:
+            await audit.close()
+            await store.close()
+
+    app = FastAPI(
+        title="radhub",
+        version="0.1.0",
+        summary="FHIR-native radiology server: FHIR R4, SMART on FHIR, DICOMweb",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    metrics_registry = CollectorRegistry()
+    app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(metrics_registry))
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(settings.cors_origins) or ["*"],
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+        allow_headers=[
+            "Authorization",
+            "Accept",
+            "Content-Type",
+            "If-Match",
+            "If-None-Match",
+            "If-None-Exist",
+            "If-Modified-Since",
+            "Prefer",
+        ],
+        expose_headers=["ETag", "Location", "Content-Location", "Last-Modified", "Warning"],
+        max_age=600,
+    )
+    fhir = FhirHttp(svc, verifier, audit, capability)
+    app.include_router(fhir.router(), prefix="/fhir", tags=["FHIR"])
+
+    @app.exception_handler(FhirError)
+    async def on_fhir_error(request: Request, exc: FhirError) -> Response:
+        return error_response(exc)
+
+    @app.get("/healthz", tags=["operations"], summary="Liveness and readiness")
+    async def healthz() -> Response:
+        ok = await store.healthy()
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "store": store.name},
+            status_code=200 if ok else 503,
+        )
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def metrics(request: Request) -> Response:
+        await verifier.verify(bearer_token(request.headers.get("authorization")))
+        return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/auth/jwks", tags=["auth"], summary="The server's public signing keys")
+    async def jwks() -> Response:
+        return JSONResponse(keyring.jwks(), headers={"Cache-Control": "max-age=300"})
+
+    app.state.services = svc
+    app.state.audit = audit
+    app.state.keyring = keyring
+    app.state.identity = identity
+    return app

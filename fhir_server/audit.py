@@ -1,0 +1,212 @@
+"""The audit trail: one AuditEvent per interaction, append-only.
+
+Requests do not wait for their audit record's fsync: records queue in memory
+and a background task writes them in batches (one durable commit per batch),
+so auditing every read does not turn reads into writes. ``close()`` flushes
+what is queued. AuditEvents are written by the server only; the API refuses
+to create, change or delete them.
+See https://hl7.org/fhir/R4/auditevent.html and DICOM PS3.15 Annex A.5.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from fhir_server.access.context import AuthContext
+from fhir_server.resources.meta import format_instant, stamp
+from fhir_server.search.extract import extract_index
+from fhir_server.search.registry import SearchRegistry
+from fhir_server.storage.base import NewVersion, Store
+
+log = logging.getLogger(__name__)
+
+_REST = "http://terminology.hl7.org/CodeSystem/audit-event-type"
+_INTERACTION = "http://hl7.org/fhir/restful-interaction"
+_DCM = "http://dicom.nema.org/resources/ontology/DCM"
+
+# https://hl7.org/fhir/R4/valueset-audit-event-action.html
+ACTION_OF = {
+    "create": "C",
+    "read": "R",
+    "vread": "R",
+    "update": "U",
+    "patch": "U",
+    "delete": "D",
+    "history-instance": "R",
+    "history-type": "R",
+    "history-system": "R",
+    "search-type": "E",
+    "search-system": "E",
+    "search-compartment": "E",
+    "batch": "E",
+    "transaction": "E",
+    "capabilities": "R",
+    "operation": "E",
+}
+
+
+def outcome_code(status: int) -> str:
+    """HTTP status → AuditEvent.outcome (0 success, 4 minor, 8 serious, 12 major)."""
+    if status < 400:
+        return "0"
+    if status < 500:
+        return "4"
+    return "8"
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """What happened, by whom, to what, with what outcome."""
+
+    interaction: str
+    status: int
+    moment: datetime
+    auth: AuthContext | None
+    resource_type: str | None = None
+    resource_id: str | None = None
+    query: str | None = None
+    address: str | None = None
+    description: str | None = None
+
+
+def _agents(record: AuditRecord) -> list[dict[str, Any]]:
+    auth = record.auth
+    who: dict[str, Any] = {"requestor": True}
+    if auth is None:
+        who["who"] = {"display": "anonymous"}
+    elif auth.fhir_user:
+        who["who"] = {"reference": auth.fhir_user}
+        who["altId"] = auth.subject
+    else:
+        who["who"] = {"identifier": {"value": auth.subject}}
+    if record.address:
+        who["network"] = {"address": record.address, "type": "2"}
+    agents = [who]
+    if auth is not None and auth.client_id:
+        agents.append(
+            {
+                "type": {"coding": [{"system": _DCM, "code": "110150", "display": "Application"}]},
+                "who": {"identifier": {"value": auth.client_id}},
+                "requestor": False,
+            }
+        )
+    return agents
+
+
+def _entities(record: AuditRecord) -> list[dict[str, Any]]:
+    entities: list[dict[str, Any]] = []
+    if record.resource_type and record.resource_id:
+        entities.append({"what": {"reference": f"{record.resource_type}/{record.resource_id}"}})
+    elif record.resource_type or record.query:
+        entity: dict[str, Any] = {"what": {"display": record.resource_type or "*"}}
+        if record.query:
+            entity["description"] = record.query[:1000]
+        entities.append(entity)
+    patient = record.auth.patient if record.auth else None
+    if patient:
+        entities.append(
+            {
+                "what": {"reference": f"Patient/{patient}"},
+                "type": {
+                    "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                    "code": "1",
+                    "display": "Person",
+                },
+                "role": {
+                    "system": "http://terminology.hl7.org/CodeSystem/object-role",
+                    "code": "1",
+                    "display": "Patient",
+                },
+            }
+        )
+    return entities
+
+
+def to_audit_event(record: AuditRecord) -> dict[str, Any]:
+    """The AuditEvent resource for one record (pure)."""
+    event: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "type": {"system": _REST, "code": "rest", "display": "RESTful Operation"},
+        "subtype": [{"system": _INTERACTION, "code": record.interaction}],
+        "action": ACTION_OF.get(record.interaction, "E"),
+        "recorded": format_instant(record.moment),
+        "outcome": outcome_code(record.status),
+        "agent": _agents(record),
+        "source": {"observer": {"display": "radhub"}},
+    }
+    if record.description:
+        event["outcomeDesc"] = record.description[:1000]
+    entities = _entities(record)
+    if entities:
+        event["entity"] = entities
+    return event
+
+
+class AuditLog:
+    """Queues audit records and writes them to the store in batches."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: SearchRegistry,
+        new_id: Callable[[], str],
+        *,
+        flush_interval: float = 0.2,
+        max_batch: int = 1000,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._new_id = new_id
+        self._interval = flush_interval
+        self._max_batch = max_batch
+        self._queue: list[AuditRecord] = []
+        self._task: asyncio.Task[None] | None = None
+        self._wakeup = asyncio.Event()
+
+    def record(self, record: AuditRecord) -> None:
+        self._queue.append(record)
+        if len(self._queue) >= self._max_batch:
+            self._wakeup.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="audit-writer")
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self._interval)
+            self._wakeup.clear()
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("writing the audit trail failed; records are kept for a retry")
+
+    async def flush(self) -> None:
+        while self._queue:
+            batch = self._queue[: self._max_batch]
+            versions = [self._version(r) for r in batch]
+            await self._store.write_many(versions)
+            del self._queue[: len(batch)]
+
+    def _version(self, record: AuditRecord) -> NewVersion:
+        event = stamp(to_audit_event(record), self._new_id(), 1, record.moment)
+        index = extract_index(event, self._registry)
+        return NewVersion(
+            "AuditEvent", event["id"], 1, record.moment, "create", orjson.dumps(event), index
+        )
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()

@@ -1,0 +1,162 @@
+"""The ``radhub`` command: ``serve``, ``token`` and ``import`` (see DESIGN.md,
+interface contract). Every option also reads ``RADHUB_<OPTION>`` from the
+environment; the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from fhir_server.errors import FhirError
+from fhir_server.settings import Settings
+
+
+def _env(name: str, default: Any = None) -> Any:
+    return os.environ.get(f"RADHUB_{name.upper().replace('-', '_')}", default)
+
+
+def _add_data_dir(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    default = _env("data_dir")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default,
+        required=required and default is None,
+        help="the data directory",
+    )
+    parser.add_argument(
+        "--mongodb-uri",
+        default=_env("mongodb_uri"),
+        help="use MongoDB instead of the embedded store",
+    )
+
+
+def _serve_parser(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the server")
+    _add_data_dir(p, required=False)
+    p.add_argument("--host", default=_env("host", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(_env("port", 8080)))
+    p.add_argument("--dicom-port", type=int, default=int(_env("dicom_port", 11112)))
+    p.add_argument("--dicom-aet", default=_env("dicom_aet", "RADHUB"))
+    p.add_argument("--mllp-port", type=int, default=int(_env("mllp_port", 2575)))
+    p.add_argument("--base-url", default=_env("base_url"))
+    p.add_argument("--tls-cert", type=Path, default=_env("tls_cert"))
+    p.add_argument("--tls-key", type=Path, default=_env("tls_key"))
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=None,
+        help="allowed browser origin (repeatable; default: any)",
+    )
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        default=_env("demo") == "1",
+        help="load a small generated demo data set into an empty store",
+    )
+
+
+def _token_parser(sub: Any) -> None:
+    p = sub.add_parser("token", help="print an access token signed with the server's key")
+    _add_data_dir(p, required=True)
+    p.add_argument("--scope", default=_env("scope"), required=_env("scope") is None)
+    p.add_argument("--patient", default=_env("patient"))
+    p.add_argument("--ttl", type=int, default=int(_env("ttl", 3600)))
+    p.add_argument("--subject", default="radhub-admin")
+    p.add_argument("--fhir-user", default=None)
+    p.add_argument(
+        "--base-url",
+        default=_env("base_url"),
+        help="only if the server has never run on this data dir",
+    )
+
+
+def _import_parser(sub: Any) -> None:
+    p = sub.add_parser("import", help="import FHIR Bundles and NDJSON files")
+    _add_data_dir(p, required=True)
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--chunk", type=int, default=500, help="resources per transaction")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="radhub", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    _token_parser(sub)
+    _import_parser(sub)
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    settings = Settings(data_dir=args.data_dir or Path("data"), mongodb_uri=args.mongodb_uri)
+    if args.command != "serve":
+        return replace(settings, base_url=getattr(args, "base_url", None))
+    return replace(
+        settings,
+        host=args.host,
+        port=args.port,
+        dicom_port=args.dicom_port,
+        dicom_aet=args.dicom_aet,
+        mllp_port=args.mllp_port,
+        base_url=args.base_url,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        cors_origins=tuple(args.cors_origin or ()),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = settings_from(args)
+    try:
+        if args.command == "serve":
+            from fhir_server.cli.serve import serve
+
+            return asyncio.run(serve(settings, demo=args.demo))
+        if args.command == "token":
+            from fhir_server.cli.admin import mint_token
+
+            print(
+                mint_token(
+                    settings,
+                    args.scope,
+                    patient=args.patient,
+                    ttl=args.ttl,
+                    subject=args.subject,
+                    fhir_user=args.fhir_user,
+                )
+            )
+            return 0
+        if args.command == "import":
+            from fhir_server.cli.importer import run_import
+
+            return asyncio.run(run_import(settings, args.paths, chunk=args.chunk))
+    except FhirError as exc:
+        print(f"radhub: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind the HTTP listener ourselves so a taken port fails early and clearly."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+if __name__ == "__main__":
+    sys.exit(main())

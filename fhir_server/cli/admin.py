@@ -1,0 +1,36 @@
+"""Admin sub-commands that work on the data dir of a (possibly running) server."""
+
+from __future__ import annotations
+
+from fhir_server.app import ServerIdentity
+from fhir_server.settings import Settings
+from smart.keys import KeyRing
+from smart.tokens import mint_access_token
+
+
+def mint_token(
+    settings: Settings,
+    scope: str,
+    *,
+    patient: str | None = None,
+    ttl: int = 3600,
+    subject: str = "radhub-admin",
+    fhir_user: str | None = None,
+) -> str:
+    """An access token the server on ``settings.data_dir`` accepts."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    identity = ServerIdentity.load(settings.data_dir, settings)
+    if settings.base_url:
+        identity = ServerIdentity.of(settings)
+    keyring = KeyRing.open(settings.data_dir)
+    return mint_access_token(
+        keyring,
+        issuer=identity.issuer,
+        audience=identity.audience,
+        scope=scope,
+        subject=subject,
+        client_id="radhub-cli",
+        patient=patient,
+        fhir_user=fhir_user,
+        ttl=ttl,
+    )

@@ -1,0 +1,423 @@
+"""The FHIR REST API over HTTP: thin routes that translate headers, negotiation,
+bodies and ETags, call the interactions, and audit every request.
+See https://hl7.org/fhir/R4/http.html
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import orjson
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from fhir_server.access.context import AuthContext
+from fhir_server.access.tokens import TokenVerifier, bearer_token
+from fhir_server.audit import AuditLog, AuditRecord
+from fhir_server.errors import (
+    FhirError,
+    InvalidRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from fhir_server.http.negotiation import check_accept, check_content_type
+from fhir_server.http.responses import (
+    error_response,
+    fhir_json,
+    prefer_strict,
+    unexpected_error_response,
+    version_headers,
+    written,
+)
+from fhir_server.interactions import crud, history, search, transaction
+from fhir_server.interactions.services import Services
+from fhir_server.resources.presentation import present
+from fhir_server.storage.base import StoredVersion
+
+log = logging.getLogger(__name__)
+
+Work = Callable[[AuthContext], Awaitable[Response]]
+
+
+class FhirHttp:
+    """Holds what the routes need; ``router()`` returns the mounted routes."""
+
+    def __init__(
+        self,
+        svc: Services,
+        verifier: TokenVerifier,
+        audit: AuditLog,
+        capability: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.svc = svc
+        self.verifier = verifier
+        self.audit = audit
+        self.capability = capability
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    async def handle(
+        self,
+        request: Request,
+        interaction: str,
+        work: Work,
+        resource_type: str | None = None,
+        id: str | None = None,
+    ) -> Response:
+        """Negotiate, authenticate, run, map errors, audit."""
+        auth: AuthContext | None = None
+        pretty = request.query_params.get("_pretty") == "true"
+        try:
+            check_accept(request)
+            auth = await self.verifier.verify(bearer_token(request.headers.get("authorization")))
+            response = await work(auth)
+        except FhirError as exc:
+            response = error_response(exc, pretty=pretty)
+        except Exception:
+            log.exception("unexpected error in %s %s", request.method, request.url.path)
+            response = unexpected_error_response()
+        self.audit.record(
+            AuditRecord(
+                interaction=interaction,
+                status=response.status_code,
+                moment=self.svc.clock(),
+                auth=auth,
+                resource_type=resource_type,
+                resource_id=id,
+                query=str(request.url.query) or None,
+                address=request.client.host if request.client else None,
+            )
+        )
+        return response
+
+    async def body(self, request: Request, *, patch: bool = False) -> Any:
+        """The request's JSON body, within the size limit."""
+        check_content_type(request, patch=patch)
+        limit = self.svc.limits.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"the body exceeds {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the body exceeds {limit} bytes")
+            chunks.append(chunk)
+        try:
+            return orjson.loads(b"".join(chunks))
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+
+    def shown(self, request: Request, version: StoredVersion) -> Response:
+        """A read result, or 304 when the client's copy is current."""
+        headers = version_headers(version)
+        if _not_modified(request, version):
+            return Response(status_code=304, headers=headers)
+        pretty = request.query_params.get("_pretty") == "true"
+        body: Any = version.body
+        if pretty or "_summary" in request.query_params or "_elements" in request.query_params:
+            elements = tuple(
+                e.strip() for e in request.query_params.get("_elements", "").split(",") if e
+            )
+            body = present(
+                orjson.loads(version.body or b"{}"),
+                summary=request.query_params.get("_summary"),
+                elements=elements,
+            )
+        return fhir_json(body, 200, headers, pretty=pretty)
+
+    # -- routes -----------------------------------------------------------------------
+
+    def router(self) -> APIRouter:
+        router = APIRouter()
+        router.add_api_route(
+            "/metadata", self.metadata, methods=["GET"], summary="CapabilityStatement"
+        )
+        router.add_api_route("/", self.system_search, methods=["GET"], summary="System search")
+        router.add_api_route("/", self.bundle, methods=["POST"], summary="Batch or transaction")
+        router.add_api_route(
+            "/_history", self.system_history, methods=["GET"], summary="System history"
+        )
+        router.add_api_route(
+            "/{resource_type}", self.type_search, methods=["GET"], summary="Search"
+        )
+        router.add_api_route(
+            "/{resource_type}/_search",
+            self.type_search_post,
+            methods=["POST"],
+            summary="Search (POST form)",
+        )
+        router.add_api_route("/{resource_type}", self.create, methods=["POST"], summary="Create")
+        router.add_api_route(
+            "/{resource_type}",
+            self.conditional_update,
+            methods=["PUT"],
+            summary="Conditional update",
+        )
+        router.add_api_route(
+            "/{resource_type}",
+            self.conditional_delete,
+            methods=["DELETE"],
+            summary="Conditional delete",
+        )
+        router.add_api_route(
+            "/{resource_type}/_history", self.type_history, methods=["GET"], summary="Type history"
+        )
+        router.add_api_route("/{resource_type}/{id}", self.read, methods=["GET"], summary="Read")
+        router.add_api_route(
+            "/{resource_type}/{id}", self.update, methods=["PUT"], summary="Update"
+        )
+        router.add_api_route(
+            "/{resource_type}/{id}", self.patch, methods=["PATCH"], summary="Patch (JSON Patch)"
+        )
+        router.add_api_route(
+            "/{resource_type}/{id}", self.delete, methods=["DELETE"], summary="Delete"
+        )
+        router.add_api_route(
+            "/{resource_type}/{id}/_history",
+            self.instance_history,
+            methods=["GET"],
+            summary="Instance history",
+        )
+        router.add_api_route(
+            "/{resource_type}/{id}/_history/{version_id}",
+            self.vread,
+            methods=["GET"],
+            summary="Version read",
+        )
+        router.add_api_route(
+            "/{resource_type}/{id}/{compartment_type}",
+            self.compartment_search,
+            methods=["GET"],
+            summary="Compartment search",
+        )
+        return router
+
+    async def metadata(self, request: Request) -> Response:
+        try:
+            check_accept(request)
+        except FhirError as exc:
+            return error_response(exc)
+        return fhir_json(self.capability(), pretty=request.query_params.get("_pretty") == "true")
+
+    async def read(self, request: Request, resource_type: str, id: str) -> Response:
+        async def work(auth: AuthContext) -> Response:
+            outcome = await crud.read(self.svc, auth, resource_type, id)
+            assert outcome.version is not None
+            return self.shown(request, outcome.version)
+
+        return await self.handle(request, "read", work, resource_type, id)
+
+    async def vread(
+        self, request: Request, resource_type: str, id: str, version_id: str
+    ) -> Response:
+        async def work(auth: AuthContext) -> Response:
+            outcome = await crud.vread(self.svc, auth, resource_type, id, version_id)
+            assert outcome.version is not None
+            return self.shown(request, outcome.version)
+
+        return await self.handle(request, "vread", work, resource_type, id)
+
+    async def create(self, request: Request, resource_type: str) -> Response:
+        async def work(auth: AuthContext) -> Response:
+            resource = await self.body(request)
+            _check_body_type(resource, resource_type)
+            outcome = await crud.create(
+                self.svc, auth, resource, if_none_exist=request.headers.get("if-none-exist")
+            )
+            return self._written(request, outcome)
+
+        return await self.handle(request, "create", work, resource_type)
+
+    async def update(self, request: Request, resource_type: str, id: str) -> Response:
+        async def work(auth: AuthContext) -> Response:
+            resource = await self.body(request)
+            outcome = await crud.update(
+                self.svc,
+                auth,
+                resource_type,
+                id,
+                resource,
+                if_match=request.headers.get("if-match"),
+            )
+            return self._written(request, outcome)
+
+        return await self.handle(request, "update", work, resource_type, id)
+
+    async def conditional_update(self, request: Request, resource_type: str) -> Response:
+        async def work(auth: AuthContext) -> Response:
+            resource = await self.body(request)
+            outcome = await crud.conditional_update(
+                self.svc, auth, resource_type, _criteria(request), resource
+            )
+            return self._written(request, outcome)
+
+        return await self.handle(request, "update", work, resource_type)
+
+    async def patch(self, request: Request, resource_type: str, id: str) -> Response:
+        async def work(auth: AuthContext) -> Response:
+            operations = await self.body(request, patch=True)
+            outcome = await crud.patch(
+                self.svc,
+                auth,
+                resource_type,
+                id,
+                operations,
+                if_match=request.headers.get("if-match"),
+            )
+            return self._written(request, outcome)
+
+        return await self.handle(request, "patch", work, resource_type, id)
+
+    async def delete(self, request: Request, resource_type: str, id: str) -> Response:
+        async def work(auth: AuthContext) -> Response:
+            outcome = await crud.delete(self.svc, auth, resource_type, id)
+            headers = {"ETag": f'W/"{outcome.version.version}"'} if outcome.version else {}
+            return Response(status_code=204, headers=headers)
+
+        return await self.handle(request, "delete", work, resource_type, id)
+
+    async def conditional_delete(self, request: Request, resource_type: str) -> Response:
+        async def work(auth: AuthContext) -> Response:
+            await crud.conditional_delete(self.svc, auth, resource_type, _criteria(request))
+            return Response(status_code=204)
+
+        return await self.handle(request, "delete", work, resource_type)
+
+    async def instance_history(self, request: Request, resource_type: str, id: str) -> Response:
+        return await self._history(request, "history-instance", resource_type, id)
+
+    async def type_history(self, request: Request, resource_type: str) -> Response:
+        return await self._history(request, "history-type", resource_type, None)
+
+    async def system_history(self, request: Request) -> Response:
+        return await self._history(request, "history-system", None, None)
+
+    async def _history(
+        self, request: Request, interaction: str, resource_type: str | None, id: str | None
+    ) -> Response:
+        async def work(auth: AuthContext) -> Response:
+            params = list(request.query_params.multi_items())
+            result = await history.history(self.svc, auth, resource_type, id, params)
+            return fhir_json(result, pretty=request.query_params.get("_pretty") == "true")
+
+        return await self.handle(request, interaction, work, resource_type, id)
+
+    async def type_search(self, request: Request, resource_type: str) -> Response:
+        params = list(request.query_params.multi_items())
+        return await self._search(request, "search-type", resource_type, params)
+
+    async def type_search_post(self, request: Request, resource_type: str) -> Response:
+        async def work(auth: AuthContext) -> Response:
+            media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if media != "application/x-www-form-urlencoded":
+                raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded")
+            form = await request.form()
+            params = [*request.query_params.multi_items()]
+            params += [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+            result = await search.search(
+                self.svc, auth, resource_type, params, strict=prefer_strict(request)
+            )
+            return fhir_json(result)
+
+        return await self.handle(request, "search-type", work, resource_type)
+
+    async def system_search(self, request: Request) -> Response:
+        params = list(request.query_params.multi_items())
+        return await self._search(request, "search-system", None, params)
+
+    async def compartment_search(
+        self, request: Request, resource_type: str, id: str, compartment_type: str
+    ) -> Response:
+        async def work(auth: AuthContext) -> Response:
+            if resource_type != "Patient":
+                raise InvalidRequest(f"{resource_type} compartments are not supported")
+            params = list(request.query_params.multi_items())
+            result = await search.search(
+                self.svc,
+                auth,
+                compartment_type,
+                params,
+                strict=prefer_strict(request),
+                compartment=id,
+                self_path=f"Patient/{id}/{compartment_type}",
+            )
+            return fhir_json(result, pretty=request.query_params.get("_pretty") == "true")
+
+        return await self.handle(request, "search-compartment", work, compartment_type)
+
+    async def _search(
+        self,
+        request: Request,
+        interaction: str,
+        resource_type: str | None,
+        params: list[tuple[str, str]],
+    ) -> Response:
+        async def work(auth: AuthContext) -> Response:
+            result = await search.search(
+                self.svc, auth, resource_type, params, strict=prefer_strict(request)
+            )
+            return fhir_json(result, pretty=request.query_params.get("_pretty") == "true")
+
+        return await self.handle(request, interaction, work, resource_type)
+
+    async def bundle(self, request: Request) -> Response:
+        async def work(auth: AuthContext) -> Response:
+            body = await self.body(request)
+            if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
+                raise InvalidRequest("POST to the base takes a Bundle")
+            kind = body.get("type")
+            if kind == "transaction":
+                result = await transaction.transaction(self.svc, auth, body)
+            elif kind == "batch":
+                result = await transaction.batch(self.svc, auth, body)
+            else:
+                raise InvalidRequest(f"Bundle.type must be batch or transaction, not {kind!r}")
+            return fhir_json(result)
+
+        return await self.handle(request, "transaction", work)
+
+    def _written(self, request: Request, outcome: crud.Outcome) -> Response:
+        return written(
+            request,
+            self.svc.base_url,
+            outcome.status,
+            outcome.version,
+            outcome.issues,
+            created=outcome.created,
+        )
+
+
+def _criteria(request: Request) -> str:
+    query = str(request.url.query)
+    if not query:
+        raise InvalidRequest("a conditional interaction needs search criteria")
+    return query
+
+
+def _check_body_type(resource: Any, resource_type: str) -> None:
+    crud.check_type(resource_type)
+    body_type = resource.get("resourceType") if isinstance(resource, dict) else None
+    if body_type != resource_type:
+        raise InvalidRequest(f"the body is a {body_type}, the URL names a {resource_type}")
+
+
+def _not_modified(request: Request, version: StoredVersion) -> bool:
+    """Conditional read. See https://hl7.org/fhir/R4/http.html#cread"""
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None:
+        tags = {t.strip().removeprefix("W/").strip('"') for t in if_none_match.split(",")}
+        return str(version.version) in tags or "*" in tags
+    since = request.headers.get("if-modified-since")
+    if since is not None:
+        try:
+            moment = parsedate_to_datetime(since)
+        except (TypeError, ValueError):
+            return False
+        return version.last_updated.replace(microsecond=0) <= moment
+    return False

@@ -1,0 +1,415 @@
+"""The instance interactions: read, vread, create, update, patch, delete, and their
+conditional forms. Plain async functions over the store; HTTP, bundles and the
+bridges all call these. See https://hl7.org/fhir/R4/http.html
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import jsonpatch
+import orjson
+
+from fhir_server.access.context import AuthContext, Interaction
+from fhir_server.errors import (
+    Forbidden,
+    Gone,
+    InvalidRequest,
+    InvalidResource,
+    Issue,
+    NotFound,
+    PreconditionFailed,
+    UnknownResourceType,
+    UnprocessableEntity,
+)
+from fhir_server.interactions.conditional import find_conditional
+from fhir_server.interactions.services import Services
+from fhir_server.resources.meta import stamp
+from fhir_server.resources.types import SERVER_WRITTEN_TYPES, SUPPORTED_TYPES, is_valid_id
+from fhir_server.resources.validate import validate_resource
+from fhir_server.search.extract import extract_index
+from fhir_server.search.values import IndexEntry
+from fhir_server.storage.base import Method, NewVersion, StoredVersion, Transaction
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an interaction produced: the HTTP status, the version to show (if any),
+    and informational issues."""
+
+    status: int
+    version: StoredVersion | None = None
+    issues: tuple[Issue, ...] = ()
+    created: bool = False
+
+
+def check_type(resource_type: str) -> None:
+    if resource_type not in SUPPORTED_TYPES:
+        raise UnknownResourceType(f"resource type {resource_type!r} is not supported")
+
+
+def check_id(id: str) -> None:
+    if not is_valid_id(id):
+        raise InvalidRequest(f"invalid resource id {id!r}")
+
+
+def parse_version(text: str) -> int:
+    """A versionId as radhub writes them (a positive integer)."""
+    if not text.isdigit() or int(text) < 1:
+        raise NotFound(f"no version {text!r}")
+    return int(text)
+
+
+def loads(body: bytes) -> dict[str, Any]:
+    value = orjson.loads(body)
+    assert isinstance(value, dict)
+    return value
+
+
+def entries_of(svc: Services, version: StoredVersion) -> list[IndexEntry]:
+    if version.body is None:
+        return []
+    return extract_index(loads(version.body), svc.registry)
+
+
+def _check_visible(
+    svc: Services, auth: AuthContext, version: StoredVersion, action: Interaction
+) -> None:
+    svc.policy.check_resource(
+        auth, action, version.resource_type, version.id, entries_of(svc, version)
+    )
+
+
+def _check_writable(svc: Services, resource_type: str) -> None:
+    if resource_type in SERVER_WRITTEN_TYPES:
+        raise Forbidden(f"{resource_type} is written by the server only")
+
+
+async def _save(
+    tx: Transaction,
+    svc: Services,
+    auth: AuthContext,
+    resource_type: str,
+    id: str,
+    resource: dict[str, Any] | None,
+    current: StoredVersion | None,
+) -> StoredVersion:
+    """Write the next version of ``resource_type/id``: stamps meta, extracts the
+    index, checks the caller may hold the new content, and stores it."""
+    version = (current.version if current else 0) + 1
+    moment = svc.clock()
+    if current is not None and moment <= current.last_updated:
+        # lastUpdated never goes backwards within a resource, even if the clock does
+        moment = current.last_updated + timedelta(microseconds=1)
+    method: Method = "delete" if resource is None else "create" if current is None else "update"
+    body: bytes | None = None
+    index: list[IndexEntry] = []
+    if resource is not None:
+        stamped = stamp(resource, id, version, moment)
+        body = orjson.dumps(stamped)
+        index = extract_index(stamped, svc.registry)
+        fresh = current is None or current.deleted
+        action = Interaction.CREATE if fresh else Interaction.UPDATE
+        svc.policy.check_content(auth, action, resource_type, id, index)
+    new = NewVersion(resource_type, id, version, moment, method, body, index)
+    return await tx.write(new)
+
+
+# -- read ------------------------------------------------------------------------------
+
+
+async def read(svc: Services, auth: AuthContext, resource_type: str, id: str) -> Outcome:
+    """See https://hl7.org/fhir/R4/http.html#read"""
+    check_type(resource_type)
+    svc.policy.authorize(auth, Interaction.READ, resource_type)
+    current = await svc.store.read(resource_type, id)
+    return _shown(svc, auth, current, f"{resource_type}/{id}", Interaction.READ)
+
+
+async def read_in(
+    tx: Transaction, svc: Services, auth: AuthContext, resource_type: str, id: str
+) -> Outcome:
+    check_type(resource_type)
+    svc.policy.authorize(auth, Interaction.READ, resource_type)
+    current = await tx.current(resource_type, id)
+    return _shown(svc, auth, current, f"{resource_type}/{id}", Interaction.READ)
+
+
+def _shown(
+    svc: Services,
+    auth: AuthContext,
+    version: StoredVersion | None,
+    what: str,
+    action: Interaction,
+) -> Outcome:
+    if version is None:
+        raise NotFound(f"{what} is not known")
+    if version.deleted:
+        # 410 only for what the caller may see: otherwise it would reveal existence
+        previous = version
+        svc.policy.check_resource(auth, action, previous.resource_type, previous.id, [])
+        raise Gone(f"{what} was deleted", headers={"ETag": f'W/"{version.version}"'})
+    _check_visible(svc, auth, version, action)
+    return Outcome(200, version)
+
+
+async def vread(
+    svc: Services, auth: AuthContext, resource_type: str, id: str, version_id: str
+) -> Outcome:
+    """See https://hl7.org/fhir/R4/http.html#vread"""
+    check_type(resource_type)
+    svc.policy.authorize(auth, Interaction.VREAD, resource_type)
+    version = await svc.store.vread(resource_type, id, parse_version(version_id))
+    return _shown(
+        svc, auth, version, f"{resource_type}/{id}/_history/{version_id}", Interaction.VREAD
+    )
+
+
+# -- create ----------------------------------------------------------------------------
+
+
+async def create(
+    svc: Services, auth: AuthContext, resource: Any, *, if_none_exist: str | None = None
+) -> Outcome:
+    """See https://hl7.org/fhir/R4/http.html#create and #ccreate"""
+    async with svc.store.transaction() as tx:
+        return await create_in(tx, svc, auth, resource, if_none_exist=if_none_exist)
+
+
+async def create_in(
+    tx: Transaction,
+    svc: Services,
+    auth: AuthContext,
+    resource: Any,
+    *,
+    if_none_exist: str | None = None,
+    id: str | None = None,
+) -> Outcome:
+    resource_type = validate_resource(resource)
+    svc.policy.authorize(auth, Interaction.CREATE, resource_type)
+    _check_writable(svc, resource_type)
+    if if_none_exist is not None:
+        existing = await find_conditional(tx, svc, auth, resource_type, if_none_exist)
+        if len(existing) > 1:
+            raise PreconditionFailed(
+                f"If-None-Exist matched {len(existing)} {resource_type} resources"
+            )
+        if existing:
+            return Outcome(200, existing[0])
+    written = await _save(tx, svc, auth, resource_type, id or svc.new_id(), resource, None)
+    return Outcome(201, written, created=True)
+
+
+# -- update ----------------------------------------------------------------------------
+
+
+def parse_if_match(header: str) -> int:
+    """``If-Match: W/"3"`` → 3."""
+    text = header.strip()
+    if text.startswith("W/"):
+        text = text[2:]
+    text = text.strip('"')
+    if not text.isdigit():
+        raise PreconditionFailed(f"If-Match {header!r} names no version of this server")
+    return int(text)
+
+
+async def update(
+    svc: Services,
+    auth: AuthContext,
+    resource_type: str,
+    id: str,
+    resource: Any,
+    *,
+    if_match: str | None = None,
+) -> Outcome:
+    """See https://hl7.org/fhir/R4/http.html#update (including create-on-update)."""
+    async with svc.store.transaction() as tx:
+        return await update_in(tx, svc, auth, resource_type, id, resource, if_match=if_match)
+
+
+def _check_body_matches(resource: Any, resource_type: str, id: str) -> None:
+    body_type = validate_resource(resource)
+    if body_type != resource_type:
+        raise InvalidResource(f"the body is a {body_type}, the URL names a {resource_type}")
+    body_id = resource.get("id")
+    if body_id is None:
+        raise InvalidResource("the resource in an update must carry its id")
+    if body_id != id:
+        raise InvalidResource(f"the body's id {body_id!r} differs from the URL's {id!r}")
+
+
+async def update_in(
+    tx: Transaction,
+    svc: Services,
+    auth: AuthContext,
+    resource_type: str,
+    id: str,
+    resource: Any,
+    *,
+    if_match: str | None = None,
+) -> Outcome:
+    check_type(resource_type)
+    check_id(id)
+    _check_body_matches(resource, resource_type, id)
+    svc.policy.authorize(auth, Interaction.UPDATE, resource_type)
+    _check_writable(svc, resource_type)
+    current = await tx.current(resource_type, id)
+    _check_if_match(current, if_match, f"{resource_type}/{id}")
+    if current is not None and not current.deleted:
+        _check_visible(svc, auth, current, Interaction.UPDATE)
+    written = await _save(tx, svc, auth, resource_type, id, resource, current)
+    created = current is None or current.deleted
+    return Outcome(201 if created else 200, written, created=created)
+
+
+def _check_if_match(current: StoredVersion | None, if_match: str | None, what: str) -> None:
+    if if_match is None:
+        return
+    wanted = parse_if_match(if_match)
+    have = current.version if current is not None and not current.deleted else None
+    if have != wanted:
+        raise PreconditionFailed(
+            f"{what} is at version {have if have is not None else 'none'}, not {wanted}"
+        )
+
+
+async def conditional_update(
+    svc: Services, auth: AuthContext, resource_type: str, criteria: str, resource: Any
+) -> Outcome:
+    """See https://hl7.org/fhir/R4/http.html#cond-update"""
+    async with svc.store.transaction() as tx:
+        return await conditional_update_in(tx, svc, auth, resource_type, criteria, resource)
+
+
+async def conditional_update_in(
+    tx: Transaction,
+    svc: Services,
+    auth: AuthContext,
+    resource_type: str,
+    criteria: str,
+    resource: Any,
+) -> Outcome:
+    check_type(resource_type)
+    matches = await find_conditional(tx, svc, auth, resource_type, criteria)
+    if len(matches) > 1:
+        raise PreconditionFailed(f"the criteria matched {len(matches)} {resource_type} resources")
+    body_id = resource.get("id") if isinstance(resource, dict) else None
+    if not matches:
+        if body_id is not None:
+            return await update_in(tx, svc, auth, resource_type, body_id, resource)
+        return await create_in(tx, svc, auth, resource)
+    target = matches[0]
+    if body_id is not None and body_id != target.id:
+        raise InvalidResource(f"the body's id {body_id!r} differs from the match {target.id!r}")
+    with_id = {**resource, "id": target.id} if isinstance(resource, dict) else resource
+    return await update_in(tx, svc, auth, resource_type, target.id, with_id)
+
+
+# -- patch -----------------------------------------------------------------------------
+
+
+async def patch(
+    svc: Services,
+    auth: AuthContext,
+    resource_type: str,
+    id: str,
+    operations: Any,
+    *,
+    if_match: str | None = None,
+) -> Outcome:
+    """JSON Patch. See https://hl7.org/fhir/R4/http.html#patch"""
+    async with svc.store.transaction() as tx:
+        return await patch_in(tx, svc, auth, resource_type, id, operations, if_match=if_match)
+
+
+def apply_json_patch(resource: dict[str, Any], operations: Any) -> dict[str, Any]:
+    if not isinstance(operations, list):
+        raise InvalidRequest("a JSON Patch document is an array of operations")
+    try:
+        patched = jsonpatch.JsonPatch(operations).apply(resource)
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+        raise UnprocessableEntity(f"the patch cannot be applied: {exc}") from None
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise InvalidRequest(f"malformed JSON Patch: {exc}") from None
+    if not isinstance(patched, dict):
+        raise UnprocessableEntity("the patch does not leave a resource")
+    if (
+        patched.get("resourceType") != resource["resourceType"]
+        or patched.get("id") != resource["id"]
+    ):
+        raise UnprocessableEntity("a patch may not change resourceType or id")
+    return patched
+
+
+async def patch_in(
+    tx: Transaction,
+    svc: Services,
+    auth: AuthContext,
+    resource_type: str,
+    id: str,
+    operations: Any,
+    *,
+    if_match: str | None = None,
+) -> Outcome:
+    check_type(resource_type)
+    svc.policy.authorize(auth, Interaction.UPDATE, resource_type)
+    _check_writable(svc, resource_type)
+    current = await tx.current(resource_type, id)
+    _shown(svc, auth, current, f"{resource_type}/{id}", Interaction.UPDATE)
+    assert current is not None and current.body is not None
+    _check_if_match(current, if_match, f"{resource_type}/{id}")
+    patched = apply_json_patch(loads(current.body), operations)
+    validate_resource(patched)
+    written = await _save(tx, svc, auth, resource_type, id, patched, current)
+    return Outcome(200, written)
+
+
+# -- delete ----------------------------------------------------------------------------
+
+
+async def delete(svc: Services, auth: AuthContext, resource_type: str, id: str) -> Outcome:
+    """Soft delete: history keeps every version. See https://hl7.org/fhir/R4/http.html#delete"""
+    async with svc.store.transaction() as tx:
+        return await delete_in(tx, svc, auth, resource_type, id)
+
+
+async def delete_in(
+    tx: Transaction, svc: Services, auth: AuthContext, resource_type: str, id: str
+) -> Outcome:
+    check_type(resource_type)
+    svc.policy.authorize(auth, Interaction.DELETE, resource_type)
+    _check_writable(svc, resource_type)
+    current = await tx.current(resource_type, id)
+    if current is None or current.deleted:
+        # the spec allows 204 for a resource that does not exist (any more)
+        return Outcome(204)
+    _check_visible(svc, auth, current, Interaction.DELETE)
+    written = await _save(tx, svc, auth, resource_type, id, None, current)
+    return Outcome(204, written)
+
+
+async def conditional_delete(
+    svc: Services, auth: AuthContext, resource_type: str, criteria: str
+) -> Outcome:
+    """Single-match conditional delete. See https://hl7.org/fhir/R4/http.html#cdelete"""
+    async with svc.store.transaction() as tx:
+        return await conditional_delete_in(tx, svc, auth, resource_type, criteria)
+
+
+async def conditional_delete_in(
+    tx: Transaction, svc: Services, auth: AuthContext, resource_type: str, criteria: str
+) -> Outcome:
+    check_type(resource_type)
+    svc.policy.authorize(auth, Interaction.DELETE, resource_type)
+    matches = await find_conditional(tx, svc, auth, resource_type, criteria)
+    if len(matches) > 1:
+        raise PreconditionFailed(
+            f"the criteria matched {len(matches)} {resource_type} resources; "
+            "this server deletes one at a time"
+        )
+    if not matches:
+        return Outcome(204)
+    return await delete_in(tx, svc, auth, resource_type, matches[0].id)

@@ -1,0 +1,117 @@
+"""History at instance, type and system level, with ``_since``, ``_at``, ``_count``
+and keyset paging. See https://hl7.org/fhir/R4/http.html#history
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fhir_server.access.context import AuthContext, Interaction
+from fhir_server.errors import Forbidden, InvalidRequest, NotFound
+from fhir_server.interactions.bundles import bundle, history_entry, page_url
+from fhir_server.interactions.crud import check_type, entries_of
+from fhir_server.interactions.services import Services
+from fhir_server.resources.instants import parse_moment
+from fhir_server.resources.meta import format_instant
+from fhir_server.resources.types import SUPPORTED_TYPES
+from fhir_server.storage.base import HistoryQuery
+
+CURSOR_PARAM = "_cursor"
+_KNOWN = {"_since", "_at", "_count", CURSOR_PARAM, "_format", "_pretty"}
+
+
+def _one(params: list[tuple[str, str]], name: str) -> str | None:
+    values = [v for k, v in params if k == name]
+    if len(values) > 1:
+        raise InvalidRequest(f"{name} may be given once")
+    return values[0] if values else None
+
+
+def _int_param(params: list[tuple[str, str]], name: str) -> int | None:
+    text = _one(params, name)
+    if text is None:
+        return None
+    if not text.isdigit():
+        raise InvalidRequest(f"{name} must be a non-negative integer, not {text!r}")
+    return int(text)
+
+
+def _moment(params: list[tuple[str, str]], name: str) -> datetime | None:
+    text = _one(params, name)
+    return None if text is None else parse_moment(name, text)
+
+
+def history_query(
+    svc: Services, resource_type: str | None, id: str | None, params: list[tuple[str, str]]
+) -> HistoryQuery:
+    unknown = sorted({k for k, _ in params} - _KNOWN)
+    if unknown:
+        raise InvalidRequest(f"unsupported history parameter(s): {', '.join(unknown)}")
+    count = _int_param(params, "_count")
+    count = svc.limits.default_count if count is None else min(count, svc.limits.max_count)
+    return HistoryQuery(
+        resource_type=resource_type,
+        id=id,
+        since=_moment(params, "_since"),
+        at=_moment(params, "_at"),
+        count=count,
+        before_seq=_int_param(params, CURSOR_PARAM),
+    )
+
+
+async def history(
+    svc: Services,
+    auth: AuthContext,
+    resource_type: str | None,
+    id: str | None,
+    params: list[tuple[str, str]],
+) -> dict[str, Any]:
+    """The history Bundle for an instance, a type (``id`` None) or the system (both None)."""
+    await _authorize(svc, auth, resource_type, id)
+    query = history_query(svc, resource_type, id, params)
+    page = await svc.store.history(query)
+    if (
+        id is not None
+        and resource_type is not None
+        and not page.versions
+        and query.before_seq is None
+    ):
+        if await svc.store.read(resource_type, id) is None:
+            raise NotFound(f"{resource_type}/{id} is not known")
+    path = "/".join(p for p in (resource_type, id) if p)
+    base = f"{svc.base_url}/{path}/_history" if path else f"{svc.base_url}/_history"
+    links = [("self", page_url(base, params))]
+    if page.next_before_seq is not None:
+        links.append(("next", page_url(base, params, **{CURSOR_PARAM: str(page.next_before_seq)})))
+    entries = [history_entry(svc.base_url, version) for version in page.versions]
+    return bundle(
+        "history", entries, total=page.total, links=links, timestamp=format_instant(svc.clock())
+    )
+
+
+async def _authorize(
+    svc: Services, auth: AuthContext, resource_type: str | None, id: str | None
+) -> None:
+    if resource_type is None:
+        for each_type in sorted(SUPPORTED_TYPES):
+            svc.policy.authorize(auth, Interaction.HISTORY, each_type)
+        if auth.patient is not None:
+            raise Forbidden("patient-context tokens may read the history of single resources only")
+        return
+    check_type(resource_type)
+    svc.policy.authorize(
+        auth, Interaction.HISTORY if id is None else Interaction.HISTORY_INSTANCE, resource_type
+    )
+    if auth.patient is None:
+        return
+    if id is None:
+        raise Forbidden("patient-context tokens may read the history of single resources only")
+    current = await svc.store.read(resource_type, id)
+    if current is not None and current.deleted:
+        previous = await svc.store.vread(resource_type, id, current.version - 1)
+        current = previous or current
+    if current is not None:
+        svc.policy.check_resource(
+            auth, Interaction.HISTORY_INSTANCE, resource_type, id, entries_of(svc, current)
+        )

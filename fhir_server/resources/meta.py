@@ -1,0 +1,23 @@
+"""Server-owned parts of a stored resource: id, meta.versionId, meta.lastUpdated."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+
+def format_instant(moment: datetime) -> str:
+    """An R4 ``instant`` (https://hl7.org/fhir/R4/datatypes.html#instant)."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def stamp(resource: dict[str, Any], id: str, version: int, moment: datetime) -> dict[str, Any]:
+    """A copy of ``resource`` with the server's id and meta; other meta (tags,
+    profiles, security labels, source) is kept as sent."""
+    meta = dict(resource.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = format_instant(moment)
+    stamped = {"resourceType": resource["resourceType"], "id": id}
+    stamped.update((k, v) for k, v in resource.items() if k not in ("resourceType", "id", "meta"))
+    stamped["meta"] = meta
+    return stamped

@@ -1,0 +1,58 @@
+"""Validation of incoming resources against the R4 structure definitions, using
+fhir.resources' R4B models (identical to R4 for the types radhub serves)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from fhir_server.errors import InvalidResource, Issue, UnknownResourceType
+from fhir_server.resources.types import SUPPORTED_TYPES, is_valid_id
+
+_MAX_ISSUES = 20
+
+
+@lru_cache(maxsize=64)
+def _model(resource_type: str) -> Any:
+    return get_fhir_model_class(resource_type)
+
+
+def _issue(error: Any, resource_type: str) -> Issue:
+    path = ".".join(str(part) for part in error["loc"] if part != "__root__")
+    expression = f"{resource_type}.{path}" if path else resource_type
+    return Issue("error", "structure", f"{expression}: {error['msg']}", (expression,))
+
+
+def check_type(resource: Any) -> str:
+    """The resource's type, if it is a JSON object of a type this server supports."""
+    if not isinstance(resource, dict):
+        raise InvalidResource("the body is not a JSON object")
+    resource_type = resource.get("resourceType")
+    if not isinstance(resource_type, str):
+        raise InvalidResource("the resource has no resourceType")
+    if resource_type not in SUPPORTED_TYPES:
+        raise UnknownResourceType(f"resource type {resource_type!r} is not supported")
+    return resource_type
+
+
+def validate_resource(resource: Any) -> str:
+    """Validate a resource; return its type or raise InvalidResource with one issue
+    per structure error. See https://hl7.org/fhir/R4/validation.html"""
+    resource_type = check_type(resource)
+    rid = resource.get("id")
+    if rid is not None and (not isinstance(rid, str) or not is_valid_id(rid)):
+        raise InvalidResource(f"invalid resource id {rid!r}")
+    try:
+        _model(resource_type).model_validate(resource)
+    except ValidationError as exc:
+        errors = exc.errors()
+        issues = tuple(_issue(e, resource_type) for e in errors[:_MAX_ISSUES])
+        raise InvalidResource(
+            f"{resource_type} is not valid: {len(errors)} error(s)", issues=issues
+        ) from None
+    except (ValueError, TypeError) as exc:
+        raise InvalidResource(f"{resource_type} is not valid: {exc}") from None
+    return resource_type

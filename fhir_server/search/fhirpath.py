@@ -1,0 +1,150 @@
+"""The small FHIRPath subset the R4 search parameter expressions use.
+
+Paths (``Patient.name.given``), choice types (``Observation.effective`` finds
+``effectiveDateTime`` or ``effectivePeriod``), ``as``/``.as()``/``ofType()``,
+``.where(resolve() is Type)``, ``.where(field='literal')`` and ``|``. Anything
+else is reported as unsupported rather than guessed at.
+See https://hl7.org/fhir/R4/fhirpath.html
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from fhir_server.search.registry import branch_type, split_union
+
+_PAREN_AS = re.compile(r"^\((?P<path>.+) as (?P<type>\w+)\)(?P<rest>.*)$")
+_BARE_AS = re.compile(r"^(?P<path>.+) as (?P<type>\w+)$")
+_CALL = re.compile(r"^(?P<name>\w+)\((?P<arg>.*)\)$")
+_RESOLVE_IS = re.compile(r"^resolve\(\) is (?P<type>\w+)$")
+_FIELD_IS = re.compile(r"^(?P<field>\w+)\s*=\s*'(?P<value>[^']*)'$")
+
+
+class UnsupportedExpression(ValueError):
+    """An expression outside the subset; the registry's data should never hold one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One element: its JSON value, its type when a choice suffix tells it, its field name."""
+
+    value: Any
+    type: str | None = None
+    name: str = ""
+
+
+def evaluate(resource: dict[str, Any], expression: str) -> list[Item]:
+    """The elements ``expression`` (rooted at the resource type) selects in ``resource``."""
+    root = [Item(resource, resource.get("resourceType"))]
+    items: list[Item] = []
+    for branch in split_union(expression):
+        steps = _steps(branch)
+        if steps and steps[0] == branch_type(branch):
+            steps = steps[1:]  # the leading type names the root
+        items.extend(_run(root, steps))
+    return items
+
+
+def evaluate_relative(items: Iterable[Item], expression: str) -> list[Item]:
+    """The elements ``expression`` (relative, like ``value.as(Quantity)``) selects."""
+    start = list(items)
+    found: list[Item] = []
+    for branch in split_union(expression):
+        found.extend(_run(start, _steps(branch)))
+    return found
+
+
+def _steps(branch: str) -> list[str]:
+    branch = branch.strip()
+    match = _PAREN_AS.match(branch) or _BARE_AS.match(branch)
+    if match is not None:
+        rest = match.groupdict().get("rest") or ""
+        branch = f"{match['path']}.ofType({match['type']}){rest}"
+    return _split_dots(branch)
+
+
+def _split_dots(text: str) -> list[str]:
+    parts: list[str] = []
+    depth, start = 0, 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "." and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _run(items: list[Item], steps: list[str]) -> list[Item]:
+    for step in steps:
+        items = list(_step(items, step))
+    return items
+
+
+def _step(items: list[Item], step: str) -> Iterator[Item]:
+    call = _CALL.match(step)
+    if call is None:
+        for item in items:
+            yield from _child(item, step)
+        return
+    name, arg = call["name"], call["arg"].strip()
+    if name in ("as", "ofType"):
+        yield from (i for i in items if (i.type or "").lower() == arg.lower())
+    elif name == "where":
+        yield from _where(items, arg)
+    else:
+        raise UnsupportedExpression(f"FHIRPath function {name}() is not supported")
+
+
+def _child(item: Item, name: str) -> Iterator[Item]:
+    value = item.value
+    if not isinstance(value, dict):
+        return
+    if name in value:
+        yield from _flatten(value[name], None, name)
+        return
+    for key, child in value.items():
+        # A choice element: ``value[x]`` is stored as ``valueQuantity`` and so on.
+        if key.startswith(name) and len(key) > len(name) and key[len(name)].isupper():
+            yield from _flatten(child, key[len(name) :], name)
+
+
+def _flatten(value: Any, type_: str | None, name: str) -> Iterator[Item]:
+    if isinstance(value, list):
+        for v in value:
+            yield Item(v, type_, name)
+    elif value is not None:
+        yield Item(value, type_, name)
+
+
+def _where(items: list[Item], arg: str) -> Iterator[Item]:
+    resolve = _RESOLVE_IS.match(arg)
+    if resolve is not None:
+        yield from (i for i in items if reference_type(i.value) == resolve["type"])
+        return
+    field_is = _FIELD_IS.match(arg)
+    if field_is is None:
+        raise UnsupportedExpression(f"where({arg}) is not supported")
+    field, wanted = field_is["field"], field_is["value"]
+    yield from (i for i in items if isinstance(i.value, dict) and i.value.get(field) == wanted)
+
+
+def reference_type(value: Any) -> str | None:
+    """The resource type a Reference points at, as far as its text tells."""
+    if not isinstance(value, dict):
+        return None
+    reference = value.get("reference")
+    if isinstance(reference, str) and not reference.startswith("#"):
+        parts = reference.split("/")
+        if "_history" in parts:
+            parts = parts[: parts.index("_history")]
+        if len(parts) >= 2:
+            return parts[-2]
+    declared = value.get("type")
+    return declared if isinstance(declared, str) else None

@@ -1,0 +1,38 @@
+"""Settings, read once into one object by the command line and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable about a running server (see DESIGN.md, interface contract)."""
+
+    data_dir: Path = Path("data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    dicom_port: int = 11112
+    dicom_aet: str = "RADHUB"
+    mllp_port: int = 2575
+    mongodb_uri: str | None = None
+    base_url: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    cors_origins: tuple[str, ...] = field(default=())
+    max_body_bytes: int = 16 * 1024 * 1024
+    audit_flush_interval: float = 0.2
+
+    @property
+    def public_base(self) -> str:
+        """The public origin, without a trailing slash."""
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def fhir_base(self) -> str:
+        """The FHIR base URL, which is also the SMART ``aud``."""
+        return f"{self.public_base}/fhir"

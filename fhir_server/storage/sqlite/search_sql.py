@@ -1,0 +1,167 @@
+"""The SQLite side of search: index tables, index writes, and running a search.
+
+One index table per value kind, keyed by ``resources.pk``. Every table has a
+lookup index ``(type, param, value..., pk)`` that answers a search predicate
+without touching the table, and a ``(pk, param)`` index for re-indexing,
+sort keys and ``_include``. ``grp`` ties the components of one composite value
+together (0 for plain values).
+
+Paging is keyset-based: a cursor holds the sort key of the row at the page
+boundary, so pages stay correct while resources are added or removed.
+See https://hl7.org/fhir/R4/search.html and https://hl7.org/fhir/R4/http.html#paging
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from fhir_server.search.ast import SearchQuery
+from fhir_server.search.registry import COLUMN_PARAMS, SearchRegistry
+from fhir_server.search.values import (
+    CompositeValue,
+    DateRange,
+    IndexEntry,
+    NumberValue,
+    QuantityValue,
+    ReferenceValue,
+    StringValue,
+    TokenValue,
+    UriValue,
+    Value,
+)
+from fhir_server.storage.base import SearchPage
+from fhir_server.storage.sqlite.search_compile import Ctx, Frag, condition, join, type_in
+from fhir_server.storage.sqlite.search_includes import resolve_includes
+from fhir_server.storage.sqlite.search_paging import fetch_page, row_version
+
+_COLUMNS = "pk INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, grp INTEGER NOT NULL"
+
+INDEX_DDL: tuple[str, ...] = (
+    f"CREATE TABLE IF NOT EXISTS search_string({_COLUMNS}, norm TEXT NOT NULL, exact TEXT)",
+    "CREATE INDEX IF NOT EXISTS search_string_lookup ON search_string(type, param, norm, pk)",
+    "CREATE INDEX IF NOT EXISTS search_string_pk ON search_string(pk, param)",
+    f"CREATE TABLE IF NOT EXISTS search_token({_COLUMNS}, system TEXT, code TEXT, text TEXT)",
+    "CREATE INDEX IF NOT EXISTS search_token_lookup ON search_token(type, param, code, system, pk)",
+    "CREATE INDEX IF NOT EXISTS search_token_pk ON search_token(pk, param)",
+    f"CREATE TABLE IF NOT EXISTS search_date({_COLUMNS},"
+    " low INTEGER NOT NULL, high INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS search_date_low ON search_date(type, param, low, high, pk)",
+    "CREATE INDEX IF NOT EXISTS search_date_high ON search_date(type, param, high, pk)",
+    "CREATE INDEX IF NOT EXISTS search_date_pk ON search_date(pk, param)",
+    f"CREATE TABLE IF NOT EXISTS search_number({_COLUMNS}, value REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS search_number_lookup ON search_number(type, param, value, pk)",
+    "CREATE INDEX IF NOT EXISTS search_number_pk ON search_number(pk, param)",
+    f"CREATE TABLE IF NOT EXISTS search_quantity({_COLUMNS}, value REAL NOT NULL,"
+    " system TEXT, code TEXT, unit TEXT)",
+    "CREATE INDEX IF NOT EXISTS search_quantity_lookup ON search_quantity(type, param, value, pk)",
+    "CREATE INDEX IF NOT EXISTS search_quantity_pk ON search_quantity(pk, param)",
+    f"CREATE TABLE IF NOT EXISTS search_reference({_COLUMNS}, ref_type TEXT, ref_id TEXT,"
+    " url TEXT, version TEXT)",
+    "CREATE INDEX IF NOT EXISTS search_reference_lookup"
+    " ON search_reference(type, param, ref_id, ref_type, pk)",
+    "CREATE INDEX IF NOT EXISTS search_reference_target"
+    " ON search_reference(ref_type, ref_id, param, type)",
+    "CREATE INDEX IF NOT EXISTS search_reference_url ON search_reference(type, param, url, pk)"
+    " WHERE url IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS search_reference_pk ON search_reference(pk, param)",
+    f"CREATE TABLE IF NOT EXISTS search_uri({_COLUMNS}, uri TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS search_uri_lookup ON search_uri(type, param, uri, pk)",
+    "CREATE INDEX IF NOT EXISTS search_uri_pk ON search_uri(pk, param)",
+    # Default order and _lastUpdated within one type.
+    "CREATE INDEX IF NOT EXISTS resources_type_updated ON resources(type, last_updated)",
+)
+
+INDEX_TABLES: tuple[str, ...] = (
+    "search_string",
+    "search_token",
+    "search_date",
+    "search_number",
+    "search_quantity",
+    "search_reference",
+    "search_uri",
+)
+
+Row = tuple[object, ...]
+
+
+def write_index(
+    conn: sqlite3.Connection, pk: int, resource_type: str, entries: Sequence[IndexEntry]
+) -> None:
+    """Replace the index rows of resource ``pk`` with ``entries``."""
+    delete_index(conn, pk)
+    rows: dict[str, list[Row]] = {}
+    group = 0
+    for entry in entries:
+        if entry.param in COLUMN_PARAMS:
+            continue
+        if isinstance(entry.value, CompositeValue):
+            group += 1
+            for i, part in enumerate(entry.value.components):
+                _add_row(rows, (pk, resource_type, f"{entry.param}${i}", group), part)
+        else:
+            _add_row(rows, (pk, resource_type, entry.param, 0), entry.value)
+    for table, table_rows in rows.items():
+        marks = ", ".join("?" * len(table_rows[0]))
+        conn.executemany(f"INSERT INTO {table} VALUES ({marks})", table_rows)
+
+
+def _add_row(rows: dict[str, list[Row]], key: Row, value: Value) -> None:
+    table, columns = _value_columns(value)
+    if table:
+        rows.setdefault(table, []).append(key + columns)
+
+
+def _value_columns(value: Value) -> tuple[str, Row]:
+    """The table and value columns a value is stored in ("" for none)."""
+    if isinstance(value, StringValue):
+        return "search_string", (value.normalized, value.exact)
+    if isinstance(value, TokenValue):
+        return "search_token", (value.system, value.code, value.text)
+    if isinstance(value, DateRange):
+        return "search_date", (value.low, value.high)
+    if isinstance(value, QuantityValue):
+        return "search_quantity", (value.value, value.system, value.code, value.unit)
+    if isinstance(value, NumberValue):
+        return "search_number", (value.value,)
+    if isinstance(value, ReferenceValue):
+        return "search_reference", (value.type, value.id, value.url, value.version)
+    if isinstance(value, UriValue):
+        return "search_uri", (value.uri,)
+    return "", ()  # nested composites do not occur in R4
+
+
+def delete_index(conn: sqlite3.Connection, pk: int) -> None:
+    """Remove every index row of resource ``pk``."""
+    for table in INDEX_TABLES:
+        conn.execute(f"DELETE FROM {table} WHERE pk = ?", (pk,))
+
+
+def match_condition(query: SearchQuery, registry: SearchRegistry, alias: str = "r") -> Frag:
+    """The SQL condition on ``resources {alias}`` selecting the query's matches."""
+    types = query.types or registry.types
+    parts = [type_in(f"{alias}.type", types), Frag(f"{alias}.deleted = 0")]
+    if query.where is not None:
+        parts.append(condition(query.where, Ctx(alias, types, registry)))
+    return join(" AND ", parts)
+
+
+def run_search(
+    conn: sqlite3.Connection, query: SearchQuery, registry: SearchRegistry
+) -> SearchPage:
+    """Matches of one page in query order, their includes, the total and cursors."""
+    where = match_condition(query, registry)
+    page = fetch_page(conn, query, registry, where)
+    total = None
+    if query.total != "none":
+        total = conn.execute(
+            f"SELECT count(*) FROM resources r WHERE {where.sql}", where.args
+        ).fetchone()[0]
+    includes = resolve_includes(conn, query, registry, page.rows)
+    return SearchPage(
+        matches=[row_version(row) for row in page.rows],
+        includes=includes,
+        total=total,
+        next_cursor=page.next_cursor,
+        previous_cursor=page.previous_cursor,
+    )

@@ -1,0 +1,186 @@
+"""The embedded store: SQLite in WAL mode under the data dir.
+
+Threads, not the event loop, touch SQLite: one writer thread owns the only
+writing connection (SQLite allows one writer at a time anyway), a small pool of
+reader threads each own a read connection, so neither a slow query nor an
+fsync ever blocks the loop. ``synchronous=FULL`` makes every commit durable
+before it returns, which is what lets the API acknowledge a write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fhir_server.errors import StorageUnavailable
+from fhir_server.search.ast import SearchQuery
+from fhir_server.search.registry import SearchRegistry
+from fhir_server.storage.base import (
+    HistoryPage,
+    HistoryQuery,
+    NewVersion,
+    SearchPage,
+    StoredVersion,
+    Transaction,
+)
+from fhir_server.storage.sqlite import queries, search_sql
+
+T = TypeVar("T")
+
+DB_FILE = "radhub.sqlite3"
+
+_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA busy_timeout=10000",
+    "PRAGMA cache_size=-65536",
+    "PRAGMA temp_store=MEMORY",
+    "PRAGMA mmap_size=268435456",
+)
+
+
+def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
+    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    for pragma in _PRAGMAS:
+        if readonly and "journal_mode" in pragma:
+            continue
+        conn.execute(pragma)
+    return conn
+
+
+class SqliteTransaction:
+    """A unit of work on the writer connection (BEGIN IMMEDIATE … COMMIT)."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+
+    async def current(self, resource_type: str, id: str) -> StoredVersion | None:
+        return await self._store._on_writer(queries.read_current, resource_type, id)
+
+    async def search(self, query: SearchQuery) -> SearchPage:
+        registry = self._store.registry
+        return await self._store._on_writer(search_sql.run_search, query=query, registry=registry)
+
+    async def write(self, version: NewVersion) -> StoredVersion:
+        return await self._store._on_writer(queries.write_version, version)
+
+
+class SqliteStore:
+    """The embedded adapter of the storage port (see ``fhir_server.storage.base``)."""
+
+    name = "sqlite"
+
+    def __init__(self, data_dir: Path, registry: SearchRegistry, *, readers: int = 4) -> None:
+        self.path = data_dir / DB_FILE
+        self.registry = registry
+        self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._reader_pool = ThreadPoolExecutor(readers, thread_name_prefix="sqlite-reader")
+        self._writer: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_conns_lock = threading.Lock()
+        self._write_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._writer = await self._run(self._writer_pool, self._open_writer)
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"cannot open {self.path}: {exc}") from exc
+
+    def _open_writer(self) -> sqlite3.Connection:
+        conn = _connect(self.path, readonly=False)
+        queries.create_schema(conn, search_sql.INDEX_DDL)
+        return conn
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            writer = self._writer
+            self._writer = None
+            await self._run(self._writer_pool, writer.close)
+        self._writer_pool.shutdown(wait=True)
+        self._reader_pool.shutdown(wait=True)
+        with self._reader_conns_lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+
+    # -- plumbing -----------------------------------------------------------------
+
+    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(pool, fn, *args)
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path, readonly=True)
+            self._local.conn = conn
+            with self._reader_conns_lock:
+                self._reader_conns.append(conn)
+        return conn
+
+    async def _on_reader(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        def call() -> T:
+            with queries.map_sqlite_errors():
+                return fn(self._reader(), *args, **kwargs)
+
+        return await self._run(self._reader_pool, call)
+
+    async def _on_writer(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        writer = self._writer
+        if writer is None:
+            raise StorageUnavailable("the store is closed")
+
+        def call() -> T:
+            with queries.map_sqlite_errors():
+                return fn(writer, *args, **kwargs)
+
+        return await self._run(self._writer_pool, call)
+
+    # -- the port -------------------------------------------------------------------
+
+    async def read(self, resource_type: str, id: str) -> StoredVersion | None:
+        return await self._on_reader(queries.read_current, resource_type, id)
+
+    async def vread(self, resource_type: str, id: str, version: int) -> StoredVersion | None:
+        return await self._on_reader(queries.read_version, resource_type, id, version)
+
+    async def history(self, query: HistoryQuery) -> HistoryPage:
+        return await self._on_reader(queries.history, query)
+
+    async def search(self, query: SearchQuery) -> SearchPage:
+        return await self._on_reader(search_sql.run_search, query=query, registry=self.registry)
+
+    async def changes(self, after_seq: int, limit: int = 1000) -> list[StoredVersion]:
+        return await self._on_reader(queries.changes, after_seq, limit)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        async with self._write_lock:
+            await self._on_writer(queries.begin)
+            try:
+                yield SqliteTransaction(self)
+            except BaseException:
+                await asyncio.shield(self._on_writer(queries.rollback))
+                raise
+            await asyncio.shield(self._on_writer(queries.commit))
+
+    async def write_many(self, versions: Sequence[NewVersion]) -> list[StoredVersion]:
+        async with self._write_lock:
+            return await self._on_writer(partial(queries.write_batch, versions=versions))
+
+    async def healthy(self) -> bool:
+        try:
+            await self._on_reader(queries.ping)
+        except Exception:
+            return False
+        return True

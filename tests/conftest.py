@@ -1,0 +1,74 @@
+"""Fixtures shared by the whole suite: a real app on a real embedded store,
+reached through the real ASGI stack."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from fhir_server.app import create_app
+from fhir_server.settings import Settings
+from smart.tokens import mint_access_token
+
+SHARED_FHIR = Path(__file__).resolve().parents[1].parent / "shared" / "fhir"
+EXAMPLES = SHARED_FHIR / "examples"
+BASE = "http://radhub.test"
+
+MintToken = Callable[..., str]
+
+
+def require_peer(command: str) -> None:
+    """Skip when a system peer is missing, or fail when CI demands peers."""
+    if shutil.which(command) is None:
+        if os.environ.get("RADHUB_REQUIRE_PEERS") == "1":
+            pytest.fail(f"{command} is required (RADHUB_REQUIRE_PEERS=1) but not installed")
+        pytest.skip(f"{command} is not installed")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", base_url=BASE, audit_flush_interval=0.05)
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+def mint(app: FastAPI) -> MintToken:
+    def make(scope: str = "system/*.cruds", **claims: object) -> str:
+        identity = app.state.identity
+        return mint_access_token(
+            app.state.keyring,
+            issuer=identity.issuer,
+            audience=identity.audience,
+            scope=scope,
+            subject=str(claims.pop("subject", "tester")),
+            **claims,  # type: ignore[arg-type]
+        )
+
+    return make
+
+
+@pytest.fixture
+async def anon(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
+        yield client
+
+
+@pytest.fixture
+async def client(app: FastAPI, mint: MintToken) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    headers = {"Authorization": f"Bearer {mint()}"}
+    async with httpx.AsyncClient(transport=transport, base_url=BASE, headers=headers) as c:
+        yield c
