@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA_DIR ?= data
 
-.PHONY: serve test lint typecheck clean
+.PHONY: serve test lint clean openapi
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "radhub needs Python 3.11 ($(PYTHON))"; exit 1; }
@@ -30,3 +30,6 @@ test: $(STAMP) lint
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+openapi: $(STAMP)
+	RADHUB_UPDATE_OPENAPI=1 $(BIN)/pytest -q tests/test_openapi.py

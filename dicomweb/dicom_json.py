@@ -94,7 +94,7 @@ def _dataset(ds: Dataset, parent: tuple[int, ...], ctx: _Context) -> JsonDataset
         if tag & 0xFFFF == 0:  # group lengths are not part of the JSON model
             continue
         path = (*parent, int(tag))
-        raw = ds.get_item(tag)
+        raw = ds.get_item(tag, keep_deferred=True)
         if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
             out[f"{tag:08X}"] = _deferred(raw, path, ctx)
         else:

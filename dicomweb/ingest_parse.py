@@ -181,9 +181,12 @@ def parse_instance(
         fp.seek(0)
         ds = dcmread(fp, stop_before_pixels=True, defer_size=defer_size)
         ts = _transfer_syntax(ds)
-        pixels = _locate_pixel_data(fp, ds, size, ts)
-        _check_complete(ds, size)
+        deflated = ts == transfer_syntax.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+        _check_complete(ds, size, None if deflated else fp.tell())
+        pixels = None if deflated else _locate_pixel_data(fp, size, ts)
     header = _header(ds, ts)
+    if pixels is None and header.rows is not None and not deflated:
+        raise InstanceRejected(DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "image without pixel data")
     if sop_classes is not None and header.sop_class_uid not in sop_classes:
         raise InstanceRejected(SOP_CLASS_NOT_SUPPORTED, f"SOP Class {header.sop_class_uid}")
     return ParsedInstance(header, ds, pixels, size)
@@ -220,9 +223,8 @@ def _transfer_syntax(ds: Dataset) -> str:
     return str(ts)
 
 
-def _locate_pixel_data(fp: BinaryIO, ds: Dataset, size: int, ts: str) -> PixelDataLocation | None:
-    if ts == transfer_syntax.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
-        return None  # offsets refer to the inflated stream; nothing to seek to
+def _locate_pixel_data(fp: BinaryIO, size: int, ts: str) -> PixelDataLocation | None:
+    """Find the pixel data after the header and check it, and what follows, is complete."""
     start = fp.tell()
     if start >= size:
         return None
@@ -231,11 +233,25 @@ def _locate_pixel_data(fp: BinaryIO, ds: Dataset, size: int, ts: str) -> PixelDa
     if tag not in _PIXEL_TAGS:
         return None
     if length == _UNDEFINED:
-        _skip_fragments(fp, offset, size)
-        return PixelDataLocation(tag, vr, offset, None)
-    if offset + length > size:
+        end = _skip_fragments(fp, offset, size)
+    elif offset + length > size:
         raise InstanceRejected(CANNOT_UNDERSTAND, "file truncated inside the pixel data")
-    return PixelDataLocation(tag, vr, offset, length)
+    else:
+        end = offset + length
+    _check_trailing(fp, end, size, endian, ts)
+    return PixelDataLocation(tag, vr, offset, None if length == _UNDEFINED else length)
+
+
+def _check_trailing(fp: BinaryIO, position: int, size: int, endian: str, ts: str) -> None:
+    """Elements after the pixel data (e.g. trailing padding) must be whole too."""
+    while position < size:
+        fp.seek(position)
+        _, _, offset, length = _element_header(fp, position, endian, ts)
+        if length == _UNDEFINED:
+            return  # a sequence after the pixels: rare, and pydicom never read it
+        if offset + length > size:
+            raise InstanceRejected(CANNOT_UNDERSTAND, "file truncated after the pixel data")
+        position = offset + length
 
 
 def _element_header(
@@ -252,14 +268,14 @@ def _element_header(
     return tag, vr, start + 8, struct.unpack(endian + "H", head[6:])[0]
 
 
-def _skip_fragments(fp: BinaryIO, offset: int, size: int) -> None:
+def _skip_fragments(fp: BinaryIO, offset: int, size: int) -> int:
     """Walk the encapsulated items to their delimiter (PS3.5 §A.4), checking extents."""
     fp.seek(offset)
     while True:
         group, elem, length = struct.unpack("<HHI", _read_exact(fp, 8))
         tag = group << 16 | elem
         if tag == _SEQ_END:
-            return
+            return fp.tell()
         if tag != _ITEM or length == _UNDEFINED:
             raise InstanceRejected(CANNOT_UNDERSTAND, "malformed encapsulated pixel data")
         if fp.tell() + length > size:
@@ -274,18 +290,23 @@ def _read_exact(fp: BinaryIO, n: int) -> bytes:
     return data
 
 
-def _check_complete(ds: Dataset, size: int) -> None:
-    """pydicom stops quietly at end of file: compare each value with its declared length."""
+def _check_complete(ds: Dataset, size: int, stop: int | None) -> None:
+    """pydicom stops quietly at end of file: compare each value with its declared length,
+    and the end of the last element with where reading stopped."""
+    if stop is not None and stop > size:  # a deferred value was skipped past the end
+        raise InstanceRejected(CANNOT_UNDERSTAND, "file truncated inside a large value")
+    last_end: int | None = None
     for tag in ds.keys():
-        raw = ds.get_item(tag)
+        raw = ds.get_item(tag, keep_deferred=True)
         if not isinstance(raw, RawDataElement) or raw.length == _UNDEFINED:
+            last_end = None
             continue
-        if raw.value is None:
-            short = raw.value_tell + raw.length > size
-        else:
-            short = len(raw.value) < raw.length
+        last_end = raw.value_tell + raw.length
+        short = last_end > size if raw.value is None else len(raw.value) < raw.length
         if short:
             raise InstanceRejected(CANNOT_UNDERSTAND, f"file truncated in element {tag:08X}")
+    if stop is not None and last_end is not None and last_end != stop:
+        raise InstanceRejected(CANNOT_UNDERSTAND, "file truncated inside an element header")
 
 
 def _header(ds: Dataset, ts: str) -> InstanceHeader:

@@ -157,7 +157,7 @@ def negotiate(accept: str | None, stored_uid: str) -> str:
 
     Raises NotAcceptable when no acceptable media range can be served.
     """
-    ranges = parse_accept(accept or "*/*") or (MediaRange("*/*", (), 1.0),)
+    ranges = parse_accept(accept) if accept and accept.strip() else parse_accept("*/*")
     for media in ranges:
         if not _names_dicom(media):
             continue
@@ -207,7 +207,7 @@ def transcode_to_explicit_le(source: Path | bytes) -> bytes:
 def _to_explicit_le(ds: Dataset, uid: str) -> None:
     row = _BY_UID[uid]
     if row.encapsulated:
-        ds.decompress()
+        ds.decompress(generate_instance_uid=False)  # same instance, another encoding
     elif uid == EXPLICIT_VR_BIG_ENDIAN and "PixelData" in ds:
         array = ds.pixel_array
         ds.PixelData = array.astype(array.dtype.newbyteorder("<")).tobytes()

@@ -22,7 +22,7 @@ import orjson
 
 from fhir_server.access.context import AuthContext
 from fhir_server.resources.meta import format_instant, stamp
-from fhir_server.search.extract import extract_index
+from fhir_server.search.extract import extract_param
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.storage.base import NewVersion, Store
 
@@ -51,6 +51,22 @@ ACTION_OF = {
     "capabilities": "R",
     "operation": "E",
 }
+
+
+# The AuditEvent search parameters the trail is indexed for: who, when, what,
+# which patient, which interaction, what outcome. Indexing all 18 would cost
+# more than the audited request itself.
+AUDIT_SEARCH_PARAMS = (
+    "date",
+    "type",
+    "subtype",
+    "action",
+    "outcome",
+    "agent",
+    "altid",
+    "entity",
+    "patient",
+)
 
 
 def outcome_code(status: int) -> str:
@@ -167,6 +183,9 @@ class AuditLog:
         self._new_id = new_id
         self._interval = flush_interval
         self._max_batch = max_batch
+        self._params = [
+            p for code in AUDIT_SEARCH_PARAMS if (p := registry.param("AuditEvent", code))
+        ]
         self._queue: list[AuditRecord] = []
         self._task: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
@@ -198,7 +217,7 @@ class AuditLog:
 
     def _version(self, record: AuditRecord) -> NewVersion:
         event = stamp(to_audit_event(record), self._new_id(), 1, record.moment)
-        index = extract_index(event, self._registry)
+        index = [e for p in self._params for e in extract_param(event, p)]
         return NewVersion(
             "AuditEvent", event["id"], 1, record.moment, "create", orjson.dumps(event), index
         )

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from joserfc import jws, jwt
@@ -76,6 +78,14 @@ def mint_access_token(
     return jwt.encode(header, claims, key.jwk, algorithms=[key.alg])
 
 
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    context: AuthContext
+    expires: int
+    not_before: Any
+    kid: str
+
+
 class JwtTokenVerifier:
     """Verifies tokens signed by ``keyring`` for this server (implements TokenVerifier).
 
@@ -93,9 +103,13 @@ class JwtTokenVerifier:
         clock: Clock = time.time,
         leeway: int = DEFAULT_LEEWAY,
         is_revoked: RevocationCheck | None = None,
+        cache_size: int = 4096,
     ) -> None:
         self._keyring = keyring
         self._clock = clock
+        self._leeway = leeway
+        self._cache: OrderedDict[str, _Verified] = OrderedDict()
+        self._cache_size = cache_size
         self._is_revoked = is_revoked
         self._claims = JWTClaimsRegistry(
             now=lambda: int(self._clock()),
@@ -109,10 +123,42 @@ class JwtTokenVerifier:
 
     async def verify(self, token: str) -> AuthContext:
         """Check signature, type and claims; return the context the token grants."""
-        claims = self._decode(token)
-        if self._is_revoked is not None and await self._is_revoked(claims["jti"]):
+        cached = self._cached(token)
+        if cached is None:
+            claims = self._decode(token)
+            kid = str(jws.extract_compact(token.encode("ascii")).headers().get("kid"))
+            cached = _Verified(_context(claims), int(claims["exp"]), claims.get("nbf"), kid)
+            self._remember(token, cached)
+        if self._is_revoked is not None and await self._is_revoked(cached.context.token_id or ""):
             raise invalid_token("token revoked")
-        return _context(claims)
+        return cached.context
+
+    def _cached(self, token: str) -> _Verified | None:
+        """A token verified before, if it is still within its validity window.
+
+        A signature check costs more than the rest of a small read, and clients
+        send the same token for an hour: verify once, re-check the clock each time.
+        """
+        hit = self._cache.get(token)
+        if hit is None:
+            return None
+        now = self._clock()
+        if now >= hit.expires + self._leeway:
+            del self._cache[token]
+            raise invalid_token("token expired")
+        if self._keyring.get(hit.kid) is None:
+            # its signing key was retired since: verify afresh (and fail)
+            del self._cache[token]
+            return None
+        if isinstance(hit.not_before, int | float) and now + self._leeway < hit.not_before:
+            raise invalid_token("token not yet valid")
+        self._cache.move_to_end(token)
+        return hit
+
+    def _remember(self, token: str, verified: _Verified) -> None:
+        self._cache[token] = verified
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
 
     def _decode(self, token: str) -> dict[str, Any]:
         if len(token) > MAX_TOKEN_BYTES:

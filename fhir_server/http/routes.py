@@ -138,8 +138,23 @@ class FhirHttp:
         router.add_api_route(
             "/metadata", self.metadata, methods=["GET"], summary="CapabilityStatement"
         )
-        router.add_api_route("/", self.system_search, methods=["GET"], summary="System search")
-        router.add_api_route("/", self.bundle, methods=["POST"], summary="Batch or transaction")
+        # the base itself is `/fhir` (no slash): a redirect would drop a POSTed Bundle
+        # with some clients; `/fhir/` is served too, kept out of the schema
+        for base, listed in (("", True), ("/", False)):
+            router.add_api_route(
+                base,
+                self.system_search,
+                methods=["GET"],
+                summary="System search",
+                include_in_schema=listed,
+            )
+            router.add_api_route(
+                base,
+                self.bundle,
+                methods=["POST"],
+                summary="Batch or transaction",
+                include_in_schema=listed,
+            )
         router.add_api_route(
             "/_history", self.system_history, methods=["GET"], summary="System history"
         )

@@ -77,6 +77,10 @@ def entries_of(svc: Services, version: StoredVersion) -> list[IndexEntry]:
 def _check_visible(
     svc: Services, auth: AuthContext, version: StoredVersion, action: Interaction
 ) -> None:
+    # extracting the index costs more than the rest of a read: only when a
+    # restriction (compartment, granular scope) needs it
+    if svc.policy.search_filter(auth, version.resource_type, action) is None:
+        return
     svc.policy.check_resource(
         auth, action, version.resource_type, version.id, entries_of(svc, version)
     )

@@ -8,9 +8,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from fhir_server.errors import InvalidRequest
 from fhir_server.resources.types import SUPPORTED_TYPES
 
 Resolver = Callable[[str], Awaitable[str]]
+
+URN_UUID = "urn:uuid:"
 
 
 def _is_conditional(reference: str) -> bool:
@@ -35,6 +38,9 @@ async def _rewrite_field(
     if key == "reference" and isinstance(value, str):
         if value in mapping:
             return mapping[value]
+        if value.startswith(URN_UUID):
+            # a placeholder no entry defines would be stored as a dangling reference
+            raise InvalidRequest(f"reference {value!r} names no entry of this Bundle")
         if _is_conditional(value):
             return await resolve(value)
         return value

@@ -13,7 +13,7 @@ from fhir_server.access.policy import compartment_filter
 from fhir_server.errors import InvalidSearch, Issue, NotFound, operation_outcome
 from fhir_server.interactions.bundles import bundle, full_url, page_url, resource_json
 from fhir_server.interactions.conditional import restricted
-from fhir_server.interactions.crud import check_type
+from fhir_server.interactions.crud import check_type, entries_of
 from fhir_server.interactions.services import Services
 from fhir_server.resources.meta import format_instant
 from fhir_server.resources.presentation import present
@@ -52,10 +52,14 @@ async def search(
     if compartment is not None and resource_type is not None:
         query = restricted(query, _compartment(svc, resource_type, compartment))
     query = replace(query, count=min(query.count, svc.limits.max_count))
+    summary, elements = _presentation(parsed.result_params)
+    if summary == "count":
+        # _summary=count answers with the total alone
+        query = replace(query, total="accurate", includes=())
     page = await (tx.search(query) if tx is not None else svc.store.search(query))
+    page = replace(page, includes=[v for v in page.includes if _may_see(svc, auth, v)])
     path = self_path or (resource_type or "")
     base = f"{svc.base_url}/{path}" if path else svc.base_url
-    summary, elements = _presentation(parsed.result_params)
     return _searchset(svc, page, base, params, parsed.issues, summary, elements)
 
 
@@ -86,6 +90,22 @@ def _authorized_query(svc: Services, auth: AuthContext, query: SearchQuery) -> S
     if auth.patient is not None:
         raise InvalidSearch("a patient-context search must name one resource type (use _type)")
     return query
+
+
+def _may_see(svc: Services, auth: AuthContext, version: StoredVersion) -> bool:
+    """Whether an included resource is one the caller could read on its own.
+
+    Includes cannot be restricted inside the query yet: the backends compile
+    ``include_where`` for every type at once, and a compartment filter differs
+    per type. Checking them here, with the same matcher a read uses, keeps
+    read, search and include in agreement; it cannot leak counts or break
+    paging, which are decided by the matches alone.
+    """
+    grants = svc.policy.grants(auth, Interaction.READ, version.resource_type)
+    if not grants:
+        return False
+    where = svc.policy.search_filter(auth, version.resource_type, Interaction.READ)
+    return where is None or svc.policy.matches(where, version.id, entries_of(svc, version))
 
 
 def _entry(

@@ -41,6 +41,7 @@ class Entry:
     if_none_exist: str | None
     if_match: str | None
     assigned_id: str | None = None
+    touched: str | None = None  # the Type/id the entry wrote or deleted, once run
     response: dict[str, Any] = field(default_factory=dict)
 
 
@@ -48,13 +49,17 @@ class EntryError(FhirError):
     """An entry failed: carries the entry's position for the OperationOutcome."""
 
 
-def _parse_entries(body: dict[str, Any], svc: Services) -> list[Entry]:
-    raw = body.get("entry") or []
+def _raw_entries(body: dict[str, Any], svc: Services) -> list[Any]:
+    raw = body.get("entry", [])
     if not isinstance(raw, list):
         raise InvalidRequest("Bundle.entry must be an array")
     if len(raw) > svc.limits.max_bundle_entries:
         raise InvalidRequest(f"at most {svc.limits.max_bundle_entries} entries per Bundle")
-    return [_parse_entry(i, e) for i, e in enumerate(raw)]
+    return raw
+
+
+def _parse_entries(body: dict[str, Any], svc: Services) -> list[Entry]:
+    return [_parse_entry(i, e) for i, e in enumerate(_raw_entries(body, svc))]
 
 
 def _parse_entry(index: int, raw: Any) -> Entry:
@@ -130,6 +135,11 @@ async def _run_entry(
         return await _run_get(tx, svc, auth, path, query)
     else:
         raise InvalidRequest(f"{method} {entry.url} is not an interaction this server supports")
+    version = outcome.version
+    if version is not None:
+        entry.touched = f"{version.resource_type}/{version.id}"
+    elif len(path) == 2:
+        entry.touched = f"{path[0]}/{path[1]}"
     return _entry_result(outcome, svc)
 
 
@@ -215,10 +225,27 @@ async def transaction(svc: Services, auth: AuthContext, body: dict[str, Any]) ->
         for entry in ordered:
             if entry.resource is not None:
                 entry.resource = await rewrite_references(entry.resource, mapping, conditional)
+        touched: dict[str, int] = {}
         for entry in ordered:
-            entry.response = await _guarded(entry, _run_entry(tx, svc, auth, entry))
+            entry.response = await _guarded(entry, _run_exclusive(tx, svc, auth, entry, touched))
     results = [e.response for e in sorted(ordered, key=lambda e: e.index)]
     return bundle("transaction-response", results, timestamp=format_instant(svc.clock()))
+
+
+async def _run_exclusive(
+    tx: Transaction, svc: Services, auth: AuthContext, entry: Entry, touched: dict[str, int]
+) -> dict[str, Any]:
+    """Run an entry, refusing a second write to a resource an earlier entry wrote:
+    "If any resource identities overlap in steps 1-3, the transaction SHALL fail"."""
+    result = await _run_entry(tx, svc, auth, entry)
+    if entry.touched is not None:
+        earlier = touched.setdefault(entry.touched, entry.index)
+        if earlier != entry.index:
+            raise InvalidRequest(
+                f"Bundle.entry[{entry.index}] and Bundle.entry[{earlier}] both change "
+                f"{entry.touched}"
+            )
+    return result
 
 
 async def _guarded(entry: Entry, work: Any) -> dict[str, Any]:
@@ -242,11 +269,7 @@ async def _guarded(entry: Entry, work: Any) -> dict[str, Any]:
 
 async def batch(svc: Services, auth: AuthContext, body: dict[str, Any]) -> dict[str, Any]:
     """Process a batch Bundle: each entry on its own, each outcome reported."""
-    raw = body.get("entry") or []
-    if not isinstance(raw, list):
-        raise InvalidRequest("Bundle.entry must be an array")
-    if len(raw) > svc.limits.max_bundle_entries:
-        raise InvalidRequest(f"at most {svc.limits.max_bundle_entries} entries per Bundle")
+    raw = _raw_entries(body, svc)
     results = [await _batch_entry(svc, auth, i, e) for i, e in enumerate(raw)]
     return bundle("batch-response", results, timestamp=format_instant(svc.clock()))
 

@@ -116,6 +116,10 @@ def _period(period: dict[str, Any]) -> DateRange | None:
     end = parse_date_range(period["end"]) if isinstance(period.get("end"), str) else None
     if start is None and end is None:
         return None
+    if start is not None and end is not None and end.high <= start.low:
+        # An end before the start breaks R4's per-1 invariant; cover both rather
+        # than store an empty range every comparison would misjudge.
+        return DateRange(min(start.low, end.low), max(start.high, end.high))
     return DateRange(start.low if start else MIN_TIME, end.high if end else MAX_TIME)
 
 

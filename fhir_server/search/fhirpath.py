@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from fhir_server.search.registry import branch_type, split_union
@@ -36,14 +37,23 @@ class Item:
     name: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One parsed step: a child name, a type filter, or a where() filter."""
+
+    kind: str  # "child" | "type" | "resolve" | "field"
+    name: str
+    value: str = ""
+
+
+Plan = tuple[tuple[_Step, ...], ...]
+
+
 def evaluate(resource: dict[str, Any], expression: str) -> list[Item]:
     """The elements ``expression`` (rooted at the resource type) selects in ``resource``."""
     root = [Item(resource, resource.get("resourceType"))]
     items: list[Item] = []
-    for branch in split_union(expression):
-        steps = _steps(branch)
-        if steps and steps[0] == branch_type(branch):
-            steps = steps[1:]  # the leading type names the root
+    for steps in _plan(expression, rooted=True):
         items.extend(_run(root, steps))
     return items
 
@@ -52,9 +62,21 @@ def evaluate_relative(items: Iterable[Item], expression: str) -> list[Item]:
     """The elements ``expression`` (relative, like ``value.as(Quantity)``) selects."""
     start = list(items)
     found: list[Item] = []
-    for branch in split_union(expression):
-        found.extend(_run(start, _steps(branch)))
+    for steps in _plan(expression, rooted=False):
+        found.extend(_run(start, steps))
     return found
+
+
+@lru_cache(maxsize=4096)
+def _plan(expression: str, *, rooted: bool) -> Plan:
+    """Parse once: extraction evaluates the same few hundred expressions on every write."""
+    branches: list[tuple[_Step, ...]] = []
+    for branch in split_union(expression):
+        texts = _steps(branch)
+        if rooted and texts and texts[0] == branch_type(branch):
+            texts = texts[1:]  # the leading type names the root
+        branches.append(tuple(_parse_step(t) for t in texts))
+    return tuple(branches)
 
 
 def _steps(branch: str) -> list[str]:
@@ -81,25 +103,42 @@ def _split_dots(text: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def _run(items: list[Item], steps: list[str]) -> list[Item]:
+def _parse_step(step: str) -> _Step:
+    call = _CALL.match(step)
+    if call is None:
+        return _Step("child", step)
+    name, arg = call["name"], call["arg"].strip()
+    if name in ("as", "ofType"):
+        return _Step("type", arg.lower())
+    if name == "where":
+        resolve = _RESOLVE_IS.match(arg)
+        if resolve is not None:
+            return _Step("resolve", resolve["type"])
+        field_is = _FIELD_IS.match(arg)
+        if field_is is not None:
+            return _Step("field", field_is["field"], field_is["value"])
+        raise UnsupportedExpression(f"where({arg}) is not supported")
+    raise UnsupportedExpression(f"FHIRPath function {name}() is not supported")
+
+
+def _run(items: list[Item], steps: tuple[_Step, ...]) -> list[Item]:
     for step in steps:
         items = list(_step(items, step))
     return items
 
 
-def _step(items: list[Item], step: str) -> Iterator[Item]:
-    call = _CALL.match(step)
-    if call is None:
+def _step(items: list[Item], step: _Step) -> Iterator[Item]:
+    if step.kind == "child":
         for item in items:
-            yield from _child(item, step)
-        return
-    name, arg = call["name"], call["arg"].strip()
-    if name in ("as", "ofType"):
-        yield from (i for i in items if (i.type or "").lower() == arg.lower())
-    elif name == "where":
-        yield from _where(items, arg)
+            yield from _child(item, step.name)
+    elif step.kind == "type":
+        yield from (i for i in items if (i.type or "").lower() == step.name)
+    elif step.kind == "resolve":
+        yield from (i for i in items if reference_type(i.value) == step.name)
     else:
-        raise UnsupportedExpression(f"FHIRPath function {name}() is not supported")
+        yield from (
+            i for i in items if isinstance(i.value, dict) and i.value.get(step.name) == step.value
+        )
 
 
 def _child(item: Item, name: str) -> Iterator[Item]:
@@ -121,18 +160,6 @@ def _flatten(value: Any, type_: str | None, name: str) -> Iterator[Item]:
             yield Item(v, type_, name)
     elif value is not None:
         yield Item(value, type_, name)
-
-
-def _where(items: list[Item], arg: str) -> Iterator[Item]:
-    resolve = _RESOLVE_IS.match(arg)
-    if resolve is not None:
-        yield from (i for i in items if reference_type(i.value) == resolve["type"])
-        return
-    field_is = _FIELD_IS.match(arg)
-    if field_is is None:
-        raise UnsupportedExpression(f"where({arg}) is not supported")
-    field, wanted = field_is["field"], field_is["value"]
-    yield from (i for i in items if isinstance(i.value, dict) and i.value.get(field) == wanted)
 
 
 def reference_type(value: Any) -> str | None:

@@ -130,6 +130,20 @@ def _is_set(node: Node) -> bool:
     return isinstance(node, Composite | Chain | Has)
 
 
+def drives(node: Node) -> bool:
+    """Whether ``node`` must hold an index lookup that can drive the search."""
+    if isinstance(node, And):
+        return any(drives(p) for p in node.parts)
+    if isinstance(node, Or):
+        return all(_is_set(p) for p in node.parts)
+    return _is_set(node)
+
+
+def _plus(node: Node) -> str:
+    """``+`` (no index on the type column) when ``node`` has a lookup to start from."""
+    return "+" if drives(node) else ""
+
+
 def pk_set(node: Node, ctx: Ctx) -> Frag:
     """A ``SELECT pk`` of the resources (of ``ctx.types``) matching ``node``."""
     if isinstance(node, Compare):
@@ -188,15 +202,20 @@ def _chain_set(node: Chain, ctx: Ctx) -> Frag:
     where = join(
         " AND ",
         [
-            type_in(f"{ref}.type", ctx.types),
-            Frag(f"{ref}.param = ? AND {ref}.ref_type = ?", (node.param, node.target_type)),
-            Frag(f"{target}.deleted = 0"),
+            Frag(
+                f"{_plus(node.where)}{target}.type = ? AND {target}.deleted = 0",
+                (node.target_type,),
+            ),
             inner,
+            type_in(f"{ref}.type", ctx.types),
+            Frag(f"{ref}.param = ?", (node.param,)),
         ],
     )
+    # CROSS JOIN fixes the order: first the targets that match (usually few),
+    # then the references to them (search_reference_target), never every reference.
     sql = (
-        f"SELECT {ref}.pk FROM search_reference {ref} JOIN resources {target}"
-        f" ON {target}.type = {ref}.ref_type AND {target}.id = {ref}.ref_id WHERE {where.sql}"
+        f"SELECT {ref}.pk FROM resources {target} CROSS JOIN search_reference {ref}"
+        f" ON {ref}.ref_type = {target}.type AND {ref}.ref_id = {target}.id WHERE {where.sql}"
     )
     return Frag(sql, where.args)
 
@@ -207,16 +226,21 @@ def _has_set(node: Has, ctx: Ctx) -> Frag:
     where = join(
         " AND ",
         [
-            Frag(f"{ref}.type = ? AND {ref}.param = ?", (node.source_type, node.param)),
-            Frag(f"{source}.deleted = 0"),
-            type_in(f"{target}.type", ctx.types),
+            Frag(
+                f"{_plus(node.where)}{source}.type = ? AND {source}.deleted = 0",
+                (node.source_type,),
+            ),
             inner,
+            Frag(f"{ref}.param = ?", (node.param,)),
+            type_in(f"{target}.type", ctx.types),
         ],
     )
+    # Sources that match first, then their references (by pk), then the targets.
     sql = (
-        f"SELECT {target}.pk FROM search_reference {ref}"
-        f" JOIN resources {source} ON {source}.pk = {ref}.pk"
-        f" JOIN resources {target} ON {target}.type = {ref}.ref_type AND {target}.id = {ref}.ref_id"
+        f"SELECT {target}.pk FROM resources {source}"
+        f" CROSS JOIN search_reference {ref} ON {ref}.pk = {source}.pk"
+        f" CROSS JOIN resources {target}"
+        f" ON {target}.type = {ref}.ref_type AND {target}.id = {ref}.ref_id"
         f" WHERE {where.sql}"
     )
     return Frag(sql, where.args)
@@ -330,8 +354,10 @@ def range_test(low: str, high: str, p: DateRange, prefix: str) -> Frag:
         "ne": (f"NOT ({within})", (p.low, p.high)),
         "gt": (f"{high} > ?", (p.high,)),
         "lt": (f"{low} < ?", (p.low,)),
-        "ge": (f"({high} > ? OR ({within}))", (p.high, p.low, p.high)),
-        "le": (f"({low} < ? OR ({within}))", (p.low, p.low, p.high)),
+        # The leading bounds are implied by the rest (low < high); they give the
+        # index a range to search instead of every row of the parameter.
+        "ge": (f"{high} > ? AND ({high} > ? OR ({within}))", (p.low, p.high, p.low, p.high)),
+        "le": (f"{low} < ? AND ({low} < ? OR ({within}))", (p.high, p.low, p.low, p.high)),
         "sa": (f"{low} >= ?", (p.high,)),
         "eb": (f"{high} <= ?", (p.low,)),
         "ap": (f"{low} < ? AND {high} > ?", (p.high, p.low)),

@@ -74,7 +74,8 @@ def _include_rows(
         chunk = pks[start : start + _CHUNK]
         filters = [
             Frag(f"ref.pk IN ({', '.join('?' * len(chunk))})", tuple(chunk)),
-            Frag("ref.type = ?", (include.source_type,)),
+            # ``+``: look the page's rows up by pk, not every reference of the type.
+            Frag("+ref.type = ?", (include.source_type,)),
             *_param_filter(include),
             guard,
         ]

@@ -31,7 +31,7 @@ from fhir_server.search.values import (
     Value,
 )
 from fhir_server.storage.base import SearchPage
-from fhir_server.storage.sqlite.search_compile import Ctx, Frag, condition, join, type_in
+from fhir_server.storage.sqlite.search_compile import Ctx, Frag, condition, drives, join, type_in
 from fhir_server.storage.sqlite.search_includes import resolve_includes
 from fhir_server.storage.sqlite.search_paging import fetch_page, row_version
 
@@ -140,7 +140,12 @@ def delete_index(conn: sqlite3.Connection, pk: int) -> None:
 def match_condition(query: SearchQuery, registry: SearchRegistry, alias: str = "r") -> Frag:
     """The SQL condition on ``resources {alias}`` selecting the query's matches."""
     types = query.types or registry.types
-    parts = [type_in(f"{alias}.type", types), Frag(f"{alias}.deleted = 0")]
+    # With an index lookup to drive the search, ``+`` keeps SQLite from walking
+    # every row of the type instead (it has no statistics to know better).
+    column = (
+        f"+{alias}.type" if query.where is not None and drives(query.where) else f"{alias}.type"
+    )
+    parts = [type_in(column, types), Frag(f"{alias}.deleted = 0")]
     if query.where is not None:
         parts.append(condition(query.where, Ctx(alias, types, registry)))
     return join(" AND ", parts)

@@ -1,0 +1,359 @@
+"""QIDO-RS queries: the standard's tables as data and the query-parameter parser.
+
+``parse_qido`` turns a search's query parameters (PS3.18 §8.3.4, §10.6.1)
+into a ``QidoQuery``: typed matchers per attribute, the include fields, the
+page and the warnings to send as ``Warning: 299``. Backends compile the
+matchers; ``dicomweb.qido_match`` evaluates them over DICOM JSON records and
+is the test oracle.
+
+Range bounds are normalised at parse time so that plain string comparison
+decides them: dates as ``YYYYMMDD``, times as ``HHMMSS.FFFFFF``, date-times
+as ``YYYYMMDDHHMMSS.FFFFFF`` (time-zone offsets are dropped); a lower bound
+is padded with the earliest, an upper bound with the latest value its
+precision covers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+Level = Literal["study", "series", "instance"]
+LEVELS: tuple[Level, ...] = ("study", "series", "instance")
+
+
+def _tags(*keywords: str) -> tuple[int, ...]:
+    found = tuple(tag_for_keyword(k) for k in keywords)
+    return tuple(t for t in found if t is not None)
+
+
+# PS3.18 (2024c) Table 10.6.3-3 Study, 10.6.3-4 Series and 10.6.3-5 Instance
+# Resources Search Response Payload: attributes every result carries.
+RETURN_ATTRIBUTES: dict[Level, tuple[int, ...]] = {
+    "study": _tags(
+        "StudyDate", "StudyTime", "AccessionNumber", "InstanceAvailability",
+        "ModalitiesInStudy", "ReferringPhysicianName", "TimezoneOffsetFromUTC",
+        "RetrieveURL", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+        "StudyInstanceUID", "StudyID", "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
+    ),
+    "series": _tags(
+        "Modality", "TimezoneOffsetFromUTC", "SeriesDescription", "RetrieveURL",
+        "SeriesInstanceUID", "SeriesNumber", "NumberOfSeriesRelatedInstances",
+        "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime",
+        "RequestAttributesSequence",
+    ),
+    "instance": _tags(
+        "SOPClassUID", "SOPInstanceUID", "InstanceAvailability", "TimezoneOffsetFromUTC",
+        "RetrieveURL", "InstanceNumber", "Rows", "Columns", "BitsAllocated",
+        "NumberOfFrames",
+    ),
+}  # fmt: skip
+
+_REQUEST_ATTRIBUTES = tag_for_keyword("RequestAttributesSequence") or 0x00400275
+
+# PS3.18 (2024c) Table 10.6.1-5 Required Matching Attributes, plus the few
+# further attributes radhub indexes (StudyDescription, PatientBirthDate, ...).
+MATCHING_ATTRIBUTES: dict[Level, tuple[tuple[int, ...], ...]] = {
+    "study": tuple(
+        (t,)
+        for t in _tags(
+            "StudyDate", "StudyTime", "AccessionNumber", "ModalitiesInStudy",
+            "ReferringPhysicianName", "PatientName", "PatientID", "StudyInstanceUID",
+            "StudyID", "StudyDescription", "PatientBirthDate", "PatientSex",
+            "IssuerOfPatientID",
+        )
+    ),
+    "series": (
+        *((t,) for t in _tags(
+            "Modality", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription",
+            "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime",
+            "BodyPartExamined", "SeriesDate",
+        )),
+        (_REQUEST_ATTRIBUTES, tag_for_keyword("ScheduledProcedureStepID") or 0x00400009),
+        (_REQUEST_ATTRIBUTES, tag_for_keyword("RequestedProcedureID") or 0x00401001),
+    ),
+    "instance": tuple(
+        (t,) for t in _tags("SOPClassUID", "SOPInstanceUID", "InstanceNumber", "ContentDate")
+    ),
+}  # fmt: skip
+
+# Which level an attribute belongs to, for attributes the tables above name.
+LEVEL_OF: dict[int, Level] = {
+    path[0]: level for level in LEVELS for path in MATCHING_ATTRIBUTES[level]
+} | {tag: level for level in LEVELS for tag in RETURN_ATTRIBUTES[level] if tag != 0x00081190}
+
+# PS3.4 C.2.2.2.4: VRs on which * and ? are wildcards.
+WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
+RANGE_VRS = frozenset({"DA", "TM", "DT"})
+NUMERIC_VRS = frozenset({"IS", "DS", "SL", "SS", "UL", "US", "SV", "UV", "FL", "FD"})
+LIST_VRS = frozenset({"UI", "CS"})  # UID list matching (PS3.4 C.2.2.2.2), value lists for CS
+RESERVED_PARAMS = frozenset({"limit", "offset", "includefield", "fuzzymatching"})
+
+_LOW = {"DA": "00000101", "TM": "000000.000000", "DT": "00000101000000.000000"}
+_HIGH = {"DA": "99991231", "TM": "235959.999999", "DT": "99991231235959.999999"}
+_SHAPES = {
+    "DA": re.compile(r"^\d{8}$"),
+    "TM": re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$"),
+    "DT": re.compile(r"^\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?$"),
+}
+_TZ = re.compile(r"[+-]\d{4}$")
+
+
+class QidoError(ValueError):
+    """The query cannot be run as asked (HTTP 400, PS3.18 §10.6.2)."""
+
+
+@dataclass(frozen=True)
+class Universal:
+    """Empty value: matches everything, asks for the attribute back (PS3.4 C.2.2.2.3)."""
+
+
+@dataclass(frozen=True)
+class SingleValue:
+    """Exact match (PS3.4 C.2.2.2.1); PN is compared case-insensitively."""
+
+    value: str
+
+
+@dataclass(frozen=True)
+class ValueList:
+    """Any of the values: UID list matching (PS3.4 C.2.2.2.2), or a CS value list."""
+
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Wildcard:
+    """``*`` any run of characters, ``?`` one character (PS3.4 C.2.2.2.4)."""
+
+    pattern: str
+
+    def regex(self, *, ignore_case: bool) -> re.Pattern[str]:
+        """The pattern as an anchored regular expression."""
+        body = "".join(
+            ".*" if c == "*" else "." if c == "?" else re.escape(c) for c in self.pattern
+        )
+        return re.compile(f"^{body}$", re.IGNORECASE | re.DOTALL if ignore_case else re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Range:
+    """Inclusive range over normalised DA/TM/DT strings (PS3.4 C.2.2.2.5)."""
+
+    low: str | None
+    high: str | None
+
+
+Matcher = Universal | SingleValue | ValueList | Wildcard | Range
+
+
+@dataclass(frozen=True)
+class Match:
+    """One match key: tag path (sequence, then item attribute), its VR, the matcher."""
+
+    path: tuple[int, ...]
+    vr: str
+    matcher: Matcher
+
+
+@dataclass(frozen=True)
+class QidoQuery:
+    """A parsed QIDO-RS search (PS3.18 §10.6.1)."""
+
+    level: Level
+    levels: tuple[Level, ...]
+    matches: tuple[Match, ...] = ()
+    includefields: tuple[tuple[int, ...], ...] = ()
+    include_all: bool = False
+    limit: int = 100
+    offset: int = 0
+    fuzzymatching: bool = False
+    warnings: tuple[str, ...] = field(default=())
+
+
+def searchable_levels(level: Level, scope: Level | None) -> tuple[Level, ...]:
+    """Levels a search may match and must return (PS3.18 §10.6.1.2, §10.6.3.3).
+
+    ``scope`` is the resource the URL is inside: None for /studies, /series,
+    /instances; "study" for /studies/{s}/...; "series" for .../series/{se}/instances.
+    """
+    start = 0 if scope is None else LEVELS.index(scope) + 1
+    return LEVELS[start : LEVELS.index(level) + 1]
+
+
+def normalise_bound(vr: str, value: str, *, high: bool) -> str:
+    """Pad a DA/TM/DT value to full precision: earliest or latest instant it covers."""
+    value = _TZ.sub("", value) if vr == "DT" else value.replace(":", "")
+    template = (_HIGH if high else _LOW)[vr]
+    return value + template[len(value) :]
+
+
+def parse_qido(
+    level: Level,
+    params: Iterable[tuple[str, str]],
+    *,
+    scope: Level | None = None,
+    max_limit: int = 1000,
+) -> QidoQuery:
+    """Parse QIDO-RS query parameters into a QidoQuery (PS3.18 §8.3.4, §10.6.1)."""
+    levels = searchable_levels(level, scope)
+    allowed = {path for lv in levels for path in MATCHING_ATTRIBUTES[lv]}
+    state = _State()
+    for name, value in params:
+        state.take(name, value, allowed)
+    limit = _limit(state, max_limit)
+    return QidoQuery(
+        level=level,
+        levels=levels,
+        matches=tuple(state.matches.values()),
+        includefields=tuple(dict.fromkeys(state.includes)),
+        include_all=state.include_all,
+        limit=limit,
+        offset=_non_negative("offset", state.single.get("offset", "0")),
+        fuzzymatching=state.fuzzy,
+        warnings=tuple(state.warnings),
+    )
+
+
+class _State:
+    """Accumulates parameters while parsing; local to one parse_qido call."""
+
+    def __init__(self) -> None:
+        self.matches: dict[tuple[int, ...], Match] = {}
+        self.includes: list[tuple[int, ...]] = []
+        self.include_all = False
+        self.single: dict[str, str] = {}
+        self.fuzzy = False
+        self.warnings: list[str] = []
+
+    def take(self, name: str, value: str, allowed: set[tuple[int, ...]]) -> None:
+        if name == "includefield":
+            self._include(value)
+        elif name in ("limit", "offset"):
+            self.single[name] = value
+        elif name == "fuzzymatching":
+            self._fuzzy(value)
+        else:
+            self._match(name, value, allowed)
+
+    def _include(self, value: str) -> None:
+        for item in filter(None, (v.strip() for v in value.split(","))):
+            if item == "all":
+                self.include_all = True
+            elif (path := attribute_path(item)) is None:
+                self.warnings.append(f"unknown includefield {item!r} was ignored")
+            else:
+                self.includes.append(path)
+
+    def _fuzzy(self, value: str) -> None:
+        if value not in ("true", "false"):
+            raise QidoError(f"fuzzymatching must be true or false, not {value!r}")
+        self.fuzzy = value == "true"
+        if self.fuzzy:
+            self.warnings.append(
+                "The fuzzymatching parameter is not supported. "
+                "Only literal matching has been performed."
+            )
+
+    def _match(self, name: str, value: str, allowed: set[tuple[int, ...]]) -> None:
+        path = attribute_path(name)
+        if path is None or path not in allowed:
+            self.warnings.append(f"query parameter {name!r} is not supported and was ignored")
+            return
+        if path in self.matches:
+            raise QidoError(f"attribute {name!r} appears more than once")
+        vr = _vr(path[-1])
+        self.matches[path] = Match(path, vr, parse_matcher(vr, value))
+
+
+def _limit(state: _State, max_limit: int) -> int:
+    if "limit" not in state.single:
+        return max_limit
+    limit = _non_negative("limit", state.single["limit"])
+    if limit == 0:
+        raise QidoError("limit must be a positive integer")
+    if limit > max_limit:
+        state.warnings.append(f"limit {limit} exceeds the maximum of {max_limit}; using it")
+        return max_limit
+    return limit
+
+
+def _non_negative(name: str, value: str) -> int:
+    if not value.isdigit():
+        raise QidoError(f"{name} must be a non-negative integer, not {value!r}")
+    return int(value)
+
+
+def attribute_path(text: str) -> tuple[int, ...] | None:
+    """``PatientName``, ``00100010`` or dotted ``Seq.Attr`` → tag path; None if unknown."""
+    path: list[int] = []
+    for part in text.split("."):
+        tag = _tag(part)
+        if tag is None:
+            return None
+        path.append(tag)
+    return tuple(path)
+
+
+def _tag(text: str) -> int | None:
+    if re.fullmatch(r"[0-9A-Fa-f]{8}", text):
+        return int(text, 16)
+    return tag_for_keyword(text)
+
+
+def _vr(tag: int) -> str:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+
+
+def parse_matcher(vr: str, value: str) -> Matcher:
+    """The matcher a query value asks for, given the attribute's VR (PS3.4 C.2.2.2)."""
+    if value == "":
+        return Universal()
+    if vr in RANGE_VRS:
+        return _range(vr, value)
+    if vr in LIST_VRS and ("," in value or "\\" in value):
+        return ValueList(tuple(v for v in re.split(r"[,\\]", value) if v))
+    if vr in WILDCARD_VRS and ("*" in value or "?" in value):
+        return Wildcard(value)
+    if vr in NUMERIC_VRS and not re.fullmatch(r"[+-]?\d+(\.\d*)?([eE][+-]?\d+)?", value):
+        raise QidoError(f"{value!r} is not a number")
+    return SingleValue(value)
+
+
+def _range(vr: str, value: str) -> Range:
+    shape = _SHAPES[vr]
+    if shape.fullmatch(value.replace(":", "")):
+        low, high = value, value
+    else:
+        low, sep, high = value.partition("-")
+        if not sep or not (low or high):
+            raise QidoError(f"invalid {vr} value or range {value!r}")
+    for bound in (low, high):
+        if bound and not shape.fullmatch(bound.replace(":", "")):
+            raise QidoError(f"invalid {vr} value {bound!r}")
+    return Range(
+        normalise_bound(vr, low, high=False) if low else None,
+        normalise_bound(vr, high, high=True) if high else None,
+    )
+
+
+def return_attributes(query: QidoQuery) -> tuple[tuple[int, ...], ...]:
+    """Attribute paths every result must carry: the tables, match keys, includefields."""
+    required = [(tag,) for lv in query.levels for tag in RETURN_ATTRIBUTES[lv]]
+    matched = [(m.path[0],) for m in query.matches]
+    included = [p for p in query.includefields if LEVEL_OF.get(p[0], query.level) in query.levels]
+    return tuple(dict.fromkeys([*required, *matched, *included]))
+
+
+def warning_header(text: str, agent: str = "radhub") -> str:
+    """One ``Warning`` header value with code 299 (PS3.18 §8.4.3; RFC 7234 §5.5)."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'299 {agent} "{escaped}"'

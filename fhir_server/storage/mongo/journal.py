@@ -1,0 +1,260 @@
+"""All-or-nothing writes on MongoDB without multi-document transactions.
+
+A unit of work (a ``Store.transaction()`` or one ``write_many`` call) keeps one
+document in ``journal`` -- the write-ahead log of what it is about to change:
+
+1. Before anything is applied, the journal records each write's key, version
+   and *before-image* (the ``resources`` document minus its body, which
+   ``history`` keeps immutably). ``write_many`` records all of its writes in one
+   atomic insert; a transaction appends each write (``$push``) before applying it.
+2. Then the write is applied: a conditional replace of the ``resources``
+   document filtered on the expected current version (an insert, refused by the
+   unique ``_id``, for version 1), and an insert into ``history``, refused by the
+   unique ``(type, id, version)`` index. Both carry ``tx: <journal id>``, which
+   also *locks* the resource: other units of work treat a document marked by an
+   unfinished journal as a version conflict.
+3. Commit is one atomic update of the journal to ``state: committed`` -- the
+   commit point. The markers are then removed and the journal deleted.
+4. Rollback (an exception, a conflict, a failed commit) restores every
+   before-image in reverse order, deletes the unit's history rows, and deletes
+   the journal. Each step is filtered on the unit's marker, so it is idempotent
+   and never touches another writer's documents.
+
+Recovery. A journal carries a lease (``expires``), renewed on every write. A
+journal whose lease ran out belongs to a crashed (or stalled) writer: recovery
+rolls a ``pending`` one *back* -- it was never acknowledged -- and rolls a
+``committed`` one *forward* (removes its markers). ``start()`` recovers, and so
+does ``changes()`` when an expired journal holds the change log back. A
+recoverer claims a journal with a compare-and-set, so two instances never undo
+the same journal at once; a stalled owner then finds its journal gone and fails
+its commit.
+
+The change log. ``seq`` comes from one counter (``$inc``), taken while applying,
+so a unit still in flight holds numbers that may later commit or vanish. Each
+journal records ``floor``: the counter before it took any number. ``changes()``
+returns only ``seq <= min(counter, every journal's floor)``, so a consumer never
+sees an uncommitted version and never skips one that commits later.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Sequence
+from typing import Any
+from uuid import uuid4
+
+from pymongo import ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from fhir_server.errors import StorageUnavailable, VersionConflict
+from fhir_server.storage.base import NewVersion, StoredVersion
+from fhir_server.storage.mongo.documents import (
+    COUNTERS,
+    HISTORY,
+    JOURNAL,
+    NO_BODY,
+    RESOURCES,
+    SEQ_COUNTER,
+    Doc,
+    history_doc,
+    journal_entry,
+    key_of,
+    resource_doc,
+    written,
+)
+
+Database = AsyncDatabase[Doc]
+
+
+async def counter_value(db: Database) -> int:
+    doc = await db[COUNTERS].find_one({"_id": SEQ_COUNTER})
+    return int(doc["value"]) if doc else 0
+
+
+async def next_seqs(db: Database, n: int) -> list[int]:
+    """Reserve ``n`` consecutive change sequence numbers."""
+    doc = await db[COUNTERS].find_one_and_update(
+        {"_id": SEQ_COUNTER},
+        {"$inc": {"value": n}},
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+    )
+    if doc is None:  # an upsert always returns the document
+        raise StorageUnavailable("the change sequence counter did not answer")
+    last = int(doc["value"])
+    return list(range(last - n + 1, last + 1))
+
+
+class UnitOfWork:
+    """One journalled unit of work; see the module docstring."""
+
+    def __init__(self, db: Database, lease_seconds: float) -> None:
+        self.id = uuid4().hex
+        self._db = db
+        self._lease = lease_seconds
+        self._entries: list[Doc] = []
+        self._started = False
+        self._committed = False
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    async def write(self, new: NewVersion) -> StoredVersion:
+        """Journal, then apply, one version."""
+        key = key_of(new.resource_type, new.id)
+        before = await self._db[RESOURCES].find_one({"_id": key}, NO_BODY)
+        self._check(new, before)
+        await self._record([journal_entry(new, before)])
+        (seq,) = await next_seqs(self._db, 1)
+        await self._apply(new, before, seq, int(before["pk"]) if before else seq)
+        return written(new, seq)
+
+    async def write_batch(self, news: Sequence[NewVersion]) -> list[StoredVersion]:
+        """Journal all of ``news`` in one insert, then apply them in order."""
+        keys = [key_of(n.resource_type, n.id) for n in news]
+        cursor = self._db[RESOURCES].find({"_id": {"$in": keys}}, NO_BODY)
+        state: dict[str, Doc | None] = {d["_id"]: d for d in await cursor.to_list(None)}
+        pks = {key: int(doc["pk"]) for key, doc in state.items() if doc is not None}
+        befores: list[Doc | None] = []
+        for key, new in zip(keys, news, strict=True):
+            before = state.get(key)
+            self._check(new, before)
+            befores.append(before)
+            # The before-image of a later write of the same resource in this batch.
+            state[key] = {k: v for k, v in resource_doc(new, 0, 0, self.id).items() if k != "body"}
+        await self._record([journal_entry(n, b) for n, b in zip(news, befores, strict=True)])
+        seqs = await next_seqs(self._db, len(news)) if news else []
+        for key, new, before, seq in zip(keys, news, befores, seqs, strict=True):
+            await self._apply(new, before, seq, pks.setdefault(key, seq))
+        return [written(n, s) for n, s in zip(news, seqs, strict=True)]
+
+    def _check(self, new: NewVersion, before: Doc | None) -> None:
+        key = key_of(new.resource_type, new.id)
+        if before is not None and before.get("tx") not in (None, self.id):
+            raise VersionConflict(f"{key} is being written by another transaction")
+        have = int(before["version"]) if before else 0
+        if new.version != have + 1:
+            raise VersionConflict(f"{key} is at version {have}, cannot write version {new.version}")
+
+    async def _record(self, entries: list[Doc]) -> None:
+        expires = time.time() + self._lease
+        journal = self._db[JOURNAL]
+        if not self._started:
+            floor = await counter_value(self._db)
+            doc = {"_id": self.id, "state": "pending", "floor": floor, "expires": expires}
+            self._entries.extend(entries)
+            self._started = True
+            await journal.insert_one({**doc, "entries": entries})
+            return
+        self._entries.extend(entries)
+        result = await journal.update_one(
+            {"_id": self.id, "state": "pending"},
+            {"$push": {"entries": {"$each": entries}}, "$set": {"expires": expires}},
+        )
+        if result.matched_count == 0:
+            raise StorageUnavailable("the transaction outlived its lease and was rolled back")
+
+    async def _apply(self, new: NewVersion, before: Doc | None, seq: int, pk: int) -> None:
+        key = key_of(new.resource_type, new.id)
+        doc = resource_doc(new, seq, pk, self.id)
+        conflict = VersionConflict(f"{key} changed concurrently; version {new.version} refused")
+        try:
+            if before is None:
+                await self._db[RESOURCES].insert_one(doc)
+            else:
+                expected = {
+                    "_id": key,
+                    "version": before["version"],
+                    "tx": {"$in": [None, self.id]},
+                }
+                result = await self._db[RESOURCES].replace_one(expected, doc)
+                if result.matched_count == 0:
+                    raise conflict
+            await self._db[HISTORY].insert_one(history_doc(new, seq, self.id))
+        except DuplicateKeyError as exc:
+            raise conflict from exc
+
+    async def commit(self) -> None:
+        """Pass the commit point, then clean up (recovery finishes a cleanup cut short)."""
+        if not self._started:
+            return
+        result = await self._db[JOURNAL].update_one(
+            {"_id": self.id, "state": "pending"}, {"$set": {"state": "committed"}}
+        )
+        if result.matched_count == 0:
+            raise StorageUnavailable("the transaction outlived its lease and was rolled back")
+        self._committed = True
+        try:
+            await finish(self._db, self.id)
+        except PyMongoError:
+            pass  # committed all the same; recovery unlocks once the lease runs out
+
+    async def rollback(self) -> None:
+        if self._started and not self._committed:
+            await undo(self._db, self.id, self._entries)
+
+
+async def finish(db: Database, journal_id: str) -> None:
+    """Roll a committed journal forward: unlock its documents and forget it."""
+    await db[RESOURCES].update_many({"tx": journal_id}, {"$unset": {"tx": ""}})
+    await db[HISTORY].update_many({"tx": journal_id}, {"$unset": {"tx": ""}})
+    await db[JOURNAL].delete_one({"_id": journal_id})
+
+
+async def undo(db: Database, journal_id: str, entries: Sequence[Doc]) -> None:
+    """Roll a journal back: restore before-images newest first, drop its history rows."""
+    resources = db[RESOURCES]
+    for entry in reversed(entries):
+        mine = {"_id": entry["k"], "version": entry["v"], "tx": journal_id}
+        before: Doc | None = entry["before"]
+        if before is None:
+            await resources.delete_one(mine)
+            continue
+        old = await db[HISTORY].find_one(
+            {"type": entry["type"], "id": entry["id"], "version": before["version"]}, {"body": 1}
+        )
+        await resources.replace_one(mine, {**before, "body": old.get("body") if old else None})
+    await db[HISTORY].delete_many({"tx": journal_id})
+    await db[JOURNAL].delete_one({"_id": journal_id})
+
+
+async def recover(db: Database, skip: Collection[str] = ()) -> int:
+    """Finish every journal whose lease ran out (except ``skip``); returns how many."""
+    now = time.time()
+    done = 0
+    for doc in await db[JOURNAL].find({"expires": {"$lt": now}}).to_list(None):
+        if doc["_id"] in skip:
+            continue
+        if doc["state"] == "committed":
+            await finish(db, doc["_id"])
+        elif await _claim(db, doc, now):
+            await undo(db, doc["_id"], doc.get("entries", []))
+        else:
+            continue  # another recoverer took it
+        done += 1
+    return done
+
+
+async def _claim(db: Database, doc: Doc, now: float) -> bool:
+    """Take over an expired journal, unless another recoverer just did."""
+    result = await db[JOURNAL].update_one(
+        {"_id": doc["_id"], "state": doc["state"], "expires": doc["expires"]},
+        {"$set": {"state": "aborting", "expires": now + 60.0}},
+    )
+    return result.matched_count == 1
+
+
+async def change_cap(db: Database) -> tuple[int, bool]:
+    """The highest ``seq`` the change log may show, and whether an expired journal holds it."""
+    cap = await counter_value(db)
+    stale = False
+    now = time.time()
+    journals: list[dict[str, Any]] = (
+        await db[JOURNAL].find({}, {"floor": 1, "expires": 1}).to_list(None)
+    )
+    for doc in journals:
+        cap = min(cap, int(doc["floor"]))
+        stale = stale or float(doc["expires"]) < now
+    return cap, stale

@@ -1,0 +1,155 @@
+"""What only the MongoDB adapter has to prove: its journal.
+
+Crash recovery (roll back pending, roll forward committed), undo after a
+failure in the middle of applying, and the guarantees that hold between two
+radhub instances on one database (here: two stores on one emulator client).
+Failures are injected; everything else is the real adapter on the emulator.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mongomock_motor import AsyncMongoMockClient
+from pymongo.errors import AutoReconnect
+
+from fhir_server.app import build_store
+from fhir_server.errors import StorageUnavailable, VersionConflict
+from fhir_server.search.registry import SearchRegistry
+from fhir_server.settings import Settings
+from fhir_server.storage.base import HistoryQuery
+from fhir_server.storage.mongo.documents import JOURNAL
+from fhir_server.storage.mongo.journal import UnitOfWork
+from fhir_server.storage.mongo.store import MongoStore
+
+from .conftest import at, resource_version
+from .test_versions import body_of, patient, write
+
+DB = "radhub_journal"
+
+
+@pytest.fixture
+def client() -> Any:
+    return AsyncMongoMockClient()
+
+
+async def started(client: Any, registry: SearchRegistry, lease: float = 60.0) -> MongoStore:
+    store = MongoStore(client, DB, registry, lease_seconds=lease)
+    await store.start()
+    return store
+
+
+async def _seed(store: MongoStore, registry: SearchRegistry) -> None:
+    await write(store, resource_version(registry, patient("p1"), 1, at(1)))
+
+
+async def _crash_midway(client: Any, registry: SearchRegistry, commit: bool) -> None:
+    """A unit of work that updated p1 and created p2, then its process died."""
+    unit = UnitOfWork(client[DB], lease_seconds=0.0)
+    await unit.write(resource_version(registry, patient("p1", "Jones"), 2, at(2)))
+    await unit.write(resource_version(registry, patient("p2"), 1, at(2)))
+    if commit:
+        await client[DB][JOURNAL].update_one({"_id": unit.id}, {"$set": {"state": "committed"}})
+
+
+async def test_start_rolls_back_a_crashed_pending_unit(
+    client: Any, registry: SearchRegistry
+) -> None:
+    await _seed(await started(client, registry), registry)
+    await _crash_midway(client, registry, commit=False)
+    store = await started(client, registry)
+    p1 = await store.read("Patient", "p1")
+    assert p1 is not None and p1.version == 1 and body_of(p1.body)["name"] == [{"family": "Smith"}]
+    assert await store.read("Patient", "p2") is None
+    assert [v.version for v in (await store.history(HistoryQuery("Patient"))).versions] == [1]
+    assert await client[DB][JOURNAL].count_documents({}) == 0
+    await write(store, resource_version(registry, patient("p1", "Again"), 2, at(3)))
+
+
+async def test_start_rolls_a_committed_unit_forward(client: Any, registry: SearchRegistry) -> None:
+    await _seed(await started(client, registry), registry)
+    await _crash_midway(client, registry, commit=True)
+    store = await started(client, registry)
+    p1 = await store.read("Patient", "p1")
+    assert p1 is not None and p1.version == 2
+    assert [(v.id, v.version) for v in await store.changes(0)] == [("p1", 1), ("p1", 2), ("p2", 1)]
+    assert await client[DB]["resources"].count_documents({"tx": {"$exists": True}}) == 0
+
+
+async def test_changes_recover_an_expired_journal(client: Any, registry: SearchRegistry) -> None:
+    store = await started(client, registry)
+    await _seed(store, registry)
+    await _crash_midway(client, registry, commit=False)
+    assert [(v.id, v.version) for v in await store.changes(0)] == [("p1", 1)]
+    assert await client[DB][JOURNAL].count_documents({}) == 0
+
+
+async def test_failure_while_applying_a_batch_undoes_it(
+    client: Any, registry: SearchRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await started(client, registry)
+    await _seed(store, registry)
+    real_apply = UnitOfWork._apply
+    calls = 0
+
+    async def flaky(self: UnitOfWork, *args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise AutoReconnect("connection lost")
+        await real_apply(self, *args)
+
+    monkeypatch.setattr(UnitOfWork, "_apply", flaky)
+    batch = [
+        resource_version(registry, patient("p1", "Jones"), 2, at(2)),
+        resource_version(registry, patient("p2"), 1, at(2)),
+        resource_version(registry, patient("p3"), 1, at(2)),
+    ]
+    with pytest.raises(StorageUnavailable):
+        await store.write_many(batch)
+    p1 = await store.read("Patient", "p1")
+    assert p1 is not None and p1.version == 1 and body_of(p1.body)["name"] == [{"family": "Smith"}]
+    assert await store.read("Patient", "p2") is None
+    assert [(v.id, v.version) for v in await store.changes(0)] == [("p1", 1)]
+    monkeypatch.undo()
+    assert len(await store.write_many(batch)) == 3
+
+
+async def test_a_resource_in_another_instances_unit_is_locked(
+    client: Any, registry: SearchRegistry
+) -> None:
+    first, second = await started(client, registry), await started(client, registry)
+    await _seed(first, registry)
+    async with first.transaction() as tx:
+        await tx.write(resource_version(registry, patient("p1", "Jones"), 2, at(2)))
+        with pytest.raises(VersionConflict):
+            await write(second, resource_version(registry, patient("p1", "Brown"), 2, at(3)))
+        with pytest.raises(VersionConflict):
+            await write(second, resource_version(registry, patient("p1", "Brown"), 3, at(3)))
+        assert [v.version for v in await second.changes(0)] == [1]
+    await write(second, resource_version(registry, patient("p1", "Brown"), 3, at(3)))
+    assert [v.version for v in await second.changes(0)] == [1, 2, 3]
+
+
+async def test_a_stalled_unit_loses_its_lease(client: Any, registry: SearchRegistry) -> None:
+    stalled = await started(client, registry, lease=0.0)
+    other = await started(client, registry)
+    await _seed(other, registry)
+    with pytest.raises(StorageUnavailable):
+        async with stalled.transaction() as tx:
+            await tx.write(resource_version(registry, patient("p2"), 1, at(2)))
+            assert await other.recover() == 1
+    assert await other.read("Patient", "p2") is None
+    assert [v.id for v in await other.changes(0)] == ["p1"]
+
+
+async def test_healthy_and_build_store(
+    client: Any, registry: SearchRegistry, tmp_path: Path
+) -> None:
+    assert await (await started(client, registry)).healthy()
+    settings = Settings(data_dir=tmp_path, mongodb_uri="mongodb://127.0.0.1:1/clinic")
+    built = build_store(settings, registry)
+    assert isinstance(built, MongoStore) and built.name == "mongodb"
+    await built.close()

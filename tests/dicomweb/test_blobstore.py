@@ -1,0 +1,199 @@
+"""FileBlobStore: atomic, content-checked, path-safe, streaming in bounded memory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tracemalloc
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from dicomweb.blobstore import BlobNotFound, BlobRef, FileBlobStore, InvalidBlobKey, blob_stem
+
+Sample = Callable[[str], Path]
+STUDY, SERIES, SOP = "1.2.3", "1.2.3.4", "1.2.3.4.5"
+
+
+async def achunks(chunks: list[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+def split(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+async def read_all(store: FileBlobStore, key: str, **kwargs: int) -> bytes:
+    return b"".join([chunk async for chunk in store.open(key, **kwargs)])
+
+
+async def test_write_streams_and_records_size_and_sha256(tmp_path: Path, sample: Sample) -> None:
+    data = sample("CT_small.dcm").read_bytes()
+    store = FileBlobStore(tmp_path)
+    ref = await store.write(STUDY, SERIES, SOP, achunks(split(data, 1000)))
+    assert ref == BlobRef(ref.key, len(data), hashlib.sha256(data).hexdigest())
+    assert (tmp_path / ref.key).read_bytes() == data
+    assert await read_all(store, ref.key, chunk_size=777) == data
+
+
+@pytest.mark.parametrize(
+    ("offset", "length", "expected"),
+    [
+        (0, None, b"0123456789"),
+        (3, None, b"3456789"),
+        (3, 4, b"3456"),
+        (9, 5, b"9"),
+        (20, None, b""),
+    ],
+)
+async def test_open_reads_a_byte_range(
+    tmp_path: Path, offset: int, length: int | None, expected: bytes
+) -> None:
+    store = FileBlobStore(tmp_path)
+    ref = await store.write(STUDY, SERIES, SOP, achunks([b"01234", b"56789"]))
+    kwargs = {"offset": offset, "chunk_size": 2} | ({} if length is None else {"length": length})
+    assert await read_all(store, ref.key, **kwargs) == expected
+
+
+async def test_same_content_same_key_different_content_new_key(tmp_path: Path) -> None:
+    store = FileBlobStore(tmp_path)
+    first = await store.write(STUDY, SERIES, SOP, achunks([b"version one"]))
+    again = await store.write(STUDY, SERIES, SOP, achunks([b"version one"]))
+    other = await store.write(STUDY, SERIES, SOP, achunks([b"version two"]))
+    assert again == first
+    assert other.key != first.key
+    assert await read_all(store, first.key) == b"version one"
+    assert await read_all(store, other.key) == b"version two"
+    assert await store.keys() == sorted([first.key, other.key])
+
+
+async def test_key_is_hashed_fan_out_of_the_uids(tmp_path: Path) -> None:
+    ref = await FileBlobStore(tmp_path).write(STUDY, SERIES, SOP, achunks([b"x"]))
+    stem = blob_stem(STUDY, SERIES, SOP)
+    study_hash = hashlib.sha1(STUDY.encode()).hexdigest()
+    assert stem.startswith(f"{study_hash[:2]}/{study_hash[2:4]}/{study_hash}/")
+    assert ref.key == f"{stem}.{ref.sha256[:16]}.dcm"
+
+
+@pytest.mark.parametrize("uid", ["../../../etc", "/etc/passwd", "a/../../b", "..", "\x00", "C:\\x"])
+async def test_hostile_uids_stay_under_the_root(tmp_path: Path, uid: str) -> None:
+    root = tmp_path / "blobs"
+    ref = await FileBlobStore(root).write(uid, uid, uid, achunks([b"data"]))
+    assert (root / ref.key).resolve().is_relative_to(root.resolve())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blobs"]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../outside.dcm",
+        "/etc/passwd",
+        "",
+        "ab/cd/x.dcm",
+        "AB/CD/" + "a" * 40 + "/" + "b" * 40 + "/" + "c" * 40 + "." + "d" * 16 + ".dcm",
+        "ab/cd/" + "a" * 40 + "/" + "b" * 40 + "/../" + "c" * 37 + "." + "d" * 16 + ".dcm",
+        "ab/cd/" + "a" * 40 + "/" + "b" * 40 + "/.tmp-" + "c" * 35 + "." + "d" * 16 + ".dcm",
+    ],
+)
+async def test_foreign_keys_are_refused(tmp_path: Path, key: str) -> None:
+    store = FileBlobStore(tmp_path)
+    with pytest.raises(InvalidBlobKey):
+        await read_all(store, key)
+    with pytest.raises(InvalidBlobKey):
+        await store.delete(key)
+
+
+async def test_delete_and_missing_blob(tmp_path: Path) -> None:
+    store = FileBlobStore(tmp_path)
+    ref = await store.write(STUDY, SERIES, SOP, achunks([b"bytes"]))
+    assert await store.exists(ref.key)
+    assert await store.delete(ref.key) is True
+    assert await store.delete(ref.key) is False
+    assert not await store.exists(ref.key)
+    with pytest.raises(BlobNotFound):
+        await read_all(store, ref.key)
+
+
+async def failing_body() -> AsyncIterator[bytes]:
+    yield b"first half of the instance"
+    raise ConnectionResetError("client went away")
+
+
+async def test_interrupted_write_leaves_nothing(tmp_path: Path) -> None:
+    store = FileBlobStore(tmp_path)
+    with pytest.raises(ConnectionResetError):
+        await store.write(STUDY, SERIES, SOP, failing_body())
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    assert await store.keys() == []
+
+
+async def test_failed_rename_leaves_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_space(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", no_space)
+    with pytest.raises(OSError, match="No space"):
+        await FileBlobStore(tmp_path).write(STUDY, SERIES, SOP, achunks([b"data"]))
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+async def test_write_fsyncs_file_then_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync-dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync-file")
+        real_fsync(fd)
+
+    def replace(src: str, dst: str) -> None:
+        events.append("rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    store = FileBlobStore(tmp_path)
+    await store.write(STUDY, SERIES, SOP, achunks([b"data"]))
+    first_events = list(events)
+    events.clear()
+    await store.write(STUDY, SERIES, "9.9", achunks([b"data"]))
+    assert first_events[-3:] == ["fsync-file", "rename", "fsync-dir"]
+    assert first_events.count("fsync-dir") == 5  # four new directories, then the rename
+    assert events == ["fsync-file", "rename", "fsync-dir"]
+
+
+async def test_temporaries_are_not_keys_and_can_be_swept(tmp_path: Path) -> None:
+    store = FileBlobStore(tmp_path)
+    ref = await store.write(STUDY, SERIES, SOP, achunks([b"data"]))
+    stale = (tmp_path / ref.key).parent / ".tmp-crashed"
+    stale.write_bytes(b"half")
+    assert await store.keys() == [ref.key]
+    assert await store.remove_temporaries() == 1
+    assert not stale.exists()
+    assert await store.exists(ref.key)
+
+
+async def test_streaming_write_and_read_use_bounded_memory(tmp_path: Path) -> None:
+    chunk, count = b"\xa5" * (1 << 20), 48  # 48 MiB through 1 MiB chunks
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(count):
+            yield chunk
+
+    store = FileBlobStore(tmp_path, fsync=False)
+    tracemalloc.start()
+    try:
+        ref = await store.write(STUDY, SERIES, SOP, body())
+        total = 0
+        async for piece in store.open(ref.key, chunk_size=1 << 20):
+            total += len(piece)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert ref.size == total == count * len(chunk)
+    assert peak < 8 * (1 << 20)
