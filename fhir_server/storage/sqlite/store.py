@@ -63,14 +63,14 @@ class SqliteTransaction:
         self._store = store
 
     async def current(self, resource_type: str, id: str) -> StoredVersion | None:
-        return await self._store._on_writer(queries.read_current, resource_type, id)
+        return await self._store._writer_call(queries.read_current, resource_type, id)
 
     async def search(self, query: SearchQuery) -> SearchPage:
         registry = self._store.registry
-        return await self._store._on_writer(search_sql.run_search, query=query, registry=registry)
+        return await self._store._writer_call(search_sql.run_search, query=query, registry=registry)
 
     async def write(self, version: NewVersion) -> StoredVersion:
-        return await self._store._on_writer(queries.write_version, version)
+        return await self._store._writer_call(queries.write_version, version)
 
 
 class SqliteStore:
@@ -128,14 +128,25 @@ class SqliteStore:
                 self._reader_conns.append(conn)
         return conn
 
-    async def _on_reader(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def run_read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(conn, ...)`` on a read-only connection in a reader thread."""
+
         def call() -> T:
             with queries.map_sqlite_errors():
                 return fn(self._reader(), *args, **kwargs)
 
         return await self._run(self._reader_pool, call)
 
-    async def _on_writer(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def run_write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(conn, ...)`` on the writer connection, between transactions.
+
+        For sub-stores (DICOM index, auth data) that own their tables: ``fn`` must
+        BEGIN and COMMIT itself when it writes more than one statement.
+        """
+        async with self._write_lock:
+            return await self._writer_call(fn, *args, **kwargs)
+
+    async def _writer_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         writer = self._writer
         if writer is None:
             raise StorageUnavailable("the store is closed")
@@ -149,38 +160,38 @@ class SqliteStore:
     # -- the port -------------------------------------------------------------------
 
     async def read(self, resource_type: str, id: str) -> StoredVersion | None:
-        return await self._on_reader(queries.read_current, resource_type, id)
+        return await self.run_read(queries.read_current, resource_type, id)
 
     async def vread(self, resource_type: str, id: str, version: int) -> StoredVersion | None:
-        return await self._on_reader(queries.read_version, resource_type, id, version)
+        return await self.run_read(queries.read_version, resource_type, id, version)
 
     async def history(self, query: HistoryQuery) -> HistoryPage:
-        return await self._on_reader(queries.history, query)
+        return await self.run_read(queries.history, query)
 
     async def search(self, query: SearchQuery) -> SearchPage:
-        return await self._on_reader(search_sql.run_search, query=query, registry=self.registry)
+        return await self.run_read(search_sql.run_search, query=query, registry=self.registry)
 
     async def changes(self, after_seq: int, limit: int = 1000) -> list[StoredVersion]:
-        return await self._on_reader(queries.changes, after_seq, limit)
+        return await self.run_read(queries.changes, after_seq, limit)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         async with self._write_lock:
-            await self._on_writer(queries.begin)
+            await self._writer_call(queries.begin)
             try:
                 yield SqliteTransaction(self)
             except BaseException:
-                await asyncio.shield(self._on_writer(queries.rollback))
+                await asyncio.shield(self._writer_call(queries.rollback))
                 raise
-            await asyncio.shield(self._on_writer(queries.commit))
+            await asyncio.shield(self._writer_call(queries.commit))
 
     async def write_many(self, versions: Sequence[NewVersion]) -> list[StoredVersion]:
         async with self._write_lock:
-            return await self._on_writer(partial(queries.write_batch, versions=versions))
+            return await self._writer_call(partial(queries.write_batch, versions=versions))
 
     async def healthy(self) -> bool:
         try:
-            await self._on_reader(queries.ping)
+            await self.run_read(queries.ping)
         except Exception:
             return False
         return True
