@@ -25,6 +25,7 @@ from typing import BinaryIO, Protocol
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
 _TEMP_PREFIX = ".tmp-"
+_STAGING = ".staging"
 _KEY_RE = re.compile(
     r"^[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{40}/[0-9a-f]{40}/[0-9a-f]{40}\.[0-9a-f]{16}\.dcm$"
 )
@@ -35,6 +36,15 @@ class BlobRef:
     """Where a blob lives and what it holds: key, byte size and SHA-256 (hex)."""
 
     key: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class StagedBlob:
+    """A received file not yet under its key: its path, size and SHA-256 (hex)."""
+
+    path: Path
     size: int
     sha256: str
 
@@ -142,6 +152,34 @@ class FileBlobStore:
         os.replace(tmp, final)
         if self._fsync:
             _fsync_dir(final.parent)
+
+    async def stage(self, chunks: AsyncIterable[bytes]) -> StagedBlob:
+        """Stream ``chunks`` to a durable temporary file before the UIDs are known (ingest
+        parses it there), to be ``adopt``-ed under its key or ``discard``-ed."""
+        staging = self._root / _STAGING
+        await asyncio.to_thread(self._make_dirs, staging)
+        fd, tmp_name = await asyncio.to_thread(tempfile.mkstemp, prefix=_TEMP_PREFIX, dir=staging)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                size, digest = await self._copy_in(fh, chunks)
+        except BaseException:
+            await asyncio.to_thread(Path(tmp_name).unlink, missing_ok=True)
+            raise
+        return StagedBlob(Path(tmp_name), size, digest)
+
+    async def adopt(
+        self, staged: StagedBlob, study_uid: str, series_uid: str, sop_uid: str
+    ) -> BlobRef:
+        """Move a staged file under its key atomically (rename, fsync of the directory)."""
+        stem = blob_stem(study_uid, series_uid, sop_uid)
+        key = f"{stem}.{staged.sha256[:16]}.dcm"
+        await asyncio.to_thread(self._make_dirs, (self._root / key).parent)
+        await asyncio.to_thread(self._commit, staged.path, self._root / key)
+        return BlobRef(key=key, size=staged.size, sha256=staged.sha256)
+
+    async def discard(self, staged: StagedBlob) -> None:
+        """Remove a staged file that will not be kept."""
+        await asyncio.to_thread(staged.path.unlink, missing_ok=True)
 
     async def open(
         self,

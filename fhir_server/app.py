@@ -14,25 +14,34 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from dicomweb.routes import dicomweb_router
+from dicomweb.wiring import dicomweb_services
 from fhir_server.access import AccessPolicy, PatientCompartment
 from fhir_server.access.tokens import bearer_token
 from fhir_server.audit import AuditLog
 from fhir_server.errors import FhirError, StorageUnavailable
 from fhir_server.http.metrics import HttpMetrics, MetricsMiddleware
 from fhir_server.http.responses import error_response
+from fhir_server.http.route_table import openapi_paths
 from fhir_server.http.routes import FhirHttp
 from fhir_server.interactions.capability import capability_statement
 from fhir_server.interactions.services import Limits, Services, new_uuid, utc_now
 from fhir_server.resources.meta import format_instant
+from fhir_server.resources.validation_pool import ValidationPool
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.settings import Settings
 from fhir_server.storage.base import Store
+from smart.config import AuthConfig
+from smart.discovery import oauth_uris
 from smart.keys import KeyRing
+from smart.revocation import CachedRevocationCheck
+from smart.server import AuthServer
 from smart.tokens import JwtTokenVerifier
 
 log = logging.getLogger(__name__)
@@ -92,7 +101,7 @@ def prepare_data_dir(settings: Settings) -> None:
 def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
     """Build the whole application. ``store`` overrides the configured one (tests)."""
     prepare_data_dir(settings)
-    registry = SearchRegistry.load()
+    registry = SearchRegistry.load().with_base_url(settings.fhir_base)
     store = store or build_store(settings, registry)
     keyring = KeyRing.open(settings.data_dir)
     identity = ServerIdentity.of(settings)
@@ -104,11 +113,19 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
         policy=policy,
         base_url=settings.fhir_base,
         limits=Limits(max_body_bytes=settings.max_body_bytes),
+        validation=ValidationPool(settings.validation_workers),
     )
-    audit = AuditLog(store, registry, new_uuid, flush_interval=settings.audit_flush_interval)
-    verifier = JwtTokenVerifier(keyring, identity.issuer, identity.audience)
+    audit = AuditLog(store, new_uuid, flush_interval=settings.audit_flush_interval)
+    verifier = JwtTokenVerifier(
+        keyring,
+        identity.issuer,
+        identity.audience,
+        is_revoked=CachedRevocationCheck(store.auth),
+    )
+    auth_config = AuthConfig(issuer=identity.issuer, audience=identity.audience)
+    auth_server = AuthServer.build(auth_config, store, keyring, verifier, policy, audit)
     published = format_instant(utc_now())
-    oauth = {"jwks": f"{settings.public_base}/auth/jwks"}
+    oauth = oauth_uris(auth_config)
 
     def capability() -> dict[str, Any]:
         return capability_statement(registry, settings.fhir_base, published, oauth)
@@ -122,6 +139,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
         finally:
             await audit.close()
             await store.close()
+            svc.validation.close()
 
     app = FastAPI(
         title="radhub",
@@ -151,7 +169,24 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
         max_age=600,
     )
     fhir = FhirHttp(svc, verifier, audit, capability)
-    app.include_router(fhir.router(), prefix="/fhir", tags=["FHIR"])
+    app.include_router(auth_server.router())  # before the FHIR routes: smart-configuration
+    app.router.routes.extend(fhir.routes("/fhir"))
+    dicom = dicomweb_services(svc, verifier, audit, settings.data_dir, settings.public_base)
+    app.include_router(dicomweb_router(dicom), prefix="/dicomweb", tags=["DICOMweb"])
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            schema["paths"] = {**openapi_paths("/fhir"), **schema.get("paths", {})}
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            }
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(FhirError)
     async def on_fhir_error(request: Request, exc: FhirError) -> Response:
@@ -176,6 +211,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
 
     app.state.services = svc
     app.state.audit = audit
+    app.state.dicomweb = dicom
     app.state.keyring = keyring
     app.state.identity = identity
     return app

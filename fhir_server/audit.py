@@ -21,9 +21,9 @@ from typing import Any
 import orjson
 
 from fhir_server.access.context import AuthContext
+from fhir_server.audit_chain import chain_head, event_hash, link
+from fhir_server.audit_index import audit_index
 from fhir_server.resources.meta import format_instant, stamp
-from fhir_server.search.extract import extract_param
-from fhir_server.search.registry import SearchRegistry
 from fhir_server.storage.base import NewVersion, Store
 
 log = logging.getLogger(__name__)
@@ -51,22 +51,6 @@ ACTION_OF = {
     "capabilities": "R",
     "operation": "E",
 }
-
-
-# The AuditEvent search parameters the trail is indexed for: who, when, what,
-# which patient, which interaction, what outcome. Indexing all 18 would cost
-# more than the audited request itself.
-AUDIT_SEARCH_PARAMS = (
-    "date",
-    "type",
-    "subtype",
-    "action",
-    "outcome",
-    "agent",
-    "altid",
-    "entity",
-    "patient",
-)
 
 
 def outcome_code(status: int) -> str:
@@ -172,21 +156,17 @@ class AuditLog:
     def __init__(
         self,
         store: Store,
-        registry: SearchRegistry,
         new_id: Callable[[], str],
         *,
         flush_interval: float = 0.2,
         max_batch: int = 1000,
     ) -> None:
         self._store = store
-        self._registry = registry
         self._new_id = new_id
         self._interval = flush_interval
         self._max_batch = max_batch
-        self._params = [
-            p for code in AUDIT_SEARCH_PARAMS if (p := registry.param("AuditEvent", code))
-        ]
         self._queue: list[AuditRecord] = []
+        self._head: str | None = None  # digest of the last event written (audit_chain)
         self._task: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
 
@@ -209,15 +189,24 @@ class AuditLog:
                 log.exception("writing the audit trail failed; records are kept for a retry")
 
     async def flush(self) -> None:
+        if self._queue and self._head is None:
+            self._head = await chain_head(self._store)
         while self._queue:
             batch = self._queue[: self._max_batch]
+            head = self._head
             versions = [self._version(r) for r in batch]
-            await self._store.write_many(versions)
+            try:
+                await self._store.write_many(versions)
+            except BaseException:
+                self._head = head  # the retry re-links the same records
+                raise
             del self._queue[: len(batch)]
 
     def _version(self, record: AuditRecord) -> NewVersion:
         event = stamp(to_audit_event(record), self._new_id(), 1, record.moment)
-        index = [e for p in self._params for e in extract_param(event, p)]
+        event = link(event, self._head or "")
+        self._head = event_hash(event)
+        index = audit_index(event, record.moment)
         return NewVersion(
             "AuditEvent", event["id"], 1, record.moment, "create", orjson.dumps(event), index
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,8 @@ class Settings:
     cors_origins: tuple[str, ...] = field(default=())
     max_body_bytes: int = 16 * 1024 * 1024
     audit_flush_interval: float = 0.2
+    # processes validating large Bundles beside the event loop (0: validate inline)
+    validation_workers: int = field(default_factory=lambda: 1 if (os.cpu_count() or 1) > 1 else 0)
 
     @property
     def public_base(self) -> str:

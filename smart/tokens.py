@@ -51,6 +51,7 @@ def mint_access_token(
     roles: Iterable[str] = (),
     ttl: int = 3600,
     now: float | None = None,
+    jti: str | None = None,
 ) -> str:
     """Sign an access token with the keyring's active key.
 
@@ -64,7 +65,7 @@ def mint_access_token(
         "iat": issued,
         "nbf": issued,
         "exp": issued + ttl,
-        "jti": secrets.token_urlsafe(16),
+        "jti": jti or secrets.token_urlsafe(16),
         "scope": scope,
     }
     optional = {"client_id": client_id, "patient": patient, "encounter": encounter}

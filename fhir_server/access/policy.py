@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 from fhir_server.access.compartment import PatientCompartment
 from fhir_server.access.context import AuthContext, Interaction
+from fhir_server.access.roles import Role, RoleRule, patient_of, roles_named
 from fhir_server.access.scopes import Constraint, ResourceScope, required
 from fhir_server.access.tokens import bearer_challenge
 from fhir_server.errors import Forbidden, NotFound
@@ -219,6 +220,49 @@ class AccessPolicy:
         return where is None or self.matches(where, resource_id, entries)
 
     def _grant(
+        self, ctx: AuthContext, scope: ResourceScope, action: Interaction, resource_type: str
+    ) -> Grant | None:
+        grant = self._scope_grant(ctx, scope, action, resource_type)
+        if grant is None or not ctx.roles or scope.level == "system":
+            return grant
+        allowed, cap = self._role_cap(ctx, action, resource_type)
+        if not allowed:
+            return None
+        return Grant(scope, cap if grant.where is None else _both(grant.where, cap))
+
+    def _role_cap(
+        self, ctx: AuthContext, action: Interaction, resource_type: str
+    ) -> tuple[bool, Node | None]:
+        """Whether the user's roles allow ``action`` (roles.py), and their restriction."""
+        found: list[Node] = []
+        for role in roles_named(ctx.roles):
+            rule = role.allows(resource_type, action)
+            if rule is None:
+                continue
+            try:
+                where = self._role_filter(role, rule, ctx, resource_type)
+            except UnsupportedConstraint:
+                continue
+            if where is None:
+                return True, None
+            found.append(where)
+        return bool(found), (found[0] if len(found) == 1 else Or(tuple(found)) if found else None)
+
+    def _role_filter(
+        self, role: Role, rule: RoleRule, ctx: AuthContext, resource_type: str
+    ) -> Node | None:
+        where = (
+            self.compile_constraints(resource_type, rule.constraints) if rule.constraints else None
+        )
+        if not role.own_record_only:
+            return where
+        patient = patient_of(ctx.fhir_user)
+        if patient is None:
+            raise UnsupportedConstraint("a patient user without a Patient fhirUser")
+        own = compartment_filter(self.compartment, resource_type, patient)
+        return where if own is None else _both(own, where)
+
+    def _scope_grant(
         self, ctx: AuthContext, scope: ResourceScope, action: Interaction, resource_type: str
     ) -> Grant | None:
         if not scope.grants(resource_type, action):

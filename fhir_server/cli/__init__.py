@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_parser(sub)
     _token_parser(sub)
     _import_parser(sub)
+    from fhir_server.cli.auth_admin import add_parsers
+
+    add_parsers(sub, _add_data_dir)  # client add, user add, launch, audit verify
     return parser
 
 
@@ -136,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
             return 0
+        if args.command in ("client", "user", "launch", "audit"):
+            from fhir_server.cli.auth_admin import run
+
+            return run(args, settings)
         if args.command == "import":
             from fhir_server.cli.importer import run_import
 

@@ -4,4 +4,5 @@ import sys
 
 from fhir_server.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # validation worker processes import this module again
+    sys.exit(main())

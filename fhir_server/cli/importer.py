@@ -103,7 +103,7 @@ async def _flush(
 
 async def run_import(settings: Settings, paths: list[Path], *, chunk: int = 500) -> int:
     prepare_data_dir(settings)
-    registry = SearchRegistry.load()
+    registry = SearchRegistry.load().with_base_url(settings.fhir_base)
     store = build_store(settings, registry)
     await store.start()
     svc = Services(store, registry, AccessPolicy(PatientCompartment.load()), settings.fhir_base)

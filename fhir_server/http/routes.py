@@ -11,9 +11,9 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import orjson
-from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from fhir_server.access.context import AuthContext
 from fhir_server.access.tokens import TokenVerifier, bearer_token
@@ -33,7 +33,8 @@ from fhir_server.http.responses import (
     version_headers,
     written,
 )
-from fhir_server.interactions import crud, history, search, transaction
+from fhir_server.http.route_table import FHIR_ROUTES
+from fhir_server.interactions import crud, everything, history, search, transaction
 from fhir_server.interactions.services import Services
 from fhir_server.resources.presentation import present
 from fhir_server.storage.base import StoredVersion
@@ -133,85 +134,22 @@ class FhirHttp:
 
     # -- routes -----------------------------------------------------------------------
 
-    def router(self) -> APIRouter:
-        router = APIRouter()
-        router.add_api_route(
-            "/metadata", self.metadata, methods=["GET"], summary="CapabilityStatement"
-        )
-        # the base itself is `/fhir` (no slash): a redirect would drop a POSTed Bundle
-        # with some clients; `/fhir/` is served too, kept out of the schema
-        for base, listed in (("", True), ("/", False)):
-            router.add_api_route(
-                base,
-                self.system_search,
-                methods=["GET"],
-                summary="System search",
-                include_in_schema=listed,
-            )
-            router.add_api_route(
-                base,
-                self.bundle,
-                methods=["POST"],
-                summary="Batch or transaction",
-                include_in_schema=listed,
-            )
-        router.add_api_route(
-            "/_history", self.system_history, methods=["GET"], summary="System history"
-        )
-        router.add_api_route(
-            "/{resource_type}", self.type_search, methods=["GET"], summary="Search"
-        )
-        router.add_api_route(
-            "/{resource_type}/_search",
-            self.type_search_post,
-            methods=["POST"],
-            summary="Search (POST form)",
-        )
-        router.add_api_route("/{resource_type}", self.create, methods=["POST"], summary="Create")
-        router.add_api_route(
-            "/{resource_type}",
-            self.conditional_update,
-            methods=["PUT"],
-            summary="Conditional update",
-        )
-        router.add_api_route(
-            "/{resource_type}",
-            self.conditional_delete,
-            methods=["DELETE"],
-            summary="Conditional delete",
-        )
-        router.add_api_route(
-            "/{resource_type}/_history", self.type_history, methods=["GET"], summary="Type history"
-        )
-        router.add_api_route("/{resource_type}/{id}", self.read, methods=["GET"], summary="Read")
-        router.add_api_route(
-            "/{resource_type}/{id}", self.update, methods=["PUT"], summary="Update"
-        )
-        router.add_api_route(
-            "/{resource_type}/{id}", self.patch, methods=["PATCH"], summary="Patch (JSON Patch)"
-        )
-        router.add_api_route(
-            "/{resource_type}/{id}", self.delete, methods=["DELETE"], summary="Delete"
-        )
-        router.add_api_route(
-            "/{resource_type}/{id}/_history",
-            self.instance_history,
-            methods=["GET"],
-            summary="Instance history",
-        )
-        router.add_api_route(
-            "/{resource_type}/{id}/_history/{version_id}",
-            self.vread,
-            methods=["GET"],
-            summary="Version read",
-        )
-        router.add_api_route(
-            "/{resource_type}/{id}/{compartment_type}",
-            self.compartment_search,
-            methods=["GET"],
-            summary="Compartment search",
-        )
-        return router
+    def routes(self, prefix: str) -> list[Route]:
+        """Plain Starlette routes from ``FHIR_ROUTES`` (FastAPI's dependency machinery
+        would cost more than a whole read; the OpenAPI paths come from the same table)."""
+        return [
+            Route(prefix + spec.path, self._endpoint(spec.handler), methods=[spec.method])
+            for spec in FHIR_ROUTES
+        ]
+
+    def _endpoint(self, name: str) -> Callable[[Request], Awaitable[Response]]:
+        handler = getattr(self, name)
+
+        async def endpoint(request: Request) -> Response:
+            response: Response = await handler(request, **request.path_params)
+            return response
+
+        return endpoint
 
     async def metadata(self, request: Request) -> Response:
         try:
@@ -365,6 +303,16 @@ class FhirHttp:
             return fhir_json(result, pretty=request.query_params.get("_pretty") == "true")
 
         return await self.handle(request, "search-compartment", work, compartment_type)
+
+    async def patient_everything(self, request: Request, id: str) -> Response:
+        """See https://hl7.org/fhir/R4/patient-operation-everything.html"""
+
+        async def work(auth: AuthContext) -> Response:
+            params = list(request.query_params.multi_items())
+            result = await everything.everything(self.svc, auth, id, params)
+            return fhir_json(result, pretty=request.query_params.get("_pretty") == "true")
+
+        return await self.handle(request, "operation", work, "Patient", id)
 
     async def _search(
         self,

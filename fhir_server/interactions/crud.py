@@ -28,6 +28,7 @@ from fhir_server.interactions.conditional import find_conditional
 from fhir_server.interactions.services import Services
 from fhir_server.resources.meta import stamp
 from fhir_server.resources.types import SERVER_WRITTEN_TYPES, SUPPORTED_TYPES, is_valid_id
+from fhir_server.resources.validate import check_type as check_resource_type
 from fhir_server.resources.validate import validate_resource
 from fhir_server.search.extract import extract_index
 from fhir_server.search.values import IndexEntry
@@ -190,8 +191,9 @@ async def create_in(
     *,
     if_none_exist: str | None = None,
     id: str | None = None,
+    validated: bool = False,
 ) -> Outcome:
-    resource_type = validate_resource(resource)
+    resource_type = check_resource_type(resource) if validated else validate_resource(resource)
     svc.policy.authorize(auth, Interaction.CREATE, resource_type)
     _check_writable(svc, resource_type)
     if if_none_exist is not None:
@@ -234,8 +236,8 @@ async def update(
         return await update_in(tx, svc, auth, resource_type, id, resource, if_match=if_match)
 
 
-def _check_body_matches(resource: Any, resource_type: str, id: str) -> None:
-    body_type = validate_resource(resource)
+def _check_body_matches(resource: Any, resource_type: str, id: str, validated: bool) -> None:
+    body_type = check_resource_type(resource) if validated else validate_resource(resource)
     if body_type != resource_type:
         raise InvalidResource(f"the body is a {body_type}, the URL names a {resource_type}")
     body_id = resource.get("id")
@@ -254,10 +256,11 @@ async def update_in(
     resource: Any,
     *,
     if_match: str | None = None,
+    validated: bool = False,
 ) -> Outcome:
     check_type(resource_type)
     check_id(id)
-    _check_body_matches(resource, resource_type, id)
+    _check_body_matches(resource, resource_type, id, validated)
     svc.policy.authorize(auth, Interaction.UPDATE, resource_type)
     _check_writable(svc, resource_type)
     current = await tx.current(resource_type, id)

@@ -5,6 +5,7 @@ https://hl7.org/fhir/R4/search.html
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -13,15 +14,18 @@ from fhir_server.access.policy import compartment_filter
 from fhir_server.errors import InvalidSearch, Issue, NotFound, operation_outcome
 from fhir_server.interactions.bundles import bundle, full_url, page_url, resource_json
 from fhir_server.interactions.conditional import restricted
-from fhir_server.interactions.crud import check_type, entries_of
+from fhir_server.interactions.crud import check_type
 from fhir_server.interactions.services import Services
 from fhir_server.resources.meta import format_instant
 from fhir_server.resources.presentation import present
-from fhir_server.search.ast import Node, SearchQuery
+from fhir_server.search.ast import And, Chain, Compare, Has, Node, Not, Or, SearchQuery
 from fhir_server.search.parse import parse_search
+from fhir_server.search.values import TokenValue
 from fhir_server.storage.base import SearchPage, StoredVersion, Transaction
 
 CURSOR_PARAM = "_cursor"
+# Matches no resource (an ``_id`` test without a value), in every backend and the oracle.
+NOTHING = Compare("_id", "token", TokenValue(None, None))
 
 
 def _compartment(svc: Services, resource_type: str, patient_id: str) -> Node:
@@ -57,10 +61,24 @@ async def search(
         # _summary=count answers with the total alone
         query = replace(query, total="accurate", includes=())
     page = await (tx.search(query) if tx is not None else svc.store.search(query))
-    page = replace(page, includes=[v for v in page.includes if _may_see(svc, auth, v)])
     path = self_path or (resource_type or "")
     base = f"{svc.base_url}/{path}" if path else svc.base_url
     return _searchset(svc, page, base, params, parsed.issues, summary, elements)
+
+
+async def run_query(
+    svc: Services,
+    auth: AuthContext,
+    query: SearchQuery,
+    *,
+    path: str,
+    params: list[tuple[str, str]],
+    issues: list[Issue] | tuple[Issue, ...] = (),
+) -> dict[str, Any]:
+    """Run a query built by an operation (``$everything``) as the caller may see it."""
+    query = _authorized_query(svc, auth, query)
+    page = await svc.store.search(query)
+    return _searchset(svc, page, f"{svc.base_url}/{path}", params, issues, None, ())
 
 
 def _presentation(result_params: tuple[tuple[str, str], ...]) -> tuple[str | None, tuple[str, ...]]:
@@ -80,32 +98,86 @@ def _presentation(result_params: tuple[tuple[str, str], ...]) -> tuple[str | Non
 
 
 def _authorized_query(svc: Services, auth: AuthContext, query: SearchQuery) -> SearchQuery:
-    """The query narrowed to what the caller may see, decided before it runs."""
-    for resource_type in query.types:
-        svc.policy.authorize(auth, Interaction.SEARCH, resource_type)
+    """The query narrowed to what the caller may see, decided before it runs: the
+    matches, every chain and ``_has`` inside them, and what includes may add
+    (STYLE.md point 12), so neither results nor totals reveal anything else."""
+    searchable = [t for t in query.types if svc.policy.grants(auth, Interaction.SEARCH, t)]
+    if len(query.types) == 1 or not searchable:
+        # one type: 403 without a grant; several: the others are left out (type_filter)
+        svc.policy.authorize(auth, Interaction.SEARCH, query.types[0])
     for include in query.includes:
         svc.policy.authorize(auth, Interaction.SEARCH, include.target_type or include.source_type)
-    if len(query.types) == 1:
-        return restricted(query, svc.policy.search_filter(auth, query.types[0]))
-    if auth.patient is not None:
-        raise InvalidSearch("a patient-context search must name one resource type (use _type)")
-    return query
+    where = None if query.where is None else confined(svc, auth, query.where)
+    guard = type_filter(svc, auth, _included_types(svc, query), Interaction.READ)
+    query = replace(query, where=where, include_where=guard)
+    return restricted(query, type_filter(svc, auth, query.types, Interaction.SEARCH))
 
 
-def _may_see(svc: Services, auth: AuthContext, version: StoredVersion) -> bool:
-    """Whether an included resource is one the caller could read on its own.
+def type_filter(
+    svc: Services, auth: AuthContext, types: Sequence[str], action: Interaction
+) -> Node | None:
+    """What the caller may see among resources of ``types`` (None: all of them).
 
-    Includes cannot be restricted inside the query yet: the backends compile
-    ``include_where`` for every type at once, and a compartment filter differs
-    per type. Checking them here, with the same matcher a read uses, keeps
-    read, search and include in agreement; it cannot leak counts or break
-    paging, which are decided by the matches alone.
+    One type: its filter. Several: for each type, ``_type`` and that type's
+    filter; a type the caller has no grant for is left out.
     """
-    grants = svc.policy.grants(auth, Interaction.READ, version.resource_type)
-    if not grants:
-        return False
-    where = svc.policy.search_filter(auth, version.resource_type, Interaction.READ)
-    return where is None or svc.policy.matches(where, version.id, entries_of(svc, version))
+    if len(types) == 1:
+        return svc.policy.search_filter(auth, types[0], action)
+    branches: list[Node] = []
+    restricted_any = False
+    for resource_type in types:
+        is_type = Compare("_type", "token", TokenValue(None, resource_type))
+        if not svc.policy.grants(auth, action, resource_type):
+            restricted_any = True
+            continue
+        where = svc.policy.search_filter(auth, resource_type, action)
+        restricted_any = restricted_any or where is not None
+        branches.append(is_type if where is None else And((is_type, where)))
+    if not restricted_any:
+        return None
+    if not branches:
+        return NOTHING
+    return branches[0] if len(branches) == 1 else Or(tuple(branches))
+
+
+def confined(svc: Services, auth: AuthContext, node: Node) -> Node:
+    """``node`` with every chained target and ``_has`` source narrowed to what the
+    caller may search: a chain cannot probe resources the caller cannot see."""
+    if isinstance(node, And):
+        return And(tuple(confined(svc, auth, p) for p in node.parts))
+    if isinstance(node, Or):
+        return Or(tuple(confined(svc, auth, p) for p in node.parts))
+    if isinstance(node, Not):
+        return Not(confined(svc, auth, node.part))
+    if isinstance(node, Chain):
+        inner = _narrowed(svc, auth, node.target_type, confined(svc, auth, node.where))
+        return Chain(node.param, node.target_type, inner)
+    if isinstance(node, Has):
+        inner = _narrowed(svc, auth, node.source_type, confined(svc, auth, node.where))
+        return Has(node.source_type, node.param, inner)
+    return node
+
+
+def _narrowed(svc: Services, auth: AuthContext, resource_type: str, node: Node) -> Node:
+    where = svc.policy.search_filter(auth, resource_type)  # Forbidden without a grant
+    return node if where is None else And((node, where))
+
+
+def _included_types(svc: Services, query: SearchQuery) -> tuple[str, ...]:
+    """Every type an ``_include``/``_revinclude`` of ``query`` can bring in."""
+    found: dict[str, None] = {}
+    for include in query.includes:
+        if include.reverse:
+            found[include.source_type] = None
+        elif include.target_type is not None:
+            found[include.target_type] = None
+        elif include.param == "*":
+            return svc.registry.types
+        else:
+            param = svc.registry.param(include.source_type, include.param)
+            targets = param.targets if param is not None and param.targets else svc.registry.types
+            found.update((t, None) for t in targets if svc.registry.supports(t))
+    return tuple(found)
 
 
 def _entry(

@@ -8,6 +8,7 @@ resource is written. A batch runs each entry on its own and reports each outcome
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ class Entry:
     if_none_exist: str | None
     if_match: str | None
     assigned_id: str | None = None
+    validated: bool = False  # its resource is being validated ahead, in parallel
     touched: str | None = None  # the Type/id the entry wrote or deleted, once run
     response: dict[str, Any] = field(default_factory=dict)
 
@@ -115,13 +117,26 @@ async def _run_entry(
     method = entry.method
     if method == "POST" and len(path) == 1:
         outcome = await crud.create_in(
-            tx, svc, auth, entry.resource, if_none_exist=entry.if_none_exist, id=entry.assigned_id
+            tx,
+            svc,
+            auth,
+            entry.resource,
+            if_none_exist=entry.if_none_exist,
+            id=entry.assigned_id,
+            validated=entry.validated,
         )
     elif method == "PUT" and len(path) == 1 and query:
         outcome = await crud.conditional_update_in(tx, svc, auth, path[0], query, entry.resource)
     elif method == "PUT" and len(path) == 2:
         outcome = await crud.update_in(
-            tx, svc, auth, path[0], path[1], entry.resource, if_match=entry.if_match
+            tx,
+            svc,
+            auth,
+            path[0],
+            path[1],
+            entry.resource,
+            if_match=entry.if_match,
+            validated=entry.validated,
         )
     elif method == "PATCH" and len(path) == 2:
         outcome = await crud.patch_in(
@@ -216,20 +231,61 @@ async def transaction(svc: Services, auth: AuthContext, body: dict[str, Any]) ->
     """Process a transaction Bundle; raises (and writes nothing) if any entry fails."""
     entries = _parse_entries(body, svc)
     ordered = sorted(entries, key=lambda e: (_ORDER[e.method], e.index))
-    async with svc.store.transaction() as tx:
-        mapping = await _resolve_ids(tx, svc, auth, ordered)
+    ahead = _validate_ahead(svc, ordered)
+    try:
+        async with svc.store.transaction() as tx:
+            mapping = await _resolve_ids(tx, svc, auth, ordered)
 
-        async def conditional(reference: str) -> str:
-            return await _resolve_conditional_reference(tx, svc, auth, reference)
+            async def conditional(reference: str) -> str:
+                return await _resolve_conditional_reference(tx, svc, auth, reference)
 
-        for entry in ordered:
-            if entry.resource is not None:
-                entry.resource = await rewrite_references(entry.resource, mapping, conditional)
-        touched: dict[str, int] = {}
-        for entry in ordered:
-            entry.response = await _guarded(entry, _run_exclusive(tx, svc, auth, entry, touched))
+            for entry in ordered:
+                if entry.resource is not None:
+                    entry.resource = await rewrite_references(entry.resource, mapping, conditional)
+            touched: dict[str, int] = {}
+            for entry in ordered:
+                work = _run_exclusive(tx, svc, auth, entry, touched)
+                entry.response = await _guarded(entry, work, ahead)
+            await ahead.raise_first()
+    finally:
+        ahead.cancel()
     results = [e.response for e in sorted(ordered, key=lambda e: e.index)]
     return bundle("transaction-response", results, timestamp=format_instant(svc.clock()))
+
+
+class _AheadValidation:
+    """The create and update entries' resources, validated in parallel with the
+    transaction's own work; it commits only after ``raise_first`` found no failure."""
+
+    def __init__(self, svc: Services, entries: list[Entry]) -> None:
+        self.entries = entries
+        for entry in entries:
+            entry.validated = True
+        self.task = asyncio.ensure_future(
+            svc.validation.validate_all([e.resource for e in entries])
+        )
+
+    async def error_of(self, entry: Entry) -> FhirError | None:
+        errors = await self.task
+        return next((err for e, err in zip(self.entries, errors, strict=True) if e is entry), None)
+
+    async def raise_first(self) -> None:
+        for entry, error in zip(self.entries, await self.task, strict=True):
+            if error is not None:
+                raise _name_entry(error, entry)
+
+    def cancel(self) -> None:
+        if not self.task.done():
+            self.task.cancel()
+
+
+def _validate_ahead(svc: Services, ordered: list[Entry]) -> _AheadValidation:
+    def plain_write(entry: Entry) -> bool:
+        path, query = _split(entry.url)
+        single = entry.method == "POST" and len(path) == 1
+        return single or (entry.method == "PUT" and len(path) == 2 and not query)
+
+    return _AheadValidation(svc, [e for e in ordered if plain_write(e)])
 
 
 async def _run_exclusive(
@@ -248,18 +304,28 @@ async def _run_exclusive(
     return result
 
 
-async def _guarded(entry: Entry, work: Any) -> dict[str, Any]:
+def _name_entry(exc: FhirError, entry: Entry) -> FhirError:
+    issue = Issue(
+        "error",
+        exc.code,
+        f"Bundle.entry[{entry.index}] ({entry.method} {entry.url}) failed",
+        (f"Bundle.entry[{entry.index}]",),
+    )
+    exc.issues = (*exc.issues, issue)
+    return exc
+
+
+async def _guarded(entry: Entry, work: Any, ahead: _AheadValidation) -> dict[str, Any]:
     """Run an entry; a failure names the entry and aborts the whole transaction."""
     try:
         result: dict[str, Any] = await work
-    except FhirError as exc:
-        issue = Issue(
-            "error",
-            exc.code,
-            f"Bundle.entry[{entry.index}] ({entry.method} {entry.url}) failed",
-            (f"Bundle.entry[{entry.index}]",),
-        )
-        exc.issues = (*exc.issues, issue)
+    except Exception as exc:
+        # an entry whose resource is invalid fails for that reason, as if validated first
+        error = await ahead.error_of(entry) if entry.validated else None
+        if error is not None:
+            raise _name_entry(error, entry) from None
+        if isinstance(exc, FhirError):
+            raise _name_entry(exc, entry) from None
         raise
     return result
 

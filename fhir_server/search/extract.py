@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from fhir_server.search.dates import date_values
-from fhir_server.search.fhirpath import Item, evaluate, evaluate_relative
+from fhir_server.search.fhirpath import Item, evaluate, evaluate_relative, may_select
 from fhir_server.search.registry import ParamDef, SearchRegistry
 from fhir_server.search.values import (
     CompositeValue,
@@ -58,23 +58,45 @@ def extract_index(resource: dict[str, Any], registry: SearchRegistry) -> list[In
     entries: list[IndexEntry] = []
     for param in registry.params_for(resource.get("resourceType", "")).values():
         if not param.from_column:
-            entries.extend(extract_param(resource, param))
+            entries.extend(extract_param(resource, param, registry.base_url))
     return list(dict.fromkeys(entries))
 
 
-def extract_param(resource: dict[str, Any], param: ParamDef) -> list[IndexEntry]:
-    """The index entries of one parameter."""
+def extract_param(
+    resource: dict[str, Any], param: ParamDef, base_url: str | None = None
+) -> list[IndexEntry]:
+    """The index entries of one parameter; references under ``base_url`` become relative."""
     exists = _EXISTS_NOT_FALSE.match(param.expression)
     if exists is not None:
         items = evaluate(resource, exists["path"])
         flag = any(i.value is not False for i in items)
         return [IndexEntry(param.code, TokenValue(None, "true" if flag else "false"))]
+    if not may_select(resource, param.expression):
+        return []
     items = evaluate(resource, param.expression)
     if param.type == "composite":
         return [IndexEntry(param.code, v) for v in _composites(items, param)]
-    entries = [IndexEntry(param.code, v) for v in values_of(items, param.type)]
+    values = values_of(items, param.type)
+    if param.type == "reference":
+        values = [_local(v, base_url, resource) for v in values]
+    entries = [IndexEntry(param.code, v) for v in values]
     entries += _derived(items, param)
     return entries
+
+
+def _local(value: Value, base_url: str | None, resource: dict[str, Any]) -> Value:
+    """A reference as stored: this server's absolute URLs made relative, and a
+    contained reference (``#id``) typed by the contained resource it names."""
+    if not isinstance(value, ReferenceValue) or value.url is None:
+        return value
+    if value.url.startswith("#"):
+        for contained in resource.get("contained", ()):
+            if isinstance(contained, dict) and f"#{contained.get('id')}" == value.url:
+                return ReferenceValue(contained.get("resourceType"), None, url=value.url)
+        return value
+    if base_url and value.url.startswith(base_url + "/"):
+        return parse_reference(value.url[len(base_url) + 1 :]) or value
+    return value
 
 
 def values_of(items: list[Item], param_type: str) -> list[Value]:

@@ -67,6 +67,33 @@ def evaluate_relative(items: Iterable[Item], expression: str) -> list[Item]:
     return found
 
 
+def may_select(resource: dict[str, Any], expression: str) -> bool:
+    """False when ``expression`` surely selects nothing: none of the top-level
+    elements its branches start from is in ``resource``. Most parameters of a
+    type are absent from any one resource; this skips them without evaluating."""
+    roots = _roots(expression)
+    if roots is None:
+        return True
+    for root in roots:
+        if root in resource:
+            return True
+        # a choice element: ``deceased`` is stored as ``deceasedBoolean``
+        for key in resource:
+            if key.startswith(root) and len(key) > len(root) and key[len(root)].isupper():
+                return True
+    return False
+
+
+@lru_cache(maxsize=4096)
+def _roots(expression: str) -> frozenset[str] | None:
+    roots: set[str] = set()
+    for steps in _plan(expression, rooted=True):
+        if not steps or steps[0].kind != "child":
+            return None  # starts at the resource itself: cannot tell
+        roots.add(steps[0].name)
+    return frozenset(roots)
+
+
 @lru_cache(maxsize=4096)
 def _plan(expression: str, *, rooted: bool) -> Plan:
     """Parse once: extraction evaluates the same few hundred expressions on every write."""

@@ -102,7 +102,11 @@ def _types(
 
 def _dispatch(state: _State, name: str, value: str) -> None:
     base = name.split(":", 1)[0]
-    if name in RESULT_PARAMS:
+    if name in ("_contained", "_containedType"):
+        # Optional in R4; contained resources are never matches here.
+        if value not in ("false", "container"):
+            state.unsupported(f"{name}={value}", "searching contained resources is not supported")
+    elif name in RESULT_PARAMS:
         state.result.append((name, value))
     elif name == "_type":
         pass  # already applied to the types

@@ -110,7 +110,10 @@ def parse_values(
             raise InvalidSearch(f"{param.code}:missing must be true or false")
         return Missing(param.code, value == "true")
     type_modifier = _check_modifier(param, modifier, registry)
-    nodes = [_one(param, modifier, type_modifier, text) for text in split_escaped(value, ",")]
+    texts = split_escaped(value, ",")
+    if param.type == "reference" and modifier != "identifier":
+        texts = [registry.local_reference(t) for t in texts]  # our own absolute URLs
+    nodes = [_one(param, modifier, type_modifier, text) for text in texts]
     node: Node = nodes[0] if len(nodes) == 1 else Or(tuple(nodes))
     return Not(node) if modifier == "not" else node
 

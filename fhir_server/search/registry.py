@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from types import MappingProxyType
 from typing import Any, cast
@@ -92,9 +92,15 @@ def branches_for(expression: str, resource_type: str) -> list[str]:
 
 @dataclass(frozen=True)
 class SearchRegistry:
-    """Immutable lookup of parameters by resource type and code."""
+    """Immutable lookup of parameters by resource type and code.
+
+    ``base_url`` is this server's FHIR base: references written as absolute
+    URLs under it are local references (extracted and searched as ``Type/id``).
+    See https://hl7.org/fhir/R4/references.html#literal
+    """
 
     by_type: Mapping[str, Mapping[str, ParamDef]]
+    base_url: str | None = None
 
     @classmethod
     def load(cls, types: Iterable[str] = DEFAULT_TYPES) -> SearchRegistry:
@@ -114,6 +120,17 @@ class SearchRegistry:
             params = _params_of(definitions, resource_type, types_by_url)
             by_type[resource_type] = MappingProxyType(params)
         return cls(MappingProxyType(by_type))
+
+    def with_base_url(self, base_url: str | None) -> SearchRegistry:
+        """The same definitions, knowing the server's FHIR base URL."""
+        return replace(self, base_url=base_url.rstrip("/") if base_url else None)
+
+    def local_reference(self, text: str) -> str:
+        """``text`` with this server's base URL (and the slash after it) removed."""
+        base = self.base_url
+        if base and text.startswith(base + "/"):
+            return text[len(base) + 1 :]
+        return text
 
     @property
     def types(self) -> tuple[str, ...]:

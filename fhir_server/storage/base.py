@@ -21,6 +21,8 @@ from typing import Literal, Protocol
 
 from fhir_server.search.ast import SearchQuery
 from fhir_server.search.values import IndexEntry
+from fhir_server.storage.auth_port import AuthData
+from fhir_server.storage.dicom_port import DicomIndex
 
 Method = Literal["create", "update", "delete"]
 
@@ -101,13 +103,20 @@ class Transaction(Protocol):
         """Search as of this transaction, seeing its own writes."""
 
     async def write(self, version: NewVersion) -> StoredVersion:
-        """Write a version; raises VersionConflict unless it follows the current one."""
+        """Write a version; raises VersionConflict unless it follows the current one
+        (at the latest when the transaction commits). The returned version's ``seq``
+        may be 0 until then."""
 
 
 class Store(Protocol):
     """The storage port. See the module docstring."""
 
     name: str
+    dicom: DicomIndex  # the DICOM index sub-store (``fhir_server.storage.dicom_port``)
+
+    @property
+    def auth(self) -> AuthData:
+        """The auth sub-store (see ``auth_port``)."""
 
     async def start(self) -> None:
         """Open connections and create schema and indexes."""

@@ -26,7 +26,11 @@ def body_of(raw: bytes | None) -> dict[str, Any]:
 
 async def write(store: Store, version: NewVersion) -> int:
     async with store.transaction() as tx:
-        return (await tx.write(version)).seq
+        await tx.write(version)
+    # the change sequence is given out at the latest at commit
+    stored = await store.vread(version.resource_type, version.id, version.version)
+    assert stored is not None
+    return stored.seq
 
 
 async def test_write_read_vread(store: Store, registry: SearchRegistry) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -32,6 +33,7 @@ class ServerProcess:
         self.extra = extra
         self.proc: subprocess.Popen[str] | None = None
         self.output: list[str] = []
+        self._drainer: threading.Thread | None = None
 
     @property
     def base(self) -> str:
@@ -57,6 +59,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
+            start_new_session=True,  # its own process group: killed whole, like a crash
         )
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
@@ -67,7 +70,8 @@ class ServerProcess:
             self.output.append(line)
             if "FHIR/HTTP listening" in line:
                 # keep draining, or a full pipe would block the server's logging
-                threading.Thread(target=self._drain, daemon=True).start()
+                self._drainer = threading.Thread(target=self._drain, daemon=True)
+                self._drainer.start()
                 return
         self.kill()
         raise RuntimeError("radhub serve did not start:\n" + "".join(self.output))
@@ -92,8 +96,16 @@ class ServerProcess:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
             self.proc.wait(20)
+        # the drainer ends at EOF once the process is gone; closing the pipe under a
+        # reading thread would block
+        if self._drainer is not None:
+            self._drainer.join(10)
+            if self._drainer.is_alive():
+                return  # something still holds the pipe: leave it to the daemon thread
+            self._drainer = None
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 

@@ -27,6 +27,8 @@ from fhir_server.storage.mongo.search_paging import (
     sort_spec,
 )
 
+# ``_total=estimate`` stops counting here: cheap at any size, exact for small results.
+ESTIMATE_CAP = 10_000
 # Of the index, includes need the references and cursors the sort keys.
 _PAGE_FIELDS: Doc = {
     f"idx.{kind}": 0
@@ -56,7 +58,11 @@ async def run_search(db: Database, registry: SearchRegistry, query: SearchQuery)
         docs = docs[: query.count]
         if not forward:
             docs.reverse()
-    total = await db[RESOURCES].count_documents(where) if query.total != "none" else None
+    total = None
+    if query.total == "accurate":
+        total = await db[RESOURCES].count_documents(where)
+    elif query.total == "estimate":  # as the SQLite adapter: exact up to the cap
+        total = await db[RESOURCES].count_documents(where, limit=ESTIMATE_CAP)
     includes = await resolve_includes(compiler, query, docs)
     previous, following = _neighbours(query, docs, cursor, more, fields)
     return SearchPage(

@@ -54,25 +54,17 @@ from fhir_server.storage.base import (
     StoredVersion,
     Transaction,
 )
+from fhir_server.storage.dicom_port import DicomIndex
 from fhir_server.storage.mongo import reads
+from fhir_server.storage.mongo.auth_data import MongoAuthData
+from fhir_server.storage.mongo.dicom_index import MongoDicomIndex
 from fhir_server.storage.mongo.documents import HISTORY, RESOURCES, Doc
 from fhir_server.storage.mongo.journal import Database, UnitOfWork, recover
 from fhir_server.storage.mongo.search import run_search
+from fhir_server.storage.mongo.search_indexes import search_indexes
 
 DEFAULT_DATABASE = "radhub"
 DEFAULT_LEASE_SECONDS = 60.0
-
-_KINDS = ("token", "string", "date", "number", "quantity", "reference", "uri", "composite")
-_VALUE_FIELDS: dict[str, tuple[str, ...]] = {
-    "token": ("c", "s"),
-    "string": ("n",),
-    "date": ("lo", "hi"),
-    "number": ("v",),
-    "quantity": ("v",),
-    "reference": ("ri", "rt"),
-    "uri": ("u",),
-    "composite": (),
-}
 
 
 def _indexes() -> dict[str, list[IndexModel]]:
@@ -84,11 +76,7 @@ def _indexes() -> dict[str, list[IndexModel]]:
         IndexModel([("pk", ASCENDING)]),
         IndexModel([("tx", ASCENDING)], sparse=True),
     ]
-    for kind in _KINDS:
-        fields = [("type", ASCENDING), (f"idx.{kind}.p", ASCENDING)]
-        fields += [(f"idx.{kind}.{f}", ASCENDING) for f in _VALUE_FIELDS[kind]]
-        resources.append(IndexModel(fields))
-    resources.append(IndexModel([("idx.reference.rt", ASCENDING), ("idx.reference.ri", ASCENDING)]))
+    resources += search_indexes()
     history = [
         IndexModel([("type", ASCENDING), ("id", ASCENDING), ("version", ASCENDING)], unique=True),
         IndexModel([("seq", ASCENDING)], unique=True),
@@ -149,6 +137,8 @@ class MongoStore:
         self._owns_client = owns_client
         self._lock = asyncio.Lock()
         self._active: set[str] = set()
+        self.dicom: DicomIndex = MongoDicomIndex(self._db, self._lock)
+        self.auth = MongoAuthData(self._db)
 
     @classmethod
     def from_uri(cls, uri: str, registry: SearchRegistry) -> MongoStore:
@@ -162,6 +152,8 @@ class MongoStore:
             for collection, models in _indexes().items():
                 await self._db[collection].create_indexes(models)
             await recover(self._db)
+            await self.dicom.start()
+        await self.auth.create_indexes()
 
     async def close(self) -> None:
         if self._owns_client:

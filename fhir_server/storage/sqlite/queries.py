@@ -159,22 +159,69 @@ def write_version(conn: sqlite3.Connection, new: NewVersion) -> StoredVersion:
     if deleted:
         search_sql.delete_index(conn, pk)
     else:
-        search_sql.write_index(conn, pk, new.resource_type, new.index)
+        search_sql.write_index(conn, pk, new.resource_type, new.index, replace=row is not None)
     method: Method = new.method
     return StoredVersion(
         new.resource_type, new.id, new.version, new.last_updated, method, new.body, seq
     )
 
 
+def write_versions(conn: sqlite3.Connection, versions: Sequence[NewVersion]) -> list[StoredVersion]:
+    """Write versions inside the caller's transaction, in order."""
+    return [write_version(conn, version) for version in versions]
+
+
 def write_batch(conn: sqlite3.Connection, versions: Sequence[NewVersion]) -> list[StoredVersion]:
     """Write several versions in one transaction: all or none."""
     begin(conn)
     try:
-        written = [write_version(conn, version) for version in versions]
+        if all(v.version == 1 and v.method == "create" for v in versions):
+            written = _insert_new(conn, versions)
+        else:
+            written = [write_version(conn, version) for version in versions]
+    except sqlite3.IntegrityError as exc:
+        rollback(conn)
+        raise VersionConflict(f"a resource of the batch exists already: {exc}") from None
     except BaseException:
         rollback(conn)
         raise
     commit(conn)
+    return written
+
+
+def _next_keys(conn: sqlite3.Connection) -> tuple[int, int]:
+    """The last resource pk and history seq given out (we are the only writer)."""
+    pk = conn.execute("SELECT coalesce(max(pk), 0) FROM resources").fetchone()[0]
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'history'").fetchone()
+    return pk, (row[0] if row else 0)
+
+
+def _insert_new(conn: sqlite3.Connection, versions: Sequence[NewVersion]) -> list[StoredVersion]:
+    """First versions of new resources, set-wise: one statement per table for the
+    whole batch (the audit trail and bulk imports write thousands of these)."""
+    last_pk, last_seq = _next_keys(conn)
+    resources, history, written = [], [], []
+    index: dict[str, list[tuple[object, ...]]] = {}
+    for n, v in enumerate(versions, 1):
+        micros = to_micros(v.last_updated)
+        resources.append((last_pk + n, v.resource_type, v.id, 1, micros, 0, v.body))
+        history.append((last_seq + n, v.resource_type, v.id, 1, micros, "create", v.body))
+        for table, rows in search_sql.index_rows(last_pk + n, v.resource_type, v.index).items():
+            index.setdefault(table, []).extend(rows)
+        written.append(
+            StoredVersion(v.resource_type, v.id, 1, v.last_updated, "create", v.body, last_seq + n)
+        )
+    conn.executemany(
+        "INSERT INTO resources(pk, type, id, version, last_updated, deleted, body) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        resources,
+    )
+    conn.executemany(
+        "INSERT INTO history(seq, type, id, version, last_updated, method, body) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        history,
+    )
+    search_sql.insert_index_rows(conn, index)
     return written
 
 

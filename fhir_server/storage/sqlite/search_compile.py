@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from fhir_server.errors import InvalidSearch
 from fhir_server.search.ast import (
@@ -127,7 +128,55 @@ def _or(node: Or, ctx: Ctx) -> Frag:
 def _is_set(node: Node) -> bool:
     if isinstance(node, Compare):
         return node.param not in COLUMN_PARAMS and node.modifier != "not"
-    return isinstance(node, Composite | Chain | Has)
+    return isinstance(node, Composite | Chain | Has) or typed(node) is not None
+
+
+def typed(node: Node) -> tuple[str, Node] | None:
+    """``And(_type=T, rest)`` where ``rest`` has a lookup (or is ``_id``): (T, rest).
+
+    Access control and ``$everything`` build one such branch per type; as a set
+    each branch is answered by its own index lookup instead of a walk of
+    every resource of every type.
+    """
+    if not isinstance(node, And):
+        return None
+    kinds = [p for p in node.parts if _is_type_test(p)]
+    if len(kinds) != 1:
+        return None
+    rest = tuple(p for p in node.parts if p is not kinds[0])
+    body: Node = rest[0] if len(rest) == 1 else And(rest)
+    if not (drives(body) or _is_id_test(body)):
+        return None
+    value = cast(Compare, kinds[0]).value
+    return cast(TokenValue, value).code or "", body
+
+
+def _is_type_test(node: Node) -> bool:
+    return (
+        isinstance(node, Compare)
+        and node.param == "_type"
+        and node.modifier is None
+        and isinstance(node.value, TokenValue)
+        and bool(node.value.code)
+    )
+
+
+def _is_id_test(node: Node) -> bool:
+    return isinstance(node, Compare) and node.param == "_id" and node.modifier is None
+
+
+def _typed_set(resource_type: str, body: Node, ctx: Ctx) -> Frag:
+    inner = Ctx(ctx.alias, (resource_type,), ctx.registry, ctx.depth)
+    if _is_id_test(body):
+        value = cast(Compare, body).value
+        code = value.code if isinstance(value, TokenValue) else None
+        sql = "SELECT pk FROM resources WHERE type = ? AND id = ? AND deleted = 0"
+        return Frag(sql, (resource_type, code))
+    if _is_set(body):
+        return pk_set(body, inner)
+    where = condition(body, Ctx("x", (resource_type,), ctx.registry, ctx.depth + 1))
+    sql = f"SELECT x.pk FROM resources x WHERE +x.type = ? AND x.deleted = 0 AND {where.sql}"
+    return Frag(sql, (resource_type, *where.args))
 
 
 def drives(node: Node) -> bool:
@@ -154,12 +203,15 @@ def pk_set(node: Node, ctx: Ctx) -> Frag:
         return _chain_set(node, ctx)
     if isinstance(node, Has):
         return _has_set(node, ctx)
+    kind = typed(node)
+    if kind is not None:
+        return _typed_set(kind[0], kind[1], ctx)
     inner = condition(node, Ctx("x", ctx.types, ctx.registry, ctx.depth))
     where = join(" AND ", [type_in("x.type", ctx.types), inner])
     return Frag(f"SELECT x.pk FROM resources x WHERE x.deleted = 0 AND {where.sql}", where.args)
 
 
-def _table_and_param(node: Compare) -> tuple[str, str]:
+def table_and_param(node: Compare) -> tuple[str, str]:
     if node.type == "reference" and node.modifier == "identifier":
         return "search_token", derived_param(node.param, "identifier")
     if node.type == "token" and node.modifier == "of-type":
@@ -170,7 +222,7 @@ def _table_and_param(node: Compare) -> tuple[str, str]:
 
 
 def _compare_set(node: Compare, ctx: Ctx) -> Frag:
-    table, param = _table_and_param(node)
+    table, param = table_and_param(node)
     test = value_test(node, "")
     where = join(" AND ", [type_in("type", ctx.types), Frag("param = ?", (param,)), test])
     return Frag(f"SELECT pk FROM {table} WHERE {where.sql}", where.args)
@@ -180,7 +232,7 @@ def _composite_set(node: Composite, ctx: Ctx) -> Frag:
     parts: list[Frag] = []
     joins: list[str] = []
     for i, part in enumerate(node.parts):
-        table, param = _table_and_param(part)
+        table, param = table_and_param(part)
         alias = f"c{ctx.depth}_{i}"
         if i:
             first = f"c{ctx.depth}_0"

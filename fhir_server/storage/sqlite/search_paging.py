@@ -190,10 +190,10 @@ def fetch_page(
     rows = rows[: query.count]
     if not forward:
         rows.reverse()
-    return _page(query, rows, cursor, more)
+    return make_page(query, rows, cursor, more)
 
 
-def _page(query: SearchQuery, rows: list[Row], cursor: Cursor | None, more: bool) -> Page:
+def make_page(query: SearchQuery, rows: list[Row], cursor: Cursor | None, more: bool) -> Page:
     def boundary(row: Row) -> tuple[Any, ...]:
         return (*row[KEY_OFFSET:], row[0])
 

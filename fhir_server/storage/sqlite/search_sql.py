@@ -34,6 +34,7 @@ from fhir_server.storage.base import SearchPage
 from fhir_server.storage.sqlite.search_compile import Ctx, Frag, condition, drives, join, type_in
 from fhir_server.storage.sqlite.search_includes import resolve_includes
 from fhir_server.storage.sqlite.search_paging import fetch_page, row_version
+from fhir_server.storage.sqlite.search_walk import PROBE_LIMIT, driven_where, walk_page
 
 _COLUMNS = "pk INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, grp INTEGER NOT NULL"
 
@@ -83,13 +84,27 @@ INDEX_TABLES: tuple[str, ...] = (
 )
 
 Row = tuple[object, ...]
+# ``_total=estimate`` stops counting here: cheap at any size, exact for small results.
+ESTIMATE_CAP = 10_000
 
 
 def write_index(
-    conn: sqlite3.Connection, pk: int, resource_type: str, entries: Sequence[IndexEntry]
+    conn: sqlite3.Connection,
+    pk: int,
+    resource_type: str,
+    entries: Sequence[IndexEntry],
+    *,
+    replace: bool = True,
 ) -> None:
-    """Replace the index rows of resource ``pk`` with ``entries``."""
-    delete_index(conn, pk)
+    """Replace the index rows of resource ``pk`` with ``entries`` (``replace=False``
+    for a resource just inserted, which has none: saves a DELETE per table)."""
+    if replace:
+        delete_index(conn, pk)
+    insert_index_rows(conn, index_rows(pk, resource_type, entries))
+
+
+def index_rows(pk: int, resource_type: str, entries: Sequence[IndexEntry]) -> dict[str, list[Row]]:
+    """The rows, per index table, that hold ``entries`` of resource ``pk``."""
     rows: dict[str, list[Row]] = {}
     group = 0
     for entry in entries:
@@ -101,9 +116,15 @@ def write_index(
                 _add_row(rows, (pk, resource_type, f"{entry.param}${i}", group), part)
         else:
             _add_row(rows, (pk, resource_type, entry.param, 0), entry.value)
+    return rows
+
+
+def insert_index_rows(conn: sqlite3.Connection, rows: dict[str, list[Row]]) -> None:
+    """Insert rows made by ``index_rows`` (of one resource or merged across many)."""
     for table, table_rows in rows.items():
-        marks = ", ".join("?" * len(table_rows[0]))
-        conn.executemany(f"INSERT INTO {table} VALUES ({marks})", table_rows)
+        if table_rows:
+            marks = ", ".join("?" * len(table_rows[0]))
+            conn.executemany(f"INSERT INTO {table} VALUES ({marks})", table_rows)
 
 
 def _add_row(rows: dict[str, list[Row]], key: Row, value: Value) -> None:
@@ -151,17 +172,34 @@ def match_condition(query: SearchQuery, registry: SearchRegistry, alias: str = "
     return join(" AND ", parts)
 
 
+def count_matches(conn: sqlite3.Connection, query: SearchQuery, where: Frag) -> int | None:
+    """The total ``query.total`` asks for: none, accurate, or an estimate that
+    counts at most ``ESTIMATE_CAP`` matches (exact below it, the cap above it)."""
+    if query.total == "none":
+        return None
+    sql = f"SELECT r.pk FROM resources r WHERE {where.sql}"
+    if query.total == "estimate":
+        sql += f" LIMIT {ESTIMATE_CAP}"
+    row = conn.execute(f"SELECT count(*) FROM ({sql})", where.args).fetchone()
+    return int(row[0])
+
+
 def run_search(
-    conn: sqlite3.Connection, query: SearchQuery, registry: SearchRegistry
+    conn: sqlite3.Connection,
+    query: SearchQuery,
+    registry: SearchRegistry,
+    *,
+    probe_limit: int = PROBE_LIMIT,
 ) -> SearchPage:
-    """Matches of one page in query order, their includes, the total and cursors."""
-    where = match_condition(query, registry)
-    page = fetch_page(conn, query, registry, where)
-    total = None
-    if query.total != "none":
-        total = conn.execute(
-            f"SELECT count(*) FROM resources r WHERE {where.sql}", where.args
-        ).fetchone()[0]
+    """Matches of one page in query order, their includes, the total and cursors.
+
+    Unselective searches walk the sort index (``search_walk``); ``probe_limit``
+    is the lookup size below which a predicate counts as selective."""
+    driven = driven_where(conn, query, registry, probe_limit)
+    page = walk_page(conn, query, registry, probe_limit) if driven is None else None
+    where = driven or match_condition(query, registry)
+    page = page or fetch_page(conn, query, registry, where)
+    total = count_matches(conn, query, where)
     includes = resolve_includes(conn, query, registry, page.rows)
     return SearchPage(
         matches=[row_version(row) for row in page.rows],

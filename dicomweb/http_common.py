@@ -1,0 +1,137 @@
+"""What every DICOMweb route shares: its services, authentication, access, errors, audit.
+
+Each request verifies the bearer token with the same verifier as the FHIR
+API, is decided by the same ``AccessPolicy`` (DICOM studies are guarded as
+the ImagingStudy resources they are), and is audited. Errors become a
+response here, never an exception escaping to Starlette, so the CORS
+middleware puts its headers on them too (viewers report a missing header on
+an error as a CORS failure).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dicomweb.blobstore import FileBlobStore
+from dicomweb.ingest import IngestService
+from dicomweb.qido import QidoError
+from dicomweb.study_sync import StudySync
+from dicomweb.transfer_syntax import NotAcceptable
+from fhir_server.access.context import AuthContext, Interaction
+from fhir_server.access.policy import AccessPolicy, compartment_filter
+from fhir_server.access.tokens import TokenVerifier, bearer_token
+from fhir_server.audit import AuditLog, AuditRecord
+from fhir_server.errors import FhirError, Forbidden, NotFound
+from fhir_server.storage.dicom_port import DicomIndex, StudyRow
+
+log = logging.getLogger(__name__)
+
+DICOM_JSON = "application/dicom+json"
+IMAGING_STUDY = "ImagingStudy"
+Work = Callable[[AuthContext], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class DicomwebServices:
+    """Everything the routes use, built by the composition root."""
+
+    index: DicomIndex
+    blobs: FileBlobStore
+    ingest: IngestService
+    sync: StudySync | None
+    policy: AccessPolicy
+    verifier: TokenVerifier
+    audit: AuditLog
+    base_url: str
+    clock: Callable[[], datetime]
+    max_results: int = 1000
+
+
+def error_body(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """An error response: a short JSON message (PS3.18 leaves the body to the server)."""
+    body = orjson.dumps({"status": status, "message": message})
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def study_scope(svc: DicomwebServices, auth: AuthContext, action: Interaction) -> str | None:
+    """The patient a request is restricted to (None: every study); Forbidden if nothing.
+
+    Only an unrestricted grant or the ImagingStudy Patient compartment can be
+    compiled into the index query; any other restriction fails closed.
+    """
+    where = svc.policy.search_filter(auth, IMAGING_STUDY, action)
+    if where is None:
+        return None
+    if auth.patient is not None:
+        own = compartment_filter(svc.policy.compartment, IMAGING_STUDY, auth.patient)
+        if own == where:
+            return auth.patient
+    raise Forbidden("this token's ImagingStudy access cannot be applied to DICOM data")
+
+
+async def visible_study(
+    svc: DicomwebServices, auth: AuthContext, study_uid: str, action: Interaction
+) -> StudyRow:
+    """The study if it exists and the caller may reach it; 404 otherwise (no probing)."""
+    patient = study_scope(svc, auth, action)
+    study = await svc.index.study(study_uid)
+    if study is None or (patient is not None and study.patient_ref != patient):
+        raise NotFound(f"study {study_uid} is not known")
+    return study
+
+
+def require_system_delete(svc: DicomwebServices, auth: AuthContext) -> None:
+    """DELETE needs a ``system/`` scope granting delete on ImagingStudy."""
+    granted = svc.policy.grants(auth, Interaction.DELETE, IMAGING_STUDY)
+    if not any(g.scope.level == "system" and g.where is None for g in granted):
+        raise Forbidden("deleting DICOM data needs a system/ImagingStudy delete scope")
+
+
+def require_store(svc: DicomwebServices, auth: AuthContext) -> None:
+    """STOW-RS needs unrestricted ImagingStudy create rights."""
+    if svc.policy.search_filter(auth, IMAGING_STUDY, Interaction.CREATE) is not None:
+        raise Forbidden("storing DICOM data needs unrestricted ImagingStudy create rights")
+
+
+async def handle(
+    svc: DicomwebServices,
+    request: Request,
+    interaction: str,
+    work: Work,
+    study_uid: str | None = None,
+) -> Response:
+    """Authenticate, run, map errors to statuses, audit (PS3.18 §8.5)."""
+    auth: AuthContext | None = None
+    try:
+        auth = await svc.verifier.verify(bearer_token(request.headers.get("authorization")))
+        response = await work(auth)
+    except FhirError as exc:
+        response = error_body(exc.status, exc.diagnostics, exc.headers)
+    except NotAcceptable as exc:
+        response = error_body(406, str(exc))
+    except QidoError as exc:
+        response = error_body(400, str(exc))
+    except Exception:
+        log.exception("unexpected error in %s %s", request.method, request.url.path)
+        response = error_body(500, "internal error")
+    svc.audit.record(
+        AuditRecord(
+            interaction=interaction,
+            status=response.status_code,
+            moment=svc.clock(),
+            auth=auth,
+            resource_type=IMAGING_STUDY,
+            resource_id=study_uid,
+            query=f"{request.method} {request.url.path}?{request.url.query}",
+            address=request.client.host if request.client else None,
+            description=f"DICOMweb {request.method} {request.url.path}",
+        )
+    )
+    return response

@@ -1,0 +1,171 @@
+"""DICOM index rows → FHIR R4 ImagingStudy and Patient (pure mappings).
+
+See https://hl7.org/fhir/R4/imagingstudy.html: the study is identified by
+``urn:dicom:uid`` / ``urn:oid:<StudyInstanceUID>`` and by its accession number
+(identifier type ACSN); modalities and SOP classes are Codings in the DICOM
+and RFC 3986 systems. No I/O, clock or id generation here: the caller passes
+the links it resolved (``StudyLinks``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fhir_server.storage.dicom_port import InstanceRow, Json, SeriesRow, StudyRow
+
+DICOM_UID_SYSTEM = "urn:dicom:uid"
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+SNOMED = "http://snomed.info/sct"
+RFC3986 = "urn:ietf:rfc:3986"
+UNKNOWN_PATIENT_SYSTEM = "urn:radhub:dicom-study-without-patient-id"
+
+_SEX = {"M": "male", "F": "female", "O": "other"}
+# PS3.16 CID 244 Laterality → SNOMED CT, as R4 ImagingStudy.series.laterality binds.
+_LATERALITY = {"R": ("24028007", "Right"), "L": ("7771000", "Left"), "B": ("51440002", "Both")}
+
+
+@dataclass(frozen=True)
+class StudyLinks:
+    """References resolved by the caller: subject, order and the DICOMweb endpoint."""
+
+    patient: str
+    service_request: str | None = None
+    endpoint: str | None = None
+
+
+def first(attrs: Json, tag: str) -> Any:
+    """The first value of ``tag`` in a DICOM JSON object, or None."""
+    values = (attrs.get(tag) or {}).get("Value") or []
+    return values[0] if values else None
+
+
+def _text(attrs: Json, tag: str) -> str | None:
+    value = first(attrs, tag)
+    if isinstance(value, dict):
+        value = value.get("Alphabetic")
+    return None if value in (None, "") else str(value)
+
+
+def patient_identifier(study_attrs: Json, default_system: str) -> tuple[str, str]:
+    """(system, value) of the study's patient: PatientID under IssuerOfPatientID
+    when that is a URI, else under ``default_system``; the study UID without one."""
+    value = _text(study_attrs, "00100020")
+    if value is None:
+        return UNKNOWN_PATIENT_SYSTEM, str(first(study_attrs, "0020000D"))
+    issuer = _text(study_attrs, "00100021")
+    system = issuer if issuer and ":" in issuer else default_system
+    return system, value
+
+
+def fhir_date(da: str | None) -> str | None:
+    """DICOM DA ``YYYYMMDD`` → FHIR date, or None when malformed."""
+    if not da or len(da) != 8 or not da.isdigit():
+        return None
+    return f"{da[:4]}-{da[4:6]}-{da[6:]}"
+
+
+def fhir_started(date: str | None, time: str | None, offset: str | None) -> str | None:
+    """DA + TM (+ TimezoneOffsetFromUTC) → FHIR dateTime; the date alone without a zone,
+    since FHIR requires a zone whenever a time is given."""
+    day = fhir_date(date)
+    if day is None or not time or len(time) < 4 or not offset or len(offset) != 5:
+        return day
+    seconds = time[4:6] if len(time) >= 6 else "00"
+    return f"{day}T{time[:2]}:{time[2:4]}:{seconds}{offset[:3]}:{offset[3:]}"
+
+
+def map_patient(study_attrs: Json, system: str, value: str) -> dict[str, Any]:
+    """A Patient from the DICOM demographics (PatientName, Sex, BirthDate)."""
+    patient: dict[str, Any] = {
+        "resourceType": "Patient",
+        "identifier": [{"system": system, "value": value}],
+    }
+    name = _text(study_attrs, "00100010")
+    if name:
+        parts = name.split("^")
+        human: dict[str, Any] = {"family": parts[0]} if parts[0] else {}
+        given = [p for p in parts[1:3] if p]
+        if given:
+            human["given"] = given
+        if human:
+            patient["name"] = [human]
+    sex = _text(study_attrs, "00100040")
+    patient["gender"] = _SEX.get(sex or "", "unknown")
+    birth = fhir_date(_text(study_attrs, "00100030"))
+    if birth:
+        patient["birthDate"] = birth
+    return patient
+
+
+def _instance(row: InstanceRow) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "uid": row.uid,
+        "sopClass": {"system": RFC3986, "code": f"urn:oid:{first(row.attrs, '00080016')}"},
+    }
+    if row.instance_number is not None and row.instance_number >= 0:
+        out["number"] = row.instance_number
+    return out
+
+
+def _series(row: SeriesRow, instances: Sequence[InstanceRow], endpoint: str | None) -> Json:
+    a = row.attrs
+    out: dict[str, Any] = {
+        "uid": row.uid,
+        "modality": {"system": DCM, "code": _text(a, "00080060") or "OT"},
+        "numberOfInstances": row.instance_count,
+    }
+    number = first(a, "00200011")
+    if isinstance(number, int) and number >= 0:
+        out["number"] = number
+    if description := _text(a, "0008103E"):
+        out["description"] = description
+    if body := _text(a, "00180015"):
+        out["bodySite"] = {"display": body}
+    if (side := _text(a, "00200060")) in _LATERALITY:
+        code, display = _LATERALITY[str(side)]
+        out["laterality"] = {"system": SNOMED, "code": code, "display": display}
+    if endpoint:
+        out["endpoint"] = [{"reference": endpoint}]
+    out["instance"] = [_instance(i) for i in instances if i.series_uid == row.uid]
+    return out
+
+
+def map_study(
+    study: StudyRow,
+    series: Sequence[SeriesRow],
+    instances: Sequence[InstanceRow],
+    links: StudyLinks,
+) -> dict[str, Any]:
+    """The ImagingStudy of one indexed study (id: the Study Instance UID)."""
+    a = study.attrs
+    identifiers: list[dict[str, Any]] = [
+        {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{study.uid}"}
+    ]
+    if accession := _text(a, "00080050"):
+        coding = {"system": V2_0203, "code": "ACSN"}
+        identifiers.append({"type": {"coding": [coding]}, "value": accession})
+    out: dict[str, Any] = {
+        "resourceType": "ImagingStudy",
+        "id": study.uid,
+        "identifier": identifiers,
+        "status": "available",
+        "subject": {"reference": links.patient},
+        "numberOfSeries": study.series_count,
+        "numberOfInstances": study.instance_count,
+    }
+    if study.modalities:
+        out["modality"] = [{"system": DCM, "code": m} for m in study.modalities]
+    started = fhir_started(_text(a, "00080020"), _text(a, "00080030"), _text(a, "00080201"))
+    if started:
+        out["started"] = started
+    if links.service_request:
+        out["basedOn"] = [{"reference": links.service_request}]
+    if links.endpoint:
+        out["endpoint"] = [{"reference": links.endpoint}]
+    if description := _text(a, "00081030"):
+        out["description"] = description
+    out["series"] = [_series(s, instances, links.endpoint) for s in series]
+    return out

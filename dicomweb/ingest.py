@@ -1,0 +1,218 @@
+"""The ingest pipeline: one road into the archive for STOW-RS now and C-STORE later.
+
+For each received instance: stream its bytes to a staged file (never whole in
+memory), parse the header there without pixel data, move the file under its
+key atomically, then index the instances in batches -- one index transaction
+per batch -- and keep each touched study's ImagingStudy in sync. An instance
+counts as stored only once its blob and its index row are both durable.
+
+Outcomes per instance (PS3.18 §10.5.3, Table I.2-2 failure reasons):
+stored; identical re-send (stored, no duplicate); a different instance under
+a known SOP Instance UID (0x0111, unless ``overwrite``); not DICOM or
+incomplete (0xC000 and friends from ``ingest_parse``); a Study Instance UID
+other than the one the STOW URL names (0xA900).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterable
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from dicomweb.blobstore import BlobRef, BlobStore, StagedBlob
+from dicomweb.ingest_parse import (
+    DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+    DUPLICATE_SOP_INSTANCE,
+    PROCESSING_FAILURE,
+    InstanceRejected,
+    ParsedInstance,
+    parse_instance,
+)
+from dicomweb.records import index_record
+from dicomweb.study_sync import StudySync
+from fhir_server.storage.dicom_port import DicomIndex, InstanceRecord, StoreResult
+
+log = logging.getLogger(__name__)
+
+# A study UID in the STOW-RS URL that the instance does not carry: reported as
+# 0xA900, as major archives do (PS3.18 §10.5.3 leaves the code to the server).
+STUDY_UID_MISMATCH = DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+DEFAULT_BATCH_SIZE = 64
+
+
+class StagingBlobStore(BlobStore, Protocol):
+    """A blob store that can stage a file before its UIDs are known (FileBlobStore)."""
+
+    async def stage(self, chunks: AsyncIterable[bytes]) -> StagedBlob: ...
+
+    async def adopt(
+        self, staged: StagedBlob, study_uid: str, series_uid: str, sop_uid: str
+    ) -> BlobRef: ...
+
+    async def discard(self, staged: StagedBlob) -> None: ...
+
+
+@dataclass(frozen=True)
+class Stored:
+    """An instance the archive now holds."""
+
+    sop_class_uid: str
+    sop_uid: str
+    study_uid: str
+    series_uid: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    """An instance that was not stored, with its Failure Reason (0008,1197)."""
+
+    reason: int
+    message: str
+    sop_class_uid: str | None = None
+    sop_uid: str | None = None
+
+
+@dataclass
+class IngestReport:
+    """What one ingest call did, instance by instance, in arrival order."""
+
+    stored: list[Stored] = field(default_factory=list)
+    failed: list[Failed] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    parsed: ParsedInstance
+    blob: BlobRef
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """``base_url`` is the DICOMweb base (bulk data URIs in the stored metadata)."""
+
+    base_url: str
+    overwrite: bool = False
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+
+class IngestService:
+    """Receives instances into the blob store and the index (see the module docstring)."""
+
+    def __init__(
+        self,
+        index: DicomIndex,
+        blobs: StagingBlobStore,
+        sync: StudySync | None,
+        options: IngestOptions,
+    ) -> None:
+        self._index = index
+        self._blobs = blobs
+        self._sync = sync
+        self._options = options
+
+    async def ingest(
+        self, instances: AsyncIterable[AsyncIterable[bytes]], expected_study: str | None = None
+    ) -> IngestReport:
+        """Store each instance of ``instances`` (each a stream of bytes)."""
+        report = IngestReport()
+        batch: list[_Pending] = []
+        async for body in instances:
+            received = await self._receive(body, expected_study)
+            if isinstance(received, Failed):
+                report.failed.append(received)
+                continue
+            batch.append(received)
+            if len(batch) >= self._options.batch_size:
+                await self._flush(batch, report)
+                batch = []
+        await self._flush(batch, report)
+        return report
+
+    async def ingest_one(self, body: AsyncIterable[bytes]) -> Stored | Failed:
+        """Store one instance (the DIMSE C-STORE road)."""
+
+        async def single() -> AsyncIterable[AsyncIterable[bytes]]:
+            yield body
+
+        report = await self.ingest(single())
+        return report.stored[0] if report.stored else report.failed[0]
+
+    async def _receive(
+        self, body: AsyncIterable[bytes], expected_study: str | None
+    ) -> _Pending | Failed:
+        staged = await self._blobs.stage(body)
+        try:
+            parsed = await asyncio.to_thread(parse_instance, staged.path)
+        except InstanceRejected as exc:
+            await self._blobs.discard(staged)
+            return Failed(exc.reason, exc.message)
+        h = parsed.header
+        if expected_study is not None and h.study_instance_uid != expected_study:
+            await self._blobs.discard(staged)
+            message = f"Study Instance UID {h.study_instance_uid} is not {expected_study}"
+            return Failed(STUDY_UID_MISMATCH, message, h.sop_class_uid, h.sop_instance_uid)
+        blob = await self._blobs.adopt(
+            staged, h.study_instance_uid, h.series_instance_uid, h.sop_instance_uid
+        )
+        return _Pending(parsed, blob)
+
+    async def _flush(self, batch: list[_Pending], report: IngestReport) -> None:
+        if not batch:
+            return
+        try:
+            records = await self._records(batch)
+            results = await self._index.store_batch(records, overwrite=self._options.overwrite)
+        except Exception as exc:
+            log.exception("indexing a batch of %d instances failed", len(batch))
+            report.failed.extend(_failed(p, PROCESSING_FAILURE, str(exc)) for p in batch)
+            return
+        touched = [await self._settle(p, r, report) for p, r in zip(batch, results, strict=True)]
+        await self._sync_studies({uid for uid in touched if uid is not None})
+
+    async def _records(self, batch: list[_Pending]) -> list[InstanceRecord]:
+        base = self._options.base_url
+        records = [index_record(p.parsed, p.blob, base) for p in batch]
+        if self._sync is None:
+            return records
+        patients: dict[str, str] = {}
+        for rec in records:
+            if rec.study_uid not in patients:
+                patients[rec.study_uid] = await self._sync.ensure_patient(rec.study_attrs)
+        return [_with_patient(rec, patients[rec.study_uid]) for rec in records]
+
+    async def _settle(
+        self, pending: _Pending, result: StoreResult, report: IngestReport
+    ) -> str | None:
+        """Record the outcome and remove blobs nothing refers to; the study UID if changed."""
+        h = pending.parsed.header
+        if result.outcome == "conflict":
+            await self._blobs.delete(pending.blob.key)
+            message = f"SOP Instance {h.sop_instance_uid} is stored with different content"
+            report.failed.append(_failed(pending, DUPLICATE_SOP_INSTANCE, message))
+            return None
+        if result.previous is not None and result.previous.key != pending.blob.key:
+            await self._blobs.delete(result.previous.key)
+        report.stored.append(
+            Stored(h.sop_class_uid, h.sop_instance_uid, h.study_instance_uid, h.series_instance_uid)
+        )
+        return None if result.outcome == "duplicate" else h.study_instance_uid
+
+    async def _sync_studies(self, study_uids: set[str]) -> None:
+        if self._sync is None or not study_uids:
+            return
+        try:
+            await self._sync.sync(sorted(study_uids))
+        except Exception:
+            # the instances are durable; the ImagingStudy catches up at the next write
+            log.exception("ImagingStudy sync failed for %s", sorted(study_uids))
+
+
+def _with_patient(rec: InstanceRecord, patient: str) -> InstanceRecord:
+    return replace(rec, patient_ref=patient)
+
+
+def _failed(pending: _Pending, reason: int, message: str) -> Failed:
+    h = pending.parsed.header
+    return Failed(reason, message, h.sop_class_uid, h.sop_instance_uid)

@@ -1,0 +1,62 @@
+"""QIDO-RS over HTTP: the six search resources (PS3.18 §10.6).
+
+``/studies``, ``/studies/{study}/series``, ``/series``,
+``/studies/{study}/series/{series}/instances``, ``/studies/{study}/instances``
+and ``/instances``. Answers are ``application/dicom+json`` arrays (200 with
+``[]`` when nothing matches); ignored parameters and a result set cut at the
+server's maximum are reported in ``Warning: 299`` headers (PS3.18 §8.3.4.4,
+§10.6.3.2); a patient-context token only ever matches its patient's studies,
+inside the index query.
+"""
+
+from __future__ import annotations
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dicomweb.http_common import DICOM_JSON, DicomwebServices, study_scope
+from dicomweb.qido import Level, parse_qido, warning_header
+from dicomweb.qido_compile import Scope, compile_query, result_json
+from dicomweb.transfer_syntax import NotAcceptable, parse_accept
+from fhir_server.access.context import AuthContext, Interaction
+
+_JSON_TYPES = frozenset({DICOM_JSON, "application/json", "*/*", "application/*"})
+TOO_MANY = (
+    "The number of results exceeded the maximum supported by the server. "
+    "Additional results can be requested."
+)
+
+
+def check_json_accept(request: Request) -> None:
+    """406 unless the Accept header admits DICOM JSON (PS3.18 §8.7.3.1)."""
+    accept = request.headers.get("accept", "").strip()
+    if not accept:
+        return
+    if not any(r.media_type in _JSON_TYPES for r in parse_accept(accept)):
+        raise NotAcceptable(f"search results are {DICOM_JSON}, not {accept!r}")
+
+
+def _scope_level(scope: Scope) -> Level | None:
+    if scope.series_uid is not None:
+        return "series"
+    return "study" if scope.study_uid is not None else None
+
+
+async def search(
+    svc: DicomwebServices, request: Request, auth: AuthContext, level: Level, scope: Scope
+) -> Response:
+    """Search for studies, series or instances (PS3.18 §10.6.1)."""
+    check_json_accept(request)
+    patient = study_scope(svc, auth, Interaction.SEARCH)
+    params = list(request.query_params.multi_items())
+    query = parse_qido(level, params, scope=_scope_level(scope), max_limit=svc.max_results)
+    page = await svc.index.search(compile_query(query, scope, patient))
+    body = orjson.dumps([result_json(query, m, svc.base_url) for m in page.matches])
+    warnings = list(query.warnings)
+    if page.more and not any(name == "limit" for name, _ in params):
+        warnings.append(TOO_MANY)
+    response = Response(body, media_type=DICOM_JSON)
+    for text in warnings:
+        response.headers.append("Warning", warning_header(text))
+    return response

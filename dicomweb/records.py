@@ -1,0 +1,163 @@
+"""What the DICOM index stores about one parsed instance, and its match keys.
+
+``index_record`` splits a parsed instance's DICOM JSON into study, series and
+instance attributes (by the level PS3.18's tables give each attribute),
+precomputes the instance's WADO-RS metadata (bulk data as BulkDataURIs), and
+derives the *match keys*: each matching attribute's values normalised exactly
+as ``qido_compile`` normalises query values, so the index compares plain
+strings (person names case-folded per component group, dates and times
+padded to full precision, numbers canonical).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from dicomweb.blobstore import BlobRef
+from dicomweb.dicom_json import instance_uri_prefix, to_dicom_json
+from dicomweb.ingest_parse import ParsedInstance
+from dicomweb.qido import LEVEL_OF, MATCHING_ATTRIBUTES, NUMERIC_VRS, RANGE_VRS, Level, _vr
+from dicomweb.qido import normalise_bound as _bound
+from fhir_server.storage.dicom_port import BlobLocation, InstanceRecord, Json, MatchKeys
+
+TRANSFER_SYNTAX_UID = "00020010"
+_PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+
+# Attributes kept with the study and series rows beyond those PS3.18's tables
+# name (ImagingStudy and viewers use them).
+_EXTRA_LEVEL: dict[int, Level] = {
+    0x00100021: "study",  # IssuerOfPatientID
+    0x00101010: "study",  # PatientAge
+    0x00081030: "study",  # StudyDescription
+    0x00200010: "study",  # StudyID
+    0x00080021: "series",  # SeriesDate
+    0x00080031: "series",  # SeriesTime
+    0x00180015: "series",  # BodyPartExamined
+    0x00200060: "series",  # Laterality
+    0x00181030: "series",  # ProtocolName
+    0x00081010: "series",  # StationName
+}
+
+
+def level_of(tag: int) -> Level:
+    """The level an attribute is stored at: the tables, the extras, else instance."""
+    return _EXTRA_LEVEL.get(tag) or LEVEL_OF.get(tag) or "instance"
+
+
+def pn_normal(text: str) -> str:
+    """Case-fold one PN component group and drop trailing empty components."""
+    components = [c.strip() for c in text.split("^")]
+    while components and not components[-1]:
+        components.pop()
+    return "^".join(components).casefold()
+
+
+def number_normal(value: Any) -> str:
+    """A canonical string for a number: ``"007"``, ``7.0`` and ``7`` all give ``"7"``."""
+    number = float(value)
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
+def normal_values(vr: str, value: Any) -> list[str]:
+    """The match-key strings of one stored value (PS3.4 C.2.2.2 comparison form)."""
+    if value is None or value == "":
+        return []
+    if vr == "PN":
+        groups = [value.get(g, "") for g in _PN_GROUPS] if isinstance(value, dict) else [value]
+        return [pn_normal(str(g)) for g in groups if g]
+    if vr in RANGE_VRS:
+        return [_bound(vr, str(value), high=False)]
+    if vr in NUMERIC_VRS:
+        try:
+            return [number_normal(value)]
+        except (TypeError, ValueError):
+            return [str(value)]
+    return [str(value)]
+
+
+def key_name(path: tuple[int, ...]) -> str:
+    """The match key of a tag path: ``GGGGEEEE`` or ``SSSSSSSS.GGGGEEEE``."""
+    return ".".join(f"{t:08X}" for t in path)
+
+
+def _path_values(attrs: Json, path: tuple[int, ...]) -> list[Any]:
+    element = attrs.get(f"{path[0]:08X}") or {}
+    values = [v for v in element.get("Value") or [] if v is not None]
+    if len(path) == 1:
+        return values
+    return [v for item in values if isinstance(item, dict) for v in _path_values(item, path[1:])]
+
+
+def match_keys(level: Level, attrs: Json) -> MatchKeys:
+    """Every (key, value) the index matches ``level`` on, from its DICOM JSON."""
+    keys: list[tuple[str, str]] = []
+    for path in MATCHING_ATTRIBUTES[level]:
+        vr = _vr(path[-1])
+        for value in _path_values(attrs, path):
+            keys.extend((key_name(path), v) for v in normal_values(vr, value))
+    return tuple(keys)
+
+
+def split_levels(full: Json) -> dict[Level, Json]:
+    """Top-level DICOM JSON elements by the level they belong to (bulk data left out)."""
+    out: dict[Level, Json] = {"study": {}, "series": {}, "instance": {}}
+    for tag, element in full.items():
+        if "BulkDataURI" in element or "InlineBinary" in element:
+            continue
+        out[level_of(int(tag, 16))][tag] = element
+    return out
+
+
+def index_record(
+    parsed: ParsedInstance, blob: BlobRef, base_url: str, patient_ref: str | None = None
+) -> InstanceRecord:
+    """The ``InstanceRecord`` of one parsed, stored instance (PS3.18 §10.5 → index)."""
+    h = parsed.header
+    prefix = instance_uri_prefix(
+        base_url, h.study_instance_uid, h.series_instance_uid, h.sop_instance_uid
+    )
+    pixel = parsed.pixel_data
+    extra_bulk = [(pixel.tag, pixel.vr or "OW")] if pixel is not None else []
+    full = to_dicom_json(parsed.dataset, bulk_uri_prefix=prefix, extra_bulk=extra_bulk)
+    full[TRANSFER_SYNTAX_UID] = {"vr": "UI", "Value": [h.transfer_syntax_uid]}
+    levels = split_levels(full)
+    return InstanceRecord(
+        study_uid=h.study_instance_uid,
+        series_uid=h.series_instance_uid,
+        sop_uid=h.sop_instance_uid,
+        blob=BlobLocation(blob.key, blob.size, blob.sha256),
+        transfer_syntax_uid=h.transfer_syntax_uid,
+        study_attrs=levels["study"],
+        series_attrs=levels["series"],
+        instance_attrs=levels["instance"],
+        metadata=orjson.dumps(dict(sorted(full.items()))),
+        study_keys=match_keys("study", levels["study"]),
+        series_keys=match_keys("series", levels["series"]),
+        instance_keys=match_keys("instance", levels["instance"]),
+        modality=h.modality,
+        instance_number=h.instance_number,
+        patient_ref=patient_ref,
+        extra=_pixel_extra(parsed),
+    )
+
+
+def _pixel_extra(parsed: ParsedInstance) -> Json:
+    """What frame retrieval needs without re-parsing: where the pixels are, their shape."""
+    h, pixel = parsed.header, parsed.pixel_data
+    extra: Json = {
+        "frames": h.number_of_frames or (1 if pixel is not None else 0),
+        "rows": h.rows,
+        "columns": h.columns,
+        "bits": h.bits_allocated,
+        "samples": h.samples_per_pixel,
+    }
+    if pixel is not None:
+        extra["pixel"] = {
+            "tag": pixel.tag,
+            "vr": pixel.vr,
+            "offset": pixel.offset,
+            "length": pixel.length,
+        }
+    return extra

@@ -1,0 +1,150 @@
+"""Admin sub-commands for SMART: ``client add``, ``user add``, ``launch`` and
+``audit verify`` (DESIGN.md, interface contract). They open the data dir (or
+``--mongodb-uri``) of a server that may be running: the store allows it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fhir_server.app import build_store, prepare_data_dir
+from fhir_server.audit_chain import verify_chain
+from fhir_server.search.registry import SearchRegistry
+from fhir_server.settings import Settings
+from fhir_server.storage.auth_port import ClientKind, ClientRecord
+from fhir_server.storage.base import Store
+from smart.launch import Launches
+from smart.secrets import password_helper
+from smart.users import Accounts
+
+COMMANDS = ("client", "user", "launch", "audit")
+
+
+def add_parsers(sub: Any, add_data_dir: Callable[..., None]) -> None:
+    """The sub-parsers of ``client``, ``user``, ``launch`` and ``audit``."""
+    client = sub.add_parser("client", help="manage OAuth clients").add_subparsers(
+        dest="action", required=True
+    )
+    p = client.add_parser("add", help="register or replace a client")
+    add_data_dir(p, required=True)
+    p.add_argument("--client-id", required=True)
+    kind = p.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--secret", help="confidential symmetric (client_secret_basic/post)")
+    kind.add_argument("--jwks", type=Path, help="confidential asymmetric: a JWK Set file")
+    kind.add_argument("--jwks-uri", help="confidential asymmetric: a JWK Set URL")
+    kind.add_argument("--public", action="store_true", help="public client (PKCE only)")
+    p.add_argument("--redirect-uri", action="append", default=[])
+    p.add_argument("--scope", default="", help="the most it may ask for (default: any)")
+    p.add_argument("--name", default="")
+
+    user = sub.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
+    p = user.add_parser("add", help="create a user")
+    add_data_dir(p, required=True)
+    p.add_argument("--username", required=True)
+    p.add_argument("--password", required=True)
+    p.add_argument("--role", action="append", required=True, help="repeatable")
+    p.add_argument("--fhir-user", default=None, help="Practitioner/ID or Patient/ID")
+
+    p = sub.add_parser("launch", help="print an EHR launch value bound to a context")
+    add_data_dir(p, required=True)
+    p.add_argument("--client-id", required=True)
+    p.add_argument("--patient", required=True)
+    p.add_argument("--encounter", default=None)
+
+    audit = sub.add_parser("audit", help="the audit trail").add_subparsers(
+        dest="action", required=True
+    )
+    p = audit.add_parser("verify", help="check the audit trail's hash chain")
+    add_data_dir(p, required=True)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run one of ``COMMANDS``; returns the exit status."""
+    actions: dict[str, Callable[[Store], Awaitable[int]]] = {
+        "client": lambda store: _client_add(store, args),
+        "user": lambda store: _user_add(store, args),
+        "launch": lambda store: _launch(store, args),
+        "audit": _audit_verify,
+    }
+    return asyncio.run(_with_store(settings, actions[args.command]))
+
+
+async def _with_store(settings: Settings, action: Callable[[Store], Awaitable[int]]) -> int:
+    async with _opened(settings) as store:
+        return await action(store)
+
+
+@asynccontextmanager
+async def _opened(settings: Settings) -> AsyncIterator[Store]:
+    prepare_data_dir(settings)
+    store = build_store(settings, SearchRegistry.load())
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def _client_add(store: Store, args: argparse.Namespace) -> int:
+    kind: ClientKind = "public"
+    fields: dict[str, Any] = {}
+    if args.secret:
+        kind = "symmetric"
+        fields["secret_hash"] = await asyncio.to_thread(password_helper().hash, args.secret)
+    elif args.jwks or args.jwks_uri:
+        kind = "asymmetric"
+        fields["jwks"] = _read_jwks(args.jwks) if args.jwks else None
+        fields["jwks_uri"] = args.jwks_uri
+    client = ClientRecord(
+        args.client_id,
+        kind,
+        redirect_uris=tuple(args.redirect_uri),
+        scope=args.scope,
+        name=args.name,
+        **fields,
+    )
+    await store.auth.put_client(client)
+    print(f"client {client.client_id} registered ({kind})")
+    return 0
+
+
+def _read_jwks(path: Path) -> str:
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+        raise SystemExit(f"radhub: {path} is not a JWK Set")
+    if any("d" in key for key in data["keys"]):
+        raise SystemExit(f"radhub: {path} holds a private key; register the public half only")
+    return json.dumps(data)
+
+
+async def _user_add(store: Store, args: argparse.Namespace) -> int:
+    try:
+        user = await Accounts(store.auth).add(
+            args.username, args.password, args.role, args.fhir_user
+        )
+    except ValueError as exc:
+        print(f"radhub: {exc}", file=sys.stderr)
+        return 2
+    print(f"user {user.email} created ({', '.join(user.roles)})")
+    return 0
+
+
+async def _launch(store: Store, args: argparse.Namespace) -> int:
+    if await store.auth.get_client(args.client_id) is None:
+        print(f"radhub: unknown client {args.client_id}", file=sys.stderr)
+        return 2
+    print(await Launches(store.auth).mint(args.client_id, args.patient, args.encounter))
+    return 0
+
+
+async def _audit_verify(store: Store) -> int:
+    report = await verify_chain(store)
+    print(report.summary())
+    return 0 if report.ok else 1

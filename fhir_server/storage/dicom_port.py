@@ -1,0 +1,201 @@
+"""The DICOM index port: study, series and instance rows beside the FHIR resources.
+
+The index knows nothing of DICOM encoding (the kernel never imports
+``dicomweb``): each row carries opaque DICOM JSON (``attrs``, returned by
+searches; ``metadata``, the instance's precomputed WADO-RS metadata) and the
+*match keys* its caller derived from it -- ``(key, value)`` strings already
+normalised for matching (case-folded person names, padded dates). A search is
+a conjunction of ``KeyFilter``s per level, which each adapter compiles to an
+indexed lookup on those keys; nothing is evaluated after the query ran.
+
+Study and series aggregates (ModalitiesInStudy, NumberOfStudyRelatedSeries,
+NumberOfStudyRelatedInstances, NumberOfSeriesRelatedInstances) are kept up to
+date by every write, never computed per query. Writes come in batches: one
+durable transaction per batch of instances, not per instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+DicomLevel = Literal["study", "series", "instance"]
+Json = dict[str, Any]
+MatchKeys = tuple[tuple[str, str], ...]
+
+# The match key of ModalitiesInStudy, maintained by the index from series rows.
+MODALITIES_KEY = "00080061"
+
+StoreOutcome = Literal["stored", "duplicate", "replaced", "conflict"]
+
+
+@dataclass(frozen=True, slots=True)
+class BlobLocation:
+    """Where the instance's bytes are: blob key, size and SHA-256 (hex)."""
+
+    key: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    """One instance to index, with its study and series attributes as received."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    blob: BlobLocation
+    transfer_syntax_uid: str
+    study_attrs: Json
+    series_attrs: Json
+    instance_attrs: Json
+    metadata: bytes
+    study_keys: MatchKeys = ()
+    series_keys: MatchKeys = ()
+    instance_keys: MatchKeys = ()
+    modality: str | None = None
+    instance_number: int | None = None
+    patient_ref: str | None = None
+    extra: Json = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    """What the index did with one record; ``previous`` is a replaced blob to remove."""
+
+    sop_uid: str
+    outcome: StoreOutcome
+    previous: BlobLocation | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StudyRow:
+    """A study with its aggregates and the FHIR Patient it belongs to."""
+
+    uid: str
+    attrs: Json
+    modalities: tuple[str, ...]
+    series_count: int
+    instance_count: int
+    patient_ref: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesRow:
+    uid: str
+    study_uid: str
+    attrs: Json
+    instance_count: int
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRow:
+    uid: str
+    series_uid: str
+    study_uid: str
+    attrs: Json
+    blob: BlobLocation
+    transfer_syntax_uid: str
+    instance_number: int | None
+    extra: Json
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFilter:
+    """One match condition on a level's keys (PS3.4 C.2.2.2, pre-normalised).
+
+    ``eq``: the key has ``values[0]``; ``any``: one of ``values``; ``glob``:
+    ``values[0]`` with ``*`` and ``?`` wildcards; ``range``: ``values`` is
+    ``(low, high)``, either may be empty for an open end, both inclusive.
+    """
+
+    key: str
+    op: Literal["eq", "any", "glob", "range"]
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DicomQuery:
+    """A QIDO search compiled for the index: the level, its scope and filters."""
+
+    level: DicomLevel
+    study_filters: tuple[KeyFilter, ...] = ()
+    series_filters: tuple[KeyFilter, ...] = ()
+    instance_filters: tuple[KeyFilter, ...] = ()
+    study_uid: str | None = None
+    series_uid: str | None = None
+    patient_ref: str | None = None
+    limit: int = 100
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DicomMatch:
+    """One search result: the row at the query's level and its parents."""
+
+    study: StudyRow
+    series: SeriesRow | None = None
+    instance: InstanceRow | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DicomPage:
+    """At most ``limit`` matches; ``more`` when further matches exist past them."""
+
+    matches: list[DicomMatch]
+    more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    """What a delete removed: the blobs to remove and the studies it touched."""
+
+    blobs: list[BlobLocation]
+    studies: list[str]
+
+
+class DicomIndex(Protocol):
+    """The DICOM index sub-store; every adapter passes ``tests/contract/test_dicom_index``."""
+
+    async def start(self) -> None:
+        """Create tables or collections and their indexes."""
+
+    async def store_batch(
+        self, records: Sequence[InstanceRecord], *, overwrite: bool = False
+    ) -> list[StoreResult]:
+        """Index a batch in one durable unit, updating aggregates; one result per record.
+
+        An identical re-send (same SHA-256) is a ``duplicate``; a different
+        instance under a known SOP Instance UID is a ``conflict`` unless
+        ``overwrite``, when it is ``replaced``.
+        """
+
+    async def study(self, study_uid: str) -> StudyRow | None:
+        """One study, or None."""
+
+    async def series_of(self, study_uid: str) -> list[SeriesRow]:
+        """A study's series, by series UID."""
+
+    async def instances(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> list[InstanceRow]:
+        """A study's (series', one) instances, by series then instance number."""
+
+    async def metadata(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> list[bytes]:
+        """The precomputed DICOM JSON of the instances ``instances`` would return."""
+
+    async def search(self, query: DicomQuery) -> DicomPage:
+        """Matches of ``query`` in UID order, served by indexes."""
+
+    async def set_patient(self, study_uid: str, patient_ref: str | None) -> None:
+        """Record which FHIR Patient a study belongs to (access control uses it)."""
+
+    async def delete(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> Deleted:
+        """Remove a study, series or instance, updating aggregates."""

@@ -1,0 +1,221 @@
+"""The DICOM index on MongoDB: one collection per level.
+
+``dicom_studies``, ``dicom_series`` and ``dicom_instances`` are keyed by UID
+(``_id``); each document holds its DICOM JSON (``attrs``), its aggregates, and
+its match keys as ``keys: [{k, v}]`` under a multikey index on ``(keys.k,
+keys.v)``, so each QIDO filter is an ``$elemMatch`` served by that index.
+Filters on a parent level are resolved first to the parents' UIDs (indexed),
+then applied as ``$in`` on the child's parent field.
+
+A batch runs under the store's write lock. Without multi-document
+transactions (see ``store``), a batch is not all-or-nothing on MongoDB: each
+instance document is written last, after its study and series, so a crash
+leaves at most parents whose aggregates the next write of that study
+recounts, never an instance without its parents; a re-sent batch repairs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from pymongo import ASCENDING, IndexModel
+
+from fhir_server.storage.dicom_port import (
+    MODALITIES_KEY,
+    Deleted,
+    DicomPage,
+    DicomQuery,
+    InstanceRecord,
+    InstanceRow,
+    MatchKeys,
+    SeriesRow,
+    StoreResult,
+    StudyRow,
+)
+from fhir_server.storage.mongo.dicom_search import (
+    INSTANCES,
+    SERIES,
+    STUDIES,
+    Doc,
+    blob_location,
+    instance_row,
+    run_search,
+    series_row,
+    study_row,
+)
+from fhir_server.storage.mongo.journal import Database
+
+_KEYS = [("keys.k", ASCENDING), ("keys.v", ASCENDING)]
+_INDEXES: dict[str, list[IndexModel]] = {
+    STUDIES: [IndexModel(_KEYS), IndexModel([("patient", ASCENDING), ("_id", ASCENDING)])],
+    SERIES: [IndexModel(_KEYS), IndexModel([("study", ASCENDING), ("_id", ASCENDING)])],
+    INSTANCES: [
+        IndexModel(_KEYS),
+        IndexModel([("series", ASCENDING), ("num", ASCENDING), ("_id", ASCENDING)]),
+        IndexModel([("study", ASCENDING), ("_id", ASCENDING)]),
+    ],
+}
+
+
+def _keys(keys: MatchKeys) -> list[Doc]:
+    return [{"k": k, "v": v} for k, v in dict.fromkeys(keys)]
+
+
+def _instance_doc(rec: InstanceRecord) -> Doc:
+    return {
+        "_id": rec.sop_uid, "series": rec.series_uid, "study": rec.study_uid,
+        "attrs": rec.instance_attrs, "meta": rec.metadata, "ts": rec.transfer_syntax_uid,
+        "blob": {"key": rec.blob.key, "size": rec.blob.size, "sha": rec.blob.sha256},
+        "num": rec.instance_number, "extra": rec.extra, "keys": _keys(rec.instance_keys),
+    }  # fmt: skip
+
+
+class MongoDicomIndex:
+    """The MongoDB adapter of ``DicomIndex`` (see the module docstring)."""
+
+    def __init__(self, db: Database, lock: asyncio.Lock) -> None:
+        self._db = db
+        self._lock = lock
+
+    async def start(self) -> None:
+        for collection, models in _INDEXES.items():
+            await self._db[collection].create_indexes(models)
+
+    # -- writes -------------------------------------------------------------------------
+
+    async def store_batch(
+        self, records: Sequence[InstanceRecord], *, overwrite: bool = False
+    ) -> list[StoreResult]:
+        async with self._lock:
+            touched: set[str] = set()
+            results = [await self._store_one(rec, overwrite, touched) for rec in records]
+            await self._refresh(touched)
+            return results
+
+    async def _store_one(
+        self, rec: InstanceRecord, overwrite: bool, touched: set[str]
+    ) -> StoreResult:
+        old = await self._db[INSTANCES].find_one({"_id": rec.sop_uid}, {"blob": 1, "series": 1})
+        if old is not None and old["blob"]["sha"] == rec.blob.sha256:
+            return StoreResult(rec.sop_uid, "duplicate")
+        series = await self._db[SERIES].find_one({"_id": rec.series_uid}, {"study": 1})
+        elsewhere = series is not None and series["study"] != rec.study_uid
+        if (old is not None and not overwrite) or elsewhere:
+            return StoreResult(rec.sop_uid, "conflict")
+        await self._upsert_parents(rec)
+        previous = None
+        if old is not None:
+            previous = blob_location(old)
+            await self._db[INSTANCES].delete_one({"_id": rec.sop_uid})
+            touched.add(old["series"])
+        await self._db[INSTANCES].insert_one(_instance_doc(rec))
+        touched.add(rec.series_uid)
+        return StoreResult(rec.sop_uid, "replaced" if previous else "stored", previous)
+
+    async def _upsert_parents(self, rec: InstanceRecord) -> None:
+        study: Doc = {"attrs": rec.study_attrs, "skeys": _keys(rec.study_keys)}
+        if rec.patient_ref is not None:
+            study["patient"] = rec.patient_ref
+        await self._db[STUDIES].update_one({"_id": rec.study_uid}, {"$set": study}, upsert=True)
+        series = {
+            "study": rec.study_uid,
+            "attrs": rec.series_attrs,
+            "modality": rec.modality,
+            "keys": _keys(rec.series_keys),
+        }
+        await self._db[SERIES].update_one({"_id": rec.series_uid}, {"$set": series}, upsert=True)
+
+    async def _refresh(self, series_uids: set[str]) -> None:
+        studies: set[str] = set()
+        for uid in series_uids:
+            doc = await self._db[SERIES].find_one({"_id": uid}, {"study": 1})
+            if doc is None:
+                continue
+            studies.add(doc["study"])
+            count = await self._db[INSTANCES].count_documents({"series": uid})
+            if count == 0:
+                await self._db[SERIES].delete_one({"_id": uid})
+            else:
+                update = {"$set": {"nin": count}, "$inc": {"rev": 1}}
+                await self._db[SERIES].update_one({"_id": uid}, update)
+        for uid in studies:
+            await self._refresh_study(uid)
+
+    async def _refresh_study(self, uid: str) -> None:
+        n_series = await self._db[SERIES].count_documents({"study": uid})
+        if n_series == 0:
+            await self._db[STUDIES].delete_one({"_id": uid})
+            return
+        n_instances = await self._db[INSTANCES].count_documents({"study": uid})
+        found = await self._db[SERIES].distinct("modality", {"study": uid})
+        mods = sorted(m for m in found if m)
+        doc = await self._db[STUDIES].find_one({"_id": uid}, {"skeys": 1})
+        keys = [k for k in (doc or {}).get("skeys", []) if k["k"] != MODALITIES_KEY]
+        keys += [{"k": MODALITIES_KEY, "v": m} for m in mods]
+        update = {"nse": n_series, "nin": n_instances, "mods": mods, "keys": keys}
+        await self._db[STUDIES].update_one({"_id": uid}, {"$set": update})
+
+    async def set_patient(self, study_uid: str, patient_ref: str | None) -> None:
+        async with self._lock:
+            await self._db[STUDIES].update_one(
+                {"_id": study_uid}, {"$set": {"patient": patient_ref}}
+            )
+
+    async def delete(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> Deleted:
+        async with self._lock:
+            where = _scope(study_uid, series_uid, sop_uid)
+            docs = [d async for d in self._db[INSTANCES].find(where, {"blob": 1, "series": 1})]
+            await self._db[INSTANCES].delete_many({"_id": {"$in": [d["_id"] for d in docs]}})
+            await self._refresh({d["series"] for d in docs})
+        blobs = [blob_location(d) for d in docs]
+        return Deleted(blobs, [study_uid] if docs else [])
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def study(self, study_uid: str) -> StudyRow | None:
+        doc = await self._db[STUDIES].find_one({"_id": study_uid})
+        return None if doc is None else study_row(doc)
+
+    async def series_of(self, study_uid: str) -> list[SeriesRow]:
+        cursor = self._db[SERIES].find({"study": study_uid}).sort("_id", ASCENDING)
+        return [series_row(d) async for d in cursor]
+
+    async def instances(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> list[InstanceRow]:
+        docs = await self._instance_docs(study_uid, series_uid, sop_uid, {"meta": 0, "keys": 0})
+        return [instance_row(d) for d in docs]
+
+    async def metadata(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> list[bytes]:
+        projection = {"meta": 1, "series": 1, "num": 1}
+        docs = await self._instance_docs(study_uid, series_uid, sop_uid, projection)
+        return [bytes(d["meta"]) for d in docs]
+
+    async def _instance_docs(
+        self, study: str, series: str | None, sop: str | None, projection: Doc
+    ) -> list[Doc]:
+        cursor = self._db[INSTANCES].find(_scope(study, series, sop), projection)
+        docs = [d async for d in cursor]
+        return sorted(docs, key=_instance_order)
+
+    async def search(self, query: DicomQuery) -> DicomPage:
+        return await run_search(self._db, query)
+
+
+def _instance_order(doc: Doc) -> tuple[str, bool, int, str]:
+    number = doc.get("num")
+    return doc["series"], number is None, number or 0, doc["_id"]
+
+
+def _scope(study: str, series: str | None, sop: str | None) -> Doc:
+    where: Doc = {"study": study}
+    if series is not None:
+        where["series"] = series
+    if sop is not None:
+        where["_id"] = sop
+    return where

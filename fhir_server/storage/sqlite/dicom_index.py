@@ -1,0 +1,361 @@
+"""The DICOM index on SQLite: tables beside the FHIR ones in the same file.
+
+``dicom_study``, ``dicom_series`` and ``dicom_instance`` hold one row per
+entity (attributes and precomputed metadata as JSON bytes, aggregates as
+columns); ``dicom_key`` holds the match keys of every row, indexed on
+``(level, key, value)`` so every QIDO filter is an index range lookup (see
+``dicom_search``). A batch is one ``BEGIN IMMEDIATE`` … ``COMMIT`` on the
+store's single writer connection, which ``synchronous=FULL`` makes durable.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from fhir_server.storage.dicom_port import (
+    MODALITIES_KEY,
+    BlobLocation,
+    Deleted,
+    DicomPage,
+    DicomQuery,
+    InstanceRecord,
+    InstanceRow,
+    MatchKeys,
+    SeriesRow,
+    StoreResult,
+    StudyRow,
+)
+from fhir_server.storage.sqlite import dicom_search
+from fhir_server.storage.sqlite.dicom_search import INSTANCE_COLS, instance_row, study_row
+
+if TYPE_CHECKING:
+    from fhir_server.storage.sqlite.store import SqliteStore
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS dicom_study (
+        pk INTEGER PRIMARY KEY, uid TEXT NOT NULL UNIQUE, attrs BLOB NOT NULL,
+        modalities TEXT NOT NULL DEFAULT '', n_series INTEGER NOT NULL DEFAULT 0,
+        n_instances INTEGER NOT NULL DEFAULT 0, patient_ref TEXT)""",
+    "CREATE INDEX IF NOT EXISTS dicom_study_patient ON dicom_study(patient_ref, uid)",
+    """CREATE TABLE IF NOT EXISTS dicom_series (
+        pk INTEGER PRIMARY KEY, uid TEXT NOT NULL UNIQUE, study_pk INTEGER NOT NULL,
+        attrs BLOB NOT NULL, modality TEXT, n_instances INTEGER NOT NULL DEFAULT 0,
+        rev INTEGER NOT NULL DEFAULT 0)""",
+    "CREATE INDEX IF NOT EXISTS dicom_series_study ON dicom_series(study_pk, uid)",
+    """CREATE TABLE IF NOT EXISTS dicom_instance (
+        pk INTEGER PRIMARY KEY, uid TEXT NOT NULL UNIQUE, series_pk INTEGER NOT NULL,
+        study_pk INTEGER NOT NULL, attrs BLOB NOT NULL, metadata BLOB NOT NULL,
+        blob_key TEXT NOT NULL, blob_size INTEGER NOT NULL, blob_sha256 TEXT NOT NULL,
+        ts TEXT NOT NULL, inst_no INTEGER, extra BLOB NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS dicom_instance_series ON dicom_instance(series_pk, inst_no, uid)",
+    "CREATE INDEX IF NOT EXISTS dicom_instance_study ON dicom_instance(study_pk)",
+    """CREATE TABLE IF NOT EXISTS dicom_key (
+        level TEXT NOT NULL, pk INTEGER NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS dicom_key_lookup ON dicom_key(level, key, value, pk)",
+    "CREATE INDEX IF NOT EXISTS dicom_key_owner ON dicom_key(level, pk)",
+)
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Create the DICOM tables and indexes if they are missing."""
+    for statement in SCHEMA:
+        conn.execute(statement)
+
+
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def _set_keys(conn: sqlite3.Connection, level: str, pk: int, keys: MatchKeys) -> None:
+    conn.execute("DELETE FROM dicom_key WHERE level = ? AND pk = ?", (level, pk))
+    conn.executemany(
+        "INSERT INTO dicom_key(level, pk, key, value) VALUES (?, ?, ?, ?)",
+        [(level, pk, k, v) for k, v in dict.fromkeys(keys)],
+    )
+
+
+def _upsert_study(conn: sqlite3.Connection, rec: InstanceRecord) -> int:
+    found = conn.execute("SELECT pk FROM dicom_study WHERE uid = ?", (rec.study_uid,)).fetchone()
+    if found is None:
+        cur = conn.execute(
+            "INSERT INTO dicom_study(uid, attrs, patient_ref) VALUES (?, ?, ?)",
+            (rec.study_uid, _dumps(rec.study_attrs), rec.patient_ref),
+        )
+        pk = int(cur.lastrowid or 0)
+    else:
+        pk = int(found[0])
+        conn.execute(
+            "UPDATE dicom_study SET attrs = ?, patient_ref = COALESCE(?, patient_ref) WHERE pk = ?",
+            (_dumps(rec.study_attrs), rec.patient_ref, pk),
+        )
+    _set_keys(conn, "study", pk, rec.study_keys)
+    return pk
+
+
+def _series_elsewhere(conn: sqlite3.Connection, rec: InstanceRecord) -> bool:
+    """True when the series UID is already indexed under another study."""
+    row = conn.execute(
+        "SELECT st.uid FROM dicom_series se JOIN dicom_study st ON st.pk = se.study_pk "
+        "WHERE se.uid = ?",
+        (rec.series_uid,),
+    ).fetchone()
+    return row is not None and row[0] != rec.study_uid
+
+
+def _upsert_series(conn: sqlite3.Connection, rec: InstanceRecord, study_pk: int) -> int:
+    found = conn.execute("SELECT pk FROM dicom_series WHERE uid = ?", (rec.series_uid,)).fetchone()
+    if found is None:
+        cur = conn.execute(
+            "INSERT INTO dicom_series(uid, study_pk, attrs, modality) VALUES (?, ?, ?, ?)",
+            (rec.series_uid, study_pk, _dumps(rec.series_attrs), rec.modality),
+        )
+        pk = int(cur.lastrowid or 0)
+    else:
+        pk = int(found[0])
+        conn.execute(
+            "UPDATE dicom_series SET attrs = ?, modality = ? WHERE pk = ?",
+            (_dumps(rec.series_attrs), rec.modality, pk),
+        )
+    _set_keys(conn, "series", pk, rec.series_keys)
+    return pk
+
+
+def _existing(conn: sqlite3.Connection, sop_uid: str) -> tuple[int, str, str, int, int] | None:
+    row = conn.execute(
+        "SELECT pk, blob_key, blob_sha256, blob_size, series_pk FROM dicom_instance WHERE uid = ?",
+        (sop_uid,),
+    ).fetchone()
+    return None if row is None else (int(row[0]), row[1], row[2], int(row[3]), int(row[4]))
+
+
+def _store_one(
+    conn: sqlite3.Connection, rec: InstanceRecord, overwrite: bool, touched: set[int]
+) -> StoreResult:
+    old = _existing(conn, rec.sop_uid)
+    if old is not None and old[2] == rec.blob.sha256:
+        return StoreResult(rec.sop_uid, "duplicate")
+    if (old is not None and not overwrite) or _series_elsewhere(conn, rec):
+        return StoreResult(rec.sop_uid, "conflict")
+    study_pk = _upsert_study(conn, rec)
+    series_pk = _upsert_series(conn, rec, study_pk)
+    previous = None
+    if old is not None:
+        previous = BlobLocation(old[1], old[3], old[2])
+        _delete_instance_pk(conn, old[0])
+        touched.add(old[4])
+    cur = conn.execute(
+        f"INSERT INTO dicom_instance({INSTANCE_COLS_INSERT}) VALUES ({_PLACEHOLDERS})",
+        (
+            rec.sop_uid, series_pk, study_pk, _dumps(rec.instance_attrs), rec.metadata,
+            rec.blob.key, rec.blob.size, rec.blob.sha256, rec.transfer_syntax_uid,
+            rec.instance_number, _dumps(rec.extra),
+        ),
+    )  # fmt: skip
+    _set_keys(conn, "instance", int(cur.lastrowid or 0), rec.instance_keys)
+    touched.add(series_pk)
+    return StoreResult(rec.sop_uid, "replaced" if previous else "stored", previous)
+
+
+INSTANCE_COLS_INSERT = (
+    "uid, series_pk, study_pk, attrs, metadata, blob_key, blob_size, blob_sha256, ts, inst_no, "
+    "extra"
+)
+_PLACEHOLDERS = ", ".join("?" * 11)
+
+
+def _delete_instance_pk(conn: sqlite3.Connection, pk: int) -> None:
+    conn.execute("DELETE FROM dicom_key WHERE level = 'instance' AND pk = ?", (pk,))
+    conn.execute("DELETE FROM dicom_instance WHERE pk = ?", (pk,))
+
+
+def _refresh(conn: sqlite3.Connection, series_pks: set[int]) -> None:
+    """Recount touched series and their studies; drop the ones left empty."""
+    study_pks: set[int] = set()
+    for pk in series_pks:
+        row = conn.execute("SELECT study_pk FROM dicom_series WHERE pk = ?", (pk,)).fetchone()
+        if row is None:
+            continue
+        study_pks.add(int(row[0]))
+        (count,) = conn.execute(
+            "SELECT COUNT(*) FROM dicom_instance WHERE series_pk = ?", (pk,)
+        ).fetchone()
+        if count == 0:
+            conn.execute("DELETE FROM dicom_key WHERE level = 'series' AND pk = ?", (pk,))
+            conn.execute("DELETE FROM dicom_series WHERE pk = ?", (pk,))
+        else:
+            conn.execute(
+                "UPDATE dicom_series SET n_instances = ?, rev = rev + 1 WHERE pk = ?", (count, pk)
+            )
+    for pk in study_pks:
+        _refresh_study(conn, pk)
+
+
+def _refresh_study(conn: sqlite3.Connection, pk: int) -> None:
+    (n_series,) = conn.execute(
+        "SELECT COUNT(*) FROM dicom_series WHERE study_pk = ?", (pk,)
+    ).fetchone()
+    if n_series == 0:
+        conn.execute("DELETE FROM dicom_key WHERE level = 'study' AND pk = ?", (pk,))
+        conn.execute("DELETE FROM dicom_study WHERE pk = ?", (pk,))
+        return
+    (n_instances,) = conn.execute(
+        "SELECT COUNT(*) FROM dicom_instance WHERE study_pk = ?", (pk,)
+    ).fetchone()
+    modalities = [
+        r[0]
+        for r in conn.execute(
+            "SELECT DISTINCT modality FROM dicom_series WHERE study_pk = ? AND modality IS NOT NULL"
+            " ORDER BY modality",
+            (pk,),
+        )
+    ]
+    conn.execute(
+        "UPDATE dicom_study SET n_series = ?, n_instances = ?, modalities = ? WHERE pk = ?",
+        (n_series, n_instances, "\\".join(modalities), pk),
+    )
+    conn.execute(
+        "DELETE FROM dicom_key WHERE level = 'study' AND pk = ? AND key = ?", (pk, MODALITIES_KEY)
+    )
+    conn.executemany(
+        "INSERT INTO dicom_key(level, pk, key, value) VALUES ('study', ?, ?, ?)",
+        [(pk, MODALITIES_KEY, m) for m in modalities],
+    )
+
+
+def store_batch(
+    conn: sqlite3.Connection, records: Sequence[InstanceRecord], overwrite: bool
+) -> list[StoreResult]:
+    """Index ``records`` in one transaction (see ``DicomIndex.store_batch``)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        touched: set[int] = set()
+        results = [_store_one(conn, rec, overwrite, touched) for rec in records]
+        _refresh(conn, touched)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return results
+
+
+def _scope_where(study: str, series: str | None, sop: str | None) -> tuple[str, list[Any]]:
+    where = ["st.uid = ?"]
+    args: list[Any] = [study]
+    if series is not None:
+        where.append("se.uid = ?")
+        args.append(series)
+    if sop is not None:
+        where.append("i.uid = ?")
+        args.append(sop)
+    return " AND ".join(where), args
+
+
+_INSTANCE_FROM = (
+    "FROM dicom_instance i JOIN dicom_series se ON se.pk = i.series_pk "
+    "JOIN dicom_study st ON st.pk = i.study_pk"
+)
+_INSTANCE_ORDER = "ORDER BY se.uid, i.inst_no IS NULL, i.inst_no, i.uid"
+
+
+def select_instances(
+    conn: sqlite3.Connection, study: str, series: str | None, sop: str | None
+) -> list[InstanceRow]:
+    where, args = _scope_where(study, series, sop)
+    sql = f"SELECT {INSTANCE_COLS} {_INSTANCE_FROM} WHERE {where} {_INSTANCE_ORDER}"
+    return [instance_row(r) for r in conn.execute(sql, args)]
+
+
+def select_metadata(
+    conn: sqlite3.Connection, study: str, series: str | None, sop: str | None
+) -> list[bytes]:
+    where, args = _scope_where(study, series, sop)
+    sql = f"SELECT i.metadata {_INSTANCE_FROM} WHERE {where} {_INSTANCE_ORDER}"
+    return [bytes(r[0]) for r in conn.execute(sql, args)]
+
+
+def select_study(conn: sqlite3.Connection, uid: str) -> StudyRow | None:
+    row = conn.execute(
+        f"SELECT {dicom_search.STUDY_COLS} FROM dicom_study st WHERE st.uid = ?", (uid,)
+    ).fetchone()
+    return None if row is None else study_row(row)
+
+
+def select_series_of(conn: sqlite3.Connection, study: str) -> list[SeriesRow]:
+    sql = (
+        f"SELECT {dicom_search.SERIES_COLS} FROM dicom_series se "
+        "JOIN dicom_study st ON st.pk = se.study_pk WHERE st.uid = ? ORDER BY se.uid"
+    )
+    return [dicom_search.series_row(r) for r in conn.execute(sql, (study,))]
+
+
+def set_patient(conn: sqlite3.Connection, study: str, patient_ref: str | None) -> None:
+    conn.execute("UPDATE dicom_study SET patient_ref = ? WHERE uid = ?", (patient_ref, study))
+
+
+def delete(conn: sqlite3.Connection, study: str, series: str | None, sop: str | None) -> Deleted:
+    """Remove the instances in scope in one transaction, then recount."""
+    where, args = _scope_where(study, series, sop)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        rows = conn.execute(
+            f"SELECT i.pk, i.blob_key, i.blob_size, i.blob_sha256, i.series_pk {_INSTANCE_FROM} "
+            f"WHERE {where}",
+            args,
+        ).fetchall()
+        for row in rows:
+            _delete_instance_pk(conn, int(row[0]))
+        _refresh(conn, {int(r[4]) for r in rows})
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    blobs = [BlobLocation(r[1], int(r[2]), r[3]) for r in rows]
+    return Deleted(blobs, [study] if rows else [])
+
+
+class SqliteDicomIndex:
+    """The SQLite adapter of ``DicomIndex``, on the store's reader and writer threads."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+
+    async def start(self) -> None:
+        await self._store.run_write(create_schema)
+
+    async def store_batch(
+        self, records: Sequence[InstanceRecord], *, overwrite: bool = False
+    ) -> list[StoreResult]:
+        if not records:
+            return []
+        return await self._store.run_write(store_batch, records, overwrite)
+
+    async def study(self, study_uid: str) -> StudyRow | None:
+        return await self._store.run_read(select_study, study_uid)
+
+    async def series_of(self, study_uid: str) -> list[SeriesRow]:
+        return await self._store.run_read(select_series_of, study_uid)
+
+    async def instances(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> list[InstanceRow]:
+        return await self._store.run_read(select_instances, study_uid, series_uid, sop_uid)
+
+    async def metadata(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> list[bytes]:
+        return await self._store.run_read(select_metadata, study_uid, series_uid, sop_uid)
+
+    async def search(self, query: DicomQuery) -> DicomPage:
+        return await self._store.run_read(dicom_search.search, query)
+
+    async def set_patient(self, study_uid: str, patient_ref: str | None) -> None:
+        await self._store.run_write(set_patient, study_uid, patient_ref)
+
+    async def delete(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> Deleted:
+        return await self._store.run_write(delete, study_uid, series_uid, sop_uid)

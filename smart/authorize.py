@@ -1,0 +1,259 @@
+"""The authorization endpoint (RFC 6749 §4.1.1, SMART App Launch 2.x): check the
+request, sign the user in, ask consent (fewer scopes may be granted, a patient
+picked), and send the client back a short-lived single-use code.
+
+Errors before the client and its exact redirect URI are known are shown as a
+page; every later error goes back to the client as ``error`` + ``state``.
+See https://build.fhir.org/ig/HL7/smart-app-launch/app-launch.html#obtain-authorization-code
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from starlette.responses import RedirectResponse, Response
+
+from fhir_server.access.roles import patient_of
+from fhir_server.storage.auth_port import (
+    AuthData,
+    AuthorizationCode,
+    ClientRecord,
+    GrantInfo,
+    LaunchContext,
+    UserRecord,
+)
+from smart import pages
+from smart.config import AuthConfig
+from smart.errors import (
+    AccessDenied,
+    InvalidScope,
+    OAuthError,
+    UnsupportedResponseType,
+)
+from smart.launch import Launches
+from smart.patients import PatientPicker
+from smart.scopes import cap_to_client, cap_to_roles, has_resource_scope, split
+from smart.secrets import digest, new_token
+from smart.tickets import Tickets
+from smart.users import Accounts, LockedOut
+
+AUTHORIZE_PARAMS = (
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "aud",
+    "code_challenge",
+    "code_challenge_method",
+    "launch",
+    "nonce",
+)
+
+AuditHook = Callable[[str, int, str, str | None], None]
+"""``(event, status, description, user_id)``: what the flow reports for the audit trail."""
+
+
+class PageError(Exception):
+    """An error shown to the user, never redirected (unknown client or redirect URI)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A valid authorize request: its parameters, client and EHR launch context."""
+
+    params: dict[str, str]
+    client: ClientRecord
+    launch: LaunchContext | None
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """What the consent page offers: scopes, and the patient (fixed, or to pick)."""
+
+    scopes: list[str]
+    patient: str | None
+    encounter: str | None
+    pick_patient: bool
+
+
+class RedirectError(Exception):
+    """An OAuth error to send back to the client's redirect URI."""
+
+    def __init__(self, error: OAuthError, checked_params: Mapping[str, str]) -> None:
+        super().__init__(error.description)
+        self.error = error
+        self.params = checked_params
+
+    def response(self) -> Response:
+        query = {"error": self.error.error, "error_description": self.error.description}
+        if state := self.params.get("state"):
+            query["state"] = state
+        return _redirect(self.params["redirect_uri"], query)
+
+
+def _redirect(uri: str, query: Mapping[str, str]) -> RedirectResponse:
+    sep = "&" if "?" in uri else "?"
+    headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+    return RedirectResponse(f"{uri}{sep}{urlencode(query)}", status_code=302, headers=headers)
+
+
+class AuthorizeFlow:
+    """The steps of ``/auth/authorize``; each returns the response to send."""
+
+    def __init__(
+        self,
+        config: AuthConfig,
+        auth: AuthData,
+        accounts: Accounts,
+        launches: Launches,
+        picker: PatientPicker,
+        tickets: Tickets,
+        audit: AuditHook,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._auth = auth
+        self._accounts = accounts
+        self._launches = launches
+        self._picker = picker
+        self._tickets = tickets
+        self._audit = audit
+        self._clock = clock
+
+    async def check(self, raw: Mapping[str, str]) -> Checked:
+        """Validate the request; raises PageError or RedirectError."""
+        params = {k: raw[k] for k in AUTHORIZE_PARAMS if raw.get(k)}
+        client = await self._auth.get_client(params.get("client_id", ""))
+        if client is None:
+            raise PageError("unknown client_id")
+        if params.get("redirect_uri") not in client.redirect_uris:
+            raise PageError("redirect_uri is not registered for this client")
+        problem = self._problem(params)
+        if problem is not None:
+            raise RedirectError(problem, params)
+        launch = None
+        if "launch" in params:
+            launch = await self._launches.resolve(params["launch"], client.client_id)
+            if launch is None:
+                raise RedirectError(OAuthError("unknown or expired launch"), params)
+        return Checked(params, client, launch)
+
+    def _problem(self, params: Mapping[str, str]) -> OAuthError | None:
+        if params.get("response_type") != "code":
+            return UnsupportedResponseType("response_type must be code")
+        if not params.get("state"):
+            return OAuthError("state is required")
+        if params.get("aud", "").rstrip("/") != self._config.audience:
+            return OAuthError("aud must be this server's FHIR base URL")
+        if not params.get("code_challenge") or params.get("code_challenge_method") != "S256":
+            return OAuthError("PKCE with code_challenge_method S256 is required")
+        if not params.get("scope"):
+            return InvalidScope("scope is required")
+        if "launch" in split(params.get("scope")) and "launch" not in params:
+            return OAuthError("scope launch needs a launch parameter (EHR launch)")
+        return None
+
+    def start(self, checked: Checked) -> Response:
+        """The login page."""
+        return pages.login_page(checked.params, _name(checked.client))
+
+    async def login(self, checked: Checked, form: Mapping[str, str]) -> Response:
+        """Check the password; on success show the consent page."""
+        username = form.get("username", "")
+        try:
+            user = await self._accounts.login(username, form.get("password", ""))
+        except LockedOut:
+            self._audit("login", 429, "account locked after repeated failures", None)
+            return self._login_again(checked, "Too many failed attempts; try again later.", 429)
+        if user is None:
+            self._audit("login", 401, "wrong user name or password", None)
+            return self._login_again(checked, "Wrong user name or password.", 401)
+        self._audit("login", 200, "user signed in", user.id)
+        ticket = self._tickets.issue(user.id, checked.params, self._clock())
+        return await self._consent_page(checked, user, ticket)
+
+    def _login_again(self, checked: Checked, message: str, status: int) -> Response:
+        return pages.login_page(checked.params, _name(checked.client), message, status)
+
+    async def _consent_page(
+        self, checked: Checked, user: UserRecord, ticket: str, error: str | None = None
+    ) -> Response:
+        offer = self._offer(checked, user)
+        if not offer.scopes:
+            raise RedirectError(InvalidScope("no requested scope can be granted"), checked.params)
+        patients = await self._picker.choices(user) if offer.pick_patient else None
+        return pages.consent_page(
+            checked.params, ticket, _name(checked.client), offer.scopes, patients, error
+        )
+
+    def _offer(self, checked: Checked, user: UserRecord) -> Offer:
+        asked = split(checked.params.get("scope"))
+        scopes = cap_to_roles(cap_to_client(asked, checked.client.scope), user.roles)
+        if has_resource_scope(asked) and not has_resource_scope(scopes):
+            scopes = []
+        if checked.launch is not None:
+            return Offer(scopes, checked.launch.patient, checked.launch.encounter, False)
+        own = patient_of(user.fhir_user) if "patient" in user.roles else None
+        if own is not None:
+            return Offer(scopes, own, None, False)
+        return Offer(scopes, None, None, "launch/patient" in asked)
+
+    async def consent(
+        self, checked: Checked, form: Mapping[str, str], grants: Sequence[str]
+    ) -> Response:
+        """Approve or deny; on approval redirect with a fresh code."""
+        signed_in = self._tickets.check(form.get("ticket", ""), checked.params)
+        user = await self._auth.get_user(signed_in[0]) if signed_in else None
+        if signed_in is None or user is None or not user.is_active:
+            return self._login_again(checked, "Your sign-in expired; sign in again.", 401)
+        if form.get("decision") != "approve":
+            self._audit("consent", 403, "the user denied access", user.id)
+            raise RedirectError(AccessDenied("the user denied access"), checked.params)
+        offer = self._offer(checked, user)
+        granted = [s for s in offer.scopes if s in set(grants)]
+        if not granted:
+            raise RedirectError(AccessDenied("no scope was granted"), checked.params)
+        patient = offer.patient
+        if offer.pick_patient:
+            patient = form.get("patient", "")
+            if not await self._picker.may_choose(user, patient):
+                return await self._consent_page(checked, user, form["ticket"], "Pick a patient.")
+        grant = GrantInfo(
+            grant_id=str(uuid.uuid4()),
+            client_id=checked.client.client_id,
+            subject=user.id,
+            scope=" ".join(granted),
+            patient=patient,
+            encounter=offer.encounter,
+            fhir_user=user.fhir_user,
+            roles=user.roles,
+            auth_time=signed_in[1],
+            launched=checked.launch is not None,
+        )
+        return await self._issue_code(checked, grant)
+
+    async def _issue_code(self, checked: Checked, grant: GrantInfo) -> Response:
+        code = new_token()
+        await self._auth.put_code(
+            AuthorizationCode(
+                code_hash=digest(code),
+                grant=grant,
+                redirect_uri=checked.params["redirect_uri"],
+                code_challenge=checked.params["code_challenge"],
+                expires_at=self._clock() + self._config.code_ttl,
+                nonce=checked.params.get("nonce"),
+            )
+        )
+        self._audit("consent", 200, f"code issued for scope {grant.scope}", grant.subject)
+        query = {"code": code, "state": checked.params["state"], "iss": self._config.issuer}
+        return _redirect(checked.params["redirect_uri"], query)
+
+
+def _name(client: ClientRecord) -> str:
+    return client.name or client.client_id

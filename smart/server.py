@@ -1,0 +1,248 @@
+"""The authorisation server's HTTP edge: thin routes over the flows.
+
+``AuthServer.build(...)`` wires the parts from what the composition root
+hands over (store, keys, verifier, policy, audit); ``router()`` returns the
+routes to mount: ``/auth/authorize``, ``/auth/token``, ``/auth/introspect``,
+``/auth/revoke``, ``/auth/launch`` and ``/fhir/.well-known/smart-configuration``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from fastapi import APIRouter
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from fhir_server.access import AccessPolicy, AuthContext, ScopeSet, TokenVerifier, bearer_token
+from fhir_server.audit import AuditRecord
+from fhir_server.errors import Forbidden
+from fhir_server.interactions.services import utc_now
+from fhir_server.storage.base import Store
+from smart import pages
+from smart.authorize import AuthorizeFlow, Checked, PageError, RedirectError
+from smart.clients import ClientAuthenticator, JwksFetcher
+from smart.config import AuthConfig
+from smart.discovery import smart_configuration
+from smart.errors import NO_STORE, InvalidClient, OAuthError
+from smart.grants import TokenGrants
+from smart.introspection import Introspection
+from smart.issuer import TokenIssuer
+from smart.keys import KeyRing
+from smart.launch import Launches
+from smart.patients import PatientPicker
+from smart.secrets import password_helper
+from smart.tickets import Tickets
+from smart.users import Accounts, LoginPolicy
+
+
+class AuditSink(Protocol):
+    def record(self, record: AuditRecord) -> None: ...
+
+
+class AuthServer:
+    """Everything behind the ``/auth`` endpoints."""
+
+    def __init__(
+        self,
+        config: AuthConfig,
+        *,
+        flow: AuthorizeFlow,
+        clients: ClientAuthenticator,
+        grants: TokenGrants,
+        introspection: Introspection,
+        launches: Launches,
+        verifier: TokenVerifier,
+        audit: AuditSink,
+    ) -> None:
+        self.config = config
+        self.flow = flow
+        self.clients = clients
+        self.grants = grants
+        self.introspection = introspection
+        self.launches = launches
+        self.verifier = verifier
+        self.audit = audit
+
+    @classmethod
+    def build(
+        cls,
+        config: AuthConfig,
+        store: Store,
+        keyring: KeyRing,
+        verifier: TokenVerifier,
+        policy: AccessPolicy,
+        audit: AuditSink,
+        *,
+        fetch_jwks: JwksFetcher | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> AuthServer:
+        """Wire the parts over one store and key ring."""
+        helper = password_helper()
+        login = LoginPolicy(config.max_failed_logins, config.lockout_seconds)
+        accounts = Accounts(store.auth, helper=helper, policy=login, clock=clock)
+        launches = Launches(store.auth, config.launch_ttl, clock=clock)
+        tickets = Tickets(keyring, f"{config.issuer}#login", config.login_ttl, clock=clock)
+        picker = PatientPicker(store, policy)
+
+        def audit_event(event: str, status: int, description: str, user: str | None) -> None:
+            _audit(audit, event, status, description, user, None)
+
+        flow = AuthorizeFlow(
+            config, store.auth, accounts, launches, picker, tickets, audit_event, clock=clock
+        )
+        issuer = TokenIssuer(config, keyring, store.auth, clock=clock)
+        clients = ClientAuthenticator(
+            store.auth,
+            helper,
+            config.token_url,
+            fetch_jwks=fetch_jwks,
+            max_assertion_ttl=config.assertion_max_ttl,
+            clock=clock,
+        )
+        return cls(
+            config,
+            flow=flow,
+            clients=clients,
+            grants=TokenGrants(store.auth, issuer, clock=clock),
+            introspection=Introspection(config, store.auth, verifier, clock=clock),
+            launches=launches,
+            verifier=verifier,
+            audit=audit,
+        )
+
+    def router(self) -> APIRouter:
+        """The routes to mount at the application root (before the FHIR routes)."""
+        router = APIRouter(tags=["auth"])
+        router.add_api_route(
+            "/fhir/.well-known/smart-configuration",
+            self.discovery,
+            methods=["GET"],
+            summary="SMART discovery",
+        )
+        for method in ("GET", "POST"):  # one route each: distinct OpenAPI operation ids
+            router.add_api_route(
+                "/auth/authorize",
+                self.authorize,
+                methods=[method],
+                name=f"authorize_{method.lower()}",
+                summary="Authorize",
+            )
+        router.add_api_route("/auth/token", self.token, methods=["POST"], summary="Token")
+        router.add_api_route(
+            "/auth/introspect", self.introspect, methods=["POST"], summary="Introspection"
+        )
+        router.add_api_route("/auth/revoke", self.revoke, methods=["POST"], summary="Revocation")
+        router.add_api_route(
+            "/auth/launch", self.launch, methods=["POST"], summary="Mint an EHR launch"
+        )
+        return router
+
+    async def discovery(self) -> Response:
+        return JSONResponse(
+            smart_configuration(self.config), headers={"Cache-Control": "max-age=300"}
+        )
+
+    async def authorize(self, request: Request) -> Response:
+        form = await request.form() if request.method == "POST" else FormData()
+        params: Mapping[str, str] = _strings(form) if form else dict(request.query_params)
+        try:
+            checked = await self.flow.check(params)
+            return await self._step(checked, form)
+        except PageError as exc:
+            return pages.error_page(str(exc))
+        except RedirectError as exc:
+            return exc.response()
+
+    async def _step(self, checked: Checked, form: FormData) -> Response:
+        step = form.get("step")
+        if step == "login":
+            return await self.flow.login(checked, _strings(form))
+        if step == "consent":
+            grants = [str(g) for g in form.getlist("grant")]
+            return await self.flow.consent(checked, _strings(form), grants)
+        return self.flow.start(checked)
+
+    async def token(self, request: Request) -> Response:
+        form = _strings(await request.form())
+        client_id = form.get("client_id")
+        try:
+            client = await self.clients.authenticate(form, request.headers.get("authorization"))
+            client_id = client.client_id
+            body = await self.grants.exchange(client, form)
+        except OAuthError as exc:
+            self._record("token", exc.status, f"{exc.error}: {exc.description}", client_id, request)
+            return exc.response()
+        self._record("token", 200, f"{form.get('grant_type')} granted", client_id, request)
+        return JSONResponse(body, headers=NO_STORE)
+
+    async def introspect(self, request: Request) -> Response:
+        form = _strings(await request.form())
+        try:
+            client = await self.clients.authenticate(form, request.headers.get("authorization"))
+            if client.kind == "public":
+                raise InvalidClient("introspection needs a confidential client")
+        except OAuthError as exc:
+            return exc.response()
+        answer = await self.introspection.introspect(form.get("token", ""))
+        return JSONResponse(answer, headers=NO_STORE)
+
+    async def revoke(self, request: Request) -> Response:
+        form = _strings(await request.form())
+        try:
+            client = await self.clients.authenticate(form, request.headers.get("authorization"))
+        except OAuthError as exc:
+            return exc.response()
+        await self.introspection.revoke(client, form.get("token", ""))
+        self._record("revoke", 200, "token revoked", client.client_id, request)
+        return Response(status_code=200, headers=NO_STORE)
+
+    async def launch(self, request: Request) -> Response:
+        """Mint a launch for an EHR: an admin user or a ``system/`` Patient reader only."""
+        ctx = await self.verifier.verify(bearer_token(request.headers.get("authorization")))
+        if "admin" not in ctx.roles and not _system_reader(ctx.scopes):
+            raise Forbidden("minting a launch needs an admin or a system/Patient.r token")
+        form = _strings(await request.form())
+        if not form.get("client_id") or not form.get("patient"):
+            return OAuthError("client_id and patient are required").response()
+        value = await self.launches.mint(form["client_id"], form["patient"], form.get("encounter"))
+        return JSONResponse({"launch": value}, headers=NO_STORE)
+
+    def _record(
+        self, event: str, status: int, description: str, client: str | None, request: Request
+    ) -> None:
+        address = request.client.host if request.client else None
+        _audit(self.audit, event, status, description, None, client, address)
+
+
+def _system_reader(scopes: ScopeSet) -> bool:
+    return any(s.level == "system" for s in scopes.granting("Patient", "r"))
+
+
+def _strings(form: FormData | Mapping[str, Any]) -> dict[str, str]:
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def _audit(
+    sink: AuditSink,
+    event: str,
+    status: int,
+    description: str,
+    user: str | None,
+    client: str | None,
+    address: str | None = None,
+) -> None:
+    who = AuthContext(subject=user or client or "anonymous", client_id=client, scopes=ScopeSet())
+    sink.record(
+        AuditRecord(
+            interaction=event,
+            status=status,
+            moment=utc_now(),
+            auth=who,
+            address=address,
+            description=description,
+        )
+    )

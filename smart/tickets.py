@@ -1,0 +1,79 @@
+"""Login tickets: the proof, carried from the login page to the consent page,
+that this user signed in for this very authorize request.
+
+A ticket is a short-lived JWT signed with the server's key, typed
+``login+jwt`` so it can never pass for an access token, naming the user and
+the digest of the authorize request's parameters; it also serves as the
+consent form's CSRF token (only the signed-in browser holds it).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
+from joserfc.jwt import JWTClaimsRegistry
+
+from smart.keys import KeyRing
+from smart.secrets import digest
+
+TICKET_TYPE = "login+jwt"
+
+
+def request_digest(params: Mapping[str, str]) -> str:
+    """A digest of the authorize request (parameters in a canonical order)."""
+    return digest(json.dumps(sorted(params.items()), separators=(",", ":")))
+
+
+class Tickets:
+    """Issues and checks login tickets."""
+
+    def __init__(
+        self,
+        keyring: KeyRing,
+        audience: str,
+        ttl: int = 600,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._keyring = keyring
+        self._audience = audience
+        self._ttl = ttl
+        self._clock = clock
+
+    def issue(self, user_id: str, params: Mapping[str, str], auth_time: float) -> str:
+        now = int(self._clock())
+        claims = {
+            "sub": user_id,
+            "aud": self._audience,
+            "iat": now,
+            "exp": now + self._ttl,
+            "req": request_digest(params),
+            "auth_time": int(auth_time),
+        }
+        key = self._keyring.active_key
+        header = {"alg": key.alg, "kid": key.kid, "typ": TICKET_TYPE}
+        return jwt.encode(header, claims, key.jwk, algorithms=[key.alg])
+
+    def check(self, ticket: str, params: Mapping[str, str]) -> tuple[str, float] | None:
+        """The user id and login time, if the ticket is ours, current, and for ``params``."""
+        try:
+            header = jws.extract_compact(ticket.encode("ascii")).headers()
+            key = self._keyring.get(str(header.get("kid")))
+            if key is None or header.get("typ") != TICKET_TYPE:
+                return None
+            claims = jwt.decode(ticket, key.jwk, algorithms=[key.alg]).claims
+            JWTClaimsRegistry(
+                now=lambda: int(self._clock()),
+                aud={"essential": True, "value": self._audience},
+                exp={"essential": True},
+                sub={"essential": True},
+            ).validate(claims)
+        except (JoseError, ValueError, TypeError, UnicodeEncodeError):
+            return None
+        if claims.get("req") != request_digest(params):
+            return None
+        return str(claims["sub"]), float(claims.get("auth_time", 0))

@@ -1,0 +1,202 @@
+"""The DICOM index contract, run on every adapter (see conftest)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+
+from fhir_server.storage.base import Store
+from fhir_server.storage.dicom_port import (
+    MODALITIES_KEY,
+    BlobLocation,
+    DicomQuery,
+    InstanceRecord,
+    KeyFilter,
+)
+
+NAME, DATE, MODALITY, SOP_CLASS = "00100010", "00080020", "00080060", "00080016"
+
+
+def record(
+    study: str,
+    series: str,
+    sop: str,
+    *,
+    content: str = "",
+    modality: str = "CT",
+    name: str = "doe^jane",
+    date: str = "20240105",
+    number: int | None = None,
+    patient: str | None = None,
+) -> InstanceRecord:
+    sha = hashlib.sha256(f"{sop}{content}".encode()).hexdigest()
+    return InstanceRecord(
+        study_uid=study,
+        series_uid=series,
+        sop_uid=sop,
+        blob=BlobLocation(f"blob-{sop}-{sha[:8]}", 100, sha),
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        study_attrs={"0020000D": {"vr": "UI", "Value": [study]}},
+        series_attrs={"0020000E": {"vr": "UI", "Value": [series]}},
+        instance_attrs={"00080018": {"vr": "UI", "Value": [sop]}},
+        metadata=orjson.dumps({"00080018": {"vr": "UI", "Value": [sop]}}),
+        study_keys=((NAME, name), (DATE, date)),
+        series_keys=((MODALITY, modality),),
+        instance_keys=((SOP_CLASS, "1.2.3"),),
+        modality=modality,
+        instance_number=number,
+        patient_ref=patient,
+        extra={"frames": 1},
+    )
+
+
+async def test_store_counts_and_aggregates(store: Store) -> None:
+    results = await store.dicom.store_batch(
+        [
+            record("1.1", "1.1.1", "1.1.1.1", modality="CT"),
+            record("1.1", "1.1.1", "1.1.1.2", modality="CT"),
+            record("1.1", "1.1.2", "1.1.2.1", modality="SR"),
+        ]
+    )
+    assert [r.outcome for r in results] == ["stored"] * 3
+    study = await store.dicom.study("1.1")
+    assert study is not None
+    assert (study.series_count, study.instance_count, study.modalities) == (2, 3, ("CT", "SR"))
+    series = await store.dicom.series_of("1.1")
+    assert [(s.uid, s.instance_count) for s in series] == [("1.1.1", 2), ("1.1.2", 1)]
+    page = await store.dicom.search(
+        DicomQuery("study", study_filters=(KeyFilter(MODALITIES_KEY, "eq", ("SR",)),))
+    )
+    assert [m.study.uid for m in page.matches] == ["1.1"]
+
+
+async def test_duplicate_conflict_and_overwrite(store: Store) -> None:
+    first = record("1.1", "1.1.1", "1.1.1.1")
+    await store.dicom.store_batch([first])
+    again = await store.dicom.store_batch([first])
+    assert again[0].outcome == "duplicate"
+    other = record("1.1", "1.1.1", "1.1.1.1", content="different")
+    refused = await store.dicom.store_batch([other])
+    assert refused[0].outcome == "conflict"
+    (kept,) = await store.dicom.instances("1.1")
+    assert kept.blob == first.blob
+    replaced = await store.dicom.store_batch([other], overwrite=True)
+    assert replaced[0].outcome == "replaced" and replaced[0].previous == first.blob
+    (now,) = await store.dicom.instances("1.1")
+    assert now.blob == other.blob
+    study = await store.dicom.study("1.1")
+    assert study is not None and study.instance_count == 1
+
+
+async def test_series_uid_under_another_study_is_refused(store: Store) -> None:
+    await store.dicom.store_batch([record("1.1", "9.9", "1.1.9.1")])
+    (result,) = await store.dicom.store_batch([record("2.2", "9.9", "2.2.9.1")])
+    assert result.outcome == "conflict"
+    assert await store.dicom.study("2.2") is None
+
+
+async def test_search_filters(store: Store) -> None:
+    await store.dicom.store_batch(
+        [
+            record("1.1", "1.1.1", "1.1.1.1", name="doe^jane", date="20240105"),
+            record("2.2", "2.2.1", "2.2.1.1", name="doe^john", date="20240220", modality="MR"),
+            record("3.3", "3.3.1", "3.3.1.1", name="roe^ann", date="20231231", patient="p1"),
+        ]
+    )
+
+    async def studies(*filters: KeyFilter, patient: str | None = None) -> list[str]:
+        query = DicomQuery("study", study_filters=filters, patient_ref=patient)
+        return [m.study.uid for m in (await store.dicom.search(query)).matches]
+
+    assert await studies(KeyFilter(NAME, "glob", ("doe*",))) == ["1.1", "2.2"]
+    assert await studies(KeyFilter(NAME, "glob", ("doe^jo?n",))) == ["2.2"]
+    assert await studies(KeyFilter(NAME, "eq", ("roe^ann",))) == ["3.3"]
+    assert await studies(KeyFilter(DATE, "range", ("20240101", "20241231"))) == ["1.1", "2.2"]
+    assert await studies(KeyFilter(DATE, "range", ("", "20240105"))) == ["1.1", "3.3"]
+    assert await studies(KeyFilter("00100020", "eq", ("x",))) == []
+    assert await studies(patient="p1") == ["3.3"]
+    series = DicomQuery(
+        "series",
+        study_filters=(KeyFilter(NAME, "glob", ("doe*",)),),
+        series_filters=(KeyFilter(MODALITY, "any", ("MR", "PT")),),
+    )
+    page = await store.dicom.search(series)
+    assert [(m.study.uid, m.series.uid if m.series else None) for m in page.matches] == [
+        ("2.2", "2.2.1")
+    ]
+    inst = DicomQuery("instance", series_filters=(KeyFilter(MODALITY, "eq", ("CT",)),))
+    found = [m.instance.uid for m in (await store.dicom.search(inst)).matches if m.instance]
+    assert found == ["1.1.1.1", "3.3.1.1"]
+
+
+async def test_paging_reports_more(store: Store) -> None:
+    await store.dicom.store_batch([record(f"1.{i}", f"1.{i}.1", f"1.{i}.1.1") for i in range(1, 6)])
+    first = await store.dicom.search(DicomQuery("study", limit=2))
+    second = await store.dicom.search(DicomQuery("study", limit=2, offset=2))
+    last = await store.dicom.search(DicomQuery("study", limit=2, offset=4))
+    uids = [m.study.uid for p in (first, second, last) for m in p.matches]
+    assert sorted(uids) == [f"1.{i}" for i in range(1, 6)] and len(set(uids)) == 5
+    assert (first.more, second.more, last.more) == (True, True, False)
+
+
+async def test_instances_and_metadata_in_order(store: Store) -> None:
+    await store.dicom.store_batch(
+        [
+            record("1.1", "1.1.1", "1.1.1.9", number=2),
+            record("1.1", "1.1.1", "1.1.1.5", number=10),
+            record("1.1", "1.1.1", "1.1.1.7", number=1),
+        ]
+    )
+    rows = await store.dicom.instances("1.1", "1.1.1")
+    assert [r.uid for r in rows] == ["1.1.1.7", "1.1.1.9", "1.1.1.5"]
+    assert rows[0].extra == {"frames": 1}
+    docs = await store.dicom.metadata("1.1", "1.1.1")
+    assert [orjson.loads(d)["00080018"]["Value"][0] for d in docs] == [r.uid for r in rows]
+    assert [r.uid for r in await store.dicom.instances("1.1", "1.1.1", "1.1.1.5")] == ["1.1.1.5"]
+    assert await store.dicom.instances("1.1", "other") == []
+
+
+async def test_delete_recounts_and_drops_empty_parents(store: Store) -> None:
+    await store.dicom.store_batch(
+        [
+            record("1.1", "1.1.1", "1.1.1.1"),
+            record("1.1", "1.1.1", "1.1.1.2"),
+            record("1.1", "1.1.2", "1.1.2.1", modality="MR"),
+        ]
+    )
+    gone = await store.dicom.delete("1.1", "1.1.2")
+    assert [b.key for b in gone.blobs] == [
+        r.blob.key for r in [record("1.1", "1.1.2", "1.1.2.1", modality="MR")]
+    ]
+    study = await store.dicom.study("1.1")
+    assert study is not None
+    assert (study.series_count, study.instance_count, study.modalities) == (1, 2, ("CT",))
+    await store.dicom.delete("1.1", "1.1.1", "1.1.1.1")
+    series = await store.dicom.series_of("1.1")
+    assert [(s.uid, s.instance_count) for s in series] == [("1.1.1", 1)]
+    await store.dicom.delete("1.1")
+    assert await store.dicom.study("1.1") is None
+    assert (await store.dicom.search(DicomQuery("instance"))).matches == []
+    assert (await store.dicom.delete("1.1")).blobs == []
+
+
+async def test_set_patient_restricts_search(store: Store) -> None:
+    await store.dicom.store_batch([record("1.1", "1.1.1", "1.1.1.1")])
+    await store.dicom.set_patient("1.1", "p9")
+    study = await store.dicom.study("1.1")
+    assert study is not None and study.patient_ref == "p9"
+    page = await store.dicom.search(DicomQuery("instance", patient_ref="p8"))
+    assert page.matches == []
+
+
+async def test_index_survives_restart(backend: object, store: Store) -> None:
+    from tests.contract.conftest import Backend
+
+    assert isinstance(backend, Backend)
+    await store.dicom.store_batch([record("1.1", "1.1.1", "1.1.1.1")])
+    await store.close()
+    backend.opened.remove(store)
+    reopened = await backend.start()
+    study = await reopened.dicom.study("1.1")
+    assert study is not None and study.instance_count == 1

@@ -1,0 +1,80 @@
+"""Generated DICOM instances and multipart bodies for the archive's HTTP tests."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+BOUNDARY = "radhub-test-boundary"
+CT = CTImageStorage
+
+
+def make_instance(
+    study: str,
+    series: str,
+    sop: str | None = None,
+    *,
+    patient_id: str = "PAT-1",
+    name: str = "Doe^Jane",
+    modality: str = "CT",
+    date: str = "20240105",
+    accession: str = "ACC-1",
+    number: int = 1,
+    frames: int = 1,
+    implicit: bool = False,
+) -> bytes:
+    """A small Part-10 CT image (16-bit, 8x8 per frame) as bytes."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = CT
+    ds.file_meta.MediaStorageSOPInstanceUID = sop or generate_uid()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2" if implicit else ExplicitVRLittleEndian
+    ds.SOPClassUID = CT
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.PatientID, ds.PatientName, ds.PatientSex, ds.PatientBirthDate = (
+        patient_id,
+        name,
+        "F",
+        "19700101",
+    )
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.Modality = (
+        date,
+        "101500",
+        accession,
+        modality,
+    )
+    ds.SeriesNumber, ds.InstanceNumber, ds.StudyDescription = 1, number, "CHEST"
+    ds.Rows = ds.Columns = 8
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.WindowCenter, ds.WindowWidth = 40, 400
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    pixels = (np.arange(64 * frames, dtype=np.uint16) * 7 % 4096).reshape(frames, 8, 8)
+    ds.PixelData = pixels.tobytes()
+    out = io.BytesIO()
+    ds.save_as(out, implicit_vr=implicit, little_endian=True, enforce_file_format=True)
+    return out.getvalue()
+
+
+def multipart(*parts: bytes, content_type: str = "application/dicom") -> bytes:
+    """A multipart/related body of ``parts``."""
+    chunks = [
+        f"--{BOUNDARY}\r\nContent-Type: {content_type}\r\n\r\n".encode() + part + b"\r\n"
+        for part in parts
+    ]
+    return b"".join(chunks) + f"--{BOUNDARY}--\r\n".encode()
+
+
+STOW_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+
+
+def split_multipart(body: bytes, content_type: str) -> list[bytes]:
+    """The part bodies of a multipart response (headers dropped)."""
+    boundary = content_type.split("boundary=")[1].split(";")[0].strip().strip('"')
+    pieces = body.split(f"--{boundary}".encode())[1:-1]
+    return [p.split(b"\r\n\r\n", 1)[1].removesuffix(b"\r\n") for p in pieces]

@@ -1,0 +1,189 @@
+"""The ingest service without HTTP, and the pure DICOM → ImagingStudy mapping."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+
+from dicomweb.blobstore import FileBlobStore
+from dicomweb.imaging_study import StudyLinks, fhir_started, map_study, patient_identifier
+from dicomweb.ingest import Failed, IngestOptions, IngestService, Stored
+from fhir_server.search.registry import SearchRegistry
+from fhir_server.storage.dicom_port import BlobLocation, InstanceRow, SeriesRow, StudyRow
+from fhir_server.storage.sqlite.store import SqliteStore
+from tests.dicomweb.dicom_data import make_instance
+
+
+async def stream(*bodies: bytes) -> AsyncIterator[AsyncIterator[bytes]]:
+    for body in bodies:
+
+        async def chunks(data: bytes = body) -> AsyncIterator[bytes]:
+            for i in range(0, len(data), 1000):
+                yield data[i : i + 1000]
+
+        yield chunks()
+
+
+class CountingIndex:
+    """Wraps a real index to count its batch writes."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.batches: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def store_batch(self, records: Any, *, overwrite: bool = False) -> Any:
+        self.batches.append(len(records))
+        return await self.inner.store_batch(records, overwrite=overwrite)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    made = SqliteStore(tmp_path / "db", SearchRegistry.load())
+    await made.start()
+    yield made
+    await made.close()
+
+
+async def test_batches_and_outcomes(store: SqliteStore, tmp_path: Path) -> None:
+    index = CountingIndex(store.dicom)
+    blobs = FileBlobStore(tmp_path / "blobs")
+    service = IngestService(index, blobs, None, IngestOptions("http://x/dicomweb", batch_size=10))  # type: ignore[arg-type]
+    bodies = [make_instance("1.2", "1.2.1", f"1.2.1.{i}", number=i) for i in range(25)]
+    report = await service.ingest(stream(*bodies, b"junk"))
+    assert index.batches == [10, 10, 5]
+    assert len(report.stored) == 25 and [f.reason for f in report.failed] == [0xC000]
+    assert len(await blobs.keys()) == 25
+    assert not list((tmp_path / "blobs").rglob(".tmp-*"))  # rejected bodies leave nothing
+    conflict = await service.ingest_one(
+        c
+        async for s in stream(make_instance("1.2", "1.2.1", "1.2.1.3", name="X^Y"))
+        async for c in s
+    )
+    assert isinstance(conflict, Failed) and conflict.reason == 0x0111
+    assert len(await blobs.keys()) == 25
+
+
+async def test_overwrite_replaces_and_removes_the_old_blob(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    blobs = FileBlobStore(tmp_path / "blobs")
+    service = IngestService(store.dicom, blobs, None, IngestOptions("http://x", overwrite=True))
+    await service.ingest(stream(make_instance("1.2", "1.2.1", "1.2.1.1")))
+    (before,) = await blobs.keys()
+    report = await service.ingest(stream(make_instance("1.2", "1.2.1", "1.2.1.1", name="New^Name")))
+    assert [type(s) for s in report.stored] == [Stored]
+    (after,) = await blobs.keys()
+    assert after != before
+    (row,) = await store.dicom.instances("1.2")
+    assert row.blob.key == after
+
+
+async def test_imaging_study_is_searchable_right_after_ingest(app: FastAPI, client: Any) -> None:
+    service = app.state.dicomweb.ingest
+    acsn = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]}
+    order = {
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/x"},
+        "identifier": [{"type": acsn, "value": "ACC-9"}],
+    }
+    created = await client.post("/fhir/ServiceRequest", json=order)
+    assert created.status_code == 201
+    await service.ingest(
+        stream(make_instance("7.7", "7.7.1", "7.7.1.1", accession="ACC-9", patient_id="MRN9"))
+    )
+    found = (
+        await client.get("/fhir/ImagingStudy", params={"identifier": "urn:dicom:uid|urn:oid:7.7"})
+    ).json()
+    (entry,) = found["entry"]
+    study = entry["resource"]
+    assert study["basedOn"] == [{"reference": f"ServiceRequest/{created.json()['id']}"}]
+    patient = (await client.get(f"/fhir/{study['subject']['reference']}")).json()
+    assert patient["identifier"][0]["value"] == "MRN9"
+    by_patient = (
+        await client.get("/fhir/ImagingStudy", params={"subject": study["subject"]["reference"]})
+    ).json()
+    assert [e["resource"]["id"] for e in by_patient["entry"]] == ["7.7"]
+
+
+def _row(uid: str, series: str, number: int | None) -> InstanceRow:
+    attrs = {"00080016": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.2"]}}
+    return InstanceRow(
+        uid, series, "1.2", attrs, BlobLocation("k", 1, "s"), "1.2.840.10008.1.2.1", number, {}
+    )
+
+
+STUDY = StudyRow(
+    "1.2",
+    {"00080050": {"vr": "SH", "Value": ["ACC"]}, "00080020": {"vr": "DA", "Value": ["20240105"]}},
+    ("CT",), 1, 2, "p1",
+)  # fmt: skip
+SERIES = SeriesRow(
+    "1.2.1",
+    "1.2",
+    {"00080060": {"vr": "CS", "Value": ["CT"]}, "00200060": {"vr": "CS", "Value": ["L"]}},
+    2,
+    1,
+)
+
+
+@pytest.mark.parametrize(
+    ("links", "path", "expected"),
+    [
+        (StudyLinks("Patient/p1"), ("identifier", 0, "value"), "urn:oid:1.2"),
+        (StudyLinks("Patient/p1"), ("identifier", 1, "type", "coding", 0, "code"), "ACSN"),
+        (StudyLinks("Patient/p1"), ("subject", "reference"), "Patient/p1"),
+        (
+            StudyLinks("Patient/p1", "ServiceRequest/s"),
+            ("basedOn", 0, "reference"),
+            "ServiceRequest/s",
+        ),
+        (
+            StudyLinks("Patient/p1", None, "Endpoint/e"),
+            ("series", 0, "endpoint", 0, "reference"),
+            "Endpoint/e",
+        ),
+        (StudyLinks("Patient/p1"), ("series", 0, "laterality", "code"), "7771000"),
+        (StudyLinks("Patient/p1"), ("series", 0, "instance", 1, "number"), 2),
+        (StudyLinks("Patient/p1"), ("started",), "2024-01-05"),
+        (StudyLinks("Patient/p1"), ("numberOfInstances",), 2),
+    ],
+)
+def test_map_study(links: StudyLinks, path: tuple[Any, ...], expected: Any) -> None:
+    value: Any = map_study(
+        STUDY, [SERIES], [_row("1.2.1.1", "1.2.1", 1), _row("1.2.1.2", "1.2.1", 2)], links
+    )
+    for step in path:
+        value = value[step]
+    assert value == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("20240105", "101500", "+0100"), "2024-01-05T10:15:00+01:00"),
+        (("20240105", "1015", "-0500"), "2024-01-05T10:15:00-05:00"),
+        (("20240105", "101500", None), "2024-01-05"),
+        (("2024", None, None), None),
+    ],
+)
+def test_fhir_started(args: tuple[Any, ...], expected: str | None) -> None:
+    assert fhir_started(*args) == expected
+
+
+def test_patient_identifier_system() -> None:
+    attrs = {
+        "00100020": {"vr": "LO", "Value": ["M1"]},
+        "00100021": {"vr": "LO", "Value": ["urn:oid:1.2.3"]},
+    }
+    assert patient_identifier(attrs, "urn:d") == ("urn:oid:1.2.3", "M1")
+    attrs["00100021"] = {"vr": "LO", "Value": ["LOCAL"]}
+    assert patient_identifier(attrs, "urn:d") == ("urn:d", "M1")

@@ -1,0 +1,176 @@
+"""STOW-RS through the real ASGI stack (PS3.18 §10.5)."""
+
+from __future__ import annotations
+
+import hashlib
+import tracemalloc
+from collections.abc import AsyncIterator
+
+import httpx
+from fastapi import FastAPI
+
+from tests.dicomweb.conftest import bundled
+from tests.dicomweb.dicom_data import BOUNDARY, STOW_TYPE, make_instance, multipart
+
+FAILED, REFERENCED, REASON, SOP = "00081198", "00081199", "00081197", "00081155"
+
+
+async def stow(
+    client: httpx.AsyncClient, body: bytes, path: str = "/dicomweb/studies"
+) -> httpx.Response:
+    return await client.post(path, content=body, headers={"Content-Type": STOW_TYPE})
+
+
+def reasons(response: httpx.Response) -> list[int]:
+    return [item[REASON]["Value"][0] for item in response.json()[FAILED].get("Value", [])]
+
+
+async def test_all_stored_is_200_with_retrieve_urls(client: httpx.AsyncClient) -> None:
+    body = multipart(
+        make_instance("1.2.3", "1.2.3.1", "1.2.3.1.1"),
+        make_instance("1.2.3", "1.2.3.1", "1.2.3.1.2"),
+    )
+    response = await stow(client, body)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/dicom+json")
+    refs = response.json()[REFERENCED]["Value"]
+    assert [r[SOP]["Value"][0] for r in refs] == ["1.2.3.1.1", "1.2.3.1.2"]
+    assert refs[0]["00081190"]["Value"][0].endswith(
+        "/studies/1.2.3/series/1.2.3.1/instances/1.2.3.1.1"
+    )
+    assert "Value" not in response.json()[FAILED]
+
+
+async def test_partial_failure_is_202_and_total_failure_409(client: httpx.AsyncClient) -> None:
+    partial = await stow(
+        client, multipart(make_instance("1.2.3", "1.2.3.1", "1.2.3.1.1"), b"not dicom")
+    )
+    assert partial.status_code == 202
+    assert reasons(partial) == [0xC000]
+    truncated = make_instance("1.2.3", "1.2.3.1", "1.2.3.1.9")[:-40]
+    failed = await stow(client, multipart(b"nope", truncated))
+    assert failed.status_code == 409
+    assert reasons(failed) == [0xC000, 0xC000]
+
+
+async def test_wrong_study_in_path_fails_that_instance(client: httpx.AsyncClient) -> None:
+    body = multipart(
+        make_instance("1.2.3", "1.2.3.1", "1.2.3.1.1"), make_instance("9.9", "9.9.1", "9.9.1.1")
+    )
+    response = await stow(client, body, "/dicomweb/studies/1.2.3")
+    assert response.status_code == 202
+    failed = response.json()[FAILED]["Value"]
+    assert [(f[SOP]["Value"][0], f[REASON]["Value"][0]) for f in failed] == [("9.9.1.1", 0xA900)]
+    missing = await client.get("/dicomweb/studies/9.9/metadata")
+    assert missing.status_code == 404
+
+
+async def test_duplicate_and_conflicting_sop_instance(client: httpx.AsyncClient) -> None:
+    original = make_instance("1.2.3", "1.2.3.1", "1.2.3.1.1")
+    assert (await stow(client, multipart(original))).status_code == 200
+    again = await stow(client, multipart(original))
+    assert again.status_code == 200
+    different = make_instance("1.2.3", "1.2.3.1", "1.2.3.1.1", name="Other^Name")
+    refused = await stow(client, multipart(different))
+    assert refused.status_code == 409 and reasons(refused) == [0x0111]
+    found = (await client.get("/dicomweb/studies/1.2.3/instances")).json()
+    assert len(found) == 1
+
+
+async def test_bad_media_types_and_bodies(client: httpx.AsyncClient) -> None:
+    wrong = await client.post(
+        "/dicomweb/studies", content=b"{}", headers={"Content-Type": "application/json"}
+    )
+    assert wrong.status_code == 415
+    part_type = f'multipart/related; type="application/dicom+xml"; boundary={BOUNDARY}'
+    assert (
+        await client.post("/dicomweb/studies", content=b"", headers={"Content-Type": part_type})
+    ).status_code == 415
+    broken = await stow(
+        client, b"--" + BOUNDARY.encode() + b"\r\nContent-Type: application/dicom\r\n\r\nabc"
+    )
+    assert broken.status_code == 400
+    assert (await client.get("/dicomweb/studies")).json() == []
+
+
+async def test_bundled_files_are_byte_identical_on_retrieval(client: httpx.AsyncClient) -> None:
+    names = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm"]
+    files = {name: bundled(name).read_bytes() for name in names}
+    response = await stow(client, multipart(*files.values()))
+    assert response.status_code == 200, response.text
+    for ref in response.json()[REFERENCED]["Value"]:
+        url = ref["00081190"]["Value"][0].removeprefix("http://radhub.test")
+        got = await client.get(
+            url,
+            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+        )
+        from tests.dicomweb.dicom_data import split_multipart
+
+        (part,) = split_multipart(got.content, got.headers["content-type"])
+        digests = {hashlib.sha256(v).hexdigest() for v in files.values()}
+        assert hashlib.sha256(part).hexdigest() in digests
+
+
+async def test_every_success_is_really_stored(client: httpx.AsyncClient, app: FastAPI) -> None:
+    """FIELD_NOTES: a server once said 200 for instances it never stored; count them."""
+    sops = [f"1.2.3.1.{i}" for i in range(1, 151)]
+    body = multipart(*(make_instance("1.2.3", "1.2.3.1", s, number=i) for i, s in enumerate(sops)))
+    response = await stow(client, body)
+    assert response.status_code == 200
+    acknowledged = {r[SOP]["Value"][0] for r in response.json()[REFERENCED]["Value"]}
+    assert acknowledged == set(sops)
+    index = app.state.dicomweb.index
+    rows = await index.instances("1.2.3")
+    assert {r.uid for r in rows} == acknowledged
+    blobs = app.state.dicomweb.blobs
+    assert sorted(await blobs.keys()) == sorted(r.blob.key for r in rows)
+    study = await index.study("1.2.3")
+    assert study is not None and study.instance_count == 150
+
+
+async def test_large_stow_stays_in_bounded_memory(client: httpx.AsyncClient) -> None:
+    count = 60  # 60 instances of ~512 KB: a ~30 MB body, sent in 64 KB chunks
+
+    async def body() -> AsyncIterator[bytes]:
+        for i in range(count):
+            part = make_instance("1.2.3", "1.2.3.1", f"1.2.3.1.{i + 1}", frames=4000)
+            head = f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            yield head
+            for start in range(0, len(part), 64 * 1024):
+                yield part[start : start + 64 * 1024]
+            yield b"\r\n"
+        yield f"--{BOUNDARY}--\r\n".encode()
+
+    tracemalloc.start()
+    try:
+        response = await client.post(
+            "/dicomweb/studies", content=body(), headers={"Content-Type": STOW_TYPE}
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert response.status_code == 200, response.text
+    assert len(response.json()[REFERENCED]["Value"]) == count
+    # the test's own generator holds ~1 MB at a time; the server must not hold the body
+    assert peak < 12 * 1024 * 1024, f"peak {peak} bytes for a ~{count * 512 // 1024} MB body"
+
+
+async def test_patient_token_cannot_store(app: FastAPI, mint: object) -> None:
+    token = mint("patient/*.cruds", patient="p1")  # type: ignore[operator]
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://radhub.test") as c:
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": STOW_TYPE}
+        r = await c.post(
+            "/dicomweb/studies", content=multipart(make_instance("1.2", "1.2.1")), headers=headers
+        )
+        assert r.status_code == 403
+        anonymous = await c.post(
+            "/dicomweb/studies",
+            content=b"",
+            headers={"Content-Type": STOW_TYPE, "Origin": "https://viewer.example"},
+        )
+        assert anonymous.status_code == 401
+        assert anonymous.headers.get("access-control-allow-origin") in (
+            "*",
+            "https://viewer.example",
+        )

@@ -1,0 +1,176 @@
+"""WADO-RS, WADO-URI, rendered images and DELETE through the real ASGI stack."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from PIL import Image
+from pydicom import dcmread
+
+from tests.dicomweb.conftest import bundled
+from tests.dicomweb.dicom_data import STOW_TYPE, make_instance, multipart, split_multipart
+
+INST = "/dicomweb/studies/1.2.3/series/1.2.3.1/instances"
+ANY_TS = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+@pytest.fixture
+async def loaded(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    parts = [
+        make_instance("1.2.3", "1.2.3.1", "1.2.3.1.1", number=1, frames=3),
+        make_instance("1.2.3", "1.2.3.1", "1.2.3.1.2", number=2, implicit=True),
+        bundled("JPEG2000.dcm").read_bytes(),
+    ]
+    response = await client.post(
+        "/dicomweb/studies", content=multipart(*parts), headers={"Content-Type": STOW_TYPE}
+    )
+    assert response.status_code == 200, response.text
+    return client
+
+
+def jpeg2000_path() -> str:
+    ds = dcmread(bundled("JPEG2000.dcm"), stop_before_pixels=True)
+    series = f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+    return f"{series}/instances/{ds.SOPInstanceUID}"
+
+
+async def test_series_retrieval_default_is_explicit_le(loaded: httpx.AsyncClient) -> None:
+    response = await loaded.get("/dicomweb/studies/1.2.3/series/1.2.3.1")
+    assert response.status_code == 200
+    assert "transfer-syntax=1.2.840.10008.1.2.1" in response.headers["content-type"]
+    parts = split_multipart(response.content, response.headers["content-type"])
+    assert len(parts) == 2
+    datasets = [dcmread(io.BytesIO(p)) for p in parts]
+    assert [str(d.file_meta.TransferSyntaxUID) for d in datasets] == ["1.2.840.10008.1.2.1"] * 2
+    assert [d.SOPInstanceUID for d in datasets] == ["1.2.3.1.1", "1.2.3.1.2"]
+
+
+async def test_implicit_vr_is_never_sent(loaded: httpx.AsyncClient) -> None:
+    response = await loaded.get(f"{INST}/1.2.3.1.2", headers={"Accept": ANY_TS})
+    (part,) = split_multipart(response.content, response.headers["content-type"])
+    assert str(dcmread(io.BytesIO(part)).file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2.1"
+    implicit = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2'
+    assert (await loaded.get(f"{INST}/1.2.3.1.2", headers={"Accept": implicit})).status_code == 406
+
+
+async def test_compressed_instance_as_stored_or_transcoded(loaded: httpx.AsyncClient) -> None:
+    original = bundled("JPEG2000.dcm").read_bytes()
+    as_stored = await loaded.get(jpeg2000_path(), headers={"Accept": ANY_TS})
+    assert split_multipart(as_stored.content, as_stored.headers["content-type"]) == [original]
+    transcoded = await loaded.get(jpeg2000_path())
+    (part,) = split_multipart(transcoded.content, transcoded.headers["content-type"])
+    ds = dcmread(io.BytesIO(part))
+    assert str(ds.file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2.1"
+    assert ds.pixel_array.shape == (int(ds.Rows), int(ds.Columns))
+    assert (await loaded.get(jpeg2000_path(), headers={"Accept": "text/html"})).status_code == 406
+
+
+async def test_metadata_at_every_level_gzip_and_etag(loaded: httpx.AsyncClient) -> None:
+    series = await loaded.get("/dicomweb/studies/1.2.3/series/1.2.3.1/metadata")
+    assert series.status_code == 200 and len(series.json()) == 2
+    pixel = series.json()[0]["7FE00010"]
+    assert pixel["BulkDataURI"].endswith("/instances/1.2.3.1.1/bulkdata/7FE00010")
+    assert len((await loaded.get("/dicomweb/studies/1.2.3/metadata")).json()) == 2
+    assert len((await loaded.get(f"{INST}/1.2.3.1.1/metadata")).json()) == 1
+    etag = series.headers["etag"]
+    again = await loaded.get(
+        "/dicomweb/studies/1.2.3/series/1.2.3.1/metadata", headers={"If-None-Match": etag}
+    )
+    assert again.status_code == 304
+    raw = await loaded.get(
+        "/dicomweb/studies/1.2.3/series/1.2.3.1/metadata",
+        headers={"Accept-Encoding": "gzip"},
+        extensions={"decode_content": False},
+    )
+    assert raw.headers["content-encoding"] == "gzip"
+    assert raw.json() == series.json()
+
+
+async def test_frames_and_bulkdata(loaded: httpx.AsyncClient) -> None:
+    response = await loaded.get(f"{INST}/1.2.3.1.1/frames/1,3")
+    assert response.status_code == 200
+    frames = split_multipart(response.content, response.headers["content-type"])
+    source = dcmread(io.BytesIO(make_instance("1.2.3", "1.2.3.1", "1.2.3.1.1", number=1, frames=3)))
+    assert frames == [source.pixel_array[0].tobytes(), source.pixel_array[2].tobytes()]
+    assert (await loaded.get(f"{INST}/1.2.3.1.1/frames/4")).status_code == 404
+    compressed = await loaded.get(f"{jpeg2000_path()}/frames/1")
+    (frame,) = split_multipart(compressed.content, compressed.headers["content-type"])
+    ds = dcmread(bundled("JPEG2000.dcm"))
+    assert frame == ds.pixel_array.tobytes()
+    bulk = await loaded.get(f"{INST}/1.2.3.1.2/bulkdata/7FE00010")
+    assert split_multipart(bulk.content, bulk.headers["content-type"]) == [
+        dcmread(io.BytesIO(make_instance("1.2.3", "1.2.3.1", "1.2.3.1.2", number=2))).PixelData
+    ]
+
+
+async def test_rendered_and_thumbnail(loaded: httpx.AsyncClient) -> None:
+    jpeg = await loaded.get(f"{INST}/1.2.3.1.1/rendered")
+    assert jpeg.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(jpeg.content)).size == (8, 8)
+    png = await loaded.get(
+        f"{INST}/1.2.3.1.1/frames/2/rendered",
+        params={"window": "100,50", "viewport": "4,4"},
+        headers={"Accept": "image/png"},
+    )
+    image = Image.open(io.BytesIO(png.content))
+    assert png.headers["content-type"] == "image/png" and image.size == (4, 4)
+    thumb = await loaded.get(f"{jpeg2000_path()}/thumbnail")
+    assert max(Image.open(io.BytesIO(thumb.content)).size) <= 128
+    assert (
+        await loaded.get(f"{INST}/1.2.3.1.1/rendered", headers={"Accept": "image/gif"})
+    ).status_code == 406
+
+
+async def test_wado_uri(loaded: httpx.AsyncClient) -> None:
+    params = {
+        "requestType": "WADO",
+        "studyUID": "1.2.3",
+        "seriesUID": "1.2.3.1",
+        "objectUID": "1.2.3.1.1",
+    }
+    image = await loaded.get("/dicomweb/wado", params=params)
+    assert image.headers["content-type"] == "image/jpeg"
+    dicom = await loaded.get(
+        "/dicomweb/wado", params={**params, "contentType": "application/dicom"}
+    )
+    assert dcmread(io.BytesIO(dicom.content)).SOPInstanceUID == "1.2.3.1.1"
+    assert (
+        await loaded.get("/dicomweb/wado", params={**params, "requestType": "X"})
+    ).status_code == 400
+
+
+async def test_unknown_uids_and_cors_on_errors(loaded: httpx.AsyncClient) -> None:
+    origin = {"Origin": "https://viewer.example"}
+    for path in (
+        "/dicomweb/studies/9.9",
+        f"{INST}/9.9",
+        "/dicomweb/studies/1.2.3/series/9/metadata",
+    ):
+        response = await loaded.get(path, headers=origin)
+        assert response.status_code == 404, path
+        assert response.headers.get("access-control-allow-origin")
+
+
+async def test_delete_needs_system_scope_and_updates_everything(
+    app: FastAPI, loaded: httpx.AsyncClient, mint: object
+) -> None:
+    transport = httpx.ASGITransport(app=app)
+    user = mint("user/*.cruds")  # type: ignore[operator]
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url="http://radhub.test",
+        headers={"Authorization": f"Bearer {user}"},
+    ) as c:
+        assert (await c.delete(f"{INST}/1.2.3.1.1")).status_code == 403
+    assert (await loaded.delete(f"{INST}/1.2.3.1.1")).status_code == 204
+    assert (await loaded.get(f"{INST}/1.2.3.1.1")).status_code == 404
+    study = (await loaded.get("/fhir/ImagingStudy/1.2.3")).json()
+    assert study["numberOfInstances"] == 1
+    assert (await loaded.delete("/dicomweb/studies/1.2.3")).status_code == 204
+    assert (await loaded.get("/fhir/ImagingStudy/1.2.3")).status_code == 410
+    assert await app.state.dicomweb.index.study("1.2.3") is None
+    keys = await app.state.dicomweb.blobs.keys()
+    assert len(keys) == 1  # only the JPEG 2000 study's blob is left

@@ -1,0 +1,113 @@
+"""Discovery, the CapabilityStatement's SMART extension, the role table in the
+access policy, and the audit trail's hash chain."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from fhir_server.access import AccessPolicy, AuthContext, Interaction, PatientCompartment, ScopeSet
+from fhir_server.audit_chain import GENESIS, event_hash, link, previous_of
+from fhir_server.errors import Forbidden
+from fhir_server.search.values import IndexEntry, ReferenceValue, TokenValue
+
+from .conftest import BASE, Smart
+
+I = Interaction  # noqa: E741
+
+
+async def test_smart_configuration(smart: Smart) -> None:
+    response = await smart.http.get("/fhir/.well-known/smart-configuration")
+    assert response.status_code == 200
+    conf = response.json()
+    assert conf["issuer"] == f"{BASE}/auth"
+    assert conf["token_endpoint"] == f"{BASE}/auth/token"
+    assert conf["code_challenge_methods_supported"] == ["S256"]
+    assert "private_key_jwt" in conf["token_endpoint_auth_methods_supported"]
+    assert {"launch-ehr", "launch-standalone", "permission-v2", "sso-openid-connect"} <= set(
+        conf["capabilities"]
+    )
+
+
+async def test_capability_statement_carries_the_oauth_uris(smart: Smart) -> None:
+    statement = (await smart.http.get("/fhir/metadata")).json()
+    security = statement["rest"][0]["security"]
+    uris = {e["url"]: e["valueUri"] for e in security["extension"][0]["extension"]}
+    assert uris["authorize"] == f"{BASE}/auth/authorize"
+    assert uris["token"] == f"{BASE}/auth/token"
+    assert uris["revoke"] == f"{BASE}/auth/revoke"
+
+
+@pytest.fixture(scope="module")
+def policy() -> AccessPolicy:
+    return AccessPolicy(PatientCompartment.load())
+
+
+def user(roles: str, scope: str = "user/*.cruds", fhir_user: str | None = None) -> AuthContext:
+    return AuthContext(
+        "u", "app", ScopeSet.parse(scope), fhir_user=fhir_user, roles=frozenset(roles.split())
+    )
+
+
+@pytest.mark.parametrize(
+    ("roles", "action", "resource_type", "allowed"),
+    [
+        ("scheduler", I.SEARCH, "DiagnosticReport", False),
+        ("scheduler", I.CREATE, "Appointment", True),
+        ("technologist", I.READ, "DiagnosticReport", False),
+        ("technologist", I.UPDATE, "ImagingStudy", True),
+        ("radiologist", I.CREATE, "DiagnosticReport", True),
+        ("radiologist", I.DELETE, "Patient", False),
+        ("referrer", I.UPDATE, "DiagnosticReport", False),
+        ("admin", I.DELETE, "Patient", True),
+        ("scheduler technologist", I.UPDATE, "ImagingStudy", True),  # the union of roles
+        ("nurse", I.READ, "Patient", False),  # unknown roles grant nothing
+    ],
+)
+def test_roles_cap_user_scopes(
+    policy: AccessPolicy, roles: str, action: Interaction, resource_type: str, allowed: bool
+) -> None:
+    ctx = user(roles)
+    if allowed:
+        policy.authorize(ctx, action, resource_type)
+    else:
+        with pytest.raises(Forbidden):
+            policy.authorize(ctx, action, resource_type)
+
+
+def test_system_scopes_and_role_less_tokens_are_not_capped(policy: AccessPolicy) -> None:
+    policy.authorize(user("scheduler", "system/*.rs"), I.READ, "DiagnosticReport")
+    no_roles = AuthContext("cli", None, ScopeSet.parse("user/*.rs"))
+    policy.authorize(no_roles, I.READ, "DiagnosticReport")
+
+
+def test_patient_role_reads_own_final_reports_only(policy: AccessPolicy) -> None:
+    ctx = user("patient", "user/*.rs", "Patient/p1")
+
+    def entries(pid: str, status: str) -> list[IndexEntry]:
+        return [
+            IndexEntry("subject", ReferenceValue("Patient", pid)),
+            IndexEntry("patient", ReferenceValue("Patient", pid)),
+            IndexEntry(
+                "status", TokenValue("http://hl7.org/fhir/diagnostic-report-status", status)
+            ),
+        ]
+
+    policy.check_resource(ctx, I.READ, "DiagnosticReport", "r1", entries("p1", "final"))
+    for pid, status in (("p1", "preliminary"), ("p2", "final")):
+        with pytest.raises(Exception, match="not known"):
+            policy.check_resource(ctx, I.READ, "DiagnosticReport", "r", entries(pid, status))
+    with pytest.raises(Forbidden):
+        policy.authorize(ctx, I.UPDATE, "Patient")
+    without_patient = user("patient", "user/*.rs", "Practitioner/x")
+    with pytest.raises(Forbidden):
+        policy.authorize(without_patient, I.READ, "Patient")
+
+
+def test_chain_links_detect_changes() -> None:
+    first = link({"resourceType": "AuditEvent", "id": "a"}, GENESIS)
+    second = link({"resourceType": "AuditEvent", "id": "b"}, event_hash(first))
+    assert previous_of(second) == event_hash(first)
+    changed = orjson.loads(orjson.dumps(first))
+    changed["id"] = "z"
+    assert event_hash(changed) != previous_of(second)
