@@ -234,17 +234,24 @@ class FileBlobStore:
         found = (p.relative_to(self._root).as_posix() for p in self._root.rglob("*.dcm"))
         return sorted(k for k in found if _KEY_RE.fullmatch(k))
 
-    async def remove_temporaries(self) -> int:
-        """Delete ``.tmp-`` files left by writes a crash interrupted; return how many."""
-        return await asyncio.to_thread(self._remove_temporaries)
+    async def remove_temporaries(self, *, older_than: float | None = None) -> int:
+        """Delete ``.tmp-`` files left by writes a crash interrupted (only those last
+        modified before ``older_than``, a POSIX time, if given); return how many."""
+        return await asyncio.to_thread(self._remove_temporaries, older_than)
 
-    def _remove_temporaries(self) -> int:
+    def _remove_temporaries(self, older_than: float | None) -> int:
         if not self._root.is_dir():
             return 0
-        stale = list(self._root.rglob(f"{_TEMP_PREFIX}*"))
-        for path in stale:
-            path.unlink(missing_ok=True)
-        return len(stale)
+        removed = 0
+        for path in self._root.rglob(f"{_TEMP_PREFIX}*"):
+            try:
+                if older_than is not None and path.stat().st_mtime >= older_than:
+                    continue
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+        return removed
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -10,8 +10,10 @@ an error as a CORS failure).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -19,6 +21,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from dicomweb.blob_journal import InstanceUids, IntentJournal, ReconcileReport, reconcile
 from dicomweb.blobstore import FileBlobStore
 from dicomweb.ingest import IngestService
 from dicomweb.qido import QidoError
@@ -52,6 +55,20 @@ class DicomwebServices:
     base_url: str
     clock: Callable[[], datetime]
     max_results: int = 1000
+    journal: IntentJournal | None = None
+    temp_grace: float = 0.0
+
+    def intent(self, uids: Sequence[InstanceUids]) -> AbstractAsyncContextManager[None]:
+        """Bracket a change of these instances' blobs (``blob_journal``)."""
+        if self.journal is None:
+            return contextlib.nullcontext()
+        return self.journal.intent(uids)
+
+    async def reconcile(self) -> ReconcileReport:
+        """Start-up: make the blob store agree with the index after an unclean stop."""
+        if self.journal is None:
+            return ReconcileReport()
+        return await reconcile(self.index, self.blobs, self.journal, temp_grace=self.temp_grace)
 
 
 def error_body(status: int, message: str, headers: dict[str, str] | None = None) -> Response:

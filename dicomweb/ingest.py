@@ -16,12 +16,15 @@ other than the one the STOW URL names (0xA900).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from dicomweb.blobstore import BlobRef, BlobStore, StagedBlob
+from dicomweb.blob_journal import InstanceUids, IntentJournal, reconcile_instances
+from dicomweb.blobstore import BlobRef, BlobStore, FileBlobStore, StagedBlob
 from dicomweb.ingest_parse import (
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     DUPLICATE_SOP_INSTANCE,
@@ -83,6 +86,17 @@ class IngestReport:
 
 
 @dataclass(frozen=True)
+class _Received:
+    parsed: ParsedInstance
+    staged: StagedBlob
+
+    @property
+    def uids(self) -> InstanceUids:
+        h = self.parsed.header
+        return h.study_instance_uid, h.series_instance_uid, h.sop_instance_uid
+
+
+@dataclass(frozen=True)
 class _Pending:
     parsed: ParsedInstance
     blob: BlobRef
@@ -106,27 +120,34 @@ class IngestService:
         blobs: StagingBlobStore,
         sync: StudySync | None,
         options: IngestOptions,
+        journal: IntentJournal | None = None,
     ) -> None:
         self._index = index
         self._blobs = blobs
         self._sync = sync
         self._options = options
+        self._journal = journal
 
     async def ingest(
         self, instances: AsyncIterable[AsyncIterable[bytes]], expected_study: str | None = None
     ) -> IngestReport:
         """Store each instance of ``instances`` (each a stream of bytes)."""
         report = IngestReport()
-        batch: list[_Pending] = []
-        async for body in instances:
-            received = await self._receive(body, expected_study)
-            if isinstance(received, Failed):
-                report.failed.append(received)
-                continue
-            batch.append(received)
-            if len(batch) >= self._options.batch_size:
-                await self._flush(batch, report)
-                batch = []
+        batch: list[_Received] = []
+        try:
+            async for body in instances:
+                received = await self._receive(body, expected_study)
+                if isinstance(received, Failed):
+                    report.failed.append(received)
+                    continue
+                batch.append(received)
+                if len(batch) >= self._options.batch_size:
+                    pending, batch = batch, []
+                    await self._flush(pending, report)
+        except BaseException:
+            for unflushed in batch:  # never acknowledged: leave no staged file behind
+                await self._blobs.discard(unflushed.staged)
+            raise
         await self._flush(batch, report)
         return report
 
@@ -141,7 +162,7 @@ class IngestService:
 
     async def _receive(
         self, body: AsyncIterable[bytes], expected_study: str | None
-    ) -> _Pending | Failed:
+    ) -> _Received | Failed:
         staged = await self._blobs.stage(body)
         try:
             parsed = await asyncio.to_thread(parse_instance, staged.path)
@@ -153,23 +174,43 @@ class IngestService:
             await self._blobs.discard(staged)
             message = f"Study Instance UID {h.study_instance_uid} is not {expected_study}"
             return Failed(STUDY_UID_MISMATCH, message, h.sop_class_uid, h.sop_instance_uid)
-        blob = await self._blobs.adopt(
-            staged, h.study_instance_uid, h.series_instance_uid, h.sop_instance_uid
-        )
-        return _Pending(parsed, blob)
+        return _Received(parsed, staged)
 
-    async def _flush(self, batch: list[_Pending], report: IngestReport) -> None:
-        if not batch:
+    async def _flush(self, received: list[_Received], report: IngestReport) -> None:
+        """Adopt the staged files under their keys and index them, inside an intent
+        (``blob_journal``) so a crash in between leaves nothing the index does not name."""
+        if not received:
             return
-        try:
-            records = await self._records(batch)
-            results = await self._index.store_batch(records, overwrite=self._options.overwrite)
-        except Exception as exc:
-            log.exception("indexing a batch of %d instances failed", len(batch))
-            report.failed.extend(_failed(p, PROCESSING_FAILURE, str(exc)) for p in batch)
-            return
-        touched = [await self._settle(p, r, report) for p, r in zip(batch, results, strict=True)]
+        uids = [r.uids for r in received]
+        async with self._intent(uids):
+            batch = [
+                _Pending(r.parsed, await self._blobs.adopt(r.staged, *r.uids)) for r in received
+            ]
+            try:
+                records = await self._records(batch)
+                results = await self._index.store_batch(records, overwrite=self._options.overwrite)
+            except Exception as exc:
+                log.exception("indexing a batch of %d instances failed", len(batch))
+                report.failed.extend(_failed(p, PROCESSING_FAILURE, str(exc)) for p in batch)
+                await self._forget(uids)
+                return
+            touched = [
+                await self._settle(p, r, report) for p, r in zip(batch, results, strict=True)
+            ]
         await self._sync_studies({uid for uid in touched if uid is not None})
+
+    def _intent(self, uids: list[InstanceUids]) -> AbstractAsyncContextManager[None]:
+        if self._journal is None:
+            return contextlib.nullcontext()
+        return self._journal.intent(uids)
+
+    async def _forget(self, uids: list[InstanceUids]) -> None:
+        """Remove the blobs of a batch the index refused (keeping those it already had)."""
+        if isinstance(self._blobs, FileBlobStore):
+            try:
+                await reconcile_instances(self._index, self._blobs, uids)
+            except Exception:
+                log.exception("could not remove the blobs of a failed batch")
 
     async def _records(self, batch: list[_Pending]) -> list[InstanceRecord]:
         base = self._options.base_url

@@ -160,16 +160,18 @@ def _frame_number(text: str | None) -> int | None:
 
 def _delete_routes(router: APIRouter, svc: DicomwebServices) -> None:
     async def delete(request: Request) -> Response:
-        study, series, sop = _uids(request)
+        uids = study, series, sop = _uids(request)
 
         async def work(auth: AuthContext) -> Response:
             require_system_delete(svc, auth)
             await visible_study(svc, auth, study, Interaction.DELETE)
-            gone = await svc.index.delete(study, series, sop)
-            if not gone.blobs:
-                raise NotFound("no such series or instance")
-            for blob in gone.blobs:
-                await svc.blobs.delete(blob.key)
+            doomed = [(r.study_uid, r.series_uid, r.uid) for r in await svc.index.instances(*uids)]
+            async with svc.intent(doomed):  # a crash between the two leaves no orphan
+                gone = await svc.index.delete(study, series, sop)
+                if not gone.blobs:
+                    raise NotFound("no such series or instance")
+                for blob in gone.blobs:
+                    await svc.blobs.delete(blob.key)
             if svc.sync is not None:
                 await svc.sync.sync(gone.studies)
             return Response(status_code=204)

@@ -36,6 +36,7 @@ from fhir_server.errors import InvalidRequest, NotFound
 from fhir_server.storage.dicom_port import InstanceRow
 
 OCTET = "application/octet-stream"
+_OCTET_RANGES = (OCTET, "*/*", "application/*")
 Uids = tuple[str, str | None, str | None]
 PIXEL_DATA = 0x7FE00010
 
@@ -136,7 +137,8 @@ def check_octet_accept(request: Request) -> None:
         return
     for media in parse_accept(accept):
         inner = media.param("type") if media.media_type == "multipart/related" else None
-        if media.media_type in (OCTET, "*/*", "application/*") or inner in (None, OCTET):
+        # dicomweb-client asks for frames as multipart/related; type="*/*"
+        if media.media_type in _OCTET_RANGES or inner is None or inner in _OCTET_RANGES:
             ts = media.param("transfer-syntax")
             if ts in (None, "*", "1.2.840.10008.1.2.1"):
                 return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dicomweb.blob_journal import IntentJournal
 from dicomweb.blobstore import FileBlobStore
 from dicomweb.http_common import DicomwebServices
 from dicomweb.ingest import IngestOptions, IngestService
@@ -18,6 +19,7 @@ from fhir_server.audit import AuditLog
 from fhir_server.interactions.services import Services
 
 BLOB_DIR = "blobs"
+SHARED_TEMP_GRACE = 3600.0
 
 
 def dicomweb_services(
@@ -32,10 +34,10 @@ def dicomweb_services(
     """The archive's services: blobs under ``<data_dir>/blobs``, the store's DICOM index."""
     base = f"{public_base.rstrip('/')}/dicomweb"
     blobs = FileBlobStore(data_dir / BLOB_DIR)
+    journal = IntentJournal(blobs.root)
     sync = StudySync(svc, base)
-    ingest = IngestService(
-        svc.store.dicom, blobs, sync, IngestOptions(base_url=base, overwrite=overwrite)
-    )
+    options = IngestOptions(base_url=base, overwrite=overwrite)
+    ingest = IngestService(svc.store.dicom, blobs, sync, options, journal)
     return DicomwebServices(
         index=svc.store.dicom,
         blobs=blobs,
@@ -46,4 +48,8 @@ def dicomweb_services(
         audit=audit,
         base_url=base,
         clock=svc.clock,
+        journal=journal,
+        # the embedded store is one process: every temporary at start-up is a dead
+        # write; processes sharing blobs (MongoDB) may have live ones
+        temp_grace=0.0 if svc.store.name == "sqlite" else SHARED_TEMP_GRACE,
     )

@@ -133,6 +133,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.start()
+        await dicom.reconcile()  # blobs vs index after an unclean stop
         audit.start()
         try:
             yield

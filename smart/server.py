@@ -153,8 +153,11 @@ class AuthServer:
             checked = await self.flow.check(params)
             return await self._step(checked, form)
         except PageError as exc:
+            self._record("authorize", 400, str(exc), params.get("client_id"), request)
             return pages.error_page(str(exc))
         except RedirectError as exc:
+            refusal = f"{exc.error.error}: {exc.error.description}"
+            self._record("authorize", exc.error.status, refusal, params.get("client_id"), request)
             return exc.response()
 
     async def _step(self, checked: Checked, form: FormData) -> Response:

@@ -34,8 +34,8 @@ class PatientCompartment:
 
     @classmethod
     def load(cls) -> PatientCompartment:
-        """Load the definition shipped in ``fhir_server/data``."""
-        resource = files("fhir_server").joinpath("data").joinpath(DEFINITION_FILE)
+        """Load the definition shipped in ``fhir_server/definitions``."""
+        resource = files("fhir_server").joinpath("definitions").joinpath(DEFINITION_FILE)
         return cls.from_definition(json.loads(resource.read_text(encoding="utf-8")))
 
     @classmethod

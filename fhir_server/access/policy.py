@@ -295,7 +295,9 @@ class AccessPolicy:
 
 
 def _both(a: Node, b: Node | None) -> Node:
-    return a if b is None else And((a, b))
+    # A patient user's own-record cap equals their patient/ scope's compartment:
+    # keep one copy, so the filter stays one the DICOMweb index can apply.
+    return a if b is None or b == a else And((a, b))
 
 
 def _any_of(grants: Sequence[Grant]) -> Node | None:

@@ -20,7 +20,7 @@ from fhir_server.resources.types import SUPPORTED_TYPES
 from fhir_server.search.ast import ParamType
 
 DATA_PACKAGE = "fhir_server"
-DEFINITIONS_FILE = ("data", "search-parameters-r4.json")
+DEFINITIONS_FILE = ("definitions", "search-parameters-r4.json")
 
 # Served from columns of the resource table, not from index rows.
 COLUMN_PARAMS = frozenset({"_id", "_lastUpdated"})

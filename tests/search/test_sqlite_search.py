@@ -21,10 +21,17 @@ from fhir_server.access.policy import compartment_filter
 from fhir_server.errors import InvalidSearch
 from fhir_server.search.ast import And, Compare, Include, Node, Or, SearchQuery
 from fhir_server.search.dates import parse_date_range
-from fhir_server.search.match import include, search
+from fhir_server.search.extract import extract_index
+from fhir_server.search.match import Indexed, include, search
 from fhir_server.search.parse import parse_search
 from fhir_server.search.values import ReferenceValue, TokenValue
-from fhir_server.storage.sqlite.search_sql import delete_index, run_search, write_index
+from fhir_server.storage.sqlite.search_compile import band_of
+from fhir_server.storage.sqlite.search_sql import (
+    INDEX_DDL,
+    delete_index,
+    run_search,
+    write_index,
+)
 from fhir_server.storage.sqlite.search_walk import walk_page
 
 Loaded = Any  # conftest.Loaded: the corpus in SQLite and in the oracle
@@ -141,6 +148,10 @@ CASES: list[tuple[str | None, str]] = [
     ("DiagnosticReport", "date=sa2023-03-01"),
     ("DiagnosticReport", "date=eb2023-09-01"),
     ("ServiceRequest", "authored=ge2023-10-15"),
+    ("DiagnosticReport", "date=ge2023-03-01&date=lt2023-09-01&_sort=-date"),
+    ("DiagnosticReport", "date=gt2023-01&date=le2023-06&status=final"),
+    ("ServiceRequest", "occurrence=ge2013&occurrence=lt2014"),
+    ("Patient", "birthdate=sa1970&birthdate=eb1990-06&_sort=birthdate"),
     ("Appointment", "date=2013-12-10"),
     ("Observation", "date=2016-03-28"),
     # numbers and quantities
@@ -548,3 +559,143 @@ def test_index_walk_is_taken_for_unselective_searches(loaded: Loaded) -> None:
     # a selective lookup keeps the general plan
     selective = _query(loaded, "Patient", "identifier=urn:mrn|MRN0003&gender=male")
     assert walk_page(loaded.conn, selective, loaded.registry) is None
+
+
+# --- date bands: a range driven from both ends --------------------------------------
+
+BAND_CASES = [
+    ("Patient", "birthdate=1980"),
+    ("Patient", "birthdate=ap1980-06-15"),
+    ("Patient", "birthdate=ge1970&birthdate=lt1990"),
+    ("Patient", "birthdate=sa1970&birthdate=eb1990-06&_sort=birthdate"),
+    ("ImagingStudy", "started=ge2023-06-01&started=lt2023-07-01"),
+    ("ImagingStudy", "started=ge2023-06-01&started=lt2023-07-01&_sort=-started&status=available"),
+    ("DiagnosticReport", "date=ap2023-06"),
+    ("DiagnosticReport", "date=ge2023-03-01&date=lt2023-09-01&_sort=-date"),
+    ("DiagnosticReport", "date=gt2023-01&date=le2023-06&status=final"),
+    ("DiagnosticReport", "date=ge2023&date=ne2023-06-15&date=lt2024&_sort=date"),
+    ("ServiceRequest", "occurrence=ge2013&occurrence=lt2014"),
+    ("ServiceRequest", "authored=ge2023-10-15&authored=lt2023-11-16T12:00:00Z"),
+    ("Observation", "date=ge2016-03&date=le2016-03"),
+]
+
+
+def _pages_by_band(loaded: Loaded, query: SearchQuery) -> list[tuple[str, str]]:
+    """Every page, the band forced to drive (no lookup counts as selective)."""
+    got: list[tuple[str, str]] = []
+    while True:
+        page = run_search(loaded.conn, query, loaded.registry, probe_limit=1, band_limit=10**9)
+        got += _ids(page.matches)
+        if page.next_cursor is None:
+            return got
+        query = replace(query, cursor=page.next_cursor)
+
+
+@pytest.mark.parametrize(
+    ("resource_type", "text"), BAND_CASES, ids=[f"{t}?{q}" for t, q in BAND_CASES]
+)
+def test_band_driver_matches_oracle(loaded: Loaded, resource_type: str, text: str) -> None:
+    query = replace(_query(loaded, resource_type, text), count=7)
+    assert query.where is not None
+    assert band_of(query.where.parts if isinstance(query.where, And) else (query.where,))
+    expected = [(d.type, d.id) for d in search(query, loaded.corpus)]
+    assert _pages_by_band(loaded, query) == expected
+
+
+def test_band_cases_cover_the_prefixes() -> None:
+    joined = "&".join(q for _, q in BAND_CASES)
+    for prefix in ("ge", "gt", "lt", "le", "sa", "eb", "ap"):
+        assert f"={prefix}" in joined, prefix
+
+
+def test_band_plan_bounds_low_on_both_sides(loaded: Loaded) -> None:
+    for text in (
+        "started=ge2023-06-01&started=lt2023-07-01",
+        "date=ge2023-03-01&date=lt2023-09-01&_sort=-date",
+    ):
+        rtype = "ImagingStudy" if text.startswith("started") else "DiagnosticReport"
+        query = _query(loaded, rtype, text)
+        plans = _plan_details(loaded, query, probe_limit=1)
+        driving = [d for d in plans if "search_date_band" in d]
+        assert driving, plans
+        for details in plans:
+            assert not _FULL_SCAN.search(details), details
+            assert not _TYPE_WALK.search(details), details
+        # one two-sided range per bounded width class (and no one-sided lookup)
+        assert driving[-1].count("AND low>? AND low<?)") == 6, driving[-1]
+        assert "search_date_low" not in driving[-1] and "search_date_high" not in driving[-1]
+
+
+def _add(data: Loaded, resource: dict[str, Any]) -> None:
+    entries = extract_index(resource, data.registry)
+    cursor = data.conn.execute(
+        "INSERT INTO resources(type, id, version, last_updated, deleted, body)"
+        " VALUES (?, ?, 1, ?, 0, x'7b7d')",
+        (resource["resourceType"], resource["id"], BASE_TIME),
+    )
+    pk = int(cursor.lastrowid or 0)
+    write_index(data.conn, pk, resource["resourceType"], entries)
+    key = (resource["resourceType"], resource["id"])
+    data.corpus[key] = Indexed(pk, key[0], key[1], BASE_TIME, tuple(entries))
+
+
+def _encounter(eid: str, *periods: tuple[str, str]) -> dict[str, Any]:
+    return {
+        "resourceType": "Encounter",
+        "id": eid,
+        "status": "finished",
+        "class": {"code": "AMB"},
+        "location": [
+            {"location": {"reference": "Location/l1"}, "period": {"start": a, "end": b}}
+            for a, b in periods
+        ],
+    }
+
+
+def test_band_finds_resources_matching_through_two_values(fresh: Callable[[int], Loaded]) -> None:
+    """``ge`` met by one value and ``lt`` by another: no single row lies in the band."""
+    data = fresh(9)
+    _add(data, _encounter("two", ("2020-01-01", "2020-02-01"), ("2020-06-01", "2020-07-01")))
+    _add(data, _encounter("inside", ("2020-03-10", "2020-03-12")))
+    _add(data, _encounter("before", ("2020-01-01", "2020-02-01")))
+    _add(data, _encounter("wide", ("2019-01-01", "2021-01-01")))
+    marked = data.conn.execute(
+        "SELECT DISTINCT grp FROM search_date WHERE param = ?", ("location-period",)
+    )
+    assert sorted(g for (g,) in marked) == [-1, 0]
+    for text in (
+        "location-period=ge2020-03-01&location-period=lt2020-04-01",
+        "location-period=ap2020-03-11",
+        "location-period=gt2020-02-15&location-period=le2020-05",
+    ):
+        query = _query(data, "Encounter", text)
+        expected = [(d.type, d.id) for d in search(query, data.corpus)]
+        assert expected, text
+        assert _pages_by_band(data, query) == expected, text
+        assert _ids(run_search(data.conn, query, data.registry).matches) == expected, text
+    assert ("Encounter", "two") in [
+        (d.type, d.id)
+        for d in search(
+            _query(data, "Encounter", "location-period=ge2020-03-01&location-period=lt2020-04-01"),
+            data.corpus,
+        )
+    ]
+
+
+def test_start_marks_multi_valued_dates_of_older_stores(fresh: Callable[[int], Loaded]) -> None:
+    """A store indexed before width classes had ``grp`` 0 on every plain value: the
+    DDL run at start marks the values of multi-valued date parameters, once."""
+    data = fresh(11)
+    _add(data, _encounter("two", ("2020-01-01", "2020-02-01"), ("2020-06-01", "2020-07-01")))
+    conn = data.conn
+    conn.execute("UPDATE search_date SET grp = 0 WHERE grp < 0")
+    conn.execute("DELETE FROM search_schema")
+    for ddl in INDEX_DDL:
+        conn.execute(ddl)
+    rows = conn.execute("SELECT param, grp FROM search_date WHERE grp < 0").fetchall()
+    assert rows == [("location-period", -1), ("location-period", -1)]
+    # done once: later starts leave the rows alone
+    conn.execute("UPDATE search_date SET grp = 0 WHERE grp < 0")
+    for ddl in INDEX_DDL:
+        conn.execute(ddl)
+    assert conn.execute("SELECT count(*) FROM search_date WHERE grp < 0").fetchone()[0] == 0

@@ -394,6 +394,86 @@ def _token_test(value: TokenValue, node: Compare, col: str) -> Frag:
     return join(" AND ", parts) if parts else FALSE
 
 
+# Width classes of stored date ranges, ``high - low`` in microseconds: up to a
+# second, minute, hour, day, month and year (what a date at each precision
+# covers), then wider (periods, open ends). A row of class ``c`` that ends after
+# ``t`` starts after ``t - SPAN_WIDTHS[c]``: within a class, ``low`` is bounded
+# on both sides by a band [t1, t2) (``search_date_band`` serves it).
+_SECOND, _DAY = 10**6, 86_400 * 10**6
+SPAN_WIDTHS = (_SECOND, 60 * _SECOND, 3_600 * _SECOND, _DAY, 31 * _DAY, 366 * _DAY)
+SPAN_WIDE = len(SPAN_WIDTHS)
+# One of several values of the parameter in one resource (``grp`` = MULTI_GRP):
+# the resource may match a band with a value before it and another after it.
+SPAN_MULTI = SPAN_WIDE + 1
+MULTI_GRP = -1
+
+
+def span_class(col: str = "") -> str:
+    """The width class of a ``search_date`` row: the expression ``search_date_band``
+    indexes (a query must spell it the same way for SQLite to use the index)."""
+    ladder = " ".join(
+        f"WHEN {col}high - {col}low <= {width} THEN {c}" for c, width in enumerate(SPAN_WIDTHS)
+    )
+    return f"CASE WHEN {col}grp < 0 THEN {SPAN_MULTI} {ladder} ELSE {SPAN_WIDE} END"
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    """Predicates on one date parameter (``parts``) that every row in
+    ``high > after`` and ``low < before`` may meet, and no row outside it alone."""
+
+    param: str
+    after: int
+    before: int
+    parts: tuple[Compare, ...]
+
+
+# Per prefix, what a matching row implies: a lower bound on ``high`` (exclusive)
+# and an upper bound on ``low`` (exclusive), from the query range (low, high).
+_BAND_BOUNDS: dict[str, tuple[str | None, str | None]] = {
+    "eq": ("low", "high"),
+    "ap": ("low", "high"),
+    "ge": ("low", None),
+    "gt": ("high", None),
+    "sa": ("high", None),
+    "lt": (None, "low"),
+    "eb": (None, "low"),
+    "le": (None, "high"),
+    "ne": (None, None),
+}
+
+
+def band_of(parts: Sequence[Node]) -> Band | None:
+    """The narrowest band on one date parameter that ANDed ``parts`` imply, if any.
+
+    A resource that matches all of ``parts`` has a row in the band, or has
+    several values of the parameter (then all its rows are of class ``SPAN_MULTI``).
+    """
+    found: dict[str, list[Compare]] = {}
+    for part in parts:
+        if (
+            isinstance(part, Compare)
+            and part.type == "date"
+            and part.modifier is None
+            and part.param not in COLUMN_PARAMS
+            and isinstance(part.value, DateRange)
+        ):
+            found.setdefault(part.param, []).append(part)
+    for param, compares in found.items():
+        afters = [_bound(c, 0) for c in compares]
+        befores = [_bound(c, 1) for c in compares]
+        after = max((a for a in afters if a is not None), default=None)
+        before = min((b for b in befores if b is not None), default=None)
+        if after is not None and before is not None:
+            return Band(param, after, before, tuple(compares))
+    return None
+
+
+def _bound(node: Compare, side: int) -> int | None:
+    end = _BAND_BOUNDS[node.prefix][side]
+    return None if end is None else cast(int, getattr(node.value, end))
+
+
 def range_test(low: str, high: str, p: DateRange, prefix: str) -> Frag:
     """A date test for an indexed range [low, high) against the query range ``p``.
 

@@ -4,7 +4,8 @@ One index table per value kind, keyed by ``resources.pk``. Every table has a
 lookup index ``(type, param, value..., pk)`` that answers a search predicate
 without touching the table, and a ``(pk, param)`` index for re-indexing,
 sort keys and ``_include``. ``grp`` ties the components of one composite value
-together (0 for plain values).
+together (0 for plain values; ``MULTI_GRP`` for each of several values of one
+date parameter, which puts them in their own width class: ``span_class``).
 
 Paging is keyset-based: a cursor holds the sort key of the row at the page
 boundary, so pages stay correct while resources are added or removed.
@@ -31,10 +32,24 @@ from fhir_server.search.values import (
     Value,
 )
 from fhir_server.storage.base import SearchPage
-from fhir_server.storage.sqlite.search_compile import Ctx, Frag, condition, drives, join, type_in
+from fhir_server.storage.sqlite.search_compile import (
+    MULTI_GRP,
+    Ctx,
+    Frag,
+    condition,
+    drives,
+    join,
+    span_class,
+    type_in,
+)
 from fhir_server.storage.sqlite.search_includes import resolve_includes
 from fhir_server.storage.sqlite.search_paging import fetch_page, row_version
-from fhir_server.storage.sqlite.search_walk import PROBE_LIMIT, driven_where, walk_page
+from fhir_server.storage.sqlite.search_walk import (
+    PROBE_LIMIT,
+    banded_where,
+    driven_where,
+    walk_page,
+)
 
 _COLUMNS = "pk INTEGER NOT NULL, type TEXT NOT NULL, param TEXT NOT NULL, grp INTEGER NOT NULL"
 
@@ -50,6 +65,18 @@ INDEX_DDL: tuple[str, ...] = (
     "CREATE INDEX IF NOT EXISTS search_date_low ON search_date(type, param, low, high, pk)",
     "CREATE INDEX IF NOT EXISTS search_date_high ON search_date(type, param, high, pk)",
     "CREATE INDEX IF NOT EXISTS search_date_pk ON search_date(pk, param)",
+    # Date ranges by width class, then start: a band [t1, t2) is two-sided on
+    # ``low``. ``grp`` last makes it covering (the class expression reads it).
+    f"CREATE INDEX IF NOT EXISTS search_date_band"
+    f" ON search_date(type, param, ({span_class()}), low, high, pk, grp)",
+    # Stores indexed before width classes: mark the values of multi-valued date
+    # parameters once (``search_schema`` records the steps done).
+    "CREATE TABLE IF NOT EXISTS search_schema(step TEXT PRIMARY KEY)",
+    f"UPDATE search_date SET grp = {MULTI_GRP} WHERE grp = 0"
+    " AND NOT EXISTS (SELECT 1 FROM search_schema WHERE step = 'date-multi')"
+    " AND EXISTS (SELECT 1 FROM search_date d WHERE d.pk = search_date.pk"
+    " AND d.param = search_date.param AND d.rowid <> search_date.rowid)",
+    "INSERT OR IGNORE INTO search_schema VALUES ('date-multi')",
     f"CREATE TABLE IF NOT EXISTS search_number({_COLUMNS}, value REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS search_number_lookup ON search_number(type, param, value, pk)",
     "CREATE INDEX IF NOT EXISTS search_number_pk ON search_number(pk, param)",
@@ -107,6 +134,7 @@ def index_rows(pk: int, resource_type: str, entries: Sequence[IndexEntry]) -> di
     """The rows, per index table, that hold ``entries`` of resource ``pk``."""
     rows: dict[str, list[Row]] = {}
     group = 0
+    multi = _multi_dates(entries)
     for entry in entries:
         if entry.param in COLUMN_PARAMS:
             continue
@@ -115,8 +143,19 @@ def index_rows(pk: int, resource_type: str, entries: Sequence[IndexEntry]) -> di
             for i, part in enumerate(entry.value.components):
                 _add_row(rows, (pk, resource_type, f"{entry.param}${i}", group), part)
         else:
-            _add_row(rows, (pk, resource_type, entry.param, 0), entry.value)
+            grp = MULTI_GRP if entry.param in multi else 0
+            _add_row(rows, (pk, resource_type, entry.param, grp), entry.value)
     return rows
+
+
+def _multi_dates(entries: Sequence[IndexEntry]) -> set[str]:
+    """The date parameters with several values in ``entries`` (see ``span_class``)."""
+    seen: set[str] = set()
+    multi: set[str] = set()
+    for entry in entries:
+        if isinstance(entry.value, DateRange):
+            (multi if entry.param in seen else seen).add(entry.param)
+    return multi
 
 
 def insert_index_rows(conn: sqlite3.Connection, rows: dict[str, list[Row]]) -> None:
@@ -190,14 +229,16 @@ def run_search(
     registry: SearchRegistry,
     *,
     probe_limit: int = PROBE_LIMIT,
+    band_limit: int | None = None,
 ) -> SearchPage:
     """Matches of one page in query order, their includes, the total and cursors.
 
     Unselective searches walk the sort index (``search_walk``); ``probe_limit``
-    is the lookup size below which a predicate counts as selective."""
-    driven = driven_where(conn, query, registry, probe_limit)
+    is the lookup size below which a predicate counts as selective, ``band_limit``
+    the size below which a date band drives (``driven_where``)."""
+    driven = driven_where(conn, query, registry, probe_limit, band_limit)
     page = walk_page(conn, query, registry, probe_limit) if driven is None else None
-    where = driven or match_condition(query, registry)
+    where = driven or banded_where(query, registry) or match_condition(query, registry)
     page = page or fetch_page(conn, query, registry, where)
     total = count_matches(conn, query, where)
     includes = resolve_includes(conn, query, registry, page.rows)
