@@ -169,6 +169,8 @@ class AuditLog:
         self._head: str | None = None  # digest of the last event written (audit_chain)
         self._task: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._stopping = False
 
     def record(self, record: AuditRecord) -> None:
         self._queue.append(record)
@@ -179,7 +181,7 @@ class AuditLog:
         self._task = asyncio.create_task(self._run(), name="audit-writer")
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self._interval)
             self._wakeup.clear()
@@ -189,6 +191,12 @@ class AuditLog:
                 log.exception("writing the audit trail failed; records are kept for a retry")
 
     async def flush(self) -> None:
+        """Write what is queued. Serialised: two flushes at once would write the same
+        records twice and fork the hash chain."""
+        async with self._flush_lock:
+            await self._flush_queue()
+
+    async def _flush_queue(self) -> None:
         if self._queue and self._head is None:
             self._head = await chain_head(self._store)
         while self._queue:
@@ -213,8 +221,10 @@ class AuditLog:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # let the writer finish the batch in hand rather than cancel it mid-write
+            # (a cancelled write may still commit, and would then be written again)
+            self._stopping = True
+            self._wakeup.set()
+            await self._task
             self._task = None
         await self.flush()

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from fhir_server.access import AccessPolicy, AuthContext, ScopeSet, TokenVerifier, bearer_token
 from fhir_server.audit import AuditRecord
-from fhir_server.errors import Forbidden
+from fhir_server.errors import FhirError, Forbidden
 from fhir_server.interactions.services import utc_now
 from fhir_server.storage.base import Store
 from smart import pages
@@ -205,9 +205,13 @@ class AuthServer:
 
     async def launch(self, request: Request) -> Response:
         """Mint a launch for an EHR: an admin user or a ``system/`` Patient reader only."""
-        ctx = await self.verifier.verify(bearer_token(request.headers.get("authorization")))
-        if "admin" not in ctx.roles and not _system_reader(ctx.scopes):
-            raise Forbidden("minting a launch needs an admin or a system/Patient.r token")
+        try:
+            ctx = await self.verifier.verify(bearer_token(request.headers.get("authorization")))
+            if "admin" not in ctx.roles and not _system_reader(ctx.scopes):
+                raise Forbidden("minting a launch needs an admin or a system/Patient.r token")
+        except FhirError as exc:
+            self._record("launch", exc.status, exc.diagnostics, None, request)
+            raise
         form = _strings(await request.form())
         if not form.get("client_id") or not form.get("patient"):
             return OAuthError("client_id and patient are required").response()

@@ -21,8 +21,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
-from starlette.routing import Mount
 from starlette.responses import PlainTextResponse
+from starlette.routing import Mount
 
 BASE = "http://radhub.test"
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from fhir_server.access.context import AuthContext, Interaction
 from fhir_server.access.policy import compartment_filter
-from fhir_server.errors import InvalidSearch, Issue, NotFound
+from fhir_server.errors import Forbidden, InvalidSearch, Issue, NotFound
 from fhir_server.interactions.crud import entries_of
 from fhir_server.interactions.search import run_query
 from fhir_server.interactions.services import Services
@@ -40,7 +40,13 @@ async def everything(
     svc.policy.check_resource(
         auth, Interaction.READ, "Patient", patient_id, entries_of(svc, patient)
     )
-    types = compartment_types(svc, _types(svc, params))
+    wanted = _types(svc, params)
+    # only what the caller may search: a role-capped user sees their part of the record
+    candidates = compartment_types(svc, wanted)
+    types = tuple(t for t in candidates if svc.policy.grants(auth, Interaction.SEARCH, t))
+    hidden = [t for t in candidates if t not in types and wanted is not None]
+    if not types:
+        raise Forbidden("no resource type of the Patient compartment may be searched")
     where: Node = Or(tuple(_member(svc, t, patient_id) for t in types))
     since = _since(params)
     if since is not None:
@@ -56,6 +62,10 @@ async def everything(
         Issue("warning", "not-supported", f"Parameter {n!r} of $everything ignored", (n,))
         for n, _ in params
         if n not in _PARAMS
+    ]
+    issues += [
+        Issue("warning", "forbidden", f"_type {t} left out: not granted to this caller", ("_type",))
+        for t in hidden
     ]
     path = f"Patient/{patient_id}/{OPERATION}"
     return await run_query(svc, auth, query, path=path, params=params, issues=issues)

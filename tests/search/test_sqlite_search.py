@@ -615,7 +615,7 @@ def test_band_plan_bounds_low_on_both_sides(loaded: Loaded) -> None:
     ):
         rtype = "ImagingStudy" if text.startswith("started") else "DiagnosticReport"
         query = _query(loaded, rtype, text)
-        plans = _plan_details(loaded, query, probe_limit=1)
+        plans = _plan_details(loaded, query)
         driving = [d for d in plans if "search_date_band" in d]
         assert driving, plans
         for details in plans:

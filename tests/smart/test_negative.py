@@ -138,17 +138,20 @@ class Audit:
     contains: tuple[str, ...] = ()
 
 
+Attempt = Callable[["World"], Awaitable[httpx.Response]]
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
-    attempt: Callable[[World], Awaitable[httpx.Response]]
+    attempt: Attempt
     status: int
     audit: Audit
     oauth_error: str | None = None  # JSON ``error``, or the redirect's ``error``
     absent: tuple[str, ...] = field(default=())  # must not appear in the body
 
 
-def patient_get(url: str) -> Callable[[World], Awaitable[httpx.Response]]:
+def patient_get(url: str) -> Attempt:
     async def attempt(w: World) -> httpx.Response:
         return await w.as_patient("GET", url)
 
@@ -210,7 +213,9 @@ async def role_forbids_scope(w: World) -> httpx.Response:
 
 async def scheduler_reads_report(w: World) -> httpx.Response:
     tokens = await w.smart.tokens("user/*.rs", "sam")
-    return await w.smart.http.get("/fhir/DiagnosticReport/ra", headers=bearer(tokens["access_token"]))
+    return await w.smart.http.get(
+        "/fhir/DiagnosticReport/ra", headers=bearer(tokens["access_token"])
+    )
 
 
 async def scheduler_searches_reports(w: World) -> httpx.Response:
@@ -218,14 +223,12 @@ async def scheduler_searches_reports(w: World) -> httpx.Response:
     return await w.smart.http.get("/fhir/DiagnosticReport", headers=bearer(tokens["access_token"]))
 
 
+async def patient_mints_launch(w: World) -> httpx.Response:
+    data = {"client_id": "app", "patient": "pb"}
+    return await w.smart.http.post("/auth/launch", data=data, headers=bearer(w.patient_token))
+
+
 # -- forged and stale tokens ----------------------------------------------------------
-
-
-def _read_with(token: Callable[[World], str]) -> Callable[[World], Awaitable[httpx.Response]]:
-    async def attempt(w: World) -> httpx.Response:
-        return await w.smart.http.get("/fhir/Observation/oa", headers=bearer(token(w)))
-
-    return attempt
 
 
 def _b64(data: bytes) -> str:
@@ -284,64 +287,122 @@ def foreign_key(w: World) -> str:
     return f"{_b64(json.dumps(forged).encode())}.{payload}.{signature}"
 
 
-# -- a patient token reaching for patient B -----------------------------------------
+# -- the table ----------------------------------------------------------------------
+
+
+def oauth(
+    id: str, attempt: Attempt, status: int, error: str | None, subtype: str, *contains: str
+) -> Case:
+    """A refusal by the authorisation server (or a role), with its OAuth ``error``,
+    audited with that error and ``contains`` in the record."""
+    expected = (error, *contains) if error else contains
+    return Case(id, attempt, status, Audit(subtype, "4", expected), error)
+
+
+def token(id: str, forge: Callable[[World], str]) -> Case:
+    """A FHIR read with a token the server must not honour: 401, audited as anonymous."""
+
+    async def attempt(w: World) -> httpx.Response:
+        return await w.smart.http.get("/fhir/Observation/oa", headers=bearer(forge(w)))
+
+    return Case(id, attempt, 401, Audit("read", contains=("Observation/oa", "anonymous")))
+
+
+def refused(id: str, url: str, status: int, subtype: str, *entity: str) -> Case:
+    """Patient A's token refused on B's data, audited as failed, naming what was asked."""
+    return Case(id, patient_get(url), status, Audit(subtype, "4", (*entity, "Patient/pa")))
+
+
+def narrowed(id: str, url: str, absent: str, subtype: str = "search-type") -> Case:
+    """A search narrowed to patient A: 200 without ``absent``, audited as A's success."""
+    audit = Audit(subtype, "0", ("Patient/pa",))
+    return Case(id, patient_get(url), 200, audit, absent=(absent,))
+
 
 DICOM_B = f"/dicomweb/studies/{STUDY_B}"
-INVALID_TOKEN = Audit("read", contains=("Observation/oa", "anonymous"))
-
-
-def _leak(url: str, subtype: str = "read", *entity: str) -> Audit:
-    return Audit(subtype, "4", (*entity, "Patient/pa"))
-
-
-def _narrowed(url: str, subtype: str = "search-type") -> Audit:
-    return Audit(subtype, "0", ("Patient/pa",))
-
+INSTANCE_B = f"{DICOM_B}/series/{SERIES_B}/instances/{SOP_B}"
+WADO_B = f"/dicomweb/wado?requestType=WADO&studyUID={STUDY_B}&seriesUID={SERIES_B}"
+IS_B = f"ImagingStudy/{STUDY_B}"
+BAD_GRANT = "invalid_grant"
+SAM = "Practitioner/sam"
 
 CASES: tuple[Case, ...] = (
     # the code flow
-    Case("pkce-wrong-verifier", wrong_verifier, 400, Audit("token", contains=("invalid_grant", "PKCE")), "invalid_grant"),
-    Case("pkce-missing-verifier", missing_verifier, 400, Audit("token", contains=("invalid_grant", "PKCE")), "invalid_grant"),
-    Case("pkce-missing-challenge", missing_challenge, 302, Audit("authorize", contains=("PKCE",)), "invalid_request"),
-    Case("redirect-uri-unregistered", unregistered_redirect, 400, Audit("authorize", contains=("redirect_uri",))),
-    Case("redirect-uri-mismatch", mismatched_redirect, 400, Audit("token", contains=("invalid_grant", "redirect_uri")), "invalid_grant"),
-    Case("code-replayed", replayed_code, 400, Audit("token", contains=("invalid_grant", "already used")), "invalid_grant"),
-    Case("authorize-wrong-aud", wrong_authorize_audience, 302, Audit("authorize", contains=("aud",)), "invalid_request"),
-    Case("role-forbids-scope", role_forbids_scope, 302, Audit("authorize", contains=("invalid_scope",)), "invalid_scope"),
-    Case("role-forbids-read", scheduler_reads_report, 403, Audit("read", contains=("DiagnosticReport/ra", "Practitioner/sam"))),
-    Case("role-forbids-search", scheduler_searches_reports, 403, Audit("search-type", contains=("DiagnosticReport", "Practitioner/sam"))),
+    oauth("pkce-wrong-verifier", wrong_verifier, 400, BAD_GRANT, "token", "PKCE"),
+    oauth("pkce-missing-verifier", missing_verifier, 400, BAD_GRANT, "token", "PKCE"),
+    oauth("pkce-missing-challenge", missing_challenge, 302, "invalid_request", "authorize", "PKCE"),
+    oauth(
+        "redirect-uri-unregistered", unregistered_redirect, 400, None, "authorize", "redirect_uri"
+    ),
+    oauth("redirect-uri-mismatch", mismatched_redirect, 400, BAD_GRANT, "token", "redirect_uri"),
+    oauth("code-replayed", replayed_code, 400, BAD_GRANT, "token", "already used"),
+    oauth(
+        "authorize-wrong-aud", wrong_authorize_audience, 302, "invalid_request", "authorize", "aud"
+    ),
+    # what a role forbids
+    oauth(
+        "role-forbids-scope", role_forbids_scope, 302, "invalid_scope", "authorize", "invalid_scope"
+    ),
+    oauth(
+        "role-forbids-read", scheduler_reads_report, 403, None, "read", "DiagnosticReport/ra", SAM
+    ),
+    oauth(
+        "role-forbids-search",
+        scheduler_searches_reports,
+        403,
+        None,
+        "search-type",
+        "DiagnosticReport",
+        SAM,
+    ),
+    oauth("launch-minted-by-patient", patient_mints_launch, 403, None, "launch", "admin"),
     # tokens the server did not issue as presented
-    Case("token-expired", _read_with(expired), 401, INVALID_TOKEN),
-    Case("token-tampered", _read_with(tampered), 401, INVALID_TOKEN),
-    Case("token-wrong-audience", _read_with(wrong_audience), 401, INVALID_TOKEN),
-    Case("token-alg-none", _read_with(alg_none), 401, INVALID_TOKEN),
-    Case("token-foreign-key", _read_with(foreign_key), 401, INVALID_TOKEN),
-    # patient A's token and patient B's records: refused as unknown (404)
-    Case("read-patient", patient_get("/fhir/Patient/pb"), 404, _leak("", "read", "Patient/pb")),
-    Case("read-observation", patient_get("/fhir/Observation/ob"), 404, _leak("", "read", "Observation/ob")),
-    Case("read-report", patient_get("/fhir/DiagnosticReport/rb"), 404, _leak("", "read", "DiagnosticReport/rb")),
-    Case("vread", patient_get("/fhir/Observation/ob/_history/1"), 404, _leak("", "vread", "Observation/ob")),
-    Case("history-instance", patient_get("/fhir/Observation/ob/_history"), 404, _leak("", "history-instance", "Observation/ob")),
-    Case("everything", patient_get("/fhir/Patient/pb/$everything"), 404, _leak("", "operation", "Patient/pb")),
-    Case("history-type", patient_get("/fhir/Observation/_history"), 403, _leak("", "history-type", "Observation")),
-    Case("history-system", patient_get("/fhir/_history"), 403, _leak("", "history-system")),
-    Case("dicomweb-metadata", patient_get(f"{DICOM_B}/metadata"), 404, _leak("", "read", f"ImagingStudy/{STUDY_B}")),
-    Case("dicomweb-retrieve", patient_get(f"{DICOM_B}/series/{SERIES_B}"), 404, _leak("", "read", f"ImagingStudy/{STUDY_B}")),
-    Case("dicomweb-rendered", patient_get(f"{DICOM_B}/series/{SERIES_B}/instances/{SOP_B}/rendered"), 404, _leak("", "read", f"ImagingStudy/{STUDY_B}")),
-    Case("dicomweb-wado-uri", patient_get(f"/dicomweb/wado?requestType=WADO&studyUID={STUDY_B}&seriesUID={SERIES_B}&objectUID={SOP_B}"), 404, _leak("", "read", f"ImagingStudy/{STUDY_B}")),
-    # ... and narrowed inside the query: 200 without B's records
-    Case("search-by-subject", patient_get("/fhir/Observation?subject=Patient/pb"), 200, _narrowed(""), absent=("Observation/ob",)),
-    Case("search-by-id", patient_get("/fhir/Patient?_id=pb"), 200, _narrowed(""), absent=("Patient/pb",)),
-    Case("search-compartment", patient_get("/fhir/Patient/pb/Observation"), 200, _narrowed("", "search-compartment"), absent=("Observation/ob",)),
-    Case("include", patient_get("/fhir/DiagnosticReport?_include=DiagnosticReport:result"), 200, _narrowed(""), absent=("Observation/ob",)),
-    Case("revinclude", patient_get("/fhir/Observation?_revinclude=Observation:has-member"), 200, _narrowed(""), absent=("Observation/ob",)),
-    Case("chain-name", patient_get("/fhir/Observation?subject:Patient.name=Bravo"), 200, _narrowed(""), absent=("Observation/ob",)),
-    Case("chain-probe", patient_get("/fhir/DiagnosticReport?result.code=secret-b"), 200, _narrowed(""), absent=("DiagnosticReport/ra",)),
-    Case("has-probe", patient_get("/fhir/Patient?_has:Observation:subject:code=secret-b"), 200, _narrowed(""), absent=("Patient/pb",)),
-    Case("dicomweb-qido-patient-id", patient_get("/dicomweb/studies?PatientID=PAT-B"), 200, Audit("search-type", "0", ("Patient/pa", "PAT-B")), absent=(STUDY_B,)),
-    Case("dicomweb-qido-study-uid", patient_get(f"/dicomweb/studies?StudyInstanceUID={STUDY_B}"), 200, Audit("search-type", "0", ("Patient/pa",)), absent=(STUDY_B,)),
-    Case("dicomweb-qido-series", patient_get(f"{DICOM_B}/series"), 200, Audit("search-type", "0", ("Patient/pa",)), absent=(SERIES_B,)),
-)  # fmt: skip
+    token("token-expired", expired),
+    token("token-tampered", tampered),
+    token("token-wrong-audience", wrong_audience),
+    token("token-alg-none", alg_none),
+    token("token-foreign-key", foreign_key),
+    # patient A's token on patient B's records: unknown (404), or no such access (403)
+    refused("read-patient", "/fhir/Patient/pb", 404, "read", "Patient/pb"),
+    refused("read-observation", "/fhir/Observation/ob", 404, "read", "Observation/ob"),
+    refused("read-report", "/fhir/DiagnosticReport/rb", 404, "read", "DiagnosticReport/rb"),
+    refused("vread", "/fhir/Observation/ob/_history/1", 404, "vread", "Observation/ob"),
+    refused(
+        "history-instance",
+        "/fhir/Observation/ob/_history",
+        404,
+        "history-instance",
+        "Observation/ob",
+    ),
+    refused("history-type", "/fhir/Observation/_history", 403, "history-type", "Observation"),
+    refused("history-system", "/fhir/_history", 403, "history-system"),
+    refused("everything", "/fhir/Patient/pb/$everything", 404, "operation", "Patient/pb"),
+    refused("dicomweb-metadata", f"{DICOM_B}/metadata", 404, "read", IS_B),
+    refused("dicomweb-retrieve", f"{DICOM_B}/series/{SERIES_B}", 404, "read", IS_B),
+    refused("dicomweb-instance-metadata", f"{INSTANCE_B}/metadata", 404, "read", IS_B),
+    refused("dicomweb-rendered", f"{INSTANCE_B}/rendered", 404, "read", IS_B),
+    refused("dicomweb-frames", f"{INSTANCE_B}/frames/1", 404, "read", IS_B),
+    refused("dicomweb-wado-uri", f"{WADO_B}&objectUID={SOP_B}", 404, "read", IS_B),
+    # ... and searches narrowed inside the query: 200 without B's records
+    narrowed("search-by-subject", "/fhir/Observation?subject=Patient/pb", "Observation/ob"),
+    narrowed("search-by-id", "/fhir/Patient?_id=pb", "Patient/pb"),
+    narrowed(
+        "search-compartment", "/fhir/Patient/pb/Observation", "Observation/ob", "search-compartment"
+    ),
+    narrowed(
+        "include", "/fhir/DiagnosticReport?_include=DiagnosticReport:result", "Observation/ob"
+    ),
+    narrowed(
+        "revinclude", "/fhir/Observation?_revinclude=Observation:has-member", "Observation/ob"
+    ),
+    narrowed("chain", "/fhir/Observation?subject:Patient.name=Bravo", "Observation/ob"),
+    narrowed("chain-probe", "/fhir/DiagnosticReport?result.code=secret-b", "DiagnosticReport/ra"),
+    narrowed("has-probe", "/fhir/Patient?_has:Observation:subject:code=secret-b", "Patient/pb"),
+    narrowed("dicomweb-qido-patient-id", "/dicomweb/studies?PatientID=PAT-B", STUDY_B),
+    narrowed("dicomweb-qido-study-uid", f"/dicomweb/studies?StudyInstanceUID={STUDY_B}", STUDY_B),
+    narrowed("dicomweb-qido-series", f"{DICOM_B}/series", SERIES_B),
+    narrowed("dicomweb-qido-instances", "/dicomweb/instances?PatientID=PAT-B", SOP_B),
+)
 
 
 async def audited(w: World, audit: Audit, timeout: float = 5.0) -> list[dict[str, Any]]:
@@ -391,6 +452,20 @@ async def test_refused_and_audited(world: World, case: Case) -> None:
     assert await audited(world, case.audit), f"no AuditEvent matching {case.audit}"
 
 
+async def test_the_probes_find_b_for_an_admin(world: World) -> None:
+    """The probes in the table would reveal B's data if they were not narrowed."""
+    probes = {
+        "/fhir/DiagnosticReport?result.code=secret-b": "DiagnosticReport/ra",
+        "/fhir/Patient?_has:Observation:subject:code=secret-b": "Patient/pb",
+        "/fhir/Observation?_revinclude=Observation:has-member": "Observation/ob",
+    }
+    for url, found in probes.items():
+        response = await world.admin.get(url)
+        assert found in _shown(response).split(), (url, response.text)
+    qido = await world.admin.get("/dicomweb/studies?PatientID=PAT-B")
+    assert STUDY_B in qido.text
+
+
 async def test_the_same_token_reaches_patient_a(world: World) -> None:
     """The controls: each path the table refuses for B answers for A, so the
     refusals above are the policy at work, not a broken route."""
@@ -401,24 +476,21 @@ async def test_the_same_token_reaches_patient_a(world: World) -> None:
         "/fhir/Observation/oa/_history",
         f"/dicomweb/studies/{STUDY_A}/metadata",
         f"/dicomweb/studies/{STUDY_A}/series/{SERIES_A}",
+        f"/dicomweb/studies/{STUDY_A}/series/{SERIES_A}/instances/{SOP_A}/rendered",
     ]
     for url in own:
         response = await world.as_patient("GET", url)
         assert response.status_code == 200, (url, response.text)
     qido = await world.as_patient("GET", "/dicomweb/studies?PatientID=PAT-A")
     assert STUDY_A in qido.text
-    included = await world.as_patient("GET", "/fhir/DiagnosticReport?_include=DiagnosticReport:result")
+    included = await world.as_patient(
+        "GET", "/fhir/DiagnosticReport?_include=DiagnosticReport:result"
+    )
     assert _shown(included) == "DiagnosticReport/ra"
     chained = await world.as_patient("GET", "/fhir/Observation?subject:Patient.name=Alpha")
     assert _shown(chained) == "Observation/oa"
 
 
-@pytest.mark.xfail(
-    reason="$everything authorises an _include per compartment type, so a role-capped "
-    "user (patient, radiologist...) gets 403 for the first type the role does not list "
-    "(fhir_server/interactions/everything.py should keep only the types the caller may search)",
-    strict=True,
-)
 async def test_everything_answers_for_a_role_capped_patient(world: World) -> None:
     response = await world.as_patient("GET", "/fhir/Patient/pa/$everything")
     assert response.status_code == 200, response.text
