@@ -10,6 +10,7 @@ See https://hl7.org/fhir/R4/search.html and https://hl7.org/fhir/R4/http.html#pa
 from __future__ import annotations
 
 from fhir_server.search.ast import SearchQuery
+from fhir_server.search.cursor import Cursor, decode_cursor, encode_cursor
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.storage.base import SearchPage
 from fhir_server.storage.mongo.documents import RESOURCES, Doc, stored
@@ -17,12 +18,9 @@ from fhir_server.storage.mongo.journal import Database
 from fhir_server.storage.mongo.search_compile import Compiler
 from fhir_server.storage.mongo.search_includes import resolve_includes
 from fhir_server.storage.mongo.search_paging import (
-    Cursor,
     SortField,
     beyond,
     boundary,
-    decode_cursor,
-    encode_cursor,
     sort_fields,
     sort_spec,
 )

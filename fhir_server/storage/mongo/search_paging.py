@@ -11,13 +11,12 @@ See https://hl7.org/fhir/R4/search.html#sort and https://hl7.org/fhir/R4/http.ht
 
 from __future__ import annotations
 
-import base64
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from fhir_server.errors import InvalidSearch
 from fhir_server.search.ast import SearchQuery, SortKey
+from fhir_server.search.cursor import Cursor
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.storage.mongo.documents import Doc
 
@@ -30,12 +29,6 @@ class SortField:
     descending: bool
     nullable: bool  # the flag field, sorting present values first, when not None
     flag: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Cursor:
-    forward: bool
-    values: tuple[Any, ...]  # the boundary's sort keys, then its pk
 
 
 def sort_fields(query: SearchQuery, registry: SearchRegistry) -> list[SortField]:
@@ -80,28 +73,6 @@ def _get(doc: Doc, dotted: str) -> Any:
             return None
         value = value.get(part)
     return value
-
-
-def signature(query: SearchQuery) -> str:
-    return ",".join(("-" if k.descending else "") + k.param for k in query.sort)
-
-
-def encode_cursor(forward: bool, query: SearchQuery, values: tuple[Any, ...]) -> str:
-    raw = json.dumps(["n" if forward else "p", signature(query), list(values)])
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(text: str, query: SearchQuery, width: int) -> Cursor:
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        direction, sig, values = json.loads(raw)
-    except (ValueError, TypeError) as exc:
-        raise InvalidSearch("Malformed paging cursor") from exc
-    if direction not in ("n", "p") or sig != signature(query) or not isinstance(values, list):
-        raise InvalidSearch("Paging cursor does not belong to this search")
-    if len(values) != width + 1:
-        raise InvalidSearch("Malformed paging cursor")
-    return Cursor(direction == "n", tuple(values))
 
 
 def beyond(fields: list[SortField], cursor: Cursor) -> Doc:

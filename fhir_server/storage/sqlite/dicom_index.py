@@ -5,7 +5,7 @@ entity (attributes and precomputed metadata as JSON bytes, aggregates as
 columns); ``dicom_key`` holds the match keys of every row, indexed on
 ``(level, key, value)`` so every QIDO filter is an index range lookup (see
 ``dicom_search``). A batch is one ``BEGIN IMMEDIATE`` … ``COMMIT`` on the
-store's single writer connection, which ``synchronous=FULL`` makes durable.
+store's single writer connection, durable before acknowledged (group commit).
 """
 
 from __future__ import annotations

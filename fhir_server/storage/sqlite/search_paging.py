@@ -10,14 +10,13 @@ See https://hl7.org/fhir/R4/search.html#sort and https://hl7.org/fhir/R4/http.ht
 
 from __future__ import annotations
 
-import base64
-import json
 import sqlite3
 from dataclasses import dataclass
 from typing import Any, cast
 
 from fhir_server.errors import InvalidSearch
 from fhir_server.search.ast import SearchQuery, SortKey
+from fhir_server.search.cursor import Cursor, decode_cursor, encode_cursor
 from fhir_server.search.dates import from_micros
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.storage.base import StoredVersion
@@ -44,12 +43,6 @@ class SortColumn:
     expr: Frag
     descending: bool
     nullable: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Cursor:
-    forward: bool
-    values: tuple[Any, ...]  # the boundary row's sort keys, then its pk
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,28 +91,6 @@ def _sort_column(key: SortKey, types: tuple[str, ...], registry: SearchRegistry)
         value = SORT_VALUE[param.type]
     sql = f"(SELECT {agg}({value}) FROM {table} s WHERE s.pk = r.pk AND s.param = ?)"
     return SortColumn(Frag(sql, (key.param,)), key.descending, True)
-
-
-def signature(query: SearchQuery) -> str:
-    return ",".join(("-" if k.descending else "") + k.param for k in query.sort)
-
-
-def encode_cursor(forward: bool, query: SearchQuery, values: tuple[Any, ...]) -> str:
-    raw = json.dumps(["n" if forward else "p", signature(query), list(values)])
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(text: str, query: SearchQuery, width: int) -> Cursor:
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        direction, sig, values = json.loads(raw)
-    except (ValueError, TypeError) as exc:
-        raise InvalidSearch("Malformed paging cursor") from exc
-    if direction not in ("n", "p") or sig != signature(query) or not isinstance(values, list):
-        raise InvalidSearch("Paging cursor does not belong to this search")
-    if len(values) != width + 1:
-        raise InvalidSearch("Malformed paging cursor")
-    return Cursor(direction == "n", tuple(values))
 
 
 def order_by(columns: list[SortColumn], forward: bool) -> str:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from fhir_server.search.ast import And, Compare, Node, SearchQuery, SortKey
+from fhir_server.search.cursor import decode_cursor
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.storage.sqlite.search_check import check
 from fhir_server.storage.sqlite.search_compile import (
@@ -51,7 +52,6 @@ from fhir_server.storage.sqlite.search_paging import (
     Row,
     SortColumn,
     beyond,
-    decode_cursor,
     make_page,
     sort_columns,
 )
