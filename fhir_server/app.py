@@ -149,6 +149,9 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # not served: only health, metadata and the public OAuth endpoints answer
+        # without a token; the document is exported to openapi/ instead
+        openapi_url=None,
     )
     metrics_registry = CollectorRegistry()
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(metrics_registry))

@@ -9,6 +9,8 @@ import json
 import os
 from pathlib import Path
 
+import httpx
+
 from fhir_server.app import create_app
 from fhir_server.settings import Settings
 
@@ -33,3 +35,11 @@ def test_openapi_lists_the_fhir_interactions(tmp_path: Path) -> None:
     assert "/fhir/{resource_type}/{id}" in paths
     assert {"get", "put", "patch", "delete"} <= set(paths["/fhir/{resource_type}/{id}"])
     assert "/fhir/metadata" in paths and "/healthz" in paths
+
+
+async def test_openapi_is_not_served_without_a_token(tmp_path: Path) -> None:
+    app = create_app(Settings(data_dir=tmp_path))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/openapi.json")
+    assert response.status_code in (401, 404)
