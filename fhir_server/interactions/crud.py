@@ -179,8 +179,10 @@ async def create(
     svc: Services, auth: AuthContext, resource: Any, *, if_none_exist: str | None = None
 ) -> Outcome:
     """See https://hl7.org/fhir/R4/http.html#create and #ccreate"""
+    # validated before the transaction: the write lock is then held only for the write
+    validate_resource(resource)
     async with svc.store.transaction() as tx:
-        return await create_in(tx, svc, auth, resource, if_none_exist=if_none_exist)
+        return await create_in(tx, svc, auth, resource, if_none_exist=if_none_exist, validated=True)
 
 
 async def create_in(
@@ -232,8 +234,12 @@ async def update(
     if_match: str | None = None,
 ) -> Outcome:
     """See https://hl7.org/fhir/R4/http.html#update (including create-on-update)."""
+    check_type(resource_type)
+    validate_resource(resource)
     async with svc.store.transaction() as tx:
-        return await update_in(tx, svc, auth, resource_type, id, resource, if_match=if_match)
+        return await update_in(
+            tx, svc, auth, resource_type, id, resource, if_match=if_match, validated=True
+        )
 
 
 def _check_body_matches(resource: Any, resource_type: str, id: str, validated: bool) -> None:
