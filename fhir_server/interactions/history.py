@@ -12,9 +12,9 @@ from fhir_server.errors import Forbidden, InvalidRequest, NotFound
 from fhir_server.interactions.bundles import bundle, history_entry, page_url
 from fhir_server.interactions.crud import check_type, entries_of
 from fhir_server.interactions.services import Services
-from fhir_server.resources.instants import parse_moment
 from fhir_server.resources.meta import format_instant
 from fhir_server.resources.types import SUPPORTED_TYPES
+from fhir_server.search.dates import from_micros, parse_date_range
 from fhir_server.storage.base import HistoryQuery
 
 CURSOR_PARAM = "_cursor"
@@ -39,7 +39,12 @@ def _int_param(params: list[tuple[str, str]], name: str) -> int | None:
 
 def _moment(params: list[tuple[str, str]], name: str) -> datetime | None:
     text = _one(params, name)
-    return None if text is None else parse_moment(name, text)
+    if text is None:
+        return None
+    span = parse_date_range(text)
+    if span is None:
+        raise InvalidRequest(f"{name}: {text!r} is not a FHIR date or dateTime")
+    return from_micros(span.low)
 
 
 def history_query(

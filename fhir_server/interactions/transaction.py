@@ -47,10 +47,6 @@ class Entry:
     response: dict[str, Any] = field(default_factory=dict)
 
 
-class EntryError(FhirError):
-    """An entry failed: carries the entry's position for the OperationOutcome."""
-
-
 def _raw_entries(body: dict[str, Any], svc: Services) -> list[Any]:
     raw = body.get("entry", [])
     if not isinstance(raw, list):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 from fhir_server.errors import StorageUnavailable, VersionConflict
+from fhir_server.search.dates import from_micros, to_micros
 from fhir_server.storage.base import (
     HistoryPage,
     HistoryQuery,
@@ -45,20 +45,6 @@ SCHEMA = (
 )
 
 _VERSION_COLUMNS = "type, id, version, last_updated, method, body, seq"
-
-
-def to_micros(moment: datetime) -> int:
-    """Microseconds since the epoch; naive datetimes are taken as UTC."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def from_micros(micros: int) -> datetime:
-    return datetime.fromtimestamp(micros // 1_000_000, tz=UTC).replace(
-        microsecond=micros % 1_000_000
-    )
 
 
 @contextmanager
