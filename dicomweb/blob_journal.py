@@ -32,7 +32,7 @@ from pathlib import Path
 
 import orjson
 
-from dicomweb.blobstore import FileBlobStore, blob_stem
+from dicomweb.blobstore import FileBlobStore, blob_stem, fsync_path
 from fhir_server.storage.dicom_port import DicomIndex
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class IntentJournal:
         final = self._dir / f"{name}.json"
         os.replace(writing, final)  # only complete intents carry the final name
         if self._fsync:
-            _fsync_dir(self._dir)
+            fsync_path(self._dir)
         return final, fd
 
     def _close(self, path: Path, fd: int) -> None:
@@ -159,11 +159,3 @@ async def reconcile(
     if intents or temporaries:
         log.warning("blob store reconciled after an unclean stop: %s", report)
     return report
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

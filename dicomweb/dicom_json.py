@@ -7,6 +7,11 @@ become a ``BulkDataURI`` under the instance's ``/bulkdata/{tag path}``, so
 level and ``SSSSSSSS/{item}/GGGGEEEE`` inside sequences (the URI form is the
 origin server's choice, PS3.18 §F.2.7). ``from_dicom_json`` goes back through
 pydicom's reader.
+
+Raw values of the common VRs in a single-codec character set are decoded
+here straight from their bytes (``raw_values``), the way pydicom's own
+converters do it, without building pydicom's value objects: that halved the
+CPU cost of an instance at ingest. Anything else goes through pydicom.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import base64
 import math
 import re
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +44,15 @@ _AMBIGUOUS: dict[str, str] = {
     "US or OW": "US",
     "US or SS or OW": "US",
 }
+# Character sets (0008,0005) that decode with one Python codec, as pydicom does
+# (its default repertoire is Latin-1); ISO 2022 code extensions go through pydicom.
+_CODECS: dict[str, str] = {"": "latin_1", "ISO_IR 6": "latin_1", "ISO_IR 100": "latin_1"}
+_CODECS["ISO_IR 192"] = "utf_8"
+_LATIN1_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"})
+_TEXT_VRS = frozenset({"SH", "LO", "UC"})
+_SINGLE_TEXT_VRS = frozenset({"LT", "ST"})
+_STRUCT_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
+SPECIFIC_CHARACTER_SET = 0x00080005
 _TAG_PATH_RE = re.compile(r"^[0-9A-Fa-f]{8}(/[0-9]+/[0-9A-Fa-f]{8})*$")
 
 JsonDataset = dict[str, Any]
@@ -48,6 +63,58 @@ BulkResolver = Callable[[str, str, str], Any]
 class _Context:
     uri_prefix: str | None
     threshold: int
+    codec: str | None = None
+    little_endian: bool = True
+
+
+def text_codec(ds: Dataset) -> str | None:
+    """The one Python codec of ``ds``'s character set, or None (pydicom decodes)."""
+    raw = ds.get_item(SPECIFIC_CHARACTER_SET, keep_deferred=True)
+    if raw is None:
+        return _CODECS[""]
+    value = raw.value
+    if isinstance(value, bytes):
+        value = value.decode("latin_1").strip(" \x00")
+    elif isinstance(value, MultiValue | list) and len(value) == 1:
+        value = value[0]
+    return _CODECS.get(value.strip()) if isinstance(value, str) else None
+
+
+def raw_values(raw: RawDataElement, codec: str | None, little_endian: bool) -> list[Any] | None:
+    """The values of a raw element decoded from its bytes as pydicom's converters
+    would (strings, ints, floats), or None when pydicom must do it."""
+    vr, data = raw.VR, raw.value
+    if vr is None or not isinstance(data, bytes):
+        return None
+    try:
+        if vr in _LATIN1_VRS:
+            return _numbers_checked(vr, data.decode("latin_1").rstrip(" \x00").split("\\"))
+        if codec is not None and vr in _TEXT_VRS:
+            return [v.rstrip("\x00 ") for v in data.decode(codec).split("\\")]
+        if codec is not None and vr == "PN":
+            return data.rstrip(b"\x00 ").decode(codec).split("\\")
+        if codec is not None and vr in _SINGLE_TEXT_VRS:
+            return [data.decode(codec).rstrip("\x00 ")]
+    except UnicodeDecodeError:
+        return None
+    fmt = _STRUCT_FORMATS.get(vr)
+    if fmt is None or not little_endian or len(data) % struct.calcsize(fmt):
+        return None
+    return list(struct.unpack(f"<{len(data) // struct.calcsize(fmt)}{fmt}", data))
+
+
+def _numbers_checked(vr: str, values: list[str]) -> list[str] | None:
+    """IS and DS strings that Python cannot read as numbers are left to pydicom."""
+    if vr not in ("IS", "DS"):
+        return values
+    parse: Callable[[str], object] = int if vr == "IS" else float
+    try:
+        for v in values:
+            if v.strip():
+                parse(v)
+    except ValueError:
+        return None
+    return values
 
 
 def instance_uri_prefix(base: str, study_uid: str, series_uid: str, sop_uid: str) -> str:
@@ -80,7 +147,7 @@ def to_dicom_json(
     elements absent from ``ds`` (pixel data read with stop_before_pixels) to
     list as bulk data anyway.
     """
-    ctx = _Context(bulk_uri_prefix, threshold)
+    ctx = _Context(bulk_uri_prefix, threshold, text_codec(ds), _little_endian(ds))
     out = _dataset(ds, (), ctx)
     if bulk_uri_prefix is not None:
         for tag, vr in extra_bulk:
@@ -97,9 +164,27 @@ def _dataset(ds: Dataset, parent: tuple[int, ...], ctx: _Context) -> JsonDataset
         raw = ds.get_item(tag, keep_deferred=True)
         if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
             out[f"{tag:08X}"] = _deferred(raw, path, ctx)
-        else:
+            continue
+        values = None
+        if isinstance(raw, RawDataElement) and raw.tag != SPECIFIC_CHARACTER_SET:
+            values = raw_values(raw, ctx.codec, ctx.little_endian)
+        if values is None:
             out[f"{tag:08X}"] = _element(ds[tag], path, ctx)
+        else:
+            out[f"{tag:08X}"] = _from_values(str(raw.VR), values)
     return out
+
+
+def _little_endian(ds: Dataset) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    return str(ts or "") != "1.2.840.10008.1.2.2"  # Explicit VR Big Endian (retired)
+
+
+def _from_values(vr: str, values: list[Any]) -> JsonDataset:
+    if all(v is None or v == "" for v in values):
+        return {"vr": vr}
+    return {"vr": vr, "Value": [_scalar(vr, v) for v in values]}
 
 
 def _deferred(raw: RawDataElement, path: tuple[int, ...], ctx: _Context) -> JsonDataset:
@@ -126,10 +211,7 @@ def _element(elem: DataElement, path: tuple[int, ...], ctx: _Context) -> JsonDat
         return {"vr": vr, "Value": items} if items else {"vr": vr}
     if vr in _BINARY_VRS or isinstance(value, bytes):
         return _binary(vr if vr in _BINARY_VRS else "OW", value, path, ctx)
-    values = _as_list(value)
-    if not values or all(v is None or v == "" for v in values):
-        return {"vr": vr}
-    return {"vr": vr, "Value": [_scalar(vr, v) for v in values]}
+    return _from_values(vr, _as_list(value))
 
 
 def _binary(vr: str, value: bytes | None, path: tuple[int, ...], ctx: _Context) -> JsonDataset:

@@ -29,9 +29,12 @@ from dicomweb.study_sync import StudySync
 from dicomweb.transfer_syntax import NotAcceptable
 from fhir_server.access.context import AuthContext, Interaction
 from fhir_server.access.policy import AccessPolicy, compartment_filter
+from fhir_server.access.stored import Searcher, ids_matching, lookup_in, needs_store
 from fhir_server.access.tokens import TokenVerifier, bearer_token
 from fhir_server.audit import AuditLog, AuditRecord
 from fhir_server.errors import FhirError, Forbidden, NotFound
+from fhir_server.search.ast import And, Compare, Node
+from fhir_server.search.values import TokenValue
 from fhir_server.storage.dicom_port import DicomIndex, StudyRow
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,9 @@ class DicomwebServices:
     max_results: int = 1000
     journal: IntentJournal | None = None
     temp_grace: float = 0.0
+    # The FHIR store, for access rules that depend on FHIR records (a referrer's
+    # own patients); without it such callers are refused.
+    records: Searcher | None = None
 
     def intent(self, uids: Sequence[InstanceUids]) -> AbstractAsyncContextManager[None]:
         """Bracket a change of these instances' blobs (``blob_journal``)."""
@@ -77,11 +83,14 @@ def error_body(status: int, message: str, headers: dict[str, str] | None = None)
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
-def study_scope(svc: DicomwebServices, auth: AuthContext, action: Interaction) -> str | None:
-    """The patient a request is restricted to (None: every study); Forbidden if nothing.
+def patient_scope(svc: DicomwebServices, auth: AuthContext, action: Interaction) -> Node | None:
+    """The FHIR Patients whose studies a request may reach, as a filter on Patient
+    (None: every study); Forbidden if nothing.
 
-    Only an unrestricted grant or the ImagingStudy Patient compartment can be
-    compiled into the index query; any other restriction fails closed.
+    Only an unrestricted grant, the ImagingStudy Patient compartment, or a
+    restriction to the studies of some Patients (a referrer's own) can be
+    applied to the index, which knows each study's Patient; any other
+    restriction fails closed.
     """
     where = svc.policy.search_filter(auth, IMAGING_STUDY, action)
     if where is None:
@@ -89,19 +98,46 @@ def study_scope(svc: DicomwebServices, auth: AuthContext, action: Interaction) -
     if auth.patient is not None:
         own = compartment_filter(svc.policy.compartment, IMAGING_STUDY, auth.patient)
         if own == where:
-            return auth.patient
-    raise Forbidden("this token's ImagingStudy access cannot be applied to DICOM data")
+            return Compare("_id", "token", TokenValue(None, auth.patient))
+    patients = svc.policy.patient_scope(auth, IMAGING_STUDY, action)
+    if patients is None or svc.records is None:
+        raise Forbidden("this token's ImagingStudy access cannot be applied to DICOM data")
+    return patients
+
+
+async def study_scope(
+    svc: DicomwebServices, auth: AuthContext, action: Interaction
+) -> tuple[str, ...] | None:
+    """The FHIR Patient ids a search is restricted to (None: every study)."""
+    patients = patient_scope(svc, auth, action)
+    if patients is None:
+        return None
+    if svc.records is None or not needs_store(patients):
+        # a patient-context token's own patient (patient_scope refused the rest)
+        return (auth.patient,) if auth.patient is not None else ()
+    return await ids_matching(svc.records, "Patient", patients)
 
 
 async def visible_study(
     svc: DicomwebServices, auth: AuthContext, study_uid: str, action: Interaction
 ) -> StudyRow:
     """The study if it exists and the caller may reach it; 404 otherwise (no probing)."""
-    patient = study_scope(svc, auth, action)
+    patients = patient_scope(svc, auth, action)
     study = await svc.index.study(study_uid)
-    if study is None or (patient is not None and study.patient_ref != patient):
+    if study is None or not await _reaches(svc, patients, study.patient_ref):
         raise NotFound(f"study {study_uid} is not known")
     return study
+
+
+async def _reaches(svc: DicomwebServices, patients: Node | None, patient: str | None) -> bool:
+    if patients is None:
+        return True
+    if patient is None:
+        return False
+    if svc.records is None or not needs_store(patients):
+        return svc.policy.matches(patients, patient, ())
+    is_patient = Compare("_id", "token", TokenValue(None, patient))
+    return await lookup_in(svc.records)("Patient", And((is_patient, patients)))
 
 
 def require_system_delete(svc: DicomwebServices, auth: AuthContext) -> None:

@@ -1,10 +1,14 @@
 """The ingest pipeline: one road into the archive for STOW-RS now and C-STORE later.
 
-For each received instance: stream its bytes to a staged file (never whole in
-memory), parse the header there without pixel data, move the file under its
-key atomically, then index the instances in batches -- one index transaction
-per batch -- and keep each touched study's ImagingStudy in sync. An instance
-counts as stored only once its blob and its index row are both durable.
+For each received instance: stream its bytes to a staged file (held in memory
+too when it is at most ``PARSE_IN_MEMORY`` bytes, so the parser need not read
+it back; larger ones are never whole in memory), fsync it in the background
+while the next one arrives, parse the header without pixel data, then per
+batch move the files under their keys (one fsync per directory), index them
+in one index transaction, and mark each touched study as pending for the
+ImagingStudy sync, which writes it in the background (``study_sync``). An
+instance counts as stored only once its blob and its index row are both
+durable; the FHIR side follows, and a crash before it is caught up at start-up.
 
 Outcomes per instance (PS3.18 §10.5.3, Table I.2-2 failure reasons):
 stored; identical re-send (stored, no duplicate); a different instance under
@@ -18,13 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from dicomweb.blob_journal import InstanceUids, IntentJournal, reconcile_instances
-from dicomweb.blobstore import BlobRef, BlobStore, FileBlobStore, StagedBlob
+from dicomweb.blobstore import BlobRef, BlobStore, FileBlobStore, StagedBlob, StagedItem
 from dicomweb.ingest_parse import (
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     DUPLICATE_SOP_INSTANCE,
@@ -43,16 +47,17 @@ log = logging.getLogger(__name__)
 # 0xA900, as major archives do (PS3.18 §10.5.3 leaves the code to the server).
 STUDY_UID_MISMATCH = DATA_SET_DOES_NOT_MATCH_SOP_CLASS
 DEFAULT_BATCH_SIZE = 64
+PARSE_IN_MEMORY = 4 * 1024 * 1024
 
 
 class StagingBlobStore(BlobStore, Protocol):
     """A blob store that can stage a file before its UIDs are known (FileBlobStore)."""
 
-    async def stage(self, chunks: AsyncIterable[bytes]) -> StagedBlob: ...
+    async def stage(self, chunks: AsyncIterable[bytes], *, keep: int = 0) -> StagedBlob: ...
 
-    async def adopt(
-        self, staged: StagedBlob, study_uid: str, series_uid: str, sop_uid: str
-    ) -> BlobRef: ...
+    async def make_durable(self, staged: StagedBlob) -> None: ...
+
+    async def adopt_many(self, items: Sequence[StagedItem]) -> list[BlobRef]: ...
 
     async def discard(self, staged: StagedBlob) -> None: ...
 
@@ -89,6 +94,7 @@ class IngestReport:
 class _Received:
     parsed: ParsedInstance
     staged: StagedBlob
+    durable: asyncio.Future[None]  # the staged file's fsync, running in the background
 
     @property
     def uids(self) -> InstanceUids:
@@ -145,8 +151,7 @@ class IngestService:
                     pending, batch = batch, []
                     await self._flush(pending, report)
         except BaseException:
-            for unflushed in batch:  # never acknowledged: leave no staged file behind
-                await self._blobs.discard(unflushed.staged)
+            await self._discard(batch)  # never acknowledged: leave no staged file behind
             raise
         await self._flush(batch, report)
         return report
@@ -163,9 +168,9 @@ class IngestService:
     async def _receive(
         self, body: AsyncIterable[bytes], expected_study: str | None
     ) -> _Received | Failed:
-        staged = await self._blobs.stage(body)
+        staged = await self._blobs.stage(body, keep=PARSE_IN_MEMORY)
         try:
-            parsed = await asyncio.to_thread(parse_instance, staged.path)
+            parsed = await asyncio.to_thread(parse_instance, staged.data or staged.path)
         except InstanceRejected as exc:
             await self._blobs.discard(staged)
             return Failed(exc.reason, exc.message)
@@ -174,30 +179,44 @@ class IngestService:
             await self._blobs.discard(staged)
             message = f"Study Instance UID {h.study_instance_uid} is not {expected_study}"
             return Failed(STUDY_UID_MISMATCH, message, h.sop_class_uid, h.sop_instance_uid)
-        return _Received(parsed, staged)
+        staged = replace(staged, data=None)  # parsed: the bytes need not stay in memory
+        return _Received(parsed, staged, asyncio.ensure_future(self._blobs.make_durable(staged)))
+
+    async def _discard(self, received: list[_Received]) -> None:
+        for r in received:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await r.durable  # let its fsync finish before the file goes
+            await self._blobs.discard(r.staged)
 
     async def _flush(self, received: list[_Received], report: IngestReport) -> None:
         """Adopt the staged files under their keys and index them, inside an intent
         (``blob_journal``) so a crash in between leaves nothing the index does not name."""
         if not received:
             return
+        try:
+            await asyncio.gather(*(r.durable for r in received))
+        except Exception as exc:
+            log.exception("making a batch of %d staged instances durable failed", len(received))
+            await self._discard(received)
+            report.failed.extend(_failed(r.parsed, PROCESSING_FAILURE, str(exc)) for r in received)
+            return
         uids = [r.uids for r in received]
         async with self._intent(uids):
-            batch = [
-                _Pending(r.parsed, await self._blobs.adopt(r.staged, *r.uids)) for r in received
-            ]
+            refs = await self._blobs.adopt_many([(r.staged, *r.uids) for r in received])
+            batch = [_Pending(r.parsed, ref) for r, ref in zip(received, refs, strict=True)]
             try:
                 records = await self._records(batch)
                 results = await self._index.store_batch(records, overwrite=self._options.overwrite)
             except Exception as exc:
                 log.exception("indexing a batch of %d instances failed", len(batch))
-                report.failed.extend(_failed(p, PROCESSING_FAILURE, str(exc)) for p in batch)
+                report.failed.extend(_failed(p.parsed, PROCESSING_FAILURE, str(exc)) for p in batch)
                 await self._forget(uids)
                 return
             touched = [
                 await self._settle(p, r, report) for p, r in zip(batch, results, strict=True)
             ]
-        await self._sync_studies({uid for uid in touched if uid is not None})
+        if self._sync is not None:
+            self._sync.mark(sorted({uid for uid in touched if uid is not None}))
 
     def _intent(self, uids: list[InstanceUids]) -> AbstractAsyncContextManager[None]:
         if self._journal is None:
@@ -213,15 +232,8 @@ class IngestService:
                 log.exception("could not remove the blobs of a failed batch")
 
     async def _records(self, batch: list[_Pending]) -> list[InstanceRecord]:
-        base = self._options.base_url
-        records = [index_record(p.parsed, p.blob, base) for p in batch]
-        if self._sync is None:
-            return records
-        patients: dict[str, str] = {}
-        for rec in records:
-            if rec.study_uid not in patients:
-                patients[rec.study_uid] = await self._sync.ensure_patient(rec.study_attrs)
-        return [_with_patient(rec, patients[rec.study_uid]) for rec in records]
+        # the Patient is left to the deferred sync, which records it on the study
+        return [index_record(p.parsed, p.blob, self._options.base_url) for p in batch]
 
     async def _settle(
         self, pending: _Pending, result: StoreResult, report: IngestReport
@@ -231,7 +243,7 @@ class IngestService:
         if result.outcome == "conflict":
             await self._blobs.delete(pending.blob.key)
             message = f"SOP Instance {h.sop_instance_uid} is stored with different content"
-            report.failed.append(_failed(pending, DUPLICATE_SOP_INSTANCE, message))
+            report.failed.append(_failed(pending.parsed, DUPLICATE_SOP_INSTANCE, message))
             return None
         if result.previous is not None and result.previous.key != pending.blob.key:
             await self._blobs.delete(result.previous.key)
@@ -240,20 +252,7 @@ class IngestService:
         )
         return None if result.outcome == "duplicate" else h.study_instance_uid
 
-    async def _sync_studies(self, study_uids: set[str]) -> None:
-        if self._sync is None or not study_uids:
-            return
-        try:
-            await self._sync.sync(sorted(study_uids))
-        except Exception:
-            # the instances are durable; the ImagingStudy catches up at the next write
-            log.exception("ImagingStudy sync failed for %s", sorted(study_uids))
 
-
-def _with_patient(rec: InstanceRecord, patient: str) -> InstanceRecord:
-    return replace(rec, patient_ref=patient)
-
-
-def _failed(pending: _Pending, reason: int, message: str) -> Failed:
-    h = pending.parsed.header
+def _failed(parsed: ParsedInstance, reason: int, message: str) -> Failed:
+    h = parsed.header
     return Failed(reason, message, h.sop_class_uid, h.sop_instance_uid)

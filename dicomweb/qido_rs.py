@@ -11,6 +11,8 @@ inside the index query.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -48,10 +50,11 @@ async def search(
 ) -> Response:
     """Search for studies, series or instances (PS3.18 §10.6.1)."""
     check_json_accept(request)
-    patient = study_scope(svc, auth, Interaction.SEARCH)
+    patients = await study_scope(svc, auth, Interaction.SEARCH)
     params = list(request.query_params.multi_items())
     query = parse_qido(level, params, scope=_scope_level(scope), max_limit=svc.max_results)
-    page = await svc.index.search(compile_query(query, scope, patient))
+    compiled = replace(compile_query(query, scope, None), patient_refs=patients)
+    page = await svc.index.search(compiled)
     body = orjson.dumps([result_json(query, m, svc.base_url) for m in page.matches])
     warnings = list(query.warnings)
     if page.more and not any(name == "limit" for name, _ in params):

@@ -1,17 +1,36 @@
 """Keeps one FHIR ImagingStudy per indexed study, through the kernel's interactions.
 
-The archive writes on its own behalf (a ``system/`` context), in one FHIR
-transaction per call: it finds or creates the Patient by identifier
-(PatientID), links the ServiceRequest whose identifier is the accession
-number when one exists, and writes the ImagingStudy mapped by
-``imaging_study.map_study`` from the index rows. Calls are per ingest batch,
-so a study is rewritten once per batch, not once per instance.
+Ingest does not write FHIR: it ``mark``s the studies it changed as pending and
+acknowledges. ``sync_retry``'s loop writes each pending study once its ingest
+has been quiet for a short delay (at the latest every few seconds while it
+keeps receiving), so a study sent in many requests is written a few times, not
+once per request; ``PendingStudies`` is the one place that decides when.
+
+A write is one FHIR transaction under the archive's own ``system/`` context:
+the Endpoint if missing, the Patient found or created by identifier
+(PatientID) from the DICOM demographics, the ServiceRequest whose identifier
+is the accession number linked when there is exactly one, and the ImagingStudy
+mapped by ``imaging_study.map_study`` from the index rows (skipped when it
+would not change). The Patient is then recorded on the index's study, which
+patient-scoped DICOMweb access goes by. Writes are serialised (one lock), so
+an older read of the index never overwrites a newer ImagingStudy.
+
+Pending studies are only in memory; after a crash ``sync_retry``'s start-up
+scan finds them again by comparing the index with the ImagingStudies.
+``relink`` is what the change-log consumer (``order_links``) calls when an
+order may have come, gone or changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 from urllib.parse import quote
+
+import orjson
 
 from dicomweb.imaging_study import (
     StudyLinks,
@@ -25,11 +44,14 @@ from fhir_server.access.scopes import ScopeSet
 from fhir_server.interactions import crud
 from fhir_server.interactions.conditional import find_conditional
 from fhir_server.interactions.services import Services
-from fhir_server.storage.base import Transaction
-from fhir_server.storage.dicom_port import Json
+from fhir_server.storage.base import StoredVersion, Transaction
+from fhir_server.storage.dicom_port import DicomIndex, DicomQuery, Json, KeyFilter, StudyRow
 
-DEFAULT_PATIENT_SYSTEM = "urn:radhub:patient-id"
+log = logging.getLogger(__name__)
+
 ENDPOINT_ID = "radhub-dicomweb"
+IMAGING_STUDY = "ImagingStudy"
+PAGE = 500
 
 
 def archive_context() -> AuthContext:
@@ -53,28 +75,231 @@ def endpoint_resource(address: str) -> Json:
     }
 
 
+def body_of(version: StoredVersion | None) -> Json | None:
+    """The resource JSON of a current, not deleted version, else None."""
+    if version is None or version.deleted or version.body is None:
+        return None
+    body: Json = orjson.loads(version.body)
+    return body
+
+
+def based_on(imaging_study: Json) -> str | None:
+    """The order reference an ImagingStudy written by ``map_study`` carries."""
+    refs = [r.get("reference") for r in imaging_study.get("basedOn") or []]
+    return str(refs[0]) if refs and refs[0] else None
+
+
+def matches_index(imaging_study: Json | None, study: StudyRow) -> bool:
+    """Whether the ImagingStudy reflects the index's study (its counts and its
+    Patient, recorded on the study after the write): the cheap test that tells,
+    after a restart, which studies missed their sync."""
+    subject = (imaging_study or {}).get("subject") or {}
+    return (
+        imaging_study is not None
+        and study.patient_ref is not None
+        and subject.get("reference") == f"Patient/{study.patient_ref}"
+        and imaging_study.get("numberOfInstances") == study.instance_count
+        and imaging_study.get("numberOfSeries") == study.series_count
+    )
+
+
+async def indexed_studies(
+    index: DicomIndex, filters: tuple[KeyFilter, ...] = ()
+) -> AsyncIterator[StudyRow]:
+    """Every indexed study matching ``filters``, fetched a page at a time."""
+    offset = 0
+    while True:
+        query = DicomQuery(level="study", study_filters=filters, limit=PAGE, offset=offset)
+        page = await index.search(query)
+        for match in page.matches:
+            yield match.study
+        if not page.more:
+            return
+        offset += PAGE
+
+
+@dataclass
+class _Entry:
+    first: float  # when the study fell behind the index
+    last: float  # its latest change
+    urgent: bool = False  # due at once: nothing more is expected (delete, scan, flush)
+    failures: int = 0
+    retry_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class SyncTiming:
+    """When a pending study is due: ``delay`` after its last change, at the latest
+    ``max_wait`` after its first; after a failure ``retry`` later, doubling up to
+    ``ceiling`` while it keeps failing."""
+
+    delay: float = 0.4
+    max_wait: float = 5.0
+    retry: float = 2.0
+    ceiling: float = 60.0
+
+    @classmethod
+    def from_delay(cls, delay: float, retry: float) -> SyncTiming:
+        """The timing for a debounce of ``delay`` (the wait cap grows with it)."""
+        return cls(delay, max(5.0, 10 * delay), retry, max(60.0, retry))
+
+    def due(self, entry: _Entry) -> float:
+        """When ``entry`` is due (on the ``PendingStudies`` clock)."""
+        if entry.urgent:
+            return max(entry.first, entry.retry_at)
+        quiet = min(entry.last + self.delay, entry.first + self.max_wait)
+        return max(quiet, entry.retry_at)
+
+    def backoff(self, failures: int) -> float:
+        """The wait after the ``failures``-th failure in a row."""
+        return float(min(self.retry * 2.0 ** (failures - 1), self.ceiling))
+
+
+class PendingStudies:
+    """Studies whose ImagingStudy is behind the DICOM index: the one place that
+    decides when each is written (``take_due``), for ingest, retries and the
+    start-up scan alike. Only in memory: what it loses in a crash the scan finds."""
+
+    def __init__(self, timing: SyncTiming, clock: Callable[[], float] = time.monotonic) -> None:
+        self._timing = timing
+        self._clock = clock
+        self._waiting: dict[str, _Entry] = {}
+        self._running: dict[str, _Entry] = {}
+        self.changed = asyncio.Event()  # wakes the sync loop
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def mark(self, uids: Iterable[str], *, urgent: bool = False) -> None:
+        """The studies changed (now); ``urgent``: write them without waiting for quiet."""
+        now = self._clock()
+        for uid in uids:
+            entry = self._waiting.setdefault(uid, _Entry(now, now))
+            entry.last = now
+            entry.urgent = entry.urgent or urgent
+            self._idle.clear()
+        self.changed.set()
+
+    def take_due(self) -> list[str]:
+        """The studies due now (sorted), moved to in-flight until ``done``/``failed``."""
+        now = self._clock()
+        due = sorted(u for u, e in self._waiting.items() if self._timing.due(e) <= now)
+        for uid in due:
+            self._running[uid] = self._waiting.pop(uid)
+        return due
+
+    def done(self, uid: str) -> None:
+        """The study's ImagingStudy was written from the index as it was when taken."""
+        self._running.pop(uid, None)
+        self._check_idle()
+
+    def failed(self, uid: str) -> None:
+        """Writing the study's ImagingStudy failed: due again after a backoff."""
+        now = self._clock()
+        before = self._running.pop(uid, None) or self._waiting.get(uid)
+        failures = (before.failures if before else 0) + 1
+        entry = self._waiting.setdefault(uid, _Entry(now, now, urgent=True))
+        entry.failures = failures
+        entry.retry_at = now + self._timing.backoff(failures)
+        self._idle.clear()
+        self.changed.set()
+
+    def next_due(self) -> float | None:
+        """Seconds until the next study is due (0: now), None when none waits."""
+        if not self._waiting:
+            return None
+        soonest = min(self._timing.due(e) for e in self._waiting.values())
+        return max(0.0, soonest - self._clock())
+
+    async def settled(self) -> None:
+        """Return once every pending study is written, cutting short the quiet wait
+        (not a failure's backoff): what tests and an orderly hand-over wait for."""
+        self.flush()
+        await self._idle.wait()
+
+    def flush(self) -> None:
+        """Make every waiting study due now, but for a failure's backoff."""
+        for entry in self._waiting.values():
+            entry.urgent = True
+        self.changed.set()
+
+    def _check_idle(self) -> None:
+        if not self._waiting and not self._running:
+            self._idle.set()
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in self._waiting or uid in self._running
+
+    def __len__(self) -> int:
+        return len(self._waiting.keys() | self._running.keys())
+
+
 class StudySync:
     """Writes Patients and ImagingStudies for the archive (see the module docstring)."""
 
     def __init__(
-        self, svc: Services, dicomweb_base: str, patient_system: str = DEFAULT_PATIENT_SYSTEM
+        self, svc: Services, dicomweb_base: str, patient_system: str, pending: PendingStudies
     ) -> None:
         self._svc = svc
         self._base = dicomweb_base
         self._system = patient_system
         self._auth = archive_context()
+        self._lock = asyncio.Lock()
+        self.pending = pending
 
-    async def ensure_patient(self, study_attrs: Json) -> str:
-        """The id of the study's Patient, created from the demographics if unknown."""
-        async with self._svc.store.transaction() as tx:
-            return await self._patient_in(tx, study_attrs)
+    def mark(self, study_uids: Iterable[str]) -> None:
+        """The studies' index rows changed: write their ImagingStudies soon (ingest's
+        hand-off; it costs the STOW request nothing)."""
+        self.pending.mark(study_uids)
+
+    async def settled(self) -> None:
+        """Return once no study is pending (``PendingStudies.settled``)."""
+        await self.pending.settled()
 
     async def sync(self, study_uids: Iterable[str]) -> None:
-        """Write (or remove) the ImagingStudy of each study, in one FHIR transaction."""
+        """Write (or remove) the ImagingStudy of each study now; on failure the
+        studies go back to ``pending`` (retried with backoff) and the error propagates."""
+        uids = list(dict.fromkeys(study_uids))
+        try:
+            await self.write(uids)
+        except BaseException:
+            for uid in uids:
+                self.pending.failed(uid)
+            raise
+
+    async def write(self, study_uids: list[str]) -> None:
+        """One FHIR transaction for ``study_uids``, then their Patients on the index."""
+        async with self._lock:
+            patients: dict[str, str] = {}
+            async with self._svc.store.transaction() as tx:
+                endpoint = await self._ensure_endpoint(tx)
+                for uid in study_uids:
+                    await self._sync_one(tx, uid, endpoint, patients)
+            for uid, patient in patients.items():
+                await self._svc.store.dicom.set_patient(uid, patient)
+
+    async def relink(self, study_uid: str) -> bool:
+        """Rewrite the study's ImagingStudy if its ``basedOn`` is not the order its
+        accession number finds now (or it is missing); whether it was rewritten.
+        A failed rewrite is left to the retry (``pending``), not raised."""
+        study = await self._svc.store.dicom.study(study_uid)
+        if study is None:
+            return False
         async with self._svc.store.transaction() as tx:
-            endpoint = await self._ensure_endpoint(tx)
-            for uid in dict.fromkeys(study_uids):
-                await self._sync_one(tx, uid, endpoint)
+            current = body_of(await tx.current(IMAGING_STUDY, study_uid))
+            wanted = await self._order(tx, study.attrs)
+        if current is not None and based_on(current) == wanted:
+            return False
+        try:
+            await self.sync([study_uid])
+        except Exception:
+            log.warning("relinking ImagingStudy %s failed; it will be retried", study_uid)
+            return False
+        return True
+
+    async def in_sync(self, study: StudyRow) -> bool:
+        """Whether the study's ImagingStudy reflects the index (``matches_index``)."""
+        current = await self._svc.store.read(IMAGING_STUDY, study.uid)
+        return matches_index(body_of(current), study)
 
     async def _ensure_endpoint(self, tx: Transaction) -> str:
         current = await tx.current("Endpoint", ENDPOINT_ID)
@@ -83,20 +308,29 @@ class StudySync:
             await crud.update_in(tx, self._svc, self._auth, "Endpoint", ENDPOINT_ID, resource)
         return f"Endpoint/{ENDPOINT_ID}"
 
-    async def _sync_one(self, tx: Transaction, uid: str, endpoint: str) -> None:
+    async def _sync_one(
+        self, tx: Transaction, uid: str, endpoint: str, patients: dict[str, str]
+    ) -> None:
+        """Write one study's ImagingStudy; a Patient the index lacks goes to ``patients``."""
         index = self._svc.store.dicom
         study = await index.study(uid)
+        current = body_of(await tx.current(IMAGING_STUDY, uid))
         if study is None:
-            await crud.delete_in(tx, self._svc, self._auth, "ImagingStudy", uid)
+            if current is not None:
+                await crud.delete_in(tx, self._svc, self._auth, IMAGING_STUDY, uid)
             return
-        patient = study.patient_ref or await self._patient_in(tx, study.attrs)
+        patient = study.patient_ref
+        if patient is None:
+            patient = patients[uid] = await self._patient_in(tx, study.attrs)
         links = StudyLinks(
             patient=f"Patient/{patient}",
             service_request=await self._order(tx, study.attrs),
             endpoint=endpoint,
         )
         resource = map_study(study, await index.series_of(uid), await index.instances(uid), links)
-        await crud.update_in(tx, self._svc, self._auth, "ImagingStudy", uid, resource)
+        if current is not None and unchanged(current, resource):
+            return  # a replay (scan, relink, re-marked study): no new version
+        await crud.update_in(tx, self._svc, self._auth, IMAGING_STUDY, uid, resource)
 
     async def _patient_in(self, tx: Transaction, study_attrs: Json) -> str:
         system, value = patient_identifier(study_attrs, self._system)
@@ -114,3 +348,8 @@ class StudySync:
             tx, self._svc, self._auth, "ServiceRequest", f"identifier={quote(str(accession))}"
         )
         return f"ServiceRequest/{found[0].id}" if len(found) == 1 else None
+
+
+def unchanged(current: Json, resource: Json) -> bool:
+    """Whether a stored resource already says what ``resource`` says (meta aside)."""
+    return {k: v for k, v in current.items() if k != "meta"} == resource

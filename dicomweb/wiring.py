@@ -1,42 +1,74 @@
 """Builds the archive's services from what the composition root already has.
 
-``fhir_server.app`` calls ``dicomweb_services`` once and mounts
-``dicomweb_router`` at ``/dicomweb``; the DIMSE bridge takes the same
-``IngestService`` and ``DicomIndex`` from the returned object.
+``fhir_server.app`` calls ``dicomweb_archive`` once, mounts
+``dicomweb_router`` over its ``services`` at ``/dicomweb``, and starts and
+stops its ``tasks`` (late orders, the ImagingStudy sync) in the app's lifespan; the DIMSE
+bridge takes the same ``IngestService`` and ``DicomIndex`` from ``services``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 
+from dicomweb.background import ArchiveTasks
 from dicomweb.blob_journal import IntentJournal
 from dicomweb.blobstore import FileBlobStore
+from dicomweb.change_cursor import ChangeCursor
 from dicomweb.http_common import DicomwebServices
 from dicomweb.ingest import IngestOptions, IngestService
-from dicomweb.study_sync import StudySync
+from dicomweb.order_links import CONSUMER, OrderLinks
+from dicomweb.study_sync import PendingStudies, StudySync, SyncTiming
+from dicomweb.sync_retry import SyncRetry
 from fhir_server.access.tokens import TokenVerifier
 from fhir_server.audit import AuditLog
 from fhir_server.interactions.services import Services
+from fhir_server.settings import Settings
 
 BLOB_DIR = "blobs"
+# the archive's own durable state (change-log positions) beside the blobs
+STATE_DIR = "dicomweb"
 SHARED_TEMP_GRACE = 3600.0
+
+
+def dicomweb_base(settings: Settings) -> str:
+    """The public DICOMweb base URL."""
+    return f"{settings.public_base}/dicomweb"
+
+
+@dataclass(frozen=True)
+class Archive:
+    """What the composition root mounts (``services``) and runs (``tasks``)."""
+
+    services: DicomwebServices
+    tasks: ArchiveTasks
+
+
+def dicomweb_archive(
+    svc: Services, verifier: TokenVerifier, audit: AuditLog, settings: Settings
+) -> Archive:
+    """The archive configured by ``settings`` (see the module docstring)."""
+    timing = SyncTiming.from_delay(settings.study_sync_delay, settings.sync_retry_interval)
+    pending = PendingStudies(timing)
+    sync = StudySync(svc, dicomweb_base(settings), settings.default_patient_system, pending)
+    services = dicomweb_services(svc, verifier, audit, settings, sync)
+    cursor = ChangeCursor(settings.data_dir / STATE_DIR, CONSUMER)
+    links = OrderLinks(svc.store, sync, cursor)
+    retry = SyncRetry(svc, sync)
+    return Archive(services, ArchiveTasks(links, retry, settings.change_poll_interval))
 
 
 def dicomweb_services(
     svc: Services,
     verifier: TokenVerifier,
     audit: AuditLog,
-    data_dir: Path,
-    public_base: str,
-    *,
-    overwrite: bool = False,
+    settings: Settings,
+    sync: StudySync,
 ) -> DicomwebServices:
     """The archive's services: blobs under ``<data_dir>/blobs``, the store's DICOM index."""
-    base = f"{public_base.rstrip('/')}/dicomweb"
-    blobs = FileBlobStore(data_dir / BLOB_DIR)
+    base = dicomweb_base(settings)
+    blobs = FileBlobStore(settings.data_dir / BLOB_DIR)
     journal = IntentJournal(blobs.root)
-    sync = StudySync(svc, base)
-    options = IngestOptions(base_url=base, overwrite=overwrite)
+    options = IngestOptions(base_url=base, overwrite=settings.dicom_overwrite)
     ingest = IngestService(svc.store.dicom, blobs, sync, options, journal)
     return DicomwebServices(
         index=svc.store.dicom,
@@ -48,8 +80,10 @@ def dicomweb_services(
         audit=audit,
         base_url=base,
         clock=svc.clock,
+        max_results=settings.qido_max_results,
         journal=journal,
         # the embedded store is one process: every temporary at start-up is a dead
         # write; processes sharing blobs (MongoDB) may have live ones
         temp_grace=0.0 if svc.store.name == "sqlite" else SHARED_TEMP_GRACE,
+        records=svc.store,
     )

@@ -15,18 +15,18 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from dicomweb.routes import dicomweb_router
-from dicomweb.wiring import dicomweb_services
+from dicomweb.wiring import dicomweb_archive
 from fhir_server.access import AccessPolicy, PatientCompartment
-from fhir_server.access.tokens import bearer_token
 from fhir_server.audit import AuditLog
 from fhir_server.errors import FhirError, StorageUnavailable
-from fhir_server.http.metrics import HttpMetrics, MetricsMiddleware
+from fhir_server.http.fast_lane import RadhubApp, fhir_router
+from fhir_server.http.metrics import HttpMetrics, MetricsMiddleware, metrics_endpoint
 from fhir_server.http.responses import error_response
 from fhir_server.http.route_table import openapi_paths
 from fhir_server.http.routes import FhirHttp
@@ -39,6 +39,7 @@ from fhir_server.settings import Settings
 from fhir_server.storage.base import Store
 from smart.config import AuthConfig
 from smart.discovery import oauth_uris
+from smart.jwks_fetch import HttpJwksFetcher
 from smart.keys import KeyRing
 from smart.revocation import CachedRevocationCheck
 from smart.server import AuthServer
@@ -98,6 +99,26 @@ def prepare_data_dir(settings: Settings) -> None:
         raise StorageUnavailable(f"data dir {settings.data_dir} is unusable: {exc}") from exc
 
 
+def cors_options(settings: Settings) -> dict[str, Any]:
+    """CORS for browser apps and viewers on other origins (errors included)."""
+    return {
+        "allow_origins": list(settings.cors_origins) or ["*"],
+        "allow_methods": ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+        "allow_headers": [
+            "Authorization",
+            "Accept",
+            "Content-Type",
+            "If-Match",
+            "If-None-Match",
+            "If-None-Exist",
+            "If-Modified-Since",
+            "Prefer",
+        ],
+        "expose_headers": ["ETag", "Location", "Content-Location", "Last-Modified", "Warning"],
+        "max_age": 600,
+    }
+
+
 def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
     """Build the whole application. ``store`` overrides the configured one (tests)."""
     prepare_data_dir(settings)
@@ -123,7 +144,9 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
         is_revoked=CachedRevocationCheck(store.auth),
     )
     auth_config = AuthConfig(issuer=identity.issuer, audience=identity.audience)
-    auth_server = AuthServer.build(auth_config, store, keyring, verifier, policy, audit)
+    auth_server = AuthServer.build(
+        auth_config, store, keyring, verifier, policy, audit, fetch_jwks=HttpJwksFetcher()
+    )
     published = format_instant(utc_now())
     oauth = oauth_uris(auth_config)
 
@@ -135,14 +158,16 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
         await store.start()
         await dicom.reconcile()  # blobs vs index after an unclean stop
         audit.start()
+        await archive.tasks.start()
         try:
             yield
         finally:
+            await archive.tasks.stop()
             await audit.close()
             await store.close()
             svc.validation.close()
 
-    app = FastAPI(
+    app = RadhubApp(
         title="radhub",
         version="0.1.0",
         summary="FHIR-native radiology server: FHIR R4, SMART on FHIR, DICOMweb",
@@ -152,30 +177,22 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
         # not served: only health, metadata and the public OAuth endpoints answer
         # without a token; the document is exported to openapi/ instead
         openapi_url=None,
+        # Prometheus metrics (MetricsMiddleware) are what radhub exports; FastAPI's
+        # OpenTelemetry hooks would look up providers on every request
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    metrics_registry = CollectorRegistry()
-    app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(metrics_registry))
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=list(settings.cors_origins) or ["*"],
-        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
-        allow_headers=[
-            "Authorization",
-            "Accept",
-            "Content-Type",
-            "If-Match",
-            "If-None-Match",
-            "If-None-Exist",
-            "If-Modified-Since",
-            "Prefer",
-        ],
-        expose_headers=["ETag", "Location", "Content-Location", "Last-Modified", "Warning"],
-        max_age=600,
-    )
+    http_metrics = HttpMetrics(metrics_registry := CollectorRegistry())
+    cors = cors_options(settings)
+    app.add_middleware(MetricsMiddleware, metrics=http_metrics)
+    app.add_middleware(CORSMiddleware, **cors)
     fhir = FhirHttp(svc, verifier, audit, capability)
     app.include_router(auth_server.router())  # before the FHIR routes: smart-configuration
-    app.router.routes.extend(fhir.routes("/fhir"))
-    dicom = dicomweb_services(svc, verifier, audit, settings.data_dir, settings.public_base)
+    fhir_routes = fhir.routes("/fhir")
+    app.router.routes.extend(fhir_routes)
+    lane = MetricsMiddleware(fhir_router(fhir_routes), metrics=http_metrics)
+    app.set_fast_lane("/fhir", CORSMiddleware(lane, **cors), bypass="/fhir/.well-known/")
+    archive = dicomweb_archive(svc, verifier, audit, settings)
+    dicom = archive.services
     app.include_router(dicomweb_router(dicom), prefix="/dicomweb", tags=["DICOMweb"])
 
     def openapi() -> dict[str, Any]:
@@ -204,10 +221,13 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
             status_code=200 if ok else 503,
         )
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
-    async def metrics(request: Request) -> Response:
-        await verifier.verify(bearer_token(request.headers.get("authorization")))
-        return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
+    app.add_api_route(
+        "/metrics",
+        metrics_endpoint(metrics_registry, verifier, audit),
+        methods=["GET"],
+        tags=["operations"],
+        summary="Prometheus metrics",
+    )
 
     @app.get("/auth/jwks", tags=["auth"], summary="The server's public signing keys")
     async def jwks() -> Response:
@@ -216,6 +236,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
     app.state.services = svc
     app.state.audit = audit
     app.state.dicomweb = dicom
+    app.state.archive_tasks = archive.tasks
     app.state.keyring = keyring
     app.state.identity = identity
     return app

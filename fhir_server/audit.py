@@ -6,6 +6,24 @@ so auditing every read does not turn reads into writes. ``close()`` flushes
 what is queued. AuditEvents are written by the server only; the API refuses
 to create, change or delete them.
 See https://hl7.org/fhir/R4/auditevent.html and DICOM PS3.15 Annex A.5.
+
+Event codes. A FHIR REST or DICOMweb interaction is ``type`` rest with the
+interaction as ``subtype``. What the authorisation server and the admin API do
+carries DICOM (DCM, PS3.16 CID 400/401) codes instead, following IHE BALP:
+
+- sign-in at the login form: 110114 User Authentication / 110122 Login;
+- ending a grant (token revocation, a logout): 110114 / 110123 Logout;
+- authorize, consent and token requests: 110114 / ITI-71 Get Access Token
+  (IHE IUA, ``urn:ihe:event-type-code``), introspection: 110114 / ITI-102;
+- EHR launch minting, ``/metrics`` and admin reads: 110113 Security Alert /
+  110132 Use of Restricted Function; client registration changes: 110113 /
+  110129 Security Configuration; user account changes: 110113 / 110137 User
+  Security Attributes Changed.
+
+A refusal is the same event with a failure ``outcome`` (4 or 8) and the
+reason in ``outcomeDesc``. Each auth event also carries radhub's own name for
+it (``urn:radhub:audit-event``) as a second subtype, so ``subtype=token``
+finds it.
 """
 
 from __future__ import annotations
@@ -31,6 +49,55 @@ log = logging.getLogger(__name__)
 _REST = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 _INTERACTION = "http://hl7.org/fhir/restful-interaction"
 _DCM = "http://dicom.nema.org/resources/ontology/DCM"
+_IHE = "urn:ihe:event-type-code"
+AUTH_EVENT_SYSTEM = "urn:radhub:audit-event"
+
+Coding = dict[str, str]
+
+
+def _dcm(code: str, display: str) -> Coding:
+    return {"system": _DCM, "code": code, "display": display}
+
+
+USER_AUTHENTICATION = _dcm("110114", "User Authentication")
+SECURITY_ALERT = _dcm("110113", "Security Alert")
+LOGIN = _dcm("110122", "Login")
+LOGOUT = _dcm("110123", "Logout")
+SECURITY_CONFIGURATION = _dcm("110129", "Security Configuration")
+RESTRICTED_FUNCTION = _dcm("110132", "Use of Restricted Function")
+USER_ATTRIBUTES_CHANGED = _dcm("110137", "User Security Attributes Changed")
+GET_ACCESS_TOKEN = {"system": _IHE, "code": "ITI-71", "display": "Get Access Token"}
+INTROSPECT_TOKEN = {"system": _IHE, "code": "ITI-102", "display": "Introspect Token"}
+
+
+@dataclass(frozen=True)
+class EventCodes:
+    """An audited event's ``type``, DICOM/IHE ``subtype`` and ``action``."""
+
+    type: Coding
+    subtype: Coding
+    action: str = "E"
+
+
+# What the authorisation server and the admin API record (module docstring).
+AUTH_EVENTS: dict[str, EventCodes] = {
+    "login": EventCodes(USER_AUTHENTICATION, LOGIN),
+    "logout": EventCodes(USER_AUTHENTICATION, LOGOUT),
+    "revoke": EventCodes(USER_AUTHENTICATION, LOGOUT),
+    "authorize": EventCodes(USER_AUTHENTICATION, GET_ACCESS_TOKEN),
+    "consent": EventCodes(USER_AUTHENTICATION, GET_ACCESS_TOKEN),
+    "token": EventCodes(USER_AUTHENTICATION, GET_ACCESS_TOKEN),
+    "introspect": EventCodes(USER_AUTHENTICATION, INTROSPECT_TOKEN),
+    "launch": EventCodes(SECURITY_ALERT, RESTRICTED_FUNCTION, "C"),
+    "metrics": EventCodes(SECURITY_ALERT, RESTRICTED_FUNCTION, "R"),
+    "admin-read": EventCodes(SECURITY_ALERT, RESTRICTED_FUNCTION, "R"),
+    "admin-client-create": EventCodes(SECURITY_ALERT, SECURITY_CONFIGURATION, "C"),
+    "admin-client-update": EventCodes(SECURITY_ALERT, SECURITY_CONFIGURATION, "U"),
+    "admin-client-delete": EventCodes(SECURITY_ALERT, SECURITY_CONFIGURATION, "D"),
+    "admin-user-create": EventCodes(SECURITY_ALERT, USER_ATTRIBUTES_CHANGED, "C"),
+    "admin-user-update": EventCodes(SECURITY_ALERT, USER_ATTRIBUTES_CHANGED, "U"),
+    "admin-user-delete": EventCodes(SECURITY_ALERT, USER_ATTRIBUTES_CHANGED, "D"),
+}
 
 # https://hl7.org/fhir/R4/valueset-audit-event-action.html
 ACTION_OF = {
@@ -130,13 +197,25 @@ def _entities(record: AuditRecord) -> list[dict[str, Any]]:
     return entities
 
 
+def event_codes(interaction: str) -> dict[str, Any]:
+    """``type``, ``subtype`` and ``action`` of an AuditEvent for ``interaction`` (pure)."""
+    codes = AUTH_EVENTS.get(interaction)
+    if codes is None:
+        return {
+            "type": {"system": _REST, "code": "rest", "display": "RESTful Operation"},
+            "subtype": [{"system": _INTERACTION, "code": interaction}],
+            "action": ACTION_OF.get(interaction, "E"),
+        }
+    own = {"system": AUTH_EVENT_SYSTEM, "code": interaction}
+    subtype = [dict(codes.subtype), own]  # copies: the tables stay unchanged
+    return {"type": dict(codes.type), "subtype": subtype, "action": codes.action}
+
+
 def to_audit_event(record: AuditRecord) -> dict[str, Any]:
     """The AuditEvent resource for one record (pure)."""
     event: dict[str, Any] = {
         "resourceType": "AuditEvent",
-        "type": {"system": _REST, "code": "rest", "display": "RESTful Operation"},
-        "subtype": [{"system": _INTERACTION, "code": record.interaction}],
-        "action": ACTION_OF.get(record.interaction, "E"),
+        **event_codes(record.interaction),
         "recorded": format_instant(record.moment),
         "outcome": outcome_code(record.status),
         "agent": _agents(record),

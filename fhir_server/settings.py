@@ -26,6 +26,19 @@ class Settings:
     audit_flush_interval: float = 0.2
     # processes validating large Bundles beside the event loop (0: validate inline)
     validation_workers: int = field(default_factory=lambda: 1 if (os.cpu_count() or 1) > 1 else 0)
+    # a different instance under a known SOP Instance UID replaces it (else 0x0111)
+    dicom_overwrite: bool = False
+    # the Patient identifier system when a DICOM study has no IssuerOfPatientID URI
+    default_patient_system: str = "urn:radhub:patient-id"
+    # QIDO-RS results per page at most (PS3.18 §8.3.4.4 lets the server cap ``limit``)
+    qido_max_results: int = 1000
+    # how often the archive reads the change log (late orders) when it is idle
+    change_poll_interval: float = 0.5
+    # the first delay before a failed ImagingStudy sync is retried (doubles up to a minute)
+    sync_retry_interval: float = 2.0
+    # how long a study's ingest must be quiet before its ImagingStudy is written (at the
+    # latest every max(5 s, 10x this) while it keeps receiving)
+    study_sync_delay: float = 0.4
 
     @property
     def public_base(self) -> str:

@@ -16,7 +16,7 @@ import base64
 import binascii
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -28,13 +28,12 @@ from joserfc.jwt import JWTClaimsRegistry
 
 from fhir_server.storage.auth_port import AuthData, ClientRecord
 from smart.errors import InvalidClient
+from smart.jwks_fetch import JwksSource, JwksUnavailable
 from smart.secrets import verify_secret
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_ALGORITHMS = ("RS384", "ES384")
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
-
-JwksFetcher = Callable[[str], Awaitable[dict[str, Any]]]
 
 
 class ClientAuthenticator:
@@ -46,7 +45,7 @@ class ClientAuthenticator:
         helper: PasswordHelper,
         token_url: str,
         *,
-        fetch_jwks: JwksFetcher | None = None,
+        fetch_jwks: JwksSource | None = None,
         max_assertion_ttl: int = 300,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -86,25 +85,31 @@ class ClientAuthenticator:
         if form.get("client_assertion_type") != JWT_BEARER:
             raise InvalidClient("unsupported client_assertion_type")
         assertion = form.get("client_assertion", "")
-        client_id = _unverified_issuer(assertion)
+        header, unverified = _unverified(assertion)
+        issuer = unverified.get("iss")
+        client_id = issuer if isinstance(issuer, str) else ""
         client = await self._auth.get_client(client_id) if client_id else None
         if client is None or client.kind != "asymmetric":
             raise InvalidClient("client authentication failed")
         if form.get("client_id") not in (None, client.client_id):
             raise InvalidClient("client_id does not match the assertion")
-        claims = self._verify(assertion, client, await self._keys(client))
+        kid = header.get("kid")
+        keys = await self._keys(client, kid if isinstance(kid, str) else None)
+        claims = self._verify(assertion, client, keys)
         key = f"{client.client_id}:{claims['jti']}"
         if not await self._auth.use_jti(key, float(claims["exp"])):
             raise InvalidClient("client assertion replayed (jti already used)")
         return client
 
-    async def _keys(self, client: ClientRecord) -> KeySet:
+    async def _keys(self, client: ClientRecord, kid: str | None) -> KeySet:
         try:
             if client.jwks:
                 return KeySet.import_key_set(json.loads(client.jwks))
             if client.jwks_uri and self._fetch_jwks is not None:
-                fetched: Any = await self._fetch_jwks(client.jwks_uri)
+                fetched: Any = await self._fetch_jwks(client.jwks_uri, kid=kid)
                 return KeySet.import_key_set(fetched)
+        except JwksUnavailable as exc:
+            raise InvalidClient(f"the client's keys are unusable: {exc}") from exc
         except (ValueError, JoseError, OSError) as exc:
             raise InvalidClient("the client's keys are unusable") from exc
         raise InvalidClient("the client has no registered keys")
@@ -142,12 +147,17 @@ def _basic(authorization: str) -> tuple[str, str]:
     return unquote(client_id), unquote(secret)  # RFC 6749 §2.3.1: form-urlencoded
 
 
-def _unverified_issuer(assertion: str) -> str:
-    """``iss`` of a JWT before its signature is checked (to find the client's keys)."""
+def _unverified(assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and claims of a JWT before its signature is checked (to find the
+    client and the key it names)."""
     try:
-        payload = assertion.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError, binascii.Error) as exc:
+        parts = [
+            json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+            for part in assertion.split(".")[:2]
+        ]
+        header, claims = parts
+    except (ValueError, binascii.Error) as exc:
         raise InvalidClient("malformed client assertion") from exc
-    issuer = claims.get("iss") if isinstance(claims, dict) else None
-    return issuer if isinstance(issuer, str) else ""
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        raise InvalidClient("malformed client assertion")
+    return header, claims

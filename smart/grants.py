@@ -4,7 +4,9 @@
   single-use and short-lived; a replayed code revokes everything its first
   redemption issued (RFC 6749 §4.1.2, RFC 9700 §4.2.4).
 - ``refresh_token``: rotated on every use; reusing a rotated token revokes the
-  whole family; a narrower ``scope`` may be asked, never a wider one (§6).
+  whole family; a narrower ``scope`` may be asked, never a wider one (§6);
+  refused, and the family revoked, once the user is disabled or deleted or
+  their roles or fhirUser changed (the grant was capped by the old ones).
 - ``client_credentials``: SMART Backend Services, ``system/`` scopes only.
 """
 
@@ -85,11 +87,25 @@ class TokenGrants:
             raise InvalidGrant("refresh token already used; the grant is revoked")
         if token.expires_at < self._clock():
             raise InvalidGrant("refresh token expired")
+        if not await self._user_unchanged(token.grant):
+            await self._auth.revoke_grant(token.grant.grant_id)
+            raise InvalidGrant("the user's account was disabled or changed; sign in again")
         granted = split(token.grant.scope)
         asked = split(form["scope"]) if form.get("scope") else granted
         if not all(within(item, granted) for item in asked):
             raise InvalidScope("a refresh may not widen the original grant")
         return await self._issuer.respond(token.grant, " ".join(asked))
+
+    async def _user_unchanged(self, grant: GrantInfo) -> bool:
+        """Whether the user behind a refresh grant still exists, is active, and holds
+        the roles and fhirUser the grant was capped by (the admin API may change them)."""
+        user = await self._auth.get_user(grant.subject)
+        return (
+            user is not None
+            and user.is_active
+            and set(user.roles) == set(grant.roles)
+            and user.fhir_user == grant.fhir_user
+        )
 
     async def client_credentials(
         self, client: ClientRecord, form: Mapping[str, str]

@@ -132,7 +132,10 @@ class KeyRing:
 
     @property
     def active_key(self) -> SigningKey:
-        """The key new tokens are signed with."""
+        """The key new tokens are signed with; re-reads the file if another process
+        (``radhub keys rotate``) rotated, so a running server signs with the new key."""
+        if self._changed_on_disk():
+            self.reload()
         return self._keys[-1]
 
     def keys(self) -> tuple[SigningKey, ...]:
@@ -150,6 +153,8 @@ class KeyRing:
 
     def jwks(self) -> dict[str, Any]:
         """The public JWK Set (RFC 7517 §5) served at ``/auth/jwks``."""
+        if self._changed_on_disk():
+            self.reload()
         return {"keys": [k.public_jwk() for k in self.keys()]}
 
     def rotate(self) -> SigningKey:

@@ -5,12 +5,18 @@ Plain server-rendered forms, no script: every value is escaped, the pages are
 never cached, may not be framed (clickjacking), and carry the authorize
 request forward in hidden fields (no cookies; the login ticket proves the
 login step, see ``tickets``).
+
+The forms post to this server, whose answer may be a redirect to the client's
+registered redirect URI; browsers apply CSP ``form-action`` to that redirect
+too (Chromium blocks it), so the pages allow that one origin besides 'self'.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from html import escape
+from urllib.parse import urlsplit
 
 from starlette.responses import HTMLResponse
 
@@ -23,6 +29,10 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 
+# A CSP source the redirect URI reduces to: ``scheme://host[:port]``, or ``scheme:``
+# for a native app's private-use scheme (RFC 8252 §7.1). Anything else is left out.
+_SOURCE = re.compile(r"[a-z][a-z0-9+.-]*:(//([a-z0-9.-]+|\[[0-9a-f:.]+\])(:[0-9]+)?)?")
+
 _STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem}"
     "label{display:block;margin:.5rem 0}input[type=text],input[type=password],select"
@@ -31,13 +41,37 @@ _STYLE = (
 )
 
 
-def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+def redirect_source(redirect_uri: str) -> str | None:
+    """The CSP source expression matching a redirect URI's origin, if it has a safe one.
+    See https://www.w3.org/TR/CSP3/#grammardef-source-expression"""
+    parts = urlsplit(redirect_uri.strip().lower())
+    source = f"{parts.scheme}:"
+    if parts.netloc:
+        host = parts.netloc.rpartition("@")[2]
+        source = f"{parts.scheme}://{host}"
+    return source if _SOURCE.fullmatch(source) else None
+
+
+def page_headers(redirect_uri: str | None = None) -> dict[str, str]:
+    """The headers of every page; the forms may also lead to ``redirect_uri``."""
+    source = redirect_source(redirect_uri) if redirect_uri else None
+    if source is None:
+        return PAGE_HEADERS
+    csp = PAGE_HEADERS["Content-Security-Policy"].replace(
+        "form-action 'self'", f"form-action 'self' {source}"
+    )
+    return {**PAGE_HEADERS, "Content-Security-Policy": csp}
+
+
+def _page(
+    title: str, body: str, status: int = 200, redirect_uri: str | None = None
+) -> HTMLResponse:
     html = (
         f"<!doctype html><html lang=en><head><meta charset=utf-8>"
         f"<meta name=viewport content='width=device-width'><title>{escape(title)}</title>"
         f"<style>{_STYLE}</style></head><body><h1>{escape(title)}</h1>{body}</body></html>"
     )
-    return HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
+    return HTMLResponse(html, status_code=status, headers=page_headers(redirect_uri))
 
 
 def _hidden(params: Mapping[str, str]) -> str:
@@ -64,7 +98,7 @@ def login_page(
         "autocomplete=current-password></label>"
         "<button type=submit id=login>Sign in</button></form>"
     )
-    return _page("Sign in to radhub", body, status)
+    return _page("Sign in to radhub", body, status, params.get("redirect_uri"))
 
 
 def consent_page(
@@ -100,7 +134,7 @@ def consent_page(
         "<button type=submit name=decision value=approve id=approve>Allow</button>"
         "<button type=submit name=decision value=deny id=deny>Deny</button></form>"
     )
-    return _page("Allow access?", body)
+    return _page("Allow access?", body, redirect_uri=params.get("redirect_uri"))
 
 
 def error_page(message: str, status: int = 400) -> HTMLResponse:

@@ -9,6 +9,7 @@ the store takes effect within ``ttl`` seconds.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from typing import Protocol
@@ -42,18 +43,34 @@ class CachedRevocationCheck:
         self._size = size
         self._clock = clock
         self._seen: OrderedDict[str, tuple[float, bool]] = OrderedDict()
+        self._pending: dict[str, asyncio.Future[bool]] = {}
 
     async def __call__(self, jti: str) -> bool:
         now = self._clock()
         if self._auth.revocations != self._generation:
             self._generation = self._auth.revocations
             self._seen.clear()
+            self._pending.clear()  # a lookup begun before the revocation may be stale
         hit = self._seen.get(jti)
         if hit is not None and now - hit[0] < self._ttl:
             return hit[1]
-        revoked = await self._auth.is_revoked(jti)
+        # one lookup per token at a time: when a verdict expires under load, every
+        # request in flight with that token would otherwise ask the store at once
+        generation = self._generation
+        pending = self._pending.get(jti)
+        if pending is None:
+            pending = asyncio.ensure_future(self._auth.is_revoked(jti))
+            self._pending[jti] = pending
+            pending.add_done_callback(lambda done: self._forget(jti, done))
+        revoked = await asyncio.shield(pending)
+        if generation != self._auth.revocations:
+            return revoked  # a revocation came while asking: do not remember this verdict
         self._seen[jti] = (now, revoked)
         self._seen.move_to_end(jti)
         while len(self._seen) > self._size:
             self._seen.popitem(last=False)
         return revoked
+
+    def _forget(self, jti: str, done: asyncio.Future[bool]) -> None:
+        if self._pending.get(jti) is done:
+            del self._pending[jti]

@@ -3,7 +3,8 @@
 ``AuthServer.build(...)`` wires the parts from what the composition root
 hands over (store, keys, verifier, policy, audit); ``router()`` returns the
 routes to mount: ``/auth/authorize``, ``/auth/token``, ``/auth/introspect``,
-``/auth/revoke``, ``/auth/launch`` and ``/fhir/.well-known/smart-configuration``.
+``/auth/revoke``, ``/auth/launch``, the admin API under ``/auth/admin``
+(``smart.admin``) and ``/fhir/.well-known/smart-configuration``.
 """
 
 from __future__ import annotations
@@ -23,14 +24,16 @@ from fhir_server.errors import FhirError, Forbidden
 from fhir_server.interactions.services import utc_now
 from fhir_server.storage.base import Store
 from smart import pages
+from smart.admin import AdminApi
 from smart.authorize import AuthorizeFlow, Checked, PageError, RedirectError
-from smart.clients import ClientAuthenticator, JwksFetcher
+from smart.clients import ClientAuthenticator
 from smart.config import AuthConfig
 from smart.discovery import smart_configuration
 from smart.errors import NO_STORE, InvalidClient, OAuthError
 from smart.grants import TokenGrants
 from smart.introspection import Introspection
 from smart.issuer import TokenIssuer
+from smart.jwks_fetch import JwksSource
 from smart.keys import KeyRing
 from smart.launch import Launches
 from smart.patients import PatientPicker
@@ -57,6 +60,7 @@ class AuthServer:
         launches: Launches,
         verifier: TokenVerifier,
         audit: AuditSink,
+        admin: AdminApi | None = None,
     ) -> None:
         self.config = config
         self.flow = flow
@@ -66,6 +70,7 @@ class AuthServer:
         self.launches = launches
         self.verifier = verifier
         self.audit = audit
+        self.admin = admin
 
     @classmethod
     def build(
@@ -77,7 +82,7 @@ class AuthServer:
         policy: AccessPolicy,
         audit: AuditSink,
         *,
-        fetch_jwks: JwksFetcher | None = None,
+        fetch_jwks: JwksSource | None = None,
         clock: Callable[[], float] = time.time,
     ) -> AuthServer:
         """Wire the parts over one store and key ring."""
@@ -112,6 +117,7 @@ class AuthServer:
             launches=launches,
             verifier=verifier,
             audit=audit,
+            admin=AdminApi(store.auth, accounts, helper, verifier, audit.record, clock=clock),
         )
 
     def router(self) -> APIRouter:
@@ -139,6 +145,8 @@ class AuthServer:
         router.add_api_route(
             "/auth/launch", self.launch, methods=["POST"], summary="Mint an EHR launch"
         )
+        if self.admin is not None:
+            router.include_router(self.admin.router())
         return router
 
     async def discovery(self) -> Response:
@@ -177,8 +185,7 @@ class AuthServer:
             client_id = client.client_id
             body = await self.grants.exchange(client, form)
         except OAuthError as exc:
-            self._record("token", exc.status, f"{exc.error}: {exc.description}", client_id, request)
-            return exc.response()
+            return self._refused("token", exc, client_id, request)
         self._record("token", 200, f"{form.get('grant_type')} granted", client_id, request)
         return JSONResponse(body, headers=NO_STORE)
 
@@ -189,7 +196,7 @@ class AuthServer:
             if client.kind == "public":
                 raise InvalidClient("introspection needs a confidential client")
         except OAuthError as exc:
-            return exc.response()
+            return self._refused("introspect", exc, form.get("client_id"), request)
         answer = await self.introspection.introspect(form.get("token", ""))
         return JSONResponse(answer, headers=NO_STORE)
 
@@ -198,17 +205,22 @@ class AuthServer:
         try:
             client = await self.clients.authenticate(form, request.headers.get("authorization"))
         except OAuthError as exc:
-            return exc.response()
+            return self._refused("revoke", exc, form.get("client_id"), request)
         await self.introspection.revoke(client, form.get("token", ""))
         self._record("revoke", 200, "token revoked", client.client_id, request)
         return Response(status_code=200, headers=NO_STORE)
 
     async def launch(self, request: Request) -> Response:
-        """Mint a launch for an EHR: an admin user or a ``system/`` Patient reader only."""
+        """Mint a launch for an EHR: an admin user's token that grants ``user/``
+        Patient reads (the role alone would let any app an admin signs in to mint
+        launches), or a ``system/`` Patient reader (the EHR as a backend client)."""
         try:
             ctx = await self.verifier.verify(bearer_token(request.headers.get("authorization")))
-            if "admin" not in ctx.roles and not _system_reader(ctx.scopes):
-                raise Forbidden("minting a launch needs an admin or a system/Patient.r token")
+            admin = "admin" in ctx.roles and _reader(ctx.scopes, "user")
+            if not admin and not _reader(ctx.scopes, "system"):
+                raise Forbidden(
+                    "minting a launch needs an admin's user/Patient.r or a system/Patient.r token"
+                )
         except FhirError as exc:
             self._record("launch", exc.status, exc.diagnostics, None, request)
             raise
@@ -218,6 +230,13 @@ class AuthServer:
         value = await self.launches.mint(form["client_id"], form["patient"], form.get("encounter"))
         return JSONResponse({"launch": value}, headers=NO_STORE)
 
+    def _refused(
+        self, event: str, exc: OAuthError, client: str | None, request: Request
+    ) -> Response:
+        """Audit an OAuth refusal and answer it (RFC 6749 §5.2)."""
+        self._record(event, exc.status, f"{exc.error}: {exc.description}", client, request)
+        return exc.response()
+
     def _record(
         self, event: str, status: int, description: str, client: str | None, request: Request
     ) -> None:
@@ -225,8 +244,9 @@ class AuthServer:
         _audit(self.audit, event, status, description, None, client, address)
 
 
-def _system_reader(scopes: ScopeSet) -> bool:
-    return any(s.level == "system" for s in scopes.granting("Patient", "r"))
+def _reader(scopes: ScopeSet, level: str) -> bool:
+    """Whether ``scopes`` grant reading Patients at ``level`` (user or system)."""
+    return any(s.level == level for s in scopes.granting("Patient", "r"))
 
 
 def _strings(form: FormData | Mapping[str, Any]) -> dict[str, str]:

@@ -43,18 +43,23 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
         yield application
 
 
+def app_token(app: FastAPI, scope: str = "system/*.cruds", **claims: object) -> str:
+    """A token for ``app``, signed with its key."""
+    identity = app.state.identity
+    return mint_access_token(
+        app.state.keyring,
+        issuer=identity.issuer,
+        audience=identity.audience,
+        scope=scope,
+        subject=str(claims.pop("subject", "tester")),
+        **claims,  # type: ignore[arg-type]
+    )
+
+
 @pytest.fixture
 def mint(app: FastAPI) -> MintToken:
     def make(scope: str = "system/*.cruds", **claims: object) -> str:
-        identity = app.state.identity
-        return mint_access_token(
-            app.state.keyring,
-            issuer=identity.issuer,
-            audience=identity.audience,
-            scope=scope,
-            subject=str(claims.pop("subject", "tester")),
-            **claims,  # type: ignore[arg-type]
-        )
+        return app_token(app, scope, **claims)
 
     return make
 

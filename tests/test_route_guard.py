@@ -63,6 +63,8 @@ EXPECTED = {
     "/dicomweb/wado",
     "/metrics",
     "/auth/launch",
+    "/auth/admin/clients",
+    "/auth/admin/users/{user_id}",
 }
 
 _PARAM = re.compile(r"{(\w+)(?::\w+)?}")

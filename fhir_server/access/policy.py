@@ -25,6 +25,11 @@ Choices, kept here so they are made once:
   compiler cannot express makes that scope grant nothing (refused, never
   widened).
 - A ``patient/`` scope without a patient in the context grants nothing.
+- **Referrers** (``referrer`` role) reach the compartments of their own
+  patients only (``referrer.py``). That filter follows a chain and a
+  ``_has``, so a single-resource check needs the store: ``check_stored``.
+  A referrer user whose ``fhirUser`` is not a Practitioner gets nothing from
+  that role.
 
 See https://build.fhir.org/ig/HL7/smart-app-launch/scopes-and-launch-context.html
 and https://hl7.org/fhir/R4/compartmentdefinition.html
@@ -37,8 +42,10 @@ from dataclasses import dataclass, field
 
 from fhir_server.access.compartment import PatientCompartment
 from fhir_server.access.context import AuthContext, Interaction
-from fhir_server.access.roles import Role, RoleRule, patient_of, roles_named
+from fhir_server.access.referrer import of_patients, referrer_filter
+from fhir_server.access.roles import Role, RoleRule, patient_of, practitioner_of, roles_named
 from fhir_server.access.scopes import Constraint, ResourceScope, required
+from fhir_server.access.stored import Lookup, Matcher, matches_stored, needs_store
 from fhir_server.access.tokens import bearer_challenge
 from fhir_server.errors import Forbidden, NotFound
 from fhir_server.search.ast import And, Compare, Node, Not, Or
@@ -47,9 +54,6 @@ from fhir_server.search.values import IndexEntry, ReferenceValue, TokenValue
 ConstraintCompiler = Callable[[str, tuple[Constraint, ...]], Node]
 """Turns a granular scope's constraints on a type into a filter; raises
 ``UnsupportedConstraint`` for what it cannot express."""
-
-Matcher = Callable[[Node, str, Sequence[IndexEntry]], bool]
-"""Evaluates a filter over one resource's id and index entries."""
 
 # Token search parameters the built-in compiler accepts in a granular scope:
 # the ones SMART and US Core constrain on. The composition root can inject a
@@ -140,6 +144,13 @@ def _token_matches(want: TokenValue, have: TokenValue) -> bool:
     return want.system == have.system
 
 
+# Readable by administrators only: a user with the admin role (the role table
+# lists it for no other role), a backend client granted system/ scopes for it,
+# or a local admin tool token (``radhub token``, no roles); never by a
+# patient-level scope, although AuditEvent is in the Patient compartment.
+AUDIT_TRAIL_TYPES = frozenset({"AuditEvent"})
+
+
 @dataclass(frozen=True, slots=True)
 class AccessPolicy:
     """Decides every access against SMART scopes and the Patient compartment."""
@@ -173,6 +184,21 @@ class AccessPolicy:
             raise _forbidden(action, resource_type)
         return _any_of(grants)
 
+    def patient_scope(
+        self, ctx: AuthContext, resource_type: str, action: Interaction
+    ) -> Node | None:
+        """The filter on Patient whose compartments hold all the caller may reach
+        among ``resource_type`` resources, when that is the whole restriction (a
+        referrer's own patients); None otherwise. Lets an index that knows each
+        record's Patient (the DICOM index) apply the restriction."""
+        where = self.search_filter(ctx, resource_type, action)
+        if where is None or not self.grants(ctx, action, "Patient"):
+            return None
+        patients = self.search_filter(ctx, "Patient", action)
+        if patients is None or where != of_patients(self.compartment, resource_type, patients):
+            return None
+        return patients
+
     def check_resource(
         self,
         ctx: AuthContext,
@@ -186,11 +212,34 @@ class AccessPolicy:
         403 without a scope for the type; 404 when the resource lies outside
         what the scopes reach (for CREATE, 403: there is nothing to hide).
         """
-        if self._reaches(ctx, action, resource_type, resource_id, entries):
+        if not self._reaches(ctx, action, resource_type, resource_id, entries):
+            raise _outside(action, resource_type, resource_id)
+
+    async def check_stored(
+        self,
+        ctx: AuthContext,
+        action: Interaction,
+        resource_type: str,
+        resource_id: str,
+        entries: Callable[[], Sequence[IndexEntry]],
+        lookup: Lookup,
+    ) -> None:
+        """``check_resource`` for every filter, also one that follows a chain or
+        ``_has`` (a referrer's): those parts are answered by ``lookup`` on the store.
+
+        ``entries`` is called only when a restriction applies (extracting the
+        index costs more than the rest of a read).
+        """
+        where = self.search_filter(ctx, resource_type, action)  # 403 without a grant
+        if where is None:
             return
-        if action.on_instance:
-            raise NotFound(f"{resource_type}/{resource_id} is not known")
-        raise _forbidden(action, resource_type)
+        own = entries()
+        if needs_store(where):
+            ok = await matches_stored(where, resource_type, resource_id, own, lookup, self.matches)
+        else:
+            ok = self.matches(where, resource_id, own)
+        if not ok:
+            raise _outside(action, resource_type, resource_id)
 
     def check_content(
         self,
@@ -222,6 +271,8 @@ class AccessPolicy:
     def _grant(
         self, ctx: AuthContext, scope: ResourceScope, action: Interaction, resource_type: str
     ) -> Grant | None:
+        if resource_type in AUDIT_TRAIL_TYPES and scope.level == "patient":
+            return None  # the trail is for administrators, not a patient's app
         grant = self._scope_grant(ctx, scope, action, resource_type)
         if grant is None or not ctx.roles or scope.level == "system":
             return grant
@@ -240,7 +291,7 @@ class AccessPolicy:
             if rule is None:
                 continue
             try:
-                where = self._role_filter(role, rule, ctx, resource_type)
+                where = self._role_filter(role, rule, ctx, resource_type, action)
             except UnsupportedConstraint:
                 continue
             if where is None:
@@ -249,18 +300,34 @@ class AccessPolicy:
         return bool(found), (found[0] if len(found) == 1 else Or(tuple(found)) if found else None)
 
     def _role_filter(
-        self, role: Role, rule: RoleRule, ctx: AuthContext, resource_type: str
+        self,
+        role: Role,
+        rule: RoleRule,
+        ctx: AuthContext,
+        resource_type: str,
+        action: Interaction,
     ) -> Node | None:
         where = (
             self.compile_constraints(resource_type, rule.constraints) if rule.constraints else None
         )
-        if not role.own_record_only:
-            return where
-        patient = patient_of(ctx.fhir_user)
-        if patient is None:
-            raise UnsupportedConstraint("a patient user without a Patient fhirUser")
-        own = compartment_filter(self.compartment, resource_type, patient)
+        own = self._own_filter(role, ctx, resource_type, action)
         return where if own is None else _both(own, where)
+
+    def _own_filter(
+        self, role: Role, ctx: AuthContext, resource_type: str, action: Interaction
+    ) -> Node | None:
+        """The role's restriction to the user's own record or own patients, if any."""
+        if role.own_record_only:
+            patient = patient_of(ctx.fhir_user)
+            if patient is None:
+                raise UnsupportedConstraint("a patient user without a Patient fhirUser")
+            return compartment_filter(self.compartment, resource_type, patient)
+        if role.own_patients_only:
+            practitioner = practitioner_of(ctx.fhir_user)
+            if practitioner is None:
+                raise UnsupportedConstraint("a referrer without a Practitioner fhirUser")
+            return referrer_filter(self.compartment, resource_type, practitioner, action)
+        return None
 
     def _scope_grant(
         self, ctx: AuthContext, scope: ResourceScope, action: Interaction, resource_type: str
@@ -308,6 +375,13 @@ def _any_of(grants: Sequence[Grant]) -> Node | None:
         if grant.where not in nodes:
             nodes.append(grant.where)
     return nodes[0] if len(nodes) == 1 else Or(tuple(nodes))
+
+
+def _outside(action: Interaction, resource_type: str, resource_id: str) -> Forbidden | NotFound:
+    # an existing resource outside the grant looks like one that does not exist
+    if action.on_instance:
+        return NotFound(f"{resource_type}/{resource_id} is not known")
+    return _forbidden(action, resource_type)
 
 
 def _forbidden(action: Interaction, resource_type: str, why: str | None = None) -> Forbidden:

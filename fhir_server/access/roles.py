@@ -10,6 +10,13 @@ the authorisation server issues to a user carries the user's roles.
 
 Several roles: the union of what each allows.
 The table is documented in README.md ("Roles"); keep the two in step.
+
+A referrer (referring physician) reads only *their own patients'* records:
+a Patient is theirs when a ServiceRequest names their ``fhirUser``
+Practitioner as ``requester`` and that Patient as ``subject`` (an order is
+how a patient comes to a radiology department), or when the Patient names
+that Practitioner as ``generalPractitioner``. ``fhir_server.access.referrer``
+builds that rule as a search filter.
 """
 
 from __future__ import annotations
@@ -45,11 +52,15 @@ class Role:
 
     ``own_record_only``: every compartment resource is restricted to the
     user's own Patient compartment (the ``fhirUser`` Patient).
+    ``own_patients_only``: every compartment resource is restricted to the
+    compartments of the ``fhirUser`` Practitioner's own patients (see the
+    module docstring and ``fhir_server.access.referrer``).
     """
 
     name: str
     rules: Mapping[str, RoleRule]
     own_record_only: bool = False
+    own_patients_only: bool = False
 
     def rule(self, resource_type: str) -> RoleRule | None:
         return self.rules.get(resource_type) or self.rules.get(ALL)
@@ -61,13 +72,16 @@ class Role:
 
 
 def _role(
-    name: str, table: Mapping[str, str | tuple[str, tuple[Constraint, ...]]], own: bool = False
+    name: str,
+    table: Mapping[str, str | tuple[str, tuple[Constraint, ...]]],
+    own: bool = False,
+    own_patients: bool = False,
 ) -> Role:
     rules: dict[str, RoleRule] = {}
     for resource_type, spec in table.items():
         letters, constraints = (spec, ()) if isinstance(spec, str) else spec
         rules[resource_type] = RoleRule(_letters(letters), constraints)
-    return Role(name, MappingProxyType(rules), own)
+    return Role(name, MappingProxyType(rules), own, own_patients)
 
 
 def _letters(text: str) -> frozenset[Permission]:
@@ -141,6 +155,7 @@ ROLES: Mapping[str, Role] = MappingProxyType(
                 "DiagnosticReport": ("rs", RELEASED),
                 "Observation": ("rs", RELEASED),
             },
+            own_patients=True,
         ),
         "patient": _role(
             "patient",
@@ -167,7 +182,17 @@ def roles_named(names: Iterable[str]) -> tuple[Role, ...]:
 
 def patient_of(fhir_user: str | None) -> str | None:
     """The Patient id of a ``fhirUser`` reference (``Patient/123`` or an absolute URL)."""
+    return _id_of(fhir_user, "Patient")
+
+
+def practitioner_of(fhir_user: str | None) -> str | None:
+    """The Practitioner id of a ``fhirUser`` reference (``Practitioner/7`` or an absolute URL)."""
+    return _id_of(fhir_user, "Practitioner")
+
+
+def _id_of(fhir_user: str | None, resource_type: str) -> str | None:
     if not fhir_user:
         return None
     kind, _, rest = fhir_user.rstrip("/").rpartition("/")
-    return rest if kind.endswith("Patient") and rest else None
+    # "Patient" and "Practitioner" share a prefix: compare the last path segment
+    return rest if kind.rpartition("/")[2] == resource_type and rest else None

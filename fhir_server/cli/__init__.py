@@ -18,6 +18,9 @@ from typing import Any
 from fhir_server.errors import FhirError
 from fhir_server.settings import Settings
 
+# run by fhir_server.cli.auth_admin (imported only when one of them is asked for)
+ADMIN_COMMANDS = ("client", "user", "launch", "audit", "keys")
+
 
 def _env(name: str, default: Any = None) -> Any:
     return os.environ.get(f"RADHUB_{name.upper().replace('-', '_')}", default)
@@ -56,11 +59,51 @@ def _serve_parser(sub: Any) -> None:
         default=None,
         help="allowed browser origin (repeatable; default: any)",
     )
+    _archive_options(p)
     p.add_argument(
         "--demo",
         action="store_true",
         default=_env("demo") == "1",
         help="load a small generated demo data set into an empty store",
+    )
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}")
+        return value
+
+    return parse
+
+
+def _archive_options(p: argparse.ArgumentParser) -> None:
+    defaults = Settings()
+    p.add_argument(
+        "--dicom-overwrite",
+        action="store_true",
+        default=_env("dicom_overwrite") == "1",
+        help="let a different instance with a known SOP Instance UID replace it",
+    )
+    p.add_argument(
+        "--default-patient-system",
+        default=_env("default_patient_system", defaults.default_patient_system),
+        help="Patient identifier system when DICOM has no IssuerOfPatientID URI",
+    )
+    p.add_argument(
+        "--qido-max-results",
+        type=_count(1),
+        default=_env("qido_max_results", defaults.qido_max_results),
+        help="most QIDO-RS results per page",
+    )
+    p.add_argument(
+        "--validation-workers",
+        type=_count(0),
+        default=_env("validation_workers", defaults.validation_workers),
+        help="processes validating large Bundles (0: in the server process)",
     )
 
 
@@ -94,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     _import_parser(sub)
     from fhir_server.cli.auth_admin import add_parsers
 
-    add_parsers(sub, _add_data_dir)  # client add, user add, launch, audit verify
+    add_parsers(sub, _add_data_dir)  # ADMIN_COMMANDS
     return parser
 
 
@@ -113,6 +156,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         cors_origins=tuple(args.cors_origin or ()),
+        dicom_overwrite=args.dicom_overwrite,
+        default_patient_system=args.default_patient_system,
+        qido_max_results=args.qido_max_results,
+        validation_workers=args.validation_workers,
     )
 
 
@@ -139,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
             return 0
-        if args.command in ("client", "user", "launch", "audit"):
+        if args.command in ADMIN_COMMANDS:
             from fhir_server.cli.auth_admin import run
 
             return run(args, settings)

@@ -1,5 +1,5 @@
 """Admin sub-commands for SMART: ``client add``, ``user add``, ``launch`` and
-``audit verify`` (DESIGN.md, interface contract). They open the data dir (or
+``audit verify`` (DESIGN.md, interface contract), and ``keys rotate``. They open the data dir (or
 ``--mongodb-uri``) of a server that may be running: the store allows it.
 """
 
@@ -20,15 +20,14 @@ from fhir_server.search.registry import SearchRegistry
 from fhir_server.settings import Settings
 from fhir_server.storage.auth_port import ClientKind, ClientRecord
 from fhir_server.storage.base import Store
+from smart.keys import KeyRing
 from smart.launch import Launches
 from smart.secrets import password_helper
 from smart.users import Accounts
 
-COMMANDS = ("client", "user", "launch", "audit")
-
 
 def add_parsers(sub: Any, add_data_dir: Callable[..., None]) -> None:
-    """The sub-parsers of ``client``, ``user``, ``launch`` and ``audit``."""
+    """The sub-parsers of ``client``, ``user``, ``launch``, ``audit`` and ``keys``."""
     client = sub.add_parser("client", help="manage OAuth clients").add_subparsers(
         dest="action", required=True
     )
@@ -64,9 +63,19 @@ def add_parsers(sub: Any, add_data_dir: Callable[..., None]) -> None:
     p = audit.add_parser("verify", help="check the audit trail's hash chain")
     add_data_dir(p, required=True)
 
+    keys = sub.add_parser("keys", help="the server's signing keys").add_subparsers(
+        dest="action", required=True
+    )
+    p = keys.add_parser(
+        "rotate", help="make a new signing key; the old one verifies until its tokens expire"
+    )
+    add_data_dir(p, required=True)
+
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    """Run one of ``COMMANDS``; returns the exit status."""
+    """Run one of ``fhir_server.cli.ADMIN_COMMANDS``; returns the exit status."""
+    if args.command == "keys":
+        return _rotate_keys(settings)
     actions: dict[str, Callable[[Store], Awaitable[int]]] = {
         "client": lambda store: _client_add(store, args),
         "user": lambda store: _user_add(store, args),
@@ -141,6 +150,17 @@ async def _launch(store: Store, args: argparse.Namespace) -> int:
         print(f"radhub: unknown client {args.client_id}", file=sys.stderr)
         return 2
     print(await Launches(store.auth).mint(args.client_id, args.patient, args.encounter))
+    return 0
+
+
+def _rotate_keys(settings: Settings) -> int:
+    """A running server signs with the new key from its next token on (it watches
+    the key file); tokens signed with the old one stay valid until they expire."""
+    prepare_data_dir(settings)
+    ring = KeyRing.open(settings.data_dir)
+    old = ring.active_key.kid
+    new = ring.rotate()
+    print(f"signing key {new.kid} active; {old} retired (verifies until its tokens expire)")
     return 0
 
 

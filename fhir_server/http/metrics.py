@@ -2,14 +2,31 @@
 
 A plain ASGI middleware (not Starlette's BaseHTTPMiddleware, which costs a task
 and a stream copy per request) so measuring does not slow what it measures.
+``metrics_endpoint`` serves ``/metrics`` to a bearer of a valid token; a refused
+request is audited like any refusal, a scrape that succeeds is not (one every
+few seconds would drown the trail, and metrics hold no patient data).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fhir_server.access.tokens import TokenVerifier, bearer_token
+from fhir_server.audit import AuditLog, AuditRecord
+from fhir_server.errors import FhirError
+from fhir_server.interactions.services import utc_now
 
 
 class HttpMetrics:
@@ -64,3 +81,29 @@ def _route_of(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path_format", None) or getattr(route, "path", None)
     return str(path) if path else "unmatched"
+
+
+def metrics_endpoint(
+    registry: CollectorRegistry, verifier: TokenVerifier, audit: AuditLog
+) -> Callable[[Request], Awaitable[Response]]:
+    """The ``/metrics`` handler: the registry in Prometheus text format, for a valid token."""
+
+    async def metrics(request: Request) -> Response:
+        try:
+            await verifier.verify(bearer_token(request.headers.get("authorization")))
+        except FhirError as exc:
+            address = request.client.host if request.client else None
+            audit.record(
+                AuditRecord(
+                    "metrics",
+                    exc.status,
+                    utc_now(),
+                    None,
+                    address=address,
+                    description=exc.diagnostics,
+                )
+            )
+            raise
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return metrics

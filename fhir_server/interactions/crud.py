@@ -13,6 +13,7 @@ import jsonpatch
 import orjson
 
 from fhir_server.access.context import AuthContext, Interaction
+from fhir_server.access.stored import Searcher, lookup_in
 from fhir_server.errors import (
     Forbidden,
     Gone,
@@ -75,15 +76,23 @@ def entries_of(svc: Services, version: StoredVersion) -> list[IndexEntry]:
     return extract_index(loads(version.body), svc.registry)
 
 
-def _check_visible(
-    svc: Services, auth: AuthContext, version: StoredVersion, action: Interaction
+async def _check_visible(
+    svc: Services,
+    auth: AuthContext,
+    version: StoredVersion,
+    action: Interaction,
+    searcher: Searcher,
 ) -> None:
-    # extracting the index costs more than the rest of a read: only when a
-    # restriction (compartment, granular scope) needs it
-    if svc.policy.search_filter(auth, version.resource_type, action) is None:
-        return
-    svc.policy.check_resource(
-        auth, action, version.resource_type, version.id, entries_of(svc, version)
+    """404 unless the caller's filter reaches ``version``; a filter that follows
+    chains (a referrer's own patients) is answered by ``searcher`` (the store, or
+    the transaction the interaction runs in)."""
+    await svc.policy.check_stored(
+        auth,
+        action,
+        version.resource_type,
+        version.id,
+        lambda: entries_of(svc, version),
+        lookup_in(searcher),
     )
 
 
@@ -100,9 +109,11 @@ async def _save(
     id: str,
     resource: dict[str, Any] | None,
     current: StoredVersion | None,
+    index: list[IndexEntry] | None = None,
 ) -> StoredVersion:
     """Write the next version of ``resource_type/id``: stamps meta, extracts the
-    index, checks the caller may hold the new content, and stores it."""
+    index (unless extracted ahead: the stamps do not change it), checks the caller
+    may hold the new content, and stores it."""
     version = (current.version if current else 0) + 1
     moment = svc.clock()
     if current is not None and moment <= current.last_updated:
@@ -110,11 +121,13 @@ async def _save(
         moment = current.last_updated + timedelta(microseconds=1)
     method: Method = "delete" if resource is None else "create" if current is None else "update"
     body: bytes | None = None
-    index: list[IndexEntry] = []
-    if resource is not None:
+    if resource is None:
+        index = []
+    else:
         stamped = stamp(resource, id, version, moment)
         body = orjson.dumps(stamped)
-        index = extract_index(stamped, svc.registry)
+        if index is None:
+            index = extract_index(stamped, svc.registry)
         fresh = current is None or current.deleted
         action = Interaction.CREATE if fresh else Interaction.UPDATE
         svc.policy.check_content(auth, action, resource_type, id, index)
@@ -130,7 +143,7 @@ async def read(svc: Services, auth: AuthContext, resource_type: str, id: str) ->
     check_type(resource_type)
     svc.policy.authorize(auth, Interaction.READ, resource_type)
     current = await svc.store.read(resource_type, id)
-    return _shown(svc, auth, current, f"{resource_type}/{id}", Interaction.READ)
+    return await _shown(svc, auth, current, f"{resource_type}/{id}", Interaction.READ, svc.store)
 
 
 async def read_in(
@@ -139,15 +152,16 @@ async def read_in(
     check_type(resource_type)
     svc.policy.authorize(auth, Interaction.READ, resource_type)
     current = await tx.current(resource_type, id)
-    return _shown(svc, auth, current, f"{resource_type}/{id}", Interaction.READ)
+    return await _shown(svc, auth, current, f"{resource_type}/{id}", Interaction.READ, tx)
 
 
-def _shown(
+async def _shown(
     svc: Services,
     auth: AuthContext,
     version: StoredVersion | None,
     what: str,
     action: Interaction,
+    searcher: Searcher,
 ) -> Outcome:
     if version is None:
         raise NotFound(f"{what} is not known")
@@ -156,7 +170,7 @@ def _shown(
         previous = version
         svc.policy.check_resource(auth, action, previous.resource_type, previous.id, [])
         raise Gone(f"{what} was deleted", headers={"ETag": f'W/"{version.version}"'})
-    _check_visible(svc, auth, version, action)
+    await _check_visible(svc, auth, version, action, searcher)
     return Outcome(200, version)
 
 
@@ -167,9 +181,8 @@ async def vread(
     check_type(resource_type)
     svc.policy.authorize(auth, Interaction.VREAD, resource_type)
     version = await svc.store.vread(resource_type, id, parse_version(version_id))
-    return _shown(
-        svc, auth, version, f"{resource_type}/{id}/_history/{version_id}", Interaction.VREAD
-    )
+    what = f"{resource_type}/{id}/_history/{version_id}"
+    return await _shown(svc, auth, version, what, Interaction.VREAD, svc.store)
 
 
 # -- create ----------------------------------------------------------------------------
@@ -179,10 +192,14 @@ async def create(
     svc: Services, auth: AuthContext, resource: Any, *, if_none_exist: str | None = None
 ) -> Outcome:
     """See https://hl7.org/fhir/R4/http.html#create and #ccreate"""
-    # validated before the transaction: the write lock is then held only for the write
+    # validated and indexed before the transaction: the write lock is then held
+    # only for the write
     validate_resource(resource)
+    index = extract_index(resource, svc.registry)
     async with svc.store.transaction() as tx:
-        return await create_in(tx, svc, auth, resource, if_none_exist=if_none_exist, validated=True)
+        return await create_in(
+            tx, svc, auth, resource, if_none_exist=if_none_exist, validated=True, index=index
+        )
 
 
 async def create_in(
@@ -194,7 +211,9 @@ async def create_in(
     if_none_exist: str | None = None,
     id: str | None = None,
     validated: bool = False,
+    index: list[IndexEntry] | None = None,
 ) -> Outcome:
+    """Create inside ``tx``; ``index``: the resource's, if extracted ahead."""
     resource_type = check_resource_type(resource) if validated else validate_resource(resource)
     svc.policy.authorize(auth, Interaction.CREATE, resource_type)
     _check_writable(svc, resource_type)
@@ -206,7 +225,7 @@ async def create_in(
             )
         if existing:
             return Outcome(200, existing[0])
-    written = await _save(tx, svc, auth, resource_type, id or svc.new_id(), resource, None)
+    written = await _save(tx, svc, auth, resource_type, id or svc.new_id(), resource, None, index)
     return Outcome(201, written, created=True)
 
 
@@ -236,9 +255,18 @@ async def update(
     """See https://hl7.org/fhir/R4/http.html#update (including create-on-update)."""
     check_type(resource_type)
     validate_resource(resource)
+    index = extract_index(resource, svc.registry)  # outside the write lock, as validation
     async with svc.store.transaction() as tx:
         return await update_in(
-            tx, svc, auth, resource_type, id, resource, if_match=if_match, validated=True
+            tx,
+            svc,
+            auth,
+            resource_type,
+            id,
+            resource,
+            if_match=if_match,
+            validated=True,
+            index=index,
         )
 
 
@@ -263,7 +291,9 @@ async def update_in(
     *,
     if_match: str | None = None,
     validated: bool = False,
+    index: list[IndexEntry] | None = None,
 ) -> Outcome:
+    """Update inside ``tx``; ``index``: the resource's, if extracted ahead."""
     check_type(resource_type)
     check_id(id)
     _check_body_matches(resource, resource_type, id, validated)
@@ -272,8 +302,8 @@ async def update_in(
     current = await tx.current(resource_type, id)
     _check_if_match(current, if_match, f"{resource_type}/{id}")
     if current is not None and not current.deleted:
-        _check_visible(svc, auth, current, Interaction.UPDATE)
-    written = await _save(tx, svc, auth, resource_type, id, resource, current)
+        await _check_visible(svc, auth, current, Interaction.UPDATE, tx)
+    written = await _save(tx, svc, auth, resource_type, id, resource, current, index)
     created = current is None or current.deleted
     return Outcome(201 if created else 200, written, created=created)
 
@@ -371,7 +401,7 @@ async def patch_in(
     svc.policy.authorize(auth, Interaction.UPDATE, resource_type)
     _check_writable(svc, resource_type)
     current = await tx.current(resource_type, id)
-    _shown(svc, auth, current, f"{resource_type}/{id}", Interaction.UPDATE)
+    await _shown(svc, auth, current, f"{resource_type}/{id}", Interaction.UPDATE, tx)
     assert current is not None and current.body is not None
     _check_if_match(current, if_match, f"{resource_type}/{id}")
     patched = apply_json_patch(loads(current.body), operations)
@@ -399,7 +429,7 @@ async def delete_in(
     if current is None or current.deleted:
         # the spec allows 204 for a resource that does not exist (any more)
         return Outcome(204)
-    _check_visible(svc, auth, current, Interaction.DELETE)
+    await _check_visible(svc, auth, current, Interaction.DELETE, tx)
     written = await _save(tx, svc, auth, resource_type, id, None, current)
     return Outcome(204, written)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from fhir_server.access.context import AuthContext, Interaction
 from fhir_server.access.policy import compartment_filter
+from fhir_server.access.stored import lookup_in
 from fhir_server.errors import Forbidden, InvalidSearch, Issue, NotFound
 from fhir_server.interactions.crud import entries_of
 from fhir_server.interactions.search import run_query
@@ -37,8 +38,13 @@ async def everything(
     patient = await svc.store.read("Patient", patient_id)
     if patient is None or patient.deleted:
         raise NotFound(f"Patient/{patient_id} is not known")
-    svc.policy.check_resource(
-        auth, Interaction.READ, "Patient", patient_id, entries_of(svc, patient)
+    await svc.policy.check_stored(
+        auth,
+        Interaction.READ,
+        "Patient",
+        patient_id,
+        lambda: entries_of(svc, patient),
+        lookup_in(svc.store),
     )
     wanted = _types(svc, params)
     # only what the caller may search: a role-capped user sees their part of the record

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from fhir_server.access.context import AuthContext, Interaction
+from fhir_server.access.stored import lookup_in
 from fhir_server.errors import Forbidden, InvalidRequest, NotFound
 from fhir_server.interactions.bundles import bundle, history_entry, page_url
 from fhir_server.interactions.crud import check_type, entries_of
@@ -15,7 +16,7 @@ from fhir_server.interactions.services import Services
 from fhir_server.resources.meta import format_instant
 from fhir_server.resources.types import SUPPORTED_TYPES
 from fhir_server.search.dates import from_micros, parse_date_range
-from fhir_server.storage.base import HistoryQuery
+from fhir_server.storage.base import HistoryQuery, StoredVersion
 
 CURSOR_PARAM = "_cursor"
 _KNOWN = {"_since", "_at", "_count", CURSOR_PARAM, "_format", "_pretty"}
@@ -73,9 +74,16 @@ async def history(
     params: list[tuple[str, str]],
 ) -> dict[str, Any]:
     """The history Bundle for an instance, a type (``id`` None) or the system (both None)."""
-    await _authorize(svc, auth, resource_type, id)
+    restricted = await _authorize(svc, auth, resource_type, id)
     query = history_query(svc, resource_type, id, params)
     page = await svc.store.history(query)
+    versions, total = page.versions, page.total
+    if restricted and resource_type is not None:
+        # each version is judged by its own content, as vread judges it (an
+        # unreleased first version of a final report stays hidden); the total
+        # would count the hidden ones, so it is left out
+        versions = [v for v in versions if await _may_see(svc, auth, resource_type, v)]
+        total = None
     if (
         id is not None
         and resource_type is not None
@@ -89,34 +97,64 @@ async def history(
     links = [("self", page_url(base, params))]
     if page.next_before_seq is not None:
         links.append(("next", page_url(base, params, **{CURSOR_PARAM: str(page.next_before_seq)})))
-    entries = [history_entry(svc.base_url, version) for version in page.versions]
+    entries = [history_entry(svc.base_url, version) for version in versions]
     return bundle(
-        "history", entries, total=page.total, links=links, timestamp=format_instant(svc.clock())
+        "history", entries, total=total, links=links, timestamp=format_instant(svc.clock())
     )
+
+
+async def _may_see(
+    svc: Services, auth: AuthContext, resource_type: str, version: StoredVersion
+) -> bool:
+    try:
+        await svc.policy.check_stored(
+            auth,
+            Interaction.VREAD,
+            resource_type,
+            version.id,
+            lambda: entries_of(svc, version),
+            lookup_in(svc.store),
+        )
+    except NotFound:
+        return False
+    return True
 
 
 async def _authorize(
     svc: Services, auth: AuthContext, resource_type: str | None, id: str | None
-) -> None:
+) -> bool:
+    """Raise unless the caller may read this history; whether its versions must
+    each be checked (a restricted caller's instance history)."""
+    # History has no search index to filter in: a caller restricted on a type
+    # (patient context, a role's own record or own patients, a granular scope)
+    # reads the history of single resources it may read, never of a whole type.
     if resource_type is None:
         for each_type in sorted(SUPPORTED_TYPES):
-            svc.policy.authorize(auth, Interaction.HISTORY, each_type)
-        if auth.patient is not None:
-            raise Forbidden("patient-context tokens may read the history of single resources only")
-        return
+            if svc.policy.search_filter(auth, each_type, Interaction.HISTORY) is not None:
+                raise _single_only()
+        return False
     check_type(resource_type)
-    svc.policy.authorize(
-        auth, Interaction.HISTORY if id is None else Interaction.HISTORY_INSTANCE, resource_type
-    )
-    if auth.patient is None:
-        return
+    action = Interaction.HISTORY if id is None else Interaction.HISTORY_INSTANCE
+    if svc.policy.search_filter(auth, resource_type, action) is None:
+        return False
     if id is None:
-        raise Forbidden("patient-context tokens may read the history of single resources only")
+        raise _single_only()
     current = await svc.store.read(resource_type, id)
     if current is not None and current.deleted:
         previous = await svc.store.vread(resource_type, id, current.version - 1)
         current = previous or current
     if current is not None:
-        svc.policy.check_resource(
-            auth, Interaction.HISTORY_INSTANCE, resource_type, id, entries_of(svc, current)
+        version = current
+        await svc.policy.check_stored(
+            auth,
+            action,
+            resource_type,
+            id,
+            lambda: entries_of(svc, version),
+            lookup_in(svc.store),
         )
+    return True
+
+
+def _single_only() -> Forbidden:
+    return Forbidden("restricted tokens may read the history of single resources only")

@@ -135,6 +135,9 @@ class AuthData(Protocol):
 
     async def delete_client(self, client_id: str) -> bool: ...
 
+    async def list_clients(self) -> list[ClientRecord]:
+        """Every registered client, ordered by client id (the admin API lists them)."""
+
     async def add_user(self, user: UserRecord) -> None:
         """Create a user; raises AuthRecordExists if the id or login name is taken."""
 
@@ -147,6 +150,9 @@ class AuthData(Protocol):
         """Apply ``changes`` (field → value) and return the updated user."""
 
     async def delete_user(self, user_id: str) -> None: ...
+
+    async def list_users(self) -> list[UserRecord]:
+        """Every user account, ordered by login name (the admin API lists them)."""
 
     async def put_code(self, code: AuthorizationCode) -> None: ...
 

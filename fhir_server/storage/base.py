@@ -142,8 +142,12 @@ class Store(Protocol):
     async def write_many(self, versions: Sequence[NewVersion]) -> list[StoredVersion]:
         """Write independent versions in one durable batch (import, audit)."""
 
-    async def changes(self, after_seq: int, limit: int = 1000) -> list[StoredVersion]:
-        """The change log: versions with ``seq > after_seq`` in ``seq`` order."""
+    async def changes(
+        self, after_seq: int, limit: int = 1000, resource_type: str | None = None
+    ) -> list[StoredVersion]:
+        """The change log: versions with ``seq > after_seq`` in ``seq`` order (of
+        ``resource_type`` only, if given: a consumer of one type need not read the
+        audit trail's stream of AuditEvents)."""
 
     async def healthy(self) -> bool:
         """Whether the store answers."""

@@ -128,6 +128,8 @@ class DicomQuery:
     study_uid: str | None = None
     series_uid: str | None = None
     patient_ref: str | None = None
+    # access control: only studies of these FHIR Patients (None: no restriction)
+    patient_refs: tuple[str, ...] | None = None
     limit: int = 100
     offset: int = 0
 

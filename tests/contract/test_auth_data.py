@@ -21,7 +21,14 @@ from fhir_server.storage.base import Store
 
 from .conftest import Backend
 
-NOW = float(int(time.time()))  # TTL indexes act on real time
+
+@pytest.fixture
+def now() -> float:
+    """Real time (TTL indexes act on it), taken when the test starts: a module
+    constant went stale when the suite ran long and codes expired mid-run."""
+    return float(int(time.time()))
+
+
 GRANT = GrantInfo("g1", "app", "user-1", "patient/*.rs openid", patient="p1", roles=("patient",))
 
 
@@ -43,6 +50,16 @@ async def test_clients_round_trip_and_replace(store: Store) -> None:
     assert not await store.auth.delete_client("app")
 
 
+async def test_clients_and_users_are_listed_in_order(store: Store) -> None:
+    assert await store.auth.list_clients() == [] and await store.auth.list_users() == []
+    for client_id in ("zeta", "alpha"):
+        await store.auth.put_client(ClientRecord(client_id, "public"))
+    assert [c.client_id for c in await store.auth.list_clients()] == ["alpha", "zeta"]
+    await store.auth.add_user(user("u1", "carol"))
+    await store.auth.add_user(user("u2", "bob"))
+    assert await store.auth.list_users() == [user("u2", "bob"), user("u1", "carol")]
+
+
 async def test_users_by_id_and_case_insensitive_name(store: Store) -> None:
     await store.auth.add_user(user())
     assert await store.auth.get_user("u1") == user()
@@ -54,11 +71,11 @@ async def test_users_by_id_and_case_insensitive_name(store: Store) -> None:
         await store.auth.add_user(user("u1", "carol"))
 
 
-async def test_update_and_delete_user(store: Store) -> None:
+async def test_update_and_delete_user(store: Store, now: float) -> None:
     await store.auth.add_user(user())
     await store.auth.add_user(user("u2", "bob"))
-    updated = await store.auth.update_user("u1", {"failed_logins": 3, "locked_until": NOW})
-    assert updated is not None and (updated.failed_logins, updated.locked_until) == (3, NOW)
+    updated = await store.auth.update_user("u1", {"failed_logins": 3, "locked_until": now})
+    assert updated is not None and (updated.failed_logins, updated.locked_until) == (3, now)
     renamed = await store.auth.update_user("u1", {"email": "alicia", "roles": ("admin",)})
     assert renamed is not None and renamed.roles == ("admin",)
     assert await store.auth.get_user_by_name("Alicia") == renamed
@@ -69,8 +86,8 @@ async def test_update_and_delete_user(store: Store) -> None:
     assert await store.auth.get_user("u1") is None
 
 
-async def test_code_is_taken_once(store: Store) -> None:
-    code = AuthorizationCode("h1", GRANT, "https://app/cb", "challenge", NOW + 60, nonce="n")
+async def test_code_is_taken_once(store: Store, now: float) -> None:
+    code = AuthorizationCode("h1", GRANT, "https://app/cb", "challenge", now + 60, nonce="n")
     await store.auth.put_code(code)
     first = await store.auth.take_code("h1")
     assert first is not None and first.first_use and first.code == code
@@ -79,17 +96,17 @@ async def test_code_is_taken_once(store: Store) -> None:
     assert await store.auth.take_code("unknown") is None
 
 
-async def test_concurrent_redemptions_have_one_winner(store: Store) -> None:
-    await store.auth.put_code(AuthorizationCode("h1", GRANT, "https://app/cb", "c", NOW + 60))
+async def test_concurrent_redemptions_have_one_winner(store: Store, now: float) -> None:
+    await store.auth.put_code(AuthorizationCode("h1", GRANT, "https://app/cb", "c", now + 60))
     results = await asyncio.gather(*(store.auth.take_code("h1") for _ in range(5)))
     assert sum(1 for r in results if r is not None and r.first_use) == 1
 
 
-async def test_refresh_rotation_and_family_revocation(store: Store) -> None:
-    await store.auth.put_refresh(RefreshToken("r1", GRANT, NOW + 3600))
-    await store.auth.put_refresh(RefreshToken("r2", GRANT, NOW + 3600))
+async def test_refresh_rotation_and_family_revocation(store: Store, now: float) -> None:
+    await store.auth.put_refresh(RefreshToken("r1", GRANT, now + 3600))
+    await store.auth.put_refresh(RefreshToken("r2", GRANT, now + 3600))
     other = replace(GRANT, grant_id="g2")
-    await store.auth.put_refresh(RefreshToken("r3", other, NOW + 3600))
+    await store.auth.put_refresh(RefreshToken("r3", other, now + 3600))
     taken = await store.auth.take_refresh("r1")
     assert taken is not None and taken.first_use and taken.refresh is not None
     assert taken.refresh.grant == GRANT
@@ -97,8 +114,8 @@ async def test_refresh_rotation_and_family_revocation(store: Store) -> None:
     assert again is not None and not again.first_use
     assert again.refresh is not None and again.refresh.used
 
-    await store.auth.record_issued("jti-a", "g1", NOW + 3600)
-    await store.auth.record_issued("jti-b", "g2", NOW + 3600)
+    await store.auth.record_issued("jti-a", "g1", now + 3600)
+    await store.auth.record_issued("jti-b", "g2", now + 3600)
     await store.auth.revoke_grant("g1")
     r2 = await store.auth.get_refresh("r2")
     r3 = await store.auth.get_refresh("r3")
@@ -109,36 +126,36 @@ async def test_refresh_rotation_and_family_revocation(store: Store) -> None:
     assert await store.auth.get_refresh("nope") is None
 
 
-async def test_revoke_single_access_token(store: Store) -> None:
+async def test_revoke_single_access_token(store: Store, now: float) -> None:
     assert not await store.auth.is_revoked("jti-x")
-    await store.auth.revoke_jti("jti-x", NOW + 60)
-    await store.auth.revoke_jti("jti-x", NOW + 60)
+    await store.auth.revoke_jti("jti-x", now + 60)
+    await store.auth.revoke_jti("jti-x", now + 60)
     assert await store.auth.is_revoked("jti-x")
 
 
-async def test_launch_context(store: Store) -> None:
-    launch = LaunchContext("l1", "app", "p1", NOW + 600, encounter="e1")
+async def test_launch_context(store: Store, now: float) -> None:
+    launch = LaunchContext("l1", "app", "p1", now + 600, encounter="e1")
     await store.auth.put_launch(launch)
     assert await store.auth.get_launch("l1") == launch
     assert await store.auth.get_launch("l2") is None
 
 
-async def test_jti_used_once(store: Store) -> None:
-    assert await store.auth.use_jti("app:j1", NOW + 300)
-    assert not await store.auth.use_jti("app:j1", NOW + 300)
-    assert await store.auth.use_jti("app:j2", NOW + 300)
+async def test_jti_used_once(store: Store, now: float) -> None:
+    assert await store.auth.use_jti("app:j1", now + 300)
+    assert not await store.auth.use_jti("app:j1", now + 300)
+    assert await store.auth.use_jti("app:j2", now + 300)
 
 
-async def test_purge_drops_only_expired(store: Store) -> None:
-    await store.auth.put_code(AuthorizationCode("old", GRANT, "https://app/cb", "c", NOW - 1))
-    await store.auth.put_code(AuthorizationCode("new", GRANT, "https://app/cb", "c", NOW + 60))
-    await store.auth.use_jti("old-jti", NOW - 1)
-    await store.auth.revoke_jti("old-rev", NOW - 1)
-    await store.auth.purge(NOW)  # MongoDB's TTL index may have dropped some already
-    assert await store.auth.purge(NOW) == 0
+async def test_purge_drops_only_expired(store: Store, now: float) -> None:
+    await store.auth.put_code(AuthorizationCode("old", GRANT, "https://app/cb", "c", now - 1))
+    await store.auth.put_code(AuthorizationCode("new", GRANT, "https://app/cb", "c", now + 60))
+    await store.auth.use_jti("old-jti", now - 1)
+    await store.auth.revoke_jti("old-rev", now - 1)
+    await store.auth.purge(now)  # MongoDB's TTL index may have dropped some already
+    assert await store.auth.purge(now) == 0
     assert await store.auth.take_code("old") is None
     assert await store.auth.take_code("new") is not None
-    assert await store.auth.use_jti("old-jti", NOW + 60)
+    assert await store.auth.use_jti("old-jti", now + 60)
 
 
 async def test_auth_data_survives_restart(backend: Backend, store: Store) -> None:

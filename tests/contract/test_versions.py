@@ -167,6 +167,13 @@ async def test_change_log(store: Store, registry: SearchRegistry) -> None:
     assert [v.seq for v in after] == seqs[3:]
     assert [v.seq for v in await store.changes(seqs[0], limit=2)] == seqs[1:3]
     assert await store.changes(seqs[-1]) == []
+    # one type's changes only
+    observations = await store.changes(0, resource_type="Observation")
+    assert [f"{v.id}/{v.version}" for v in observations] == ["o1/1", "o1/2"]
+    assert [v.seq for v in observations] == [seqs[2], seqs[4]]
+    assert [v.version for v in await store.changes(seqs[2], 10, "Observation")] == [2]
+    assert [v.version for v in await store.changes(0, 1, "Patient")] == [1]
+    assert await store.changes(0, resource_type="Encounter") == []
 
 
 async def test_change_log_hides_uncommitted_writes(store: Store, registry: SearchRegistry) -> None:

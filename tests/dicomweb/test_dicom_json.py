@@ -186,3 +186,33 @@ def test_bad_tag_paths(text: str) -> None:
 
 def test_instance_uri_prefix() -> None:
     assert instance_uri_prefix("https://pacs.test/dicomweb/", "1.2", "1.2.3", "1.2.3.4") == PREFIX
+
+
+def _converted(ds: Dataset) -> Dataset:
+    """``ds`` with every raw element converted by pydicom (what the raw decoding skips)."""
+    ds.walk(lambda _ds, _elem: None)
+    return ds
+
+
+@pytest.mark.parametrize("name", CLEAN)
+def test_raw_decoding_agrees_with_pydicom_conversion(sample: Sample, name: str) -> None:
+    raw = to_dicom_json(dcmread(sample(name)), bulk_uri_prefix=PREFIX)
+    assert raw == to_dicom_json(_converted(dcmread(sample(name))), bulk_uri_prefix=PREFIX)
+
+
+@pytest.mark.parametrize("charset", ["ISO_IR 100", "ISO_IR 192", ""])
+def test_raw_decoding_of_text_in_simple_character_sets(charset: str) -> None:
+    ds = Dataset()
+    if charset:
+        ds.SpecificCharacterSet = charset
+    ds.PatientName = "Müller^Zoë" if charset else "Muller^Zoe"
+    ds.StudyDescription = "Thorax \\ Abdomen "  # a backslash separates LO values
+    ds.add_new(0x00081030 + 0x10, "LT", "line one\\ not split  ")  # (0008,1040) LT
+    ds.add_new(0x00200013, "IS", " 7 ")
+    ds.add_new(0x00280010, "US", 512)
+    encoded = io.BytesIO()
+    ds.save_as(encoded, implicit_vr=False, little_endian=True)
+    fresh = dcmread(io.BytesIO(encoded.getvalue()), force=True)
+    again = dcmread(io.BytesIO(encoded.getvalue()), force=True)
+    assert to_dicom_json(fresh) == to_dicom_json(_converted(again))
+    assert to_dicom_json(fresh)["00100010"]["Value"] == [{"Alphabetic": str(ds.PatientName)}]

@@ -15,6 +15,7 @@ from dicomweb.ingest import Failed, IngestOptions, IngestService, Stored
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.storage.dicom_port import BlobLocation, InstanceRow, SeriesRow, StudyRow
 from fhir_server.storage.sqlite.store import SqliteStore
+from tests.dicomweb.archive_app import settled
 from tests.dicomweb.dicom_data import make_instance
 
 
@@ -85,7 +86,7 @@ async def test_overwrite_replaces_and_removes_the_old_blob(
     assert row.blob.key == after
 
 
-async def test_imaging_study_is_searchable_right_after_ingest(app: FastAPI, client: Any) -> None:
+async def test_imaging_study_is_searchable_once_ingest_settles(app: FastAPI, client: Any) -> None:
     service = app.state.dicomweb.ingest
     acsn = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]}
     order = {
@@ -100,6 +101,7 @@ async def test_imaging_study_is_searchable_right_after_ingest(app: FastAPI, clie
     await service.ingest(
         stream(make_instance("7.7", "7.7.1", "7.7.1.1", accession="ACC-9", patient_id="MRN9"))
     )
+    await settled(app)
     found = (
         await client.get("/fhir/ImagingStudy", params={"identifier": "urn:dicom:uid|urn:oid:7.7"})
     ).json()

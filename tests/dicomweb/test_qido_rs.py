@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from dicomweb.qido import parse_qido
 from dicomweb.qido_match import matches
+from tests.dicomweb.archive_app import settled
 from tests.dicomweb.dicom_data import STOW_TYPE, make_instance, multipart
 
 STUDIES = {
@@ -160,6 +161,7 @@ async def test_result_cap_is_answered_with_a_warning(
 async def test_patient_token_sees_only_its_studies(
     app: FastAPI, loaded: httpx.AsyncClient, mint: object
 ) -> None:
+    await settled(app)  # the Patient is recorded on the study by the deferred sync
     index = app.state.dicomweb.index
     study = await index.study("2.2")
     assert study is not None and study.patient_ref

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from smart.keys import KeyRing
 from smart.tokens import mint_access_token
+from tests.conftest import app_token
 
 FHIR = {"Content-Type": "application/fhir+json"}
 BASE = "http://radhub.test"
@@ -485,13 +486,10 @@ async def test_audit_events_are_searchable(
     assert any(ev["id"] == read["id"] for ev in by_patient)
     assert matches(await client.get("/fhir/AuditEvent?subtype=read&entity=DiagnosticReport/drB"))
     assert matches(await client.get("/fhir/AuditEvent?outcome=0&action=R"))
-    # a patient app with audit access sees the events about its patient only
+    # the trail is for administrators: not even the events about its own patient
+    # for a patient app (test_the_audit_trail_is_for_administrators_only)
     async for c in _as(app, mint("patient/AuditEvent.rs", patient="A")):
-        own = matches(await c.get("/fhir/AuditEvent"))
-        assert own
-        assert all(
-            "Patient/A" in [ent["what"].get("reference") for ent in ev["entity"]] for ev in own
-        )
+        assert (await c.get("/fhir/AuditEvent")).status_code == 403
 
 
 async def test_audit_trail_is_flushed_on_shutdown(tmp_path: Path) -> None:
@@ -503,14 +501,7 @@ async def test_audit_trail_is_flushed_on_shutdown(tmp_path: Path) -> None:
     async def session(work: Callable[[httpx.AsyncClient], Awaitable[None]]) -> None:
         application = create_app(settings)
         async with application.router.lifespan_context(application):
-            identity = application.state.identity
-            token = mint_access_token(
-                application.state.keyring,
-                issuer=identity.issuer,
-                audience=identity.audience,
-                scope="system/*.cruds",
-                subject="shutdown",
-            )
+            token = app_token(application, subject="shutdown")
             async for c in _as(application, token):
                 await work(c)
 
@@ -527,3 +518,35 @@ async def test_audit_trail_is_flushed_on_shutdown(tmp_path: Path) -> None:
     await session(twenty_reads)  # the writer never ran: only close() can have flushed
     await session(count)
     assert counted == [20]
+
+
+async def test_the_audit_trail_is_for_administrators_only(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    mint: Mint,
+    flush_audit: Callable[[], Awaitable[None]],
+) -> None:
+    created = await client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=FHIR)
+    pid = created.json()["id"]
+    async for c in _as(app, mint("patient/*.rs", patient=pid)):
+        await c.get(f"/fhir/Patient/{pid}")  # audited with the patient as an entity
+    await flush_audit()
+    own = await client.get(f"/fhir/AuditEvent?patient={pid}")
+    eid = next(e["resource"]["id"] for e in own.json()["entry"] if e["search"]["mode"] == "match")
+    refused = {
+        "patient app, own compartment": mint("patient/*.rs", patient=pid),
+        "patient app asking for AuditEvent": mint("patient/AuditEvent.rs", patient=pid),
+        "radiologist": mint("user/*.rs", roles=["radiologist"], fhir_user="Practitioner/7"),
+    }
+    for who, token in refused.items():
+        async for c in _as(app, token):
+            search = await c.get(f"/fhir/AuditEvent?patient={pid}")
+            read = await c.get(f"/fhir/AuditEvent/{eid}")
+            assert (search.status_code, read.status_code) == (403, 403), who
+    allowed = {
+        "admin user": mint("user/*.rs", roles=["admin"], fhir_user="Practitioner/1"),
+        "backend (system scope)": mint("system/AuditEvent.rs"),
+    }
+    for who, token in allowed.items():
+        async for c in _as(app, token):
+            assert (await c.get(f"/fhir/AuditEvent/{eid}")).status_code == 200, who

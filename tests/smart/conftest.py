@@ -3,9 +3,11 @@ real store, PKCE pairs, and a browser-like driver of the login and consent forms
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import secrets
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -13,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import orjson
 import pytest
 from fastapi import FastAPI
 
@@ -168,6 +171,22 @@ def query_of(url: str) -> dict[str, str]:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def audit_events(
+    admin: httpx.AsyncClient, query: dict[str, str], *contains: str, timeout: float = 5.0
+) -> list[dict[str, Any]]:
+    """The AuditEvents an admin finds with ``query`` whose JSON holds every string of
+    ``contains``, waiting (up to ``timeout``) for the background writer to store them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = await admin.get("/fhir/AuditEvent", params={"_count": "200", **query})
+        assert response.status_code == 200, response.text
+        events = [e["resource"] for e in response.json().get("entry", [])]
+        found = [e for e in events if all(s in orjson.dumps(e).decode() for s in contains)]
+        if found or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

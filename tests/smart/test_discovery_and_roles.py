@@ -104,6 +104,27 @@ def test_patient_role_reads_own_final_reports_only(policy: AccessPolicy) -> None
         policy.authorize(without_patient, I.READ, "Patient")
 
 
+def test_referrer_orders_in_own_name_and_reads_through_the_store(policy: AccessPolicy) -> None:
+    ctx = user("referrer", "user/*.cruds", "Practitioner/r1")
+
+    def order(requester: str) -> list[IndexEntry]:
+        return [
+            IndexEntry("subject", ReferenceValue("Patient", "anyone")),
+            IndexEntry("requester", ReferenceValue("Practitioner", requester)),
+        ]
+
+    policy.check_content(ctx, I.CREATE, "ServiceRequest", "o1", order("r1"))
+    with pytest.raises(Forbidden):
+        policy.check_content(ctx, I.CREATE, "ServiceRequest", "o2", order("r2"))
+    policy.check_content(ctx, I.CREATE, "Patient", "new", [])  # registering a patient
+    # "own patient" follows the orders: without the store, a single check fails closed
+    report = [IndexEntry("subject", ReferenceValue("Patient", "anyone"))]
+    with pytest.raises(Exception, match="not known"):
+        policy.check_resource(ctx, I.READ, "DiagnosticReport", "r", report)
+    with pytest.raises(Forbidden):
+        policy.authorize(user("referrer", "user/*.rs", "Patient/p1"), I.READ, "Patient")
+
+
 def test_chain_links_detect_changes() -> None:
     first = link({"resourceType": "AuditEvent", "id": "a"}, GENESIS)
     second = link({"resourceType": "AuditEvent", "id": "b"}, event_hash(first))

@@ -185,3 +185,19 @@ def test_concurrent_creation_in_processes(tmp_path: Path) -> None:
     assert all(child.returncode == 0 for child in children)
     assert len(kids) == 1
     assert KeyRing.open(tmp_path).active_key.kid in kids
+
+
+def test_radhub_keys_rotate_reaches_a_running_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fhir_server.cli import main
+
+    server = KeyRing.open(tmp_path)
+    old = server.active_key.kid
+    assert main(["keys", "rotate", "--data-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    # the server signs with the new key at once, without a restart or a lookup first
+    new = server.active_key.kid
+    assert new != old and new in printed and old in printed
+    assert {k["kid"] for k in server.jwks()["keys"]} == {old, new}
+    assert server.get(old) is not None  # tokens signed before still verify

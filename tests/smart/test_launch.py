@@ -71,6 +71,16 @@ async def test_launch_api_needs_an_authorised_caller(
         "/auth/launch", data=data, headers=bearer(make("user/Patient.rs"))
     )
     assert refused.status_code == 403
+    # an admin's token only if it grants user-level Patient reads: an app an admin
+    # signs in to with narrow scopes cannot mint launches by the role alone
+    narrow = make("patient/Observation.rs", roles=["admin"], patient="p1")
+    assert (
+        await smart.http.post("/auth/launch", data=data, headers=bearer(narrow))
+    ).status_code == 403
+    admin = make("user/Patient.rs", roles=["admin"])
+    assert (
+        await smart.http.post("/auth/launch", data=data, headers=bearer(admin))
+    ).status_code == 200
     made = await smart.http.post(
         "/auth/launch", data=data, headers=bearer(make("system/Patient.rs"))
     )

@@ -24,16 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 from fastapi import FastAPI
 
+from fhir_server.audit import AUTH_EVENTS
+from fhir_server.storage.auth_port import AuthorizationCode, GrantInfo
 from smart.keys import KeyRing
+from smart.secrets import digest
 from smart.tokens import mint_access_token
 from tests.conftest import MintToken
 from tests.dicomweb.dicom_data import STOW_TYPE, make_instance, multipart
 
-from .conftest import AUD, REDIRECT, Smart, bearer, query_of
+from .conftest import AUD, REDIRECT, Smart, audit_events, bearer, query_of
 
 PATIENT_SYSTEM = "urn:radhub:patient-id"
 STUDY_A, SERIES_A, SOP_A = "1.2.826.0.9.1", "1.2.826.0.9.1.1", "1.2.826.0.9.1.1.1"
@@ -114,6 +116,7 @@ async def world(
     )
     stow = await client.post("/dicomweb/studies", content=body, headers={"Content-Type": STOW_TYPE})
     assert stow.status_code == 200, stow.text
+    await asyncio.wait_for(app.state.archive_tasks.settled(), 30)  # the deferred FHIR sync
     await smart.add_client()
     await smart.add_user("pat", "patient", "Patient/pa")
     await smart.add_user("sam", "scheduler", "Practitioner/sam")
@@ -190,6 +193,21 @@ async def mismatched_redirect(w: World) -> httpx.Response:
     return await w.smart.exchange(flow, code, redirect_uri=REDIRECT + "/other")
 
 
+async def expired_code(w: World) -> httpx.Response:
+    """A code past its lifetime (stored as the flow stores codes, already expired)."""
+    flow = w.smart.request("patient/*.rs")
+    grant = GrantInfo("g-expired", "app", "pat", "patient/*.rs", patient="pa")
+    code = AuthorizationCode(
+        digest("expired-code"),
+        grant,
+        REDIRECT,
+        flow.params["code_challenge"],
+        expires_at=time.time() - 1,
+    )
+    await w.smart.store.auth.put_code(code)
+    return await w.smart.exchange(flow, "expired-code")
+
+
 async def replayed_code(w: World) -> httpx.Response:
     flow = w.smart.request("patient/*.rs")
     code = await w.smart.code(flow, "pat")
@@ -221,6 +239,20 @@ async def scheduler_reads_report(w: World) -> httpx.Response:
 async def scheduler_searches_reports(w: World) -> httpx.Response:
     tokens = await w.smart.tokens("user/*.rs", "sam")
     return await w.smart.http.get("/fhir/DiagnosticReport", headers=bearer(tokens["access_token"]))
+
+
+async def introspect_as_public_client(w: World) -> httpx.Response:
+    data = {"client_id": "app", "token": w.patient_token}
+    return await w.smart.http.post("/auth/introspect", data=data)
+
+
+async def revoke_unauthenticated(w: World) -> httpx.Response:
+    data = {"client_id": "nobody", "token": w.patient_token}
+    return await w.smart.http.post("/auth/revoke", data=data)
+
+
+async def metrics_with_forged_token(w: World) -> httpx.Response:
+    return await w.smart.http.get("/metrics", headers=bearer(tampered(w)))
 
 
 async def patient_mints_launch(w: World) -> httpx.Response:
@@ -324,6 +356,7 @@ INSTANCE_B = f"{DICOM_B}/series/{SERIES_B}/instances/{SOP_B}"
 WADO_B = f"/dicomweb/wado?requestType=WADO&studyUID={STUDY_B}&seriesUID={SERIES_B}"
 IS_B = f"ImagingStudy/{STUDY_B}"
 BAD_GRANT = "invalid_grant"
+BAD_CLIENT = "invalid_client"
 SAM = "Practitioner/sam"
 
 CASES: tuple[Case, ...] = (
@@ -336,6 +369,11 @@ CASES: tuple[Case, ...] = (
     ),
     oauth("redirect-uri-mismatch", mismatched_redirect, 400, BAD_GRANT, "token", "redirect_uri"),
     oauth("code-replayed", replayed_code, 400, BAD_GRANT, "token", "already used"),
+    oauth("code-expired", expired_code, 400, BAD_GRANT, "token", "expired"),
+    # client authentication at the other endpoints, and the metrics endpoint
+    oauth("introspect-public-client", introspect_as_public_client, 401, BAD_CLIENT, "introspect"),
+    oauth("revoke-unknown-client", revoke_unauthenticated, 401, BAD_CLIENT, "revoke"),
+    oauth("metrics-forged-token", metrics_with_forged_token, 401, None, "metrics", "anonymous"),
     oauth(
         "authorize-wrong-aud", wrong_authorize_audience, 302, "invalid_request", "authorize", "aud"
     ),
@@ -405,18 +443,10 @@ CASES: tuple[Case, ...] = (
 )
 
 
-async def audited(w: World, audit: Audit, timeout: float = 5.0) -> list[dict[str, Any]]:
+async def audited(w: World, audit: Audit) -> list[dict[str, Any]]:
     """The AuditEvents matching ``audit``, as an admin finds them (waiting for the writer)."""
-    query = {"subtype": audit.subtype, "outcome": audit.outcome, "_count": "200"}
-    deadline = time.monotonic() + timeout
-    while True:
-        response = await w.admin.get("/fhir/AuditEvent", params=query)
-        assert response.status_code == 200, response.text
-        events = [e["resource"] for e in response.json().get("entry", [])]
-        found = [e for e in events if all(s in orjson.dumps(e).decode() for s in audit.contains)]
-        if found or time.monotonic() > deadline:
-            return found
-        await asyncio.sleep(0.05)
+    query = {"subtype": audit.subtype, "outcome": audit.outcome}
+    return await audit_events(w.admin, query, *audit.contains)
 
 
 def _shown(response: httpx.Response) -> str:
@@ -445,11 +475,22 @@ async def test_refused_and_audited(world: World, case: Case) -> None:
         assert "code" not in query_of(response.headers["location"])
     if response.status_code == 401:
         challenge = response.headers["www-authenticate"]
-        assert challenge.startswith('Bearer realm="radhub", error="invalid_token"'), challenge
+        # a resource answers RFC 6750's challenge; the OAuth endpoints RFC 6749 §5.2's
+        expected = (
+            'Basic realm="radhub"'
+            if case.oauth_error
+            else 'Bearer realm="radhub", error="invalid_token"'
+        )
+        assert challenge.startswith(expected), challenge
     shown = _shown(response)
     for leaked in case.absent:
         assert leaked not in shown, response.text
-    assert await audited(world, case.audit), f"no AuditEvent matching {case.audit}"
+    events = await audited(world, case.audit)
+    assert events, f"no AuditEvent matching {case.audit}"
+    codes = AUTH_EVENTS.get(case.audit.subtype)
+    if codes is not None:  # the authorisation server's events carry DICOM/IHE codes
+        assert all(e["type"] == codes.type for e in events), events
+        assert all(e["subtype"][0] == codes.subtype for e in events), events
 
 
 async def test_the_probes_find_b_for_an_admin(world: World) -> None:

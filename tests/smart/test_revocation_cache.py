@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 from smart.revocation import CachedRevocationCheck
 
 
@@ -53,3 +55,40 @@ async def test_memory_is_bounded() -> None:
     for jti in "abcdef":
         await check(jti)
     assert len(check._seen) == 3
+
+
+class SlowAuth(Auth):
+    """Answers only when released, so lookups overlap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def is_revoked(self, jti: str) -> bool:
+        self.asked.append(jti)
+        await self.release.wait()
+        return jti in self.revoked
+
+
+async def test_concurrent_misses_share_one_lookup() -> None:
+    auth = SlowAuth()
+    check = CachedRevocationCheck(auth, clock=Clock())
+    waiting = [asyncio.ensure_future(check("a")) for _ in range(20)]
+    await asyncio.sleep(0)
+    auth.release.set()
+    assert await asyncio.gather(*waiting) == [False] * 20
+    assert auth.asked == ["a"]
+
+
+async def test_a_revocation_during_a_lookup_is_not_missed() -> None:
+    auth = SlowAuth()
+    check = CachedRevocationCheck(auth, ttl=60.0, clock=Clock())
+    first = asyncio.ensure_future(check("a"))
+    await asyncio.sleep(0)
+    auth.revoke_here("a")  # while the first lookup (begun before) is in flight
+    second = asyncio.ensure_future(check("a"))
+    await asyncio.sleep(0)
+    auth.release.set()
+    await first
+    assert await second is True  # a fresh lookup, not the stale one
+    assert await check("a") is True

@@ -101,6 +101,9 @@ class MongoAuthData:
             result = await self._db[CLIENTS].delete_one({"_id": client_id})
         return bool(result.deleted_count)
 
+    async def list_clients(self) -> list[ClientRecord]:
+        return await self._list(CLIENTS, "_id", ClientRecord)
+
     # -- users ----------------------------------------------------------------------
 
     async def add_user(self, user: UserRecord) -> None:
@@ -129,6 +132,9 @@ class MongoAuthData:
     async def delete_user(self, user_id: str) -> None:
         with _mapped():
             await self._db[USERS].delete_one({"_id": user_id})
+
+    async def list_users(self) -> list[UserRecord]:
+        return await self._list(USERS, "name", UserRecord)
 
     # -- codes and refresh tokens ---------------------------------------------------
 
@@ -217,6 +223,11 @@ class MongoAuthData:
         return count
 
     # -- plumbing -------------------------------------------------------------------
+
+    async def _list(self, collection: str, order: str, cls: type[T]) -> list[T]:
+        with _mapped():
+            docs = await self._db[collection].find({}).sort(order, ASCENDING).to_list(None)
+        return [from_doc(cls, doc) for doc in docs]
 
     async def _find(self, collection: str, key: str, cls: type[T]) -> T | None:
         with _mapped():

@@ -83,7 +83,15 @@ def _study_where(query: DicomQuery) -> Doc:
         where.append({"_id": query.study_uid})
     if query.patient_ref is not None:
         where.append({"patient": query.patient_ref})
+    if query.patient_refs is not None:
+        where.append({"patient": {"$in": list(query.patient_refs)}})
     return {"$and": where} if where else {}
+
+
+def _by_study(query: DicomQuery) -> bool:
+    """Whether the study-level conditions narrow the series or instances."""
+    restricted = query.patient_ref is not None or query.patient_refs is not None
+    return bool(query.study_filters) or restricted
 
 
 async def _parent_ids(db: Database, collection: str, where: Doc) -> list[str]:
@@ -94,7 +102,7 @@ async def _series_where(db: Database, query: DicomQuery) -> Doc:
     where: list[Doc] = [key_filter(f) for f in query.series_filters]
     if query.series_uid is not None:
         where.append({"_id": query.series_uid})
-    if query.study_filters or query.patient_ref is not None:
+    if _by_study(query):
         where.append({"study": {"$in": await _parent_ids(db, STUDIES, _study_where(query))}})
     elif query.study_uid is not None:
         where.append({"study": query.study_uid})
@@ -106,7 +114,7 @@ async def _instance_where(db: Database, query: DicomQuery) -> Doc:
     if query.series_filters or query.series_uid is not None:
         series = await _parent_ids(db, SERIES, await _series_where(db, query))
         where.append({"series": {"$in": series}})
-    elif query.study_filters or query.patient_ref is not None:
+    elif _by_study(query):
         where.append({"study": {"$in": await _parent_ids(db, STUDIES, _study_where(query))}})
     elif query.study_uid is not None:
         where.append({"study": query.study_uid})

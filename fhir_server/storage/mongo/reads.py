@@ -83,15 +83,16 @@ async def history(db: Database, query: HistoryQuery) -> HistoryPage:
     return HistoryPage(versions, total, next_before)
 
 
-async def changes(db: Database, after_seq: int, limit: int) -> tuple[list[StoredVersion], bool]:
-    """The committed change log after ``after_seq``, and whether recovery would unblock more."""
+async def changes(
+    db: Database, after_seq: int, limit: int, resource_type: str | None = None
+) -> tuple[list[StoredVersion], bool]:
+    """The committed change log after ``after_seq`` (of ``resource_type`` only, if
+    given), and whether recovery would unblock more."""
     cap, stale = await change_cap(db)
     if cap <= after_seq or limit <= 0:
         return [], stale
-    cursor = (
-        db[HISTORY]
-        .find({"seq": {"$gt": after_seq, "$lte": cap}})
-        .sort("seq", ASCENDING)
-        .limit(limit)
-    )
+    where: dict[str, Any] = {"seq": {"$gt": after_seq, "$lte": cap}}
+    if resource_type is not None:
+        where["type"] = resource_type  # served by the (type, seq) index
+    cursor = db[HISTORY].find(where).sort("seq", ASCENDING).limit(limit)
     return [stored(d) for d in await cursor.to_list(None)], stale

@@ -184,11 +184,13 @@ class MongoStore:
         with map_mongo_errors():
             return await run_search(self._db, self.registry, query)
 
-    async def changes(self, after_seq: int, limit: int = 1000) -> list[StoredVersion]:
+    async def changes(
+        self, after_seq: int, limit: int = 1000, resource_type: str | None = None
+    ) -> list[StoredVersion]:
         with map_mongo_errors():
-            found, stale = await reads.changes(self._db, after_seq, limit)
+            found, stale = await reads.changes(self._db, after_seq, limit, resource_type)
             if stale and len(found) < limit and await self.recover():
-                found, _ = await reads.changes(self._db, after_seq, limit)
+                found, _ = await reads.changes(self._db, after_seq, limit, resource_type)
             return found
 
     # -- writes ---------------------------------------------------------------------

@@ -75,6 +75,10 @@ def _one(conn: sqlite3.Connection, sql: str, *args: Any) -> Any:
     return None if row is None else row[0]
 
 
+def _all(conn: sqlite3.Connection, sql: str) -> list[Any]:
+    return [row[0] for row in conn.execute(sql)]
+
+
 def _execute(conn: sqlite3.Connection, sql: str, *args: Any) -> int:
     return conn.execute(sql, args).rowcount
 
@@ -181,6 +185,10 @@ class SqliteAuthData:
         sql = "DELETE FROM auth_clients WHERE client_id = ?"
         return await self._db.run_write(_execute, sql, client_id) > 0
 
+    async def list_clients(self) -> list[ClientRecord]:
+        rows = await self._db.run_read(_all, "SELECT data FROM auth_clients ORDER BY client_id")
+        return [from_doc(ClientRecord, json.loads(data)) for data in rows]
+
     # -- users ----------------------------------------------------------------------
 
     async def add_user(self, user: UserRecord) -> None:
@@ -203,6 +211,10 @@ class SqliteAuthData:
 
     async def delete_user(self, user_id: str) -> None:
         await self._db.run_write(_execute, "DELETE FROM auth_users WHERE id = ?", user_id)
+
+    async def list_users(self) -> list[UserRecord]:
+        rows = await self._db.run_read(_all, "SELECT data FROM auth_users ORDER BY name, id")
+        return [from_doc(UserRecord, json.loads(data)) for data in rows]
 
     # -- codes and refresh tokens ---------------------------------------------------
 

@@ -101,6 +101,10 @@ def compile_search(query: DicomQuery) -> tuple[str, list[Any]]:
         if value is not None:
             where.append(f"{column} = ?")
             args.append(value)
+    if query.patient_refs is not None:
+        # an empty set matches nothing
+        where.append(f"st.patient_ref IN ({', '.join('?' * len(query.patient_refs))})")
+        args.extend(query.patient_refs)
     for alias, level, filters in (
         ("st", "study", query.study_filters),
         ("se", "series", query.series_filters),

@@ -252,9 +252,16 @@ def history(conn: sqlite3.Connection, query: HistoryQuery) -> HistoryPage:
     return HistoryPage(versions, total, next_before)
 
 
-def changes(conn: sqlite3.Connection, after_seq: int, limit: int) -> list[StoredVersion]:
-    rows = conn.execute(
-        f"SELECT {_VERSION_COLUMNS} FROM history WHERE seq > ? ORDER BY seq LIMIT ?",
-        (after_seq, limit),
-    ).fetchall()
+def changes(
+    conn: sqlite3.Connection, after_seq: int, limit: int, resource_type: str | None = None
+) -> list[StoredVersion]:
+    if resource_type is None:
+        sql = f"SELECT {_VERSION_COLUMNS} FROM history WHERE seq > ? ORDER BY seq LIMIT ?"
+        rows = conn.execute(sql, (after_seq, limit)).fetchall()
+    else:  # served by history_type_seq
+        sql = (
+            f"SELECT {_VERSION_COLUMNS} FROM history WHERE type = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?"
+        )
+        rows = conn.execute(sql, (resource_type, after_seq, limit)).fetchall()
     return [_version_from_row(row) for row in rows]

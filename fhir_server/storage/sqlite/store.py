@@ -34,6 +34,7 @@ from fhir_server.storage.base import (
 from fhir_server.storage.dicom_port import DicomIndex
 from fhir_server.storage.sqlite import dicom_index, queries, search_sql
 from fhir_server.storage.sqlite.auth_data import SqliteAuthData, create_auth_schema
+from fhir_server.storage.sqlite.current_cache import CurrentCache
 from fhir_server.storage.sqlite.group_commit import GroupCommit
 
 T = TypeVar("T")
@@ -77,6 +78,7 @@ class SqliteTransaction:
         self._pending: list[NewVersion] = []
         self._sent: list[asyncio.Future[list[StoredVersion]]] = []
         self._latest: dict[tuple[str, str], StoredVersion] = {}
+        self.stored: list[StoredVersion] = []  # as the writer wrote them (with seq)
 
     async def current(self, resource_type: str, id: str) -> StoredVersion | None:
         buffered = self._latest.get((resource_type, id))
@@ -133,6 +135,7 @@ class SqliteTransaction:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+            self.stored.extend(result)
 
 
 class SqliteStore:
@@ -151,6 +154,7 @@ class SqliteStore:
         self._reader_conns_lock = threading.Lock()
         self._write_lock = asyncio.Lock()
         self._group = GroupCommit(self.path.with_name(self.path.name + "-wal"))
+        self._current = CurrentCache()
         self.dicom: DicomIndex = dicom_index.SqliteDicomIndex(self)
         self.auth = SqliteAuthData(self)
 
@@ -158,6 +162,9 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._writer = await self._run(self._writer_pool, self._open_writer)
+            # on the loop's thread: the cache looks at it there (current_cache)
+            self._current.watch(_connect(self.path, readonly=True))
+            self._current.check_external()
         except sqlite3.Error as exc:
             raise StorageUnavailable(f"cannot open {self.path}: {exc}") from exc
 
@@ -169,6 +176,10 @@ class SqliteStore:
         return conn
 
     async def close(self) -> None:
+        watch = self._current.watching
+        self._current.watch(None)
+        if watch is not None:
+            watch.close()
         if self._writer is not None:
             writer = self._writer
             self._writer = None
@@ -234,7 +245,14 @@ class SqliteStore:
     # -- the port -------------------------------------------------------------------
 
     async def read(self, resource_type: str, id: str) -> StoredVersion | None:
-        return await self.run_read(queries.read_current, resource_type, id)
+        held = self._current.get(resource_type, id)
+        if held is not None:
+            return held
+        generation = self._current.generation
+        found = await self.run_read(queries.read_current, resource_type, id)
+        if found is not None:
+            self._current.offer(found, generation)
+        return found
 
     async def vread(self, resource_type: str, id: str, version: int) -> StoredVersion | None:
         return await self.run_read(queries.read_version, resource_type, id, version)
@@ -245,8 +263,10 @@ class SqliteStore:
     async def search(self, query: SearchQuery) -> SearchPage:
         return await self.run_read(search_sql.run_search, query=query, registry=self.registry)
 
-    async def changes(self, after_seq: int, limit: int = 1000) -> list[StoredVersion]:
-        return await self.run_read(queries.changes, after_seq, limit)
+    async def changes(
+        self, after_seq: int, limit: int = 1000, resource_type: str | None = None
+    ) -> list[StoredVersion]:
+        return await self.run_read(queries.changes, after_seq, limit, resource_type)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
@@ -262,12 +282,14 @@ class SqliteStore:
                 raise
             await asyncio.shield(self._writer_call(queries.commit))
             ticket = self._group.committed()
+            self._current.written(tx.stored)
         await self._group.durable(ticket)
 
     async def write_many(self, versions: Sequence[NewVersion]) -> list[StoredVersion]:
         async with self._write_lock:
             written = await self._writer_call(partial(queries.write_batch, versions=versions))
             ticket = self._group.committed()
+            self._current.written(written)
         await self._group.durable(ticket)
         return written
 

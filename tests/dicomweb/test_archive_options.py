@@ -1,0 +1,116 @@
+"""The archive's ``radhub serve`` options: parsed from the command line and the
+environment, and in effect in the running app (real ASGI stack, real store)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fhir_server.cli import build_parser, settings_from
+from fhir_server.settings import Settings
+from tests.dicomweb.archive_app import fast_settings, running, settled
+from tests.dicomweb.dicom_data import STOW_TYPE, make_instance, multipart
+
+FAILED, REASON = "00081198", "00081197"
+
+
+def serve_settings(*argv: str) -> Settings:
+    return settings_from(build_parser().parse_args(["serve", *argv]))
+
+
+def test_serve_options_reach_the_settings() -> None:
+    settings = serve_settings(
+        "--dicom-overwrite",
+        "--default-patient-system",
+        "urn:oid:1.2.3",
+        "--qido-max-results",
+        "25",
+        "--validation-workers",
+        "0",
+    )
+    assert settings.dicom_overwrite is True
+    assert settings.default_patient_system == "urn:oid:1.2.3"
+    assert settings.qido_max_results == 25
+    assert settings.validation_workers == 0
+
+
+def test_serve_option_defaults() -> None:
+    settings, defaults = serve_settings(), Settings()
+    assert settings.dicom_overwrite is False
+    assert settings.default_patient_system == "urn:radhub:patient-id"
+    assert settings.qido_max_results == defaults.qido_max_results == 1000
+    assert settings.validation_workers == defaults.validation_workers
+
+
+def test_serve_options_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RADHUB_DICOM_OVERWRITE", "1")
+    monkeypatch.setenv("RADHUB_DEFAULT_PATIENT_SYSTEM", "urn:example:mrn")
+    monkeypatch.setenv("RADHUB_QIDO_MAX_RESULTS", "7")
+    monkeypatch.setenv("RADHUB_VALIDATION_WORKERS", "3")
+    settings = serve_settings()
+    assert settings.dicom_overwrite is True
+    assert settings.default_patient_system == "urn:example:mrn"
+    assert (settings.qido_max_results, settings.validation_workers) == (7, 3)
+    assert serve_settings("--qido-max-results", "9").qido_max_results == 9  # the line wins
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [("--qido-max-results", "0"), ("--validation-workers", "-1"), ("--qido-max-results", "x")],
+)
+def test_bad_counts_are_refused(argv: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        serve_settings(*argv)
+    assert argv[0] in capsys.readouterr().err
+
+
+async def stow(client: httpx.AsyncClient, *parts: bytes) -> httpx.Response:
+    body = multipart(*parts)
+    return await client.post("/dicomweb/studies", content=body, headers={"Content-Type": STOW_TYPE})
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+async def test_dicom_overwrite(tmp_path: Path, overwrite: bool) -> None:
+    settings = fast_settings(tmp_path / "data", dicom_overwrite=overwrite)
+    async with running(settings) as (_, client):
+        first = make_instance("3.1", "3.1.1", "3.1.1.1", name="First^Name")
+        second = make_instance("3.1", "3.1.1", "3.1.1.1", name="Second^Name")
+        assert (await stow(client, first)).status_code == 200
+        again = await stow(client, second)
+        stored = await client.get(
+            "/dicomweb/studies/3.1/series/3.1.1/instances/3.1.1.1",
+            headers={"Accept": 'multipart/related; type="application/dicom"'},
+        )
+        if overwrite:
+            assert again.status_code == 200
+            assert second in stored.content
+        else:
+            assert again.status_code == 409
+            assert [f[REASON]["Value"][0] for f in again.json()[FAILED]["Value"]] == [0x0111]
+            assert first in stored.content
+
+
+async def test_default_patient_system(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path / "data", default_patient_system="urn:example:mrn")
+    async with running(settings) as (app, client):
+        assert (await stow(client, make_instance("4.1", "4.1.1", patient_id="M-7"))).is_success
+        await settled(app)
+        bundle = await client.get("/fhir/Patient", params={"identifier": "urn:example:mrn|M-7"})
+        (entry,) = bundle.json()["entry"]
+        study = (await client.get("/fhir/ImagingStudy/4.1")).json()
+        assert study["subject"]["reference"] == f"Patient/{entry['resource']['id']}"
+
+
+async def test_qido_max_results(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path / "data", qido_max_results=2)
+    async with running(settings) as (_, client):
+        parts = [make_instance(f"2.{n}", f"2.{n}.1") for n in range(1, 4)]
+        assert (await stow(client, *parts)).status_code == 200
+        page = await client.get("/dicomweb/studies")
+        assert len(page.json()) == 2 and "Warning" in page.headers
+        asked = await client.get("/dicomweb/studies", params={"limit": "3"})
+        assert len(asked.json()) == 2 and "exceeds the maximum of 2" in asked.headers["Warning"]
+        rest = await client.get("/dicomweb/studies", params={"offset": "2"})
+        assert len(rest.json()) == 1

@@ -1,0 +1,127 @@
+"""A failed ImagingStudy sync converges: retried in the background while the
+server runs, and found again at start-up after a restart.
+
+The fault is injected at the store port, around the real embedded store: the
+next ``failures`` ImagingStudy writes raise ``StorageUnavailable`` (what a
+store outage looks like to the archive); everything else reaches SQLite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from dicomweb.sync_retry import archived_study
+from fhir_server.errors import StorageUnavailable
+from fhir_server.search.registry import SearchRegistry
+from fhir_server.settings import Settings
+from fhir_server.storage.base import NewVersion, StoredVersion, Transaction
+from fhir_server.storage.sqlite.store import SqliteStore
+from tests.dicomweb.archive_app import (
+    eventually,
+    fast_settings,
+    imaging_study,
+    running,
+    settled,
+    stow_study,
+)
+
+
+class _FailingTransaction:
+    def __init__(self, inner: Transaction, faults: FailingImagingStudyWrites) -> None:
+        self._inner = inner
+        self._faults = faults
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def write(self, version: NewVersion) -> StoredVersion:
+        if version.resource_type == "ImagingStudy" and self._faults.failures > 0:
+            self._faults.failures -= 1
+            self._faults.fired += 1
+            raise StorageUnavailable("injected fault: ImagingStudy write")
+        return await self._inner.write(version)
+
+
+class FailingImagingStudyWrites:
+    """The real store, except for the next ``failures`` ImagingStudy writes."""
+
+    def __init__(self, inner: SqliteStore, failures: int) -> None:
+        self._inner = inner
+        self.failures = failures
+        self.fired = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        async with self._inner.transaction() as tx:
+            yield _FailingTransaction(tx, self)
+
+
+def faulty_store(settings: Settings, failures: int) -> FailingImagingStudyWrites:
+    registry = SearchRegistry.load().with_base_url(settings.fhir_base)
+    return FailingImagingStudyWrites(SqliteStore(settings.data_dir, registry), failures)
+
+
+async def probe(condition: bool) -> bool | None:
+    return True if condition else None
+
+
+async def test_a_failed_sync_is_retried_until_it_succeeds(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path / "data")
+    store = faulty_store(settings, failures=2)
+    async with running(settings, store) as (app, client):
+        stored = await stow_study(client, "9.1", "RETRY-1", count=3)
+        assert stored.status_code == 200  # the instances are acknowledged regardless
+        study = await eventually(lambda: imaging_study(client, "9.1"), "the retried sync")
+        assert study["numberOfInstances"] == 3
+        assert store.fired == 2  # the first write and the first retry failed
+        await settled(app)  # the study leaves the pending set once its write returned
+        assert len(app.state.dicomweb.sync.pending) == 0
+
+
+async def test_an_unsynced_study_is_found_again_after_a_restart(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path / "data", sync_retry_interval=3600.0)
+    store = faulty_store(settings, failures=1)
+    async with running(settings, store) as (app, client):
+        assert (await stow_study(client, "9.2", "RETRY-2")).status_code == 200
+        await eventually(lambda: probe(store.fired == 1), "the deferred sync to fail")
+        assert await imaging_study(client, "9.2") is None
+        assert "9.2" in app.state.dicomweb.sync.pending  # only in memory: lost at the stop
+    async with running(settings) as (_, client):
+        study = await eventually(lambda: imaging_study(client, "9.2"), "the start-up scan")
+        assert study["numberOfInstances"] == 1
+
+
+async def test_an_imaging_study_left_after_its_study_was_deleted_is_removed(
+    tmp_path: Path,
+) -> None:
+    settings = fast_settings(tmp_path / "data", sync_retry_interval=3600.0)
+    store = faulty_store(settings, failures=0)
+    async with running(settings, store) as (app, client):
+        assert (await stow_study(client, "9.3", "RETRY-3")).status_code == 200
+        await settled(app)
+        assert await imaging_study(client, "9.3") is not None
+        store.failures = 1
+        await client.delete("/dicomweb/studies/9.3")  # the instances go, the sync fails
+        assert store.fired == 1
+        assert await imaging_study(client, "9.3") is not None
+    async with running(settings) as (_, client):
+
+        async def removed() -> bool | None:
+            gone = (await client.get("/fhir/ImagingStudy/9.3")).status_code == 410
+            return True if gone else None
+
+        await eventually(removed, "the orphaned ImagingStudy to be deleted")
+
+
+def test_only_the_archives_own_imaging_studies_count_as_orphans() -> None:
+    own = {"id": "1.2", "identifier": [{"system": "urn:dicom:uid", "value": "urn:oid:1.2"}]}
+    assert archived_study(own)
+    assert not archived_study(own | {"id": "client-written"})
+    assert not archived_study({"id": "1.2", "identifier": [{"value": "urn:oid:1.2"}]})
+    assert not archived_study(None)

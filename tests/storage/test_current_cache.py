@@ -1,0 +1,98 @@
+"""The embedded store's memory of current versions never serves a stale version:
+not after this process writes, not after another process (another store on the
+same file: ``radhub import`` while the server runs) writes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+
+from fhir_server.search.registry import SearchRegistry
+from fhir_server.storage.base import NewVersion, StoredVersion
+from fhir_server.storage.sqlite.store import SqliteStore
+
+REGISTRY = SearchRegistry.load()
+T0 = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def patient(id: str, version: int, family: str) -> NewVersion:
+    body = {"resourceType": "Patient", "id": id, "name": [{"family": family}]}
+    moment = T0 + timedelta(seconds=version)
+    return NewVersion(
+        "Patient", id, version, moment, "create" if version == 1 else "update", orjson.dumps(body)
+    )
+
+
+async def write(store: SqliteStore, version: NewVersion) -> None:
+    async with store.transaction() as tx:
+        await tx.write(version)
+
+
+def family(found: StoredVersion | None) -> str:
+    assert found is not None and found.body is not None
+    return str(orjson.loads(found.body)["name"][0]["family"])
+
+
+@pytest.fixture
+async def stores(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, SqliteStore]]:
+    server, other = SqliteStore(tmp_path, REGISTRY), SqliteStore(tmp_path, REGISTRY)
+    await server.start()
+    await other.start()
+    try:
+        yield server, other
+    finally:
+        await other.close()
+        await server.close()
+
+
+async def test_reads_are_remembered_and_own_writes_replace_them(
+    stores: tuple[SqliteStore, SqliteStore],
+) -> None:
+    server, _ = stores
+    await write(server, patient("p1", 1, "First"))
+    assert family(await server.read("Patient", "p1")) == "First"
+    assert server._current.get("Patient", "p1") is not None  # served from memory next
+    await write(server, patient("p1", 2, "Second"))
+    assert family(await server.read("Patient", "p1")) == "Second"
+    async with server.transaction() as tx:
+        await tx.write(NewVersion("Patient", "p1", 3, T0 + timedelta(seconds=3), "delete", None))
+    deleted = await server.read("Patient", "p1")
+    assert deleted is not None and deleted.deleted and deleted.version == 3
+
+
+async def test_another_writer_is_seen(stores: tuple[SqliteStore, SqliteStore]) -> None:
+    server, other = stores
+    await write(server, patient("p1", 1, "First"))
+    assert family(await server.read("Patient", "p1")) == "First"
+    await write(other, patient("p1", 2, "ByImport"))
+    assert family(await server.read("Patient", "p1")) == "ByImport"
+
+
+async def test_another_writer_is_seen_after_an_own_write(
+    stores: tuple[SqliteStore, SqliteStore],
+) -> None:
+    """The other process's commit is followed by one of ours, which moves the
+    log's head: the gap before our sequence numbers gives the other one away."""
+    server, other = stores
+    await write(server, patient("p1", 1, "First"))
+    assert family(await server.read("Patient", "p1")) == "First"
+    await write(other, patient("p1", 2, "ByImport"))
+    await write(server, patient("p2", 1, "Unrelated"))
+    assert family(await server.read("Patient", "p1")) == "ByImport"
+
+
+async def test_a_rolled_back_write_is_not_remembered(
+    stores: tuple[SqliteStore, SqliteStore],
+) -> None:
+    server, _ = stores
+    await write(server, patient("p1", 1, "First"))
+    assert family(await server.read("Patient", "p1")) == "First"
+    with pytest.raises(RuntimeError):
+        async with server.transaction() as tx:
+            await tx.write(patient("p1", 2, "Never"))
+            raise RuntimeError("the client went away")
+    assert family(await server.read("Patient", "p1")) == "First"
