@@ -8,7 +8,6 @@ resource is written. A batch runs each entry on its own and reports each outcome
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +24,7 @@ from fhir_server.interactions.references import rewrite_references
 from fhir_server.interactions.search import search
 from fhir_server.interactions.services import Services
 from fhir_server.resources.meta import format_instant
+from fhir_server.search.values import IndexEntry
 from fhir_server.storage.base import Transaction
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -42,7 +42,7 @@ class Entry:
     if_none_exist: str | None
     if_match: str | None
     assigned_id: str | None = None
-    validated: bool = False  # its resource is being validated ahead, in parallel
+    prepared_at: int | None = None  # its place among the resources prepared ahead
     touched: str | None = None  # the Type/id the entry wrote or deleted, once run
     response: dict[str, Any] = field(default_factory=dict)
 
@@ -107,8 +107,13 @@ def _entry_result(outcome: crud.Outcome, svc: Services) -> dict[str, Any]:
 
 
 async def _run_entry(
-    tx: Transaction, svc: Services, auth: AuthContext, entry: Entry
+    tx: Transaction,
+    svc: Services,
+    auth: AuthContext,
+    entry: Entry,
+    index: list[IndexEntry] | None = None,
 ) -> dict[str, Any]:
+    """Run one entry; ``index``: its resource's index, when prepared (and so validated)."""
     path, query = _split(entry.url)
     method = entry.method
     if method == "POST" and len(path) == 1:
@@ -119,7 +124,8 @@ async def _run_entry(
             entry.resource,
             if_none_exist=entry.if_none_exist,
             id=entry.assigned_id,
-            validated=entry.validated,
+            validated=index is not None,
+            index=index,
         )
     elif method == "PUT" and len(path) == 1 and query:
         outcome = await crud.conditional_update_in(tx, svc, auth, path[0], query, entry.resource)
@@ -132,7 +138,8 @@ async def _run_entry(
             path[1],
             entry.resource,
             if_match=entry.if_match,
-            validated=entry.validated,
+            validated=index is not None,
+            index=index,
         )
     elif method == "PATCH" and len(path) == 2:
         outcome = await crud.patch_in(
@@ -227,7 +234,7 @@ async def transaction(svc: Services, auth: AuthContext, body: dict[str, Any]) ->
     """Process a transaction Bundle; raises (and writes nothing) if any entry fails."""
     entries = _parse_entries(body, svc)
     ordered = sorted(entries, key=lambda e: (_ORDER[e.method], e.index))
-    ahead = _validate_ahead(svc, ordered)
+    prepared: _Prepared | None = None
     try:
         async with svc.store.transaction() as tx:
             mapping = await _resolve_ids(tx, svc, auth, ordered)
@@ -238,58 +245,63 @@ async def transaction(svc: Services, auth: AuthContext, body: dict[str, Any]) ->
             for entry in ordered:
                 if entry.resource is not None:
                     entry.resource = await rewrite_references(entry.resource, mapping, conditional)
+            # references are final now, so the index can be extracted ahead, in parallel
+            prepared = _prepare(svc, ordered)
             touched: dict[str, int] = {}
             for entry in ordered:
-                work = _run_exclusive(tx, svc, auth, entry, touched)
-                entry.response = await _guarded(entry, work, ahead)
-            await ahead.raise_first()
+                work = _run_exclusive(tx, svc, auth, entry, touched, prepared)
+                entry.response = await _guarded(entry, work)
     finally:
-        ahead.cancel()
+        if prepared is not None:
+            prepared.cancel()
     results = [e.response for e in sorted(ordered, key=lambda e: e.index)]
     return bundle("transaction-response", results, timestamp=format_instant(svc.clock()))
 
 
-class _AheadValidation:
-    """The create and update entries' resources, validated in parallel with the
-    transaction's own work; it commits only after ``raise_first`` found no failure."""
+class _Prepared:
+    """The create and update entries' resources, validated and indexed in worker
+    processes (``ValidationPool.prepare``) while earlier entries are written; an
+    entry waits only for its own chunk. Nothing commits before every entry ran,
+    and an invalid resource fails its entry, so none commits unchecked."""
 
     def __init__(self, svc: Services, entries: list[Entry]) -> None:
-        self.entries = entries
-        for entry in entries:
-            entry.validated = True
-        self.task = asyncio.ensure_future(
-            svc.validation.validate_all([e.resource for e in entries])
-        )
+        for position, entry in enumerate(entries):
+            entry.prepared_at = position
+        self.chunks = svc.validation.prepare([e.resource for e in entries], svc.registry)
 
-    async def error_of(self, entry: Entry) -> FhirError | None:
-        errors = await self.task
-        return next((err for e, err in zip(self.entries, errors, strict=True) if e is entry), None)
-
-    async def raise_first(self) -> None:
-        for entry, error in zip(self.entries, await self.task, strict=True):
-            if error is not None:
-                raise _name_entry(error, entry)
+    async def index_of(self, entry: Entry) -> list[IndexEntry] | None:
+        """The entry's index; raises its validation error if its resource is invalid."""
+        if entry.prepared_at is None:
+            return None
+        error, index = await self.chunks.get(entry.prepared_at)
+        if error is not None:
+            raise error
+        return index
 
     def cancel(self) -> None:
-        if not self.task.done():
-            self.task.cancel()
+        self.chunks.cancel()
 
 
-def _validate_ahead(svc: Services, ordered: list[Entry]) -> _AheadValidation:
+def _prepare(svc: Services, ordered: list[Entry]) -> _Prepared:
     def plain_write(entry: Entry) -> bool:
         path, query = _split(entry.url)
         single = entry.method == "POST" and len(path) == 1
         return single or (entry.method == "PUT" and len(path) == 2 and not query)
 
-    return _AheadValidation(svc, [e for e in ordered if plain_write(e)])
+    return _Prepared(svc, [e for e in ordered if plain_write(e)])
 
 
 async def _run_exclusive(
-    tx: Transaction, svc: Services, auth: AuthContext, entry: Entry, touched: dict[str, int]
+    tx: Transaction,
+    svc: Services,
+    auth: AuthContext,
+    entry: Entry,
+    touched: dict[str, int],
+    prepared: _Prepared,
 ) -> dict[str, Any]:
     """Run an entry, refusing a second write to a resource an earlier entry wrote:
     "If any resource identities overlap in steps 1-3, the transaction SHALL fail"."""
-    result = await _run_entry(tx, svc, auth, entry)
+    result = await _run_entry(tx, svc, auth, entry, await prepared.index_of(entry))
     if entry.touched is not None:
         earlier = touched.setdefault(entry.touched, entry.index)
         if earlier != entry.index:
@@ -311,18 +323,12 @@ def _name_entry(exc: FhirError, entry: Entry) -> FhirError:
     return exc
 
 
-async def _guarded(entry: Entry, work: Any, ahead: _AheadValidation) -> dict[str, Any]:
+async def _guarded(entry: Entry, work: Any) -> dict[str, Any]:
     """Run an entry; a failure names the entry and aborts the whole transaction."""
     try:
         result: dict[str, Any] = await work
-    except Exception as exc:
-        # an entry whose resource is invalid fails for that reason, as if validated first
-        error = await ahead.error_of(entry) if entry.validated else None
-        if error is not None:
-            raise _name_entry(error, entry) from None
-        if isinstance(exc, FhirError):
-            raise _name_entry(exc, entry) from None
-        raise
+    except FhirError as exc:
+        raise _name_entry(exc, entry) from None
     return result
 
 

@@ -1,11 +1,14 @@
-"""Validating many resources on another core while the event loop goes on.
+"""Validating and indexing many resources on another core while the event loop goes on.
 
-Validation with the R4B models is pure Python and costs about as much as all
-the rest of writing a resource; under the GIL no thread can overlap it. For
-large Bundles the resources are validated in a worker process instead, while
-the transaction indexes and writes them; the transaction commits only once
-every one of them has passed. Small batches are validated inline: sending them
-to another process would cost more than it saves.
+Validation with the R4B models and search-index extraction are pure Python and
+together cost more than all the rest of writing a resource; under the GIL no
+thread can overlap them. For large Bundles both run in worker processes
+instead, in chunks, while the transaction writes the chunks already prepared;
+the transaction commits only once every resource has passed. Small batches are
+prepared inline: sending them to another process would cost more than it saves.
+The index of a resource does not depend on the server's id and meta stamps
+(``_id`` and ``_lastUpdated`` come from columns), so it can be extracted before
+the resource is stamped.
 """
 
 from __future__ import annotations
@@ -18,12 +21,18 @@ import signal
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from fhir_server.errors import FhirError, InvalidResource, Issue, UnknownResourceType
 from fhir_server.resources.validate import validate_resource
+from fhir_server.search.extract import extract_index
+from fhir_server.search.registry import SearchRegistry
+from fhir_server.search.values import IndexEntry
 
 INLINE_BELOW = 32
+CHUNK = 64  # resources per worker call: the first chunk comes back early
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _ERRORS: dict[str, type[FhirError]] = {
     "InvalidResource": InvalidResource,
@@ -42,8 +51,24 @@ def _check(resource: Any) -> Failure | None:
     return None
 
 
-def _check_all(resources: Sequence[Any]) -> list[Failure | None]:
-    return [_check(resource) for resource in resources]
+Prepared = tuple[Failure | None, list[IndexEntry] | None]
+
+
+def _prepare(resource: Any, registry: SearchRegistry) -> Prepared:
+    failure = _check(resource)
+    return (failure, None) if failure is not None else (None, extract_index(resource, registry))
+
+
+def _prepare_all(resources: Sequence[Any], base_url: str | None) -> list[Prepared]:
+    registry = _worker_registry(base_url)
+    return [_prepare(resource, registry) for resource in resources]
+
+
+@cache
+def _worker_registry(base_url: str | None) -> SearchRegistry:
+    """The search definitions, loaded once per worker process."""
+    registry = SearchRegistry.load()
+    return registry.with_base_url(base_url) if base_url else registry
 
 
 def _warm() -> None:
@@ -68,6 +93,39 @@ def _error(failure: Failure) -> FhirError:
     return _ERRORS[kind](diagnostics, issues=tuple(Issue(*i) for i in issues))  # type: ignore[arg-type]
 
 
+PreparedResource = tuple[FhirError | None, list[IndexEntry] | None]
+"""A resource's validation error, or its search index."""
+
+
+def _result(prepared: Prepared) -> PreparedResource:
+    failure, index = prepared
+    return (None if failure is None else _error(failure)), index
+
+
+def _results(future: asyncio.Future[list[Prepared]]) -> asyncio.Future[list[PreparedResource]]:
+    async def convert() -> list[PreparedResource]:
+        return [_result(p) for p in await future]
+
+    return asyncio.ensure_future(convert())
+
+
+@dataclass(frozen=True)
+class PreparedChunks:
+    """Futures of prepared resources, ``size`` resources per chunk, in order."""
+
+    size: int
+    chunks: list[asyncio.Future[list[PreparedResource]]]
+
+    async def get(self, position: int) -> PreparedResource:
+        """The result for the resource at ``position`` of the prepared sequence."""
+        chunk = await self.chunks[position // self.size]
+        return chunk[position % self.size]
+
+    def cancel(self) -> None:
+        for chunk in self.chunks:
+            chunk.cancel()
+
+
 class ValidationPool:
     """Validates batches of resources in ``workers`` processes (0: inline)."""
 
@@ -82,14 +140,19 @@ class ValidationPool:
             self._pool = ProcessPoolExecutor(self._workers, context, initializer=_warm)
         return self._pool
 
-    async def validate_all(self, resources: Sequence[Any]) -> list[FhirError | None]:
-        """For each resource, None or the error its validation raises."""
+    def prepare(self, resources: Sequence[Any], registry: SearchRegistry) -> PreparedChunks:
+        """Validate and index ``resources``, in chunks (inline when few)."""
+        loop = asyncio.get_running_loop()
         if self._workers == 0 or len(resources) < INLINE_BELOW:
-            failures = _check_all(resources)
-        else:
-            loop = asyncio.get_running_loop()
-            failures = await loop.run_in_executor(self._executor(), _check_all, list(resources))
-        return [None if f is None else _error(f) for f in failures]
+            done = loop.create_future()
+            done.set_result([_result(_prepare(r, registry)) for r in resources])
+            return PreparedChunks(max(len(resources), 1), [done])
+        executor = self._executor()
+        chunks = [list(resources[i : i + CHUNK]) for i in range(0, len(resources), CHUNK)]
+        base = registry.base_url
+        return PreparedChunks(
+            CHUNK, [_results(loop.run_in_executor(executor, _prepare_all, c, base)) for c in chunks]
+        )
 
     def close(self) -> None:
         if self._pool is not None:

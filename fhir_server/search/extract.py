@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from fhir_server.search.dates import date_values
-from fhir_server.search.fhirpath import Item, evaluate, evaluate_relative, may_select
+from fhir_server.search.fhirpath import (
+    Item,
+    evaluate,
+    evaluate_relative,
+    expression_roots,
+    may_select,
+)
 from fhir_server.search.registry import ParamDef, SearchRegistry
 from fhir_server.search.values import (
     CompositeValue,
@@ -32,6 +39,7 @@ from fhir_server.search.values import (
 
 # ``Patient.deceased.exists() and Patient.deceased != false``: the one boolean
 # expression in R4 for our types; evaluated here rather than in general FHIRPath.
+_UPPER = re.compile(r"[A-Z]")
 _EXISTS_NOT_FALSE = re.compile(r"^(?P<path>\S+)\.exists\(\) and (?P=path) != false$")
 
 # Parts of HumanName and Address a string search matches (R4 search.html#string).
@@ -56,10 +64,68 @@ _CONTACT_POINT_FIELDS = frozenset({"telecom", "contact"})
 def extract_index(resource: dict[str, Any], registry: SearchRegistry) -> list[IndexEntry]:
     """Every index entry of ``resource`` (``_id``/``_lastUpdated`` come from columns)."""
     entries: list[IndexEntry] = []
-    for param in registry.params_for(resource.get("resourceType", "")).values():
-        if not param.from_column:
-            entries.extend(extract_param(resource, param, registry.base_url))
+    present: set[str] | None = None
+    base_url = registry.base_url
+    for planned in _planned(registry.params_for(resource.get("resourceType", ""))):
+        if planned.roots is not None and planned.exists_path is None:
+            # most parameters of a type are absent from any one resource: skip
+            # them by their top-level elements, without evaluating anything
+            if present is None:
+                present = _present_elements(resource)
+            if present.isdisjoint(planned.roots):
+                continue
+        entries.extend(_extract(resource, planned.param, planned.exists_path, base_url))
     return list(dict.fromkeys(entries))
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """A parameter with what extraction needs to know of it before evaluating."""
+
+    param: ParamDef
+    roots: frozenset[str] | None  # the top-level elements it starts from (None: unknown)
+    exists_path: str | None  # for ``X.exists() and X != false`` parameters
+
+
+class _Plans:
+    """The plan of each parameter set, by the set's identity: a registry hands out
+    the same mapping for a type every time, and hashing 30 parameter definitions
+    per resource would cost what the plan saves. Bounded: test suites build many
+    registries."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        self._held: dict[int, tuple[Mapping[str, ParamDef], tuple[_Planned, ...]]] = {}
+
+    def __call__(self, params: Mapping[str, ParamDef]) -> tuple[_Planned, ...]:
+        held = self._held.get(id(params))
+        if held is not None and held[0] is params:
+            return held[1]
+        if len(self._held) >= self._size:
+            self._held.clear()
+        plan = tuple(_plan(p) for p in params.values() if not p.from_column)
+        self._held[id(params)] = (params, plan)  # holding it keeps the id unique
+        return plan
+
+
+def _plan(param: ParamDef) -> _Planned:
+    exists = _EXISTS_NOT_FALSE.match(param.expression)
+    roots = None if exists else expression_roots(param.expression)
+    return _Planned(param, roots, exists["path"] if exists else None)
+
+
+_planned = _Plans()
+
+
+def _present_elements(resource: dict[str, Any]) -> set[str]:
+    """The resource's top-level element names, and the names of the choice
+    elements among them (``deceasedBoolean`` is also ``deceased``)."""
+    present: set[str] = set()
+    for key in resource:
+        present.add(key)
+        for upper in _UPPER.finditer(key, 1):
+            present.add(key[: upper.start()])
+    return present
 
 
 def extract_param(
@@ -67,12 +133,18 @@ def extract_param(
 ) -> list[IndexEntry]:
     """The index entries of one parameter; references under ``base_url`` become relative."""
     exists = _EXISTS_NOT_FALSE.match(param.expression)
-    if exists is not None:
-        items = evaluate(resource, exists["path"])
+    if exists is None and not may_select(resource, param.expression):
+        return []
+    return _extract(resource, param, exists["path"] if exists else None, base_url)
+
+
+def _extract(
+    resource: dict[str, Any], param: ParamDef, exists_path: str | None, base_url: str | None
+) -> list[IndexEntry]:
+    if exists_path is not None:
+        items = evaluate(resource, exists_path)
         flag = any(i.value is not False for i in items)
         return [IndexEntry(param.code, TokenValue(None, "true" if flag else "false"))]
-    if not may_select(resource, param.expression):
-        return []
     items = evaluate(resource, param.expression)
     if param.type == "composite":
         return [IndexEntry(param.code, v) for v in _composites(items, param)]

@@ -71,7 +71,7 @@ def may_select(resource: dict[str, Any], expression: str) -> bool:
     """False when ``expression`` surely selects nothing: none of the top-level
     elements its branches start from is in ``resource``. Most parameters of a
     type are absent from any one resource; this skips them without evaluating."""
-    roots = _roots(expression)
+    roots = expression_roots(expression)
     if roots is None:
         return True
     for root in roots:
@@ -85,7 +85,9 @@ def may_select(resource: dict[str, Any], expression: str) -> bool:
 
 
 @lru_cache(maxsize=4096)
-def _roots(expression: str) -> frozenset[str] | None:
+def expression_roots(expression: str) -> frozenset[str] | None:
+    """The top-level elements the branches of ``expression`` start from (None
+    when a branch starts at the resource itself)."""
     roots: set[str] = set()
     for steps in _plan(expression, rooted=True):
         if not steps or steps[0].kind != "child":

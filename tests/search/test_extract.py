@@ -283,3 +283,37 @@ def test_concept_text_without_coding(registry: SearchRegistry) -> None:
     observation = {"resourceType": "Observation", "code": {"text": "Free Téxt"}}
     entries = extract_index(observation, registry)
     assert _values(entries, "code") == [TokenValue(None, None, "free text")]
+
+
+def test_skipping_absent_parameters_changes_nothing() -> None:
+    """extract_index skips parameters whose top-level elements are absent (and
+    their choice forms: ``deceasedBoolean`` counts as ``deceased``); every
+    parameter extracted one by one gives the same index."""
+    from fhir_server.search.extract import extract_param
+
+    registry = SearchRegistry.load().with_base_url("http://radhub.test/fhir")
+    extra = [
+        {"resourceType": "Patient", "deceasedBoolean": True, "multipleBirthInteger": 2},
+        {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"text": "x"},
+            "effectivePeriod": {"start": "2020"},
+            "valueQuantity": {"value": 3, "unit": "mg"},
+        },
+    ]
+    examples = [json.loads(p.read_text()) for p in sorted(EXAMPLES.glob("*.json"))] + extra
+    checked = 0
+    for resource in examples:
+        params = registry.params_for(resource.get("resourceType", ""))
+        if not params:
+            continue
+        one_by_one = [
+            entry
+            for param in params.values()
+            if not param.from_column
+            for entry in extract_param(resource, param, registry.base_url)
+        ]
+        assert extract_index(resource, registry) == list(dict.fromkeys(one_by_one))
+        checked += 1
+    assert checked >= 20
