@@ -12,6 +12,10 @@ both loaded with ``wrk`` (Debian package) for the same duration and
 connections, alternating rounds; then create throughput (concurrent POSTs,
 resources/s) and transaction throughput (Bundles of 500 entries, resources/s).
 
+Auditing writes each round's AuditEvents in the background, partly after the
+round: radhub's read rate counts the time until it is idle again, and its CPU
+per request counts that work (``/proc``: all threads of the process).
+
     .venv/bin/python bench/fhir_bench.py [--seconds 10] [--rounds 3]
 """
 
@@ -131,6 +135,23 @@ def mint(data_dir: Path) -> str:
     return out.stdout.strip()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def settle(pid: int, timeout: float = 300.0) -> float:
+    """Wait until the process is idle (its queued audit records written); seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        before = cpu_seconds(pid)
+        time.sleep(0.5)
+        if cpu_seconds(pid) - before < 0.025:  # under 5 % of a core
+            break
+    return time.monotonic() - started
+
+
 def wrk(url: str, seconds: int, token: str | None, connections: int = 32) -> float:
     """Requests/s from wrk (one thread: the server under test needs the other core)."""
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
@@ -191,6 +212,10 @@ async def transaction_rate(base: str, token: str, bundles: int, size: int = 500)
         return bundles * size / (time.perf_counter() - started)
 
 
+def _r(rates: list[float]) -> list[int]:
+    return [round(x) for x in rates]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10)
@@ -218,18 +243,30 @@ def main() -> int:
                 },
             )
             rid = created.json()["id"]
-            ceil_rates, radhub_rates = [], []
+            ceil_rates, radhub_rates, ceil_cpu, radhub_cpu = [], [], [], []
             for _ in range(args.rounds):
-                ceil_rates.append(
-                    wrk(f"http://127.0.0.1:{cport}/fhir/Patient/{rid}", args.seconds, None)
-                )
-                radhub_rates.append(wrk(f"{base}/fhir/Patient/{rid}", args.seconds, token))
+                before = cpu_seconds(ceiling.pid)
+                rate = wrk(f"http://127.0.0.1:{cport}/fhir/Patient/{rid}", args.seconds, None)
+                ceil_cpu.append((cpu_seconds(ceiling.pid) - before) / (rate * args.seconds))
+                ceil_rates.append(rate)
+                before = cpu_seconds(radhub.pid)
+                rate = wrk(f"{base}/fhir/Patient/{rid}", args.seconds, token)
+                # the audit records of the round are written after it: that work
+                # counts, in time and CPU, against the round that caused it
+                lag = settle(radhub.pid)
+                served = rate * args.seconds
+                radhub_cpu.append((cpu_seconds(radhub.pid) - before) / served)
+                radhub_rates.append(served / (args.seconds + lag))
             ceil, mine = max(ceil_rates), max(radhub_rates)
-            print(f"read  ceiling (Starlette, memory): {ceil:9.0f} req/s  rounds {ceil_rates}")
-            print(f"read  radhub (token, audit, SQLite): {mine:7.0f} req/s  rounds {radhub_rates}")
+            print(f"read  ceiling (Starlette, memory): {ceil:9.0f} req/s  {_r(ceil_rates)}")
+            print(f"read  radhub (token, audit, SQLite): {mine:7.0f} req/s  {_r(radhub_rates)}")
             print(f"read  ratio radhub/ceiling: {mine / ceil:.2f}")
+            c, r = min(ceil_cpu) * 1e6, min(radhub_cpu) * 1e6
+            print(f"read  CPU per request: ceiling {c:.0f} us, radhub {r:.0f} us ({c / r:.2f})")
+            settle(radhub.pid)
             rate = asyncio.run(create_rate(base, token, args.creates))
             print(f"create  {rate:7.0f} resources/s ({args.creates} POSTs, 16 concurrent)")
+            settle(radhub.pid)
             rate = asyncio.run(transaction_rate(base, token, args.bundles))
             print(f"transaction  {rate:7.0f} resources/s ({args.bundles} Bundles of 500)")
         finally:

@@ -187,4 +187,5 @@ async def handle(
             description=f"DICOMweb {request.method} {request.url.path}",
         )
     )
+    await svc.audit.room()
     return response

@@ -239,11 +239,16 @@ class AuditLog:
         *,
         flush_interval: float = 0.2,
         max_batch: int = 1000,
+        max_queued: int = 5000,
+        room_timeout: float = 10.0,
     ) -> None:
         self._store = store
         self._new_id = new_id
         self._interval = flush_interval
         self._max_batch = max_batch
+        self._max_queued = max_queued
+        self._room_timeout = room_timeout
+        self._written = asyncio.Event()  # set after each batch written
         self._queue: list[AuditRecord] = []
         self._head: str | None = None  # digest of the last event written (audit_chain)
         self._task: asyncio.Task[None] | None = None
@@ -255,6 +260,22 @@ class AuditLog:
         self._queue.append(record)
         if len(self._queue) >= self._max_batch:
             self._wakeup.set()
+
+    async def room(self) -> None:
+        """Backpressure: while more than ``max_queued`` records wait to be written,
+        wait (at most ``room_timeout``) for the writer to catch up. Under a load the
+        trail cannot keep up with, requests slow down to its pace instead of records
+        piling up in memory, where a crash would lose them."""
+        if len(self._queue) <= self._max_queued or self._task is None or self._stopping:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._room_timeout):
+                while len(self._queue) > self._max_queued and not self._stopping:
+                    self._wakeup.set()
+                    self._written.clear()
+                    await self._written.wait()
+        if len(self._queue) > self._max_queued:
+            log.warning("the audit trail is %d records behind", len(self._queue))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audit-writer")
@@ -288,6 +309,7 @@ class AuditLog:
                 self._head = head  # the retry re-links the same records
                 raise
             del self._queue[: len(batch)]
+            self._written.set()
 
     def _version(self, record: AuditRecord) -> NewVersion:
         event = stamp(to_audit_event(record), self._new_id(), 1, record.moment)

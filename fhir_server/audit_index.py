@@ -10,6 +10,7 @@ exactly what ``extract_param`` gives for the same parameters.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from fhir_server.search.dates import to_micros
@@ -40,19 +41,28 @@ AUDIT_SEARCH_PARAMS = (
 
 def _coding(coding: dict[str, Any]) -> TokenValue:
     display = coding.get("display")
-    return TokenValue(
-        coding.get("system"),
-        coding.get("code"),
-        normalize_text(display) if isinstance(display, str) else None,
-    )
+    return _token(coding.get("system"), coding.get("code"), display)
+
+
+# The trail repeats a handful of codings, agents and entities over and over: the
+# values are immutable, so each is built once (bounded memo).
+@lru_cache(maxsize=256)
+def _token(system: str | None, code: str | None, display: Any) -> TokenValue:
+    return TokenValue(system, code, normalize_text(display) if isinstance(display, str) else None)
+
+
+@lru_cache(maxsize=4096)
+def _reference_entry(param: str, text: str) -> IndexEntry | None:
+    value = parse_reference(text)
+    return None if value is None else IndexEntry(param, value)
 
 
 def _reference_entries(param: str, reference: dict[str, Any]) -> list[IndexEntry]:
     entries: list[IndexEntry] = []
     text = reference.get("reference")
-    value = parse_reference(text) if isinstance(text, str) else None
-    if value is not None:
-        entries.append(IndexEntry(param, value))
+    entry = _reference_entry(param, text) if isinstance(text, str) else None
+    if entry is not None:
+        entries.append(entry)
     identifier = reference.get("identifier")
     if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
         token = TokenValue(identifier.get("system"), identifier["value"])

@@ -93,6 +93,7 @@ class FhirHttp:
                 address=request.client.host if request.client else None,
             )
         )
+        await self.audit.room()
         return response
 
     async def body(self, request: Request, *, patch: bool = False) -> Any:
