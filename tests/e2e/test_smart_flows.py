@@ -170,3 +170,13 @@ def test_code_flow_refresh_introspection_revocation_and_backend_services(
     assert [e["resource"]["id"] for e in found.json()["entry"]] == ["p1"]
     replay = httpx.post(f"{base}/auth/token", data=ask)
     assert replay.status_code in (400, 401) and replay.json()["error"] == "invalid_client"
+
+    # nothing secret in what the server printed
+    server.stop()
+    printed = "".join(server.output)
+    assert "FHIR/HTTP listening" in printed
+    for secret in (
+        first["access_token"], first["refresh_token"], second["access_token"],
+        second["refresh_token"], SECRET, RS_SECRET, PASSWORD, signed,
+    ):  # fmt: skip
+        assert secret not in printed
