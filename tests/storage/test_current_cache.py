@@ -96,3 +96,23 @@ async def test_a_rolled_back_write_is_not_remembered(
             await tx.write(patient("p1", 2, "Never"))
             raise RuntimeError("the client went away")
     assert family(await server.read("Patient", "p1")) == "First"
+
+
+def test_memory_is_bounded_by_bytes_and_entries() -> None:
+    from fhir_server.storage.sqlite.current_cache import CurrentCache
+
+    cache = CurrentCache(capacity=100, max_bytes=1000, max_body=300)
+
+    def version(id: str, size: int, n: int = 1) -> StoredVersion:
+        return StoredVersion("Patient", id, n, T0, "create", b"x" * size, None)
+
+    cache.written([version(f"p{i}", 200) for i in range(10)])
+    assert len(cache) == 5 and cache.held_bytes == 1000  # the five most recent
+    assert cache.get("Patient", "p9") is not None and cache.get("Patient", "p4") is None
+    cache.written([version("big", 301)])  # over max_body: not kept
+    assert cache.get("Patient", "big") is None and cache.held_bytes == 1000
+    cache.written([version("p9", 100, 2)])  # replaced: its old size given back
+    assert cache.held_bytes == 900 and len(cache) == 5
+    small = CurrentCache(capacity=3)
+    small.written([version(f"q{i}", 1) for i in range(5)])
+    assert len(small) == 3

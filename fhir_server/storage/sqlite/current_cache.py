@@ -39,11 +39,16 @@ _NOT_KEPT = frozenset({"AuditEvent"})
 
 
 class CurrentCache:
-    """The current version of up to ``capacity`` resources (least recently used out)."""
+    """Current versions, at most ``capacity`` of them and ``max_bytes`` of bodies
+    (least recently used out); a body over ``max_body`` is not kept."""
 
-    def __init__(self, capacity: int = 20_000, max_body: int = 64 * 1024) -> None:
+    def __init__(
+        self, capacity: int = 20_000, max_bytes: int = 64 << 20, max_body: int = 64 << 10
+    ) -> None:
         self._capacity = capacity
+        self._max_bytes = max_bytes
         self._max_body = max_body
+        self._bytes = 0
         self._entries: OrderedDict[Key, StoredVersion] = OrderedDict()
         self.generation = 0  # commits of this process written through so far
         self._own_head = 0  # the highest change-log seq this process wrote
@@ -58,7 +63,7 @@ class CurrentCache:
         """Use ``conn`` (opened on the event loop's thread) to see others' commits."""
         self._watch = conn
         self._data_version = None
-        self._entries.clear()
+        self._forget_all()
 
     def get(self, resource_type: str, id: str) -> StoredVersion | None:
         key = (resource_type, id)
@@ -84,7 +89,7 @@ class CurrentCache:
         if seqs:
             if min(seqs) != self._own_head + 1:
                 # the log has a gap before these: another process wrote in between
-                self._entries.clear()
+                self._forget_all()
             self._own_head = max(self._own_head, *seqs)
         for version in versions:
             if version.resource_type not in _NOT_KEPT:
@@ -104,21 +109,37 @@ class CurrentCache:
             return True  # only this process's commits (already written through)
         # another writer, or a commit of ours not yet written through: start over
         self._own_head = head
-        self._entries.clear()
+        self._forget_all()
         return False
 
     def _put(self, version: StoredVersion, *, replace: bool = False) -> None:
-        if version.body is not None and len(version.body) > self._max_body:
-            self._entries.pop((version.resource_type, version.id), None)
-            return
         key = (version.resource_type, version.id)
         held = self._entries.get(key)
         if held is not None and held.version > version.version and not replace:
             return
+        if held is not None:
+            self._drop(key)
+        if _size(version) > self._max_body:
+            return
         self._entries[key] = version
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._capacity:
-            self._entries.popitem(last=False)
+        self._bytes += _size(version)
+        while len(self._entries) > self._capacity or self._bytes > self._max_bytes:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: Key) -> None:
+        self._bytes -= _size(self._entries.pop(key))
+
+    def _forget_all(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+    @property
+    def held_bytes(self) -> int:
+        return self._bytes
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _size(version: StoredVersion) -> int:
+    return len(version.body) if version.body is not None else 0
