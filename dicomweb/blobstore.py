@@ -11,6 +11,9 @@ blob or an ignorable ``.tmp-`` file, never a half-written blob under a key.
 Blocking file I/O runs in worker threads (``asyncio.to_thread``), in blocks
 of about a megabyte: a thread hand-off costs more than writing or reading a
 few hundred kilobytes, so per-chunk hand-offs dominated ingest and retrieval.
+Retrieval of many blobs (``gather``) interleaves them with literal bytes (a
+multipart body's delimiters and part headers) in blocks of a few megabytes,
+each read in one hand-off while the previous block is being sent.
 Ingest stages files without fsync, makes each durable in the background while
 the next one arrives (``make_durable``), and moves a whole batch under its
 keys with one fsync per directory (``adopt_many``); the caller acknowledges
@@ -21,15 +24,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+import threading
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
+GATHER_BLOCK = 2 * 1024 * 1024
 WRITE_BLOCK = 1024 * 1024
 _TEMP_PREFIX = ".tmp-"
 _STAGING = ".staging"
@@ -58,6 +64,20 @@ class StagedBlob:
 
 
 StagedItem = tuple[StagedBlob, str, str, str]  # a staged file, its study, series, SOP UIDs
+
+
+class SizedBlob(Protocol):
+    """A stored blob as the index records it (``BlobRef``, the index's ``BlobLocation``)."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+
+# What ``gather`` sends: literal bytes, a whole blob, or bytes computed in the worker thread.
+Piece = bytes | SizedBlob | Callable[[], bytes]
 
 
 class BlobError(Exception):
@@ -231,6 +251,36 @@ class FileBlobStore:
         finally:
             fh.close()  # opened read-only: closing does not wait for the disk
 
+    async def gather(
+        self, pieces: Iterable[Piece], *, block_size: int = GATHER_BLOCK
+    ) -> AsyncIterator[bytes | memoryview]:
+        """Yield ``pieces`` in order, coalesced into blocks of about ``block_size``.
+
+        Each block is filled in one worker-thread hand-off while the previous one
+        is being sent (one block of read-ahead), so memory stays within a few
+        blocks whatever the total. A blob contributes exactly its recorded
+        ``size`` bytes (a caller may have promised a Content-Length from those);
+        a blob shorter than that raises ``BlobError``, a missing one
+        ``BlobNotFound``. A literal or computed piece larger than a block is
+        yielded whole (bounded by the caller, who made it).
+        """
+        reader = _Gatherer(self.path_for, iter(pieces), block_size)
+        loop = asyncio.get_running_loop()
+        # run_in_executor starts the read at once (a coroutine would wait for a task)
+        ahead = loop.run_in_executor(None, reader.next_block)
+        try:
+            while (block := await ahead) is not None:
+                ahead = loop.run_in_executor(None, reader.next_block)
+                yield block
+        finally:
+            # Stopped early (the client went away) or done: a read-ahead may be
+            # running in its thread; ``close`` waits for it (in a thread, not to
+            # block the loop), and no later read opens anything.
+            await asyncio.to_thread(reader.close)
+            await asyncio.wait([ahead])
+            if not ahead.cancelled():
+                ahead.exception()  # an error no one will see now is not one to log
+
     async def delete(self, key: str) -> bool:
         """Remove a blob; True if it existed."""
         path = self.path_for(key)
@@ -316,6 +366,89 @@ def _open_and_read(path: Path, offset: int, want: int) -> tuple[BinaryIO, bytes]
     except BaseException:
         fh.close()
         raise
+
+
+class _Gatherer:
+    """``gather``'s blocking half: fills one block at a time, in worker threads.
+
+    Consecutive blocks may be filled by different pool threads (never two at
+    once: ``gather`` awaits each before asking for the next); the lock makes
+    ``close`` wait for a read-ahead still in progress, and a read asked for
+    after ``close`` returns None without opening anything.
+    """
+
+    def __init__(
+        self, path_for: Callable[[str], Path], pieces: Iterator[Piece], block_size: int
+    ) -> None:
+        self._path_for = path_for
+        self._pieces = pieces
+        self._block = block_size
+        self._pending: bytes | None = None  # a literal that did not fit the last block
+        self._fh: io.BufferedReader | None = None
+        self._key = ""
+        self._left = 0
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def next_block(self) -> bytes | memoryview | None:
+        """The next block, or None at the end."""
+        with self._lock:
+            if self._closed:
+                return None
+            buf = bytearray(self._block)
+            view = memoryview(buf)
+            filled = 0
+            while filled < self._block:
+                if self._fh is not None:
+                    filled += self._read_into(view[filled:])
+                    continue
+                literal = self._next_literal()
+                if literal is None:
+                    break
+                if filled + len(literal) > self._block:
+                    if filled == 0:
+                        return literal  # larger than a block: send it as it is
+                    self._pending = literal
+                    break
+                view[filled : filled + len(literal)] = literal
+                filled += len(literal)
+            return view[:filled] if filled else None
+
+    def _next_literal(self) -> bytes | None:
+        """The next literal piece; opens the next blob instead (returning b"")."""
+        if self._pending is not None:
+            literal, self._pending = self._pending, None
+            return literal
+        piece = next(self._pieces, None)
+        if piece is None or isinstance(piece, bytes):
+            return piece
+        if callable(piece):
+            return piece()
+        try:
+            self._fh = self._path_for(piece.key).open("rb")
+        except FileNotFoundError as exc:
+            raise BlobNotFound(piece.key) from exc
+        self._key, self._left = piece.key, piece.size
+        return b""
+
+    def _read_into(self, view: memoryview) -> int:
+        assert self._fh is not None
+        want = min(self._left, len(view))
+        got = self._fh.readinto(view[:want]) if want else 0
+        if want and not got:
+            raise BlobError(f"blob {self._key} is shorter than its recorded size")
+        self._left -= got
+        if self._left == 0:
+            self._fh.close()
+            self._fh = None
+        return got
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
 
 
 def fsync_path(path: Path) -> None:

@@ -266,19 +266,33 @@ async def write_parts(
 ) -> AsyncIterator[bytes]:
     """Yield a multipart body: boundary and headers, then each part's chunks (RFC 2046 §5.1)."""
     _check_boundary(boundary)
-    dash = b"--" + boundary.encode("latin-1")
-    lead = dash
+    first = True
     async for part in _aiter_any(parts):
-        yield lead + b"\r\n" + _header_bytes(part)
-        lead = b"\r\n" + dash
+        yield part_head(boundary, part.content_type, part.headers, first=first)
+        first = False
         async for chunk in part.body:
             if chunk:
                 yield chunk
-    yield lead + b"--\r\n"
+    yield close_delimiter(boundary, empty=first)
 
 
-def _header_bytes(part: OutPart) -> bytes:
-    fields = (("Content-Type", part.content_type), *part.headers)
+def part_head(
+    boundary: str, content_type: str, headers: Iterable[tuple[str, str]] = (), *, first: bool
+) -> bytes:
+    """What comes before a part's body: the delimiter (after the previous body's
+    CRLF unless ``first``) and the header block (RFC 2046 §5.1.1). For writers
+    that frame bodies themselves (``FileBlobStore.gather``)."""
+    lead = b"--" if first else b"\r\n--"
+    return lead + boundary.encode("latin-1") + b"\r\n" + _header_bytes(content_type, headers)
+
+
+def close_delimiter(boundary: str, *, empty: bool = False) -> bytes:
+    """The close delimiter that ends a multipart body (``empty``: no part before it)."""
+    return (b"--" if empty else b"\r\n--") + boundary.encode("latin-1") + b"--\r\n"
+
+
+def _header_bytes(content_type: str, headers: Iterable[tuple[str, str]]) -> bytes:
+    fields = (("Content-Type", content_type), *headers)
     lines = []
     for name, value in fields:
         if any(c in name + value for c in "\r\n") or ":" in name:

@@ -1,11 +1,17 @@
 """WADO-RS over HTTP: instances, metadata, frames and bulk data (PS3.18 §10.4).
 
-Instances are streamed from the blob store part by part, in the transfer
-syntax negotiated per instance (``transfer_syntax.negotiate``; Explicit VR
-Little Endian by default, transcoded when stored otherwise and decodable;
-406 when an instance cannot be served as asked). Metadata comes from the
-index's precomputed documents, never from the files, gzip-compressed when the
-client accepts it, with an ETag honouring If-None-Match.
+Instances are streamed from the blob store, in the transfer syntax
+negotiated per instance (``transfer_syntax.negotiate``; Explicit VR Little
+Endian by default, transcoded when stored otherwise and decodable; 406 when
+an instance cannot be served as asked). A retrieval's multipart body goes
+through ``FileBlobStore.gather``: part headers and files in blocks of a few
+megabytes, read ahead in a worker thread, with a Content-Length when every
+part is sent as stored (its size is in the index; chunked encoding would copy
+every block once more). Reading each file only after the previous one was
+sent, in messages of one instance or one part header each, made whole-study
+retrieval about half as fast. Metadata comes from the index's precomputed
+documents, never from the files, gzip-compressed when the client accepts it,
+with an ETag honouring If-None-Match.
 """
 
 from __future__ import annotations
@@ -14,15 +20,24 @@ import asyncio
 import gzip
 import hashlib
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 from pydicom import dcmread
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from dicomweb.blobstore import Piece
 from dicomweb.dicom_json import parse_tag_path
 from dicomweb.http_common import DICOM_JSON, DicomwebServices, visible_study
-from dicomweb.multipart import OutPart, new_boundary, related_content_type, write_parts
+from dicomweb.multipart import (
+    OutPart,
+    close_delimiter,
+    new_boundary,
+    part_head,
+    related_content_type,
+    write_parts,
+)
 from dicomweb.qido_rs import check_json_accept
 from dicomweb.render import RenderError, decoded_frame, native_frame_range
 from dicomweb.transfer_syntax import (
@@ -38,6 +53,7 @@ from fhir_server.storage.dicom_port import InstanceRow
 OCTET = "application/octet-stream"
 _OCTET_RANGES = (OCTET, "*/*", "application/*")
 Uids = tuple[str, str | None, str | None]
+Headers = tuple[tuple[str, str], ...]
 PIXEL_DATA = 0x7FE00010
 
 
@@ -56,9 +72,15 @@ async def _one(chunk: bytes) -> AsyncIterator[bytes]:
     yield chunk
 
 
+def _instance_headers(svc: DicomwebServices, row: InstanceRow, ts: str) -> tuple[str, Headers]:
+    """An instance part's Content-Type and other headers (PS3.18 §8.7.3.3.2)."""
+    return f"application/dicom; transfer-syntax={ts}", (
+        ("Content-Location", _instance_url(svc, row)),
+    )
+
+
 def instance_part(svc: DicomwebServices, row: InstanceRow, ts: str) -> OutPart:
-    headers = (("Content-Location", _instance_url(svc, row)),)
-    content_type = f"application/dicom; transfer-syntax={ts}"
+    content_type, headers = _instance_headers(svc, row, ts)
     if ts == row.transfer_syntax_uid:
         return OutPart(content_type, svc.blobs.open(row.blob.key), headers)
     return OutPart(content_type, _transcoded(svc.blobs.path_for(row.blob.key)), headers)
@@ -83,12 +105,48 @@ async def retrieve(
     """Retrieve a study, series or instance as multipart/related (PS3.18 §10.4.1.1)."""
     rows = await instance_rows(svc, auth, study, series, sop)
     accept = request.headers.get("accept")
-    chosen = [negotiate(accept, row.transfer_syntax_uid) for row in rows]
+    # once per stored transfer syntax, not per instance: parsing Accept is not free
+    served = {ts: negotiate(accept, ts) for ts in {row.transfer_syntax_uid for row in rows}}
+    chosen = [served[row.transfer_syntax_uid] for row in rows]
     boundary = new_boundary()
-    parts = [instance_part(svc, row, ts) for row, ts in zip(rows, chosen, strict=True)]
+    pieces = retrieve_pieces(svc, rows, chosen, boundary)
     single = chosen[0] if len(set(chosen)) == 1 else None
     media = related_content_type(boundary, "application/dicom", single)
-    return StreamingResponse(write_parts(parts, boundary), media_type=media)
+    length = body_length(pieces)
+    # a known length spares the per-chunk framing (and its copy) of chunked encoding
+    headers = {"Content-Length": str(length)} if length is not None else None
+    return StreamingResponse(svc.blobs.gather(pieces), media_type=media, headers=headers)
+
+
+def body_length(pieces: list[Piece]) -> int | None:
+    """The body's length in bytes, when every piece's is known before it is made."""
+    total = 0
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            total += len(piece)
+        elif callable(piece):
+            return None
+        else:
+            total += piece.size
+    return total
+
+
+def retrieve_pieces(
+    svc: DicomwebServices, rows: list[InstanceRow], chosen: list[str], boundary: str
+) -> list[Piece]:
+    """The multipart body as the blob store's ``gather`` sends it: each part's
+    delimiter and headers, then its blob as stored or its transcoding, run in
+    the reading thread when its turn comes (PS3.18 §8.7.3.3.2)."""
+    pieces: list[Piece] = []
+    for n, (row, ts) in enumerate(zip(rows, chosen, strict=True)):
+        content_type, headers = _instance_headers(svc, row, ts)
+        pieces.append(part_head(boundary, content_type, headers, first=n == 0))
+        if ts == row.transfer_syntax_uid:
+            pieces.append(row.blob)
+        else:
+            pieces.append(partial(transcode_to_explicit_le, svc.blobs.path_for(row.blob.key)))
+    pieces.append(close_delimiter(boundary, empty=not rows))
+    return pieces
 
 
 def _etag(body: bytes) -> str:

@@ -15,9 +15,11 @@ from dicomweb.multipart import (
     OutPart,
     Part,
     boundary_of,
+    close_delimiter,
     iter_parts,
     new_boundary,
     parse_content_type,
+    part_head,
     related_content_type,
     write_parts,
 )
@@ -188,6 +190,19 @@ async def test_writer_output_is_exact() -> None:
         b"\r\n--7d9f1c2b--\r\n"
     )
     assert await render([]) == b"--7d9f1c2b--\r\n"
+
+
+@pytest.mark.parametrize("bodies", [[], [b""], [b"abc"], [b"ab", b"", b"--7d9f1c2b\r\n"]])
+async def test_framing_pieces_make_what_the_writer_makes(bodies: list[bytes]) -> None:
+    # what WADO-RS sends through the blob store's gather, built from the same parts
+    headers = (("Content-Location", "/x"),)
+    parts = [OutPart("application/dicom", achunks([b]), headers) for b in bodies]
+    framed = [
+        part_head(BOUNDARY, "application/dicom", headers, first=n == 0) + body
+        for n, body in enumerate(bodies)
+    ]
+    framed.append(close_delimiter(BOUNDARY, empty=not bodies))
+    assert b"".join(framed) == await render(parts)
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,29 @@ async def test_series_retrieval_default_is_explicit_le(loaded: httpx.AsyncClient
     assert [d.SOPInstanceUID for d in datasets] == ["1.2.3.1.1", "1.2.3.1.2"]
 
 
+async def test_study_as_stored_has_a_content_length(loaded: httpx.AsyncClient) -> None:
+    original = bundled("JPEG2000.dcm").read_bytes()
+    study = jpeg2000_path().split("/series/")[0]
+    response = await loaded.get(study, headers={"Accept": ANY_TS})
+    assert response.status_code == 200
+    assert response.headers["content-length"] == str(len(response.content))
+    (part,) = split_multipart(response.content, response.headers["content-type"])
+    assert part == original
+    assert "content-location: " in response.text[:400].lower()
+
+
+async def test_study_with_a_transcoded_part_is_streamed_without_a_length(
+    loaded: httpx.AsyncClient,
+) -> None:
+    response = await loaded.get("/dicomweb/studies/1.2.3", headers={"Accept": ANY_TS})
+    assert response.status_code == 200
+    assert "content-length" not in response.headers  # a transcoding's size is not known ahead
+    parts = split_multipart(response.content, response.headers["content-type"])
+    datasets = [dcmread(io.BytesIO(p)) for p in parts]
+    assert [d.SOPInstanceUID for d in datasets] == ["1.2.3.1.1", "1.2.3.1.2"]
+    assert [str(d.file_meta.TransferSyntaxUID) for d in datasets] == ["1.2.840.10008.1.2.1"] * 2
+
+
 async def test_implicit_vr_is_never_sent(loaded: httpx.AsyncClient) -> None:
     response = await loaded.get(f"{INST}/1.2.3.1.2", headers={"Accept": ANY_TS})
     (part,) = split_multipart(response.content, response.headers["content-type"])
