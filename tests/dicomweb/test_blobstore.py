@@ -187,7 +187,7 @@ async def test_temporaries_are_not_keys_and_can_be_swept(tmp_path: Path) -> None
 
 
 async def test_streaming_write_and_read_use_bounded_memory(tmp_path: Path) -> None:
-    chunk, count = b"\xa5" * (1 << 20), 48  # 48 MiB through 1 MiB chunks
+    chunk, count = b"\xa5" * (1 << 20), 96  # 96 MiB through 1 MiB chunks
 
     async def body() -> AsyncIterator[bytes]:
         for _ in range(count):
@@ -204,7 +204,9 @@ async def test_streaming_write_and_read_use_bounded_memory(tmp_path: Path) -> No
     finally:
         tracemalloc.stop()
     assert ref.size == total == count * len(chunk)
-    assert peak < 8 * (1 << 20)
+    # a few blocks in flight at most (not the body): loose enough for a loaded machine,
+    # where hand-offs queue a little longer, and still far below the 96 MiB streamed
+    assert peak < 16 * (1 << 20)
 
 
 async def gathered(store: FileBlobStore, pieces: list[Piece], block_size: int) -> list[bytes]:
