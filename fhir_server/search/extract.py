@@ -21,6 +21,7 @@ from fhir_server.search.fhirpath import (
     evaluate_relative,
     expression_roots,
     may_select,
+    present_elements,
 )
 from fhir_server.search.registry import ParamDef, SearchRegistry
 from fhir_server.search.values import (
@@ -39,7 +40,6 @@ from fhir_server.search.values import (
 
 # ``Patient.deceased.exists() and Patient.deceased != false``: the one boolean
 # expression in R4 for our types; evaluated here rather than in general FHIRPath.
-_UPPER = re.compile(r"[A-Z]")
 _EXISTS_NOT_FALSE = re.compile(r"^(?P<path>\S+)\.exists\(\) and (?P=path) != false$")
 
 # Parts of HumanName and Address a string search matches (R4 search.html#string).
@@ -71,7 +71,7 @@ def extract_index(resource: dict[str, Any], registry: SearchRegistry) -> list[In
             # most parameters of a type are absent from any one resource: skip
             # them by their top-level elements, without evaluating anything
             if present is None:
-                present = _present_elements(resource)
+                present = present_elements(resource)
             if present.isdisjoint(planned.roots):
                 continue
         entries.extend(_extract(resource, planned.param, planned.exists_path, base_url))
@@ -115,17 +115,6 @@ def _plan(param: ParamDef) -> _Planned:
 
 
 _planned = _Plans()
-
-
-def _present_elements(resource: dict[str, Any]) -> set[str]:
-    """The resource's top-level element names, and the names of the choice
-    elements among them (``deceasedBoolean`` is also ``deceased``)."""
-    present: set[str] = set()
-    for key in resource:
-        present.add(key)
-        for upper in _UPPER.finditer(key, 1):
-            present.add(key[: upper.start()])
-    return present
 
 
 def extract_param(

@@ -72,16 +72,21 @@ def may_select(resource: dict[str, Any], expression: str) -> bool:
     elements its branches start from is in ``resource``. Most parameters of a
     type are absent from any one resource; this skips them without evaluating."""
     roots = expression_roots(expression)
-    if roots is None:
-        return True
-    for root in roots:
-        if root in resource:
-            return True
-        # a choice element: ``deceased`` is stored as ``deceasedBoolean``
-        for key in resource:
-            if key.startswith(root) and len(key) > len(root) and key[len(root)].isupper():
-                return True
-    return False
+    return roots is None or not present_elements(resource).isdisjoint(roots)
+
+
+_UPPER = re.compile(r"[A-Z]")
+
+
+def present_elements(resource: dict[str, Any]) -> set[str]:
+    """The resource's top-level element names, and the names of the choice
+    elements among them (``deceasedBoolean`` is also ``deceased``)."""
+    present: set[str] = set()
+    for key in resource:
+        present.add(key)
+        for upper in _UPPER.finditer(key, 1):
+            present.add(key[: upper.start()])
+    return present
 
 
 @lru_cache(maxsize=4096)

@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from tests.conftest import require_peer
-from tests.smart.conftest import pkce_pair
+from tests.smart_pages import pkce_pair
 
 from .conftest import ServerProcess, cli
 

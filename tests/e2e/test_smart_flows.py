@@ -6,7 +6,6 @@ users are made with the CLI, as an operator would."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import secrets
 import time
@@ -22,6 +21,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey
 
 from smart.clients import JWT_BEARER
+from tests.smart_pages import pkce_pair
 
 from .conftest import ServerProcess
 from .test_smart_launch import drive_login
@@ -39,8 +39,7 @@ def basic(client_id: str, secret: str) -> dict[str, str]:
 
 def code_flow(base: str, scope: str) -> dict[str, Any]:
     """Authorise in the server's own login and consent pages; the token response."""
-    verifier = secrets.token_urlsafe(48)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+    verifier, challenge = pkce_pair()
     state = secrets.token_urlsafe(12)
     params = {
         "response_type": "code",
@@ -49,7 +48,7 @@ def code_flow(base: str, scope: str) -> dict[str, Any]:
         "scope": scope,
         "state": state,
         "aud": f"{base}/fhir",
-        "code_challenge": challenge.rstrip(b"=").decode(),
+        "code_challenge": challenge,
         "code_challenge_method": "S256",
     }
     callback = drive_login(f"{base}/auth/authorize?{urlencode(params)}", "rita", PASSWORD)

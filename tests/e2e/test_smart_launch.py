@@ -9,34 +9,18 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.smart_pages import parse_form
+
 from .conftest import RADHUB, ServerProcess
 
 REDIRECT = "http://localhost:9/callback"
 PASSWORD = "pw-for-rita-0123"
-
-
-class Form(HTMLParser):
-    """The named inputs and checkboxes of a page's form."""
-
-    def __init__(self, html: str) -> None:
-        super().__init__()
-        self.fields: dict[str, str] = {}
-        self.checkboxes: list[str] = []
-        self.feed(html)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k: v or "" for k, v in attrs}
-        if tag == "input" and a.get("type") == "checkbox":
-            self.checkboxes.append(a["value"])
-        elif tag == "input" and "name" in a:
-            self.fields[a["name"]] = a.get("value", "")
 
 
 def drive_login(authorize_url: str, user: str, password: str) -> str:
@@ -46,10 +30,10 @@ def drive_login(authorize_url: str, user: str, password: str) -> str:
         assert page.status_code == 200, page.text
         login = http.post(
             page.url.copy_with(query=None),
-            data={**Form(page.text).fields, "username": user, "password": password},
+            data={**parse_form(page.text).fields, "username": user, "password": password},
         )
         assert login.status_code == 200, login.text
-        consent = Form(login.text)
+        consent = parse_form(login.text)
         data: dict[str, Any] = {**consent.fields, "decision": "approve"}
         data["grant"] = consent.checkboxes
         done = http.post(page.url.copy_with(query=None), data=data)

@@ -4,13 +4,10 @@ real store, PKCE pairs, and a browser-like driver of the login and consent forms
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,42 +20,12 @@ from fhir_server.storage.auth_port import ClientRecord
 from fhir_server.storage.base import Store
 from smart.secrets import password_helper
 from smart.users import Accounts
+from tests.smart_pages import PageForm, parse_form, pkce_pair  # parse_form: re-exported
 
 BASE = "http://radhub.test"
 AUD = f"{BASE}/fhir"
 REDIRECT = "https://app.example.org/callback"
 PASSWORD = "correct horse battery staple"
-
-
-def pkce_pair() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(48)
-    digest = hashlib.sha256(verifier.encode()).digest()
-    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-
-
-class _Forms(HTMLParser):
-    """The inputs of the page's form: hidden/text values, checkboxes, select options."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fields: dict[str, str] = {}
-        self.checkboxes: list[str] = []
-        self.options: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k: v or "" for k, v in attrs}
-        if tag == "input" and a.get("type") == "checkbox":
-            self.checkboxes.append(a["value"])
-        elif tag == "input" and "name" in a:
-            self.fields[a["name"]] = a.get("value", "")
-        elif tag == "option":
-            self.options.append(a["value"])
-
-
-def parse_form(html: str) -> _Forms:
-    parser = _Forms()
-    parser.feed(html)
-    return parser
 
 
 @dataclass
@@ -67,7 +34,7 @@ class Flow:
 
     params: dict[str, str]
     verifier: str
-    consent: _Forms | None = None
+    consent: PageForm | None = None
     redirect: dict[str, str] = field(default_factory=dict)
 
 
