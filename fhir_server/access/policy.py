@@ -150,6 +150,8 @@ def _token_matches(want: TokenValue, have: TokenValue) -> bool:
 # patient-level scope, although AuditEvent is in the Patient compartment.
 AUDIT_TRAIL_TYPES = frozenset({"AuditEvent"})
 
+_MEMO_SIZE = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class AccessPolicy:
@@ -158,13 +160,26 @@ class AccessPolicy:
     compartment: PatientCompartment
     compile_constraints: ConstraintCompiler = field(default=compile_token_constraints)
     matches: Matcher = field(default=match_filter)
+    # Grants depend on the context, the action and the type only, and a client
+    # repeats them (every read of a token, every entry of a transaction):
+    # remembered, at most _MEMO_SIZE of them, forgotten wholesale beyond.
+    _memo: dict[tuple[AuthContext, Interaction, str], tuple[Grant, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def grants(
         self, ctx: AuthContext, action: Interaction, resource_type: str
     ) -> tuple[Grant, ...]:
         """The scopes that can serve this request, each with its restriction."""
-        found = (self._grant(ctx, s, action, resource_type) for s in ctx.scopes.resources)
-        return tuple(g for g in found if g is not None)
+        key = (ctx, action, resource_type)
+        known = self._memo.get(key)
+        if known is None:
+            found = (self._grant(ctx, s, action, resource_type) for s in ctx.scopes.resources)
+            known = tuple(g for g in found if g is not None)
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = known
+        return known
 
     def authorize(self, ctx: AuthContext, action: Interaction, resource_type: str) -> None:
         """Raise Forbidden (403) unless some scope allows ``action`` on ``resource_type``."""

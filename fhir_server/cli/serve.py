@@ -48,6 +48,8 @@ async def serve(settings: Settings, *, demo: bool = False) -> int:
 async def _announce(server: uvicorn.Server, settings: Settings, app: object, demo: bool) -> None:
     while not server.started:
         await asyncio.sleep(0.02)
+    services = app.state.services  # type: ignore[attr-defined]
+    services.validation.warm(services.registry)
     if demo:
         loaded = await load_demo(app.state.services)  # type: ignore[attr-defined]
         if loaded:

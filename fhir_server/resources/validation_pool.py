@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import signal
 import sys
+from bisect import bisect_right
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -32,7 +33,8 @@ from fhir_server.search.registry import SearchRegistry
 from fhir_server.search.values import IndexEntry
 
 INLINE_BELOW = 32
-CHUNK = 64  # resources per worker call: the first chunk comes back early
+CHUNK = 64  # resources per worker call
+FIRST_CHUNK = 8  # the first comes back soon; each next doubles up to CHUNK
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _ERRORS: dict[str, type[FhirError]] = {
     "InvalidResource": InvalidResource,
@@ -111,19 +113,32 @@ def _results(future: asyncio.Future[list[Prepared]]) -> asyncio.Future[list[Prep
 
 @dataclass(frozen=True)
 class PreparedChunks:
-    """Futures of prepared resources, ``size`` resources per chunk, in order."""
+    """Futures of prepared resources, chunk by chunk; ``starts``: each chunk's first
+    position in the prepared sequence."""
 
-    size: int
+    starts: list[int]
     chunks: list[asyncio.Future[list[PreparedResource]]]
 
     async def get(self, position: int) -> PreparedResource:
         """The result for the resource at ``position`` of the prepared sequence."""
-        chunk = await self.chunks[position // self.size]
-        return chunk[position % self.size]
+        n = bisect_right(self.starts, position) - 1
+        chunk = await self.chunks[n]
+        return chunk[position - self.starts[n]]
 
     def cancel(self) -> None:
         for chunk in self.chunks:
             chunk.cancel()
+
+
+def chunk_starts(total: int) -> list[int]:
+    """Where each chunk of ``total`` resources starts: small at first, so the caller
+    can begin writing soon (it waits for the first chunk idle), then ``CHUNK``."""
+    starts, size, at = [], FIRST_CHUNK, 0
+    while at < total:
+        starts.append(at)
+        at += size
+        size = min(2 * size, CHUNK)
+    return starts
 
 
 class ValidationPool:
@@ -146,13 +161,23 @@ class ValidationPool:
         if self._workers == 0 or len(resources) < INLINE_BELOW:
             done = loop.create_future()
             done.set_result([_result(_prepare(r, registry)) for r in resources])
-            return PreparedChunks(max(len(resources), 1), [done])
+            return PreparedChunks([0], [done])
         executor = self._executor()
-        chunks = [list(resources[i : i + CHUNK]) for i in range(0, len(resources), CHUNK)]
+        starts = chunk_starts(len(resources))
+        ends = [*starts[1:], len(resources)]
+        chunks = [list(resources[a:b]) for a, b in zip(starts, ends, strict=True)]
         base = registry.base_url
-        return PreparedChunks(
-            CHUNK, [_results(loop.run_in_executor(executor, _prepare_all, c, base)) for c in chunks]
-        )
+        futures = [loop.run_in_executor(executor, _prepare_all, c, base) for c in chunks]
+        return PreparedChunks(starts, [_results(f) for f in futures])
+
+    def warm(self, registry: SearchRegistry) -> None:
+        """Start the worker processes now, not at the first large Bundle: each
+        imports the models and loads the search definitions first (over a
+        second), which that Bundle would wait for."""
+        if self._workers:
+            executor = self._executor()
+            for _ in range(self._workers):
+                executor.submit(_worker_registry, registry.base_url)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -327,3 +327,21 @@ def test_match_filter_fails_closed_on_what_it_does_not_know() -> None:
     assert not match_filter(
         Compare("category", "token", TokenValue(None, "a"), modifier="text"), "x", entries
     )
+
+
+# --- memory of grants -----------------------------------------------------------
+
+
+def test_grants_are_remembered_per_context_and_the_memory_is_bounded() -> None:
+    from fhir_server.access.policy import _MEMO_SIZE
+
+    policy = AccessPolicy(PatientCompartment.load())
+    first = policy.grants(ctx("patient/*.rs", "p1"), I.READ, "Observation")
+    # an equal context (the same token verified again) gets the same answer from memory
+    assert policy.grants(ctx("patient/*.rs", "p1"), I.READ, "Observation") is first
+    # another patient is another context: never the first one's grant
+    other = policy.grants(ctx("patient/*.rs", "p2"), I.READ, "Observation")
+    assert other != first and "p2" in repr(other) and "p1" not in repr(other)
+    for n in range(_MEMO_SIZE + 10):
+        policy.grants(ctx("patient/*.rs", f"p{n}"), I.READ, "Observation")
+    assert len(policy._memo) <= _MEMO_SIZE

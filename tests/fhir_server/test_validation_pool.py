@@ -11,7 +11,13 @@ import pytest
 
 from fhir_server.errors import InvalidResource, UnknownResourceType
 from fhir_server.resources.meta import stamp
-from fhir_server.resources.validation_pool import CHUNK, INLINE_BELOW, ValidationPool
+from fhir_server.resources.validation_pool import (
+    CHUNK,
+    FIRST_CHUNK,
+    INLINE_BELOW,
+    ValidationPool,
+    chunk_starts,
+)
 from fhir_server.search.extract import extract_index
 from fhir_server.search.registry import SearchRegistry
 from tests.conftest import EXAMPLES
@@ -75,3 +81,34 @@ def test_stamping_does_not_change_the_index() -> None:
     for resource in examples:
         stamped = stamp(resource, "another-id", 7, moment)
         assert extract_index(resource, REGISTRY) == extract_index(stamped, REGISTRY)
+
+
+@pytest.mark.parametrize(
+    ("total", "starts"),
+    [
+        (0, []),
+        (1, [0]),
+        (FIRST_CHUNK, [0]),
+        (FIRST_CHUNK + 1, [0, FIRST_CHUNK]),
+        (500, [0, 8, 24, 56, 120, 184, 248, 312, 376, 440]),
+    ],
+)
+def test_chunks_start_small_then_grow_to_the_full_size(total: int, starts: list[int]) -> None:
+    assert FIRST_CHUNK == 8 and CHUNK == 64
+    assert chunk_starts(total) == starts
+
+
+async def test_warm_starts_the_workers_before_the_first_batch() -> None:
+    import multiprocessing
+
+    before = {p.pid for p in multiprocessing.active_children()}
+    pool = ValidationPool(1)
+    try:
+        pool.warm(REGISTRY)
+        started = {p.pid for p in multiprocessing.active_children()} - before
+        assert started  # a worker process exists before any batch was sent
+        chunks = pool.prepare(batch(INLINE_BELOW + 1), REGISTRY)
+        error, index = await chunks.get(0)
+        assert error is None and index
+    finally:
+        pool.close()

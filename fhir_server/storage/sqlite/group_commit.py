@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,8 +32,9 @@ def _fsync(path: Path) -> None:
 class GroupCommit:
     """Hands out a ticket per commit; ``durable(ticket)`` returns once it is on disk."""
 
-    def __init__(self, wal: Path) -> None:
+    def __init__(self, wal: Path, after_sync: Callable[[], None] | None = None) -> None:
         self._wal = wal
+        self._after_sync = after_sync  # the checkpointer's poke
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-fsync")
         self._committed = 0
         self._synced = 0
@@ -65,6 +67,8 @@ class GroupCommit:
             # the WAL file's directory entry, once (it is created with the database)
             _fsync(self._wal.parent)
             self._dir_synced = True
+        if self._after_sync is not None:
+            self._after_sync()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

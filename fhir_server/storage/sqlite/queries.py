@@ -153,15 +153,39 @@ def write_version(conn: sqlite3.Connection, new: NewVersion) -> StoredVersion:
 
 
 def write_versions(conn: sqlite3.Connection, versions: Sequence[NewVersion]) -> list[StoredVersion]:
-    """Write versions inside the caller's transaction, in order."""
-    return [write_version(conn, version) for version in versions]
+    """Write versions inside the caller's transaction, in order: runs of new
+    resources set-wise (a transaction Bundle is mostly creates), others one by one."""
+    written: list[StoredVersion] = []
+    run: list[NewVersion] = []
+    for version in versions:
+        if _is_new(version):
+            run.append(version)
+            continue
+        written.extend(_insert_run(conn, run))
+        run = []
+        written.append(write_version(conn, version))
+    written.extend(_insert_run(conn, run))
+    return written
+
+
+def _is_new(version: NewVersion) -> bool:
+    return version.version == 1 and version.method == "create"
+
+
+def _insert_run(conn: sqlite3.Connection, run: Sequence[NewVersion]) -> list[StoredVersion]:
+    if not run:
+        return []
+    try:
+        return _insert_new(conn, run)
+    except sqlite3.IntegrityError as exc:
+        raise VersionConflict(f"a resource created here exists already: {exc}") from None
 
 
 def write_batch(conn: sqlite3.Connection, versions: Sequence[NewVersion]) -> list[StoredVersion]:
     """Write several versions in one transaction: all or none."""
     begin(conn)
     try:
-        if all(v.version == 1 and v.method == "create" for v in versions):
+        if all(_is_new(v) for v in versions):
             written = _insert_new(conn, versions)
         else:
             written = [write_version(conn, version) for version in versions]

@@ -34,6 +34,7 @@ from fhir_server.storage.base import (
 from fhir_server.storage.dicom_port import DicomIndex
 from fhir_server.storage.sqlite import dicom_index, queries, search_sql
 from fhir_server.storage.sqlite.auth_data import SqliteAuthData, create_auth_schema
+from fhir_server.storage.sqlite.checkpoint import Checkpointer
 from fhir_server.storage.sqlite.current_cache import CurrentCache
 from fhir_server.storage.sqlite.group_commit import GroupCommit
 
@@ -49,6 +50,9 @@ _PRAGMAS = (
     "PRAGMA temp_store=MEMORY",
     "PRAGMA mmap_size=268435456",
 )
+
+# The writer never checkpoints inside a COMMIT: see checkpoint.py.
+_WRITER_PRAGMAS = ("PRAGMA wal_autocheckpoint=0", "PRAGMA journal_size_limit=16777216")
 
 
 def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
@@ -153,7 +157,9 @@ class SqliteStore:
         self._reader_conns: list[sqlite3.Connection] = []
         self._reader_conns_lock = threading.Lock()
         self._write_lock = asyncio.Lock()
-        self._group = GroupCommit(self.path.with_name(self.path.name + "-wal"))
+        wal = self.path.with_name(self.path.name + "-wal")
+        self._checkpointer = Checkpointer(wal, partial(_connect, self.path, readonly=False))
+        self._group = GroupCommit(wal, after_sync=self._checkpointer.poke)
         self._current = CurrentCache()
         self.dicom: DicomIndex = dicom_index.SqliteDicomIndex(self)
         self.auth = SqliteAuthData(self)
@@ -170,6 +176,8 @@ class SqliteStore:
 
     def _open_writer(self) -> sqlite3.Connection:
         conn = _connect(self.path, readonly=False)
+        for pragma in _WRITER_PRAGMAS:
+            conn.execute(pragma)
         queries.create_schema(conn, search_sql.INDEX_DDL)
         dicom_index.create_schema(conn)
         create_auth_schema(conn)
@@ -187,6 +195,7 @@ class SqliteStore:
         self._writer_pool.shutdown(wait=True)
         self._reader_pool.shutdown(wait=True)
         self._group.close()
+        self._checkpointer.close()
         with self._reader_conns_lock:
             for conn in self._reader_conns:
                 conn.close()
