@@ -7,6 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+def default_validation_workers() -> int:
+    """Two worker processes when there is more than one core, else inline. A
+    transaction's event loop does about half a worker's work per resource, so two
+    keep it busy; more would wait on it. Two beat one on two cores too (measured:
+    the loop often waits on the workers; docs/performance.md, "FHIR core")."""
+    cores = os.cpu_count() or 1
+    return 2 if cores > 1 else 0
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable about a running server (see DESIGN.md, interface contract)."""
@@ -25,7 +34,7 @@ class Settings:
     max_body_bytes: int = 16 * 1024 * 1024
     audit_flush_interval: float = 0.2
     # processes validating large Bundles beside the event loop (0: validate inline)
-    validation_workers: int = field(default_factory=lambda: 1 if (os.cpu_count() or 1) > 1 else 0)
+    validation_workers: int = field(default_factory=lambda: default_validation_workers())
     # a different instance under a known SOP Instance UID replaces it (else 0x0111)
     dicom_overwrite: bool = False
     # the Patient identifier system when a DICOM study has no IssuerOfPatientID URI

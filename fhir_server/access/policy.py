@@ -162,8 +162,11 @@ class AccessPolicy:
     matches: Matcher = field(default=match_filter)
     # Grants depend on the context, the action and the type only, and a client
     # repeats them (every read of a token, every entry of a transaction):
-    # remembered, at most _MEMO_SIZE of them, forgotten wholesale beyond.
-    _memo: dict[tuple[AuthContext, Interaction, str], tuple[Grant, ...]] = field(
+    # remembered, at most _MEMO_SIZE of them, forgotten wholesale beyond. Keyed
+    # by the context's identity (the token verifier hands out one object per
+    # token; hashing its scopes cost more than the look-up saves), holding the
+    # context so that its id is not reused while remembered.
+    _memo: dict[tuple[int, Interaction, str], tuple[AuthContext, tuple[Grant, ...]]] = field(
         default_factory=dict, compare=False, repr=False
     )
 
@@ -171,15 +174,16 @@ class AccessPolicy:
         self, ctx: AuthContext, action: Interaction, resource_type: str
     ) -> tuple[Grant, ...]:
         """The scopes that can serve this request, each with its restriction."""
-        key = (ctx, action, resource_type)
+        key = (id(ctx), action, resource_type)
         known = self._memo.get(key)
-        if known is None:
-            found = (self._grant(ctx, s, action, resource_type) for s in ctx.scopes.resources)
-            known = tuple(g for g in found if g is not None)
-            if len(self._memo) >= _MEMO_SIZE:
-                self._memo.clear()
-            self._memo[key] = known
-        return known
+        if known is not None and known[0] is ctx:
+            return known[1]
+        found = (self._grant(ctx, s, action, resource_type) for s in ctx.scopes.resources)
+        grants = tuple(g for g in found if g is not None)
+        if len(self._memo) >= _MEMO_SIZE:
+            self._memo.clear()
+        self._memo[key] = (ctx, grants)
+        return grants
 
     def authorize(self, ctx: AuthContext, action: Interaction, resource_type: str) -> None:
         """Raise Forbidden (403) unless some scope allows ``action`` on ``resource_type``."""

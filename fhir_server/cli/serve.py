@@ -8,6 +8,7 @@ import sys
 
 import uvicorn
 
+from fhir_server import heap
 from fhir_server.app import create_app
 from fhir_server.cli import bind_socket
 from fhir_server.demo import load_demo
@@ -54,6 +55,7 @@ async def _announce(server: uvicorn.Server, settings: Settings, app: object, dem
         loaded = await load_demo(app.state.services)  # type: ignore[attr-defined]
         if loaded:
             print(f"radhub: loaded {loaded} demo resources", flush=True)
+    heap.settle()
     print(f"radhub: FHIR/HTTP listening on {settings.public_base}/fhir", flush=True)
     for name, port in (("DICOM DIMSE", settings.dicom_port), ("HL7 MLLP", settings.mllp_port)):
         if port:

@@ -18,7 +18,7 @@ import orjson
 from fhir_server.access.context import AuthContext
 from fhir_server.errors import FhirError, InvalidRequest, Issue, PreconditionFailed
 from fhir_server.interactions import crud
-from fhir_server.interactions.bundles import bundle, etag, resource_json, status_text
+from fhir_server.interactions.bundles import bundle, etag, status_text
 from fhir_server.interactions.conditional import find_conditional
 from fhir_server.interactions.references import rewrite_references
 from fhir_server.interactions.search import search
@@ -101,7 +101,8 @@ def _entry_result(outcome: crud.Outcome, svc: Services) -> dict[str, Any]:
     version = outcome.version
     if version is not None and version.body is not None:
         result["fullUrl"] = f"{svc.base_url}/{version.resource_type}/{version.id}"
-        result["resource"] = resource_json(version)
+        # the stored bytes go into the response as they are, not parsed and re-encoded
+        result["resource"] = orjson.Fragment(version.body)
     result["response"] = _outcome_response(outcome, svc)
     return result
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 
+@lru_cache(maxsize=1024)
 def format_instant(moment: datetime) -> str:
-    """An R4 ``instant`` (https://hl7.org/fhir/R4/datatypes.html#instant)."""
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """An R4 ``instant`` (https://hl7.org/fhir/R4/datatypes.html#instant). Remembered:
+    a write formats its moment for the body, the headers and the audit record."""
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def stamp(resource: dict[str, Any], id: str, version: int, moment: datetime) -> dict[str, Any]:

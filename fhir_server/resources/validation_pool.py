@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from fhir_server import heap
 from fhir_server.errors import FhirError, InvalidResource, Issue, UnknownResourceType
 from fhir_server.resources.validate import validate_resource
 from fhir_server.search.extract import extract_index
@@ -77,6 +78,7 @@ def _warm() -> None:
     """Die with the server, then import the models before the first batch arrives."""
     _die_with_parent()
     validate_resource({"resourceType": "Patient"})
+    heap.settle()
 
 
 def _die_with_parent() -> None:

@@ -130,6 +130,8 @@ def normalize_text(text: str) -> str:
 
     See https://hl7.org/fhir/R4/search.html#string
     """
+    if text.isascii():  # no accents to drop; casefold is lower() for ASCII
+        return " ".join(text.lower().split())
     decomposed = unicodedata.normalize("NFKD", text)
     stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
     return " ".join(stripped.casefold().split())

@@ -336,9 +336,12 @@ def test_grants_are_remembered_per_context_and_the_memory_is_bounded() -> None:
     from fhir_server.access.policy import _MEMO_SIZE
 
     policy = AccessPolicy(PatientCompartment.load())
-    first = policy.grants(ctx("patient/*.rs", "p1"), I.READ, "Observation")
-    # an equal context (the same token verified again) gets the same answer from memory
-    assert policy.grants(ctx("patient/*.rs", "p1"), I.READ, "Observation") is first
+    context = ctx("patient/*.rs", "p1")
+    first = policy.grants(context, I.READ, "Observation")
+    # the same context (the token verifier's object for a token) is answered from memory
+    assert policy.grants(context, I.READ, "Observation") is first
+    # an equal one built anew gets an equal answer
+    assert policy.grants(ctx("patient/*.rs", "p1"), I.READ, "Observation") == first
     # another patient is another context: never the first one's grant
     other = policy.grants(ctx("patient/*.rs", "p2"), I.READ, "Observation")
     assert other != first and "p2" in repr(other) and "p1" not in repr(other)

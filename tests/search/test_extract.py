@@ -242,6 +242,21 @@ def test_normalize_text(text: str, normalized: str) -> None:
     assert normalize_text(text) == normalized
 
 
+def test_ascii_text_normalizes_as_the_general_rule_would() -> None:
+    """ASCII takes a short cut (no accents to drop): the same result, every character."""
+    import unicodedata
+
+    def general(text: str) -> str:
+        decomposed = unicodedata.normalize("NFKD", text)
+        stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+        return " ".join(stripped.casefold().split())
+
+    every_ascii = "".join(chr(c) for c in range(128))
+    for text in [every_ascii, "O'Brien-SMITH  Jr.", "\tTab\x0bbed\x1cText\n", "A^B^^C"]:
+        assert text.isascii()
+        assert normalize_text(text) == general(text), text
+
+
 @pytest.mark.parametrize(
     ("text", "low", "high"),
     [

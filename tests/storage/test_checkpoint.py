@@ -17,7 +17,7 @@ from fhir_server.storage.sqlite.store import SqliteStore
 
 REGISTRY = SearchRegistry.load()
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
-FILLER = "x" * 4000
+FILLER = "x" * 16000
 
 
 def note(n: int) -> NewVersion:
@@ -34,21 +34,21 @@ async def test_the_writer_leaves_checkpoints_to_the_checkpointer(tmp_path: Path)
         )
         assert autocheckpoint == 0
         written = 0
-        for batch in range(40):  # about 40 x 100 x 8 kB (body in two tables) = 32 MB
+        for batch in range(20):  # about 20 x 100 x 32 kB (body in two tables) = 64 MB
             versions = [note(batch * 100 + n) for n in range(100)]
             await store.write_many(versions)
             written += sum(len(v.body or b"") for v in versions) * 2
             await asyncio.sleep(0.02)
-        assert store._checkpointer.runs >= 1
+        assert store._checkpointer.runs >= 1 and store._checkpointer.restarts >= 1
         wal = store.path.with_name(store.path.name + "-wal")
         # without checkpoints the WAL would hold every page written since start;
         # with them it starts over and is cut back to journal_size_limit
-        assert written > 30 << 20
-        assert wal.stat().st_size <= 17 << 20
+        assert written > 60 << 20
+        assert wal.stat().st_size < written // 2
     finally:
         await store.close()
     with sqlite3.connect(tmp_path / "radhub.sqlite3") as conn:
-        assert conn.execute("SELECT count(*) FROM resources").fetchone()[0] == 4000
+        assert conn.execute("SELECT count(*) FROM resources").fetchone()[0] == 2000
 
 
 def test_a_small_wal_is_left_alone_and_failures_do_not_stop_it(tmp_path: Path) -> None:
@@ -95,7 +95,7 @@ def test_a_restart_gives_up_soon_while_a_reader_holds_the_wal(tmp_path: Path) ->
     checkpointer.poke()
     done = checkpointer._pool.submit(lambda: None)  # queued behind the checkpoint
     done.result(timeout=5)  # had it waited for the reader, this would take 10 s
-    assert checkpointer.runs == 1 and checkpointer.gave_up == 1
+    assert checkpointer.restarts == 1 and checkpointer.gave_up == 1
     reader.execute("COMMIT")
     checkpointer.close()
     writer.close()

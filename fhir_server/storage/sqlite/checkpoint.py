@@ -11,16 +11,18 @@ its own connection and thread:
 - PASSIVE ones, when the WAL file is past ``threshold`` bytes and the last
   check began at least ``interval`` seconds ago (a few per second under a steady
   write load, none when idle). They copy what no reader still needs and never
-  block the writer or readers.
+  block the writer or readers. (The file keeps its size when the writer starts
+  it over, so the size only says whether there can be anything to copy.)
 - A PASSIVE checkpoint cannot make the writer start the WAL over: that happens
   only when a write transaction begins after a complete checkpoint, and under
-  load the writer is mid-transaction when it completes. So once the file is
-  past ``restart_at`` bytes the checkpoint is a RESTART one, which waits for the
-  current write, holds new writers back while it copies the little the passive
-  ones left, and so makes the next write start the WAL from its beginning.
-  ``journal_size_limit`` (set on the writer) then truncates the file. While a
-  long read still uses the WAL it waits at most ``RESTART_PATIENCE_MS`` (new
-  writes wait that long too), then gives up until the next check.
+  load the writer is mid-transaction when it completes. So when the passive
+  run reports more than ``restart_at`` bytes of frames since the last start
+  over, a RESTART follows it: it waits for the current write, holds new writers
+  back while it copies the little the passive run left, and so makes the next
+  write start the WAL from its beginning. ``journal_size_limit`` (set on the
+  writer) then truncates the file. While a long read still uses the WAL it waits
+  at most ``RESTART_PATIENCE_MS`` (new writes wait that long too), then gives up
+  until the next check.
 """
 
 from __future__ import annotations
@@ -64,8 +66,10 @@ class Checkpointer:
         self._busy = False
         self._closed = False
         self._conn: sqlite3.Connection | None = None
+        self._page_size = 4096
         self.runs = 0  # checkpoints run so far
-        self.gave_up = 0  # of them, RESTARTs that gave up waiting for a reader
+        self.restarts = 0  # RESTART ones among them
+        self.gave_up = 0  # of those, the ones that gave up waiting for a reader
 
     def poke(self) -> None:
         """Check the WAL's size soon, checkpointing if it is past the threshold.
@@ -92,10 +96,15 @@ class Checkpointer:
                 # a RESTART holds new writers back while it waits for readers still
                 # on the WAL: give up soon and try again later rather than stall writes
                 self._conn.execute(f"PRAGMA busy_timeout={RESTART_PATIENCE_MS}")
-            mode = "RESTART" if size >= self._restart_at else "PASSIVE"
-            busy, _, _ = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+                self._page_size = self._conn.execute("PRAGMA page_size").fetchone()[0]
+            _, frames, _ = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             self.runs += 1
-            self.gave_up += busy
+            if frames * self._page_size >= self._restart_at:
+                # the writer has not started the WAL over since it held this much; the
+                # passive run just copied nearly all of it, so this one is brief
+                busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                self.restarts += 1
+                self.gave_up += busy
         except sqlite3.Error:
             # the next poke tries again; meanwhile the WAL just grows
             log.exception("WAL checkpoint failed")
