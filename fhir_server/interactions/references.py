@@ -21,50 +21,49 @@ def _is_conditional(reference: str) -> bool:
     return bool(sep) and bool(criteria) and resource_type in SUPPORTED_TYPES
 
 
-def _conditionals(value: Any, mapping: Mapping[str, str], found: dict[str, None]) -> None:
-    """Add to ``found`` the conditional references in ``value``; raise on a
-    placeholder no entry defines (it would be stored as a dangling reference)."""
+def _rewrite(
+    value: Any, mapping: Mapping[str, str], conditional: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Replace placeholders in ``value`` in place; note where each conditional
+    reference stands (its containing object), to be replaced once resolved."""
     if isinstance(value, dict):
         for key, item in value.items():
-            if key == "reference" and isinstance(item, str):
-                if item in mapping:
-                    continue
-                if item.startswith(URN_UUID):
-                    raise InvalidRequest(f"reference {item!r} names no entry of this Bundle")
-                if _is_conditional(item):
-                    found[item] = None  # a dict: in document order, once each
-            else:
-                _conditionals(item, mapping, found)
+            if isinstance(item, str):
+                if key == "reference":
+                    if item in mapping:
+                        value[key] = mapping[item]
+                    elif item.startswith(URN_UUID):
+                        # would be stored as a dangling reference
+                        raise InvalidRequest(f"reference {item!r} names no entry of this Bundle")
+                    elif _is_conditional(item):
+                        conditional.setdefault(item, []).append(value)
+                elif item in mapping:
+                    # uri/url/canonical elements may carry a urn:uuid of the Bundle too
+                    value[key] = mapping[item]
+            elif isinstance(item, dict | list):
+                _rewrite(item, mapping, conditional)
     elif isinstance(value, list):
-        for item in value:
-            _conditionals(item, mapping, found)
-
-
-def _replaced(value: Any, mapping: Mapping[str, str], resolved: Mapping[str, str]) -> Any:
-    if isinstance(value, dict):
-        return {
-            k: resolved.get(v, mapping.get(v, v))
-            if k == "reference" and isinstance(v, str)
-            else _replaced(v, mapping, resolved)
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [_replaced(item, mapping, resolved) for item in value]
-    if isinstance(value, str):
-        # uri/url/canonical elements may carry a urn:uuid of the Bundle too
-        return mapping.get(value, value)
-    return value
+        for n, item in enumerate(value):
+            if isinstance(item, str):
+                if item in mapping:
+                    value[n] = mapping[item]
+            elif isinstance(item, dict | list):
+                _rewrite(item, mapping, conditional)
 
 
 async def rewrite_references(
     resource: Any, mapping: Mapping[str, str], resolve_conditional: Resolver
 ) -> Any:
-    """A copy of ``resource`` with mapped and conditional references replaced.
+    """``resource`` with mapped and conditional references replaced, in place (the
+    Bundle's entries are the server's own, parsed from the request).
 
-    Plain functions walk the resource (twice at most: once to find conditional
-    references, once to copy); only the resolution of those awaits. A coroutine
-    per element cost a transaction more than its SQL."""
-    conditional: dict[str, None] = {}
-    _conditionals(resource, mapping, conditional)
-    resolved = {ref: await resolve_conditional(ref) for ref in conditional}
-    return _replaced(resource, mapping, resolved)
+    One plain walk; only the resolution of conditional references awaits, once
+    per distinct reference. A coroutine per element, or a copy of every
+    resource, cost a transaction more than its SQL."""
+    conditional: dict[str, list[dict[str, Any]]] = {}
+    _rewrite(resource, mapping, conditional)
+    for reference, holders in conditional.items():
+        resolved = await resolve_conditional(reference)
+        for holder in holders:
+            holder["reference"] = resolved
+    return resource

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -45,6 +46,11 @@ class Entry:
     prepared_at: int | None = None  # its place among the resources prepared ahead
     touched: str | None = None  # the Type/id the entry wrote or deleted, once run
     response: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def target(self) -> tuple[list[str], str]:
+        """The request URL's path segments and query (``_split``), parsed once."""
+        return _split(self.url)
 
 
 def _raw_entries(body: dict[str, Any], svc: Services) -> list[Any]:
@@ -115,7 +121,7 @@ async def _run_entry(
     index: list[IndexEntry] | None = None,
 ) -> dict[str, Any]:
     """Run one entry; ``index``: its resource's index, when prepared (and so validated)."""
-    path, query = _split(entry.url)
+    path, query = entry.target
     method = entry.method
     if method == "POST" and len(path) == 1:
         outcome = await crud.create_in(
@@ -195,7 +201,7 @@ async def _resolve_ids(
     """Map every ``fullUrl`` a reference may use to the id it will have."""
     mapping: dict[str, str] = {}
     for entry in entries:
-        path, _ = _split(entry.url)
+        path, _ = entry.target
         key = entry.full_url
         if entry.method == "POST" and len(path) == 1:
             target = await _post_target(tx, svc, auth, entry, path[0])
@@ -285,7 +291,7 @@ class _Prepared:
 
 def _prepare(svc: Services, ordered: list[Entry]) -> _Prepared:
     def plain_write(entry: Entry) -> bool:
-        path, query = _split(entry.url)
+        path, query = entry.target
         single = entry.method == "POST" and len(path) == 1
         return single or (entry.method == "PUT" and len(path) == 2 and not query)
 

@@ -23,6 +23,8 @@ def stamp(resource: dict[str, Any], id: str, version: int, moment: datetime) -> 
     meta["versionId"] = str(version)
     meta["lastUpdated"] = format_instant(moment)
     stamped = {"resourceType": resource["resourceType"], "id": id}
-    stamped.update((k, v) for k, v in resource.items() if k not in ("resourceType", "id", "meta"))
-    stamped["meta"] = meta
+    stamped.update(resource)
+    stamped["id"] = id  # keeps its place, second
+    stamped.pop("meta", None)
+    stamped["meta"] = meta  # last
     return stamped

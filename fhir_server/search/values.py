@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, TypeVar
 
 # Above every character, so ``[p, p + TOP)`` is the range of strings starting with p.
@@ -24,9 +25,10 @@ def _pickled_by_fields(cls: _C) -> _C:
     dataclasses restores each object through ``dataclasses.fields()``, which cost
     the receiving process more than the extraction it saved."""
     names: tuple[str, ...] = cls.__slots__  # type: ignore[attr-defined]
+    fields = attrgetter(*names)  # one C call; a tuple when there are several
 
     def reduce(self: Any) -> tuple[type, tuple[Any, ...]]:
-        return cls, tuple(getattr(self, name) for name in names)
+        return cls, fields(self) if len(names) > 1 else (fields(self),)
 
     cls.__reduce__ = reduce  # type: ignore[assignment]
     return cls

