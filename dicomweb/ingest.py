@@ -1,10 +1,11 @@
 """The ingest pipeline: one road into the archive for STOW-RS now and C-STORE later.
 
-For each received instance: stream its bytes to a staged file (held in memory
-too when it is at most ``PARSE_IN_MEMORY`` bytes, so the parser need not read
-it back; larger ones are never whole in memory), fsync it in the background
-while the next one arrives, parse the header without pixel data, then per
-batch move the files under their keys (one fsync per directory), index them
+For each received instance: stream its bytes to a staged file, then, without
+waiting, fsync it and *describe* it (parse the header without pixel data and
+build its index record: ``records.describe_instance``) in the background, in a
+worker process when the server has them (``offload``), while the next instance
+arrives. Per batch, in arrival order: report the instances that were refused,
+move the others' files under their keys (one fsync per directory), index them
 in one index transaction, and mark each touched study as pending for the
 ImagingStudy sync, which writes it in the background (``study_sync``). An
 instance counts as stored only once its blob and its index row are both
@@ -22,10 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from dicomweb.blob_journal import InstanceUids, IntentJournal, reconcile_instances
 from dicomweb.blobstore import BlobRef, BlobStore, FileBlobStore, StagedBlob, StagedItem
@@ -33,13 +34,12 @@ from dicomweb.ingest_parse import (
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     DUPLICATE_SOP_INSTANCE,
     PROCESSING_FAILURE,
+    InstanceHeader,
     InstanceRejected,
-    ParsedInstance,
-    parse_instance,
 )
-from dicomweb.records import index_record
+from dicomweb.records import Described, describe_instance, with_blob
 from dicomweb.study_sync import StudySync
-from fhir_server.storage.dicom_port import DicomIndex, InstanceRecord, StoreResult
+from fhir_server.storage.dicom_port import DicomIndex, StoreResult
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 STUDY_UID_MISMATCH = DATA_SET_DOES_NOT_MATCH_SOP_CLASS
 DEFAULT_BATCH_SIZE = 64
 PARSE_IN_MEMORY = 4 * 1024 * 1024
+DESCRIBE_AHEAD = 4  # instances received but not yet described, at most (plus one)
 
 
 class StagingBlobStore(BlobStore, Protocol):
@@ -92,20 +93,30 @@ class IngestReport:
 
 @dataclass(frozen=True)
 class _Received:
-    parsed: ParsedInstance
     staged: StagedBlob
     durable: asyncio.Future[None]  # the staged file's fsync, running in the background
+    described: asyncio.Future[Described]  # its header and index record, in the background
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    staged: StagedBlob
+    described: Described
 
     @property
     def uids(self) -> InstanceUids:
-        h = self.parsed.header
+        h = self.described.header
         return h.study_instance_uid, h.series_instance_uid, h.sop_instance_uid
 
 
 @dataclass(frozen=True)
 class _Pending:
-    parsed: ParsedInstance
+    described: Described
     blob: BlobRef
+
+    @property
+    def header(self) -> InstanceHeader:
+        return self.described.header
 
 
 @dataclass(frozen=True)
@@ -117,8 +128,16 @@ class IngestOptions:
     batch_size: int = DEFAULT_BATCH_SIZE
 
 
+Offload = Callable[..., Awaitable[Any]]
+"""Runs ``fn(*args)`` (a picklable function) away from the event loop."""
+
+
 class IngestService:
-    """Receives instances into the blob store and the index (see the module docstring)."""
+    """Receives instances into the blob store and the index (see the module docstring).
+
+    ``offload`` runs the describing of each instance: the server's worker
+    processes (``ValidationPool.run``); by default a thread of this process.
+    """
 
     def __init__(
         self,
@@ -127,12 +146,16 @@ class IngestService:
         sync: StudySync | None,
         options: IngestOptions,
         journal: IntentJournal | None = None,
+        offload: Offload | None = None,
     ) -> None:
         self._index = index
         self._blobs = blobs
         self._sync = sync
         self._options = options
         self._journal = journal
+        self._offload: Offload = offload or asyncio.to_thread
+        # a thread can parse the bytes still in memory; a process reads the file
+        self._keep = PARSE_IN_MEMORY if offload is None else 0
 
     async def ingest(
         self, instances: AsyncIterable[AsyncIterable[bytes]], expected_study: str | None = None
@@ -142,18 +165,17 @@ class IngestService:
         batch: list[_Received] = []
         try:
             async for body in instances:
-                received = await self._receive(body, expected_study)
-                if isinstance(received, Failed):
-                    report.failed.append(received)
-                    continue
-                batch.append(received)
+                batch.append(await self._receive(body))
+                if len(batch) > DESCRIBE_AHEAD:
+                    # bounded: an instance waiting to be described may hold its bytes
+                    await asyncio.wait([batch[-DESCRIBE_AHEAD - 1].described])
                 if len(batch) >= self._options.batch_size:
                     pending, batch = batch, []
-                    await self._flush(pending, report)
+                    await self._flush(pending, report, expected_study)
         except BaseException:
             await self._discard(batch)  # never acknowledged: leave no staged file behind
             raise
-        await self._flush(batch, report)
+        await self._flush(batch, report, expected_study)
         return report
 
     async def ingest_one(self, body: AsyncIterable[bytes]) -> Stored | Failed:
@@ -165,30 +187,51 @@ class IngestService:
         report = await self.ingest(single())
         return report.stored[0] if report.stored else report.failed[0]
 
-    async def _receive(
-        self, body: AsyncIterable[bytes], expected_study: str | None
-    ) -> _Received | Failed:
-        staged = await self._blobs.stage(body, keep=PARSE_IN_MEMORY)
-        try:
-            parsed = await asyncio.to_thread(parse_instance, staged.data or staged.path)
-        except InstanceRejected as exc:
-            await self._blobs.discard(staged)
-            return Failed(exc.reason, exc.message)
-        h = parsed.header
-        if expected_study is not None and h.study_instance_uid != expected_study:
-            await self._blobs.discard(staged)
-            message = f"Study Instance UID {h.study_instance_uid} is not {expected_study}"
-            return Failed(STUDY_UID_MISMATCH, message, h.sop_class_uid, h.sop_instance_uid)
-        staged = replace(staged, data=None)  # parsed: the bytes need not stay in memory
-        return _Received(parsed, staged, asyncio.ensure_future(self._blobs.make_durable(staged)))
+    async def _receive(self, body: AsyncIterable[bytes]) -> _Received:
+        """Stage one instance; its fsync and its description go on in the background."""
+        staged = await self._blobs.stage(body, keep=self._keep)
+        base_url = self._options.base_url
+        described = asyncio.ensure_future(
+            self._offload(describe_instance, staged.data or staged.path, base_url)
+        )
+        staged = replace(staged, data=None)  # the description holds what is needed
+        return _Received(staged, asyncio.ensure_future(self._blobs.make_durable(staged)), described)
 
-    async def _discard(self, received: list[_Received]) -> None:
+    async def _discard(self, received: Sequence[_Received | _Accepted]) -> None:
         for r in received:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await r.durable  # let its fsync finish before the file goes
+            if isinstance(r, _Received):
+                for pending in (r.durable, r.described):
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        await pending  # let its fsync and parse finish before the file goes
             await self._blobs.discard(r.staged)
 
-    async def _flush(self, received: list[_Received], report: IngestReport) -> None:
+    async def _accepted(
+        self, received: list[_Received], report: IngestReport, expected_study: str | None
+    ) -> list[_Accepted]:
+        """The instances of a batch that can be stored, in order; the others are
+        reported as failed and their staged files discarded."""
+        accepted: list[_Accepted] = []
+        for r in received:
+            try:
+                described = await r.described
+            except InstanceRejected as exc:
+                await self._discard([r])
+                report.failed.append(Failed(exc.reason, exc.message))
+                continue
+            h = described.header
+            if expected_study is not None and h.study_instance_uid != expected_study:
+                await self._discard([r])
+                message = f"Study Instance UID {h.study_instance_uid} is not {expected_study}"
+                report.failed.append(
+                    Failed(STUDY_UID_MISMATCH, message, h.sop_class_uid, h.sop_instance_uid)
+                )
+                continue
+            accepted.append(_Accepted(r.staged, described))
+        return accepted
+
+    async def _flush(
+        self, received: list[_Received], report: IngestReport, expected_study: str | None
+    ) -> None:
         """Adopt the staged files under their keys and index them, inside an intent
         (``blob_journal``) so a crash in between leaves nothing the index does not name."""
         if not received:
@@ -198,18 +241,27 @@ class IngestService:
         except Exception as exc:
             log.exception("making a batch of %d staged instances durable failed", len(received))
             await self._discard(received)
-            report.failed.extend(_failed(r.parsed, PROCESSING_FAILURE, str(exc)) for r in received)
+            for r in received:
+                try:
+                    header = (await r.described).header
+                except InstanceRejected as refused:
+                    report.failed.append(Failed(refused.reason, refused.message))
+                else:
+                    report.failed.append(_failed(header, PROCESSING_FAILURE, str(exc)))
             return
-        uids = [r.uids for r in received]
+        accepted = await self._accepted(received, report, expected_study)
+        if not accepted:
+            return
+        uids = [a.uids for a in accepted]
         async with self._intent(uids):
-            refs = await self._blobs.adopt_many([(r.staged, *r.uids) for r in received])
-            batch = [_Pending(r.parsed, ref) for r, ref in zip(received, refs, strict=True)]
+            refs = await self._blobs.adopt_many([(a.staged, *a.uids) for a in accepted])
+            batch = [_Pending(a.described, ref) for a, ref in zip(accepted, refs, strict=True)]
             try:
-                records = await self._records(batch)
+                records = [with_blob(p.described.record, p.blob) for p in batch]
                 results = await self._index.store_batch(records, overwrite=self._options.overwrite)
             except Exception as exc:
                 log.exception("indexing a batch of %d instances failed", len(batch))
-                report.failed.extend(_failed(p.parsed, PROCESSING_FAILURE, str(exc)) for p in batch)
+                report.failed.extend(_failed(p.header, PROCESSING_FAILURE, str(exc)) for p in batch)
                 await self._forget(uids)
                 return
             touched = [
@@ -231,19 +283,15 @@ class IngestService:
             except Exception:
                 log.exception("could not remove the blobs of a failed batch")
 
-    async def _records(self, batch: list[_Pending]) -> list[InstanceRecord]:
-        # the Patient is left to the deferred sync, which records it on the study
-        return [index_record(p.parsed, p.blob, self._options.base_url) for p in batch]
-
     async def _settle(
         self, pending: _Pending, result: StoreResult, report: IngestReport
     ) -> str | None:
         """Record the outcome and remove blobs nothing refers to; the study UID if changed."""
-        h = pending.parsed.header
+        h = pending.header
         if result.outcome == "conflict":
             await self._blobs.delete(pending.blob.key)
             message = f"SOP Instance {h.sop_instance_uid} is stored with different content"
-            report.failed.append(_failed(pending.parsed, DUPLICATE_SOP_INSTANCE, message))
+            report.failed.append(_failed(h, DUPLICATE_SOP_INSTANCE, message))
             return None
         if result.previous is not None and result.previous.key != pending.blob.key:
             await self._blobs.delete(result.previous.key)
@@ -253,6 +301,5 @@ class IngestService:
         return None if result.outcome == "duplicate" else h.study_instance_uid
 
 
-def _failed(parsed: ParsedInstance, reason: int, message: str) -> Failed:
-    h = parsed.header
+def _failed(h: InstanceHeader, reason: int, message: str) -> Failed:
     return Failed(reason, message, h.sop_class_uid, h.sop_instance_uid)

@@ -69,6 +69,10 @@ class InstanceRejected(Exception):
         self.reason = reason
         self.message = message
 
+    def __reduce__(self) -> tuple[type[InstanceRejected], tuple[int, str]]:
+        # raised in a worker process, re-raised here: rebuilt with both arguments
+        return InstanceRejected, (self.reason, self.message)
+
 
 @dataclass(frozen=True)
 class PixelDataLocation:

@@ -11,13 +11,15 @@ padded to full precision, numbers canonical).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from dicomweb.blobstore import BlobRef
 from dicomweb.dicom_json import instance_uri_prefix, to_dicom_json
-from dicomweb.ingest_parse import ParsedInstance
+from dicomweb.ingest_parse import InstanceHeader, ParsedInstance, parse_instance
 from dicomweb.qido import LEVEL_OF, MATCHING_ATTRIBUTES, NUMERIC_VRS, RANGE_VRS, Level, _vr
 from dicomweb.qido import normalise_bound as _bound
 from fhir_server.storage.dicom_port import BlobLocation, InstanceRecord, Json, MatchKeys
@@ -111,7 +113,7 @@ def split_levels(full: Json) -> dict[Level, Json]:
 
 
 def index_record(
-    parsed: ParsedInstance, blob: BlobRef, base_url: str, patient_ref: str | None = None
+    parsed: ParsedInstance, blob: BlobLocation, base_url: str, patient_ref: str | None = None
 ) -> InstanceRecord:
     """The ``InstanceRecord`` of one parsed, stored instance (PS3.18 §10.5 → index)."""
     h = parsed.header
@@ -127,7 +129,7 @@ def index_record(
         study_uid=h.study_instance_uid,
         series_uid=h.series_instance_uid,
         sop_uid=h.sop_instance_uid,
-        blob=BlobLocation(blob.key, blob.size, blob.sha256),
+        blob=blob,
         transfer_syntax_uid=h.transfer_syntax_uid,
         study_attrs=levels["study"],
         series_attrs=levels["series"],
@@ -161,3 +163,27 @@ def _pixel_extra(parsed: ParsedInstance) -> Json:
             "length": pixel.length,
         }
     return extra
+
+
+@dataclass(frozen=True)
+class Described:
+    """An instance parsed and made into its index record away from the event loop
+    (``describe_instance``); the record's blob is filled in once the file is kept."""
+
+    header: InstanceHeader
+    record: InstanceRecord
+
+
+_NO_BLOB = BlobLocation("", 0, "")
+
+
+def describe_instance(source: Path | bytes, base_url: str) -> Described:
+    """Parse one received instance and build its index record (pure; picklable, so
+    it runs in a worker process). Raises ``InstanceRejected``."""
+    parsed = parse_instance(source)
+    return Described(parsed.header, index_record(parsed, _NO_BLOB, base_url))
+
+
+def with_blob(record: InstanceRecord, blob: BlobRef) -> InstanceRecord:
+    """``record`` for the file now kept under ``blob``'s key."""
+    return replace(record, blob=BlobLocation(blob.key, blob.size, blob.sha256))

@@ -20,11 +20,11 @@ import os
 import signal
 import sys
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 from fhir_server import heap
 from fhir_server.errors import FhirError, InvalidResource, Issue, UnknownResourceType
@@ -32,6 +32,8 @@ from fhir_server.resources.validate import validate_resource
 from fhir_server.search.extract import extract_index
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.search.values import IndexEntry
+
+T = TypeVar("T")
 
 INLINE_BELOW = 32
 CHUNK = 64  # resources per worker call
@@ -144,7 +146,9 @@ def chunk_starts(total: int) -> list[int]:
 
 
 class ValidationPool:
-    """Validates batches of resources in ``workers`` processes (0: inline)."""
+    """Validates batches of resources in ``workers`` processes (0: inline); the
+    same processes run other CPU-bound work handed to ``run`` (the DICOM ingest's
+    header parsing), so a two-core server keeps two workers, not four."""
 
     def __init__(self, workers: int) -> None:
         self._workers = workers
@@ -171,6 +175,13 @@ class ValidationPool:
         base = registry.base_url
         futures = [loop.run_in_executor(executor, _prepare_all, c, base) for c in chunks]
         return PreparedChunks(starts, [_results(f) for f in futures])
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker process (``fn`` and its arguments picklable);
+        in a thread of this process when there are no workers."""
+        if self._workers == 0:
+            return await asyncio.to_thread(fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor(), fn, *args)
 
     def warm(self, registry: SearchRegistry) -> None:
         """Start the worker processes now, not at the first large Bundle: each

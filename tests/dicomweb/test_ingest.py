@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -9,9 +10,11 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from dicomweb.blobstore import FileBlobStore
+from dicomweb.blobstore import FileBlobStore, StagedBlob
 from dicomweb.imaging_study import StudyLinks, fhir_started, map_study, patient_identifier
 from dicomweb.ingest import Failed, IngestOptions, IngestService, Stored
+from dicomweb.ingest_parse import PROCESSING_FAILURE, InstanceRejected
+from fhir_server.resources.validation_pool import ValidationPool
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.storage.dicom_port import BlobLocation, InstanceRow, SeriesRow, StudyRow
 from fhir_server.storage.sqlite.store import SqliteStore
@@ -69,6 +72,58 @@ async def test_batches_and_outcomes(store: SqliteStore, tmp_path: Path) -> None:
     )
     assert isinstance(conflict, Failed) and conflict.reason == 0x0111
     assert len(await blobs.keys()) == 25
+
+
+async def test_instances_are_described_in_worker_processes(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    """The server's road: parsing and index records in another process, pipelined
+    with receiving; refusals (raised there) keep their reasons and their order."""
+    blobs = FileBlobStore(tmp_path / "blobs")
+    pool = ValidationPool(1)
+    options = IngestOptions("http://x/dicomweb", batch_size=4)
+    service = IngestService(store.dicom, blobs, None, options, offload=pool.run)
+    good = [make_instance("1.3", "1.3.1", f"1.3.1.{i}", number=i) for i in range(6)]
+    other_study = make_instance("9.9", "9.9.1", "9.9.1.1")
+    try:
+        report = await service.ingest(
+            stream(good[0], b"junk", *good[1:4], other_study, good[4], b"DICM", good[5]),
+            expected_study="1.3",
+        )
+    finally:
+        pool.close()
+    assert sorted(s.sop_uid for s in report.stored) == [f"1.3.1.{i}" for i in range(6)]
+    assert [f.reason for f in report.failed] == [0xC000, 0xA900, 0xC000]
+    assert report.failed[1].sop_uid == "9.9.1.1"
+    rows = await store.dicom.instances("1.3")
+    assert len(rows) == 6 and all(r.blob.key and r.blob.size > 0 for r in rows)
+    assert sorted(await blobs.keys()) == sorted(r.blob.key for r in rows)
+    assert not list((tmp_path / "blobs").rglob(".tmp-*"))  # refused bodies leave nothing
+
+
+async def test_a_failed_fsync_fails_the_batch_and_keeps_nothing(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    class FailingDisk(FileBlobStore):
+        async def make_durable(self, staged: StagedBlob) -> None:
+            raise OSError(5, "Input/output error")
+
+    blobs = FailingDisk(tmp_path / "blobs")
+    service = IngestService(store.dicom, blobs, None, IngestOptions("http://x"))
+    good = make_instance("1.4", "1.4.1", "1.4.1.1")
+    report = await service.ingest(stream(good, b"junk"))
+    assert report.stored == []
+    assert [(f.reason, f.sop_uid) for f in report.failed] == [
+        (PROCESSING_FAILURE, "1.4.1.1"),
+        (0xC000, None),  # it was not DICOM in the first place: said so
+    ]
+    assert await store.dicom.instances("1.4") == []
+    assert not [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
+
+
+def test_a_refusal_survives_the_trip_from_a_worker_process() -> None:
+    refused = pickle.loads(pickle.dumps(InstanceRejected(0xC000, "not a DICOM Part-10 file")))
+    assert (refused.reason, refused.message) == (0xC000, "not a DICOM Part-10 file")
 
 
 async def test_overwrite_replaces_and_removes_the_old_blob(
