@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dicom_bench_data import Study, all_studies, generate  # noqa: E402
 from dicom_bench_servers import REPO, Servers, Target, start_servers  # noqa: E402
+from proc_cpu import cpu_seconds  # noqa: E402
 
 BOUNDARY = "radhub-bench-boundary"
 STOW_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
@@ -132,12 +133,6 @@ async def _stow_round(
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
     return time.perf_counter() - started
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def stow_phase(

@@ -14,7 +14,8 @@ resources/s) and transaction throughput (Bundles of 500 entries, resources/s).
 
 Auditing writes each round's AuditEvents in the background, partly after the
 round: radhub's read rate counts the time until it is idle again, and its CPU
-per request counts that work (``/proc``: all threads of the process).
+per request counts that work (``/proc``: all threads of the process and of its
+worker processes).
 
     .venv/bin/python bench/fhir_bench.py [--seconds 10] [--rounds 3]
 """
@@ -34,6 +35,9 @@ import time
 from pathlib import Path
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proc_cpu import cpu_seconds  # noqa: E402
 
 PATIENT = {
     "resourceType": "Patient",
@@ -133,12 +137,6 @@ def mint(data_dir: Path) -> str:
         check=True,
     )
     return out.stdout.strip()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def settle(pid: int, timeout: float = 300.0) -> float:
