@@ -45,7 +45,7 @@ RESTART_PATIENCE_MS = 100
 
 
 class Checkpointer:
-    """Runs PASSIVE checkpoints in its own thread, one at a time (see module docstring)."""
+    """Runs checkpoints in its own thread, one at a time (see the module docstring)."""
 
     def __init__(
         self,
