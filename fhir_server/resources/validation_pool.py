@@ -77,7 +77,8 @@ def _worker_registry(base_url: str | None) -> SearchRegistry:
 
 
 def _warm() -> None:
-    """Die with the server, then import the models before the first batch arrives."""
+    """Die with the server, import the models before the first batch arrives, and
+    settle the heap (``fhir_server.heap``) with them in it."""
     _die_with_parent()
     validate_resource({"resourceType": "Patient"})
     heap.settle()

@@ -67,6 +67,20 @@ def code_flow(base: str, scope: str) -> dict[str, Any]:
     return body
 
 
+def refresh(base: str, refresh_token: str, scope: str) -> httpx.Response:
+    """The app trades its refresh token for ``scope``."""
+    data = {"grant_type": "refresh_token", "refresh_token": refresh_token, "scope": scope}
+    return httpx.post(f"{base}/auth/token", data=data, headers=basic("app", SECRET))
+
+
+def introspect(base: str, token: str) -> dict[str, Any]:
+    """What the resource server ``rs`` learns of ``token``."""
+    seen: dict[str, Any] = httpx.post(
+        f"{base}/auth/introspect", data={"token": token}, headers=basic("rs", RS_SECRET)
+    ).json()
+    return seen
+
+
 @pytest.mark.slow
 def test_code_flow_refresh_introspection_revocation_and_backend_services(
     tmp_path: Path,
@@ -107,31 +121,17 @@ def test_code_flow_refresh_introspection_revocation_and_backend_services(
     assert httpx.get(f"{base}/fhir/Patient/p1", headers=auth).json()["id"] == "p1"
 
     # refresh: rotated, never wider; the used refresh token is dead
-    refreshed = httpx.post(
-        f"{base}/auth/token",
-        data={"grant_type": "refresh_token", "refresh_token": first["refresh_token"],
-              "scope": "user/Patient.rs"},
-        headers=basic("app", SECRET),
-    )  # fmt: skip
+    refreshed = refresh(base, first["refresh_token"], "user/Patient.rs")
     assert refreshed.status_code == 200, refreshed.text
     second = refreshed.json()
     assert second["scope"] == "user/Patient.rs"
     assert second["refresh_token"] != first["refresh_token"]
-    wider = httpx.post(
-        f"{base}/auth/token",
-        data={"grant_type": "refresh_token", "refresh_token": second["refresh_token"],
-              "scope": "user/*.cruds"},
-        headers=basic("app", SECRET),
-    )  # fmt: skip
+    wider = refresh(base, second["refresh_token"], "user/*.cruds")
     assert wider.status_code == 400 and wider.json()["error"] == "invalid_scope"
 
     # introspection by a resource server, then revocation by the app
     current = {"Authorization": f"Bearer {second['access_token']}"}
-    seen = httpx.post(
-        f"{base}/auth/introspect",
-        data={"token": second["access_token"]},
-        headers=basic("rs", RS_SECRET),
-    ).json()
+    seen = introspect(base, second["access_token"])
     assert seen["active"] is True and seen["scope"] == "user/Patient.rs"
     assert seen["client_id"] == "app"
     assert httpx.get(f"{base}/fhir/Patient/p1", headers=current).status_code == 200
@@ -139,11 +139,7 @@ def test_code_flow_refresh_introspection_revocation_and_backend_services(
         f"{base}/auth/revoke", data={"token": second["access_token"]}, headers=basic("app", SECRET)
     )
     assert revoked.status_code == 200
-    after = httpx.post(
-        f"{base}/auth/introspect",
-        data={"token": second["access_token"]},
-        headers=basic("rs", RS_SECRET),
-    ).json()
+    after = introspect(base, second["access_token"])
     assert after == {"active": False}
     assert httpx.get(f"{base}/fhir/Patient/p1", headers=current).status_code == 401
 

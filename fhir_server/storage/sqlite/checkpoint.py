@@ -73,11 +73,14 @@ class Checkpointer:
 
     def poke(self) -> None:
         """Check the WAL's size soon, checkpointing if it is past the threshold.
-        Cheap and thread-safe: does nothing while a check is under way."""
+        Cheap and thread-safe: does nothing while a check is under way or within
+        ``interval`` of the last one (no thread hand-off per commit)."""
+        now = time.monotonic()
         with self._lock:
-            if self._busy or self._closed:
+            if self._busy or self._closed or now - self._last < self._interval:
                 return
             self._busy = True
+            self._last = now
         try:
             self._pool.submit(self._run)
         except RuntimeError:  # shut down meanwhile
@@ -86,11 +89,8 @@ class Checkpointer:
 
     def _run(self) -> None:
         try:
-            now = time.monotonic()
-            size = _size(self._wal)
-            if now - self._last < self._interval or size < self._threshold:
+            if _size(self._wal) < self._threshold:
                 return
-            self._last = now
             if self._conn is None:
                 self._conn = self._connect()
                 # a RESTART holds new writers back while it waits for readers still
