@@ -27,8 +27,9 @@ from fhir_server.audit import AuditLog
 from fhir_server.errors import FhirError, StorageUnavailable
 from fhir_server.http.fast_lane import RadhubApp, fhir_router
 from fhir_server.http.metrics import HttpMetrics, MetricsMiddleware, metrics_endpoint
+from fhir_server.http.read_lane import ReadLane
 from fhir_server.http.responses import error_response
-from fhir_server.http.route_table import openapi_paths
+from fhir_server.http.route_table import FHIR_ROUTES, openapi_paths
 from fhir_server.http.routes import FhirHttp
 from fhir_server.interactions.capability import capability_statement
 from fhir_server.interactions.services import Limits, Services, new_uuid, utc_now
@@ -189,8 +190,12 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
     app.include_router(auth_server.router())  # before the FHIR routes: smart-configuration
     fhir_routes = fhir.routes("/fhir")
     app.router.routes.extend(fhir_routes)
-    lane = MetricsMiddleware(fhir_router(fhir_routes), metrics=http_metrics)
-    app.set_fast_lane("/fhir", CORSMiddleware(lane, **cors), bypass="/fhir/.well-known/")
+    read_route = next(
+        r for r, spec in zip(fhir_routes, FHIR_ROUTES, strict=True) if spec.handler == "read"
+    )
+    lane = CORSMiddleware(MetricsMiddleware(fhir_router(fhir_routes), http_metrics), **cors)
+    reads = ReadLane(lane, fhir, "/fhir", read_route, http_metrics)
+    app.set_fast_lane("/fhir", reads, bypass="/fhir/.well-known/")
     archive = dicomweb_archive(svc, verifier, audit, settings)
     dicom = archive.services
     app.include_router(dicomweb_router(dicom), prefix="/dicomweb", tags=["DICOMweb"])

@@ -40,8 +40,9 @@ import orjson
 
 from fhir_server.access.context import AuthContext
 from fhir_server.audit_chain import chain_head, event_hash, link
-from fhir_server.audit_index import audit_index
+from fhir_server.audit_index import date_entry, entity_entries, fixed_entries
 from fhir_server.resources.meta import format_instant, stamp
+from fhir_server.search.values import IndexEntry
 from fhir_server.storage.base import NewVersion, Store
 
 log = logging.getLogger(__name__)
@@ -211,15 +212,25 @@ def event_codes(interaction: str) -> dict[str, Any]:
     return {"type": dict(codes.type), "subtype": subtype, "action": codes.action}
 
 
-def to_audit_event(record: AuditRecord) -> dict[str, Any]:
-    """The AuditEvent resource for one record (pure)."""
-    event: dict[str, Any] = {
-        "resourceType": "AuditEvent",
+def fixed_members(record: AuditRecord) -> dict[str, Any]:
+    """The members of a record's AuditEvent that depend only on its interaction,
+    outcome, caller and address (``Templates`` keeps them per caller; pure)."""
+    return {
         **event_codes(record.interaction),
-        "recorded": format_instant(record.moment),
         "outcome": outcome_code(record.status),
         "agent": _agents(record),
         "source": {"observer": {"display": "radhub"}},
+    }
+
+
+def to_audit_event(record: AuditRecord, fixed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The AuditEvent resource for one record (pure). ``fixed`` is
+    ``fixed_members(record)`` when the caller has it already; the event shares
+    its values, so neither may be changed afterwards."""
+    event: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        **(fixed if fixed is not None else fixed_members(record)),
+        "recorded": format_instant(record.moment),
     }
     if record.description:
         event["outcomeDesc"] = record.description[:1000]
@@ -227,6 +238,38 @@ def to_audit_event(record: AuditRecord) -> dict[str, Any]:
     if entities:
         event["entity"] = entities
     return event
+
+
+@dataclass(frozen=True)
+class Template:
+    """What every AuditEvent of one caller, interaction, outcome and address
+    shares: its fixed members and their index entries."""
+
+    members: dict[str, Any]
+    index: tuple[IndexEntry, ...]
+
+
+class Templates:
+    """Templates by caller, interaction, outcome and address. A caller is its
+    ``AuthContext`` object (the token verifier hands out one per token), held
+    here so that its id is not reused while remembered; bounded."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._known: dict[tuple[int, str, str, str | None], tuple[object, Template]] = {}
+
+    def of(self, record: AuditRecord) -> Template:
+        outcome = outcome_code(record.status)
+        key = (id(record.auth), record.interaction, outcome, record.address)
+        known = self._known.get(key)
+        if known is not None and known[0] is record.auth:
+            return known[1]
+        members = fixed_members(record)
+        template = Template(members, tuple(fixed_entries(members)))
+        if len(self._known) >= self._size:
+            self._known.clear()
+        self._known[key] = (record.auth, template)
+        return template
 
 
 class AuditLog:
@@ -255,6 +298,7 @@ class AuditLog:
         self._wakeup = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._stopping = False
+        self._templates = Templates()
 
     def record(self, record: AuditRecord) -> None:
         self._queue.append(record)
@@ -312,10 +356,11 @@ class AuditLog:
             self._written.set()
 
     def _version(self, record: AuditRecord) -> NewVersion:
-        event = stamp(to_audit_event(record), self._new_id(), 1, record.moment)
-        event = link(event, self._head or "")
+        template = self._templates.of(record)
+        event = to_audit_event(record, template.members)
+        event = link(stamp(event, self._new_id(), 1, record.moment), self._head or "")
         self._head = event_hash(event)
-        index = audit_index(event, record.moment)
+        index = [date_entry(record.moment), *template.index, *entity_entries(event)]
         return NewVersion(
             "AuditEvent", event["id"], 1, record.moment, "create", orjson.dumps(event), index
         )

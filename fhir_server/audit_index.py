@@ -80,9 +80,18 @@ def _patients(entries: list[IndexEntry]) -> list[IndexEntry]:
 
 def audit_index(event: dict[str, Any], recorded: datetime) -> list[IndexEntry]:
     """The index entries of one radhub AuditEvent for ``AUDIT_SEARCH_PARAMS``."""
+    return [date_entry(recorded), *fixed_entries(event), *entity_entries(event)]
+
+
+def date_entry(recorded: datetime) -> IndexEntry:
     moment = to_micros(recorded)
+    return IndexEntry("date", DateRange(moment, moment + 1))
+
+
+def fixed_entries(event: dict[str, Any]) -> list[IndexEntry]:
+    """The entries of the members ``audit.fixed_members`` builds: what was done,
+    with what outcome, by whom."""
     entries = [
-        IndexEntry("date", DateRange(moment, moment + 1)),
         IndexEntry("type", _coding(event["type"])),
         *(IndexEntry("subtype", _coding(c)) for c in event.get("subtype", [])),
         IndexEntry("action", TokenValue(None, event["action"])),
@@ -93,7 +102,12 @@ def audit_index(event: dict[str, Any], recorded: datetime) -> list[IndexEntry]:
         agents += _reference_entries("agent", agent.get("who") or {})
         if isinstance(agent.get("altId"), str):
             entries.append(IndexEntry("altid", TokenValue(None, agent["altId"])))
+    return entries + agents + _patients(agents)
+
+
+def entity_entries(event: dict[str, Any]) -> list[IndexEntry]:
+    """The entries of what the event was about."""
     things: list[IndexEntry] = []
     for entity in event.get("entity", []):
         things += _reference_entries("entity", entity.get("what") or {})
-    return entries + agents + things + _patients(agents) + _patients(things)
+    return things + _patients(things)

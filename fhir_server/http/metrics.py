@@ -77,8 +77,11 @@ class MetricsMiddleware:
 
 
 def _route_of(scope: Scope) -> str:
-    # the matched route's template keeps the label set small (no ids in labels)
-    route = scope.get("route")
+    return route_label(scope.get("route"))
+
+
+def route_label(route: object) -> str:
+    """A route's label: its template keeps the label set small (no ids in labels)."""
     path = getattr(route, "path_format", None) or getattr(route, "path", None)
     return str(path) if path else "unmatched"
 

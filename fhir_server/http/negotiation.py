@@ -4,6 +4,8 @@ See https://hl7.org/fhir/R4/http.html#mime-type
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from starlette.requests import Request
 
 from fhir_server.errors import NotAcceptable, UnsupportedMediaType
@@ -43,12 +45,18 @@ def check_accept(request: Request) -> None:
             raise NotAcceptable(f"_format={fmt!r} is not supported; this server speaks JSON")
         return
     header = request.headers.get("accept")
-    if not header:
-        return
-    for media, q in _media_types(header):
-        if q > 0 and (media in _JSON_TYPES or media in _ACCEPT_ANY or media == FHIR_JSON):
-            return
-    raise NotAcceptable(f"cannot produce any of {header!r}; this server speaks {FHIR_JSON}")
+    if header and not accepts_json(header):
+        raise NotAcceptable(f"cannot produce any of {header!r}; this server speaks {FHIR_JSON}")
+
+
+@lru_cache(maxsize=256)
+def accepts_json(header: str) -> bool:
+    """Whether an ``Accept`` value admits FHIR JSON. Clients send a handful of
+    distinct values, so each is parsed once."""
+    return any(
+        q > 0 and (media in _JSON_TYPES or media in _ACCEPT_ANY or media == FHIR_JSON)
+        for media, q in _media_types(header)
+    )
 
 
 def check_content_type(request: Request, *, patch: bool = False) -> None:

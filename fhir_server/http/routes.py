@@ -81,20 +81,36 @@ class FhirHttp:
         except Exception:
             log.exception("unexpected error in %s %s", request.method, request.url.path)
             response = unexpected_error_response()
+        query = request.scope["query_string"].decode("utf-8", "replace") or None
+        client = request.scope.get("client")
+        status = response.status_code
+        await self.audited(interaction, status, auth, resource_type, id, query, client)
+        return response
+
+    async def audited(
+        self,
+        interaction: str,
+        status: int,
+        auth: AuthContext | None,
+        resource_type: str | None,
+        id: str | None,
+        query: str | None,
+        client: tuple[str, int] | None,
+    ) -> None:
+        """Record one answered request in the audit trail (and wait if it lags)."""
         self.audit.record(
             AuditRecord(
                 interaction=interaction,
-                status=response.status_code,
+                status=status,
                 moment=self.svc.clock(),
                 auth=auth,
                 resource_type=resource_type,
                 resource_id=id,
-                query=str(request.url.query) or None,
-                address=request.client.host if request.client else None,
+                query=query,
+                address=client[0] if client else None,
             )
         )
         await self.audit.room()
-        return response
 
     async def body(self, request: Request, *, patch: bool = False) -> Any:
         """The request's JSON body, within the size limit."""
