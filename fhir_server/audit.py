@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,6 +53,7 @@ _INTERACTION = "http://hl7.org/fhir/restful-interaction"
 _DCM = "http://dicom.nema.org/resources/ontology/DCM"
 _IHE = "urn:ihe:event-type-code"
 AUTH_EVENT_SYSTEM = "urn:radhub:audit-event"
+WARN_INTERVAL = 60.0  # seconds between two warnings that the trail is behind
 
 Coding = dict[str, str]
 
@@ -299,6 +301,7 @@ class AuditLog:
         self._flush_lock = asyncio.Lock()
         self._stopping = False
         self._templates = Templates()
+        self._warned_at = -WARN_INTERVAL
 
     def record(self, record: AuditRecord) -> None:
         self._queue.append(record)
@@ -307,19 +310,27 @@ class AuditLog:
 
     async def room(self) -> None:
         """Backpressure: while more than ``max_queued`` records wait to be written,
-        wait (at most ``room_timeout``) for the writer to catch up. Under a load the
-        trail cannot keep up with, requests slow down to its pace instead of records
-        piling up in memory, where a crash would lose them."""
+        a request waits (at most ``room_timeout``) for the writer's next batch. Under
+        a load the trail cannot keep up with, requests slow down to its pace instead
+        of records piling up in memory, where a crash would lose them. One batch,
+        not "until below the limit": otherwise requests arriving later could take
+        the room a batch makes, again and again, before a waiting one wakes."""
         if len(self._queue) <= self._max_queued or self._task is None or self._stopping:
             return
-        with contextlib.suppress(TimeoutError):
+        self._wakeup.set()
+        self._written.clear()
+        try:
             async with asyncio.timeout(self._room_timeout):
-                while len(self._queue) > self._max_queued and not self._stopping:
-                    self._wakeup.set()
-                    self._written.clear()
-                    await self._written.wait()
-        if len(self._queue) > self._max_queued:
-            log.warning("the audit trail is %d records behind", len(self._queue))
+                await self._written.wait()
+        except TimeoutError:
+            now = time.monotonic()
+            if now - self._warned_at >= WARN_INTERVAL:  # not once per waiting request
+                self._warned_at = now
+                log.warning(
+                    "the audit trail is %d records behind and wrote nothing for %.0f s",
+                    len(self._queue),
+                    self._room_timeout,
+                )
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audit-writer")
