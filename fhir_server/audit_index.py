@@ -22,20 +22,7 @@ from fhir_server.search.values import (
     TokenValue,
     derived_param,
     normalize_text,
-)
-
-# The AuditEvent search parameters the trail is indexed for: who, when, what,
-# which patient, which interaction, what outcome.
-AUDIT_SEARCH_PARAMS = (
-    "date",
-    "type",
-    "subtype",
-    "action",
-    "outcome",
-    "agent",
-    "altid",
-    "entity",
-    "patient",
+    string_value,
 )
 
 
@@ -79,7 +66,11 @@ def _patients(entries: list[IndexEntry]) -> list[IndexEntry]:
 
 
 def audit_index(event: dict[str, Any], recorded: datetime) -> list[IndexEntry]:
-    """The index entries of one radhub AuditEvent for ``AUDIT_SEARCH_PARAMS``."""
+    """The index entries of one radhub AuditEvent. Its events have values for
+    date, type, subtype, action, outcome, agent, altid, address, entity,
+    entity-type, entity-role and patient; the other AuditEvent parameters
+    (agent-name, agent-role, entity-name, policy, site, source) never match
+    one, which is what having no entries for them gives."""
     return [date_entry(recorded), *fixed_entries(event), *entity_entries(event)]
 
 
@@ -102,6 +93,9 @@ def fixed_entries(event: dict[str, Any]) -> list[IndexEntry]:
         agents += _reference_entries("agent", agent.get("who") or {})
         if isinstance(agent.get("altId"), str):
             entries.append(IndexEntry("altid", TokenValue(None, agent["altId"])))
+        address = (agent.get("network") or {}).get("address")
+        if isinstance(address, str):
+            entries.append(IndexEntry("address", string_value(address)))
     return entries + agents + _patients(agents)
 
 
@@ -110,4 +104,7 @@ def entity_entries(event: dict[str, Any]) -> list[IndexEntry]:
     things: list[IndexEntry] = []
     for entity in event.get("entity", []):
         things += _reference_entries("entity", entity.get("what") or {})
+        for param, member in (("entity-type", "type"), ("entity-role", "role")):
+            if isinstance(entity.get(member), dict):
+                things.append(IndexEntry(param, _coding(entity[member])))
     return things + _patients(things)

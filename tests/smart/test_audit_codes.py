@@ -12,7 +12,7 @@ import pytest
 
 from fhir_server.access import AuthContext, ScopeSet
 from fhir_server.audit import AUTH_EVENT_SYSTEM, AuditRecord, to_audit_event
-from fhir_server.audit_index import AUDIT_SEARCH_PARAMS, audit_index
+from fhir_server.audit_index import audit_index
 from fhir_server.search.extract import extract_param
 from fhir_server.search.registry import SearchRegistry
 
@@ -84,8 +84,8 @@ def test_direct_index_equals_generic_extraction(interaction: str) -> None:
     event = to_audit_event(AuditRecord(interaction, 401, MOMENT, ADMIN, address="10.0.0.9"))
     expected = Counter(
         entry
-        for code in AUDIT_SEARCH_PARAMS
-        for entry in extract_param(event, registry.param("AuditEvent", code))  # type: ignore[arg-type]
+        for param in registry.params_for("AuditEvent").values()
+        for entry in extract_param(event, param)
     )
     assert Counter(audit_index(event, MOMENT)) == expected
 
