@@ -116,10 +116,11 @@ class ReadLane:
             return False  # the route answers (and audits) it
         if version is None or version.body is None:
             return False
+        # before answering, as the route does: waiting for room in the audit trail
+        # must hold back this client's next request, not run beside it
+        await fhir.audited("read", 200, auth, resource_type, id, None, client)
         await send({"type": "http.response.start", "status": 200, "headers": _headers(version)})
         await send({"type": "http.response.body", "body": version.body})
-        # queued once the answer is out: the trail is written in the background either way
-        await fhir.audited("read", 200, auth, resource_type, id, None, client)
         return True
 
 

@@ -3,6 +3,7 @@ everything else to the route (``fhir_server/http/read_lane.py``)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -160,3 +161,42 @@ async def test_the_lane_audits_and_counts_a_read_as_the_route_does(
     assert len(events) == 2
     assert _what_matters(events[0]) == _what_matters(events[1])
     assert events[0]["outcome"] == "0"
+
+
+async def test_the_lane_answers_only_once_the_audit_trail_has_room(
+    client: httpx.AsyncClient, lane: ReadLane, mint: MintToken, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like the route, it waits for the trail's backpressure before answering:
+    a client gets its answer, and sends its next request, only then."""
+    id = await created(client)
+    room = asyncio.Event()
+    audited = lane.fhir.audited
+
+    async def held(*args: Any) -> None:
+        await room.wait()
+        await audited(*args)
+
+    monkeypatch.setattr(lane.fhir, "audited", held)
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": f"/fhir/Patient/{id}",
+        "query_string": b"",
+        "headers": [(b"authorization", f"Bearer {mint()}".encode())],
+        "client": ("127.0.0.1", 40000),
+    }
+    answering = asyncio.ensure_future(lane(scope, receive, send))
+    await asyncio.sleep(0.1)
+    assert sent == []
+    room.set()
+    await asyncio.wait_for(answering, 5)
+    assert sent[0]["type"] == "http.response.start"
+    assert sent[0]["status"] == 200
