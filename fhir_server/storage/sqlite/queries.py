@@ -18,6 +18,7 @@ from fhir_server.storage.base import (
     StoredVersion,
 )
 from fhir_server.storage.sqlite import search_sql
+from fhir_server.storage.sqlite.bulk import insert_rows
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS resources(
@@ -221,15 +222,11 @@ def _insert_new(conn: sqlite3.Connection, versions: Sequence[NewVersion]) -> lis
         written.append(
             StoredVersion(v.resource_type, v.id, 1, v.last_updated, "create", v.body, last_seq + n)
         )
-    conn.executemany(
-        "INSERT INTO resources(pk, type, id, version, last_updated, deleted, body) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        resources,
+    insert_rows(
+        conn, "INSERT INTO resources(pk, type, id, version, last_updated, deleted, body)", resources
     )
-    conn.executemany(
-        "INSERT INTO history(seq, type, id, version, last_updated, method, body) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        history,
+    insert_rows(
+        conn, "INSERT INTO history(seq, type, id, version, last_updated, method, body)", history
     )
     search_sql.insert_index_rows(conn, index)
     return written

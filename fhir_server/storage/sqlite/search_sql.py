@@ -32,6 +32,7 @@ from fhir_server.search.values import (
     Value,
 )
 from fhir_server.storage.base import SearchPage
+from fhir_server.storage.sqlite.bulk import insert_rows
 from fhir_server.storage.sqlite.search_compile import (
     MULTI_GRP,
     Ctx,
@@ -161,9 +162,7 @@ def _multi_dates(entries: Sequence[IndexEntry]) -> set[str]:
 def insert_index_rows(conn: sqlite3.Connection, rows: dict[str, list[Row]]) -> None:
     """Insert rows made by ``index_rows`` (of one resource or merged across many)."""
     for table, table_rows in rows.items():
-        if table_rows:
-            marks = ", ".join("?" * len(table_rows[0]))
-            conn.executemany(f"INSERT INTO {table} VALUES ({marks})", table_rows)
+        insert_rows(conn, f"INSERT INTO {table}", table_rows)
 
 
 def _add_row(rows: dict[str, list[Row]], key: Row, value: Value) -> None:
