@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import uuid
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,7 +19,22 @@ def utc_now() -> datetime:
 
 
 def new_uuid() -> str:
-    return str(uuid.uuid4())
+    """A new resource id: a UUID version 7 (RFC 9562 §5.7), ordered by time, so that
+    the store's indexes on ids grow at their end. Random (version 4) ids landed
+    each insert on a random page of those indexes: once they outgrew the page
+    cache, every write dirtied and logged a page per id (the audit trail writes
+    one per request). Its first 48 bits are the creation time in milliseconds,
+    which a first version's ``meta.lastUpdated`` shows anyway."""
+    random = int.from_bytes(os.urandom(10), "big")  # 12 + 62 random bits used
+    millis = time.time_ns() // 1_000_000 & _MILLIS_MASK
+    value = millis << 80 | 0x7 << 76 | (random >> 62 & 0xFFF) << 64 | 0b10 << 62
+    value |= random & _RAND_B_MASK
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+_MILLIS_MASK = (1 << 48) - 1
+_RAND_B_MASK = (1 << 62) - 1
 
 
 @dataclass(frozen=True)
