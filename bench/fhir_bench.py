@@ -242,6 +242,7 @@ def main() -> int:
             )
             rid = created.json()["id"]
             ceil_rates, radhub_rates, ceil_cpu, radhub_cpu = [], [], [], []
+            bursts, lags = [], []
             for _ in range(args.rounds):
                 before = cpu_seconds(ceiling.pid)
                 rate = wrk(f"http://127.0.0.1:{cport}/fhir/Patient/{rid}", args.seconds, None)
@@ -252,6 +253,8 @@ def main() -> int:
                 # the audit records of the round are written after it: that work
                 # counts, in time and CPU, against the round that caused it
                 lag = settle(radhub.pid)
+                bursts.append(rate)
+                lags.append(lag)
                 served = rate * args.seconds
                 radhub_cpu.append((cpu_seconds(radhub.pid) - before) / served)
                 radhub_rates.append(served / (args.seconds + lag))
@@ -259,6 +262,10 @@ def main() -> int:
             print(f"read  ceiling (Starlette, memory): {ceil:9.0f} req/s  {_r(ceil_rates)}")
             print(f"read  radhub (token, audit, SQLite): {mine:7.0f} req/s  {_r(radhub_rates)}")
             print(f"read  ratio radhub/ceiling: {mine / ceil:.2f}")
+            print(
+                f"read  radhub while wrk ran: {_r(bursts)} req/s; then writing the"
+                f" round's audit records: {', '.join(f'{x:.1f}' for x in lags)} s"
+            )
             c, r = min(ceil_cpu) * 1e6, min(radhub_cpu) * 1e6
             print(f"read  CPU per request: ceiling {c:.0f} us, radhub {r:.0f} us ({c / r:.2f})")
             settle(radhub.pid)
