@@ -4,15 +4,20 @@ same file: ``radhub import`` while the server runs) writes."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
+from fhir_server.errors import StorageUnavailable
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.storage.base import NewVersion, StoredVersion
+from fhir_server.storage.sqlite import queries
 from fhir_server.storage.sqlite.store import SqliteStore
 
 REGISTRY = SearchRegistry.load()
@@ -116,3 +121,81 @@ def test_memory_is_bounded_by_bytes_and_entries() -> None:
     small = CurrentCache(capacity=3)
     small.written([version(f"q{i}", 1) for i in range(5)])
     assert len(small) == 3
+
+
+class HeldAfterCommit:
+    """Holds the server's next batch write after it committed, before the store
+    writes it through: the moment a read can see the database moved on."""
+
+    def __init__(self, server: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.committed = asyncio.Event()
+        self.release = asyncio.Event()
+        real = server._writer_call
+
+        async def call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+            result = await real(fn, *args, **kwargs)
+            if getattr(fn, "func", None) is queries.write_batch:
+                self.committed.set()
+                await self.release.wait()
+            return result
+
+        monkeypatch.setattr(server, "_writer_call", call)
+
+
+def audit_event(n: int) -> NewVersion:
+    return NewVersion("AuditEvent", f"a{n}", 1, T0, "create", b'{"resourceType":"AuditEvent"}')
+
+
+async def test_an_own_commit_under_way_keeps_the_memory(
+    stores: tuple[SqliteStore, SqliteStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The audit trail commits batches beside the reads: the data_version change
+    each one causes is explained by the numbers it named, not another writer's."""
+    server, _ = stores
+    await write(server, patient("p1", 1, "First"))
+    await server.read("Patient", "p1")
+    held = HeldAfterCommit(server, monkeypatch)
+    writing = asyncio.ensure_future(server.write_many([audit_event(n) for n in range(3)]))
+    await held.committed.wait()
+    assert server._current.get("Patient", "p1") is not None
+    held.release.set()
+    await writing
+    assert server._current.get("Patient", "p1") is not None
+
+
+async def test_another_writer_after_an_own_commit_under_way_is_seen(
+    stores: tuple[SqliteStore, SqliteStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, other = stores
+    await write(server, patient("p1", 1, "First"))
+    await server.read("Patient", "p1")
+    held = HeldAfterCommit(server, monkeypatch)
+    writing = asyncio.ensure_future(server.write_many([audit_event(n) for n in range(3)]))
+    await held.committed.wait()
+    await write(other, patient("p1", 2, "ByImport"))
+    assert family(await server.read("Patient", "p1")) == "ByImport"
+    held.release.set()
+    await writing
+    assert family(await server.read("Patient", "p1")) == "ByImport"
+
+
+async def test_a_failed_commit_names_no_numbers(
+    stores: tuple[SqliteStore, SqliteStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its numbers go to the next writer: another process's commit taking them
+    must not pass for this one's."""
+    server, other = stores
+    await write(server, patient("p1", 1, "First"))
+    await server.read("Patient", "p1")
+    real_commit = queries.commit
+
+    def failing_commit(conn: Any) -> None:
+        monkeypatch.setattr(queries, "commit", real_commit)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(queries, "commit", failing_commit)
+    with pytest.raises(StorageUnavailable):
+        await server.write_many([audit_event(n) for n in range(3)])
+    await write(other, patient("p1", 2, "ByImport"))  # takes the failed batch's numbers
+    assert family(await server.read("Patient", "p1")) == "ByImport"
+    await server.write_many([audit_event(9)])  # the writer connection is usable again

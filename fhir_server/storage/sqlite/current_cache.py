@@ -22,6 +22,13 @@ Staying current:
   log's head moved past the last number this process wrote, or if a commit of
   this process does not start right after that number, another process wrote
   and the memory is dropped.
+- A commit of this process is seen by ``PRAGMA data_version`` before it is
+  written through (it returns on the writer thread first). So just before
+  COMMIT the writer names the numbers it is committing (``committing``): a
+  move of the head within them, starting right after the last number written
+  through, is this process's own (no other process can commit inside the
+  write transaction). Without that, every batch of the audit trail emptied
+  the memory while reads ran beside it.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ class CurrentCache:
         self._own_head = 0  # the highest change-log seq this process wrote
         self._watch: sqlite3.Connection | None = None
         self._data_version: int | None = None
+        self._committing: tuple[int, int] | None = None  # seqs of a commit under way
 
     @property
     def watching(self) -> sqlite3.Connection | None:
@@ -81,9 +89,21 @@ class CurrentCache:
         if generation == self.generation:
             self._put(version)
 
+    def committing(self, versions: Iterable[StoredVersion]) -> None:
+        """Versions this process is about to commit (on the writer thread, right
+        before COMMIT; ``written`` follows)."""
+        seqs = [v.seq for v in versions if v.seq is not None]
+        self._committing = (min(seqs), max(seqs)) if seqs else None
+
+    def not_committed(self) -> None:
+        """The commit named to ``committing`` failed: others may take its numbers."""
+        self._committing = None
+        self._forget_all()
+
     def written(self, versions: Iterable[StoredVersion]) -> None:
         """Versions this process just committed (called before acknowledging them)."""
         self.generation += 1
+        self._committing = None
         versions = list(versions)
         seqs = [v.seq for v in versions if v.seq is not None]
         if seqs:
@@ -107,6 +127,9 @@ class CurrentCache:
         head = row[0] if row and row[0] is not None else 0
         if head <= self._own_head:
             return True  # only this process's commits (already written through)
+        under_way = self._committing
+        if under_way is not None and under_way[0] == self._own_head + 1 and head <= under_way[1]:
+            return True  # this process's commit, not yet written through
         # another writer, or a commit of ours not yet written through: start over
         self._own_head = head
         self._forget_all()
