@@ -176,7 +176,11 @@ class KeyRing:
             raise KeyRingError(f"{self.path} has no active key")
 
     def _find(self, kid: str) -> SigningKey | None:
-        return next((k for k in self.keys() if k.kid == kid), None)
+        # every request's token is checked against its key: no tuple of all keys for it
+        for key in self._keys:
+            if key.kid == kid:
+                return None if self._expired(key, self._now()) else key
+        return None
 
     def _expired(self, key: SigningKey, now: int) -> bool:
         return key.retired_at is not None and now >= key.retired_at + self.retire_after

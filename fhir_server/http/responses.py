@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from email.utils import format_datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -30,8 +32,15 @@ def version_headers(version: StoredVersion) -> dict[str, str]:
     """``ETag`` and ``Last-Modified`` of a version. See https://hl7.org/fhir/R4/http.html#versioning"""
     return {
         "ETag": f'W/"{version.version}"',
-        "Last-Modified": format_datetime(version.last_updated, usegmt=True),
+        "Last-Modified": http_date(version.last_updated),
     }
+
+
+@lru_cache(maxsize=4096)
+def http_date(moment: datetime) -> str:
+    """An HTTP-date (RFC 9110 §5.6.7). Remembered: the same versions are read
+    over and over, and formatting one costs more than the rest of its headers."""
+    return format_datetime(moment.astimezone(UTC), usegmt=True)
 
 
 def location(base_url: str, version: StoredVersion) -> str:
