@@ -124,7 +124,7 @@ def test_memory_is_bounded_by_bytes_and_entries() -> None:
 
 
 class HeldAfterCommit:
-    """Holds the server's next batch write after it committed, before the store
+    """The server's next batch write held after it committed, before the store
     writes it through: the moment a read can see the database moved on."""
 
     def __init__(self, server: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,6 +140,19 @@ class HeldAfterCommit:
             return result
 
         monkeypatch.setattr(server, "_writer_call", call)
+        self.writing: asyncio.Future[list[StoredVersion]] | None = None
+
+    async def start(self, server: SqliteStore) -> None:
+        """Remember p1, then commit a batch of AuditEvents and hold it there."""
+        await write(server, patient("p1", 1, "First"))
+        await server.read("Patient", "p1")
+        self.writing = asyncio.ensure_future(server.write_many([audit_event(n) for n in range(3)]))
+        await self.committed.wait()
+
+    async def finish(self) -> None:
+        assert self.writing is not None
+        self.release.set()
+        await self.writing
 
 
 def audit_event(n: int) -> NewVersion:
@@ -152,14 +165,10 @@ async def test_an_own_commit_under_way_keeps_the_memory(
     """The audit trail commits batches beside the reads: the data_version change
     each one causes is explained by the numbers it named, not another writer's."""
     server, _ = stores
-    await write(server, patient("p1", 1, "First"))
-    await server.read("Patient", "p1")
     held = HeldAfterCommit(server, monkeypatch)
-    writing = asyncio.ensure_future(server.write_many([audit_event(n) for n in range(3)]))
-    await held.committed.wait()
+    await held.start(server)
     assert server._current.get("Patient", "p1") is not None
-    held.release.set()
-    await writing
+    await held.finish()
     assert server._current.get("Patient", "p1") is not None
 
 
@@ -167,15 +176,11 @@ async def test_another_writer_after_an_own_commit_under_way_is_seen(
     stores: tuple[SqliteStore, SqliteStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server, other = stores
-    await write(server, patient("p1", 1, "First"))
-    await server.read("Patient", "p1")
     held = HeldAfterCommit(server, monkeypatch)
-    writing = asyncio.ensure_future(server.write_many([audit_event(n) for n in range(3)]))
-    await held.committed.wait()
+    await held.start(server)
     await write(other, patient("p1", 2, "ByImport"))
     assert family(await server.read("Patient", "p1")) == "ByImport"
-    held.release.set()
-    await writing
+    await held.finish()
     assert family(await server.read("Patient", "p1")) == "ByImport"
 
 
