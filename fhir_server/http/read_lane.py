@@ -92,6 +92,8 @@ class ReadLane:
         authorization: str | None = None
         for name, value in scope["headers"]:
             if name == b"authorization":
+                if authorization is not None:
+                    return None  # two: which one counts is the route's to say
                 authorization = value.decode("latin-1")
             elif name in _FOR_THE_ROUTE:
                 return None

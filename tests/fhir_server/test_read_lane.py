@@ -111,6 +111,21 @@ async def test_everything_but_a_plain_read_is_the_routes(
     assert response.status_code != 500
 
 
+async def test_two_authorization_headers_are_the_routes(
+    client: httpx.AsyncClient,
+    anon: httpx.AsyncClient,
+    mint: MintToken,
+    route_answers: list[str],
+) -> None:
+    id = await created(client)
+    route_answers.clear()
+    twice = [("Authorization", "Bearer not.a.jwt"), ("Authorization", f"Bearer {mint()}")]
+    request = anon.build_request("GET", f"/fhir/Patient/{id}", headers=twice)
+    response = await anon.send(request)
+    assert route_answers == [f"/fhir/Patient/{id}"]
+    assert response.status_code == 401  # the route goes by the first
+
+
 async def test_a_deleted_resource_and_a_wrong_patient_get_the_routes_answers(
     client: httpx.AsyncClient, app: FastAPI, mint: MintToken, route_answers: list[str]
 ) -> None:
