@@ -322,3 +322,38 @@ async def test_summary_and_elements_on_read(client: httpx.AsyncClient, example: 
     assert any(t["code"] == "SUBSETTED" for t in body["meta"]["tag"])
     summary = (await client.get(f"/fhir/Patient/{rid}?_summary=true")).json()
     assert "name" in summary and "text" not in summary
+
+
+async def test_a_plain_create_is_one_write_a_conditional_one_a_transaction(
+    client: httpx.AsyncClient, app: Any, monkeypatch: Any
+) -> None:
+    """Nothing to look up before a plain create: it is committed in one step, not
+    in a transaction of three hand-offs to the writer (If-None-Exist needs one)."""
+    store = app.state.services.store
+    used: list[str] = []
+    transaction, write_many = store.transaction, store.write_many
+
+    def counted_transaction() -> Any:
+        used.append("transaction")
+        return transaction()
+
+    async def counted_write_many(versions: Any) -> Any:
+        types = sorted({v.resource_type for v in versions} - {"AuditEvent"})  # the trail's own
+        if types:
+            used.append(f"write_many {len(versions)} {' '.join(types)}")
+        return await write_many(versions)
+
+    monkeypatch.setattr(store, "transaction", counted_transaction)
+    monkeypatch.setattr(store, "write_many", counted_write_many)
+    patient = {"resourceType": "Patient", "identifier": [{"system": "urn:t", "value": "1"}]}
+    created = (await _create(client, patient)).json()
+    assert used == ["write_many 1 Patient"]
+    read = await client.get(f"/fhir/Patient/{created['id']}")
+    assert read.json() == created
+    used.clear()
+    again = await client.post(
+        "/fhir/Patient", json=patient, headers={**FHIR, "If-None-Exist": "identifier=urn:t|1"}
+    )
+    assert again.status_code == 200
+    assert again.json()["id"] == created["id"]
+    assert used == ["transaction"]
