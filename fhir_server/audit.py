@@ -39,7 +39,7 @@ from typing import Any
 
 import orjson
 
-from fhir_server.access.context import AuthContext
+from fhir_server.access.context import AuthContext, PerCaller
 from fhir_server.audit_chain import chain_head, event_hash, link
 from fhir_server.audit_index import date_entry, entity_entries, fixed_entries
 from fhir_server.resources.meta import format_instant, stamp
@@ -252,26 +252,18 @@ class Template:
 
 
 class Templates:
-    """Templates by caller, interaction, outcome and address. A caller is its
-    ``AuthContext`` object (the token verifier hands out one per token), held
-    here so that its id is not reused while remembered; bounded."""
+    """Templates by caller (``PerCaller``), interaction, outcome and address."""
 
-    def __init__(self, size: int = 4096) -> None:
-        self._size = size
-        self._known: dict[tuple[int, str, str, str | None], tuple[object, Template]] = {}
+    def __init__(self) -> None:
+        self._known: PerCaller[Template] = PerCaller()
 
     def of(self, record: AuditRecord) -> Template:
-        outcome = outcome_code(record.status)
-        key = (id(record.auth), record.interaction, outcome, record.address)
-        known = self._known.get(key)
-        if known is not None and known[0] is record.auth:
-            return known[1]
+        key = (record.interaction, outcome_code(record.status), record.address)
+        known = self._known.get(record.auth, key)
+        if known is not None:
+            return known
         members = fixed_members(record)
-        template = Template(members, tuple(fixed_entries(members)))
-        if len(self._known) >= self._size:
-            self._known.clear()
-        self._known[key] = (record.auth, template)
-        return template
+        return self._known.put(record.auth, key, Template(members, tuple(fixed_entries(members))))
 
 
 class AuditLog:

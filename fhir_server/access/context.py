@@ -8,14 +8,18 @@ needs. See https://build.fhir.org/ig/HL7/smart-app-launch/scopes-and-launch-cont
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 if TYPE_CHECKING:
     from fhir_server.access.scopes import ScopeSet
 
 Permission = Literal["c", "r", "u", "d", "s"]
+
+
+V = TypeVar("V")
 
 
 class Interaction(StrEnum):
@@ -93,3 +97,28 @@ class AuthContext:
     fhir_user: str | None = None
     roles: frozenset[str] = field(default_factory=frozenset)
     token_id: str | None = None
+
+
+class PerCaller(Generic[V]):
+    """What was worked out for one caller and a key, remembered (at most ``size``
+    entries, forgotten wholesale beyond). Keyed by the context's identity: the
+    token verifier hands out one object per token, and hashing its scopes would
+    cost more than the look-up saves. The context is held with the value, so its
+    id is not reused while remembered."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._known: dict[tuple[int, Hashable], tuple[AuthContext | None, V]] = {}
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def get(self, caller: AuthContext | None, key: Hashable) -> V | None:
+        known = self._known.get((id(caller), key))
+        return known[1] if known is not None and known[0] is caller else None
+
+    def put(self, caller: AuthContext | None, key: Hashable, value: V) -> V:
+        if len(self._known) >= self._size:
+            self._known.clear()
+        self._known[(id(caller), key)] = (caller, value)
+        return value

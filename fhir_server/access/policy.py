@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from fhir_server.access.compartment import PatientCompartment
-from fhir_server.access.context import AuthContext, Interaction
+from fhir_server.access.context import AuthContext, Interaction, PerCaller
 from fhir_server.access.referrer import of_patients, referrer_filter
 from fhir_server.access.roles import Role, RoleRule, patient_of, practitioner_of, roles_named
 from fhir_server.access.scopes import Constraint, ResourceScope, required
@@ -150,6 +150,7 @@ def _token_matches(want: TokenValue, have: TokenValue) -> bool:
 # patient-level scope, although AuditEvent is in the Patient compartment.
 AUDIT_TRAIL_TYPES = frozenset({"AuditEvent"})
 
+
 _MEMO_SIZE = 4096
 
 
@@ -161,29 +162,21 @@ class AccessPolicy:
     compile_constraints: ConstraintCompiler = field(default=compile_token_constraints)
     matches: Matcher = field(default=match_filter)
     # Grants depend on the context, the action and the type only, and a client
-    # repeats them (every read of a token, every entry of a transaction):
-    # remembered, at most _MEMO_SIZE of them, forgotten wholesale beyond. Keyed
-    # by the context's identity (the token verifier hands out one object per
-    # token; hashing its scopes cost more than the look-up saves), holding the
-    # context so that its id is not reused while remembered.
-    _memo: dict[tuple[int, Interaction, str], tuple[AuthContext, tuple[Grant, ...]]] = field(
-        default_factory=dict, compare=False, repr=False
+    # repeats them (every read of a token, every entry of a transaction).
+    _memo: PerCaller[tuple[Grant, ...]] = field(
+        default_factory=lambda: PerCaller(_MEMO_SIZE), compare=False, repr=False
     )
 
     def grants(
         self, ctx: AuthContext, action: Interaction, resource_type: str
     ) -> tuple[Grant, ...]:
         """The scopes that can serve this request, each with its restriction."""
-        key = (id(ctx), action, resource_type)
-        known = self._memo.get(key)
-        if known is not None and known[0] is ctx:
-            return known[1]
+        known = self._memo.get(ctx, (action, resource_type))
+        if known is not None:
+            return known
         found = (self._grant(ctx, s, action, resource_type) for s in ctx.scopes.resources)
         grants = tuple(g for g in found if g is not None)
-        if len(self._memo) >= _MEMO_SIZE:
-            self._memo.clear()
-        self._memo[key] = (ctx, grants)
-        return grants
+        return self._memo.put(ctx, (action, resource_type), grants)
 
     def authorize(self, ctx: AuthContext, action: Interaction, resource_type: str) -> None:
         """Raise Forbidden (403) unless some scope allows ``action`` on ``resource_type``."""
