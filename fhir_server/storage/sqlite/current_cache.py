@@ -14,21 +14,21 @@ Staying current:
   a version read from the database is only remembered if no commit of this
   process completed while it was read (``generation``), and never over a newer
   version.
-- Another process may write the same database (``radhub import`` while the
-  server runs). Every version written gets the next change-log sequence number,
-  so this process's own commits are contiguous runs of them. ``PRAGMA
+- Another process may write the same database: ``radhub import`` while the
+  server runs, or the server's own audit writer process (``audit_process``),
+  which commits a batch of AuditEvents several times a second. ``PRAGMA
   data_version`` on a connection of the loop's own tells whether anyone
-  committed since the last look (a shared-memory read, no I/O); if so and the
-  log's head moved past the last number this process wrote, or if a commit of
-  this process does not start right after that number, another process wrote
-  and the memory is dropped.
-- A commit of this process is seen by ``PRAGMA data_version`` before it is
-  written through (it returns on the writer thread first). So just before
-  COMMIT the writer names the numbers it is committing (``committing``): a
-  move of the head within them, starting right after the last number written
-  through, is this process's own (no other process can commit inside the
-  write transaction). Without that, every batch of the audit trail emptied
-  the memory while reads ran beside it.
+  committed since the last look (a shared-memory read, no I/O). If so, the
+  change log since the last look names every resource written (each version
+  gets the next sequence number, deletions included), and just those are
+  dropped unless what is held is already that version. AuditEvents are never
+  held, so the audit writer's batches drop nothing; a large import (more than
+  ``max_scan`` changes) drops everything instead of reading its whole log.
+- This process's own commits are seen the same way: one committed but not yet
+  written through drops the old versions it replaces, and ``written`` then
+  puts the new ones.
+- A read that began before another process's commit is not put back after
+  the commit was seen either: seeing commits counts as a generation too.
 """
 
 from __future__ import annotations
@@ -50,18 +50,22 @@ class CurrentCache:
     (least recently used out); a body over ``max_body`` is not kept."""
 
     def __init__(
-        self, capacity: int = 20_000, max_bytes: int = 64 << 20, max_body: int = 64 << 10
+        self,
+        capacity: int = 20_000,
+        max_bytes: int = 64 << 20,
+        max_body: int = 64 << 10,
+        max_scan: int = 10_000,
     ) -> None:
         self._capacity = capacity
         self._max_bytes = max_bytes
         self._max_body = max_body
+        self._max_scan = max_scan
         self._bytes = 0
         self._entries: OrderedDict[Key, StoredVersion] = OrderedDict()
-        self.generation = 0  # commits of this process written through so far
-        self._own_head = 0  # the highest change-log seq this process wrote
+        self.generation = 0  # commits written through or seen dropping something
+        self._seen = 0  # the change-log head at the last look
         self._watch: sqlite3.Connection | None = None
         self._data_version: int | None = None
-        self._committing: tuple[int, int] | None = None  # seqs of a commit under way
 
     @property
     def watching(self) -> sqlite3.Connection | None:
@@ -71,69 +75,58 @@ class CurrentCache:
         """Use ``conn`` (opened on the event loop's thread) to see others' commits."""
         self._watch = conn
         self._data_version = None
+        self._seen = 0
         self._forget_all()
 
     def get(self, resource_type: str, id: str) -> StoredVersion | None:
         key = (resource_type, id)
+        if key not in self._entries:
+            return None
+        self.check_external()
         found = self._entries.get(key)
-        if found is None:
-            return None
-        if not self.check_external():
-            return None
-        self._entries.move_to_end(key)
+        if found is not None:
+            self._entries.move_to_end(key)
         return found
 
     def offer(self, version: StoredVersion, generation: int) -> None:
         """Remember a version read from the database when the read began at
-        ``generation``, unless a commit of this process completed meanwhile."""
+        ``generation``, unless a commit was seen meanwhile."""
         if generation == self.generation:
             self._put(version)
-
-    def committing(self, versions: Iterable[StoredVersion]) -> None:
-        """Versions this process is about to commit (on the writer thread, right
-        before COMMIT; ``written`` follows)."""
-        seqs = [v.seq for v in versions if v.seq is not None]
-        self._committing = (min(seqs), max(seqs)) if seqs else None
-
-    def not_committed(self) -> None:
-        """The commit named to ``committing`` failed: others may take its numbers."""
-        self._committing = None
-        self._forget_all()
 
     def written(self, versions: Iterable[StoredVersion]) -> None:
         """Versions this process just committed (called before acknowledging them)."""
         self.generation += 1
-        self._committing = None
-        versions = list(versions)
-        seqs = [v.seq for v in versions if v.seq is not None]
-        if seqs:
-            if min(seqs) != self._own_head + 1:
-                # the log has a gap before these: another process wrote in between
-                self._forget_all()
-            self._own_head = max(self._own_head, *seqs)
         for version in versions:
             if version.resource_type not in _NOT_KEPT:
                 self._put(version, replace=True)
 
-    def check_external(self) -> bool:
-        """False (and forgets everything) if another process changed resources."""
+    def check_external(self) -> None:
+        """Drop what commits since the last look (anyone's) have replaced."""
         if self._watch is None:
-            return True
+            return
         version = self._watch.execute("PRAGMA data_version").fetchone()[0]
         if version == self._data_version:
-            return True
+            return
         self._data_version = version
         row = self._watch.execute("SELECT max(seq) FROM history").fetchone()
         head = row[0] if row and row[0] is not None else 0
-        if head <= self._own_head:
-            return True  # only this process's commits (already written through)
-        under_way = self._committing
-        if under_way is not None and under_way[0] == self._own_head + 1 and head <= under_way[1]:
-            return True  # this process's commit, not yet written through
-        # another writer, or a commit of ours not yet written through: start over
-        self._own_head = head
-        self._forget_all()
-        return False
+        seen, self._seen = self._seen, head
+        if head <= seen:
+            return
+        self.generation += 1  # a read under way may have begun before these commits
+        if head - seen > self._max_scan:
+            self._forget_all()
+            return
+        if not self._entries:
+            return
+        changed = self._watch.execute(
+            "SELECT seq, type, id FROM history WHERE seq > ? AND seq <= ?", (seen, head)
+        )
+        for seq, resource_type, id in changed:
+            held = self._entries.get((resource_type, id))
+            if held is not None and (held.seq is None or held.seq < seq):
+                self._drop((resource_type, id))
 
     def _put(self, version: StoredVersion, *, replace: bool = False) -> None:
         key = (version.resource_type, version.id)

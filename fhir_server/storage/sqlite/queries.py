@@ -4,7 +4,7 @@ a connection, run by ``SqliteStore`` in its writer or reader threads."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -185,18 +185,14 @@ def _insert_run(conn: sqlite3.Connection, run: Sequence[NewVersion]) -> list[Sto
 def write_batch(
     conn: sqlite3.Connection,
     versions: Sequence[NewVersion],
-    before_commit: Callable[[list[StoredVersion]], None] | None = None,
 ) -> list[StoredVersion]:
-    """Write several versions in one transaction: all or none. ``before_commit``
-    learns what is about to be committed."""
+    """Write several versions in one transaction: all or none."""
     begin(conn)
     try:
         if all(_is_new(v) for v in versions):
             written = _insert_new(conn, versions)
         else:
             written = [write_version(conn, version) for version in versions]
-        if before_commit is not None:
-            before_commit(written)
         commit(conn)
     except sqlite3.IntegrityError as exc:
         rollback(conn)

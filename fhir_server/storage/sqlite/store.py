@@ -289,26 +289,14 @@ class SqliteStore:
                 await asyncio.shield(tx.abandon())
                 await asyncio.shield(self._writer_call(queries.rollback))
                 raise
-            self._current.committing(tx.stored)
-            try:
-                await asyncio.shield(self._writer_call(queries.commit))
-            except BaseException:
-                self._current.not_committed()
-                raise
+            await asyncio.shield(self._writer_call(queries.commit))
             ticket = self._group.committed()
             self._current.written(tx.stored)
         await self._group.durable(ticket)
 
     async def write_many(self, versions: Sequence[NewVersion]) -> list[StoredVersion]:
         async with self._write_lock:
-            write = partial(
-                queries.write_batch, versions=versions, before_commit=self._current.committing
-            )
-            try:
-                written = await self._writer_call(write)
-            except BaseException:
-                self._current.not_committed()
-                raise
+            written = await self._writer_call(partial(queries.write_batch, versions=versions))
             ticket = self._group.committed()
             self._current.written(written)
         await self._group.durable(ticket)
