@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from fhir_server.access.context import AuthContext
 from fhir_server.access.tokens import TokenVerifier, bearer_token
-from fhir_server.audit import AuditLog, AuditRecord
+from fhir_server.audit import AuditRecord, AuditTrail
 from fhir_server.errors import (
     FhirError,
     InvalidRequest,
@@ -44,6 +44,16 @@ log = logging.getLogger(__name__)
 Work = Callable[[AuthContext], Awaitable[Response]]
 
 
+def created_id(location: str | None, resource_type: str | None) -> str | None:
+    """The id in a create's ``Location`` (``[base]/[type]/[id]/_history/[vid]``)."""
+    if location is None or resource_type is None:
+        return None
+    parts = location.rstrip("/").split("/")
+    if len(parts) >= 4 and parts[-2] == "_history" and parts[-4] == resource_type:
+        return parts[-3]
+    return None
+
+
 class FhirHttp:
     """Holds what the routes need; ``router()`` returns the mounted routes."""
 
@@ -51,7 +61,7 @@ class FhirHttp:
         self,
         svc: Services,
         verifier: TokenVerifier,
-        audit: AuditLog,
+        audit: AuditTrail,
         capability: Callable[[], dict[str, Any]],
     ) -> None:
         self.svc = svc
@@ -84,6 +94,8 @@ class FhirHttp:
         query = request.scope["query_string"].decode("utf-8", "replace") or None
         client = request.scope.get("client")
         status = response.status_code
+        if id is None and status == 201:  # the AuditEvent names what was created
+            id = created_id(response.headers.get("location"), resource_type)
         await self.audited(interaction, status, auth, resource_type, id, query, client)
         return response
 

@@ -397,7 +397,7 @@ async def test_interactions_are_audited(
         return found
 
     target = f"Patient/{rid}"
-    assert find("create", outcome="0")
+    assert find("create", what=target, outcome="0")  # the id from its Location
     assert find("read", what=target, outcome="0")
     assert find("read", what="Patient/nobody", outcome="4")
     assert find("delete", what=target, outcome="0")
@@ -496,7 +496,9 @@ async def test_audit_trail_is_flushed_on_shutdown(tmp_path: Path) -> None:
     from fhir_server.app import create_app
     from fhir_server.settings import Settings
 
-    settings = Settings(data_dir=tmp_path / "d", base_url=BASE, audit_flush_interval=60)
+    settings = Settings(
+        data_dir=tmp_path / "d", base_url=BASE, audit_flush_interval=60, audit_process=False
+    )
 
     async def session(work: Callable[[httpx.AsyncClient], Awaitable[None]]) -> None:
         application = create_app(settings)
