@@ -139,15 +139,31 @@ def mint(data_dir: Path) -> str:
     return out.stdout.strip()
 
 
-def settle(pid: int, timeout: float = 300.0) -> float:
-    """Wait until the process is idle (its queued audit records written); seconds waited."""
+def settle(pid: int, timeout: float = 300.0, window: float = 0.1, quiet: int = 3) -> float:
+    """Wait until the process (and its children: the audit writer) is idle, its
+    queued audit records written; return the seconds it was busy. Idle is
+    ``quiet`` windows in a row without a clock tick of CPU: three, so the gap
+    before the trail's last batch (its flush interval, 0.2 s) is not taken for
+    the end. The quiet windows themselves are not counted."""
     started = time.monotonic()
+    last = cpu_seconds(pid)
+    idle_since: float | None = None
+    streak = 0
     while time.monotonic() - started < timeout:
-        before = cpu_seconds(pid)
-        time.sleep(0.5)
-        if cpu_seconds(pid) - before < 0.025:  # under 5 % of a core
-            break
-    return time.monotonic() - started
+        at = time.monotonic()
+        time.sleep(window)
+        now = cpu_seconds(pid)
+        if now - last < 0.005:  # no tick (10 ms) in the window
+            if streak == 0:
+                idle_since = at
+            streak += 1
+            if streak >= quiet:
+                break
+        else:
+            streak, idle_since = 0, None
+        last = now
+    end = idle_since if idle_since is not None else time.monotonic()
+    return end - started
 
 
 def wrk(url: str, seconds: int, token: str | None, connections: int = 32) -> float:
