@@ -31,7 +31,7 @@ from fhir_server.access.context import AuthContext, Interaction
 from fhir_server.access.policy import AccessPolicy, compartment_filter
 from fhir_server.access.stored import Searcher, ids_matching, lookup_in, needs_store
 from fhir_server.access.tokens import TokenVerifier, bearer_token
-from fhir_server.audit import AuditLog, AuditRecord
+from fhir_server.audit import AuditRecord, AuditTrail
 from fhir_server.errors import FhirError, Forbidden, NotFound
 from fhir_server.search.ast import And, Compare, Node
 from fhir_server.search.values import TokenValue
@@ -54,7 +54,7 @@ class DicomwebServices:
     sync: StudySync | None
     policy: AccessPolicy
     verifier: TokenVerifier
-    audit: AuditLog
+    audit: AuditTrail
     base_url: str
     clock: Callable[[], datetime]
     max_results: int = 1000

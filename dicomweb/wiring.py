@@ -20,7 +20,7 @@ from dicomweb.order_links import CONSUMER, OrderLinks
 from dicomweb.study_sync import PendingStudies, StudySync, SyncTiming
 from dicomweb.sync_retry import SyncRetry
 from fhir_server.access.tokens import TokenVerifier
-from fhir_server.audit import AuditLog
+from fhir_server.audit import AuditTrail
 from fhir_server.interactions.services import Services
 from fhir_server.settings import Settings
 
@@ -44,7 +44,7 @@ class Archive:
 
 
 def dicomweb_archive(
-    svc: Services, verifier: TokenVerifier, audit: AuditLog, settings: Settings
+    svc: Services, verifier: TokenVerifier, audit: AuditTrail, settings: Settings
 ) -> Archive:
     """The archive configured by ``settings`` (see the module docstring)."""
     timing = SyncTiming.from_delay(settings.study_sync_delay, settings.sync_retry_interval)
@@ -60,7 +60,7 @@ def dicomweb_archive(
 def dicomweb_services(
     svc: Services,
     verifier: TokenVerifier,
-    audit: AuditLog,
+    audit: AuditTrail,
     settings: Settings,
     sync: StudySync,
 ) -> DicomwebServices:

@@ -23,7 +23,8 @@ from starlette.responses import JSONResponse, Response
 from dicomweb.routes import dicomweb_router
 from dicomweb.wiring import dicomweb_archive
 from fhir_server.access import AccessPolicy, PatientCompartment
-from fhir_server.audit import AuditLog
+from fhir_server.audit import AuditLog, AuditTrail
+from fhir_server.audit_process import AuditProcess
 from fhir_server.errors import FhirError, StorageUnavailable
 from fhir_server.http.fast_lane import RadhubApp, fhir_router
 from fhir_server.http.metrics import HttpMetrics, MetricsMiddleware, metrics_endpoint
@@ -38,6 +39,7 @@ from fhir_server.resources.validation_pool import ValidationPool
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.settings import Settings
 from fhir_server.storage.base import Store
+from fhir_server.storage.factory import build_store
 from smart.config import AuthConfig
 from smart.discovery import oauth_uris
 from smart.jwks_fetch import HttpJwksFetcher
@@ -78,17 +80,6 @@ class ServerIdentity:
             return cls.of(fallback)
 
 
-def build_store(settings: Settings, registry: SearchRegistry) -> Store:
-    """The embedded store by default, MongoDB when a URI is given."""
-    if settings.mongodb_uri:
-        from fhir_server.storage.mongo.store import MongoStore
-
-        return MongoStore.from_uri(settings.mongodb_uri, registry)
-    from fhir_server.storage.sqlite.store import SqliteStore
-
-    return SqliteStore(settings.data_dir, registry)
-
-
 def prepare_data_dir(settings: Settings) -> None:
     """Create the data dir (owner-only) or fail with a clear message."""
     try:
@@ -124,6 +115,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
     """Build the whole application. ``store`` overrides the configured one (tests)."""
     prepare_data_dir(settings)
     registry = SearchRegistry.load().with_base_url(settings.fhir_base)
+    own_store = store is not None  # given by a test: another process cannot open it
     store = store or build_store(settings, registry)
     keyring = KeyRing.open(settings.data_dir)
     identity = ServerIdentity.of(settings)
@@ -137,7 +129,11 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
         limits=Limits(max_body_bytes=settings.max_body_bytes),
         validation=ValidationPool(settings.validation_workers),
     )
-    audit = AuditLog(store, new_uuid, flush_interval=settings.audit_flush_interval)
+    audit: AuditTrail
+    if settings.audit_process and not own_store:
+        audit = AuditProcess(settings, flush_interval=settings.audit_flush_interval)
+    else:
+        audit = AuditLog(store, new_uuid, flush_interval=settings.audit_flush_interval)
     verifier = JwtTokenVerifier(
         keyring,
         identity.issuer,

@@ -32,12 +32,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypedDict
 
 import orjson
+from typing_extensions import Unpack
 
 from fhir_server.access.context import AuthContext, PerCaller
 from fhir_server.audit_chain import chain_head, event_hash, link
@@ -266,53 +267,67 @@ class Templates:
         return self._known.put(record.auth, key, Template(members, tuple(fixed_entries(members))))
 
 
-class AuditLog:
-    """Queues audit records and writes them to the store in batches."""
+class AuditWriter:
+    """Turns records into hash-chained AuditEvents and writes them, a batch at a
+    time, in order. One per chain (``audit_chain``): the in-process log's, or
+    the audit process's (``audit_process``)."""
 
-    def __init__(
-        self,
-        store: Store,
-        new_id: Callable[[], str],
-        *,
-        flush_interval: float = 0.2,
-        max_batch: int = 1000,
-        max_queued: int = 5000,
-        room_timeout: float = 10.0,
-    ) -> None:
+    def __init__(self, store: Store, new_id: Callable[[], str]) -> None:
         self._store = store
         self._new_id = new_id
-        self._interval = flush_interval
-        self._max_batch = max_batch
-        self._max_queued = max_queued
-        self._room_timeout = room_timeout
-        self._written = asyncio.Event()  # set after each batch written
-        self._queue: list[AuditRecord] = []
         self._head: str | None = None  # digest of the last event written (audit_chain)
-        self._task: asyncio.Task[None] | None = None
-        self._wakeup = asyncio.Event()
-        self._flush_lock = asyncio.Lock()
-        self._stopping = False
         self._templates = Templates()
+
+    async def write(self, batch: Sequence[AuditRecord]) -> None:
+        """Write ``batch`` in one durable commit, or raise having written none of
+        it (the same records may then be written again)."""
+        if self._head is None:
+            self._head = await chain_head(self._store)
+        head = self._head
+        versions = [self._version(r) for r in batch]
+        try:
+            await self._store.write_many(versions)
+        except BaseException:
+            self._head = head  # the retry re-links the same records
+            raise
+
+    def _version(self, record: AuditRecord) -> NewVersion:
+        template = self._templates.of(record)
+        event = to_audit_event(record, template.members)
+        event = link(stamp(event, self._new_id(), 1, record.moment), self._head or "")
+        self._head = event_hash(event)
+        index = [date_entry(record.moment), *template.index, *entity_entries(event)]
+        return NewVersion(
+            "AuditEvent", event["id"], 1, record.moment, "create", orjson.dumps(event), index
+        )
+
+
+class Backpressure:
+    """While more than ``max_queued`` records wait to be written, a request waits
+    (at most ``timeout``) for the writer's next batch. Under a load the trail
+    cannot keep up with, requests slow down to its pace instead of records
+    piling up in memory, where a crash would lose them. One batch, not "until
+    below the limit": otherwise requests arriving later could take the room a
+    batch makes, again and again, before a waiting one wakes."""
+
+    def __init__(self, max_queued: int, timeout: float) -> None:
+        self._max_queued = max_queued
+        self._timeout = timeout
+        self._written = asyncio.Event()
         self._warned_at = -WARN_INTERVAL
 
-    def record(self, record: AuditRecord) -> None:
-        self._queue.append(record)
-        if len(self._queue) >= self._max_batch:
-            self._wakeup.set()
+    def written(self) -> None:
+        """A batch was written: release who waits."""
+        self._written.set()
 
-    async def room(self) -> None:
-        """Backpressure: while more than ``max_queued`` records wait to be written,
-        a request waits (at most ``room_timeout``) for the writer's next batch. Under
-        a load the trail cannot keep up with, requests slow down to its pace instead
-        of records piling up in memory, where a crash would lose them. One batch,
-        not "until below the limit": otherwise requests arriving later could take
-        the room a batch makes, again and again, before a waiting one wakes."""
-        if len(self._queue) <= self._max_queued or self._task is None or self._stopping:
+    async def room(self, behind: int, hurry: Callable[[], None]) -> None:
+        """Wait if ``behind`` records are too many; ``hurry`` asks for a batch now."""
+        if behind <= self._max_queued:
             return
-        self._wakeup.set()
+        hurry()
         self._written.clear()
         try:
-            async with asyncio.timeout(self._room_timeout):
+            async with asyncio.timeout(self._timeout):
                 await self._written.wait()
         except TimeoutError:
             now = time.monotonic()
@@ -320,12 +335,77 @@ class AuditLog:
                 self._warned_at = now
                 log.warning(
                     "the audit trail is %d records behind and wrote nothing for %.0f s",
-                    len(self._queue),
-                    self._room_timeout,
+                    behind,
+                    self._timeout,
                 )
 
+
+class AuditTrail(Protocol):
+    """Where requests leave their audit records: ``AuditLog`` in this process,
+    or ``audit_process.AuditProcess`` beside it."""
+
+    def record(self, record: AuditRecord) -> None: ...
+
+    async def room(self) -> None:
+        """Wait, while too many records are not yet written, for the next batch."""
+
+    def start(self) -> None: ...
+
+    async def close(self) -> None:
+        """Write what was recorded, then stop."""
+
+
+class TrailOptions(TypedDict, total=False):
+    flush_interval: float  # seconds between batches at most
+    max_batch: int  # records per batch at most
+    max_queued: int  # records not yet written before requests wait (Backpressure)
+    room_timeout: float  # seconds a request waits at most
+
+
+class QueuedTrail:
+    """What both trails share: the queue requests add to, a wake-up when a batch
+    is full, and backpressure on what is not yet written (``_behind``)."""
+
+    def __init__(self, **options: Unpack[TrailOptions]) -> None:
+        self._interval = options.get("flush_interval", 0.2)
+        self._max_batch = options.get("max_batch", 1000)
+        self._pressure = Backpressure(
+            options.get("max_queued", 5000), options.get("room_timeout", 10.0)
+        )
+        self._queue: list[AuditRecord] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def record(self, record: AuditRecord) -> None:
+        self._queue.append(record)
+        if len(self._queue) >= self._max_batch:
+            self._wakeup.set()
+
+    def _behind(self) -> int:
+        return len(self._queue)
+
+    async def room(self) -> None:
+        if self._task is None or self._stopping:
+            return
+        await self._pressure.room(self._behind(), self._wakeup.set)
+
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="audit-writer")
+        self._task = asyncio.create_task(self._run(), name=type(self).__name__)
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+
+class AuditLog(QueuedTrail):
+    """Queues audit records and writes them to the store in batches, in this process."""
+
+    def __init__(
+        self, store: Store, new_id: Callable[[], str], **options: Unpack[TrailOptions]
+    ) -> None:
+        super().__init__(**options)
+        self._writer = AuditWriter(store, new_id)
+        self._flush_lock = asyncio.Lock()
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -341,32 +421,11 @@ class AuditLog:
         """Write what is queued. Serialised: two flushes at once would write the same
         records twice and fork the hash chain."""
         async with self._flush_lock:
-            await self._flush_queue()
-
-    async def _flush_queue(self) -> None:
-        if self._queue and self._head is None:
-            self._head = await chain_head(self._store)
-        while self._queue:
-            batch = self._queue[: self._max_batch]
-            head = self._head
-            versions = [self._version(r) for r in batch]
-            try:
-                await self._store.write_many(versions)
-            except BaseException:
-                self._head = head  # the retry re-links the same records
-                raise
-            del self._queue[: len(batch)]
-            self._written.set()
-
-    def _version(self, record: AuditRecord) -> NewVersion:
-        template = self._templates.of(record)
-        event = to_audit_event(record, template.members)
-        event = link(stamp(event, self._new_id(), 1, record.moment), self._head or "")
-        self._head = event_hash(event)
-        index = [date_entry(record.moment), *template.index, *entity_entries(event)]
-        return NewVersion(
-            "AuditEvent", event["id"], 1, record.moment, "create", orjson.dumps(event), index
-        )
+            while self._queue:
+                batch = self._queue[: self._max_batch]
+                await self._writer.write(batch)
+                del self._queue[: len(batch)]
+                self._pressure.written()
 
     async def close(self) -> None:
         if self._task is not None:

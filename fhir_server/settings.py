@@ -33,6 +33,9 @@ class Settings:
     cors_origins: tuple[str, ...] = field(default=())
     max_body_bytes: int = 16 * 1024 * 1024
     audit_flush_interval: float = 0.2
+    # the audit trail written by a process of its own (fhir_server.audit_process) when
+    # there is more than one core, else in the server's process (audit.AuditLog)
+    audit_process: bool = field(default_factory=lambda: (os.cpu_count() or 1) > 1)
     # processes validating large Bundles beside the event loop (0: validate inline)
     validation_workers: int = field(default_factory=lambda: default_validation_workers())
     # a different instance under a known SOP Instance UID replaces it (else 0x0111)

@@ -33,7 +33,9 @@ def require_peer(command: str) -> None:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", base_url=BASE, audit_flush_interval=0.05)
+    return Settings(
+        data_dir=tmp_path / "data", base_url=BASE, audit_flush_interval=0.05, audit_process=False
+    )
 
 
 @pytest.fixture

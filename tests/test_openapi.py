@@ -38,7 +38,7 @@ def test_openapi_lists_the_fhir_interactions(tmp_path: Path) -> None:
 
 
 async def test_openapi_is_not_served_without_a_token(tmp_path: Path) -> None:
-    app = create_app(Settings(data_dir=tmp_path))
+    app = create_app(Settings(data_dir=tmp_path, audit_process=False))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         response = await client.get("/openapi.json")

@@ -105,6 +105,12 @@ def _archive_options(p: argparse.ArgumentParser) -> None:
         default=_env("validation_workers", defaults.validation_workers),
         help="processes validating large Bundles (0: in the server process)",
     )
+    p.add_argument(
+        "--audit-in-process",
+        action="store_true",
+        default=_env("audit_in_process") == "1" or not defaults.audit_process,
+        help="write the audit trail in the server's process, not in one beside it",
+    )
 
 
 def _token_parser(sub: Any) -> None:
@@ -160,6 +166,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         default_patient_system=args.default_patient_system,
         qido_max_results=args.qido_max_results,
         validation_workers=args.validation_workers,
+        audit_process=not args.audit_in_process,
     )
 
 

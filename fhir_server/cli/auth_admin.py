@@ -14,12 +14,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fhir_server.app import build_store, prepare_data_dir
+from fhir_server.app import prepare_data_dir
 from fhir_server.audit_chain import verify_chain
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.settings import Settings
 from fhir_server.storage.auth_port import ClientKind, ClientRecord
 from fhir_server.storage.base import Store
+from fhir_server.storage.factory import build_store
 from smart.keys import KeyRing
 from smart.launch import Launches
 from smart.secrets import password_helper

@@ -15,13 +15,14 @@ import orjson
 from rich.progress import Progress
 
 from fhir_server.access import AccessPolicy, PatientCompartment
-from fhir_server.app import build_store, prepare_data_dir
+from fhir_server.app import prepare_data_dir
 from fhir_server.demo import DEMO_CONTEXT
 from fhir_server.errors import FhirError, InvalidRequest
 from fhir_server.interactions.services import Services
 from fhir_server.interactions.transaction import batch, transaction
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.settings import Settings
+from fhir_server.storage.factory import build_store
 
 IMPORT_CONTEXT = DEMO_CONTEXT
 

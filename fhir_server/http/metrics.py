@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhir_server.access.tokens import TokenVerifier, bearer_token
-from fhir_server.audit import AuditLog, AuditRecord
+from fhir_server.audit import AuditRecord, AuditTrail
 from fhir_server.errors import FhirError
 from fhir_server.interactions.services import utc_now
 
@@ -87,7 +87,7 @@ def route_label(route: object) -> str:
 
 
 def metrics_endpoint(
-    registry: CollectorRegistry, verifier: TokenVerifier, audit: AuditLog
+    registry: CollectorRegistry, verifier: TokenVerifier, audit: AuditTrail
 ) -> Callable[[Request], Awaitable[Response]]:
     """The ``/metrics`` handler: the registry in Prometheus text format, for a valid token."""
 

@@ -15,11 +15,11 @@ import pytest
 from mongomock_motor import AsyncMongoMockClient
 from pymongo.errors import AutoReconnect
 
-from fhir_server.app import build_store
 from fhir_server.errors import StorageUnavailable, VersionConflict
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.settings import Settings
 from fhir_server.storage.base import HistoryQuery
+from fhir_server.storage.factory import build_store
 from fhir_server.storage.mongo.documents import JOURNAL
 from fhir_server.storage.mongo.journal import UnitOfWork
 from fhir_server.storage.mongo.store import MongoStore

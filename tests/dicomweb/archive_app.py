@@ -40,6 +40,7 @@ def fast_settings(data_dir: Path, **changes: Any) -> Settings:
         "data_dir": data_dir,
         "base_url": BASE,
         "audit_flush_interval": 0.05,
+        "audit_process": False,
         "change_poll_interval": 0.02,
         "sync_retry_interval": 0.02,
         "study_sync_delay": 0.02,

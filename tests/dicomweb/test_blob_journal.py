@@ -113,7 +113,9 @@ async def test_an_aborted_request_leaves_no_staged_file(tmp_path: Path, store: S
 
 
 async def test_the_app_reconciles_at_start_up(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data", base_url="http://radhub.test")
+    settings = Settings(
+        data_dir=tmp_path / "data", base_url="http://radhub.test", audit_process=False
+    )
     blobs = FileBlobStore(settings.data_dir / "blobs", fsync=False)
     orphan = await blobs.adopt(await blobs.stage(one(b"orphan")), "1.2", "1.2.1", "1.2.1.1")
     _, fd = IntentJournal(blobs.root, fsync=False)._open([("1.2", "1.2.1", "1.2.1.1")])

@@ -161,7 +161,10 @@ async def test_acceptable_formats(client: httpx.AsyncClient) -> None:
 
 async def test_oversized_body_is_413(tmp_path: Any, mint: Any) -> None:
     settings = Settings(
-        data_dir=tmp_path / "small", base_url="http://radhub.test", max_body_bytes=2048
+        data_dir=tmp_path / "small",
+        base_url="http://radhub.test",
+        max_body_bytes=2048,
+        audit_process=False,
     )
     application: FastAPI = create_app(settings)
     async with application.router.lifespan_context(application):

@@ -133,7 +133,12 @@ class ApiRunner:
 
     async def _start(self) -> None:
         app = create_app(
-            Settings(data_dir=self._data_dir, base_url=BASE, audit_flush_interval=0.05)
+            Settings(
+                data_dir=self._data_dir,
+                base_url=BASE,
+                audit_flush_interval=0.05,
+                audit_process=False,
+            )
         )
         await self._stack.enter_async_context(app.router.lifespan_context(app))
         token = mint_access_token(
