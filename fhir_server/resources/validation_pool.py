@@ -78,7 +78,10 @@ def _worker_registry(base_url: str | None) -> SearchRegistry:
 
 def _warm() -> None:
     """Die with the server, import the models before the first batch arrives, and
-    settle the heap (``fhir_server.heap``) with them in it."""
+    settle the heap (``fhir_server.heap``) with them in it. Ctrl-C reaches the
+    whole process group: the server, not the worker, decides when it stops (else
+    every worker printed a KeyboardInterrupt traceback on the way out)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     validate_resource({"resourceType": "Patient"})
     heap.settle()
