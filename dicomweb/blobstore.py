@@ -31,11 +31,14 @@ import tempfile
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 GATHER_BLOCK = 2 * 1024 * 1024
+# a received body arrives in these (the multipart parser hands on its buffer)
+Chunk = bytes | bytearray
 WRITE_BLOCK = 1024 * 1024
 _TEMP_PREFIX = ".tmp-"
 _STAGING = ".staging"
@@ -141,13 +144,13 @@ class FileBlobStore:
     ) -> BlobRef:
         """Stream ``chunks`` into a new blob atomically and return its reference."""
         stem = blob_stem(study_uid, series_uid, sop_uid)
-        fh, tmp = await asyncio.to_thread(self._open_temporary, (self._root / stem).parent)
+        spool = _Spool(partial(self._open_temporary, (self._root / stem).parent))
         try:
-            size, digest, _ = await _spool(fh, chunks, 0)
+            size, digest, _ = await spool.fill(chunks, 0)
             key = f"{stem}.{digest[:16]}.dcm"
-            await asyncio.to_thread(self._commit, tmp, self._root / key)
+            await asyncio.to_thread(self._commit, spool.written_path(), self._root / key)
         except BaseException:
-            await asyncio.to_thread(_close_and_unlink, fh, tmp)
+            await spool.discard()
             raise
         return BlobRef(key=key, size=size, sha256=digest)
 
@@ -171,18 +174,18 @@ class FileBlobStore:
         if self._fsync:
             fsync_path(final.parent)
 
-    async def stage(self, chunks: AsyncIterable[bytes], *, keep: int = 0) -> StagedBlob:
+    async def stage(self, chunks: AsyncIterable[Chunk], *, keep: int = 0) -> StagedBlob:
         """Stream ``chunks`` to a temporary file before the UIDs are known (ingest
         parses it), to be ``adopt``-ed under its key or ``discard``-ed. Not durable
         until ``make_durable``. Contents of up to ``keep`` bytes also come back in
         ``data``, so the parser need not read the file again."""
-        fh, tmp = await asyncio.to_thread(self._open_temporary, self._root / _STAGING)
+        spool = _Spool(partial(self._open_temporary, self._root / _STAGING))
         try:
-            size, digest, data = await _spool(fh, chunks, keep)
+            size, digest, data = await spool.fill(chunks, keep)
         except BaseException:
-            await asyncio.to_thread(_close_and_unlink, fh, tmp)
+            await spool.discard()
             raise
-        return StagedBlob(tmp, size, digest, data)
+        return StagedBlob(spool.written_path(), size, digest, data)
 
     async def make_durable(self, staged: StagedBlob) -> None:
         """fsync a staged file's contents (ingest runs it while the next one arrives)."""
@@ -326,30 +329,53 @@ class FileBlobStore:
         return removed
 
 
-async def _spool(
-    fh: BinaryIO, chunks: AsyncIterable[bytes], keep: int
-) -> tuple[int, str, bytes | None]:
-    """Write ``chunks`` to ``fh`` in blocks, hashing in the same hand-off, and close it.
-    Size, SHA-256 (hex), and the contents if they never grew past ``keep`` bytes."""
-    hasher = hashlib.sha256()
-    pending = bytearray()
-    size, spilled, limit = 0, False, max(keep, WRITE_BLOCK)
-    async for chunk in chunks:
-        pending += chunk
-        if len(pending) >= limit:
-            block, pending = pending, bytearray()
-            await asyncio.to_thread(_write_block, fh, hasher, block, False)
-            size, spilled, limit = size + len(block), True, WRITE_BLOCK
-    await asyncio.to_thread(_write_block, fh, hasher, pending, True)
-    data = bytes(pending) if not spilled and len(pending) <= keep else None
-    return size + len(pending), hasher.hexdigest(), data
+class _Spool:
+    """One file written from received chunks, hashed as it is written. It is
+    opened in the first write's thread hand-off rather than one of its own: an
+    instance smaller than a block is opened, written and closed in one."""
 
+    def __init__(self, open_file: Callable[[], tuple[BinaryIO, Path]]) -> None:
+        self._open_file = open_file
+        self._hasher = hashlib.sha256()
+        self._fh: BinaryIO | None = None
+        self._path: Path | None = None
 
-def _write_block(fh: BinaryIO, hasher: Any, block: bytearray, last: bool) -> None:
-    hasher.update(block)  # hashing and writing both release the GIL on large buffers
-    fh.write(block)
-    if last:
-        fh.close()
+    async def fill(self, chunks: AsyncIterable[Chunk], keep: int) -> tuple[int, str, bytes | None]:
+        """Write ``chunks`` in blocks and close the file. Size, SHA-256 (hex), and the
+        contents if they never grew past ``keep`` bytes. A block is a list of the
+        chunks as they came (joining them would copy each)."""
+        pending: list[Chunk] = []
+        held = 0
+        size, spilled, limit = 0, False, max(keep, WRITE_BLOCK)
+        async for chunk in chunks:
+            pending.append(chunk)
+            held += len(chunk)
+            if held >= limit:
+                block, pending = pending, []
+                await asyncio.to_thread(self._write, block, False)
+                size, spilled, limit, held = size + held, True, WRITE_BLOCK, 0
+        await asyncio.to_thread(self._write, pending, True)
+        data = b"".join(pending) if not spilled and held <= keep else None
+        return size + held, self._hasher.hexdigest(), data
+
+    def _write(self, block: list[Chunk], last: bool) -> None:
+        if self._fh is None:
+            self._fh, self._path = self._open_file()
+        for chunk in block:
+            self._hasher.update(chunk)  # hashing and writing release the GIL on large buffers
+            self._fh.write(chunk)
+        if last:
+            self._fh.close()
+
+    def written_path(self) -> Path:
+        assert self._path is not None  # fill() returned: the file exists
+        return self._path
+
+    async def discard(self) -> None:
+        """Close and remove the file, if it was opened. (One opened by a write still
+        in its thread after a cancellation is swept at the next start-up.)"""
+        if self._fh is not None and self._path is not None:
+            await asyncio.to_thread(_close_and_unlink, self._fh, self._path)
 
 
 def _close_and_unlink(fh: BinaryIO, path: Path) -> None:

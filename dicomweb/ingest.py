@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from dicomweb.blob_journal import InstanceUids, IntentJournal, reconcile_instances
-from dicomweb.blobstore import BlobRef, BlobStore, FileBlobStore, StagedBlob, StagedItem
+from dicomweb.blobstore import BlobRef, BlobStore, Chunk, FileBlobStore, StagedBlob, StagedItem
 from dicomweb.ingest_parse import (
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     DUPLICATE_SOP_INSTANCE,
@@ -54,7 +54,7 @@ DESCRIBE_AHEAD = 4  # instances received but not yet described, at most (plus on
 class StagingBlobStore(BlobStore, Protocol):
     """A blob store that can stage a file before its UIDs are known (FileBlobStore)."""
 
-    async def stage(self, chunks: AsyncIterable[bytes], *, keep: int = 0) -> StagedBlob: ...
+    async def stage(self, chunks: AsyncIterable[Chunk], *, keep: int = 0) -> StagedBlob: ...
 
     async def make_durable(self, staged: StagedBlob) -> None: ...
 
@@ -158,7 +158,7 @@ class IngestService:
         self._keep = PARSE_IN_MEMORY if offload is None else 0
 
     async def ingest(
-        self, instances: AsyncIterable[AsyncIterable[bytes]], expected_study: str | None = None
+        self, instances: AsyncIterable[AsyncIterable[Chunk]], expected_study: str | None = None
     ) -> IngestReport:
         """Store each instance of ``instances`` (each a stream of bytes)."""
         report = IngestReport()
@@ -178,16 +178,16 @@ class IngestService:
         await self._flush(batch, report, expected_study)
         return report
 
-    async def ingest_one(self, body: AsyncIterable[bytes]) -> Stored | Failed:
+    async def ingest_one(self, body: AsyncIterable[Chunk]) -> Stored | Failed:
         """Store one instance (the DIMSE C-STORE road)."""
 
-        async def single() -> AsyncIterable[AsyncIterable[bytes]]:
+        async def single() -> AsyncIterable[AsyncIterable[Chunk]]:
             yield body
 
         report = await self.ingest(single())
         return report.stored[0] if report.stored else report.failed[0]
 
-    async def _receive(self, body: AsyncIterable[bytes]) -> _Received:
+    async def _receive(self, body: AsyncIterable[Chunk]) -> _Received:
         """Stage one instance; its fsync and its description go on in the background."""
         staged = await self._blobs.stage(body, keep=self._keep)
         base_url = self._options.base_url

@@ -87,7 +87,7 @@ class Part:
     """One received part: its header fields (names lower-case) and its body stream."""
 
     headers: tuple[tuple[str, str], ...]
-    body: AsyncIterator[bytes]
+    body: AsyncIterator[bytes | bytearray]  # a chunk is not copied to make it bytes
 
     def header(self, name: str) -> str | None:
         """First value of header ``name`` (case-insensitive), or None."""
@@ -167,7 +167,7 @@ class _Reader:
         del self._buf[: end + 4]
         return _parse_header_block(block)
 
-    async def next_body_chunk(self) -> bytes | None:
+    async def next_body_chunk(self) -> bytes | bytearray | None:
         """The next piece of the current part's body, or None at its end."""
         keep = len(self._delim) - 1
         while True:
@@ -175,16 +175,20 @@ class _Reader:
             if idx >= 0:
                 return self._end_of_part(idx)
             if len(self._buf) > keep:
-                chunk = bytes(self._buf[:-keep])
-                del self._buf[:-keep]
+                # hand the buffer itself on, keeping its tail (a delimiter may start
+                # there): copies ``keep`` bytes instead of the whole chunk twice
+                chunk = self._buf
+                self._buf = chunk[-keep:]
+                del chunk[-keep:]  # truncation: no copy
                 return chunk
             if not await self._fill():
                 raise MultipartError("body ended before the closing boundary")
 
-    def _end_of_part(self, idx: int) -> bytes | None:
+    def _end_of_part(self, idx: int) -> bytes | bytearray | None:
         if idx > 0:
-            chunk = bytes(self._buf[:idx])
-            del self._buf[:idx]
+            chunk = self._buf  # as above: copy what follows, not the part's end
+            self._buf = chunk[idx:]
+            del chunk[idx:]
             return chunk
         del self._buf[: len(self._delim)]
         self.in_body = False
@@ -215,7 +219,7 @@ class _PartBody:
     def __aiter__(self) -> _PartBody:
         return self
 
-    async def __anext__(self) -> bytes:
+    async def __anext__(self) -> bytes | bytearray:
         if not self._reader.in_body or self._reader.part_no != self._part_no:
             raise StopAsyncIteration
         chunk = await self._reader.next_body_chunk()

@@ -17,6 +17,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from dicomweb.blobstore import Chunk
 from dicomweb.http_common import DICOM_JSON, DicomwebServices, require_store
 from dicomweb.ingest import Failed, IngestReport, Stored
 from dicomweb.multipart import MultipartError, boundary_of, iter_parts, parse_content_type
@@ -51,7 +52,7 @@ class _UnsupportedPart(Exception):
     """A part of another media type than application/dicom."""
 
 
-async def _dicom_parts(request: Request, boundary: str) -> AsyncIterator[AsyncIterable[bytes]]:
+async def _dicom_parts(request: Request, boundary: str) -> AsyncIterator[AsyncIterable[Chunk]]:
     async for part in iter_parts(request.stream(), boundary):
         media = part.content_type(DICOM).media_type
         if media != DICOM:
