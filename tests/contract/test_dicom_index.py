@@ -200,3 +200,36 @@ async def test_index_survives_restart(backend: object, store: Store) -> None:
     reopened = await backend.start()
     study = await reopened.dicom.study("1.1")
     assert study is not None and study.instance_count == 1
+
+
+async def test_within_a_batch_the_last_instance_describes_its_study_and_series(
+    store: Store,
+) -> None:
+    """Instances of one study in one batch usually carry the same study and series
+    attributes (the adapter may then write them once); where they differ, the
+    last one's are what the index holds, as when they come one batch each."""
+    await store.dicom.store_batch(
+        [
+            record("1.1", "1.1.1", "1.1.1.1", name="doe^jane", modality="CT"),
+            record("1.1", "1.1.1", "1.1.1.2", name="doe^jane", modality="CT"),
+            record("1.1", "1.1.1", "1.1.1.3", name="doe^janet", modality="MR"),
+            record("1.1", "1.1.1", "1.1.1.4", name="doe^janet", modality="MR", patient="p9"),
+        ]
+    )
+
+    async def matches(query: DicomQuery) -> list[str]:
+        page = await store.dicom.search(query)
+        return [m.instance.uid if m.instance else m.study.uid for m in page.matches]
+
+    assert await matches(
+        DicomQuery("study", study_filters=(KeyFilter(NAME, "eq", ("doe^janet",)),))
+    ) == ["1.1"]
+    assert (
+        await matches(DicomQuery("study", study_filters=(KeyFilter(NAME, "eq", ("doe^jane",)),)))
+        == []
+    )
+    assert await matches(DicomQuery("study", patient_ref="p9")) == ["1.1"]
+    by_modality = DicomQuery("instance", series_filters=(KeyFilter(MODALITY, "eq", ("MR",)),))
+    assert await matches(by_modality) == ["1.1.1.1", "1.1.1.2", "1.1.1.3", "1.1.1.4"]
+    series = await store.dicom.series_of("1.1")
+    assert [(s.uid, s.instance_count) for s in series] == [("1.1.1", 4)]

@@ -30,6 +30,7 @@ from fhir_server.storage.dicom_port import (
     StudyRow,
 )
 from fhir_server.storage.sqlite import dicom_search
+from fhir_server.storage.sqlite.bulk import insert_rows
 from fhir_server.storage.sqlite.dicom_search import INSTANCE_COLS, instance_row, study_row
 
 if TYPE_CHECKING:
@@ -72,13 +73,21 @@ def _dumps(value: Any) -> bytes:
 
 def _set_keys(conn: sqlite3.Connection, level: str, pk: int, keys: MatchKeys) -> None:
     conn.execute("DELETE FROM dicom_key WHERE level = ? AND pk = ?", (level, pk))
-    conn.executemany(
-        "INSERT INTO dicom_key(level, pk, key, value) VALUES (?, ?, ?, ?)",
-        [(level, pk, k, v) for k, v in dict.fromkeys(keys)],
-    )
+    rows = [(level, pk, k, v) for k, v in dict.fromkeys(keys)]
+    insert_rows(conn, "INSERT INTO dicom_key(level, pk, key, value)", rows)
 
 
-def _upsert_study(conn: sqlite3.Connection, rec: InstanceRecord) -> int:
+# Within one batch, the study and series rows an instance would write again
+# exactly as the previous instance of the batch wrote them (the usual case: a
+# batch is one study's instances) are left as they are: by uid, what was written.
+Written = dict[str, tuple[int, object]]
+
+
+def _upsert_study(conn: sqlite3.Connection, rec: InstanceRecord, written: Written) -> int:
+    state = (rec.study_attrs, rec.study_keys, rec.patient_ref)
+    done = written.get(rec.study_uid)
+    if done is not None and done[1] == state:
+        return done[0]
     found = conn.execute("SELECT pk FROM dicom_study WHERE uid = ?", (rec.study_uid,)).fetchone()
     if found is None:
         cur = conn.execute(
@@ -93,6 +102,7 @@ def _upsert_study(conn: sqlite3.Connection, rec: InstanceRecord) -> int:
             (_dumps(rec.study_attrs), rec.patient_ref, pk),
         )
     _set_keys(conn, "study", pk, rec.study_keys)
+    written[rec.study_uid] = (pk, state)
     return pk
 
 
@@ -106,7 +116,13 @@ def _series_elsewhere(conn: sqlite3.Connection, rec: InstanceRecord) -> bool:
     return row is not None and row[0] != rec.study_uid
 
 
-def _upsert_series(conn: sqlite3.Connection, rec: InstanceRecord, study_pk: int) -> int:
+def _upsert_series(
+    conn: sqlite3.Connection, rec: InstanceRecord, study_pk: int, written: Written
+) -> int:
+    state = (study_pk, rec.series_attrs, rec.series_keys, rec.modality)
+    done = written.get(rec.series_uid)
+    if done is not None and done[1] == state:
+        return done[0]
     found = conn.execute("SELECT pk FROM dicom_series WHERE uid = ?", (rec.series_uid,)).fetchone()
     if found is None:
         cur = conn.execute(
@@ -121,6 +137,7 @@ def _upsert_series(conn: sqlite3.Connection, rec: InstanceRecord, study_pk: int)
             (_dumps(rec.series_attrs), rec.modality, pk),
         )
     _set_keys(conn, "series", pk, rec.series_keys)
+    written[rec.series_uid] = (pk, state)
     return pk
 
 
@@ -133,15 +150,19 @@ def _existing(conn: sqlite3.Connection, sop_uid: str) -> tuple[int, str, str, in
 
 
 def _store_one(
-    conn: sqlite3.Connection, rec: InstanceRecord, overwrite: bool, touched: set[int]
+    conn: sqlite3.Connection,
+    rec: InstanceRecord,
+    overwrite: bool,
+    touched: set[int],
+    written: tuple[Written, Written],
 ) -> StoreResult:
     old = _existing(conn, rec.sop_uid)
     if old is not None and old[2] == rec.blob.sha256:
         return StoreResult(rec.sop_uid, "duplicate")
     if (old is not None and not overwrite) or _series_elsewhere(conn, rec):
         return StoreResult(rec.sop_uid, "conflict")
-    study_pk = _upsert_study(conn, rec)
-    series_pk = _upsert_series(conn, rec, study_pk)
+    study_pk = _upsert_study(conn, rec, written[0])
+    series_pk = _upsert_series(conn, rec, study_pk, written[1])
     previous = None
     if old is not None:
         previous = BlobLocation(old[1], old[3], old[2])
@@ -220,10 +241,8 @@ def _refresh_study(conn: sqlite3.Connection, pk: int) -> None:
     conn.execute(
         "DELETE FROM dicom_key WHERE level = 'study' AND pk = ? AND key = ?", (pk, MODALITIES_KEY)
     )
-    conn.executemany(
-        "INSERT INTO dicom_key(level, pk, key, value) VALUES ('study', ?, ?, ?)",
-        [(pk, MODALITIES_KEY, m) for m in modalities],
-    )
+    rows = [("study", pk, MODALITIES_KEY, m) for m in modalities]
+    insert_rows(conn, "INSERT INTO dicom_key(level, pk, key, value)", rows)
 
 
 def store_batch(
@@ -233,7 +252,8 @@ def store_batch(
     conn.execute("BEGIN IMMEDIATE")
     try:
         touched: set[int] = set()
-        results = [_store_one(conn, rec, overwrite, touched) for rec in records]
+        written: tuple[Written, Written] = ({}, {})  # studies, series
+        results = [_store_one(conn, rec, overwrite, touched, written) for rec in records]
         _refresh(conn, touched)
     except BaseException:
         conn.execute("ROLLBACK")
