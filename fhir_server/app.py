@@ -115,7 +115,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
     """Build the whole application. ``store`` overrides the configured one (tests)."""
     prepare_data_dir(settings)
     registry = SearchRegistry.load().with_base_url(settings.fhir_base)
-    own_store = store is not None  # given by a test: another process cannot open it
+    given_store = store is not None  # a test's: another process cannot open it
     store = store or build_store(settings, registry)
     keyring = KeyRing.open(settings.data_dir)
     identity = ServerIdentity.of(settings)
@@ -130,7 +130,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
         validation=ValidationPool(settings.validation_workers),
     )
     audit: AuditTrail
-    if settings.audit_process and not own_store:
+    if settings.audit_process and not given_store:
         audit = AuditProcess(settings, flush_interval=settings.audit_flush_interval)
     else:
         audit = AuditLog(store, new_uuid, flush_interval=settings.audit_flush_interval)

@@ -3,6 +3,7 @@ environment, and in effect in the running app (real ASGI stack, real store)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import httpx
@@ -29,11 +30,13 @@ def test_serve_options_reach_the_settings() -> None:
         "25",
         "--validation-workers",
         "0",
+        "--audit-in-process",
     )
     assert settings.dicom_overwrite is True
     assert settings.default_patient_system == "urn:oid:1.2.3"
     assert settings.qido_max_results == 25
     assert settings.validation_workers == 0
+    assert settings.audit_process is False
 
 
 def test_serve_option_defaults() -> None:
@@ -42,6 +45,7 @@ def test_serve_option_defaults() -> None:
     assert settings.default_patient_system == "urn:radhub:patient-id"
     assert settings.qido_max_results == defaults.qido_max_results == 1000
     assert settings.validation_workers == defaults.validation_workers
+    assert settings.audit_process == defaults.audit_process == ((os.cpu_count() or 1) > 1)
 
 
 def test_serve_options_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -49,7 +53,9 @@ def test_serve_options_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("RADHUB_DEFAULT_PATIENT_SYSTEM", "urn:example:mrn")
     monkeypatch.setenv("RADHUB_QIDO_MAX_RESULTS", "7")
     monkeypatch.setenv("RADHUB_VALIDATION_WORKERS", "3")
+    monkeypatch.setenv("RADHUB_AUDIT_IN_PROCESS", "1")
     settings = serve_settings()
+    assert settings.audit_process is False
     assert settings.dicom_overwrite is True
     assert settings.default_patient_system == "urn:example:mrn"
     assert (settings.qido_max_results, settings.validation_workers) == (7, 3)
