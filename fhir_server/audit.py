@@ -1,10 +1,11 @@
 """The audit trail: one AuditEvent per interaction, append-only.
 
 Requests do not wait for their audit record's fsync: records queue in memory
-and a background task writes them in batches (one durable commit per batch),
-so auditing every read does not turn reads into writes. ``close()`` flushes
-what is queued. AuditEvents are written by the server only; the API refuses
-to create, change or delete them.
+and are written in batches (one durable commit per batch), so auditing every
+read does not turn reads into writes; by a background task here (``AuditLog``)
+or by a process beside the server (``audit_process.AuditProcess``). ``close()``
+writes what is queued. AuditEvents are written by the server only; the API
+refuses to create, change or delete them.
 See https://hl7.org/fhir/R4/auditevent.html and DICOM PS3.15 Annex A.5.
 
 Event codes. A FHIR REST or DICOMweb interaction is ``type`` rest with the
