@@ -43,6 +43,8 @@ from typing import IO, Any
 
 from typing_extensions import Unpack
 
+from fhir_server.access.context import AuthContext
+from fhir_server.access.scopes import ScopeSet
 from fhir_server.audit import AuditRecord, AuditWriter, QueuedTrail, TrailOptions
 from fhir_server.settings import Settings
 
@@ -54,21 +56,26 @@ MAX_RESTART_DELAY = 30.0
 READY = b"ready"
 LOCK_FILE = "audit.lock"  # in the data dir: one chain writer at a time
 RETRY_DELAY = 1.0  # seconds before the child retries a batch that failed to write
+MAX_CALLERS = 10_000  # callers the child remembers (forgotten wholesale beyond)
 
 
 Wire = tuple[Any, ...]
+Caller = tuple[str, str | None, str | None, str | None]  # subject, client, patient, fhirUser
+_NO_SCOPES = ScopeSet()
 
 
 def to_wire(record: AuditRecord) -> Wire:
     """A record as sent to the child: a tuple pickles in a quarter of the time a
     dataclass does, and the moment as a timestamp in a fifth of a datetime's.
-    The caller's context is one object per token, which pickle sends once per
-    batch."""
+    Of the caller only what an AuditEvent names travels (not the grant, whose
+    parsed scopes are the server's business)."""
+    auth = record.auth
+    caller = None if auth is None else (auth.subject, auth.client_id, auth.patient, auth.fhir_user)
     return (
         record.interaction,
         record.status,
         record.moment.timestamp(),
-        record.auth,
+        caller,
         record.resource_type,
         record.resource_id,
         record.query,
@@ -77,11 +84,19 @@ def to_wire(record: AuditRecord) -> Wire:
     )
 
 
-def from_wire(wire: Wire) -> AuditRecord:
-    """``to_wire`` undone. A float timestamp of this era holds the microseconds
-    exactly enough that ``fromtimestamp`` (which rounds to the nearest one) gives
-    the same moment back."""
-    interaction, status, stamp, auth, rtype, rid, query, address, description = wire
+def from_wire(wire: Wire, callers: dict[Caller, AuthContext]) -> AuditRecord:
+    """``to_wire`` undone, as far as the AuditEvent goes. A float timestamp of this
+    era holds the microseconds exactly enough that ``fromtimestamp`` (which
+    rounds to the nearest one) gives the same moment back. ``callers`` hands out
+    one context per caller, so the event templates (kept by context) are reused."""
+    interaction, status, stamp, caller, rtype, rid, query, address, description = wire
+    auth = None
+    if caller is not None:
+        auth = callers.get(caller)
+        if auth is None:
+            subject, client_id, patient, fhir_user = caller
+            auth = AuthContext(subject, client_id, _NO_SCOPES, patient, fhir_user=fhir_user)
+            callers[caller] = auth
     moment = datetime.fromtimestamp(stamp, UTC)
     return AuditRecord(interaction, status, moment, auth, rtype, rid, query, address, description)
 
@@ -263,6 +278,7 @@ async def _write_trail(settings: Settings, inbox: Connection, outbox: Connection
     store = build_store(settings, SearchRegistry.load())
     await store.start()
     writer = AuditWriter(store, new_uuid)
+    callers: dict[Caller, AuthContext] = {}
     try:
         outbox.send_bytes(READY)
         while True:
@@ -272,7 +288,9 @@ async def _write_trail(settings: Settings, inbox: Connection, outbox: Connection
                 return  # the server is gone: everything received was written
             if not payload:
                 return  # closed by the server
-            batch = [from_wire(w) for w in pickle.loads(payload)]
+            if len(callers) > MAX_CALLERS:
+                callers.clear()
+            batch = [from_wire(w, callers) for w in pickle.loads(payload)]
             while True:
                 try:
                     await writer.write(batch)

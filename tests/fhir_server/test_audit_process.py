@@ -20,7 +20,7 @@ import pytest
 
 from fhir_server.access.context import AuthContext
 from fhir_server.access.scopes import ScopeSet
-from fhir_server.audit import AuditRecord
+from fhir_server.audit import AuditRecord, to_audit_event
 from fhir_server.audit_chain import verify_chain
 from fhir_server.audit_process import AuditProcess, from_wire, to_wire
 from fhir_server.search.registry import SearchRegistry
@@ -61,17 +61,32 @@ def record(n: int, auth: AuthContext | None = CALLER) -> AuditRecord:
         AuditRecord("read", 200, datetime(2026, 1, 1, 0, 0, 0, 1, tzinfo=UTC), CALLER),
     ],
 )
-def test_a_record_crosses_the_pipe_unchanged(original: AuditRecord) -> None:
+def test_a_record_crosses_the_pipe_as_the_same_audit_event(original: AuditRecord) -> None:
+    """What arrives makes exactly the AuditEvent the original would have made
+    (the caller's grant stays behind: no event names it)."""
     import pickle
 
-    assert from_wire(pickle.loads(pickle.dumps(to_wire(original)))) == original
+    crossed = from_wire(pickle.loads(pickle.dumps(to_wire(original))), {})
+    assert to_audit_event(crossed) == to_audit_event(original)
+    assert crossed.moment == original.moment
+
+
+def test_one_context_per_caller_in_the_child() -> None:
+    """The event templates are kept by context: records of one caller share one."""
+    callers: dict[Any, AuthContext] = {}
+    other = AuthContext(subject="u2", client_id="viewer", scopes=ScopeSet.parse("user/*.rs"))
+    first, second, third = (
+        from_wire(to_wire(r), callers) for r in (record(1), record(2), record(3, other))
+    )
+    assert first.auth is second.auth and first.auth is not third.auth
+    assert third.auth is not None and third.auth.subject == "u2"
 
 
 def test_moments_keep_their_microseconds() -> None:
     start = datetime(2026, 12, 1, tzinfo=UTC)
     for step in range(0, 10**12, 7_777_777_777):  # about 30 years in uneven steps
         moment = start + timedelta(microseconds=step + step % 999_983)
-        assert from_wire(to_wire(AuditRecord("read", 200, moment, None))).moment == moment
+        assert from_wire(to_wire(AuditRecord("read", 200, moment, None)), {}).moment == moment
 
 
 def settings_for(tmp_path: Path) -> Settings:
