@@ -230,12 +230,20 @@ class AuditProcess(QueuedTrail):
             self._wakeup.set()
 
     def _reap(self) -> None:
+        """Let go of the last child. One still alive (it never said it was ready, or
+        did not stop when asked) is killed: what it was sent is sent again, and
+        its end of the pipe must close for the receiving thread to come free."""
+        child = self._child
+        if child is not None and child.is_alive():
+            log.error("the audit process %s does not answer; killing it", child.pid)
+            child.kill()
+            child.join(timeout=5)
         for end in (self._down, self._up):
             if end is not None:
                 end.close()
         self._down = self._up = None
-        if self._child is not None:
-            self._child.join(timeout=0)
+        if child is not None:
+            child.join(timeout=0)
             self._child = None
 
     async def close(self) -> None:

@@ -172,6 +172,25 @@ async def test_a_killed_child_is_restarted_and_nothing_is_lost(tmp_path: Path) -
     assert references == [f"Patient/p{n}" for n in range(150)]
 
 
+async def test_a_child_that_never_says_it_is_ready_is_killed_and_replaced(
+    tmp_path: Path,
+) -> None:
+    """Stopped before it could answer: after ``start_timeout`` it is killed (its
+    pipe must close to free the thread reading it) and a new one writes."""
+    async with trail(tmp_path, start_timeout=3.0) as audit:
+        await wait_until(lambda: audit.pid is not None)
+        hung = audit.pid
+        assert hung is not None
+        os.kill(hung, signal.SIGSTOP)
+        for n in range(20):
+            audit.record(record(n))
+        await wait_until(lambda: audit.pid not in (None, hung), timeout=60)
+        await wait_until(lambda: not audit._queue and not audit._sent, timeout=60)
+        with pytest.raises(ProcessLookupError):
+            os.kill(hung, 0)  # gone (reaped), not left stopped
+    assert [entity(e) for e in await written(tmp_path)] == [f"Patient/p{n}" for n in range(20)]
+
+
 async def test_requests_wait_while_the_child_is_behind(tmp_path: Path) -> None:
     async with trail(tmp_path, max_queued=20, room_timeout=30.0) as audit:
         await wait_until(lambda: audit.pid is not None)
