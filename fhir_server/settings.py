@@ -7,13 +7,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+def multi_core() -> bool:
+    """More than one core: work beside the event loop then runs beside it."""
+    return (os.cpu_count() or 1) > 1
+
+
 def default_validation_workers() -> int:
     """Two worker processes when there is more than one core, else inline. A
     transaction's event loop does about half a worker's work per resource, so two
     keep it busy; more would wait on it. Two beat one on two cores too (measured:
     the loop often waits on the workers; docs/performance.md, "FHIR core")."""
-    cores = os.cpu_count() or 1
-    return 2 if cores > 1 else 0
+    return 2 if multi_core() else 0
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,7 @@ class Settings:
     audit_flush_interval: float = 0.2
     # the audit trail written by a process of its own (fhir_server.audit_process) when
     # there is more than one core, else in the server's process (audit.AuditLog)
-    audit_process: bool = field(default_factory=lambda: (os.cpu_count() or 1) > 1)
+    audit_process: bool = field(default_factory=multi_core)
     # processes validating large Bundles beside the event loop (0: validate inline)
     validation_workers: int = field(default_factory=lambda: default_validation_workers())
     # a different instance under a known SOP Instance UID replaces it (else 0x0111)
