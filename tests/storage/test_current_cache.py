@@ -254,3 +254,21 @@ async def test_after_a_failed_commit_another_writer_is_seen(
     await write(other, patient("p1", 2, "ByImport"))  # takes the failed batch's numbers
     assert family(await server.read("Patient", "p1")) == "ByImport"
     await server.write_many([audit_event(9)])  # the writer connection is usable again
+
+
+async def test_a_failed_transaction_commit_is_rolled_back(
+    stores: tuple[SqliteStore, SqliteStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Left open, it would make every later write of the server fail."""
+    server, _ = stores
+    real_commit = queries.commit
+
+    def failing_commit(conn: Any) -> None:
+        monkeypatch.setattr(queries, "commit", real_commit)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(queries, "commit", failing_commit)
+    with pytest.raises(StorageUnavailable):
+        await write(server, patient("p1", 1, "Lost"))
+    await write(server, patient("p1", 1, "Kept"))
+    assert family(await server.read("Patient", "p1")) == "Kept"

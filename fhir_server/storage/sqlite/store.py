@@ -289,7 +289,12 @@ class SqliteStore:
                 await asyncio.shield(tx.abandon())
                 await asyncio.shield(self._writer_call(queries.rollback))
                 raise
-            await asyncio.shield(self._writer_call(queries.commit))
+            try:
+                await asyncio.shield(self._writer_call(queries.commit))
+            except BaseException:
+                # a failed COMMIT leaves the transaction open: every later BEGIN would fail
+                await asyncio.shield(self._writer_call(queries.rollback))
+                raise
             ticket = self._group.committed()
             self._current.written(tx.stored)
         await self._group.durable(ticket)
