@@ -234,6 +234,17 @@ async def test_another_writer_after_an_own_commit_under_way_is_seen(
     assert family(await server.read("Patient", "p1")) == "ByImport"
 
 
+def fail_the_next_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer's next COMMIT fails as a full or failing disk would make it."""
+    real_commit = queries.commit
+
+    def failing_commit(conn: Any) -> None:
+        monkeypatch.setattr(queries, "commit", real_commit)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(queries, "commit", failing_commit)
+
+
 async def test_after_a_failed_commit_another_writer_is_seen(
     stores: tuple[SqliteStore, SqliteStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -242,13 +253,7 @@ async def test_after_a_failed_commit_another_writer_is_seen(
     server, other = stores
     await write(server, patient("p1", 1, "First"))
     await server.read("Patient", "p1")
-    real_commit = queries.commit
-
-    def failing_commit(conn: Any) -> None:
-        monkeypatch.setattr(queries, "commit", real_commit)
-        raise sqlite3.OperationalError("disk I/O error")
-
-    monkeypatch.setattr(queries, "commit", failing_commit)
+    fail_the_next_commit(monkeypatch)
     with pytest.raises(StorageUnavailable):
         await server.write_many([audit_event(n) for n in range(3)])
     await write(other, patient("p1", 2, "ByImport"))  # takes the failed batch's numbers
@@ -261,13 +266,7 @@ async def test_a_failed_transaction_commit_is_rolled_back(
 ) -> None:
     """Left open, it would make every later write of the server fail."""
     server, _ = stores
-    real_commit = queries.commit
-
-    def failing_commit(conn: Any) -> None:
-        monkeypatch.setattr(queries, "commit", real_commit)
-        raise sqlite3.OperationalError("disk I/O error")
-
-    monkeypatch.setattr(queries, "commit", failing_commit)
+    fail_the_next_commit(monkeypatch)
     with pytest.raises(StorageUnavailable):
         await write(server, patient("p1", 1, "Lost"))
     await write(server, patient("p1", 1, "Kept"))
