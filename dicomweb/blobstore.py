@@ -192,6 +192,13 @@ class FileBlobStore:
         if self._fsync:
             await asyncio.to_thread(fsync_path, staged.path)
 
+    async def make_durable_many(self, staged: Sequence[StagedBlob]) -> list[OSError | None]:
+        """``make_durable`` of several staged files in one thread hand-off; each
+        file's own error, if its fsync failed."""
+        if not self._fsync:
+            return [None] * len(staged)
+        return await asyncio.to_thread(_fsync_each, [s.path for s in staged])
+
     async def adopt(
         self, staged: StagedBlob, study_uid: str, series_uid: str, sop_uid: str
     ) -> BlobRef:
@@ -381,6 +388,18 @@ class _Spool:
 def _close_and_unlink(fh: BinaryIO, path: Path) -> None:
     fh.close()
     path.unlink(missing_ok=True)
+
+
+def _fsync_each(paths: Sequence[Path]) -> list[OSError | None]:
+    errors: list[OSError | None] = []
+    for path in paths:
+        try:
+            fsync_path(path)
+        except OSError as exc:
+            errors.append(exc)
+        else:
+            errors.append(None)
+    return errors
 
 
 def _open_and_read(path: Path, offset: int, want: int) -> tuple[BinaryIO, bytes]:

@@ -26,10 +26,12 @@ import logging
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 from dicomweb.blob_journal import InstanceUids, IntentJournal, reconcile_instances
 from dicomweb.blobstore import BlobRef, BlobStore, Chunk, FileBlobStore, StagedBlob, StagedItem
+from dicomweb.coalesce import Coalescer
 from dicomweb.ingest_parse import (
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     DUPLICATE_SOP_INSTANCE,
@@ -37,7 +39,7 @@ from dicomweb.ingest_parse import (
     InstanceHeader,
     InstanceRejected,
 )
-from dicomweb.records import Described, describe_instance, with_blob
+from dicomweb.records import Described, describe_many, with_blob
 from dicomweb.study_sync import StudySync
 from fhir_server.storage.dicom_port import DicomIndex, StoreResult
 
@@ -49,6 +51,7 @@ STUDY_UID_MISMATCH = DATA_SET_DOES_NOT_MATCH_SOP_CLASS
 DEFAULT_BATCH_SIZE = 64
 PARSE_IN_MEMORY = 4 * 1024 * 1024
 DESCRIBE_AHEAD = 4  # instances received but not yet described, at most (plus one)
+DESCRIBE_TOGETHER = 8  # instances described in one worker call, at most
 
 
 class StagingBlobStore(BlobStore, Protocol):
@@ -56,7 +59,7 @@ class StagingBlobStore(BlobStore, Protocol):
 
     async def stage(self, chunks: AsyncIterable[Chunk], *, keep: int = 0) -> StagedBlob: ...
 
-    async def make_durable(self, staged: StagedBlob) -> None: ...
+    async def make_durable_many(self, staged: Sequence[StagedBlob]) -> list[OSError | None]: ...
 
     async def adopt_many(self, items: Sequence[StagedItem]) -> list[BlobRef]: ...
 
@@ -156,6 +159,11 @@ class IngestService:
         self._offload: Offload = offload or asyncio.to_thread
         # a thread can parse the bytes still in memory; a process reads the file
         self._keep = PARSE_IN_MEMORY if offload is None else 0
+        # shared by concurrent requests: under load, one hand-off serves several instances
+        self._describer: Coalescer[Path | bytes, Described] = Coalescer(
+            self._describe_many, DESCRIBE_TOGETHER
+        )
+        self._fsyncer: Coalescer[StagedBlob, None] = Coalescer(blobs.make_durable_many)
 
     async def ingest(
         self, instances: AsyncIterable[AsyncIterable[Chunk]], expected_study: str | None = None
@@ -190,12 +198,15 @@ class IngestService:
     async def _receive(self, body: AsyncIterable[Chunk]) -> _Received:
         """Stage one instance; its fsync and its description go on in the background."""
         staged = await self._blobs.stage(body, keep=self._keep)
-        base_url = self._options.base_url
-        described = asyncio.ensure_future(
-            self._offload(describe_instance, staged.data or staged.path, base_url)
-        )
+        described = self._describer.submit(staged.data or staged.path)
         staged = replace(staged, data=None)  # the description holds what is needed
-        return _Received(staged, asyncio.ensure_future(self._blobs.make_durable(staged)), described)
+        return _Received(staged, self._fsyncer.submit(staged), described)
+
+    async def _describe_many(self, sources: list[Path | bytes]) -> list[Described | Exception]:
+        described: list[Described | Exception] = await self._offload(
+            describe_many, sources, self._options.base_url
+        )
+        return described
 
     async def _discard(self, received: Sequence[_Received | _Accepted]) -> None:
         for r in received:

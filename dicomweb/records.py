@@ -11,6 +11,7 @@ padded to full precision, numbers canonical).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,19 @@ def describe_instance(source: Path | bytes, base_url: str) -> Described:
     it runs in a worker process). Raises ``InstanceRejected``."""
     parsed = parse_instance(source)
     return Described(parsed.header, index_record(parsed, _NO_BLOB, base_url))
+
+
+def describe_many(sources: Sequence[Path | bytes], base_url: str) -> list[Described | Exception]:
+    """``describe_instance`` of each source, in one call (one trip to a worker
+    process for several instances); a source that fails gives its exception, so
+    one bad instance does not fail the others."""
+    described: list[Described | Exception] = []
+    for source in sources:
+        try:
+            described.append(describe_instance(source, base_url))
+        except Exception as exc:  # InstanceRejected, or a bug to report for this one only
+            described.append(exc)
+    return described
 
 
 def with_blob(record: InstanceRecord, blob: BlobRef) -> InstanceRecord:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +105,8 @@ async def test_a_failed_fsync_fails_the_batch_and_keeps_nothing(
     store: SqliteStore, tmp_path: Path
 ) -> None:
     class FailingDisk(FileBlobStore):
-        async def make_durable(self, staged: StagedBlob) -> None:
-            raise OSError(5, "Input/output error")
+        async def make_durable_many(self, staged: Sequence[StagedBlob]) -> list[OSError | None]:
+            return [OSError(5, "Input/output error") for _ in staged]
 
     blobs = FailingDisk(tmp_path / "blobs")
     service = IngestService(store.dicom, blobs, None, IngestOptions("http://x"))

@@ -1,0 +1,91 @@
+"""The coalescer batching ingest's background hand-offs (``dicomweb.coalesce``)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from dicomweb.coalesce import Coalescer
+
+
+class Recorder:
+    """``run_many`` that records its calls and holds each until released."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+        self.release = asyncio.Event()
+
+    async def __call__(self, items: list[int]) -> list[int | BaseException]:
+        self.calls.append(items)
+        await self.release.wait()
+        return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
+
+
+async def test_the_first_item_runs_at_once_and_later_ones_together() -> None:
+    run = Recorder()
+    coalescer: Coalescer[int, int] = Coalescer(run, most=3)
+    first = coalescer.submit(0)
+    await asyncio.sleep(0)
+    assert run.calls == [[0]]  # an idle coalescer waits for nothing
+    rest = [coalescer.submit(i) for i in (2, 4, 6, 8)]
+    run.release.set()
+    assert await first == 0
+    assert await asyncio.gather(*rest) == [20, 40, 60, 80]
+    assert run.calls == [[0], [2, 4, 6], [8]]  # at most ``most`` per call, in order
+
+
+async def test_an_item_that_fails_fails_alone() -> None:
+    run = Recorder()
+    run.release.set()
+    coalescer: Coalescer[int, int] = Coalescer(run)
+    futures = [coalescer.submit(i) for i in range(4)]
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert [r if isinstance(r, int) else str(r) for r in results] == [0, "odd 1", 20, "odd 3"]
+
+
+async def test_a_failed_call_fails_its_items_and_the_next_call_still_runs() -> None:
+    calls: list[list[int]] = []
+
+    async def flaky(items: list[int]) -> list[int | BaseException]:
+        calls.append(items)
+        await asyncio.sleep(0)
+        if len(calls) == 1:
+            raise OSError("disk went away")
+        return items
+
+    coalescer: Coalescer[int, int] = Coalescer(flaky)
+    first = coalescer.submit(1)
+    await asyncio.sleep(0)
+    second = coalescer.submit(2)
+    with pytest.raises(OSError, match="disk went away"):
+        await first
+    assert await second == 2
+    assert calls == [[1], [2]]
+
+
+async def test_an_abandoned_future_does_not_stop_the_others() -> None:
+    run = Recorder()
+    coalescer: Coalescer[int, int] = Coalescer(run)
+    first = coalescer.submit(0)
+    await asyncio.sleep(0)
+    given_up, kept = coalescer.submit(2), coalescer.submit(4)
+    given_up.cancel()
+    run.release.set()
+    assert (await first, await kept) == (0, 40)
+
+
+async def test_items_still_waiting_when_the_drain_is_cancelled_are_cancelled() -> None:
+    run = Recorder()
+    coalescer: Coalescer[int, int] = Coalescer(run)
+    running = coalescer.submit(0)
+    await asyncio.sleep(0)
+    waiting = coalescer.submit(2)
+    drain = coalescer._draining
+    assert drain is not None
+    drain.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await drain
+    assert running.cancelled() and waiting.cancelled()
+    run.release.set()
+    assert await coalescer.submit(4) == 40  # a new drain starts for new items
