@@ -29,6 +29,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 
@@ -52,43 +53,76 @@ class ReconcileReport:
 
 
 class IntentJournal:
-    """Intent files under ``<root>/.intents`` (see the module docstring)."""
+    """Intent files under ``<root>/.intents`` (see the module docstring).
+
+    A file, once made, is kept for the next intent (emptied in between) rather
+    than removed: each removal left a freed inode behind, and ext4 without a
+    journal skips recently freed inodes one by one when it makes the next file,
+    so every blob ingest made afterwards paid for every intent of the last half
+    minute. A live process keeps all its files locked, empty or not.
+    """
 
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self._dir = root / _INTENTS
         self._fsync = fsync
+        self._idle: list[_Slot] = []  # emptied files, kept locked for the next intent
 
     @contextlib.asynccontextmanager
     async def intent(self, uids: Sequence[InstanceUids]) -> AsyncIterator[None]:
-        """Hold an intent for ``uids`` while the body runs; removed afterwards."""
-        path, fd = await asyncio.to_thread(self._open, list(uids))
+        """Hold an intent for ``uids`` while the body runs; withdrawn afterwards."""
+        data = orjson.dumps(list(uids))
+        idle = self._idle.pop() if self._idle else None
+        slot = await asyncio.to_thread(self._create, data) if idle is None else idle
+        try:
+            if idle is not None:
+                await asyncio.to_thread(self._rewrite, idle, data)
+        except OSError:
+            await asyncio.to_thread(_close, slot)  # unlocked: reconciled at the next start
+            raise
+        # (cancelled instead: its thread may still write, so the slot stays open and
+        # locked, unused, until the process ends)
         try:
             yield
         finally:
-            await asyncio.to_thread(self._close, path, fd)
+            try:
+                await asyncio.to_thread(self._withdraw, slot)
+            except OSError:
+                log.exception("could not withdraw intent %s", slot.path)
+                await asyncio.to_thread(_close, slot)
+            else:
+                self._idle.append(slot)
 
-    def _open(self, uids: list[InstanceUids]) -> tuple[Path, int]:
+    def _create(self, data: bytes) -> _Slot:
         self._dir.mkdir(parents=True, exist_ok=True)
         name = uuid.uuid4().hex
         writing = self._dir / f"{_WRITING}{name}"
-        fd = os.open(writing, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(writing, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)  # the lock follows the inode through the rename
-        os.write(fd, orjson.dumps(uids))
+        os.write(fd, data)
         if self._fsync:
             os.fsync(fd)
         final = self._dir / f"{name}.json"
         os.replace(writing, final)  # only complete intents carry the final name
         if self._fsync:
             fsync_path(self._dir)
-        return final, fd
+        return _Slot(final, fd)
 
-    def _close(self, path: Path, fd: int) -> None:
+    def _rewrite(self, slot: _Slot, data: bytes) -> None:
+        # The file is empty (``_withdraw``) unless that was not yet on disk; either
+        # way the intent counts only once the fsync returns, and what a crash
+        # before it leaves is an old intent (reconciling it again changes
+        # nothing) or unreadable (ignored: its window never opened).
+        os.pwrite(slot.fd, data, 0)
+        if self._fsync:
+            os.fsync(slot.fd)
+
+    def _withdraw(self, slot: _Slot) -> None:
         # not fsynced: an intent that reappears after a crash is merely reconciled again
-        path.unlink(missing_ok=True)
-        os.close(fd)
+        os.ftruncate(slot.fd, 0)
 
     def claim_abandoned(self) -> list[tuple[Path, int, list[InstanceUids]]]:
-        """Intents whose writer is gone, each locked by us (path, fd, instances)."""
+        """Intents whose writer is gone, each locked by us (path, fd, instances).
+        Withdrawn ones (empty files a stopped process kept for reuse) are removed."""
         if not self._dir.is_dir():
             return []
         claimed = []
@@ -99,12 +133,27 @@ class IntentJournal:
             except BlockingIOError:
                 os.close(fd)  # a live writer holds it
                 continue
+            if not path.name.startswith(_WRITING) and os.fstat(fd).st_size == 0:
+                self.release(path, fd)
+                continue
             claimed.append((path, fd, _read_uids(path, fd)))
         return claimed
 
     def release(self, path: Path, fd: int) -> None:
         """Remove a claimed intent once reconciled."""
-        self._close(path, fd)
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+class _Slot(NamedTuple):
+    """An intent file this process made, and its open (locked) descriptor."""
+
+    path: Path
+    fd: int
+
+
+def _close(slot: _Slot) -> None:
+    os.close(slot.fd)
 
 
 def _read_uids(path: Path, fd: int) -> list[InstanceUids]:

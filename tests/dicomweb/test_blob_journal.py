@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
-from dicomweb.blob_journal import IntentJournal, reconcile
+from dicomweb.blob_journal import IntentJournal, ReconcileReport, reconcile
 from dicomweb.blobstore import FileBlobStore
 from dicomweb.ingest import IngestOptions, IngestService
 from fhir_server.app import create_app
@@ -52,7 +53,7 @@ async def test_abandoned_intent_and_temporaries_are_reconciled(
     # a writer that died after adopting two blobs but before its index commit: one an
     # identical re-send of the stored instance (same key), one new
     uids = [("1.2", "1.2.1", "1.2.1.1"), ("1.2", "1.2.1", "1.2.1.2")]
-    path, fd = journal._open(uids)
+    path, fd = journal._create(orjson.dumps(uids))
     for (study, series, sop), body in zip(uids, (kept, b"orphan"), strict=True):
         staged = await blobs.stage(one(body))
         await blobs.adopt(staged, study, series, sop)
@@ -79,7 +80,32 @@ async def test_a_live_intent_and_young_temporaries_are_left_alone(
         report = await reconcile(store.dicom, blobs, journal, temp_grace=3600)
         assert (report.intents, report.orphans, report.temporaries) == (0, 0, 0)
         assert len(await blobs.keys()) == 1
-    assert not list((blobs.root / ".intents").iterdir())
+    (kept,) = (blobs.root / ".intents").iterdir()
+    assert kept.stat().st_size == 0  # withdrawn, and kept (locked) for the next intent
+
+
+async def test_intent_files_are_reused_and_a_stopped_process_leaves_none_behind(
+    tmp_path: Path, store: SqliteStore
+) -> None:
+    """A removed intent file left a freed inode for ext4 to skip at every later file
+    creation; so one file serves intent after intent, emptied in between."""
+    blobs, journal, _ = parts(tmp_path, store)
+    intents = blobs.root / ".intents"
+    async with journal.intent([("1.2", "1.2.1", "1.2.1.1")]):
+        (first,) = intents.iterdir()
+        inode = first.stat().st_ino
+        async with journal.intent([("1.2", "1.2.1", "1.2.1.2")]):
+            assert len(list(intents.iterdir())) == 2  # concurrent intents: a file each
+    async with journal.intent([("1.3", "1.3.1", "1.3.1.1")]):
+        assert {p.stat().st_ino for p in intents.iterdir()} >= {inode}
+        assert len(list(intents.iterdir())) == 2
+        reused = [p for p in intents.iterdir() if p.stat().st_size > 0]
+        assert [orjson.loads(p.read_bytes()) for p in reused] == [[["1.3", "1.3.1", "1.3.1.1"]]]
+    for slot in journal._idle:  # the process ends: its locks go, its files stay
+        os.close(slot.fd)
+    report = await reconcile(store.dicom, blobs, IntentJournal(blobs.root, fsync=False))
+    assert report == ReconcileReport()  # withdrawn intents are not an unclean stop
+    assert list(intents.iterdir()) == []
 
 
 async def test_a_batch_the_index_refuses_leaves_no_blob(
@@ -118,7 +144,7 @@ async def test_the_app_reconciles_at_start_up(tmp_path: Path) -> None:
     )
     blobs = FileBlobStore(settings.data_dir / "blobs", fsync=False)
     orphan = await blobs.adopt(await blobs.stage(one(b"orphan")), "1.2", "1.2.1", "1.2.1.1")
-    _, fd = IntentJournal(blobs.root, fsync=False)._open([("1.2", "1.2.1", "1.2.1.1")])
+    _, fd = IntentJournal(blobs.root, fsync=False)._create(b'[["1.2", "1.2.1", "1.2.1.1"]]')
     os.close(fd)
     await blobs.stage(one(b"half"))
     app = create_app(settings)
