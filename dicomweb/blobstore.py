@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import os
 import re
 import tempfile
@@ -266,30 +265,48 @@ class FileBlobStore:
     ) -> AsyncIterator[bytes | memoryview]:
         """Yield ``pieces`` in order, coalesced into blocks of about ``block_size``.
 
-        Each block is filled in one worker-thread hand-off while the previous one
-        is being sent (one block of read-ahead), so memory stays within a few
-        blocks whatever the total. A blob contributes exactly its recorded
-        ``size`` bytes (a caller may have promised a Content-Length from those);
-        a blob shorter than that raises ``BlobError``, a missing one
-        ``BlobNotFound``. A literal or computed piece larger than a block is
-        yielded whole (bounded by the caller, who made it).
+        A block whose bytes are all in the page cache is read on the event loop
+        (``RWF_NOWAIT`` reads, which fail rather than wait for the disk): a
+        thread hand-off per block cost more than copying it, and made the
+        reading thread and the loop take turns at the interpreter lock. Once a
+        read would wait for the disk, the rest is read in worker threads, one
+        block ahead of the one being sent. Memory stays within a few blocks
+        whatever the total. A blob contributes exactly its recorded ``size``
+        bytes (a caller may have promised a Content-Length from those); a blob
+        shorter than that raises ``BlobError``, a missing one ``BlobNotFound``. A
+        literal or computed piece larger than a block is yielded whole (bounded by
+        the caller, who made it). Files are opened on the loop (a metadata lookup).
         """
         reader = _Gatherer(self.path_for, iter(pieces), block_size)
         loop = asyncio.get_running_loop()
-        # run_in_executor starts the read at once (a coroutine would wait for a task)
-        ahead = loop.run_in_executor(None, reader.next_block)
+        ahead: asyncio.Future[bytes | memoryview | None] | None = None
         try:
-            while (block := await ahead) is not None:
+            while True:
+                if ahead is None:
+                    cached = reader.next_cached_block()
+                    if not isinstance(cached, _Miss):
+                        if cached is None:
+                            return
+                        yield cached
+                        continue
+                    # run_in_executor starts the read at once (a coroutine would wait for a task)
+                    ahead = loop.run_in_executor(None, reader.next_block)
+                block = await ahead
+                if block is None:
+                    return
                 ahead = loop.run_in_executor(None, reader.next_block)
                 yield block
         finally:
-            # Stopped early (the client went away) or done: a read-ahead may be
-            # running in its thread; ``close`` waits for it (in a thread, not to
-            # block the loop), and no later read opens anything.
-            await asyncio.to_thread(reader.close)
-            await asyncio.wait([ahead])
-            if not ahead.cancelled():
-                ahead.exception()  # an error no one will see now is not one to log
+            # Stopped early (the client went away) or done. No later read opens
+            # anything. A read-ahead may be running in its thread: then ``close``
+            # waits for it, in a thread, not to block the loop.
+            if ahead is None:
+                reader.close()
+            else:
+                await asyncio.to_thread(reader.close)
+                await asyncio.wait([ahead])
+                if not ahead.cancelled():
+                    ahead.exception()  # an error no one will see now is not one to log
 
     async def delete(self, key: str) -> bool:
         """Remove a blob; True if it existed."""
@@ -413,11 +430,21 @@ def _open_and_read(path: Path, offset: int, want: int) -> tuple[BinaryIO, bytes]
         raise
 
 
-class _Gatherer:
-    """``gather``'s blocking half: fills one block at a time, in worker threads.
+class _Miss:
+    """``_Gatherer.next_cached_block``: the disk is needed to go on."""
 
-    Consecutive blocks may be filled by different pool threads (never two at
-    once: ``gather`` awaits each before asking for the next); the lock makes
+
+_MISS = _Miss()
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)  # Linux
+
+
+class _Gatherer:
+    """``gather``'s reading half: fills one block at a time, on the loop from the
+    page cache or in worker threads.
+
+    A block left part-filled by a cached-only read is finished by the next
+    call. Consecutive blocks may be filled by different pool threads (never two
+    at once: ``gather`` awaits each before asking for the next); the lock makes
     ``close`` wait for a read-ahead still in progress, and a read asked for
     after ``close`` returns None without opening anything.
     """
@@ -429,34 +456,50 @@ class _Gatherer:
         self._pieces = pieces
         self._block = block_size
         self._pending: bytes | None = None  # a literal that did not fit the last block
-        self._fh: io.BufferedReader | None = None
+        self._fd: int | None = None
         self._key = ""
+        self._offset = 0
         self._left = 0
+        self._buf: bytearray | None = None  # the block being filled, and how far
+        self._filled = 0
         self._lock = threading.Lock()
         self._closed = False
 
     def next_block(self) -> bytes | memoryview | None:
-        """The next block, or None at the end."""
+        """The next block, or None at the end (reading from the disk if need be)."""
+        block = self._fill(cached_only=False)
+        assert not isinstance(block, _Miss)
+        return block
+
+    def next_cached_block(self) -> bytes | memoryview | None | _Miss:
+        """As ``next_block``, or ``_MISS`` where a read would wait for the disk."""
+        return self._fill(cached_only=True)
+
+    def _fill(self, cached_only: bool) -> bytes | memoryview | None | _Miss:
         with self._lock:
             if self._closed:
                 return None
-            buf = bytearray(self._block)
-            view = memoryview(buf)
-            filled = 0
-            while filled < self._block:
-                if self._fh is not None:
-                    filled += self._read_into(view[filled:])
+            if self._buf is None:
+                self._buf, self._filled = bytearray(self._block), 0
+            view = memoryview(self._buf)
+            while self._filled < self._block:
+                if self._fd is not None:
+                    got = self._read_into(view[self._filled :], cached_only)
+                    if got is None:
+                        return _MISS
+                    self._filled += got
                     continue
                 literal = self._next_literal()
                 if literal is None:
                     break
-                if filled + len(literal) > self._block:
-                    if filled == 0:
+                if self._filled + len(literal) > self._block:
+                    if self._filled == 0:
                         return literal  # larger than a block: send it as it is
                     self._pending = literal
                     break
-                view[filled : filled + len(literal)] = literal
-                filled += len(literal)
+                view[self._filled : self._filled + len(literal)] = literal
+                self._filled += len(literal)
+            filled, self._buf = self._filled, None
             return view[:filled] if filled else None
 
     def _next_literal(self) -> bytes | None:
@@ -470,30 +513,43 @@ class _Gatherer:
         if callable(piece):
             return piece()
         try:
-            self._fh = self._path_for(piece.key).open("rb")
+            self._fd = os.open(self._path_for(piece.key), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError as exc:
             raise BlobNotFound(piece.key) from exc
-        self._key, self._left = piece.key, piece.size
+        self._key, self._offset, self._left = piece.key, 0, piece.size
         return b""
 
-    def _read_into(self, view: memoryview) -> int:
-        assert self._fh is not None
+    def _read_into(self, view: memoryview, cached_only: bool) -> int | None:
+        """Bytes read into ``view``; None when ``cached_only`` and none are cached."""
+        assert self._fd is not None
         want = min(self._left, len(view))
-        got = self._fh.readinto(view[:want]) if want else 0
-        if want and not got:
-            raise BlobError(f"blob {self._key} is shorter than its recorded size")
+        got = 0
+        if want:
+            target = [view[:want]]
+            if not cached_only:
+                got = os.preadv(self._fd, target, self._offset)
+            elif _RWF_NOWAIT is None:
+                return None
+            else:
+                try:
+                    got = os.preadv(self._fd, target, self._offset, _RWF_NOWAIT)
+                except BlockingIOError:
+                    return None
+            if not got:
+                raise BlobError(f"blob {self._key} is shorter than its recorded size")
+        self._offset += got
         self._left -= got
         if self._left == 0:
-            self._fh.close()
-            self._fh = None
+            os.close(self._fd)
+            self._fd = None
         return got
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 def fsync_path(path: Path) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -279,3 +281,48 @@ async def test_gather_streams_in_bounded_memory_and_closes_when_stopped(tmp_path
     await anext(stream)  # a blob is open, the next block is being read ahead
     await stream.aclose()  # the client went away
     assert _open_fds() == before
+
+
+@pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="RWF_NOWAIT reads are Linux's")
+async def test_gather_reads_cached_blobs_on_the_loop_and_the_rest_in_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FileBlobStore(tmp_path, fsync=False)
+    contents = [os.urandom(200_000) for _ in range(6)]
+    refs = [
+        await store.write(STUDY, SERIES, f"{SOP}.{n}", achunks([c])) for n, c in enumerate(contents)
+    ]
+    pieces: list[Piece] = [p for ref in refs for p in (b"--part\r\n", ref)]
+    loop = asyncio.get_running_loop()
+    handoffs: list[object] = []
+    real_handoff = loop.run_in_executor
+
+    def counted(executor: Any, fn: Any, *args: Any) -> Any:
+        handoffs.append(fn)
+        return real_handoff(executor, fn, *args)
+
+    monkeypatch.setattr(loop, "run_in_executor", counted)
+    expected = b"".join(b"--part\r\n" + c for c in contents)
+    assert b"".join(await gathered(store, pieces, 256 * 1024)) == expected
+    assert handoffs == []  # all in the page cache: no thread hand-off
+
+    # the kernel's answer for pages not in memory, from the fourth blob's read on
+    real_preadv = os.preadv
+    nowait_reads: list[int] = []
+
+    def cold_after_three(fd: int, buffers: Any, offset: int, flags: int = 0) -> int:
+        if flags & os.RWF_NOWAIT:
+            nowait_reads.append(fd)
+            if len(nowait_reads) > 3:
+                raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real_preadv(fd, buffers, offset, flags)
+
+    monkeypatch.setattr(os, "preadv", cold_after_three)
+    assert b"".join(await gathered(store, pieces, 256 * 1024)) == expected
+    # the first block was cached; from the second (which needed the disk) on,
+    # threads read, one block ahead, up to the end; then one closes the last file
+    assert len(nowait_reads) == 4  # no cached-only attempt after the first miss
+    blocks = -(-len(expected) // (256 * 1024))
+    # (to_thread hands on ``functools.partial(context.run, fn)``)
+    names = [getattr(getattr(fn, "args", (fn,))[-1], "__name__", "") for fn in handoffs]
+    assert names == ["next_block"] * blocks + ["close"]
