@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
-GATHER_BLOCK = 2 * 1024 * 1024
+# Measured against Orthanc on whole 26 MB studies (curl, alternating): 512 KiB blocks
+# tied it (0.98-1.01), 1-2 MiB gave 0.92-0.97, 4 MiB 0.70, 256 KiB 0.92-0.95.
+GATHER_BLOCK = 512 * 1024
 # a received body arrives in these (the multipart parser hands on its buffer)
 Chunk = bytes | bytearray
 WRITE_BLOCK = 1024 * 1024
