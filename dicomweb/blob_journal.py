@@ -173,7 +173,7 @@ async def reconcile_instances(
     """Remove every blob of ``uids`` that the index does not name; how many were removed."""
     removed = 0
     for study, series, sop in uids:
-        rows = await index.instances(study, series, sop)
+        rows = await index.instance_files(study, series, sop)
         keep = {row.blob.key for row in rows}
         for key in await asyncio.to_thread(_keys_of, blobs.root, study, series, sop):
             if key not in keep and await blobs.delete(key):

@@ -165,7 +165,9 @@ def _delete_routes(router: APIRouter, svc: DicomwebServices) -> None:
         async def work(auth: AuthContext) -> Response:
             require_system_delete(svc, auth)
             await visible_study(svc, auth, study, Interaction.DELETE)
-            doomed = [(r.study_uid, r.series_uid, r.uid) for r in await svc.index.instances(*uids)]
+            doomed = [
+                (r.study_uid, r.series_uid, r.uid) for r in await svc.index.instance_files(*uids)
+            ]
             async with svc.intent(doomed):  # a crash between the two leaves no orphan
                 gone = await svc.index.delete(study, series, sop)
                 if not gone.blobs:

@@ -92,6 +92,18 @@ class SeriesRow:
 
 
 @dataclass(frozen=True, slots=True)
+class InstanceFile:
+    """Where an instance's file is and what it holds: all that retrieving it as
+    stored, or keeping the blob store in step, needs (no attributes to decode)."""
+
+    uid: str
+    series_uid: str
+    study_uid: str
+    blob: BlobLocation
+    transfer_syntax_uid: str
+
+
+@dataclass(frozen=True, slots=True)
 class InstanceRow:
     uid: str
     series_uid: str
@@ -185,6 +197,11 @@ class DicomIndex(Protocol):
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
     ) -> list[InstanceRow]:
         """A study's (series', one) instances, by series then instance number."""
+
+    async def instance_files(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> list[InstanceFile]:
+        """``instances``' files, in the same order."""
 
     async def metadata(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None

@@ -155,6 +155,13 @@ async def test_instances_and_metadata_in_order(store: Store) -> None:
     assert [orjson.loads(d)["00080018"]["Value"][0] for d in docs] == [r.uid for r in rows]
     assert [r.uid for r in await store.dicom.instances("1.1", "1.1.1", "1.1.1.5")] == ["1.1.1.5"]
     assert await store.dicom.instances("1.1", "other") == []
+    # the files alone: the same instances, in the same order, with the same blobs
+    files = await store.dicom.instance_files("1.1", "1.1.1")
+    assert [(f.uid, f.series_uid, f.study_uid, f.blob, f.transfer_syntax_uid) for f in files] == [
+        (r.uid, r.series_uid, r.study_uid, r.blob, r.transfer_syntax_uid) for r in rows
+    ]
+    assert [f.uid for f in await store.dicom.instance_files("1.1", None, "1.1.1.9")] == ["1.1.1.9"]
+    assert await store.dicom.instance_files("2.2") == []
 
 
 async def test_delete_recounts_and_drops_empty_parents(store: Store) -> None:

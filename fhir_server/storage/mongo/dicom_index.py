@@ -26,6 +26,7 @@ from fhir_server.storage.dicom_port import (
     Deleted,
     DicomPage,
     DicomQuery,
+    InstanceFile,
     InstanceRecord,
     InstanceRow,
     MatchKeys,
@@ -188,6 +189,15 @@ class MongoDicomIndex:
     ) -> list[InstanceRow]:
         docs = await self._instance_docs(study_uid, series_uid, sop_uid, {"meta": 0, "keys": 0})
         return [instance_row(d) for d in docs]
+
+    async def instance_files(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> list[InstanceFile]:
+        projection = {"series": 1, "study": 1, "blob": 1, "ts": 1, "num": 1}
+        docs = await self._instance_docs(study_uid, series_uid, sop_uid, projection)
+        return [
+            InstanceFile(d["_id"], d["series"], d["study"], blob_location(d), d["ts"]) for d in docs
+        ]
 
     async def metadata(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None

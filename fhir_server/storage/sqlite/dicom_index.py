@@ -22,6 +22,7 @@ from fhir_server.storage.dicom_port import (
     Deleted,
     DicomPage,
     DicomQuery,
+    InstanceFile,
     InstanceRecord,
     InstanceRow,
     MatchKeys,
@@ -289,6 +290,20 @@ def select_instances(
     return [instance_row(r) for r in conn.execute(sql, args)]
 
 
+def select_instance_files(
+    conn: sqlite3.Connection, study: str, series: str | None, sop: str | None
+) -> list[InstanceFile]:
+    where, args = _scope_where(study, series, sop)
+    sql = (
+        "SELECT i.uid, se.uid, st.uid, i.blob_key, i.blob_size, i.blob_sha256, i.ts "
+        f"{_INSTANCE_FROM} WHERE {where} {_INSTANCE_ORDER}"
+    )
+    return [
+        InstanceFile(r[0], r[1], r[2], BlobLocation(r[3], int(r[4]), r[5]), r[6])
+        for r in conn.execute(sql, args)
+    ]
+
+
 def select_metadata(
     conn: sqlite3.Connection, study: str, series: str | None, sop: str | None
 ) -> list[bytes]:
@@ -363,6 +378,11 @@ class SqliteDicomIndex:
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
     ) -> list[InstanceRow]:
         return await self._store.run_read(select_instances, study_uid, series_uid, sop_uid)
+
+    async def instance_files(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> list[InstanceFile]:
+        return await self._store.run_read(select_instance_files, study_uid, series_uid, sop_uid)
 
     async def metadata(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
