@@ -259,14 +259,21 @@ def wado_study(servers: Servers, studies: Sequence[Study], rounds: int = 2) -> d
 
 
 def curl_get(target: Target, path: str, accept: str) -> tuple[int, float]:
-    cmd = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}"]
+    size, _, seconds = curl_timed(target, path, accept)
+    return size, seconds
+
+
+def curl_timed(target: Target, path: str, accept: str) -> tuple[int, float, float]:
+    """GET with curl: bytes received, seconds to the first byte, seconds in all."""
+    timing = "%{http_code} %{size_download} %{time_starttransfer} %{time_total}"
+    cmd = ["curl", "-s", "-o", "/dev/null", "-w", timing]
     for name, value in {**target.headers, "Accept": accept}.items():
         cmd += ["-H", f"{name}: {value}"]
     out = subprocess.run([*cmd, target.base + path], capture_output=True, text=True, check=True)
-    status, size, seconds = out.stdout.split()
+    status, size, first, seconds = out.stdout.split()
     if status != "200":
         raise RuntimeError(f"{target.name} {path}: HTTP {status}")
-    return int(size), float(seconds)
+    return int(size), float(first), float(seconds)
 
 
 class Table:
