@@ -28,6 +28,9 @@ BLOB_DIR = "blobs"
 # the archive's own durable state (change-log positions) beside the blobs
 STATE_DIR = "dicomweb"
 SHARED_TEMP_GRACE = 3600.0
+# what ingest runs in the server's worker processes (``records.describe_many``):
+# imported as each worker starts, not when the first STOW arrives
+WORKER_MODULES = ("dicomweb.records",)
 
 
 def dicomweb_base(settings: Settings) -> str:

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from dicomweb.routes import dicomweb_router
-from dicomweb.wiring import dicomweb_archive
+from dicomweb.wiring import WORKER_MODULES, dicomweb_archive
 from fhir_server.access import AccessPolicy, PatientCompartment
 from fhir_server.audit import AuditLog, AuditTrail
 from fhir_server.audit_process import AuditProcess
@@ -127,7 +127,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
         policy=policy,
         base_url=settings.fhir_base,
         limits=Limits(max_body_bytes=settings.max_body_bytes),
-        validation=ValidationPool(settings.validation_workers),
+        validation=ValidationPool(settings.validation_workers, preload=WORKER_MODULES),
     )
     audit: AuditTrail
     if settings.audit_process and not given_store:

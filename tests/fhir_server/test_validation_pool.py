@@ -17,6 +17,7 @@ from fhir_server.resources.validation_pool import (
     INLINE_BELOW,
     ValidationPool,
     chunk_starts,
+    loaded,
 )
 from fhir_server.search.extract import extract_index
 from fhir_server.search.registry import SearchRegistry
@@ -112,3 +113,14 @@ async def test_warm_starts_the_workers_before_the_first_batch() -> None:
         assert error is None and index
     finally:
         pool.close()
+
+
+async def test_workers_import_the_preload_modules_as_they_start() -> None:
+    """Work handed to ``run`` (DICOM parsing) should not wait for its imports."""
+    plain, preloading = ValidationPool(1), ValidationPool(1, preload=["dicomweb.records"])
+    try:
+        assert not await plain.run(loaded, "dicomweb.records")
+        assert await preloading.run(loaded, "dicomweb.records")
+    finally:
+        plain.close()
+        preloading.close()
