@@ -9,12 +9,14 @@ store and the index would disagree for ever.
 So each window is bracketed by an *intent*: a small file under
 ``<blobs>/.intents`` listing the instances (study, series, SOP Instance UIDs)
 whose blobs may change, written and fsynced before the window opens, held
-under an exclusive ``flock`` while it is open, and removed when it closes.
+under an exclusive ``flock`` while it is open, and emptied when it closes
+(the file is kept, still locked, for a later intent: ``IntentJournal``).
 ``reconcile`` (run at start-up, and by ingest when an index write fails)
 takes every intent nobody holds -- its writer died -- and, per instance,
 keeps the blob the index names and removes any other blob under that
-instance's stem. It also removes ``.tmp-`` files left by interrupted writes.
-The work is proportional to what was in flight, not to the archive's size.
+instance's stem; an empty one is only removed. It also removes ``.tmp-``
+files left by interrupted writes. The work is proportional to what was in
+flight, not to the archive's size.
 """
 
 from __future__ import annotations

@@ -12,12 +12,13 @@ Blocking file I/O runs in worker threads (``asyncio.to_thread``), in blocks
 of about a megabyte: a thread hand-off costs more than writing or reading a
 few hundred kilobytes, so per-chunk hand-offs dominated ingest and retrieval.
 Retrieval of many blobs (``gather``) interleaves them with literal bytes (a
-multipart body's delimiters and part headers) in blocks of a few megabytes,
-each read in one hand-off while the previous block is being sent.
-Ingest stages files without fsync, makes each durable in the background while
-the next one arrives (``make_durable``), and moves a whole batch under its
-keys with one fsync per directory (``adopt_many``); the caller acknowledges
-nothing before all of that has finished.
+multipart body's delimiters and part headers) in blocks of 512 KiB, read on
+the event loop while the page cache holds them (reads that cannot wait for
+the disk), else in threads, each block while the previous one is being sent.
+Ingest stages files without fsync, makes them durable in the background while
+the next ones arrive (``make_durable_many``), and moves a whole batch under
+its keys with one fsync per directory (``adopt_many``); the caller
+acknowledges nothing before all of that has finished.
 """
 
 from __future__ import annotations
