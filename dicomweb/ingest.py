@@ -139,7 +139,7 @@ class IngestService:
     """Receives instances into the blob store and the index (see the module docstring).
 
     ``offload`` runs the describing of each instance: the server's worker
-    processes (``ValidationPool.run``); by default a thread of this process.
+    processes (``WorkerPool.run``); by default a thread of this process.
     """
 
     def __init__(

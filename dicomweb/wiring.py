@@ -72,7 +72,7 @@ def dicomweb_services(
     blobs = FileBlobStore(settings.data_dir / BLOB_DIR)
     journal = IntentJournal(blobs.root)
     options = IngestOptions(base_url=base, overwrite=settings.dicom_overwrite)
-    ingest = IngestService(svc.store.dicom, blobs, sync, options, journal, svc.validation.run)
+    ingest = IngestService(svc.store.dicom, blobs, sync, options, journal, svc.workers.run)
     return DicomwebServices(
         index=svc.store.dicom,
         blobs=blobs,

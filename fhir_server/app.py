@@ -35,7 +35,7 @@ from fhir_server.http.routes import FhirHttp
 from fhir_server.interactions.capability import capability_statement
 from fhir_server.interactions.services import Limits, Services, new_uuid, utc_now
 from fhir_server.resources.meta import format_instant
-from fhir_server.resources.validation_pool import ValidationPool
+from fhir_server.resources.worker_pool import WorkerPool
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.settings import Settings
 from fhir_server.storage.base import Store
@@ -127,7 +127,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
         policy=policy,
         base_url=settings.fhir_base,
         limits=Limits(max_body_bytes=settings.max_body_bytes),
-        validation=ValidationPool(settings.validation_workers, preload=WORKER_MODULES),
+        workers=WorkerPool(settings.validation_workers, preload=WORKER_MODULES),
     )
     audit: AuditTrail
     if settings.audit_process and not given_store:
@@ -162,7 +162,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
             await archive.tasks.stop()
             await audit.close()
             await store.close()
-            svc.validation.close()
+            svc.workers.close()
 
     app = RadhubApp(
         title="radhub",

@@ -50,7 +50,7 @@ async def _announce(server: uvicorn.Server, settings: Settings, app: object, dem
     while not server.started:
         await asyncio.sleep(0.02)
     services = app.state.services  # type: ignore[attr-defined]
-    services.validation.warm(services.registry)
+    services.workers.warm(services.registry)
     if demo:
         loaded = await load_demo(app.state.services)  # type: ignore[attr-defined]
         if loaded:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from fhir_server.access.policy import AccessPolicy
-from fhir_server.resources.validation_pool import ValidationPool
+from fhir_server.resources.worker_pool import WorkerPool
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.storage.base import Store
 
@@ -55,6 +55,6 @@ class Services:
     policy: AccessPolicy
     base_url: str
     limits: Limits = field(default_factory=Limits)
-    validation: ValidationPool = field(default_factory=lambda: ValidationPool(0))
+    workers: WorkerPool = field(default_factory=lambda: WorkerPool(0))
     clock: Callable[[], datetime] = utc_now
     new_id: Callable[[], str] = new_uuid

@@ -267,14 +267,14 @@ async def transaction(svc: Services, auth: AuthContext, body: dict[str, Any]) ->
 
 class _Prepared:
     """The create and update entries' resources, validated and indexed in worker
-    processes (``ValidationPool.prepare``) while earlier entries are written; an
+    processes (``WorkerPool.prepare``) while earlier entries are written; an
     entry waits only for its own chunk. Nothing commits before every entry ran,
     and an invalid resource fails its entry, so none commits unchecked."""
 
     def __init__(self, svc: Services, entries: list[Entry]) -> None:
         for position, entry in enumerate(entries):
             entry.prepared_at = position
-        self.chunks = svc.validation.prepare([e.resource for e in entries], svc.registry)
+        self.chunks = svc.workers.prepare([e.resource for e in entries], svc.registry)
 
     async def index_of(self, entry: Entry) -> list[IndexEntry] | None:
         """The entry's index; raises its validation error if its resource is invalid."""

@@ -21,7 +21,7 @@ _C = TypeVar("_C", bound=type)
 
 def _pickled_by_fields(cls: _C) -> _C:
     """Pickle as ``cls(*fields)``. Index entries travel back from the worker
-    processes that extract them (``validation_pool``); the default for frozen slot
+    processes that extract them (``worker_pool``); the default for frozen slot
     dataclasses restores each object through ``dataclasses.fields()``, which cost
     the receiving process more than the extraction it saved."""
     names: tuple[str, ...] = cls.__slots__  # type: ignore[attr-defined]

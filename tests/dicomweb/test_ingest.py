@@ -14,7 +14,7 @@ from dicomweb.blobstore import FileBlobStore, StagedBlob
 from dicomweb.imaging_study import StudyLinks, fhir_started, map_study, patient_identifier
 from dicomweb.ingest import Failed, IngestOptions, IngestService, Stored
 from dicomweb.ingest_parse import PROCESSING_FAILURE, InstanceRejected
-from fhir_server.resources.validation_pool import ValidationPool
+from fhir_server.resources.worker_pool import WorkerPool
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.storage.dicom_port import BlobLocation, InstanceRow, SeriesRow, StudyRow
 from fhir_server.storage.sqlite.store import SqliteStore
@@ -80,7 +80,7 @@ async def test_instances_are_described_in_worker_processes(
     """The server's road: parsing and index records in another process, pipelined
     with receiving; refusals (raised there) keep their reasons and their order."""
     blobs = FileBlobStore(tmp_path / "blobs")
-    pool = ValidationPool(1)
+    pool = WorkerPool(1)
     options = IngestOptions("http://x/dicomweb", batch_size=4)
     service = IngestService(store.dicom, blobs, None, options, offload=pool.run)
     good = [make_instance("1.3", "1.3.1", f"1.3.1.{i}", number=i) for i in range(6)]

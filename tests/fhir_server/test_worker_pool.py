@@ -11,11 +11,11 @@ import pytest
 
 from fhir_server.errors import InvalidResource, UnknownResourceType
 from fhir_server.resources.meta import stamp
-from fhir_server.resources.validation_pool import (
+from fhir_server.resources.worker_pool import (
     CHUNK,
     FIRST_CHUNK,
     INLINE_BELOW,
-    ValidationPool,
+    WorkerPool,
     chunk_starts,
     loaded,
 )
@@ -47,7 +47,7 @@ def batch(size: int) -> list[Any]:
 )
 async def test_verdicts_and_index_per_resource(workers: int, size: int) -> None:
     resources = batch(size)
-    pool = ValidationPool(workers)
+    pool = WorkerPool(workers)
     try:
         chunks = pool.prepare(resources, REGISTRY)
         results = [await chunks.get(n) for n in range(size)]
@@ -103,7 +103,7 @@ async def test_warm_starts_the_workers_before_the_first_batch() -> None:
     import multiprocessing
 
     before = {p.pid for p in multiprocessing.active_children()}
-    pool = ValidationPool(1)
+    pool = WorkerPool(1)
     try:
         pool.warm(REGISTRY)
         started = {p.pid for p in multiprocessing.active_children()} - before
@@ -117,7 +117,7 @@ async def test_warm_starts_the_workers_before_the_first_batch() -> None:
 
 async def test_workers_import_the_preload_modules_as_they_start() -> None:
     """Work handed to ``run`` (DICOM parsing) should not wait for its imports."""
-    plain, preloading = ValidationPool(1), ValidationPool(1, preload=["dicomweb.records"])
+    plain, preloading = WorkerPool(1), WorkerPool(1, preload=["dicomweb.records"])
     try:
         assert not await plain.run(loaded, "dicomweb.records")
         assert await preloading.run(loaded, "dicomweb.records")

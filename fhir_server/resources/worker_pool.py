@@ -1,4 +1,6 @@
-"""Validating and indexing many resources on another core while the event loop goes on.
+"""The server's worker processes: CPU-bound work on another core while the event
+loop goes on. Their first use, and the reason for them, is validating and
+indexing many resources; DICOM ingest hands them its header parsing (``run``).
 
 Validation with the R4B models and search-index extraction are pure Python and
 together cost more than all the rest of writing a resource; under the GIL no
@@ -158,7 +160,7 @@ def chunk_starts(total: int) -> list[int]:
     return starts
 
 
-class ValidationPool:
+class WorkerPool:
     """Validates batches of resources in ``workers`` processes (0: inline); the
     same processes run other CPU-bound work handed to ``run`` (the DICOM ingest's
     header parsing), so a two-core server keeps two workers, not four."""
