@@ -247,20 +247,26 @@ def pct(values: list[float], q: float) -> float:
 
 def wado_study(servers: Servers, studies: Sequence[Study], rounds: int = 2) -> dict[str, float]:
     """MB/s retrieving whole studies with curl (as stored), alternating servers."""
-    total = {t.name: [0, 0.0] for t in servers.both}
+    return {
+        name: study_mbps(runs) for name, runs in wado_study_runs(servers, studies, rounds).items()
+    }
+
+
+def wado_study_runs(
+    servers: Servers, studies: Sequence[Study], rounds: int
+) -> dict[str, list[tuple[int, float, float]]]:
+    """Each server's ``curl_timed`` of every whole-study retrieval, servers alternating."""
+    runs: dict[str, list[tuple[int, float, float]]] = {t.name: [] for t in servers.both}
     for r in range(rounds):
         for k, study in enumerate(studies):
             order = servers.both if (r + k) % 2 == 0 else servers.both[::-1]
             for target in order:
-                nbytes, seconds = curl_get(target, f"/studies/{study.uid}", AS_STORED)
-                total[target.name][0] += nbytes
-                total[target.name][1] += seconds
-    return {name: b / s / 1e6 for name, (b, s) in total.items()}
+                runs[target.name].append(curl_timed(target, f"/studies/{study.uid}", AS_STORED))
+    return runs
 
 
-def curl_get(target: Target, path: str, accept: str) -> tuple[int, float]:
-    size, _, seconds = curl_timed(target, path, accept)
-    return size, seconds
+def study_mbps(runs: Sequence[tuple[int, float, float]]) -> float:
+    return sum(n for n, _, _ in runs) / sum(t for _, _, t in runs) / 1e6
 
 
 def curl_timed(target: Target, path: str, accept: str) -> tuple[int, float, float]:

@@ -24,7 +24,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dicom_bench import AS_STORED, DICOM_JSON, STOW_TYPE, curl_timed, stow_body  # noqa: E402
+from dicom_bench import DICOM_JSON, STOW_TYPE, stow_body, study_mbps, wado_study_runs  # noqa: E402
 from dicom_bench_data import all_studies, generate  # noqa: E402
 from dicom_bench_servers import REPO, start_servers  # noqa: E402
 
@@ -50,17 +50,10 @@ def main() -> int:
                 )
                 response.raise_for_status()
         time.sleep(5)  # let radhub's ImagingStudy sync and audit trail settle
-        timings: dict[str, list[tuple[int, float, float]]] = {t.name: [] for t in both.both}
-        for r in range(args.rounds):
-            for k, study in enumerate(studies):
-                order = both.both if (r + k) % 2 == 0 else both.both[::-1]
-                for target in order:
-                    timings[target.name].append(
-                        curl_timed(target, f"/studies/{study.uid}", AS_STORED)
-                    )
+        timings = wado_study_runs(both, studies, args.rounds)
     rate = {}
     for name, runs in timings.items():
-        rate[name] = sum(n for n, _, _ in runs) / sum(t for _, _, t in runs) / 1e6
+        rate[name] = study_mbps(runs)
         first = statistics.median(f for _, f, _ in runs) * 1e3
         total = statistics.median(t for _, _, t in runs) * 1e3
         mb = runs[0][0] / 1e6

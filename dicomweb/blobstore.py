@@ -35,6 +35,8 @@ from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from dicomweb.coalesce import outcomes
+
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 # Measured against Orthanc on whole 26 MB studies (curl, alternating): 512 KiB blocks
 # tied it (0.98-1.01), 1-2 MiB gave 0.92-0.97, 4 MiB 0.70, 256 KiB 0.92-0.95.
@@ -189,23 +191,21 @@ class FileBlobStore:
             raise
         return StagedBlob(spool.written_path(), size, digest, data)
 
-    async def make_durable(self, staged: StagedBlob) -> None:
-        """fsync a staged file's contents (ingest runs it while the next one arrives)."""
-        if self._fsync:
-            await asyncio.to_thread(fsync_path, staged.path)
-
-    async def make_durable_many(self, staged: Sequence[StagedBlob]) -> list[OSError | None]:
-        """``make_durable`` of several staged files in one thread hand-off; each
-        file's own error, if its fsync failed."""
+    async def make_durable_many(self, staged: Sequence[StagedBlob]) -> list[Exception | None]:
+        """fsync staged files' contents, in one thread hand-off (ingest runs it while
+        the next ones arrive); each file's own error, if its fsync failed."""
         if not self._fsync:
             return [None] * len(staged)
-        return await asyncio.to_thread(_fsync_each, [s.path for s in staged])
+        paths = [s.path for s in staged]
+        return await asyncio.to_thread(outcomes, fsync_path, paths, OSError)
 
     async def adopt(
         self, staged: StagedBlob, study_uid: str, series_uid: str, sop_uid: str
     ) -> BlobRef:
         """Make a staged file durable and move it under its key atomically."""
-        await self.make_durable(staged)
+        (error,) = await self.make_durable_many([staged])
+        if error is not None:
+            raise error
         (ref,) = await self.adopt_many([(staged, study_uid, series_uid, sop_uid)])
         return ref
 
@@ -408,18 +408,6 @@ class _Spool:
 def _close_and_unlink(fh: BinaryIO, path: Path) -> None:
     fh.close()
     path.unlink(missing_ok=True)
-
-
-def _fsync_each(paths: Sequence[Path]) -> list[OSError | None]:
-    errors: list[OSError | None] = []
-    for path in paths:
-        try:
-            fsync_path(path)
-        except OSError as exc:
-            errors.append(exc)
-        else:
-            errors.append(None)
-    return errors
 
 
 def _open_and_read(path: Path, offset: int, want: int) -> tuple[BinaryIO, bytes]:

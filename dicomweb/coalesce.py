@@ -24,6 +24,20 @@ RunMany = Callable[[list[I]], Awaitable[Sequence[O | BaseException]]]
 exception it alone raised (an exception raised by the call fails all its items)."""
 
 
+def outcomes(
+    fn: Callable[[I], O], items: Sequence[I], errors: type[Exception] = Exception
+) -> list[O | Exception]:
+    """``fn`` of each item, or the exception (of ``errors``) it alone raised: the
+    results ``RunMany`` returns, for the blocking function behind it."""
+    results: list[O | Exception] = []
+    for item in items:
+        try:
+            results.append(fn(item))
+        except errors as exc:
+            results.append(exc)
+    return results
+
+
 class Coalescer(Generic[I, O]):
     """Runs ``run_many`` on items submitted one at a time, at most ``most`` per call
     and one call at a time (see the module docstring)."""

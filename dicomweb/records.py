@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from dicomweb.blobstore import BlobRef
+from dicomweb.coalesce import outcomes
 from dicomweb.dicom_json import instance_uri_prefix, to_dicom_json
 from dicomweb.ingest_parse import InstanceHeader, ParsedInstance, parse_instance
 from dicomweb.qido import LEVEL_OF, MATCHING_ATTRIBUTES, NUMERIC_VRS, RANGE_VRS, Level, _vr
@@ -189,13 +191,7 @@ def describe_many(sources: Sequence[Path | bytes], base_url: str) -> list[Descri
     """``describe_instance`` of each source, in one call (one trip to a worker
     process for several instances); a source that fails gives its exception, so
     one bad instance does not fail the others."""
-    described: list[Described | Exception] = []
-    for source in sources:
-        try:
-            described.append(describe_instance(source, base_url))
-        except Exception as exc:  # InstanceRejected, or a bug to report for this one only
-            described.append(exc)
-    return described
+    return outcomes(partial(describe_instance, base_url=base_url), sources)
 
 
 def with_blob(record: InstanceRecord, blob: BlobRef) -> InstanceRecord:

@@ -105,7 +105,7 @@ async def test_a_failed_fsync_fails_the_batch_and_keeps_nothing(
     store: SqliteStore, tmp_path: Path
 ) -> None:
     class FailingDisk(FileBlobStore):
-        async def make_durable_many(self, staged: Sequence[StagedBlob]) -> list[OSError | None]:
+        async def make_durable_many(self, staged: Sequence[StagedBlob]) -> list[Exception | None]:
             return [OSError(5, "Input/output error") for _ in staged]
 
     blobs = FailingDisk(tmp_path / "blobs")
