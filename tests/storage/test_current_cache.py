@@ -108,6 +108,50 @@ async def test_another_writers_commit_drops_only_what_it_replaced(
     assert family(await server.read("Patient", "p2")) == "ByImport"
 
 
+async def test_a_memory_hit_asks_sqlite_nothing_until_someone_commits(
+    stores: tuple[SqliteStore, SqliteStore],
+) -> None:
+    """While the WAL-index header is unchanged nobody committed: a hit is served
+    without a statement (``wal_peek``); any process's commit makes it look again."""
+    server, other = stores
+    await write(server, patient("p1", 1, "First"))
+    await server.read("Patient", "p1")
+    watch = server._current.watching
+    assert watch is not None
+    statements: list[str] = []
+    watch.set_trace_callback(statements.append)
+    for _ in range(3):
+        assert server._current.get("Patient", "p1") is not None
+    assert statements == []
+    await write(other, patient("p1", 2, "ByImport"))
+    assert server._current.get("Patient", "p1") is None
+    assert "PRAGMA data_version" in statements
+    asked = len(statements)
+    await server.read("Patient", "p1")
+    server._current.get("Patient", "p1")
+    assert len(statements) == asked  # the miss went to a reader; nobody committed since
+
+
+async def test_without_shared_memory_every_hit_asks(
+    stores: tuple[SqliteStore, SqliteStore],
+) -> None:
+    """No mapping of the ``-shm`` file (``WalHeaderPeek.open`` gave None): the
+    memory asks ``PRAGMA data_version`` on every hit, as before, and still sees
+    another process's commit."""
+    server, other = stores
+    watch = server._current.watching
+    assert watch is not None
+    server._current.watch(watch, None)
+    await write(server, patient("p1", 1, "First"))
+    await server.read("Patient", "p1")
+    statements: list[str] = []
+    watch.set_trace_callback(statements.append)
+    assert server._current.get("Patient", "p1") is not None
+    assert statements == ["PRAGMA data_version"]
+    await write(other, patient("p1", 2, "ByImport"))
+    assert server._current.get("Patient", "p1") is None
+
+
 async def test_a_large_import_drops_everything(
     stores: tuple[SqliteStore, SqliteStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,9 +16,10 @@ Staying current:
   version.
 - Another process may write the same database: ``radhub import`` while the
   server runs, or the server's own audit writer process (``audit_process``),
-  which commits a batch of AuditEvents several times a second. ``PRAGMA
-  data_version`` on a connection of the loop's own tells whether anyone
-  committed since the last look (a shared-memory read, no I/O). If so, the
+  which commits a batch of AuditEvents several times a second. An unchanged
+  WAL-index header (``wal_peek``) says nobody committed since the last look;
+  when it changed, ``PRAGMA data_version`` on a connection of the loop's own
+  tells whether anyone did (a shared-memory read, no I/O). If so, the
   change log since the last look names every resource written (each version
   gets the next sequence number, deletions included), and just those are
   dropped unless what is held is already that version. AuditEvents are never
@@ -38,6 +39,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 from fhir_server.storage.base import StoredVersion
+from fhir_server.storage.sqlite.wal_peek import WalHeaderPeek
 
 Key = tuple[str, str]
 
@@ -66,14 +68,21 @@ class CurrentCache:
         self._seen = 0  # the change-log head at the last look
         self._watch: sqlite3.Connection | None = None
         self._data_version: int | None = None
+        self._peek: WalHeaderPeek | None = None
+        self._header = b""  # the WAL-index header at the last look
 
     @property
     def watching(self) -> sqlite3.Connection | None:
         return self._watch
 
-    def watch(self, conn: sqlite3.Connection | None) -> None:
-        """Use ``conn`` (opened on the event loop's thread) to see others' commits."""
+    def watch(self, conn: sqlite3.Connection | None, peek: WalHeaderPeek | None = None) -> None:
+        """Use ``conn`` (opened on the event loop's thread) to see others' commits,
+        and ``peek`` (if given) to skip asking it while nobody committed."""
+        if self._peek is not None:
+            self._peek.close()
         self._watch = conn
+        self._peek = peek
+        self._header = b""
         self._data_version = None
         self._seen = 0
         self._forget_all()
@@ -105,6 +114,12 @@ class CurrentCache:
         """Drop what commits since the last look (anyone's) have replaced."""
         if self._watch is None:
             return
+        if self._peek is not None:
+            # read before asking: a commit after this read changes it again
+            header = self._peek.header()
+            if header == self._header:
+                return
+            self._header = header
         version = self._watch.execute("PRAGMA data_version").fetchone()[0]
         if version == self._data_version:
             return

@@ -37,6 +37,7 @@ from fhir_server.storage.sqlite.auth_data import SqliteAuthData, create_auth_sch
 from fhir_server.storage.sqlite.checkpoint import Checkpointer
 from fhir_server.storage.sqlite.current_cache import CurrentCache
 from fhir_server.storage.sqlite.group_commit import GroupCommit
+from fhir_server.storage.sqlite.wal_peek import WalHeaderPeek
 
 T = TypeVar("T")
 
@@ -169,7 +170,8 @@ class SqliteStore:
         try:
             self._writer = await self._run(self._writer_pool, self._open_writer)
             # on the loop's thread: the cache looks at it there (current_cache)
-            self._current.watch(_connect(self.path, readonly=True))
+            watch = _connect(self.path, readonly=True)
+            self._current.watch(watch, WalHeaderPeek.open(self.path))
             self._current.check_external()
         except sqlite3.Error as exc:
             raise StorageUnavailable(f"cannot open {self.path}: {exc}") from exc
