@@ -43,6 +43,7 @@ from typing import IO, Any
 
 from typing_extensions import Unpack
 
+from fhir_server import heap
 from fhir_server.access.context import AuthContext
 from fhir_server.access.scopes import ScopeSet
 from fhir_server.audit import AuditRecord, AuditWriter, QueuedTrail, TrailOptions
@@ -287,6 +288,7 @@ async def _write_trail(settings: Settings, inbox: Connection, outbox: Connection
     await store.start()
     writer = AuditWriter(store, new_uuid)
     callers: dict[Caller, AuthContext] = {}
+    heap.settle()  # each event allocates dozens of containers (see heap)
     try:
         outbox.send_bytes(READY)
         while True:

@@ -220,8 +220,7 @@ def _insert_new(conn: sqlite3.Connection, versions: Sequence[NewVersion]) -> lis
         micros = to_micros(v.last_updated)
         resources.append((last_pk + n, v.resource_type, v.id, 1, micros, 0, v.body))
         history.append((last_seq + n, v.resource_type, v.id, 1, micros, "create", v.body))
-        for table, rows in search_sql.index_rows(last_pk + n, v.resource_type, v.index).items():
-            index.setdefault(table, []).extend(rows)
+        search_sql.index_rows(last_pk + n, v.resource_type, v.index, into=index)
         written.append(
             StoredVersion(v.resource_type, v.id, 1, v.last_updated, "create", v.body, last_seq + n)
         )

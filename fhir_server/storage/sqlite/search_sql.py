@@ -15,7 +15,9 @@ See https://hl7.org/fhir/R4/search.html and https://hl7.org/fhir/R4/http.html#pa
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from operator import attrgetter
+from typing import Any
 
 from fhir_server.search.ast import SearchQuery
 from fhir_server.search.registry import COLUMN_PARAMS, SearchRegistry
@@ -131,21 +133,28 @@ def write_index(
     insert_index_rows(conn, index_rows(pk, resource_type, entries))
 
 
-def index_rows(pk: int, resource_type: str, entries: Sequence[IndexEntry]) -> dict[str, list[Row]]:
-    """The rows, per index table, that hold ``entries`` of resource ``pk``."""
-    rows: dict[str, list[Row]] = {}
+def index_rows(
+    pk: int,
+    resource_type: str,
+    entries: Sequence[IndexEntry],
+    into: dict[str, list[Row]] | None = None,
+) -> dict[str, list[Row]]:
+    """The rows, per index table, that hold ``entries`` of resource ``pk`` (added
+    to ``into`` when given: a batch's rows are merged table by table)."""
+    rows: dict[str, list[Row]] = {} if into is None else into
     group = 0
     multi = _multi_dates(entries)
     for entry in entries:
-        if entry.param in COLUMN_PARAMS:
+        param, value = entry.param, entry.value
+        if param in COLUMN_PARAMS:
             continue
-        if isinstance(entry.value, CompositeValue):
+        if isinstance(value, CompositeValue):
             group += 1
-            for i, part in enumerate(entry.value.components):
-                _add_row(rows, (pk, resource_type, f"{entry.param}${i}", group), part)
+            for i, part in enumerate(value.components):
+                _add_row(rows, (pk, resource_type, f"{param}${i}", group), part)
         else:
-            grp = MULTI_GRP if entry.param in multi else 0
-            _add_row(rows, (pk, resource_type, entry.param, grp), entry.value)
+            grp = MULTI_GRP if multi and param in multi else 0
+            _add_row(rows, (pk, resource_type, param, grp), value)
     return rows
 
 
@@ -154,7 +163,7 @@ def _multi_dates(entries: Sequence[IndexEntry]) -> set[str]:
     seen: set[str] = set()
     multi: set[str] = set()
     for entry in entries:
-        if isinstance(entry.value, DateRange):
+        if type(entry.value) is DateRange:
             (multi if entry.param in seen else seen).add(entry.param)
     return multi
 
@@ -165,29 +174,28 @@ def insert_index_rows(conn: sqlite3.Connection, rows: dict[str, list[Row]]) -> N
         insert_rows(conn, f"INSERT INTO {table}", table_rows)
 
 
+# The table each kind of value is stored in, and its value columns. Looked up
+# by exact type: the audit trail alone writes a dozen rows per request.
+_COLUMNS_OF: dict[type, tuple[str, Callable[[Any], Row]]] = {
+    StringValue: ("search_string", attrgetter("normalized", "exact")),
+    TokenValue: ("search_token", attrgetter("system", "code", "text")),
+    DateRange: ("search_date", attrgetter("low", "high")),
+    QuantityValue: ("search_quantity", attrgetter("value", "system", "code", "unit")),
+    NumberValue: ("search_number", lambda v: (v.value,)),
+    ReferenceValue: ("search_reference", attrgetter("type", "id", "url", "version")),
+    UriValue: ("search_uri", lambda v: (v.uri,)),
+}
+
+
 def _add_row(rows: dict[str, list[Row]], key: Row, value: Value) -> None:
-    table, columns = _value_columns(value)
-    if table:
-        rows.setdefault(table, []).append(key + columns)
-
-
-def _value_columns(value: Value) -> tuple[str, Row]:
-    """The table and value columns a value is stored in ("" for none)."""
-    if isinstance(value, StringValue):
-        return "search_string", (value.normalized, value.exact)
-    if isinstance(value, TokenValue):
-        return "search_token", (value.system, value.code, value.text)
-    if isinstance(value, DateRange):
-        return "search_date", (value.low, value.high)
-    if isinstance(value, QuantityValue):
-        return "search_quantity", (value.value, value.system, value.code, value.unit)
-    if isinstance(value, NumberValue):
-        return "search_number", (value.value,)
-    if isinstance(value, ReferenceValue):
-        return "search_reference", (value.type, value.id, value.url, value.version)
-    if isinstance(value, UriValue):
-        return "search_uri", (value.uri,)
-    return "", ()  # nested composites do not occur in R4
+    kind = _COLUMNS_OF.get(type(value))
+    if kind is None:
+        return  # nested composites do not occur in R4
+    table, columns = kind
+    table_rows = rows.get(table)
+    if table_rows is None:
+        table_rows = rows[table] = []
+    table_rows.append(key + columns(value))
 
 
 def delete_index(conn: sqlite3.Connection, pk: int) -> None:
