@@ -77,9 +77,8 @@ class CurrentCache:
 
     def watch(self, conn: sqlite3.Connection | None, peek: WalHeaderPeek | None = None) -> None:
         """Use ``conn`` (opened on the event loop's thread) to see others' commits,
-        and ``peek`` (if given) to skip asking it while nobody committed."""
-        if self._peek is not None:
-            self._peek.close()
+        and ``peek`` (if given; the caller closes it) to skip asking while nobody
+        committed."""
         self._watch = conn
         self._peek = peek
         self._header = b""
@@ -117,9 +116,9 @@ class CurrentCache:
         if self._peek is not None:
             # read before asking: a commit after this read changes it again
             header = self._peek.header()
-            if header == self._header:
+            if header is not None and header == self._header:
                 return
-            self._header = header
+            self._header = header or b""
         version = self._watch.execute("PRAGMA data_version").fetchone()[0]
         if version == self._data_version:
             return

@@ -162,6 +162,7 @@ class SqliteStore:
         self._checkpointer = Checkpointer(wal, partial(_connect, self.path, readonly=False))
         self._group = GroupCommit(wal, after_sync=self._checkpointer.poke)
         self._current = CurrentCache()
+        self._peek: WalHeaderPeek | None = None
         self.dicom: DicomIndex = dicom_index.SqliteDicomIndex(self)
         self.auth = SqliteAuthData(self)
 
@@ -171,7 +172,8 @@ class SqliteStore:
             self._writer = await self._run(self._writer_pool, self._open_writer)
             # on the loop's thread: the cache looks at it there (current_cache)
             watch = _connect(self.path, readonly=True)
-            self._current.watch(watch, WalHeaderPeek.open(self.path))
+            self._peek = WalHeaderPeek.open(self.path)
+            self._current.watch(watch, self._peek)
             self._current.check_external()
         except sqlite3.Error as exc:
             raise StorageUnavailable(f"cannot open {self.path}: {exc}") from exc
@@ -202,6 +204,9 @@ class SqliteStore:
             for conn in self._reader_conns:
                 conn.close()
             self._reader_conns.clear()
+        if self._peek is not None:
+            self._peek.close()  # last: closing it drops this process's locks (wal_peek)
+            self._peek = None
 
     # -- plumbing -----------------------------------------------------------------
 
