@@ -193,6 +193,7 @@ class MongoDicomIndex:
     async def instance_files(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
     ) -> list[InstanceFile]:
+        # "num": only for the order (``_instance_order``), which is kept client-side
         projection = {"series": 1, "study": 1, "blob": 1, "ts": 1, "num": 1}
         docs = await self._instance_docs(study_uid, series_uid, sop_uid, projection)
         return [
