@@ -5,6 +5,7 @@ bridges all call these. See https://hl7.org/fhir/R4/http.html
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -117,7 +118,7 @@ async def _save(
     id: str,
     resource: dict[str, Any] | None,
     current: StoredVersion | None,
-    index: list[IndexEntry] | None = None,
+    index: Sequence[IndexEntry] | None = None,
 ) -> StoredVersion:
     """Write the next version of ``resource_type/id``: stamps meta, extracts the
     index (unless extracted ahead: the stamps do not change it), checks the caller
@@ -244,7 +245,7 @@ async def create_in(
     if_none_exist: str | None = None,
     id: str | None = None,
     validated: bool = False,
-    index: list[IndexEntry] | None = None,
+    index: Sequence[IndexEntry] | None = None,
 ) -> Outcome:
     """Create inside ``tx``; ``index``: the resource's, if extracted ahead."""
     resource_type = check_resource_type(resource) if validated else validate_resource(resource)
@@ -324,7 +325,7 @@ async def update_in(
     *,
     if_match: str | None = None,
     validated: bool = False,
-    index: list[IndexEntry] | None = None,
+    index: Sequence[IndexEntry] | None = None,
 ) -> Outcome:
     """Update inside ``tx``; ``index``: the resource's, if extracted ahead."""
     check_type(resource_type)

@@ -9,6 +9,7 @@ resource is written. A batch runs each entry on its own and reports each outcome
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -118,7 +119,7 @@ async def _run_entry(
     svc: Services,
     auth: AuthContext,
     entry: Entry,
-    index: list[IndexEntry] | None = None,
+    index: Sequence[IndexEntry] | None = None,
 ) -> dict[str, Any]:
     """Run one entry; ``index``: its resource's index, when prepared (and so validated)."""
     path, query = entry.target
@@ -276,7 +277,7 @@ class _Prepared:
             entry.prepared_at = position
         self.chunks = svc.workers.prepare([e.resource for e in entries], svc.registry)
 
-    async def index_of(self, entry: Entry) -> list[IndexEntry] | None:
+    async def index_of(self, entry: Entry) -> Sequence[IndexEntry] | None:
         """The entry's index; raises its validation error if its resource is invalid."""
         if entry.prepared_at is None:
             return None

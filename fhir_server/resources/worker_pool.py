@@ -33,8 +33,8 @@ from fhir_server import heap
 from fhir_server.errors import FhirError, InvalidResource, Issue, UnknownResourceType
 from fhir_server.resources.validate import validate_resource
 from fhir_server.search.extract import extract_index
+from fhir_server.search.packed import PackedIndex
 from fhir_server.search.registry import SearchRegistry
-from fhir_server.search.values import IndexEntry
 
 T = TypeVar("T")
 
@@ -59,12 +59,16 @@ def _check(resource: Any) -> Failure | None:
     return None
 
 
-Prepared = tuple[Failure | None, list[IndexEntry] | None]
+Prepared = tuple[Failure | None, PackedIndex | None]
 
 
 def _prepare(resource: Any, registry: SearchRegistry) -> Prepared:
+    """Validate and index a resource; the index packed, for the trip back to the
+    server (``search.packed``: unpickling entry objects cost it more than the rest)."""
     failure = _check(resource)
-    return (failure, None) if failure is not None else (None, extract_index(resource, registry))
+    if failure is not None:
+        return failure, None
+    return None, PackedIndex.of(extract_index(resource, registry))
 
 
 def _prepare_all(resources: Sequence[Any], base_url: str | None) -> list[Prepared]:
@@ -114,7 +118,7 @@ def _error(failure: Failure) -> FhirError:
     return _ERRORS[kind](diagnostics, issues=tuple(Issue(*i) for i in issues))  # type: ignore[arg-type]
 
 
-PreparedResource = tuple[FhirError | None, list[IndexEntry] | None]
+PreparedResource = tuple[FhirError | None, PackedIndex | None]
 """A resource's validation error, or its search index."""
 
 

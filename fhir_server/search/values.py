@@ -10,31 +10,11 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
-from operator import attrgetter
-from typing import Any, TypeVar
 
 # Above every character, so ``[p, p + TOP)`` is the range of strings starting with p.
 _TOP = "\U0010ffff"
 
-_C = TypeVar("_C", bound=type)
 
-
-def _pickled_by_fields(cls: _C) -> _C:
-    """Pickle as ``cls(*fields)``. Index entries travel back from the worker
-    processes that extract them (``worker_pool``); the default for frozen slot
-    dataclasses restores each object through ``dataclasses.fields()``, which cost
-    the receiving process more than the extraction it saved."""
-    names: tuple[str, ...] = cls.__slots__  # type: ignore[attr-defined]
-    fields = attrgetter(*names)  # one C call; a tuple when there are several
-
-    def reduce(self: Any) -> tuple[type, tuple[Any, ...]]:
-        return cls, fields(self) if len(names) > 1 else (fields(self),)
-
-    cls.__reduce__ = reduce  # type: ignore[assignment]
-    return cls
-
-
-@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class StringValue:
     """A string normalised for case and accents (``normalized``) and as written (``exact``)."""
@@ -43,7 +23,6 @@ class StringValue:
     exact: str
 
 
-@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class TokenValue:
     """A coded value. ``system`` None means "no system given"; "" means "explicitly none"."""
@@ -53,7 +32,6 @@ class TokenValue:
     text: str | None = None
 
 
-@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class DateRange:
     """``[low, high)`` in microseconds since the epoch (UTC)."""
@@ -62,7 +40,6 @@ class DateRange:
     high: int
 
 
-@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class NumberValue:
     """A decimal with the range its precision implies (``100`` covers [99.5, 100.5))."""
@@ -72,7 +49,6 @@ class NumberValue:
     high: float
 
 
-@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class QuantityValue:
     value: float
@@ -83,7 +59,6 @@ class QuantityValue:
     unit: str | None = None
 
 
-@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class ReferenceValue:
     """A reference as type + id (relative or resolved local absolute) or an external URL."""
@@ -94,13 +69,11 @@ class ReferenceValue:
     version: str | None = None
 
 
-@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class UriValue:
     uri: str
 
 
-@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class CompositeValue:
     components: tuple[Value, ...]
@@ -118,7 +91,6 @@ Value = (
 )
 
 
-@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class IndexEntry:
     """One extracted search value of a resource, under the parameter's code."""

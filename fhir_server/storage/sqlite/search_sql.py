@@ -16,23 +16,22 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
-from operator import attrgetter
-from typing import Any
 
 from fhir_server.search.ast import SearchQuery
-from fhir_server.search.registry import COLUMN_PARAMS, SearchRegistry
-from fhir_server.search.values import (
-    CompositeValue,
-    DateRange,
-    IndexEntry,
-    NumberValue,
-    QuantityValue,
-    ReferenceValue,
-    StringValue,
-    TokenValue,
-    UriValue,
-    Value,
+from fhir_server.search.packed import (
+    COMPOSITE,
+    DATE,
+    NUMBER,
+    QUANTITY,
+    REFERENCE,
+    STRING,
+    TOKEN,
+    URI,
+    PackedEntry,
+    pack_entries,
 )
+from fhir_server.search.registry import COLUMN_PARAMS, SearchRegistry
+from fhir_server.search.values import IndexEntry
 from fhir_server.storage.base import SearchPage
 from fhir_server.storage.sqlite.bulk import insert_rows
 from fhir_server.storage.sqlite.search_compile import (
@@ -140,31 +139,33 @@ def index_rows(
     into: dict[str, list[Row]] | None = None,
 ) -> dict[str, list[Row]]:
     """The rows, per index table, that hold ``entries`` of resource ``pk`` (added
-    to ``into`` when given: a batch's rows are merged table by table)."""
+    to ``into`` when given: a batch's rows are merged table by table). Made from
+    the packed form (``search.packed``), which the worker processes send."""
     rows: dict[str, list[Row]] = {} if into is None else into
     group = 0
-    multi = _multi_dates(entries)
-    for entry in entries:
-        param, value = entry.param, entry.value
+    packed = pack_entries(entries)
+    multi = _multi_dates(packed)
+    for entry in packed:
+        param, kind = entry[0], entry[1]
         if param in COLUMN_PARAMS:
             continue
-        if isinstance(value, CompositeValue):
+        if kind == COMPOSITE:
             group += 1
-            for i, part in enumerate(value.components):
-                _add_row(rows, (pk, resource_type, f"{param}${i}", group), part)
+            for i, part in enumerate(entry[2]):
+                _add_row(rows, (pk, resource_type, f"{param}${i}", group), part[0], part[1:])
         else:
             grp = MULTI_GRP if multi and param in multi else 0
-            _add_row(rows, (pk, resource_type, param, grp), value)
+            _add_row(rows, (pk, resource_type, param, grp), kind, entry[2:])
     return rows
 
 
-def _multi_dates(entries: Sequence[IndexEntry]) -> set[str]:
-    """The date parameters with several values in ``entries`` (see ``span_class``)."""
+def _multi_dates(packed: Sequence[PackedEntry]) -> set[str]:
+    """The date parameters with several values in ``packed`` (see ``span_class``)."""
     seen: set[str] = set()
     multi: set[str] = set()
-    for entry in entries:
-        if type(entry.value) is DateRange:
-            (multi if entry.param in seen else seen).add(entry.param)
+    for entry in packed:
+        if entry[1] == DATE:
+            (multi if entry[0] in seen else seen).add(entry[0])
     return multi
 
 
@@ -174,28 +175,33 @@ def insert_index_rows(conn: sqlite3.Connection, rows: dict[str, list[Row]]) -> N
         insert_rows(conn, f"INSERT INTO {table}", table_rows)
 
 
-# The table each kind of value is stored in, and its value columns. Looked up
-# by exact type: the audit trail alone writes a dozen rows per request.
-_COLUMNS_OF: dict[type, tuple[str, Callable[[Any], Row]]] = {
-    StringValue: ("search_string", attrgetter("normalized", "exact")),
-    TokenValue: ("search_token", attrgetter("system", "code", "text")),
-    DateRange: ("search_date", attrgetter("low", "high")),
-    QuantityValue: ("search_quantity", attrgetter("value", "system", "code", "unit")),
-    NumberValue: ("search_number", lambda v: (v.value,)),
-    ReferenceValue: ("search_reference", attrgetter("type", "id", "url", "version")),
-    UriValue: ("search_uri", lambda v: (v.uri,)),
+def _all(fields: Row) -> Row:
+    return fields
+
+
+# The table each kind of value is stored in, and its value columns taken from
+# the value's packed fields. Indexed by kind: the audit trail alone writes a
+# dozen rows per request.
+_COLUMNS_OF: dict[int, tuple[str, Callable[[Row], Row]]] = {
+    STRING: ("search_string", _all),  # normalized, exact
+    TOKEN: ("search_token", _all),  # system, code, text
+    DATE: ("search_date", _all),  # low, high
+    NUMBER: ("search_number", lambda f: f[:1]),  # value (not low, high)
+    QUANTITY: ("search_quantity", lambda f: (f[0], *f[3:])),  # value, system, code, unit
+    REFERENCE: ("search_reference", _all),  # type, id, url, version
+    URI: ("search_uri", _all),  # uri
 }
 
 
-def _add_row(rows: dict[str, list[Row]], key: Row, value: Value) -> None:
-    kind = _COLUMNS_OF.get(type(value))
-    if kind is None:
+def _add_row(rows: dict[str, list[Row]], key: Row, kind: int, fields: Row) -> None:
+    found = _COLUMNS_OF.get(kind)
+    if found is None:
         return  # nested composites do not occur in R4
-    table, columns = kind
+    table, columns = found
     table_rows = rows.get(table)
     if table_rows is None:
         table_rows = rows[table] = []
-    table_rows.append(key + columns(value))
+    table_rows.append(key + columns(fields))
 
 
 def delete_index(conn: sqlite3.Connection, pk: int) -> None:
