@@ -201,9 +201,11 @@ def _searchset(
     elements: tuple[str, ...],
 ) -> dict[str, Any]:
     links = [("self", page_url(base, params))]
-    if page.next_cursor is not None:
+    # _summary=count has no entries, so no pages to move between
+    paged = summary != "count"
+    if paged and page.next_cursor is not None:
         links.append(("next", page_url(base, params, **{CURSOR_PARAM: page.next_cursor})))
-    if page.previous_cursor is not None:
+    if paged and page.previous_cursor is not None:
         links.append(("previous", page_url(base, params, **{CURSOR_PARAM: page.previous_cursor})))
     entries: list[dict[str, Any]] = []
     if summary != "count":

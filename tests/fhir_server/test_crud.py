@@ -307,10 +307,12 @@ async def test_other_supported_types_round_trip(client: httpx.AsyncClient, examp
 async def test_summary_count_gives_the_total(client: httpx.AsyncClient) -> None:
     for _ in range(3):
         await client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=FHIR)
-    r = await client.get("/fhir/Patient?_summary=count")
+    r = await client.get("/fhir/Patient?_summary=count&_count=2")
     assert r.status_code == 200
     assert r.json()["total"] == 3
     assert r.json().get("entry", []) == []
+    # no entries, so no pages to move between: only the self link
+    assert [link["relation"] for link in r.json()["link"]] == ["self"]
 
 
 async def test_summary_and_elements_on_read(client: httpx.AsyncClient, example: Any) -> None:
