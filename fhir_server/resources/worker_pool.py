@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from fhir_server import heap
 from fhir_server.errors import FhirError, InvalidResource, Issue, UnknownResourceType
 from fhir_server.resources.validate import validate_resource
-from fhir_server.search.extract import extract_index
+from fhir_server.search.extract import extract_packed
 from fhir_server.search.packed import PackedIndex
 from fhir_server.search.registry import SearchRegistry
 
@@ -68,7 +68,7 @@ def _prepare(resource: Any, registry: SearchRegistry) -> Prepared:
     failure = _check(resource)
     if failure is not None:
         return failure, None
-    return None, PackedIndex.of(extract_index(resource, registry))
+    return None, extract_packed(resource, registry)
 
 
 def _prepare_all(resources: Sequence[Any], base_url: str | None) -> list[Prepared]:

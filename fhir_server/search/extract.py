@@ -23,6 +23,7 @@ from fhir_server.search.fhirpath import (
     may_select,
     present_elements,
 )
+from fhir_server.search.packed import PackedIndex, pack_entries
 from fhir_server.search.registry import ParamDef, SearchRegistry
 from fhir_server.search.values import (
     CompositeValue,
@@ -63,6 +64,16 @@ _CONTACT_POINT_FIELDS = frozenset({"telecom", "contact"})
 
 def extract_index(resource: dict[str, Any], registry: SearchRegistry) -> list[IndexEntry]:
     """Every index entry of ``resource`` (``_id``/``_lastUpdated`` come from columns)."""
+    return list(dict.fromkeys(_entries(resource, registry)))
+
+
+def extract_packed(resource: dict[str, Any], registry: SearchRegistry) -> PackedIndex:
+    """``extract_index`` packed (``search.packed``), as the worker processes send it.
+    Duplicates are dropped as tuples, which hash in C; an entry hashes in Python."""
+    return PackedIndex(tuple(dict.fromkeys(pack_entries(_entries(resource, registry)))))
+
+
+def _entries(resource: dict[str, Any], registry: SearchRegistry) -> list[IndexEntry]:
     entries: list[IndexEntry] = []
     present: set[str] | None = None
     base_url = registry.base_url
@@ -75,7 +86,7 @@ def extract_index(resource: dict[str, Any], registry: SearchRegistry) -> list[In
             if present.isdisjoint(planned.roots):
                 continue
         entries.extend(_extract(resource, planned.param, planned.exists_path, base_url))
-    return list(dict.fromkeys(entries))
+    return entries
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from fhir_server.search.extract import extract_index
+from fhir_server.search.extract import extract_index, extract_packed
 from fhir_server.search.packed import (
     VALUE_TYPES,
     PackedIndex,
@@ -93,6 +93,19 @@ def test_an_example_index_comes_back_whole_after_the_trip(
     assert list(travelled) == entries
     assert travelled == entries and travelled == index
     assert [travelled[i] for i in range(len(entries))] == entries
+
+
+def test_extracting_packed_gives_the_entries_in_their_order_without_duplicates() -> None:
+    for path in sorted(EXAMPLES.glob("*.json")):
+        resource: dict[str, Any] = orjson.loads(path.read_bytes())
+        if resource.get("resourceType") not in REGISTRY.types:
+            continue
+        # a repeated identifier gives the same entries twice: kept once
+        doubled = {**resource, "identifier": [*resource.get("identifier", [])] * 2}
+        for r in (resource, doubled):
+            packed = extract_packed(r, REGISTRY)
+            assert list(packed) == extract_index(r, REGISTRY), path.name
+            assert len(set(packed.packed)) == len(packed), path.name
 
 
 def test_the_trip_carries_no_value_objects() -> None:
