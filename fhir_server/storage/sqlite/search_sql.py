@@ -153,9 +153,14 @@ def index_rows(
             group += 1
             for i, part in enumerate(entry[2]):
                 _add_row(rows, (pk, resource_type, f"{param}${i}", group), part[0], part[1:])
-        else:
-            grp = MULTI_GRP if multi and param in multi else 0
-            _add_row(rows, (pk, resource_type, param, grp), kind, entry[2:])
+            continue
+        # _add_row inlined: the writer thread runs this for every row, holding the GIL
+        table, columns = _COLUMNS_OF[kind]
+        table_rows = rows.get(table)
+        if table_rows is None:
+            table_rows = rows[table] = []
+        grp = MULTI_GRP if multi and param in multi else 0
+        table_rows.append((pk, resource_type, param, grp, *columns(entry[2:])))
     return rows
 
 
