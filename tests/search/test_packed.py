@@ -154,7 +154,8 @@ def test_a_value_becomes_one_row_of_its_table(
     assert index_rows(7, "Observation", given) == {table: [(7, "Observation", "p", 0, *columns)]}
 
 
-def test_composites_are_grouped_and_repeated_dates_marked() -> None:
+@pytest.mark.parametrize("packed", [False, True], ids=["entries", "packed"])
+def test_composites_are_grouped_and_repeated_dates_marked(packed: bool) -> None:
     systolic = CompositeValue((TokenValue("http://loinc.org", "8480-6"), NumberValue(1, 0.5, 1.5)))
     diastolic = CompositeValue((TokenValue("http://loinc.org", "8462-4"), NumberValue(2, 1.5, 2.5)))
     entries = [
@@ -165,7 +166,7 @@ def test_composites_are_grouped_and_repeated_dates_marked() -> None:
         IndexEntry("date", DateRange(5, 6)),
         IndexEntry("issued", DateRange(3, 4)),
     ]
-    rows = index_rows(3, "Observation", PackedIndex.of(entries))
+    rows = index_rows(3, "Observation", PackedIndex.of(entries) if packed else entries)
     assert rows == {
         "search_token": [
             (3, "Observation", "cv$0", 1, "http://loinc.org", "8480-6", None),
@@ -178,3 +179,12 @@ def test_composites_are_grouped_and_repeated_dates_marked() -> None:
             (3, "Observation", "issued", 0, 3, 4),
         ],
     }
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["entries", "packed"])
+def test_a_nested_composite_part_has_no_row(packed: bool) -> None:
+    # R4 defines none; a part that is itself composite has no table of its own
+    nested = CompositeValue((TokenValue("s", "c"), CompositeValue((UriValue("urn:x"),))))
+    entries = [IndexEntry("cv", nested)]
+    rows = index_rows(1, "Observation", PackedIndex.of(entries) if packed else entries)
+    assert rows == {"search_token": [(1, "Observation", "cv$0", 1, "s", "c", None)]}

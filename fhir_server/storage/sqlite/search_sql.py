@@ -15,12 +15,14 @@ See https://hl7.org/fhir/R4/search.html and https://hl7.org/fhir/R4/http.html#pa
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from fhir_server.search.ast import SearchQuery
 from fhir_server.search.packed import (
     COMPOSITE,
     DATE,
+    KIND_AND_FIELDS,
     NUMBER,
     QUANTITY,
     REFERENCE,
@@ -28,10 +30,10 @@ from fhir_server.search.packed import (
     TOKEN,
     URI,
     PackedEntry,
-    pack_entries,
+    PackedIndex,
 )
 from fhir_server.search.registry import COLUMN_PARAMS, SearchRegistry
-from fhir_server.search.values import IndexEntry
+from fhir_server.search.values import CompositeValue, DateRange, IndexEntry
 from fhir_server.storage.base import SearchPage
 from fhir_server.storage.sqlite.bulk import insert_rows
 from fhir_server.storage.sqlite.search_compile import (
@@ -113,6 +115,7 @@ INDEX_TABLES: tuple[str, ...] = (
 )
 
 Row = tuple[object, ...]
+_Rows = dict[str, list[Row]]
 # ``_total=estimate`` stops counting here: cheap at any size, exact for small results.
 ESTIMATE_CAP = 10_000
 
@@ -139,12 +142,24 @@ def index_rows(
     into: dict[str, list[Row]] | None = None,
 ) -> dict[str, list[Row]]:
     """The rows, per index table, that hold ``entries`` of resource ``pk`` (added
-    to ``into`` when given: a batch's rows are merged table by table). Made from
-    the packed form (``search.packed``), which the worker processes send."""
+    to ``into`` when given: a batch's rows are merged table by table)."""
     rows: dict[str, list[Row]] = {} if into is None else into
+    if isinstance(entries, PackedIndex):
+        _packed_rows(rows, pk, resource_type, entries.packed)
+    else:
+        _entry_rows(rows, pk, resource_type, entries)
+    return rows
+
+
+# Two forms, one table of columns (``_COLUMNS_OF``). Packed entries come from the
+# worker processes (``search.packed``); entry objects from extraction in this
+# process, the audit trail's above all, one AuditEvent per request: packing them
+# first cost it more than making the rows.
+
+
+def _packed_rows(rows: _Rows, pk: int, resource_type: str, packed: Sequence[PackedEntry]) -> None:
+    multi = _repeated(e[0] for e in packed if e[1] == DATE)
     group = 0
-    packed = pack_entries(entries)
-    multi = _multi_dates(packed)
     for entry in packed:
         param, kind = entry[0], entry[1]
         if param in COLUMN_PARAMS:
@@ -152,26 +167,56 @@ def index_rows(
         if kind == COMPOSITE:
             group += 1
             for i, part in enumerate(entry[2]):
-                _add_row(rows, (pk, resource_type, f"{param}${i}", group), part[0], part[1:])
+                found = _COLUMNS_OF.get(part[0])  # None: a nested composite (not in R4)
+                if found is not None:
+                    row = (pk, resource_type, f"{param}${i}", group, *found[1](part[1:]))
+                    _table(rows, found[0]).append(row)
             continue
-        # _add_row inlined: the writer thread runs this for every row, holding the GIL
         table, columns = _COLUMNS_OF[kind]
-        table_rows = rows.get(table)
+        grp = MULTI_GRP if multi and param in multi else 0
+        table_rows = rows.get(table)  # not _table(): a call per row costs ~20 %
         if table_rows is None:
             table_rows = rows[table] = []
+        table_rows.append((pk, resource_type, param, grp) + columns(entry[2:]))
+
+
+def _entry_rows(rows: _Rows, pk: int, resource_type: str, entries: Sequence[IndexEntry]) -> None:
+    multi = _repeated(e.param for e in entries if type(e.value) is DateRange)
+    group = 0
+    for entry in entries:
+        param, value = entry.param, entry.value
+        if param in COLUMN_PARAMS:
+            continue
+        if type(value) is CompositeValue:
+            group += 1
+            for i, part in enumerate(value.components):
+                found = _COLUMNS_BY_TYPE.get(type(part))  # None: a nested composite
+                if found is not None:
+                    row = (pk, resource_type, f"{param}${i}", group, *found[1](part))
+                    _table(rows, found[0]).append(row)
+            continue
+        table, columns = _COLUMNS_BY_TYPE[type(value)]
         grp = MULTI_GRP if multi and param in multi else 0
-        table_rows.append((pk, resource_type, param, grp, *columns(entry[2:])))
-    return rows
+        table_rows = rows.get(table)  # not _table(): a call per row costs ~20 %
+        if table_rows is None:
+            table_rows = rows[table] = []
+        table_rows.append((pk, resource_type, param, grp) + columns(value))
 
 
-def _multi_dates(packed: Sequence[PackedEntry]) -> set[str]:
-    """The date parameters with several values in ``packed`` (see ``span_class``)."""
+def _repeated(date_params: Iterable[str]) -> set[str]:
+    """The date parameters with several values (see ``span_class``)."""
     seen: set[str] = set()
     multi: set[str] = set()
-    for entry in packed:
-        if entry[1] == DATE:
-            (multi if entry[0] in seen else seen).add(entry[0])
+    for param in date_params:
+        (multi if param in seen else seen).add(param)
     return multi
+
+
+def _table(rows: _Rows, table: str) -> list[Row]:
+    table_rows = rows.get(table)
+    if table_rows is None:
+        table_rows = rows[table] = []
+    return table_rows
 
 
 def insert_index_rows(conn: sqlite3.Connection, rows: dict[str, list[Row]]) -> None:
@@ -185,8 +230,7 @@ def _all(fields: Row) -> Row:
 
 
 # The table each kind of value is stored in, and its value columns taken from
-# the value's packed fields. Indexed by kind: the audit trail alone writes a
-# dozen rows per request.
+# the value's packed fields.
 _COLUMNS_OF: dict[int, tuple[str, Callable[[Row], Row]]] = {
     STRING: ("search_string", _all),  # normalized, exact
     TOKEN: ("search_token", _all),  # system, code, text
@@ -198,15 +242,21 @@ _COLUMNS_OF: dict[int, tuple[str, Callable[[Row], Row]]] = {
 }
 
 
-def _add_row(rows: dict[str, list[Row]], key: Row, kind: int, fields: Row) -> None:
-    found = _COLUMNS_OF.get(kind)
-    if found is None:
-        return  # nested composites do not occur in R4
-    table, columns = found
-    table_rows = rows.get(table)
-    if table_rows is None:
-        table_rows = rows[table] = []
-    table_rows.append(key + columns(fields))
+def _columns_by_type() -> dict[type, tuple[str, Callable[[Any], Row]]]:
+    """``_COLUMNS_OF`` by the type of a value object: its fields read straight
+    into the columns where they are all of them (no intermediate tuple)."""
+    out: dict[type, tuple[str, Callable[[Any], Row]]] = {}
+    for cls, (kind, fields) in KIND_AND_FIELDS.items():
+        table, columns = _COLUMNS_OF[kind]
+        out[cls] = (table, fields if columns is _all else _composed(columns, fields))
+    return out
+
+
+def _composed(columns: Callable[[Row], Row], fields: Callable[[Any], Row]) -> Callable[[Any], Row]:
+    return lambda value: columns(fields(value))
+
+
+_COLUMNS_BY_TYPE = _columns_by_type()
 
 
 def delete_index(conn: sqlite3.Connection, pk: int) -> None:
