@@ -1,13 +1,15 @@
 """Index entries as plain tuples, for the trip between processes.
 
 A resource's index travels from the worker process that extracts it
-(``resources.worker_pool``) to the server, which stores it. As objects, a
-Patient's nine entries (eighteen frozen dataclasses) cost ~35 µs to pickle
-and unpickle, most of it rebuilding them in the server's process; as tuples of
-strings and numbers ~3 µs. ``PackedIndex`` holds the tuples and turns them
-back into ``IndexEntry`` objects only if something asks for them (a Patient
-token's compartment check, the MongoDB adapter); the SQLite adapter makes its
-rows from the tuples directly (``search_sql.index_rows``).
+(``resources.worker_pool``) to the server, which stores it. As objects, the
+nine entries of an average resource of a Bundle of Patients and orders
+(eighteen frozen dataclasses) cost ~35 µs to pickle and unpickle, half of it
+rebuilding them in the server's process, on a thread that holds the GIL
+against the event loop; as tuples of strings and numbers ~3 µs.
+``PackedIndex`` holds the tuples and turns them back into ``IndexEntry``
+objects only if something asks for them (a ``patient/`` token's compartment
+check, the MongoDB adapter); the SQLite adapter makes its rows from the tuples
+directly (``search_sql.index_rows``).
 
 A packed value is ``(kind, *fields)``: ``kind`` is the position of its type in
 ``VALUE_TYPES`` and the fields are the dataclass fields in order (a composite
