@@ -105,21 +105,34 @@ def _acknowledged(body: dict[str, Any]) -> tuple[list[str], int]:
     )
 
 
+@dataclass(frozen=True)
+class StowRequest:
+    """One STOW-RS request: its instance files and the body built from them."""
+
+    files: list[Path]
+    body: bytes
+
+
+def stow_requests(batches: Sequence[list[Path]]) -> list[StowRequest]:
+    """Bodies built before any clock starts: the load generator reads no disk while timed."""
+    return [StowRequest(files, stow_body(files)) for files in batches]
+
+
 async def _stow_round(
-    target: Target, batches: list[list[Path]], clients: int, ingest: Ingest
+    target: Target, requests: Sequence[StowRequest], clients: int, ingest: Ingest
 ) -> float:
-    """Send ``batches`` with ``clients`` concurrent connections; seconds taken."""
-    queue: asyncio.Queue[list[Path]] = asyncio.Queue()
-    for batch in batches:
-        queue.put_nowait(batch)
+    """Send ``requests`` with ``clients`` concurrent connections; seconds taken."""
+    queue: asyncio.Queue[StowRequest] = asyncio.Queue()
+    for request in requests:
+        queue.put_nowait(request)
     headers = {**target.headers, "Content-Type": STOW_TYPE, "Accept": DICOM_JSON}
 
     async def client() -> None:
         async with httpx.AsyncClient(headers=headers, timeout=600) as http:
             while not queue.empty():
-                files = queue.get_nowait()
-                body = await asyncio.to_thread(stow_body, files)  # read before the clock
-                response = await http.post(f"{target.base}/studies", content=body)
+                request = queue.get_nowait()
+                files = request.files
+                response = await http.post(f"{target.base}/studies", content=request.body)
                 sops, failed = (
                     _acknowledged(response.json()) if response.content else ([], len(files))
                 )
@@ -143,11 +156,12 @@ def stow_phase(
     for r, start in enumerate(range(0, len(batches), size)):
         chunk = batches[start : start + size]
         nbytes = sum(f.stat().st_size for b in chunk for f in b)
+        requests = stow_requests(chunk)  # one round's bodies in memory, ~0.4 GB at most
         order = servers.both if r % 2 == 0 else servers.both[::-1]
         for target in order:
             ing = ingests[target.name]
             cpu = cpu_seconds(target.pid)
-            seconds = asyncio.run(_stow_round(target, chunk, clients, ing))
+            seconds = asyncio.run(_stow_round(target, requests, clients, ing))
             ing.cpu[clients] = ing.cpu.get(clients, 0.0) + cpu_seconds(target.pid) - cpu
             ing.seconds[clients] = ing.seconds.get(clients, 0.0) + seconds
             ing.count[clients] = ing.count.get(clients, 0) + sum(len(b) for b in chunk)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dicom_bench import Ingest, _stow_round, requests_of  # noqa: E402
+from dicom_bench import Ingest, _stow_round, requests_of, stow_requests  # noqa: E402
 from dicom_bench_data import all_studies, generate  # noqa: E402
 from dicom_bench_servers import Target, free_port, wait_for  # noqa: E402
 
@@ -52,9 +52,10 @@ async def _serve(port: int) -> None:
 async def _measure(data: Path, instances: int, port: int, pid: int) -> None:
     studies = list(all_studies(instances, instances))
     batches = requests_of(data, studies, 10)
+    requests = stow_requests(batches)
     target = Target("sink", f"http://127.0.0.1:{port}/dicomweb", {}, pid)
     for clients in (1, 4):
-        seconds = await _stow_round(target, batches, clients, Ingest())
+        seconds = await _stow_round(target, requests, clients, Ingest())
         n = sum(len(b) for b in batches)
         print(f"sink, {clients} client(s): {n / seconds:.1f} inst/s ({n} instances)")
 
