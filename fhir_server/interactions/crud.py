@@ -33,7 +33,7 @@ from fhir_server.resources.types import SERVER_WRITTEN_TYPES, SUPPORTED_TYPES, i
 from fhir_server.resources.validate import check_type as check_resource_type
 from fhir_server.resources.validate import validate_resource
 from fhir_server.search.ast import SearchQuery
-from fhir_server.search.extract import extract_index
+from fhir_server.search.extract import extract_index, extract_packed
 from fhir_server.search.values import IndexEntry
 from fhir_server.storage.base import (
     Method,
@@ -136,7 +136,7 @@ async def _save(
         stamped = stamp(resource, id, version, moment)
         body = orjson.dumps(stamped)
         if index is None:
-            index = extract_index(stamped, svc.registry)
+            index = extract_packed(stamped, svc.registry)
         fresh = current is None or current.deleted
         action = Interaction.CREATE if fresh else Interaction.UPDATE
         svc.policy.check_content(auth, action, resource_type, id, index)
@@ -204,7 +204,7 @@ async def create(
     # validated and indexed before the transaction: the write lock is then held
     # only for the write
     validate_resource(resource)
-    index = extract_index(resource, svc.registry)
+    index = extract_packed(resource, svc.registry)
     if if_none_exist is None:
         # nothing to look up first: one write, which the store commits as it goes
         # (one hand-off to its writer instead of three, the write lock held that long)
@@ -289,7 +289,7 @@ async def update(
     """See https://hl7.org/fhir/R4/http.html#update (including create-on-update)."""
     check_type(resource_type)
     validate_resource(resource)
-    index = extract_index(resource, svc.registry)  # outside the write lock, as validation
+    index = extract_packed(resource, svc.registry)  # outside the write lock, as validation
     async with svc.store.transaction() as tx:
         return await update_in(
             tx,

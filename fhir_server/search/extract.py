@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,20 +23,26 @@ from fhir_server.search.fhirpath import (
     may_select,
     present_elements,
 )
-from fhir_server.search.packed import PackedIndex, pack_entries
+from fhir_server.search.packed import (
+    COMPOSITE,
+    DATE,
+    NUMBER,
+    QUANTITY,
+    REFERENCE,
+    STRING,
+    TOKEN,
+    URI,
+    PackedEntry,
+    PackedIndex,
+    PackedValue,
+    unpack_entry,
+)
 from fhir_server.search.registry import ParamDef, SearchRegistry
 from fhir_server.search.values import (
-    CompositeValue,
     IndexEntry,
-    NumberValue,
-    QuantityValue,
     ReferenceValue,
-    TokenValue,
-    UriValue,
-    Value,
     derived_param,
     normalize_text,
-    string_value,
 )
 
 # ``Patient.deceased.exists() and Patient.deceased != false``: the one boolean
@@ -64,17 +70,19 @@ _CONTACT_POINT_FIELDS = frozenset({"telecom", "contact"})
 
 def extract_index(resource: dict[str, Any], registry: SearchRegistry) -> list[IndexEntry]:
     """Every index entry of ``resource`` (``_id``/``_lastUpdated`` come from columns)."""
-    return list(dict.fromkeys(_entries(resource, registry)))
+    return [unpack_entry(p) for p in dict.fromkeys(_entries(resource, registry))]
 
 
 def extract_packed(resource: dict[str, Any], registry: SearchRegistry) -> PackedIndex:
-    """``extract_index`` packed (``search.packed``), as the worker processes send it.
-    Duplicates are dropped as tuples, which hash in C; an entry hashes in Python."""
-    return PackedIndex(tuple(dict.fromkeys(pack_entries(_entries(resource, registry)))))
+    """``extract_index`` packed (``search.packed``), as the store takes it and the
+    worker processes send it. Extraction makes the packed tuples directly: an entry
+    and its value as frozen dataclasses cost more to build than to find (~2 µs an
+    entry), and duplicates are dropped as tuples, which hash in C."""
+    return PackedIndex(tuple(dict.fromkeys(_entries(resource, registry))))
 
 
-def _entries(resource: dict[str, Any], registry: SearchRegistry) -> list[IndexEntry]:
-    entries: list[IndexEntry] = []
+def _entries(resource: dict[str, Any], registry: SearchRegistry) -> list[PackedEntry]:
+    entries: list[PackedEntry] = []
     present: set[str] | None = None
     base_url = registry.base_url
     for planned in _planned(registry.params_for(resource.get("resourceType", ""))):
@@ -135,85 +143,95 @@ def extract_param(
     exists = _EXISTS_NOT_FALSE.match(param.expression)
     if exists is None and not may_select(resource, param.expression):
         return []
-    return _extract(resource, param, exists["path"] if exists else None, base_url)
+    found = _extract(resource, param, exists["path"] if exists else None, base_url)
+    return [unpack_entry(p) for p in found]
 
 
 def _extract(
     resource: dict[str, Any], param: ParamDef, exists_path: str | None, base_url: str | None
-) -> list[IndexEntry]:
+) -> list[PackedEntry]:
+    code = param.code
     if exists_path is not None:
         items = evaluate(resource, exists_path)
         flag = any(i.value is not False for i in items)
-        return [IndexEntry(param.code, TokenValue(None, "true" if flag else "false"))]
+        return [(code, TOKEN, None, "true" if flag else "false", None)]
     items = evaluate(resource, param.expression)
     if param.type == "composite":
-        return [IndexEntry(param.code, v) for v in _composites(items, param)]
-    values = values_of(items, param.type)
+        return [(code, COMPOSITE, parts) for parts in _composites(items, param)]
+    values = _packed_values(items, param.type)
     if param.type == "reference":
         values = [_local(v, base_url, resource) for v in values]
-    entries = [IndexEntry(param.code, v) for v in values]
-    entries += _derived(items, param)
+    entries: list[PackedEntry] = [(code, *v) for v in values]
+    if param.type == "reference" or param.type == "token":
+        entries += _derived(items, param)
     return entries
 
 
-def _local(value: Value, base_url: str | None, resource: dict[str, Any]) -> Value:
+def _local(value: PackedValue, base_url: str | None, resource: dict[str, Any]) -> PackedValue:
     """A reference as stored: this server's absolute URLs made relative, and a
     contained reference (``#id``) typed by the contained resource it names."""
-    if not isinstance(value, ReferenceValue) or value.url is None:
+    if value[0] != REFERENCE or value[3] is None:
         return value
-    if value.url.startswith("#"):
+    url: str = value[3]
+    if url.startswith("#"):
         for contained in resource.get("contained", ()):
-            if isinstance(contained, dict) and f"#{contained.get('id')}" == value.url:
-                return ReferenceValue(contained.get("resourceType"), None, url=value.url)
+            if isinstance(contained, dict) and f"#{contained.get('id')}" == url:
+                return (REFERENCE, contained.get("resourceType"), None, url, None)
         return value
-    if base_url and value.url.startswith(base_url + "/"):
-        return parse_reference(value.url[len(base_url) + 1 :]) or value
+    if base_url and url.startswith(base_url + "/"):
+        return _packed_reference(url[len(base_url) + 1 :]) or value
     return value
 
 
-def values_of(items: list[Item], param_type: str) -> list[Value]:
-    """The search values of elements, read as ``param_type``."""
+def _packed_values(items: list[Item], param_type: str) -> list[PackedValue]:
     convert = _CONVERTERS.get(param_type)
     if convert is None:
         return []
     return [v for item in items for v in convert(item)]
 
 
-def _composites(items: list[Item], param: ParamDef) -> Iterator[CompositeValue]:
+def _composites(items: list[Item], param: ParamDef) -> Iterator[tuple[PackedValue, ...]]:
     for item in items:
         per_component = [
-            values_of(evaluate_relative([item], c.expression), c.type) for c in param.components
+            _packed_values(evaluate_relative([item], c.expression), c.type)
+            for c in param.components
         ]
-        for combo in itertools.product(*per_component):
-            yield CompositeValue(tuple(combo))
+        yield from itertools.product(*per_component)
 
 
-def _derived(items: list[Item], param: ParamDef) -> list[IndexEntry]:
+def _derived(items: list[Item], param: ParamDef) -> list[PackedEntry]:
     """Entries for modifiers that search something other than the value itself."""
-    entries: list[IndexEntry] = []
+    entries: list[PackedEntry] = []
     for item in items:
         value = item.value
         if not isinstance(value, dict):
             continue
         if param.type == "reference" and isinstance(value.get("identifier"), dict):
             code = derived_param(param.code, "identifier")
-            entries += [IndexEntry(code, t) for t in _identifier(value["identifier"])]
+            entries += [(code, *t) for t in _identifier(value["identifier"])]
         if param.type == "token" and _is_identifier(item):
             code = derived_param(param.code, "of-type")
-            entries += [IndexEntry(code, t) for t in _of_type(value)]
+            entries += [(code, *t) for t in _of_type(value)]
     return entries
 
 
-def _strings(item: Item) -> Iterator[Value]:
+def _string(text: str) -> PackedValue:
+    return (STRING, normalize_text(text), text)
+
+
+def _strings(item: Item) -> list[PackedValue]:
     value = item.value
     if isinstance(value, str):
-        yield string_value(value)
-    elif isinstance(value, dict):
+        return [_string(value)]
+    found: list[PackedValue] = []
+    if isinstance(value, dict):
         for key in _STRING_PARTS:
             part = value.get(key)
-            for text in part if isinstance(part, list) else [part]:
-                if isinstance(text, str):
-                    yield string_value(text)
+            if isinstance(part, str):
+                found.append(_string(part))
+            elif isinstance(part, list):
+                found += [_string(text) for text in part if isinstance(text, str)]
+    return found
 
 
 def _is_identifier(item: Item) -> bool:
@@ -226,106 +244,112 @@ def _is_identifier(item: Item) -> bool:
     )
 
 
-def _tokens(item: Item) -> Iterator[Value]:
+def _tokens(item: Item) -> Iterator[PackedValue]:
     value = item.value
     if isinstance(value, bool):
-        yield TokenValue(None, "true" if value else "false")
+        yield (TOKEN, None, "true" if value else "false", None)
     elif isinstance(value, str):
-        yield TokenValue(None, value)
+        yield (TOKEN, None, value, None)
     elif not isinstance(value, dict):
         return
     elif "coding" in value or ("text" in value and "value" not in value):
         yield from _concept(value)
     elif item.name in _CONTACT_POINT_FIELDS:
         if isinstance(value.get("value"), str):
-            yield TokenValue(None, value["value"])
+            yield (TOKEN, None, value["value"], None)
     elif "value" in value:
         yield from _identifier(value)
     elif "code" in value or "system" in value:
         yield _coding(value, None)
 
 
-def _coding(coding: dict[str, Any], text: str | None) -> TokenValue:
+def _coding(coding: dict[str, Any], text: str | None) -> PackedValue:
     display = coding.get("display") or text
-    return TokenValue(
+    return (
+        TOKEN,
         coding.get("system"),
         coding.get("code"),
         normalize_text(display) if isinstance(display, str) else None,
     )
 
 
-def _concept(concept: dict[str, Any]) -> Iterator[TokenValue]:
+def _concept(concept: dict[str, Any]) -> Iterator[PackedValue]:
     text = concept.get("text") if isinstance(concept.get("text"), str) else None
     for coding in concept.get("coding", ()):
         if isinstance(coding, dict):
             yield _coding(coding, text)
     if text is not None:
-        yield TokenValue(None, None, normalize_text(text))
+        yield (TOKEN, None, None, normalize_text(text))
 
 
-def _identifier(identifier: dict[str, Any]) -> Iterator[TokenValue]:
+def _identifier(identifier: dict[str, Any]) -> Iterator[PackedValue]:
     if isinstance(identifier.get("value"), str):
         type_text = (identifier.get("type") or {}).get("text")
         text = normalize_text(type_text) if isinstance(type_text, str) else None
-        yield TokenValue(identifier.get("system"), identifier["value"], text)
+        yield (TOKEN, identifier.get("system"), identifier["value"], text)
 
 
-def _of_type(identifier: dict[str, Any]) -> Iterator[TokenValue]:
+def _of_type(identifier: dict[str, Any]) -> Iterator[PackedValue]:
     value = identifier.get("value")
     codings = (identifier.get("type") or {}).get("coding", ())
     if isinstance(value, str):
         for coding in codings:
             if isinstance(coding, dict) and coding.get("code"):
-                yield TokenValue(coding.get("system"), coding["code"], value)
+                yield (TOKEN, coding.get("system"), coding["code"], value)
 
 
-def _references(item: Item) -> Iterator[Value]:
+def _references(item: Item) -> Iterator[PackedValue]:
     value = item.value
     if isinstance(value, str):  # a canonical
-        yield ReferenceValue(None, None, url=value)
+        yield (REFERENCE, None, None, value, None)
     elif isinstance(value, dict) and isinstance(value.get("reference"), str):
-        parsed = parse_reference(value["reference"])
+        parsed = _packed_reference(value["reference"])
         if parsed is not None:
             yield parsed
 
 
 def parse_reference(text: str) -> ReferenceValue | None:
     """``Type/id[/_history/v]`` as type+id; absolute URLs and ``#id`` kept as url."""
+    packed = _packed_reference(text)
+    return None if packed is None else ReferenceValue(*packed[1:])
+
+
+def _packed_reference(text: str) -> PackedValue | None:
     if text.startswith("#") or ":" in text:
-        return ReferenceValue(None, None, url=text)
+        return (REFERENCE, None, None, text, None)
     parts = text.split("/")
     if len(parts) == 2 and all(parts):
-        return ReferenceValue(parts[0], parts[1])
+        return (REFERENCE, parts[0], parts[1], None, None)
     if len(parts) == 4 and parts[2] == "_history" and all(parts):
-        return ReferenceValue(parts[0], parts[1], version=parts[3])
+        return (REFERENCE, parts[0], parts[1], None, parts[3])
     return None
 
 
-def _quantities(item: Item) -> Iterator[Value]:
+def _quantities(item: Item) -> Iterator[PackedValue]:
     value = item.value
     if isinstance(value, dict) and isinstance(value.get("value"), int | float):
         number = float(value["value"])
-        yield QuantityValue(
-            number, number, number, value.get("system"), value.get("code"), value.get("unit")
-        )
+        system, code, unit = value.get("system"), value.get("code"), value.get("unit")
+        yield (QUANTITY, number, number, number, system, code, unit)
 
 
-def _numbers(item: Item) -> Iterator[Value]:
+def _numbers(item: Item) -> Iterator[PackedValue]:
     value = item.value
     if isinstance(value, int | float) and not isinstance(value, bool):
-        yield NumberValue(float(value), float(value), float(value))
+        yield (NUMBER, float(value), float(value), float(value))
 
 
-def _uris(item: Item) -> Iterator[Value]:
+def _uris(item: Item) -> Iterator[PackedValue]:
     if isinstance(item.value, str):
-        yield UriValue(item.value)
+        yield (URI, item.value)
 
 
-def _dates(item: Item) -> Iterator[Value]:
-    yield from date_values(item.value)
+def _dates(item: Item) -> Iterator[PackedValue]:
+    for found in date_values(item.value):
+        yield (DATE, found.low, found.high)
 
 
-_CONVERTERS: dict[str, Callable[[Item], Iterator[Value]]] = {
+_CONVERTERS: dict[str, Callable[[Item], Iterable[PackedValue]]] = {
     "string": _strings,
     "token": _tokens,
     "date": _dates,
