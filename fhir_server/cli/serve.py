@@ -12,6 +12,7 @@ from fhir_server import heap
 from fhir_server.app import create_app
 from fhir_server.cli import bind_socket
 from fhir_server.demo import load_demo
+from fhir_server.http.coalesced_writes import CoalescingHttpToolsProtocol
 from fhir_server.settings import Settings
 
 
@@ -31,6 +32,7 @@ async def serve(settings: Settings, *, demo: bool = False) -> int:
     app = create_app(settings)
     config = uvicorn.Config(
         app,
+        http=CoalescingHttpToolsProtocol,  # one send per small response, not two
         log_level="warning",
         access_log=False,
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
