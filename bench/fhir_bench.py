@@ -7,6 +7,10 @@ matter more than the absolute figures):
    held in memory;
 2. radhub (one uvicorn worker, embedded store): token-checked, audited
    ``GET /fhir/Patient/{id}``;
+3. the same ceiling app served with radhub's HTTP protocol (which sends a
+   small response in one write where stock uvicorn makes two,
+   ``fhir_server.http.coalesced_writes``): the ratio against it says what
+   radhub's own work costs, with the protocol's gain taken out;
 
 both loaded with ``wrk`` (Debian package) for the same duration and
 connections, alternating rounds; then create throughput (concurrent POSTs,
@@ -57,7 +61,14 @@ async def read(request):
     return Response(BODY, media_type="application/fhir+json",
                     headers={{"ETag": 'W/"1"'}})
 app = Starlette(routes=[Route("/fhir/Patient/{{id}}", read)])
+if __name__ == "__main__":  # the ceiling with radhub's HTTP protocol
+    import sys
+    import uvicorn
+    from fhir_server.http.coalesced_writes import CoalescingHttpToolsProtocol
+    uvicorn.run(app, port=int(sys.argv[1]), http=CoalescingHttpToolsProtocol,
+                log_level="warning", access_log=False)
 """
+REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -78,21 +89,14 @@ def wait_for(url: str, timeout: float = 30.0) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def start_ceiling(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+def start_ceiling(workdir: Path, port: int, *, coalescing: bool = False) -> subprocess.Popen[bytes]:
     (workdir / "ceiling_app.py").write_text(CEILING_APP.format(patient=PATIENT))
+    stock = ["-m", "uvicorn", "ceiling_app:app", "--port", str(port)]
+    stock += ["--log-level", "warning", "--no-access-log"]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "ceiling_app:app",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
+        [sys.executable, *(["ceiling_app.py", str(port)] if coalescing else stock)],
         cwd=workdir,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     wait_for(f"http://127.0.0.1:{port}/fhir/Patient/x")
     return proc
@@ -242,8 +246,9 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        cport, rport = free_port(), free_port()
+        cport, rport, kport = free_port(), free_port(), free_port()
         ceiling = start_ceiling(work, cport)
+        like = start_ceiling(work, kport, coalescing=True)
         radhub = start_radhub(work / "data", rport)
         try:
             token = mint(work / "data")
@@ -258,8 +263,11 @@ def main() -> int:
             )
             rid = created.json()["id"]
             ceil_rates, radhub_rates, ceil_cpu, radhub_cpu = [], [], [], []
-            bursts, lags = [], []
+            bursts, lags, like_rates = [], [], []
             for _ in range(args.rounds):
+                like_rates.append(
+                    wrk(f"http://127.0.0.1:{kport}/fhir/Patient/x", args.seconds, None)
+                )
                 before = cpu_seconds(ceiling.pid)
                 rate = wrk(f"http://127.0.0.1:{cport}/fhir/Patient/{rid}", args.seconds, None)
                 ceil_cpu.append((cpu_seconds(ceiling.pid) - before) / (rate * args.seconds))
@@ -278,6 +286,11 @@ def main() -> int:
             print(f"read  ceiling (Starlette, memory): {ceil:9.0f} req/s  {_r(ceil_rates)}")
             print(f"read  radhub (token, audit, SQLite): {mine:7.0f} req/s  {_r(radhub_rates)}")
             print(f"read  ratio radhub/ceiling: {mine / ceil:.2f}")
+            like_best = max(like_rates)
+            print(
+                f"read  ceiling with radhub's HTTP protocol: {like_best:.0f} req/s"
+                f"  {_r(like_rates)}; ratio radhub/that ceiling: {mine / like_best:.2f}"
+            )
             print(
                 f"read  radhub while wrk ran: {_r(bursts)} req/s; then writing the"
                 f" round's audit records: {', '.join(f'{x:.1f}' for x in lags)} s"
@@ -291,10 +304,10 @@ def main() -> int:
             rate = asyncio.run(transaction_rate(base, token, args.bundles))
             print(f"transaction  {rate:7.0f} resources/s ({args.bundles} Bundles of 500)")
         finally:
-            ceiling.terminate()
-            radhub.terminate()
-            ceiling.wait()
-            radhub.wait()
+            for proc in (ceiling, like, radhub):
+                proc.terminate()
+            for proc in (ceiling, like, radhub):
+                proc.wait()
     print(f"cpus: {os.cpu_count()}")
     return 0
 
