@@ -332,3 +332,33 @@ def test_skipping_absent_parameters_changes_nothing() -> None:
         assert extract_index(resource, registry) == list(dict.fromkeys(one_by_one))
         checked += 1
     assert checked >= 20
+
+
+def test_plain_paths_walk_as_the_interpreter_steps() -> None:
+    """``evaluate`` walks plain child paths with ``_walk``; every branch of every
+    expression of the registry gives, on every example resource and on nested
+    and choice-typed elements, exactly the items the step interpreter gives."""
+    from fhir_server.search.fhirpath import Item, _plan, _run, _walk, evaluate
+
+    registry = SearchRegistry.load()
+    made_up = [
+        {"resourceType": "Observation", "valueQuantity": {"value": 1}, "effectiveDateTime": "2024"},
+        {"resourceType": "Patient", "name": [{"given": ["A", "B"]}, {"family": "C"}, "odd"]},
+        {"resourceType": "Patient", "contact": [{"name": {"family": "D"}}, {"telecom": []}]},
+    ]
+    resources = [json.loads(p.read_text()) for p in sorted(EXAMPLES.glob("*.json"))] + made_up
+    walked = 0
+    for resource in resources:
+        for param in registry.params_for(resource["resourceType"]).values():
+            if param.from_column:
+                continue
+            root = [Item(resource, resource["resourceType"])]
+            stepped: list[Item] = []
+            for steps in _plan(param.expression, rooted=True):
+                stepped += _run(root, steps)
+                if steps and all(s.kind == "child" for s in steps):
+                    names = tuple(s.name for s in steps)
+                    assert _walk(names, resource) == _run(root, steps), param.expression
+                    walked += 1
+            assert evaluate(resource, param.expression) == stepped, param.expression
+    assert walked > 500  # it ran over the many plain paths (631 when written), not a few
