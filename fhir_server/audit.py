@@ -45,7 +45,7 @@ from fhir_server.access.context import AuthContext, PerCaller
 from fhir_server.audit_chain import chain_head, event_hash, link
 from fhir_server.audit_index import date_entry, entity_entries, fixed_entries
 from fhir_server.resources.meta import format_instant, stamp
-from fhir_server.search.values import IndexEntry
+from fhir_server.search.packed import PackedEntry, PackedIndex
 from fhir_server.storage.base import NewVersion, Store
 
 log = logging.getLogger(__name__)
@@ -250,7 +250,7 @@ class Template:
     shares: its fixed members and their index entries."""
 
     members: dict[str, Any]
-    index: tuple[IndexEntry, ...]
+    index: tuple[PackedEntry, ...]  # packed (search.packed)
 
 
 class Templates:
@@ -297,7 +297,7 @@ class AuditWriter:
         event = to_audit_event(record, template.members)
         event = link(stamp(event, self._new_id(), 1, record.moment), self._head or "")
         self._head = event_hash(event)
-        index = [date_entry(record.moment), *template.index, *entity_entries(event)]
+        index = PackedIndex((date_entry(record.moment), *template.index, *entity_entries(event)))
         return NewVersion(
             "AuditEvent", event["id"], 1, record.moment, "create", orjson.dumps(event), index
         )

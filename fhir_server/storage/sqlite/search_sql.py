@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
 
 from fhir_server.search.ast import SearchQuery
 from fhir_server.search.packed import (
     COMPOSITE,
     DATE,
-    KIND_AND_FIELDS,
     NUMBER,
     QUANTITY,
     REFERENCE,
@@ -30,10 +28,10 @@ from fhir_server.search.packed import (
     TOKEN,
     URI,
     PackedEntry,
-    PackedIndex,
+    pack_entries,
 )
 from fhir_server.search.registry import COLUMN_PARAMS, SearchRegistry
-from fhir_server.search.values import CompositeValue, DateRange, IndexEntry
+from fhir_server.search.values import IndexEntry
 from fhir_server.storage.base import SearchPage
 from fhir_server.storage.sqlite.bulk import insert_rows
 from fhir_server.storage.sqlite.search_compile import (
@@ -144,17 +142,10 @@ def index_rows(
     """The rows, per index table, that hold ``entries`` of resource ``pk`` (added
     to ``into`` when given: a batch's rows are merged table by table)."""
     rows: dict[str, list[Row]] = {} if into is None else into
-    if isinstance(entries, PackedIndex):
-        _packed_rows(rows, pk, resource_type, entries.packed)
-    else:
-        _entry_rows(rows, pk, resource_type, entries)
+    # every write path hands its index over packed (extraction, the audit trail);
+    # entry objects (tests, a hand-made index) are packed first
+    _packed_rows(rows, pk, resource_type, pack_entries(entries))
     return rows
-
-
-# Two forms, one table of columns (``_COLUMNS_OF``). Packed entries come from the
-# worker processes (``search.packed``); entry objects from extraction in this
-# process, the audit trail's above all, one AuditEvent per request: packing them
-# first cost it more than making the rows.
 
 
 def _packed_rows(rows: _Rows, pk: int, resource_type: str, packed: Sequence[PackedEntry]) -> None:
@@ -178,29 +169,6 @@ def _packed_rows(rows: _Rows, pk: int, resource_type: str, packed: Sequence[Pack
         if table_rows is None:
             table_rows = rows[table] = []
         table_rows.append((pk, resource_type, param, grp) + columns(entry[2:]))
-
-
-def _entry_rows(rows: _Rows, pk: int, resource_type: str, entries: Sequence[IndexEntry]) -> None:
-    multi = _repeated(e.param for e in entries if type(e.value) is DateRange)
-    group = 0
-    for entry in entries:
-        param, value = entry.param, entry.value
-        if param in COLUMN_PARAMS:
-            continue
-        if type(value) is CompositeValue:
-            group += 1
-            for i, part in enumerate(value.components):
-                found = _COLUMNS_BY_TYPE.get(type(part))  # None: a nested composite
-                if found is not None:
-                    row = (pk, resource_type, f"{param}${i}", group, *found[1](part))
-                    _table(rows, found[0]).append(row)
-            continue
-        table, columns = _COLUMNS_BY_TYPE[type(value)]
-        grp = MULTI_GRP if multi and param in multi else 0
-        table_rows = rows.get(table)  # not _table(): a call per row costs ~20 %
-        if table_rows is None:
-            table_rows = rows[table] = []
-        table_rows.append((pk, resource_type, param, grp) + columns(value))
 
 
 def _repeated(date_params: Iterable[str]) -> set[str]:
@@ -240,23 +208,6 @@ _COLUMNS_OF: dict[int, tuple[str, Callable[[Row], Row]]] = {
     REFERENCE: ("search_reference", _all),  # type, id, url, version
     URI: ("search_uri", _all),  # uri
 }
-
-
-def _columns_by_type() -> dict[type, tuple[str, Callable[[Any], Row]]]:
-    """``_COLUMNS_OF`` by the type of a value object: its fields read straight
-    into the columns where they are all of them (no intermediate tuple)."""
-    out: dict[type, tuple[str, Callable[[Any], Row]]] = {}
-    for cls, (kind, fields) in KIND_AND_FIELDS.items():
-        table, columns = _COLUMNS_OF[kind]
-        out[cls] = (table, fields if columns is _all else _composed(columns, fields))
-    return out
-
-
-def _composed(columns: Callable[[Row], Row], fields: Callable[[Any], Row]) -> Callable[[Any], Row]:
-    return lambda value: columns(fields(value))
-
-
-_COLUMNS_BY_TYPE = _columns_by_type()
 
 
 def delete_index(conn: sqlite3.Connection, pk: int) -> None:
