@@ -208,7 +208,7 @@ def _searchset(
     if paged and page.previous_cursor is not None:
         links.append(("previous", page_url(base, params, **{CURSOR_PARAM: page.previous_cursor})))
     entries: list[dict[str, Any]] = []
-    if summary != "count":
+    if paged:
         entries = [_entry(svc, v, "match", summary, elements) for v in page.matches]
         entries += [_entry(svc, v, "include", summary, elements) for v in page.includes]
     if issues:

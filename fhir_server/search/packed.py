@@ -60,7 +60,7 @@ def _fields_of(cls: type) -> Callable[[Any], tuple[Any, ...]]:
 
 
 # a value's kind and its fields (a tuple), by the value's exact type
-KIND_AND_FIELDS: dict[type, tuple[int, Callable[[Any], tuple[Any, ...]]]] = {
+_PACKERS: dict[type, tuple[int, Callable[[Any], tuple[Any, ...]]]] = {
     cls: (kind, _fields_of(cls))
     for kind, cls in enumerate(VALUE_TYPES)
     if cls is not CompositeValue
@@ -71,7 +71,7 @@ def pack_value(value: Value) -> PackedValue:
     """``value`` as ``(kind, *fields)``."""
     if type(value) is CompositeValue:
         return (COMPOSITE, tuple(pack_value(part) for part in value.components))
-    kind, fields = KIND_AND_FIELDS[type(value)]
+    kind, fields = _PACKERS[type(value)]
     return (kind, *fields(value))
 
 
@@ -91,7 +91,7 @@ def pack_entries(entries: Sequence[IndexEntry]) -> tuple[PackedEntry, ...]:
     packed: list[PackedEntry] = []
     for entry in entries:
         value = entry.value
-        packer = KIND_AND_FIELDS.get(type(value))
+        packer = _PACKERS.get(type(value))
         if packer is None:
             packed.append((entry.param, *pack_value(value)))
         else:

@@ -15,7 +15,7 @@ See https://hl7.org/fhir/R4/search.html and https://hl7.org/fhir/R4/http.html#pa
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 from fhir_server.search.ast import SearchQuery
 from fhir_server.search.packed import (
@@ -113,7 +113,6 @@ INDEX_TABLES: tuple[str, ...] = (
 )
 
 Row = tuple[object, ...]
-_Rows = dict[str, list[Row]]
 # ``_total=estimate`` stops counting here: cheap at any size, exact for small results.
 ESTIMATE_CAP = 10_000
 
@@ -144,12 +143,8 @@ def index_rows(
     rows: dict[str, list[Row]] = {} if into is None else into
     # every write path hands its index over packed (extraction, the audit trail);
     # entry objects (tests, a hand-made index) are packed first
-    _packed_rows(rows, pk, resource_type, pack_entries(entries))
-    return rows
-
-
-def _packed_rows(rows: _Rows, pk: int, resource_type: str, packed: Sequence[PackedEntry]) -> None:
-    multi = _repeated(e[0] for e in packed if e[1] == DATE)
+    packed = pack_entries(entries)
+    multi = _multi_dates(packed)
     group = 0
     for entry in packed:
         param, kind = entry[0], entry[1]
@@ -169,18 +164,20 @@ def _packed_rows(rows: _Rows, pk: int, resource_type: str, packed: Sequence[Pack
         if table_rows is None:
             table_rows = rows[table] = []
         table_rows.append((pk, resource_type, param, grp) + columns(entry[2:]))
+    return rows
 
 
-def _repeated(date_params: Iterable[str]) -> set[str]:
-    """The date parameters with several values (see ``span_class``)."""
+def _multi_dates(packed: Sequence[PackedEntry]) -> set[str]:
+    """The date parameters with several values in ``packed`` (see ``span_class``)."""
     seen: set[str] = set()
     multi: set[str] = set()
-    for param in date_params:
-        (multi if param in seen else seen).add(param)
+    for entry in packed:
+        if entry[1] == DATE:
+            (multi if entry[0] in seen else seen).add(entry[0])
     return multi
 
 
-def _table(rows: _Rows, table: str) -> list[Row]:
+def _table(rows: dict[str, list[Row]], table: str) -> list[Row]:
     table_rows = rows.get(table)
     if table_rows is None:
         table_rows = rows[table] = []
