@@ -29,7 +29,15 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -183,9 +191,26 @@ class FileBlobStore:
         parses it), to be ``adopt``-ed under its key or ``discard``-ed. Not durable
         until ``make_durable``. Contents of up to ``keep`` bytes also come back in
         ``data``, so the parser need not read the file again."""
+        return await (await self.stage_behind(chunks, keep=keep))
+
+    async def stage_behind(
+        self, chunks: AsyncIterable[Chunk], *, keep: int = 0
+    ) -> asyncio.Future[StagedBlob]:
+        """``stage``, returning as soon as ``chunks`` are read to their end: the
+        last block's hashing and writing go on in a thread while the caller reads
+        what comes next (a STOW-RS request's next part). The future gives the
+        staged file, or the error that left none behind."""
         spool = _Spool(partial(self._open_temporary, self._root / _STAGING))
         try:
-            size, digest, data = await spool.fill(chunks, keep)
+            last_block = await spool.read(chunks, keep)
+        except BaseException:
+            await spool.discard()
+            raise
+        return asyncio.ensure_future(self._staged(spool, last_block))
+
+    async def _staged(self, spool: _Spool, last_block: Awaitable[Filled]) -> StagedBlob:
+        try:
+            size, digest, data = await last_block
         except BaseException:
             await spool.discard()
             raise
@@ -356,6 +381,9 @@ class FileBlobStore:
         return removed
 
 
+Filled = tuple[int, str, bytes | None]  # size, SHA-256 (hex), contents if kept
+
+
 class _Spool:
     """One file written from received chunks, hashed as it is written. It is
     opened in the first write's thread hand-off rather than one of its own: an
@@ -367,10 +395,16 @@ class _Spool:
         self._fh: BinaryIO | None = None
         self._path: Path | None = None
 
-    async def fill(self, chunks: AsyncIterable[Chunk], keep: int) -> tuple[int, str, bytes | None]:
+    async def fill(self, chunks: AsyncIterable[Chunk], keep: int) -> Filled:
         """Write ``chunks`` in blocks and close the file. Size, SHA-256 (hex), and the
-        contents if they never grew past ``keep`` bytes. A block is a list of the
-        chunks as they came (joining them would copy each)."""
+        contents if they never grew past ``keep`` bytes."""
+        return await (await self.read(chunks, keep))
+
+    async def read(self, chunks: AsyncIterable[Chunk], keep: int) -> Awaitable[Filled]:
+        """Read ``chunks`` to their end, writing each full block on the way; what
+        ``fill`` returns comes from the last block's write, still to be awaited
+        (its thread runs already). A block is a list of the chunks as they came:
+        joining them would copy each, unless it is written."""
         pending: list[Chunk] = []
         held = 0
         size, spilled, limit = 0, False, max(keep, WRITE_BLOCK)
@@ -381,16 +415,23 @@ class _Spool:
                 block, pending = pending, []
                 await asyncio.to_thread(self._write, block, False)
                 size, spilled, limit, held = size + held, True, WRITE_BLOCK, 0
-        await asyncio.to_thread(self._write, pending, True)
         data = b"".join(pending) if not spilled and held <= keep else None
-        return size + held, self._hasher.hexdigest(), data
+        block = pending if data is None else [data]
+        last = asyncio.ensure_future(asyncio.to_thread(self._write, block, True))
+        return self._filled(last, size + held, data)
+
+    async def _filled(self, last: Awaitable[None], size: int, data: bytes | None) -> Filled:
+        await last
+        return size, self._hasher.hexdigest(), data
 
     def _write(self, block: list[Chunk], last: bool) -> None:
         if self._fh is None:
             self._fh, self._path = self._open_file()
-        for chunk in block:
-            self._hasher.update(chunk)  # hashing and writing release the GIL on large buffers
-            self._fh.write(chunk)
+        # One buffer: hashing and writing each let go of the GIL once, not once per
+        # chunk; each time, the thread waits for the event loop to give it back.
+        data = block[0] if len(block) == 1 else b"".join(block)
+        self._hasher.update(data)
+        self._fh.write(data)
         if last:
             self._fh.close()
 

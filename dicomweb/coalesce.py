@@ -7,7 +7,10 @@ thread pool's queue, a wake-up of the event loop, and each time a contest for
 the interpreter lock. A ``Coalescer`` starts a call for the first item at once
 and gathers the items that arrive while a call runs into the next one, so an
 idle server waits for nothing and a busy one makes one hand-off for several
-items (from any number of concurrent requests).
+items (from any number of concurrent requests). With ``lanes`` above one, that
+many calls may run at once (one per worker process): an item that finds a lane
+free starts at once, so an instance is not described behind the one before it
+while a worker idles.
 """
 
 from __future__ import annotations
@@ -40,20 +43,21 @@ def outcomes(
 
 class Coalescer(Generic[I, O]):
     """Runs ``run_many`` on items submitted one at a time, at most ``most`` per call
-    and one call at a time (see the module docstring)."""
+    and ``lanes`` calls at a time (see the module docstring)."""
 
-    def __init__(self, run_many: RunMany[I, O], most: int = 16) -> None:
+    def __init__(self, run_many: RunMany[I, O], most: int = 16, lanes: int = 1) -> None:
         self._run_many = run_many
         self._most = most
+        self._lanes = max(1, lanes)
         self._waiting: list[tuple[I, asyncio.Future[O]]] = []
-        self._draining: asyncio.Task[None] | None = None
+        self._drains: set[asyncio.Task[None]] = set()  # held: the loop keeps tasks weakly
 
     def submit(self, item: I) -> asyncio.Future[O]:
         """The future result of ``item``."""
         future: asyncio.Future[O] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
-        if self._draining is None:
-            self._draining = asyncio.ensure_future(self._drain())
+        if len(self._drains) < self._lanes:
+            self._drains.add(asyncio.ensure_future(self._drain()))
         return future
 
     async def _drain(self) -> None:
@@ -67,7 +71,9 @@ class Coalescer(Generic[I, O]):
             self._waiting = []
             raise
         finally:
-            self._draining = None
+            # at once, not in a done callback: an item submitted in between would
+            # find every lane taken and wait for no one
+            self._drains.discard(asyncio.current_task())
 
     async def _run(self, call: list[tuple[I, asyncio.Future[O]]]) -> None:
         try:

@@ -57,7 +57,9 @@ DESCRIBE_TOGETHER = 8  # instances described in one worker call, at most
 class StagingBlobStore(BlobStore, Protocol):
     """A blob store that can stage a file before its UIDs are known (FileBlobStore)."""
 
-    async def stage(self, chunks: AsyncIterable[Chunk], *, keep: int = 0) -> StagedBlob: ...
+    async def stage_behind(
+        self, chunks: AsyncIterable[Chunk], *, keep: int = 0
+    ) -> asyncio.Future[StagedBlob]: ...
 
     async def make_durable_many(self, staged: Sequence[StagedBlob]) -> list[Exception | None]: ...
 
@@ -96,9 +98,9 @@ class IngestReport:
 
 @dataclass(frozen=True)
 class _Received:
-    staged: StagedBlob
-    durable: asyncio.Future[None]  # the staged file's fsync, running in the background
-    described: asyncio.Future[Described]  # its header and index record, in the background
+    staged: asyncio.Future[StagedBlob]  # its last write, running in the background
+    durable: asyncio.Future[None]  # then the staged file's fsync
+    described: asyncio.Future[Described]  # and its header and index record
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ class IngestOptions:
     base_url: str
     overwrite: bool = False
     batch_size: int = DEFAULT_BATCH_SIZE
+    describe_lanes: int = 1  # instances described at once: one per worker process
 
 
 Offload = Callable[..., Awaitable[Any]]
@@ -161,7 +164,7 @@ class IngestService:
         self._keep = PARSE_IN_MEMORY if offload is None else 0
         # shared by concurrent requests: under load, one hand-off serves several instances
         self._describer: Coalescer[Path | bytes, Described] = Coalescer(
-            self._describe_many, DESCRIBE_TOGETHER
+            self._describe_many, DESCRIBE_TOGETHER, options.describe_lanes
         )
         self._fsyncer: Coalescer[StagedBlob, None] = Coalescer(blobs.make_durable_many)
 
@@ -196,11 +199,19 @@ class IngestService:
         return report.stored[0] if report.stored else report.failed[0]
 
     async def _receive(self, body: AsyncIterable[Chunk]) -> _Received:
-        """Stage one instance; its fsync and its description go on in the background."""
-        staged = await self._blobs.stage(body, keep=self._keep)
-        described = self._describer.submit(staged.data or staged.path)
-        staged = replace(staged, data=None)  # the description holds what is needed
-        return _Received(staged, self._fsyncer.submit(staged), described)
+        """Read one instance; the end of its staging, its fsync and its description
+        go on in the background while the next one arrives."""
+        staging = await self._blobs.stage_behind(body, keep=self._keep)
+        staged = asyncio.ensure_future(_without_data(staging))
+        durable = asyncio.ensure_future(self._durable(staged))
+        return _Received(staged, durable, asyncio.ensure_future(self._described(staging)))
+
+    async def _durable(self, staged: Awaitable[StagedBlob]) -> None:
+        await self._fsyncer.submit(await staged)
+
+    async def _described(self, staging: Awaitable[StagedBlob]) -> Described:
+        staged = await staging
+        return await self._describer.submit(staged.data or staged.path)
 
     async def _describe_many(self, sources: list[Path | bytes]) -> list[Described | Exception]:
         described: list[Described | Exception] = await self._offload(
@@ -210,11 +221,15 @@ class IngestService:
 
     async def _discard(self, received: Sequence[_Received | _Accepted]) -> None:
         for r in received:
-            if isinstance(r, _Received):
-                for pending in (r.durable, r.described):
-                    with contextlib.suppress(Exception, asyncio.CancelledError):
-                        await pending  # let its fsync and parse finish before the file goes
-            await self._blobs.discard(r.staged)
+            if isinstance(r, _Accepted):
+                await self._blobs.discard(r.staged)
+                continue
+            for pending in (r.durable, r.described):
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await pending  # let its fsync and parse finish before the file goes
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                staged = await r.staged
+                await self._blobs.discard(staged)  # (a staging that failed left no file)
 
     async def _accepted(
         self, received: list[_Received], report: IngestReport, expected_study: str | None
@@ -237,7 +252,7 @@ class IngestService:
                     Failed(STUDY_UID_MISMATCH, message, h.sop_class_uid, h.sop_instance_uid)
                 )
                 continue
-            accepted.append(_Accepted(r.staged, described))
+            accepted.append(_Accepted(r.staged.result(), described))
         return accepted
 
     async def _flush(
@@ -257,6 +272,8 @@ class IngestService:
                     header = (await r.described).header
                 except InstanceRejected as refused:
                     report.failed.append(Failed(refused.reason, refused.message))
+                except Exception as unstaged:  # its own staging failed: nothing to describe
+                    report.failed.append(Failed(PROCESSING_FAILURE, str(unstaged)))
                 else:
                     report.failed.append(_failed(header, PROCESSING_FAILURE, str(exc)))
             return
@@ -310,6 +327,12 @@ class IngestService:
             Stored(h.sop_class_uid, h.sop_instance_uid, h.study_instance_uid, h.series_instance_uid)
         )
         return None if result.outcome == "duplicate" else h.study_instance_uid
+
+
+async def _without_data(staging: Awaitable[StagedBlob]) -> StagedBlob:
+    """The staged file without the contents it may carry: its description holds
+    what is needed, and the batch should not hold every instance's bytes."""
+    return replace(await staging, data=None)
 
 
 def _failed(h: InstanceHeader, reason: int, message: str) -> Failed:

@@ -71,7 +71,11 @@ def dicomweb_services(
     base = dicomweb_base(settings)
     blobs = FileBlobStore(settings.data_dir / BLOB_DIR)
     journal = IntentJournal(blobs.root)
-    options = IngestOptions(base_url=base, overwrite=settings.dicom_overwrite)
+    options = IngestOptions(
+        base_url=base,
+        overwrite=settings.dicom_overwrite,
+        describe_lanes=max(1, svc.workers.size),
+    )
     ingest = IngestService(svc.store.dicom, blobs, sync, options, journal, svc.workers.run)
     return DicomwebServices(
         index=svc.store.dicom,

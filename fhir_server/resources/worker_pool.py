@@ -176,6 +176,11 @@ class WorkerPool:
         self._preload = tuple(preload)
         self._pool: ProcessPoolExecutor | None = None
 
+    @property
+    def size(self) -> int:
+        """Worker processes (0: everything runs in the caller's process)."""
+        return self._workers
+
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             # spawn, not fork: the server process has threads (SQLite, the loop)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 
@@ -175,6 +176,41 @@ async def test_write_fsyncs_file_then_directory(
     assert first_events[-3:] == ["fsync-file", "rename", "fsync-dir"]
     assert first_events.count("fsync-dir") == 5  # four new directories, then the rename
     assert events == ["fsync-file", "rename", "fsync-dir"]
+
+
+async def test_staging_returns_once_read_while_its_last_write_goes_on(tmp_path: Path) -> None:
+    """A STOW-RS request's next part is read while the last one is still written."""
+    opened = threading.Event()
+    release = threading.Event()
+
+    class SlowDisk(FileBlobStore):
+        def _open_temporary(self, directory: Path) -> tuple[BinaryIO, Path]:
+            opened.set()
+            release.wait(10)
+            return super()._open_temporary(directory)
+
+    data = os.urandom(300_000)
+    store = SlowDisk(tmp_path)
+    staging = await store.stage_behind(achunks(split(data, 65536)))
+    await asyncio.to_thread(opened.wait, 10)
+    assert opened.is_set() and not staging.done()  # read: the write is in its thread
+    release.set()
+    staged = await staging
+    assert (staged.size, staged.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    assert staged.path.read_bytes() == data
+
+
+async def test_a_failed_staging_write_leaves_no_file(tmp_path: Path) -> None:
+    class FullDisk(FileBlobStore):
+        def _open_temporary(self, directory: Path) -> tuple[BinaryIO, Path]:
+            handle, path = super()._open_temporary(directory)
+            handle.close()
+            return open(path, "rb"), path  # noqa: SIM115 - a handle that cannot write
+
+    staging = await FullDisk(tmp_path).stage_behind(achunks([b"x" * 5000]))
+    with pytest.raises(OSError):
+        await staging
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
 
 
 async def test_temporaries_are_not_keys_and_can_be_swept(tmp_path: Path) -> None:

@@ -81,11 +81,37 @@ async def test_items_still_waiting_when_the_drain_is_cancelled_are_cancelled() -
     running = coalescer.submit(0)
     await asyncio.sleep(0)
     waiting = coalescer.submit(2)
-    drain = coalescer._draining
-    assert drain is not None
+    (drain,) = coalescer._drains
     drain.cancel()
     with pytest.raises(asyncio.CancelledError):
         await drain
     assert running.cancelled() and waiting.cancelled()
     run.release.set()
     assert await coalescer.submit(4) == 40  # a new drain starts for new items
+
+
+async def test_with_two_lanes_a_second_item_does_not_wait_for_the_first_call() -> None:
+    run = Recorder()
+    coalescer: Coalescer[int, int] = Coalescer(run, most=3, lanes=2)
+    first = coalescer.submit(0)
+    await asyncio.sleep(0)
+    second = coalescer.submit(2)
+    await asyncio.sleep(0)
+    assert run.calls == [[0], [2]]  # both running: one per lane
+    rest = [coalescer.submit(i) for i in (4, 6, 8, 10)]
+    await asyncio.sleep(0)
+    assert run.calls == [[0], [2]]  # no third lane: the rest wait, together
+    run.release.set()
+    assert await asyncio.gather(first, second, *rest) == [0, 20, 40, 60, 80, 100]
+    assert sorted(map(len, run.calls)) == [1, 1, 1, 3]  # at most ``most`` per call
+    assert not coalescer._drains  # every lane ended with nothing left
+
+
+async def test_an_item_submitted_as_the_last_call_ends_still_runs() -> None:
+    """The caller of the last item wakes before the drain's done callbacks would
+    run: the drain must have let go of its lane by then."""
+    run = Recorder()
+    run.release.set()
+    coalescer: Coalescer[int, int] = Coalescer(run)
+    assert await coalescer.submit(0) == 0
+    assert await asyncio.wait_for(coalescer.submit(2), 5) == 20

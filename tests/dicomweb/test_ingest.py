@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 from fastapi import FastAPI
@@ -118,6 +118,32 @@ async def test_a_failed_fsync_fails_the_batch_and_keeps_nothing(
         (0xC000, None),  # it was not DICOM in the first place: said so
     ]
     assert await store.dicom.instances("1.4") == []
+    assert not [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
+
+
+async def test_a_failed_staging_write_fails_the_batch_and_keeps_nothing(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    """A part whose file cannot be written (a full disk) fails its batch with a
+    processing failure per instance, as a failed fsync does; the request goes on."""
+
+    class FullDisk(FileBlobStore):
+        opened = 0
+
+        def _open_temporary(self, directory: Path) -> tuple[BinaryIO, Path]:
+            self.opened += 1
+            if self.opened == 2:
+                raise OSError(28, "No space left on device")
+            return super()._open_temporary(directory)
+
+    blobs = FullDisk(tmp_path / "blobs")
+    service = IngestService(store.dicom, blobs, None, IngestOptions("http://x"))
+    good = [make_instance("1.5", "1.5.1", f"1.5.1.{i}") for i in range(3)]
+    report = await service.ingest(stream(*good))
+    assert report.stored == []
+    assert [f.reason for f in report.failed] == [PROCESSING_FAILURE] * 3
+    assert "No space left" in report.failed[1].message
+    assert await store.dicom.instances("1.5") == []
     assert not [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
 
 
