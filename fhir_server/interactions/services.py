@@ -25,16 +25,14 @@ def new_uuid() -> str:
     cache, every write dirtied and logged a page per id (the audit trail writes
     one per request). Its first 48 bits are the creation time in milliseconds,
     which a first version's ``meta.lastUpdated`` shows anyway."""
-    random = int.from_bytes(os.urandom(10), "big")  # 12 + 62 random bits used
-    millis = time.time_ns() // 1_000_000 & _MILLIS_MASK
-    value = millis << 80 | 0x7 << 76 | (random >> 62 & 0xFFF) << 64 | 0b10 << 62
-    value |= random & _RAND_B_MASK
-    text = f"{value:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    random = os.urandom(10)  # 74 of its bits used: rand_a (12), rand_b (62)
+    time_hex = (time.time_ns() // 1_000_000 & _MILLIS_MASK).to_bytes(6, "big").hex()
+    rand_hex = random.hex()
+    variant = "89ab"[random[2] >> 6]  # the bits 10, then two random ones
+    return f"{time_hex[:8]}-{time_hex[8:]}-7{rand_hex[1:4]}-{variant}{rand_hex[5:8]}-{rand_hex[8:]}"
 
 
 _MILLIS_MASK = (1 << 48) - 1
-_RAND_B_MASK = (1 << 62) - 1
 
 
 @dataclass(frozen=True)

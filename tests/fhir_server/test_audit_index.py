@@ -78,8 +78,8 @@ async def test_the_log_writes_what_the_pure_functions_give(tmp_path: Path) -> No
     must still be exactly what ``to_audit_event`` and ``audit_index`` give, for
     callers, interactions, outcomes and addresses that repeat and interleave."""
     records = [*CASES.values(), *CASES.values()]
-    records += [replace(r, address="10.9.9.9", resource_id="other") for r in CASES.values()]
-    records += [replace(r, auth=replace(r.auth, subject="someone else")) for r in records if r.auth]
+    records += [r._replace(address="10.9.9.9", resource_id="other") for r in CASES.values()]
+    records += [r._replace(auth=replace(r.auth, subject="someone else")) for r in records if r.auth]
     store = CapturingStore(tmp_path)
     await store.start()
     log = AuditLog(store, new_uuid)
