@@ -403,8 +403,8 @@ class _Spool:
     async def read(self, chunks: AsyncIterable[Chunk], keep: int) -> Awaitable[Filled]:
         """Read ``chunks`` to their end, writing each full block on the way; what
         ``fill`` returns comes from the last block's write, still to be awaited
-        (its thread runs already). A block is a list of the chunks as they came:
-        joining them would copy each, unless it is written."""
+        (its thread runs already). A block is kept as the chunks that came, and
+        joined once, in the thread that writes it."""
         pending: list[Chunk] = []
         held = 0
         size, spilled, limit = 0, False, max(keep, WRITE_BLOCK)

@@ -1,21 +1,22 @@
 """The ingest pipeline: one road into the archive for STOW-RS now and C-STORE later.
 
 For each received instance: stream its bytes to a staged file, then, without
-waiting, fsync it and *describe* it (parse the header without pixel data and
-build its index record: ``records.describe_instance``) in the background, in a
-worker process when the server has them (``offload``), while the next instance
-arrives. Per batch, in arrival order: report the instances that were refused,
-move the others' files under their keys (one fsync per directory), index them
-in one index transaction, and mark each touched study as pending for the
-ImagingStudy sync, which writes it in the background (``study_sync``). An
-instance counts as stored only once its blob and its index row are both
-durable; the FHIR side follows, and a crash before it is caught up at start-up.
+waiting, finish its last write, fsync it and *describe* it (parse the header
+without pixel data and build its index record: ``records.describe_instance``)
+in the background, in a worker process when the server has them (``offload``),
+while the next instance arrives. Per batch, in arrival order: report the
+instances that were refused, move the others' files under their keys (one fsync
+per directory), index them in one index transaction, and mark each touched
+study as pending for the ImagingStudy sync, which writes it in the background
+(``study_sync``). An instance counts as stored only once its blob and its index
+row are both durable; the FHIR side follows, and a crash before it is caught up
+at start-up.
 
-Outcomes per instance (PS3.18 §10.5.3, Table I.2-2 failure reasons):
-stored; identical re-send (stored, no duplicate); a different instance under
-a known SOP Instance UID (0x0111, unless ``overwrite``); not DICOM or
-incomplete (0xC000 and friends from ``ingest_parse``); a Study Instance UID
-other than the one the STOW URL names (0xA900).
+Outcomes per instance (PS3.18 §10.5.3, Table I.2-2 failure reasons): stored;
+identical re-send (stored, no duplicate); a different instance under a known
+SOP Instance UID (0x0111, unless ``overwrite``); not DICOM or incomplete
+(0xC000 and friends from ``ingest_parse``); a Study Instance UID other than the
+one the STOW URL names (0xA900).
 """
 
 from __future__ import annotations
