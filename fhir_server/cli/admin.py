@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from fhir_server.access.scopes import ScopeSet
 from fhir_server.app import ServerIdentity
+from fhir_server.errors import InvalidRequest
 from fhir_server.settings import Settings
 from smart.keys import KeyRing
 from smart.tokens import mint_access_token
@@ -17,7 +19,10 @@ def mint_token(
     subject: str = "radhub-admin",
     fhir_user: str | None = None,
 ) -> str:
-    """An access token the server on ``settings.data_dir`` accepts."""
+    """An access token the server on ``settings.data_dir`` accepts. A scope the
+    server would ignore, or a ``patient/`` scope without a patient, is refused
+    here (``InvalidRequest``): such a token would be turned away at every request."""
+    _check_scope(scope, patient)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     identity = ServerIdentity.load(settings.data_dir, settings)
     if settings.base_url:
@@ -34,3 +39,12 @@ def mint_token(
         fhir_user=fhir_user,
         ttl=ttl,
     )
+
+
+def _check_scope(scope: str, patient: str | None) -> None:
+    granted = ScopeSet.parse(scope)
+    if granted.rejected:
+        bad = granted.rejected[0]
+        raise InvalidRequest(f"scope {bad.scope!r} is not understood: {bad.reason}")
+    if patient is None and any(s.level == "patient" for s in granted.resources):
+        raise InvalidRequest("patient/ scopes need --patient ID (the patient they are about)")
