@@ -57,7 +57,10 @@ class Coalescer(Generic[I, O]):
         future: asyncio.Future[O] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
         if len(self._drains) < self._lanes:
-            self._drains.add(asyncio.ensure_future(self._drain()))
+            drain = asyncio.ensure_future(self._drain())
+            self._drains.add(drain)
+            # also when done: a drain cancelled before its first step runs no finally
+            drain.add_done_callback(self._drains.discard)
         return future
 
     async def _drain(self) -> None:

@@ -115,3 +115,16 @@ async def test_an_item_submitted_as_the_last_call_ends_still_runs() -> None:
     coalescer: Coalescer[int, int] = Coalescer(run)
     assert await coalescer.submit(0) == 0
     assert await asyncio.wait_for(coalescer.submit(2), 5) == 20
+
+
+async def test_a_drain_cancelled_before_its_first_step_frees_its_lane() -> None:
+    run = Recorder()
+    run.release.set()
+    coalescer: Coalescer[int, int] = Coalescer(run)
+    first = coalescer.submit(0)
+    (drain,) = coalescer._drains
+    drain.cancel()  # before the loop ever ran it: its finally never runs
+    with pytest.raises(asyncio.CancelledError):
+        await drain
+    assert await asyncio.wait_for(coalescer.submit(2), 5) == 20  # a new lane takes both
+    assert first.result() == 0
