@@ -79,6 +79,12 @@ async def test_invalid_resource_is_400_with_issues(client: httpx.AsyncClient) ->
         ),
         400,
     )
+    # a contained resource of an unknown type (found by the hypothesis tests: the
+    # model library raised KeyError, which was a 500)
+    for contained in ({"resourceType": ""}, {"resourceType": "Nope"}):
+        unknown = {"resourceType": "Appointment", "contained": [contained]}
+        body = _outcome(await client.post("/fhir/Appointment", json=unknown, headers=FHIR), 400)
+        assert "unknown resourceType" in body["issue"][0]["diagnostics"]
     # body type differs from the URL
     _outcome(await client.post("/fhir/Practitioner", json=PATIENT, headers=FHIR), 400)
     # an invalid id in the URL or body
