@@ -46,8 +46,8 @@ _AMBIGUOUS: dict[str, str] = {
 }
 # Character sets (0008,0005) that decode with one Python codec, as pydicom does
 # (its default repertoire is Latin-1); ISO 2022 code extensions go through pydicom.
-_CODECS: dict[str, str] = {"": "latin_1", "ISO_IR 6": "latin_1", "ISO_IR 100": "latin_1"}
-_CODECS["ISO_IR 192"] = "utf_8"
+CODECS: dict[str, str] = {"": "latin_1", "ISO_IR 6": "latin_1", "ISO_IR 100": "latin_1"}
+CODECS["ISO_IR 192"] = "utf_8"
 _LATIN1_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"})
 _TEXT_VRS = frozenset({"SH", "LO", "UC"})
 _SINGLE_TEXT_VRS = frozenset({"LT", "ST"})
@@ -71,13 +71,13 @@ def text_codec(ds: Dataset) -> str | None:
     """The one Python codec of ``ds``'s character set, or None (pydicom decodes)."""
     raw = ds.get_item(SPECIFIC_CHARACTER_SET, keep_deferred=True)
     if raw is None:
-        return _CODECS[""]
+        return CODECS[""]
     value = raw.value
     if isinstance(value, bytes):
         value = value.decode("latin_1").strip(" \x00")
     elif isinstance(value, MultiValue | list) and len(value) == 1:
         value = value[0]
-    return _CODECS.get(value.strip()) if isinstance(value, str) else None
+    return CODECS.get(value.strip()) if isinstance(value, str) else None
 
 
 def raw_values(raw: RawDataElement, codec: str | None, little_endian: bool) -> list[Any] | None:
@@ -86,6 +86,11 @@ def raw_values(raw: RawDataElement, codec: str | None, little_endian: bool) -> l
     vr, data = raw.VR, raw.value
     if vr is None or not isinstance(data, bytes):
         return None
+    return decode_values(vr, data, codec, little_endian)
+
+
+def decode_values(vr: str, data: bytes, codec: str | None, little_endian: bool) -> list[Any] | None:
+    """``raw_values`` of a value of ``vr`` stored as ``data``."""
     try:
         if vr in _LATIN1_VRS:
             return _numbers_checked(vr, data.decode("latin_1").rstrip(" \x00").split("\\"))
@@ -155,6 +160,24 @@ def to_dicom_json(
     return dict(sorted(out.items()))
 
 
+def with_bulk_uris(
+    elements: JsonDataset,
+    bulk: Iterable[tuple[JsonDataset, tuple[int, ...]]],
+    bulk_uri_prefix: str,
+    extra_bulk: Iterable[tuple[int, str]] = (),
+) -> JsonDataset:
+    """``to_dicom_json``'s result from elements converted elsewhere
+    (``header_scan``): each element of ``bulk`` gets the BulkDataURI of its tag
+    path, ``extra_bulk`` is listed as bulk data, and the top level is sorted."""
+    ctx = _Context(bulk_uri_prefix, DEFAULT_BULK_THRESHOLD)
+    for element, path in bulk:
+        element["BulkDataURI"] = _bulk_uri(ctx, path)
+    out = dict(elements)
+    for tag, vr in extra_bulk:
+        out[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": _bulk_uri(ctx, (tag,))}
+    return dict(sorted(out.items()))
+
+
 def _dataset(ds: Dataset, parent: tuple[int, ...], ctx: _Context) -> JsonDataset:
     out: JsonDataset = {}
     for tag in ds.keys():
@@ -171,7 +194,7 @@ def _dataset(ds: Dataset, parent: tuple[int, ...], ctx: _Context) -> JsonDataset
         if values is None:
             out[f"{tag:08X}"] = _element(ds[tag], path, ctx)
         else:
-            out[f"{tag:08X}"] = _from_values(str(raw.VR), values)
+            out[f"{tag:08X}"] = from_values(str(raw.VR), values)
     return out
 
 
@@ -181,7 +204,7 @@ def _little_endian(ds: Dataset) -> bool:
     return str(ts or "") != "1.2.840.10008.1.2.2"  # Explicit VR Big Endian (retired)
 
 
-def _from_values(vr: str, values: list[Any]) -> JsonDataset:
+def from_values(vr: str, values: list[Any]) -> JsonDataset:
     if all(v is None or v == "" for v in values):
         return {"vr": vr}
     return {"vr": vr, "Value": [_scalar(vr, v) for v in values]}
@@ -211,7 +234,7 @@ def _element(elem: DataElement, path: tuple[int, ...], ctx: _Context) -> JsonDat
         return {"vr": vr, "Value": items} if items else {"vr": vr}
     if vr in _BINARY_VRS or isinstance(value, bytes):
         return _binary(vr if vr in _BINARY_VRS else "OW", value, path, ctx)
-    return _from_values(vr, _as_list(value))
+    return from_values(vr, _as_list(value))
 
 
 def _binary(vr: str, value: bytes | None, path: tuple[int, ...], ctx: _Context) -> JsonDataset:

@@ -5,6 +5,10 @@ values deferred), checks that the file is a complete Part-10 instance with the
 identifying UIDs, and returns the ``InstanceHeader`` the index needs plus where
 the pixel data sits in the file (for frame retrieval without re-parsing).
 
+``scan_instance`` is the fast road for the common case (``header_scan``): the
+same header and pixel location, and the DICOM JSON, without pydicom; None
+when the file needs ``parse_instance``.
+
 Failures raise ``InstanceRejected`` carrying a Failure Reason (0008,1197) code
 from PS3.18 Table I.2-2 (``FAILURE_REASONS``), ready for the STOW-RS response.
 """
@@ -14,21 +18,21 @@ from __future__ import annotations
 import io
 import re
 import struct
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from pydicom import dcmread
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
-from dicomweb import transfer_syntax
-from dicomweb.dicom_json import raw_values, text_codec
+from dicomweb import header_scan, transfer_syntax
+from dicomweb.dicom_json import JsonDataset, raw_values, text_codec
 
 # Failure Reason values, PS3.18 Table I.2-2 "Store Instances Response Failure
 # Reason Values" (2024c). 0x0111 is the PS3.7 Annex C "Duplicate SOP Instance"
@@ -51,8 +55,9 @@ FAILURE_REASONS: dict[int, str] = {
 }
 
 DEFAULT_DEFER_SIZE = 64 * 1024
+SCAN_FIRST = 64 * 1024  # bytes read for the fast road first; a longer header reads the file
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+_PIXEL_TAGS = header_scan.PIXEL_TAGS
 _LONG_VRS = frozenset(
     {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"}
 )
@@ -128,6 +133,7 @@ _TAGS: dict[str, int] = {
     keyword: int(tag_for_keyword(keyword) or 0)
     for keyword in (*(k for _, k in _TEXT_FIELDS + _INT_FIELDS), *_UID_KEYWORDS)
 }
+_TAG_VRS: dict[int, str] = {tag: dictionary_VR(tag) for tag in _TAGS.values()}
 
 
 @dataclass(frozen=True)
@@ -199,12 +205,53 @@ def parse_instance(
         pixels = None if deflated else _locate_pixel_data(fp, size, ts)
     if isinstance(ds, FileDataset):
         ds.buffer = None  # read from memory: do not keep the whole file (pixels) alive
-    header = _header(ds, ts)
+    header = _header(_DatasetValues(ds, ts).of, ts)
     if pixels is None and header.rows is not None and not deflated:
         raise InstanceRejected(DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "image without pixel data")
     if sop_classes is not None and header.sop_class_uid not in sop_classes:
         raise InstanceRejected(SOP_CLASS_NOT_SUPPORTED, f"SOP Class {header.sop_class_uid}")
     return ParsedInstance(header, ds, pixels, size)
+
+
+@dataclass(frozen=True)
+class ScannedInstance:
+    """The fast road's result: index header, the data set's DICOM JSON (without
+    pixel data; the ``bulk`` elements still lack their URIs), pixel location."""
+
+    header: InstanceHeader
+    elements: JsonDataset
+    bulk: list[tuple[JsonDataset, header_scan.TagPath]]
+    pixel_data: PixelDataLocation | None
+    size: int
+
+
+def scan_instance(
+    source: Path | bytes, *, defer_size: int = DEFAULT_DEFER_SIZE
+) -> ScannedInstance | None:
+    """``parse_instance``'s result for the common case, read without pydicom
+    (``header_scan``); None when the file needs ``parse_instance``, which then
+    also gives any rejection with its reason."""
+    with _opened(source) as fp:
+        size = fp.seek(0, io.SEEK_END)
+        fp.seek(0)
+        data = fp.read(SCAN_FIRST)
+        try:
+            found = header_scan.scan(data, size, _TAG_VRS, defer_size=defer_size)
+        except header_scan.NeedMore:
+            fp.seek(0)
+            found = header_scan.scan(fp.read(), size, _TAG_VRS, defer_size=defer_size)
+        if found is None:
+            return None
+        ts = found.transfer_syntax_uid
+        try:
+            header = _header(lambda tag: found.values.get(tag, []), ts)
+            fp.seek(found.stop)
+            pixels = _locate_pixel_data(fp, size, ts)
+        except InstanceRejected:
+            return None
+    if pixels is None and header.rows is not None:
+        return None
+    return ScannedInstance(header, found.elements, found.bulk, pixels, size)
 
 
 @contextmanager
@@ -324,9 +371,9 @@ def _check_complete(ds: Dataset, size: int, stop: int | None) -> None:
         raise InstanceRejected(CANNOT_UNDERSTAND, "file truncated inside an element header")
 
 
-def _header(ds: Dataset, ts: str) -> InstanceHeader:
-    # raw values decoded directly: pydicom's per-keyword access cost ~2 ms an instance
-    values = _Values(ds, text_codec(ds), ts != transfer_syntax.EXPLICIT_VR_BIG_ENDIAN)
+def _header(values_of: Callable[[int], list[Any]], ts: str) -> InstanceHeader:
+    """The index header from each wanted tag's values (``values_of``)."""
+    values = _Values(values_of)
     optional: dict[str, Any] = {name: values.text(keyword) for name, keyword in _TEXT_FIELDS}
     optional.update({name: values.integer(keyword) for name, keyword in _INT_FIELDS})
     return InstanceHeader(
@@ -339,16 +386,16 @@ def _header(ds: Dataset, ts: str) -> InstanceHeader:
     )
 
 
-class _Values:
-    """The values of a dataset's top-level elements by keyword, as a list each."""
+class _DatasetValues:
+    """The values of a pydicom dataset's top-level elements by tag, as a list each."""
 
-    def __init__(self, ds: Dataset, codec: str | None, little_endian: bool) -> None:
+    def __init__(self, ds: Dataset, ts: str) -> None:
         self._ds = ds
-        self._codec = codec
-        self._little = little_endian
+        # raw values decoded directly: pydicom's per-keyword access cost ~2 ms an instance
+        self._codec = text_codec(ds)
+        self._little = ts != transfer_syntax.EXPLICIT_VR_BIG_ENDIAN
 
-    def of(self, keyword: str) -> list[Any]:
-        tag = _TAGS[keyword]
+    def of(self, tag: int) -> list[Any]:
         with _cannot_understand():
             raw = self._ds.get_item(tag)
             if raw is None:
@@ -361,6 +408,16 @@ class _Values:
         if value is None:
             return []
         return list(value) if isinstance(value, MultiValue | list) else [value]
+
+
+class _Values:
+    """The header fields from the values of the wanted tags."""
+
+    def __init__(self, values_of: Callable[[int], list[Any]]) -> None:
+        self._values_of = values_of
+
+    def of(self, keyword: str) -> list[Any]:
+        return self._values_of(_TAGS[keyword])
 
     def text(self, keyword: str) -> str | None:
         found = self.of(keyword)

@@ -21,8 +21,15 @@ import orjson
 
 from dicomweb.blobstore import BlobRef
 from dicomweb.coalesce import outcomes
-from dicomweb.dicom_json import instance_uri_prefix, to_dicom_json
-from dicomweb.ingest_parse import InstanceHeader, ParsedInstance, parse_instance
+from dicomweb.dicom_json import JsonDataset, instance_uri_prefix, to_dicom_json, with_bulk_uris
+from dicomweb.ingest_parse import (
+    InstanceHeader,
+    ParsedInstance,
+    PixelDataLocation,
+    ScannedInstance,
+    parse_instance,
+    scan_instance,
+)
 from dicomweb.qido import LEVEL_OF, MATCHING_ATTRIBUTES, NUMERIC_VRS, RANGE_VRS, Level, _vr
 from dicomweb.qido import normalise_bound as _bound
 from fhir_server.storage.dicom_port import BlobLocation, InstanceRecord, Json, MatchKeys
@@ -119,13 +126,40 @@ def index_record(
     parsed: ParsedInstance, blob: BlobLocation, base_url: str, patient_ref: str | None = None
 ) -> InstanceRecord:
     """The ``InstanceRecord`` of one parsed, stored instance (PS3.18 §10.5 → index)."""
-    h = parsed.header
-    prefix = instance_uri_prefix(
+    h, pixel = parsed.header, parsed.pixel_data
+    full = to_dicom_json(
+        parsed.dataset, bulk_uri_prefix=_uri_prefix(h, base_url), extra_bulk=_pixel_bulk(pixel)
+    )
+    return _record(h, full, pixel, blob, patient_ref)
+
+
+def scanned_record(
+    scanned: ScannedInstance, blob: BlobLocation, base_url: str, patient_ref: str | None = None
+) -> InstanceRecord:
+    """``index_record`` of an instance read by the fast road (``scan_instance``)."""
+    h, pixel = scanned.header, scanned.pixel_data
+    prefix = _uri_prefix(h, base_url)
+    full = with_bulk_uris(scanned.elements, scanned.bulk, prefix, _pixel_bulk(pixel))
+    return _record(h, full, pixel, blob, patient_ref)
+
+
+def _uri_prefix(h: InstanceHeader, base_url: str) -> str:
+    return instance_uri_prefix(
         base_url, h.study_instance_uid, h.series_instance_uid, h.sop_instance_uid
     )
-    pixel = parsed.pixel_data
-    extra_bulk = [(pixel.tag, pixel.vr or "OW")] if pixel is not None else []
-    full = to_dicom_json(parsed.dataset, bulk_uri_prefix=prefix, extra_bulk=extra_bulk)
+
+
+def _pixel_bulk(pixel: PixelDataLocation | None) -> list[tuple[int, str]]:
+    return [(pixel.tag, pixel.vr or "OW")] if pixel is not None else []
+
+
+def _record(
+    h: InstanceHeader,
+    full: JsonDataset,
+    pixel: PixelDataLocation | None,
+    blob: BlobLocation,
+    patient_ref: str | None,
+) -> InstanceRecord:
     full[TRANSFER_SYNTAX_UID] = {"vr": "UI", "Value": [h.transfer_syntax_uid]}
     levels = split_levels(full)
     return InstanceRecord(
@@ -144,13 +178,12 @@ def index_record(
         modality=h.modality,
         instance_number=h.instance_number,
         patient_ref=patient_ref,
-        extra=_pixel_extra(parsed),
+        extra=_pixel_extra(h, pixel),
     )
 
 
-def _pixel_extra(parsed: ParsedInstance) -> Json:
+def _pixel_extra(h: InstanceHeader, pixel: PixelDataLocation | None) -> Json:
     """What frame retrieval needs without re-parsing: where the pixels are, their shape."""
-    h, pixel = parsed.header, parsed.pixel_data
     extra: Json = {
         "frames": h.number_of_frames or (1 if pixel is not None else 0),
         "rows": h.rows,
@@ -183,6 +216,9 @@ _NO_BLOB = BlobLocation("", 0, "")
 def describe_instance(source: Path | bytes, base_url: str) -> Described:
     """Parse one received instance and build its index record (pure; picklable, so
     it runs in a worker process). Raises ``InstanceRejected``."""
+    scanned = scan_instance(source)
+    if scanned is not None:
+        return Described(scanned.header, scanned_record(scanned, _NO_BLOB, base_url))
     parsed = parse_instance(source)
     return Described(parsed.header, index_record(parsed, _NO_BLOB, base_url))
 
