@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -65,6 +66,7 @@ async def test_batches_and_outcomes(store: SqliteStore, tmp_path: Path) -> None:
     assert len(report.stored) == 25 and [f.reason for f in report.failed] == [0xC000]
     assert len(await blobs.keys()) == 25
     assert not list((tmp_path / "blobs").rglob(".tmp-*"))  # rejected bodies leave nothing
+    await _assert_hashed(store, blobs, "1.2", bodies)
     conflict = await service.ingest_one(
         c
         async for s in stream(make_instance("1.2", "1.2.1", "1.2.1.3", name="X^Y"))
@@ -99,6 +101,20 @@ async def test_instances_are_described_in_worker_processes(
     assert len(rows) == 6 and all(r.blob.key and r.blob.size > 0 for r in rows)
     assert sorted(await blobs.keys()) == sorted(r.blob.key for r in rows)
     assert not list((tmp_path / "blobs").rglob(".tmp-*"))  # refused bodies leave nothing
+    await _assert_hashed(store, blobs, "1.3", good)
+
+
+async def _assert_hashed(
+    store: SqliteStore, blobs: FileBlobStore, study: str, bodies: list[bytes]
+) -> None:
+    """Each stored file is recorded (and keyed) under the SHA-256 of what was sent,
+    which ingest computes where it describes the instance, not as it writes it."""
+    sent = {hashlib.sha256(body).hexdigest(): body for body in bodies}
+    files = await store.dicom.instance_files(study)
+    assert len(files) == len(bodies)
+    for file in files:
+        assert file.blob.sha256 in sent and file.blob.key.endswith(f".{file.blob.sha256[:16]}.dcm")
+        assert blobs.path_for(file.blob.key).read_bytes() == sent[file.blob.sha256]
 
 
 async def test_a_failed_fsync_fails_the_batch_and_keeps_nothing(
