@@ -18,13 +18,11 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import importlib
-import multiprocessing
 import os
 import signal
 import sys
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, TypeVar
@@ -32,6 +30,7 @@ from typing import Any, TypeVar
 from fhir_server import heap
 from fhir_server.errors import FhirError, InvalidResource, Issue, UnknownResourceType
 from fhir_server.resources.validate import validate_resource
+from fhir_server.resources.worker_processes import WorkerProcesses
 from fhir_server.search.extract import extract_packed
 from fhir_server.search.packed import PackedIndex
 from fhir_server.search.registry import SearchRegistry
@@ -98,7 +97,9 @@ def _warm(preload: tuple[str, ...] = ()) -> None:
 
 
 def loaded(module: str) -> bool:
-    """Whether this process has imported ``module`` (asked of a worker through ``run``)."""
+    """Whether this process has imported ``module`` (asked of a worker through ``run``;
+    here, not in the tests: unpickling a test's function would import its module,
+    and with it what the test imports)."""
     return module in sys.modules
 
 
@@ -174,20 +175,20 @@ class WorkerPool:
         ``run`` (DICOM parsing's imports took ~1.7 s, which the first STOW waited for)."""
         self._workers = workers
         self._preload = tuple(preload)
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: WorkerProcesses | None = None
 
     @property
     def size(self) -> int:
         """Worker processes (0: everything runs in the caller's process)."""
         return self._workers
 
-    def _executor(self) -> ProcessPoolExecutor:
+    def pids(self) -> list[int]:
+        """The worker processes' ids (none before they are first needed)."""
+        return [] if self._pool is None else self._pool.pids
+
+    def _processes(self) -> WorkerProcesses:
         if self._pool is None:
-            # spawn, not fork: the server process has threads (SQLite, the loop)
-            context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(
-                self._workers, context, initializer=_warm, initargs=(self._preload,)
-            )
+            self._pool = WorkerProcesses(self._workers, _warm, (self._preload,))
         return self._pool
 
     def prepare(self, resources: Sequence[Any], registry: SearchRegistry) -> PreparedChunks:
@@ -197,12 +198,12 @@ class WorkerPool:
             done = loop.create_future()
             done.set_result([_result(_prepare(r, registry)) for r in resources])
             return PreparedChunks([0], [done])
-        executor = self._executor()
+        processes = self._processes()
         starts = chunk_starts(len(resources))
         ends = [*starts[1:], len(resources)]
         chunks = [list(resources[a:b]) for a, b in zip(starts, ends, strict=True)]
         base = registry.base_url
-        futures = [loop.run_in_executor(executor, _prepare_all, c, base) for c in chunks]
+        futures = [asyncio.ensure_future(processes.run(_prepare_all, c, base)) for c in chunks]
         return PreparedChunks(starts, [_results(f) for f in futures])
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -210,18 +211,17 @@ class WorkerPool:
         in a thread of this process when there are no workers."""
         if self._workers == 0:
             return await asyncio.to_thread(fn, *args)
-        return await asyncio.get_running_loop().run_in_executor(self._executor(), fn, *args)
+        result: T = await self._processes().run(fn, *args)
+        return result
 
     def warm(self, registry: SearchRegistry) -> None:
         """Start the worker processes now, not at the first large Bundle: each
         imports the models and loads the search definitions first (over a
-        second), which that Bundle would wait for."""
+        second), which that Bundle would wait for. Call from the event loop."""
         if self._workers:
-            executor = self._executor()
-            for _ in range(self._workers):
-                executor.submit(_worker_registry, registry.base_url)
+            self._processes().run_on_each(_worker_registry, registry.base_url)
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.close()
             self._pool = None
