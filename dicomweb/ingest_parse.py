@@ -55,7 +55,8 @@ FAILURE_REASONS: dict[int, str] = {
 }
 
 DEFAULT_DEFER_SIZE = 64 * 1024
-SCAN_FIRST = 64 * 1024  # bytes read for the fast road first; a longer header reads the file
+SCAN_FIRST = 64 * 1024  # bytes the fast road reads first
+SCAN_MOST = 4 * 1024 * 1024  # and at most: a longer header (a large value) is pydicom's
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _PIXEL_TAGS = header_scan.PIXEL_TAGS
 _LONG_VRS = frozenset(
@@ -239,7 +240,10 @@ def scan_instance(
             found = header_scan.scan(data, size, _TAG_VRS, defer_size=defer_size)
         except header_scan.NeedMore:
             fp.seek(0)
-            found = header_scan.scan(fp.read(), size, _TAG_VRS, defer_size=defer_size)
+            try:
+                found = header_scan.scan(fp.read(SCAN_MOST), size, _TAG_VRS, defer_size=defer_size)
+            except header_scan.NeedMore:
+                return None  # pydicom skips such a value without holding it in memory
         if found is None:
             return None
         ts = found.transfer_syntax_uid

@@ -13,11 +13,18 @@ import io
 import random
 from pathlib import Path
 
+import orjson
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicomweb.ingest_parse import SCAN_FIRST, InstanceRejected, parse_instance, scan_instance
+from dicomweb.ingest_parse import (
+    SCAN_FIRST,
+    SCAN_MOST,
+    InstanceRejected,
+    parse_instance,
+    scan_instance,
+)
 from dicomweb.records import Described, describe_instance, index_record
 from fhir_server.storage.dicom_port import BlobLocation
 from tests.dicomweb.conftest import Sample, bundled
@@ -175,6 +182,15 @@ def test_generated_instances_are_described_as_pydicom_does(padding: int) -> None
     described = describe_instance(data, BASE)
     nested = described.record.instance_attrs["00880200"]["Value"][0]["7FE00010"]
     assert nested["BulkDataURI"].endswith("/instances/1.2.3.4.5.6.7/bulkdata/00880200/0/7FE00010")
+
+
+def test_a_header_longer_than_the_fast_road_reads_is_left_to_pydicom() -> None:
+    data = _rich_instance(padding=SCAN_MOST)  # a large value before the pixel data
+    assert scan_instance(data) is None
+    described = describe_instance(data, BASE)
+    metadata = orjson.loads(described.record.metadata)
+    assert metadata["00091006"]["BulkDataURI"].endswith("/bulkdata/00091006")
+    _assert_same(data)
 
 
 def test_an_image_without_pixel_data_is_refused_as_pydicom_refuses_it() -> None:
