@@ -153,11 +153,7 @@ def to_dicom_json(
     list as bulk data anyway.
     """
     ctx = _Context(bulk_uri_prefix, threshold, text_codec(ds), _little_endian(ds))
-    out = _dataset(ds, (), ctx)
-    if bulk_uri_prefix is not None:
-        for tag, vr in extra_bulk:
-            out[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": _bulk_uri(ctx, (tag,))}
-    return dict(sorted(out.items()))
+    return _top_level(_dataset(ds, (), ctx), ctx, extra_bulk)
 
 
 def with_bulk_uris(
@@ -167,14 +163,22 @@ def with_bulk_uris(
     extra_bulk: Iterable[tuple[int, str]] = (),
 ) -> JsonDataset:
     """``to_dicom_json``'s result from elements converted elsewhere
-    (``header_scan``): each element of ``bulk`` gets the BulkDataURI of its tag
-    path, ``extra_bulk`` is listed as bulk data, and the top level is sorted."""
+    (``header_scan``): each element of ``bulk`` (inside ``elements``) gets, in
+    place, the BulkDataURI of its tag path; ``extra_bulk`` is listed as bulk data,
+    and the top level is sorted."""
     ctx = _Context(bulk_uri_prefix, DEFAULT_BULK_THRESHOLD)
     for element, path in bulk:
         element["BulkDataURI"] = _bulk_uri(ctx, path)
-    out = dict(elements)
-    for tag, vr in extra_bulk:
-        out[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": _bulk_uri(ctx, (tag,))}
+    return _top_level(dict(elements), ctx, extra_bulk)
+
+
+def _top_level(
+    out: JsonDataset, ctx: _Context, extra_bulk: Iterable[tuple[int, str]]
+) -> JsonDataset:
+    """``out`` with the ``extra_bulk`` elements listed (when bulk data has URIs), sorted."""
+    if ctx.uri_prefix is not None:
+        for tag, vr in extra_bulk:
+            out[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": _bulk_uri(ctx, (tag,))}
     return dict(sorted(out.items()))
 
 
