@@ -36,23 +36,21 @@ from dicomweb.dicom_json import (
     from_values,
 )
 
-PREAMBLE = 128
+_PREAMBLE = 128
 _MAGIC = b"DICM"
 _ELEMENT = struct.Struct("<HH2sH")
 _LENGTH = struct.Struct("<I")
 _ITEM_HEADER = struct.Struct("<HHI")
-_UNDEFINED = 0xFFFFFFFF
-_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+UNDEFINED = 0xFFFFFFFF  # an undefined length
+ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 # PS3.5 Table 7.1-1: VRs with a 4-byte length after two reserved bytes.
-_LONG_VRS = frozenset(
-    {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"}
-)
+LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"})
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
 _VRS: dict[bytes, str] = {
     vr.encode("ascii"): vr
     for vr in (
-        *_LONG_VRS,
+        *LONG_VRS,
         *("AE", "AS", "AT", "CS", "DA", "DS", "DT", "FL", "FD", "IS", "LO", "LT"),
         *("PN", "SH", "SL", "SS", "ST", "TM", "UI", "UL", "US"),
     )
@@ -129,11 +127,11 @@ class _Reader:
         self._scan = Scan("")
 
     def read(self) -> Scan:
-        if len(self._data) < PREAMBLE + 4:
+        if len(self._data) < _PREAMBLE + 4:
             self._short()
-        if self._data[PREAMBLE : PREAMBLE + 4] != _MAGIC:
+        if self._data[_PREAMBLE : _PREAMBLE + 4] != _MAGIC:
             raise _Outside
-        position, ts = self._file_meta(PREAMBLE + 4)
+        position, ts = self._file_meta(_PREAMBLE + 4)
         if ts in _OTHER_ENCODINGS or not transfer_syntax.is_accepted(ts):
             raise _Outside
         self._scan.transfer_syntax_uid = ts
@@ -156,11 +154,11 @@ class _Reader:
             vr = _VRS.get(vr_code)
             if vr is None or vr == "SQ":
                 raise _Outside
-            if vr in _LONG_VRS:
+            if vr in LONG_VRS:
                 length, position = self._long_length(position)
             else:
                 position += 8
-            if length == _UNDEFINED:
+            if length == UNDEFINED:
                 raise _Outside
             if position + length > len(data):
                 self._short()
@@ -190,7 +188,7 @@ class _Reader:
                 self._short()
             group, elem, vr_code, length = _ELEMENT.unpack_from(data, position)
             tag = group << 16 | elem
-            if end is None and not top and tag == _ITEM_END:
+            if end is None and not top and tag == ITEM_END:
                 return out, position + 8
             if top and tag in PIXEL_TAGS:
                 return out, position
@@ -200,7 +198,7 @@ class _Reader:
             vr = _VRS.get(vr_code)
             if vr is None or (top and not self._plain_top_level(tag, vr)):
                 raise _Outside
-            if vr in _LONG_VRS:
+            if vr in LONG_VRS:
                 length, position = self._long_length(position)
             else:
                 position += 8
@@ -224,18 +222,18 @@ class _Reader:
     def _sequence(self, position: int, length: int, path: TagPath) -> tuple[JsonDataset, int]:
         data = self._data
         items: list[JsonDataset] = []
-        end = None if length == _UNDEFINED else position + length
+        end = None if length == UNDEFINED else position + length
         while end is None or position < end:
             if position + 8 > len(data):
                 self._short()
             group, elem, item_length = _ITEM_HEADER.unpack_from(data, position)
             tag = group << 16 | elem
             position += 8
-            if tag == _SEQUENCE_END and end is None:
+            if tag == SEQUENCE_END and end is None:
                 break
-            if tag != _ITEM:
+            if tag != ITEM:
                 raise _Outside
-            item_end = None if item_length == _UNDEFINED else position + item_length
+            item_end = None if item_length == UNDEFINED else position + item_length
             item, position = self._dataset(position, item_end, (*path, len(items)))
             items.append(item)
         if end is not None and position != end:
@@ -245,7 +243,7 @@ class _Reader:
     def _value(
         self, tag: int, vr: str, position: int, length: int, path: TagPath, top: bool
     ) -> tuple[JsonDataset, int]:
-        if length == _UNDEFINED:
+        if length == UNDEFINED:
             raise _Outside
         end = position + length
         if end > len(self._data):

@@ -33,6 +33,7 @@ from pydicom.multival import MultiValue
 
 from dicomweb import header_scan, transfer_syntax
 from dicomweb.dicom_json import JsonDataset, raw_values, text_codec
+from dicomweb.header_scan import ITEM, LONG_VRS, PIXEL_TAGS, SEQUENCE_END, UNDEFINED
 
 # Failure Reason values, PS3.18 Table I.2-2 "Store Instances Response Failure
 # Reason Values" (2024c). 0x0111 is the PS3.7 Annex C "Duplicate SOP Instance"
@@ -58,12 +59,6 @@ DEFAULT_DEFER_SIZE = 64 * 1024
 SCAN_FIRST = 64 * 1024  # bytes the fast road reads first
 SCAN_MOST = 4 * 1024 * 1024  # and at most: a longer header (a large value) is pydicom's
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-_PIXEL_TAGS = header_scan.PIXEL_TAGS
-_LONG_VRS = frozenset(
-    {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"}
-)
-_UNDEFINED = 0xFFFFFFFF
-_ITEM, _SEQ_END = 0xFFFEE000, 0xFFFEE0DD
 _FOREIGN_ERRORS = (InvalidDicomError, EOFError, ValueError, struct.error, TypeError, KeyError)
 
 
@@ -296,16 +291,16 @@ def _locate_pixel_data(fp: BinaryIO, size: int, ts: str) -> PixelDataLocation | 
         return None
     endian = "<" if ts != transfer_syntax.EXPLICIT_VR_BIG_ENDIAN else ">"
     tag, vr, offset, length = _element_header(fp, start, endian, ts)
-    if tag not in _PIXEL_TAGS:
+    if tag not in PIXEL_TAGS:
         return None
-    if length == _UNDEFINED:
+    if length == UNDEFINED:
         end = _skip_fragments(fp, offset, size)
     elif offset + length > size:
         raise InstanceRejected(CANNOT_UNDERSTAND, "file truncated inside the pixel data")
     else:
         end = offset + length
     _check_trailing(fp, end, size, endian, ts)
-    return PixelDataLocation(tag, vr, offset, None if length == _UNDEFINED else length)
+    return PixelDataLocation(tag, vr, offset, None if length == UNDEFINED else length)
 
 
 def _check_trailing(fp: BinaryIO, position: int, size: int, endian: str, ts: str) -> None:
@@ -313,7 +308,7 @@ def _check_trailing(fp: BinaryIO, position: int, size: int, endian: str, ts: str
     while position < size:
         fp.seek(position)
         _, _, offset, length = _element_header(fp, position, endian, ts)
-        if length == _UNDEFINED:
+        if length == UNDEFINED:
             return  # a sequence after the pixels: rare, and pydicom never read it
         if offset + length > size:
             raise InstanceRejected(CANNOT_UNDERSTAND, "file truncated after the pixel data")
@@ -329,7 +324,7 @@ def _element_header(
     if ts == transfer_syntax.IMPLICIT_VR_LITTLE_ENDIAN:
         return tag, None, start + 8, struct.unpack("<I", head[4:])[0]
     vr = head[4:6].decode("latin-1")
-    if vr in _LONG_VRS:
+    if vr in LONG_VRS:
         return tag, vr, start + 12, struct.unpack(endian + "I", _read_exact(fp, 4))[0]
     return tag, vr, start + 8, struct.unpack(endian + "H", head[6:])[0]
 
@@ -340,9 +335,9 @@ def _skip_fragments(fp: BinaryIO, offset: int, size: int) -> int:
     while True:
         group, elem, length = struct.unpack("<HHI", _read_exact(fp, 8))
         tag = group << 16 | elem
-        if tag == _SEQ_END:
+        if tag == SEQUENCE_END:
             return fp.tell()
-        if tag != _ITEM or length == _UNDEFINED:
+        if tag != ITEM or length == UNDEFINED:
             raise InstanceRejected(CANNOT_UNDERSTAND, "malformed encapsulated pixel data")
         if fp.tell() + length > size:
             raise InstanceRejected(CANNOT_UNDERSTAND, "file truncated inside the pixel data")
@@ -364,7 +359,7 @@ def _check_complete(ds: Dataset, size: int, stop: int | None) -> None:
     last_end: int | None = None
     for tag in ds.keys():
         raw = ds.get_item(tag, keep_deferred=True)
-        if not isinstance(raw, RawDataElement) or raw.length == _UNDEFINED:
+        if not isinstance(raw, RawDataElement) or raw.length == UNDEFINED:
             last_end = None
             continue
         last_end = raw.value_tell + raw.length
