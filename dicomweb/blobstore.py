@@ -4,9 +4,11 @@ A blob's key is derived from the study, series and SOP Instance UIDs (hashed,
 so no UID can steer the path) plus a prefix of the content's SHA-256, so a
 blob is never overwritten with different bytes: a re-sent identical instance
 lands on the same key, a different one beside it, and the index decides which
-one is current. Writes are atomic (temporary file in the target directory,
-fsync, rename, fsync of the directory), so a crash leaves either the whole
-blob or an ignorable ``.tmp-`` file, never a half-written blob under a key.
+one is current. Writes are atomic (temporary file in the one staging
+directory, fsync, rename under the key, fsync of the key's directory), so a
+crash leaves either the whole blob or an ignorable ``.tmp-`` file, never a
+half-written blob under a key; and the start-up sweep for those files reads
+the staging directory alone, not the whole archive.
 
 Blocking file I/O runs in worker threads (``asyncio.to_thread``), in blocks
 of about a megabyte: a thread hand-off costs more than writing or reading a
@@ -156,7 +158,7 @@ class FileBlobStore:
     ) -> BlobRef:
         """Stream ``chunks`` into a new blob atomically and return its reference."""
         stem = blob_stem(study_uid, series_uid, sop_uid)
-        spool = _Spool(partial(self._open_temporary, (self._root / stem).parent))
+        spool = _Spool(partial(self._open_temporary, self._root / _STAGING))
         try:
             size, digest, _ = await spool.fill(chunks, 0)
             key = f"{stem}.{digest[:16]}.dcm"
@@ -182,6 +184,8 @@ class FileBlobStore:
     def _commit(self, tmp: Path, final: Path) -> None:
         if self._fsync:
             fsync_path(tmp)
+        if not final.parent.is_dir():
+            self._make_dirs(final.parent)
         os.replace(tmp, final)
         if self._fsync:
             fsync_path(final.parent)
@@ -363,14 +367,17 @@ class FileBlobStore:
 
     async def remove_temporaries(self, *, older_than: float | None = None) -> int:
         """Delete ``.tmp-`` files left by writes a crash interrupted (only those last
-        modified before ``older_than``, a POSIX time, if given); return how many."""
+        modified before ``older_than``, a POSIX time, if given); return how many.
+        Every write starts in the staging directory, so only that one is read: the
+        start-up's work is what was in flight, not a walk of the whole archive."""
         return await asyncio.to_thread(self._remove_temporaries, older_than)
 
     def _remove_temporaries(self, older_than: float | None) -> int:
-        if not self._root.is_dir():
+        staging = self._root / _STAGING
+        if not staging.is_dir():
             return 0
         removed = 0
-        for path in self._root.rglob(f"{_TEMP_PREFIX}*"):
+        for path in staging.glob(f"{_TEMP_PREFIX}*"):
             try:
                 if older_than is not None and path.stat().st_mtime >= older_than:
                     continue

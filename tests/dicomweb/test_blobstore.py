@@ -173,8 +173,9 @@ async def test_write_fsyncs_file_then_directory(
     first_events = list(events)
     events.clear()
     await store.write(STUDY, SERIES, "9.9", achunks([b"data"]))
-    assert first_events[-3:] == ["fsync-file", "rename", "fsync-dir"]
-    assert first_events.count("fsync-dir") == 5  # four new directories, then the rename
+    # the staging directory made durable in its parent; the file; the key's four new
+    # directories, each in its parent; the rename, in the key's directory
+    assert first_events == ["fsync-dir", "fsync-file", *["fsync-dir"] * 4, "rename", "fsync-dir"]
     assert events == ["fsync-file", "rename", "fsync-dir"]
 
 
@@ -216,12 +217,38 @@ async def test_a_failed_staging_write_leaves_no_file(tmp_path: Path) -> None:
 async def test_temporaries_are_not_keys_and_can_be_swept(tmp_path: Path) -> None:
     store = FileBlobStore(tmp_path)
     ref = await store.write(STUDY, SERIES, SOP, achunks([b"data"]))
-    stale = (tmp_path / ref.key).parent / ".tmp-crashed"
+    stale = tmp_path / ".staging" / ".tmp-crashed"
     stale.write_bytes(b"half")
     assert await store.keys() == [ref.key]
     assert await store.remove_temporaries() == 1
     assert not stale.exists()
     assert await store.exists(ref.key)
+
+
+async def test_writes_start_in_staging_so_the_sweep_never_walks_the_archive(
+    tmp_path: Path,
+) -> None:
+    """A start-up sweep over every directory of a large archive took longer the more
+    it held; every write's temporary is made in the staging directory instead."""
+    store = FileBlobStore(tmp_path)
+    seen: list[Path] = []
+
+    class Watched(FileBlobStore):
+        def _open_temporary(self, directory: Path) -> tuple[BinaryIO, Path]:
+            handle, path = super()._open_temporary(directory)
+            seen.append(path)
+            return handle, path
+
+    watched = Watched(tmp_path)
+    ref = await watched.write(STUDY, SERIES, SOP, achunks([b"written"]))
+    staged = await watched.stage(achunks([b"staged"]))
+    assert [p.parent for p in seen] == [tmp_path / ".staging"] * 2
+    assert seen[1] == staged.path
+    # a file of that name among the blobs is not the sweep's: it reads staging alone
+    elsewhere = (tmp_path / ref.key).parent / ".tmp-not-ours"
+    elsewhere.write_bytes(b"x")
+    assert await store.remove_temporaries() == 1  # the staged file, never adopted
+    assert elsewhere.exists() and await store.exists(ref.key)
 
 
 async def test_streaming_write_and_read_use_bounded_memory(tmp_path: Path) -> None:
