@@ -155,6 +155,40 @@ async def test_large_stow_stays_in_bounded_memory(client: httpx.AsyncClient) -> 
     assert peak < 12 * 1024 * 1024, f"peak {peak} bytes for a ~{count * 512 // 1024} MB body"
 
 
+async def test_one_large_instance_is_stored_whole_in_bounded_memory(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """A part far larger than what the server writes or parses in one piece (a
+    multi-frame or tomosynthesis instance): written block by block, described from
+    its file, stored byte for byte, and never held whole."""
+    instance = make_instance("1.2.3", "1.2.3.1", "1.2.3.1.1", frames=200_000)  # ~25 MB
+    assert len(instance) > 24 * 1024 * 1024
+
+    async def body() -> AsyncIterator[bytes]:
+        yield f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        view = memoryview(instance)
+        for start in range(0, len(instance), 64 * 1024):
+            yield bytes(view[start : start + 64 * 1024])
+        yield f"\r\n--{BOUNDARY}--\r\n".encode()
+
+    tracemalloc.start()  # after the instance was made: only what the upload costs counts
+    try:
+        response = await client.post(
+            "/dicomweb/studies", content=body(), headers={"Content-Type": STOW_TYPE}
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert response.status_code == 200, response.text
+    assert peak < 12 * 1024 * 1024, f"peak {peak} bytes for a {len(instance)}-byte instance"
+    (row,) = await app.state.dicomweb.index.instances("1.2.3")
+    assert row.attrs["00280008"]["Value"] == [200_000]  # NumberOfFrames, read from the file
+    digest = hashlib.sha256(instance).hexdigest()
+    assert (row.blob.sha256, row.blob.size) == (digest, len(instance))
+    stored = app.state.dicomweb.blobs.path_for(row.blob.key).read_bytes()
+    assert hashlib.sha256(stored).hexdigest() == digest
+
+
 async def test_patient_token_cannot_store(app: FastAPI, mint: object) -> None:
     token = mint("patient/*.cruds", patient="p1")  # type: ignore[operator]
     transport = httpx.ASGITransport(app=app)
