@@ -96,13 +96,6 @@ def _warm(preload: tuple[str, ...] = ()) -> None:
     heap.settle()
 
 
-def loaded(module: str) -> bool:
-    """Whether this process has imported ``module`` (asked of a worker through ``run``;
-    here, not in the tests: unpickling a test's function would import its module,
-    and with it what the test imports)."""
-    return module in sys.modules
-
-
 def _die_with_parent() -> None:
     """Linux: have the kernel end this worker when the server process dies, even
     by SIGKILL; otherwise an orphaned worker would linger holding the server's pipes."""
