@@ -21,6 +21,21 @@ async def stow(
     return await client.post(path, content=body, headers={"Content-Type": STOW_TYPE})
 
 
+async def stow_traced(
+    client: httpx.AsyncClient, body: AsyncIterator[bytes]
+) -> tuple[httpx.Response, int]:
+    """STOW-RS of a streamed ``body``, and the peak of Python memory allocated meanwhile."""
+    tracemalloc.start()
+    try:
+        response = await client.post(
+            "/dicomweb/studies", content=body, headers={"Content-Type": STOW_TYPE}
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return response, peak
+
+
 def reasons(response: httpx.Response) -> list[int]:
     return [item[REASON]["Value"][0] for item in response.json()[FAILED].get("Value", [])]
 
@@ -141,14 +156,7 @@ async def test_large_stow_stays_in_bounded_memory(client: httpx.AsyncClient) -> 
             yield b"\r\n"
         yield f"--{BOUNDARY}--\r\n".encode()
 
-    tracemalloc.start()
-    try:
-        response = await client.post(
-            "/dicomweb/studies", content=body(), headers={"Content-Type": STOW_TYPE}
-        )
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    response, peak = await stow_traced(client, body())
     assert response.status_code == 200, response.text
     assert len(response.json()[REFERENCED]["Value"]) == count
     # the test's own generator holds ~1 MB at a time; the server must not hold the body
@@ -171,14 +179,8 @@ async def test_one_large_instance_is_stored_whole_in_bounded_memory(
             yield bytes(view[start : start + 64 * 1024])
         yield f"\r\n--{BOUNDARY}--\r\n".encode()
 
-    tracemalloc.start()  # after the instance was made: only what the upload costs counts
-    try:
-        response = await client.post(
-            "/dicomweb/studies", content=body(), headers={"Content-Type": STOW_TYPE}
-        )
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    # traced from here, after the instance was made: only what the upload costs counts
+    response, peak = await stow_traced(client, body())
     assert response.status_code == 200, response.text
     assert peak < 12 * 1024 * 1024, f"peak {peak} bytes for a {len(instance)}-byte instance"
     (row,) = await app.state.dicomweb.index.instances("1.2.3")
