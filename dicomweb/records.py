@@ -53,6 +53,12 @@ _EXTRA_LEVEL: dict[int, Level] = {
 }
 
 
+# Kept with every level: PS3.18's tables return TimezoneOffsetFromUTC at the study,
+# series and instance levels, and the ImagingStudy's ``started`` needs it with the
+# study's date and time.
+_EVERY_LEVEL = frozenset({0x00080201})
+
+
 def level_of(tag: int) -> Level:
     """The level an attribute is stored at: the tables, the extras, else instance."""
     return _EXTRA_LEVEL.get(tag) or LEVEL_OF.get(tag) or "instance"
@@ -118,7 +124,9 @@ def split_levels(full: Json) -> dict[Level, Json]:
     for tag, element in full.items():
         if "BulkDataURI" in element or "InlineBinary" in element:
             continue
-        out[level_of(int(tag, 16))][tag] = element
+        number = int(tag, 16)
+        for level in out if number in _EVERY_LEVEL else (level_of(number),):
+            out[level][tag] = element
     return out
 
 

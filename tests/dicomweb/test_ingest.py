@@ -15,6 +15,7 @@ from dicomweb.blobstore import FileBlobStore, StagedBlob
 from dicomweb.imaging_study import StudyLinks, fhir_started, map_study, patient_identifier
 from dicomweb.ingest import Failed, IngestOptions, IngestService, Stored
 from dicomweb.ingest_parse import PROCESSING_FAILURE, InstanceRejected
+from dicomweb.records import split_levels
 from fhir_server.resources.worker_pool import WorkerPool
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.storage.dicom_port import BlobLocation, InstanceRow, SeriesRow, StudyRow
@@ -286,3 +287,22 @@ def test_patient_identifier_system() -> None:
     assert patient_identifier(attrs, "urn:d") == ("urn:oid:1.2.3", "M1")
     attrs["00100021"] = {"vr": "LO", "Value": ["LOCAL"]}
     assert patient_identifier(attrs, "urn:d") == ("urn:d", "M1")
+
+
+@pytest.mark.parametrize(
+    ("tag", "levels"),
+    [
+        ("00080020", {"study"}),  # StudyDate
+        ("00100021", {"study"}),  # IssuerOfPatientID, an extra kept for ImagingStudy
+        ("00080060", {"series"}),  # Modality
+        ("00180015", {"series"}),  # BodyPartExamined
+        ("00080018", {"instance"}),  # SOPInstanceUID
+        ("00280010", {"instance"}),  # Rows: not in PS3.18's tables
+        ("00080201", {"study", "series", "instance"}),  # TimezoneOffsetFromUTC: all three
+    ],
+)
+def test_each_attribute_is_kept_at_its_levels(tag: str, levels: set[str]) -> None:
+    element = {"vr": "SH", "Value": ["x"]}
+    split = split_levels({tag: element, "7FE00010": {"vr": "OW", "BulkDataURI": "u"}})
+    assert {level for level, attrs in split.items() if tag in attrs} == levels
+    assert all("7FE00010" not in attrs for attrs in split.values())  # bulk data: none
