@@ -6,6 +6,7 @@ Deterministic for a given seed, so the demo looks the same on every machine.
 
 from __future__ import annotations
 
+import copy
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -160,10 +161,13 @@ def demo_bundle(
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
-async def load_demo(svc: Services) -> int:
-    """Load the demo set into an empty store; return how many resources were written."""
+async def load_demo(svc: Services, bundle: dict[str, Any] | None = None) -> int:
+    """Load the demo set (``bundle``, by default ``demo_bundle`` for today) into an
+    empty store; return how many resources were written."""
     existing = await svc.store.search(SearchQuery(types=("Patient",), count=1))
     if existing.matches:
         return 0
-    result = await transaction(svc, DEMO_CONTEXT, demo_bundle(now=svc.clock()))
+    # a copy: the transaction resolves the references of what it is given in place
+    entries = copy.deepcopy(bundle) if bundle is not None else demo_bundle(now=svc.clock())
+    result = await transaction(svc, DEMO_CONTEXT, entries)
     return len(result["entry"])

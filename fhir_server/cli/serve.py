@@ -8,11 +8,14 @@ import sys
 
 import uvicorn
 
+from dicomweb.demo_images import load_demo_images
+from dicomweb.ingest import IngestService
 from fhir_server import heap
 from fhir_server.app import create_app
 from fhir_server.cli import bind_socket
-from fhir_server.demo import load_demo
+from fhir_server.demo import demo_bundle, load_demo
 from fhir_server.http.coalesced_writes import CoalescingHttpToolsProtocol
+from fhir_server.interactions.services import Services
 from fhir_server.settings import Settings
 
 
@@ -48,15 +51,29 @@ async def serve(settings: Settings, *, demo: bool = False) -> int:
     return 0 if server.started else 1
 
 
+async def _load_demo(services: Services, ingest: IngestService) -> None:
+    """The demo resources, and images for its completed orders, into an empty store."""
+    bundle = demo_bundle(now=services.clock())
+    loaded = await load_demo(services, bundle)
+    if not loaded:
+        return
+    print(f"radhub: loaded {loaded} demo resources", flush=True)
+    try:
+        images = await load_demo_images(ingest, bundle)
+    except Exception as exc:  # the server is still of use without them: say so, go on
+        logging.getLogger(__name__).exception("demo images not loaded")
+        print(f"radhub: demo images not loaded: {exc}", file=sys.stderr, flush=True)
+    else:
+        print(f"radhub: loaded {images} demo DICOM instances", flush=True)
+
+
 async def _announce(server: uvicorn.Server, settings: Settings, app: object, demo: bool) -> None:
     while not server.started:
         await asyncio.sleep(0.02)
     services = app.state.services  # type: ignore[attr-defined]
     services.workers.warm(services.registry)
     if demo:
-        loaded = await load_demo(app.state.services)  # type: ignore[attr-defined]
-        if loaded:
-            print(f"radhub: loaded {loaded} demo resources", flush=True)
+        await _load_demo(services, app.state.dicomweb.ingest)  # type: ignore[attr-defined]
     heap.settle()
     print(f"radhub: FHIR/HTTP listening on {settings.public_base}/fhir", flush=True)
     for name, port in (("DICOM DIMSE", settings.dicom_port), ("HL7 MLLP", settings.mllp_port)):

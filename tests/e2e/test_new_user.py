@@ -6,6 +6,7 @@ delete and history each of the five main types; a 100-entry transaction with
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,21 @@ def test_demo_data_is_there(fhir: httpx.Client) -> None:
     assert bundle["total"] >= 20
     orders = fhir.get("/ServiceRequest", params={"_total": "accurate"}).json()
     assert orders["total"] >= 20
+    completed = fhir.get("/ServiceRequest", params={"status": "completed", "_total": "accurate"})
+    done = completed.json()["total"]
+    assert done > 0
+    # images for each completed order, in the archive and as ImagingStudy resources
+    studies = fhir.get(fhir.base_url.copy_with(path="/dicomweb/studies"))
+    assert studies.status_code == 200 and len(studies.json()) == done
+    deadline = time.monotonic() + 30
+    while True:
+        imaging = fhir.get(
+            "/ImagingStudy", params={"basedon:missing": "false", "_total": "accurate"}
+        )
+        if imaging.json()["total"] == done or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert imaging.json()["total"] == done
 
 
 @pytest.mark.parametrize("resource_type", MAIN_TYPES)
