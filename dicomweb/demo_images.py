@@ -30,6 +30,7 @@ from pydicom import Dataset, FileMetaDataset, dcmwrite
 from pydicom.uid import UID, ExplicitVRLittleEndian, RLELossless
 
 from dicomweb.ingest import IngestService
+from fhir_server.demo import PROCEDURES
 
 Json = dict[str, Any]
 SIZE = 128  # rows and columns
@@ -167,7 +168,7 @@ TISSUE: dict[str, dict[str, int]] = {
     },
     "US": {"air": 0, "soft": 120, "liver": 140, "lung": 30, "bone": 235, "fluid": 8, "brain": 110},
 }
-BODY_PARTS = (("head", "HEAD"), ("brain", "HEAD"), ("chest", "CHEST"), ("abdomen", "ABDOMEN"))
+PROCEDURE_BY_CODE = {p.code: p for p in PROCEDURES}
 
 
 def demo_studies(bundle: Json) -> list[DemoStudy]:
@@ -195,8 +196,7 @@ def demo_studies(bundle: Json) -> list[DemoStudy]:
 def _study(order: Json, patient: Json, started: datetime) -> DemoStudy:
     mrn = patient["identifier"][0]
     name = patient["name"][0]
-    procedure = order["code"]["coding"][0]["display"]
-    modality = {"XR": "DX"}.get(procedure.split()[0], procedure.split()[0])
+    procedure = PROCEDURE_BY_CODE[order["code"]["coding"][0]["code"]]
     return DemoStudy(
         mrn=mrn["value"],
         mrn_system=mrn["system"],
@@ -205,9 +205,9 @@ def _study(order: Json, patient: Json, started: datetime) -> DemoStudy:
         sex={"female": "F", "male": "M"}.get(patient.get("gender", ""), "O"),
         birth_date=patient.get("birthDate", "").replace("-", ""),
         accession=order["identifier"][0]["value"],
-        procedure=procedure,
-        modality=modality,
-        body_part=next(part for word, part in BODY_PARTS if word in procedure.lower()),
+        procedure=procedure.display,
+        modality=procedure.modality,
+        body_part=procedure.body_part,
         started=started,
     )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import random
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from fhir_server.access import AuthContext, ScopeSet
 from fhir_server.interactions.services import Services
@@ -44,12 +44,24 @@ _GIVEN = (
     "Chloé",
     "Sean",
 )
-_PROCEDURES = (
-    ("24627-2", "CT Chest", "CT"),
-    ("24725-4", "CT Head", "CT"),
-    ("36643-5", "XR Chest 2 Views", "DX"),
-    ("24590-2", "MR Brain", "MR"),
-    ("24558-9", "US Abdomen", "US"),
+
+
+class Procedure(NamedTuple):
+    """An orderable imaging procedure: LOINC code and display, the modality that
+    performs it and the DICOM body part it images (the demo images use both)."""
+
+    code: str
+    display: str
+    modality: str
+    body_part: str
+
+
+PROCEDURES = (
+    Procedure("24627-2", "CT Chest", "CT", "CHEST"),
+    Procedure("24725-4", "CT Head", "CT", "HEAD"),
+    Procedure("36643-5", "XR Chest 2 Views", "DX", "CHEST"),
+    Procedure("24590-2", "MR Brain", "MR", "HEAD"),
+    Procedure("24558-9", "US Abdomen", "US", "ABDOMEN"),
 )
 MRN_SYSTEM = "urn:oid:1.2.36.146.595.217.0.1"
 ACCESSION_SYSTEM = "urn:radhub:accession"
@@ -94,7 +106,7 @@ def _practitioner(n: int, role: str) -> dict[str, Any]:
 
 
 def _order(rng: random.Random, n: int, patient: str, referrer: str) -> dict[str, Any]:
-    code, display, _ = rng.choice(_PROCEDURES)
+    code, display, _, _ = rng.choice(PROCEDURES)
     return {
         "resourceType": "ServiceRequest",
         "identifier": [
