@@ -129,8 +129,23 @@ def _series(row: SeriesRow, instances: Sequence[InstanceRow], endpoint: str | No
         out["laterality"] = {"system": SNOMED, "code": code, "display": display}
     if endpoint:
         out["endpoint"] = [{"reference": endpoint}]
-    out["instance"] = [_instance(i) for i in instances if i.series_uid == row.uid]
+    mine = [i for i in instances if i.series_uid == row.uid]
+    out["instance"] = [_instance(i) for i in sorted(mine, key=_instance_order)]
     return out
+
+
+def _number_order(number: Any, uid: str) -> tuple[int, int, str]:
+    """By number where there is one, then the unnumbered; UID breaks ties."""
+    numbered = isinstance(number, int) and number >= 0
+    return (0 if numbered else 1, number if numbered else 0, uid)
+
+
+def _series_order(row: SeriesRow) -> tuple[int, int, str]:
+    return _number_order(first(row.attrs, "00200011"), row.uid)
+
+
+def _instance_order(row: InstanceRow) -> tuple[int, int, str]:
+    return _number_order(row.instance_number, row.uid)
 
 
 def map_study(
@@ -167,5 +182,8 @@ def map_study(
         out["endpoint"] = [{"reference": links.endpoint}]
     if description := _text(a, "00081030"):
         out["description"] = description
-    out["series"] = [_series(s, instances, links.endpoint) for s in series]
+    # in the order a reader expects them: by series, then instance, number
+    out["series"] = [
+        _series(s, instances, links.endpoint) for s in sorted(series, key=_series_order)
+    ]
     return out

@@ -306,3 +306,25 @@ def test_each_attribute_is_kept_at_its_levels(tag: str, levels: set[str]) -> Non
     split = split_levels({tag: element, "7FE00010": {"vr": "OW", "BulkDataURI": "u"}})
     assert {level for level, attrs in split.items() if tag in attrs} == levels
     assert all("7FE00010" not in attrs for attrs in split.values())  # bulk data: none
+
+
+def _series_row(uid: str, number: int | None) -> SeriesRow:
+    attrs = {"00080060": {"vr": "CS", "Value": ["CT"]}}
+    if number is not None:
+        attrs["00200011"] = {"vr": "IS", "Value": [number]}
+    return SeriesRow(uid, "1.2", attrs, 1, 1)
+
+
+def test_series_and_instances_come_in_number_order() -> None:
+    # numbers compare as numbers (2 before 10); the unnumbered come last, by UID
+    series = [_series_row("1.2.9", 10), _series_row("1.2.8", None), _series_row("1.2.7", 2)]
+    instances = [
+        _row("1.2.7.5", "1.2.7", 10),
+        _row("1.2.7.4", "1.2.7", None),
+        _row("1.2.7.3", "1.2.7", 2),
+        _row("1.2.7.2", "1.2.7", None),
+    ]
+    study = map_study(STUDY, series, instances, StudyLinks("Patient/p1"))
+    assert [s["uid"] for s in study["series"]] == ["1.2.7", "1.2.9", "1.2.8"]
+    first_series = study["series"][0]["instance"]
+    assert [i["uid"] for i in first_series] == ["1.2.7.3", "1.2.7.5", "1.2.7.2", "1.2.7.4"]
