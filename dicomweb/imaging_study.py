@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dicomweb.body_parts import body_site
 from fhir_server.storage.dicom_port import InstanceRow, Json, SeriesRow, StudyRow
 
 DICOM_UID_SYSTEM = "urn:dicom:uid"
@@ -123,7 +124,7 @@ def _series(row: SeriesRow, instances: Sequence[InstanceRow], endpoint: str | No
     if description := _text(a, "0008103E"):
         out["description"] = description
     if body := _text(a, "00180015"):
-        out["bodySite"] = {"display": body}
+        out["bodySite"] = body_site(body)
     if (side := _text(a, "00200060")) in _LATERALITY:
         code, display = _LATERALITY[str(side)]
         out["laterality"] = {"system": SNOMED, "code": code, "display": display}

@@ -28,6 +28,17 @@ from fhir_server.demo import demo_bundle, load_demo
 from tests.dicomweb.archive_app import fast_settings, running, settled
 
 NOW = datetime.fromisoformat("2026-12-01T10:00:00+00:00")
+CHEST = {"CT Chest", "XR Chest 2 Views"}  # the demo's procedures that image the chest
+
+
+def _procedure_of(bundle: dict[str, Any], accession: str) -> str:
+    """The procedure display of the order with ``accession``."""
+    (order,) = (
+        r
+        for r in _by_url(bundle).values()
+        if r["resourceType"] == "ServiceRequest" and r["identifier"][0]["value"] == accession
+    )
+    return str(order["code"]["coding"][0]["display"])
 
 
 def _by_url(bundle: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -164,6 +175,18 @@ async def test_stored_demo_images_are_linked_and_served(tmp_path: Path) -> None:
             assert datetime.fromisoformat(imaging["started"]) == datetime.fromisoformat(
                 start.replace("Z", "+00:00")
             )
+
+        chest = await client.get(
+            "/fhir/ImagingStudy", params={"bodysite": "http://snomed.info/sct|816094009"}
+        )
+        chest_orders = {a for a in expected if _procedure_of(bundle, a) in CHEST}
+        found_accessions = {
+            i["value"]
+            for e in chest.json()["entry"]
+            for i in e["resource"]["identifier"]
+            if "type" in i
+        }
+        assert found_accessions == chest_orders and chest_orders
 
         radiograph = next(s for s in studies if s["00080061"]["Value"] == ["DX"])
         study_uid = radiograph["0020000D"]["Value"][0]

@@ -229,7 +229,11 @@ STUDY = StudyRow(
 SERIES = SeriesRow(
     "1.2.1",
     "1.2",
-    {"00080060": {"vr": "CS", "Value": ["CT"]}, "00200060": {"vr": "CS", "Value": ["L"]}},
+    {
+        "00080060": {"vr": "CS", "Value": ["CT"]},
+        "00200060": {"vr": "CS", "Value": ["L"]},
+        "00180015": {"vr": "CS", "Value": ["KNEE"]},
+    },
     2,
     1,
 )
@@ -252,6 +256,7 @@ SERIES = SeriesRow(
             "Endpoint/e",
         ),
         (StudyLinks("Patient/p1"), ("series", 0, "laterality", "code"), "7771000"),
+        (StudyLinks("Patient/p1"), ("series", 0, "bodySite", "code"), "72696002"),
         (StudyLinks("Patient/p1"), ("series", 0, "instance", 1, "number"), 2),
         (StudyLinks("Patient/p1"), ("started",), "2024-01-05"),
         (StudyLinks("Patient/p1"), ("numberOfInstances",), 2),
