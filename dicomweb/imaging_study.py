@@ -123,6 +123,9 @@ def _series(row: SeriesRow, instances: Sequence[InstanceRow], endpoint: str | No
         out["number"] = number
     if description := _text(a, "0008103E"):
         out["description"] = description
+    started = fhir_started(_text(a, "00080021"), _text(a, "00080031"), _text(a, "00080201"))
+    if started:
+        out["started"] = started
     if body := _text(a, "00180015"):
         out["bodySite"] = body_site(body)
     if (side := _text(a, "00200060")) in _LATERALITY:
