@@ -13,13 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dicomweb.body_parts import body_site
+from dicomweb.body_parts import SNOMED, body_site
 from fhir_server.storage.dicom_port import InstanceRow, Json, SeriesRow, StudyRow
 
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
-SNOMED = "http://snomed.info/sct"
 RFC3986 = "urn:ietf:rfc:3986"
 UNKNOWN_PATIENT_SYSTEM = "urn:radhub:dicom-study-without-patient-id"
 
