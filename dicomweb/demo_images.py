@@ -50,6 +50,7 @@ class DemoStudy:
     sex: str  # DICOM PatientSex: F, M or O
     birth_date: str  # DA
     accession: str
+    procedure_code: str  # LOINC
     procedure: str
     modality: str
     body_part: str
@@ -205,6 +206,7 @@ def _study(order: Json, patient: Json, started: datetime) -> DemoStudy:
         sex={"female": "F", "male": "M"}.get(patient.get("gender", ""), "O"),
         birth_date=patient.get("birthDate", "").replace("-", ""),
         accession=order["identifier"][0]["value"],
+        procedure_code=procedure.code,
         procedure=procedure.display,
         modality=procedure.modality,
         body_part=procedure.body_part,
@@ -276,6 +278,10 @@ def _instance(
     ds.TimezoneOffsetFromUTC = study.started.strftime("%z") or "+0000"
     ds.AccessionNumber, ds.StudyID = study.accession, study.accession[-6:]
     ds.StudyDescription, ds.SeriesDescription = study.procedure, series.description
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator = study.procedure_code, "LN"
+    code.CodeMeaning = study.procedure
+    ds.ProcedureCodeSequence = [code]
     ds.Modality, ds.BodyPartExamined = study.modality, study.body_part
     ds.Manufacturer = "radhub demo"
     ds.SeriesNumber, ds.InstanceNumber = number, index + 1

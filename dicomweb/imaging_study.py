@@ -25,6 +25,15 @@ UNKNOWN_PATIENT_SYSTEM = "urn:radhub:dicom-study-without-patient-id"
 _SEX = {"M": "male", "F": "female", "O": "other"}
 # PS3.16 CID 244 Laterality → SNOMED CT, as R4 ImagingStudy.series.laterality binds.
 _LATERALITY = {"R": ("24028007", "Right"), "L": ("7771000", "Left"), "B": ("51440002", "Both")}
+# PS3.16 Table 8-1 Coding Scheme Designators → FHIR system URIs, for the schemes FHIR
+# names. SRT is left out on purpose: its SNOMED RT identifiers are not SNOMED CT codes.
+_CODING_SYSTEMS = {
+    "DCM": DCM,
+    "SCT": SNOMED,
+    "LN": "http://loinc.org",
+    "RADLEX": "http://radlex.org",
+    "UCUM": "http://unitsofmeasure.org",
+}
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,23 @@ def map_patient(study_attrs: Json, system: str, value: str) -> dict[str, Any]:
     if birth:
         patient["birthDate"] = birth
     return patient
+
+
+def coded_concept(item: Json) -> Json | None:
+    """A DICOM Code Sequence item (PS3.3 8.8) → an R4 CodeableConcept: the system of a
+    scheme FHIR names, else the code and meaning without one; None without a code."""
+    meaning = _text(item, "00080104")
+    if urn := _text(item, "00080120"):  # URN Code Value: the code is its own system
+        coding: Json = {"system": RFC3986, "code": urn}
+    elif code := _text(item, "00080100") or _text(item, "00080119"):
+        coding = {"code": code}
+        if system := _CODING_SYSTEMS.get(_text(item, "00080102") or ""):
+            coding = {"system": system, **coding}
+    else:
+        return None
+    if meaning:
+        coding["display"] = meaning
+    return {"coding": [coding], "text": meaning} if meaning else {"coding": [coding]}
 
 
 def _instance(row: InstanceRow) -> dict[str, Any]:
@@ -185,6 +211,9 @@ def map_study(
         out["endpoint"] = [{"reference": links.endpoint}]
     if description := _text(a, "00081030"):
         out["description"] = description
+    items = (a.get("00081032") or {}).get("Value") or []
+    if procedures := [c for c in map(coded_concept, items) if c is not None]:
+        out["procedureCode"] = procedures
     # in the order a reader expects them: by series, then instance, number
     out["series"] = [
         _series(s, instances, links.endpoint) for s in sorted(series, key=_series_order)

@@ -44,6 +44,7 @@ _EXTRA_LEVEL: dict[int, Level] = {
     0x00101010: "study",  # PatientAge
     0x00081030: "study",  # StudyDescription
     0x00200010: "study",  # StudyID
+    0x00081032: "study",  # ProcedureCodeSequence
     0x00080021: "series",  # SeriesDate
     0x00080031: "series",  # SeriesTime
     0x00180015: "series",  # BodyPartExamined

@@ -85,6 +85,7 @@ def _study(modality: str, procedure: str, body_part: str) -> DemoStudy:
         sex="F",
         birth_date="19700101",
         accession=f"ACC-{modality}",
+        procedure_code="00000-0",
         procedure=procedure,
         modality=modality,
         body_part=body_part,
@@ -126,6 +127,8 @@ def test_instances_of_each_modality(
         assert (ds.PatientID, ds.IssuerOfPatientID) == ("MRN1", "urn:oid:1.2.3")
         assert str(ds.PatientName) == "Müller^Anna"
         assert (ds.AccessionNumber, ds.StudyDescription) == (study.accession, procedure)
+        (code,) = ds.ProcedureCodeSequence
+        assert (code.CodeValue, code.CodingSchemeDesignator) == ("00000-0", "LN")
         assert (ds.StudyDate, ds.StudyTime, ds.TimezoneOffsetFromUTC) == (
             "20261201",
             "100000",
@@ -172,6 +175,15 @@ async def test_stored_demo_images_are_linked_and_served(tmp_path: Path) -> None:
             order = await client.get("/fhir/ServiceRequest", params={"identifier": accession})
             order_id = order.json()["entry"][0]["resource"]["id"]
             assert imaging["basedOn"] == [{"reference": f"ServiceRequest/{order_id}"}]
+            ordered = order.json()["entry"][0]["resource"]["code"]["coding"][0]
+            (performed,) = imaging["procedureCode"]
+            assert performed["coding"] == [
+                {
+                    "system": "http://loinc.org",
+                    "code": ordered["code"],
+                    "display": ordered["display"],
+                }
+            ]
             assert datetime.fromisoformat(imaging["started"]) == datetime.fromisoformat(
                 start.replace("Z", "+00:00")
             )

@@ -12,7 +12,13 @@ import pytest
 from fastapi import FastAPI
 
 from dicomweb.blobstore import FileBlobStore, StagedBlob
-from dicomweb.imaging_study import StudyLinks, fhir_started, map_study, patient_identifier
+from dicomweb.imaging_study import (
+    StudyLinks,
+    coded_concept,
+    fhir_started,
+    map_study,
+    patient_identifier,
+)
 from dicomweb.ingest import Failed, IngestOptions, IngestService, Stored
 from dicomweb.ingest_parse import PROCESSING_FAILURE, InstanceRejected
 from dicomweb.records import split_levels
@@ -337,3 +343,54 @@ def test_series_and_instances_come_in_number_order() -> None:
     assert [s["uid"] for s in study["series"]] == ["1.2.7", "1.2.9", "1.2.8"]
     first_series = study["series"][0]["instance"]
     assert [i["uid"] for i in first_series] == ["1.2.7.3", "1.2.7.5", "1.2.7.2", "1.2.7.4"]
+
+
+def _code_item(**values: str) -> dict[str, Any]:
+    tags = {"value": "00080100", "scheme": "00080102", "meaning": "00080104", "urn": "00080120"}
+    tags["long"] = "00080119"
+    return {tags[k]: {"vr": "SH", "Value": [v]} for k, v in values.items()}
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        (
+            _code_item(value="24627-2", scheme="LN", meaning="CT Chest"),
+            {
+                "coding": [
+                    {"system": "http://loinc.org", "code": "24627-2", "display": "CT Chest"}
+                ],
+                "text": "CT Chest",
+            },
+        ),
+        (
+            _code_item(value="77477000", scheme="SCT"),
+            {"coding": [{"system": "http://snomed.info/sct", "code": "77477000"}]},
+        ),
+        # SNOMED RT identifiers are not SNOMED CT codes: no system claimed
+        (
+            _code_item(value="P5-08000", scheme="SRT", meaning="CT"),
+            {"coding": [{"code": "P5-08000", "display": "CT"}], "text": "CT"},
+        ),
+        (
+            _code_item(value="CTCHEST1", scheme="99LOCAL", meaning="Chest CT"),
+            {"coding": [{"code": "CTCHEST1", "display": "Chest CT"}], "text": "Chest CT"},
+        ),
+        (
+            _code_item(long="A-VERY-LONG-LOCAL-CODE-VALUE-OVER-16", scheme="99LOCAL"),
+            {"coding": [{"code": "A-VERY-LONG-LOCAL-CODE-VALUE-OVER-16"}]},
+        ),
+        (
+            _code_item(urn="urn:oid:1.2.3.4", meaning="x"),
+            {
+                "coding": [
+                    {"system": "urn:ietf:rfc:3986", "code": "urn:oid:1.2.3.4", "display": "x"}
+                ],
+                "text": "x",
+            },
+        ),
+        (_code_item(meaning="no code at all"), None),
+    ],
+)
+def test_coded_concept(item: dict[str, Any], expected: dict[str, Any] | None) -> None:
+    assert coded_concept(item) == expected
