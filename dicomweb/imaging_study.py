@@ -86,21 +86,35 @@ def fhir_started(date: str | None, time: str | None, offset: str | None) -> str 
     return f"{day}T{time[:2]}:{time[2:4]}:{seconds}{offset[:3]}:{offset[3:]}"
 
 
+def human_name(pn: str) -> Json:
+    """A DICOM person name's alphabetic group (family^given^middle^prefix^suffix,
+    PS3.5 6.2) → an R4 HumanName; empty when every component is."""
+    family, given, middle, prefix, suffix = (p.strip() for p in (pn.split("^") + [""] * 5)[:5])
+    human: Json = {"family": family} if family else {}
+    if names := [n for n in (given, middle) if n]:
+        human["given"] = names
+    if prefix:
+        human["prefix"] = [prefix]
+    if suffix:
+        human["suffix"] = [suffix]
+    return human
+
+
+def name_text(human: Json) -> str:
+    """A HumanName as people write it: prefix, given names, family name, suffix."""
+    family = [human["family"]] if "family" in human else []
+    words = [*human.get("prefix", []), *human.get("given", []), *family, *human.get("suffix", [])]
+    return " ".join(words)
+
+
 def map_patient(study_attrs: Json, system: str, value: str) -> dict[str, Any]:
     """A Patient from the DICOM demographics (PatientName, Sex, BirthDate)."""
     patient: dict[str, Any] = {
         "resourceType": "Patient",
         "identifier": [{"system": system, "value": value}],
     }
-    name = _text(study_attrs, "00100010")
-    if name:
-        parts = name.split("^")
-        human: dict[str, Any] = {"family": parts[0]} if parts[0] else {}
-        given = [p for p in parts[1:3] if p]
-        if given:
-            human["given"] = given
-        if human:
-            patient["name"] = [human]
+    if (name := _text(study_attrs, "00100010")) and (human := human_name(name)):
+        patient["name"] = [human]
     sex = _text(study_attrs, "00100040")
     patient["gender"] = _SEX.get(sex or "", "unknown")
     birth = fhir_date(_text(study_attrs, "00100030"))
@@ -207,6 +221,9 @@ def map_study(
         out["started"] = started
     if links.service_request:
         out["basedOn"] = [{"reference": links.service_request}]
+    if (name := _text(a, "00080090")) and (human := human_name(name)):
+        # ReferringPhysicianName names no Practitioner resource: the name alone
+        out["referrer"] = {"display": name_text(human)}
     if links.endpoint:
         out["endpoint"] = [{"reference": links.endpoint}]
     if description := _text(a, "00081030"):

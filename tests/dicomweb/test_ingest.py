@@ -16,7 +16,10 @@ from dicomweb.imaging_study import (
     StudyLinks,
     coded_concept,
     fhir_started,
+    human_name,
+    map_patient,
     map_study,
+    name_text,
     patient_identifier,
 )
 from dicomweb.ingest import Failed, IngestOptions, IngestService, Stored
@@ -229,7 +232,11 @@ def _row(uid: str, series: str, number: int | None) -> InstanceRow:
 
 STUDY = StudyRow(
     "1.2",
-    {"00080050": {"vr": "SH", "Value": ["ACC"]}, "00080020": {"vr": "DA", "Value": ["20240105"]}},
+    {
+        "00080050": {"vr": "SH", "Value": ["ACC"]},
+        "00080020": {"vr": "DA", "Value": ["20240105"]},
+        "00080090": {"vr": "PN", "Value": [{"Alphabetic": "House^Gregory^^Dr."}]},
+    },
     ("CT",), 1, 2, "p1",
 )  # fmt: skip
 SERIES = SeriesRow(
@@ -270,6 +277,7 @@ SERIES = SeriesRow(
         (StudyLinks("Patient/p1"), ("series", 0, "instance", 1, "number"), 2),
         (StudyLinks("Patient/p1"), ("started",), "2024-01-05"),
         (StudyLinks("Patient/p1"), ("numberOfInstances",), 2),
+        (StudyLinks("Patient/p1"), ("referrer",), {"display": "Dr. Gregory House"}),
     ],
 )
 def test_map_study(links: StudyLinks, path: tuple[Any, ...], expected: Any) -> None:
@@ -394,3 +402,51 @@ def _code_item(**values: str) -> dict[str, Any]:
 )
 def test_coded_concept(item: dict[str, Any], expected: dict[str, Any] | None) -> None:
     assert coded_concept(item) == expected
+
+
+@pytest.mark.parametrize(
+    ("pn", "human", "text"),
+    [
+        ("Doe^Jane", {"family": "Doe", "given": ["Jane"]}, "Jane Doe"),
+        (
+            "Adams^John Robert Quincy^^Rev.^B.A. M.Div.",
+            {
+                "family": "Adams",
+                "given": ["John Robert Quincy"],
+                "prefix": ["Rev."],
+                "suffix": ["B.A. M.Div."],
+            },
+            "Rev. John Robert Quincy Adams B.A. M.Div.",
+        ),
+        (
+            "Morrison-Jones^Susan^Ann",
+            {"family": "Morrison-Jones", "given": ["Susan", "Ann"]},
+            "Susan Ann Morrison-Jones",
+        ),
+        ("^^^Dr.", {"prefix": ["Dr."]}, "Dr."),
+        ("Wang^XiaoDong^^^", {"family": "Wang", "given": ["XiaoDong"]}, "XiaoDong Wang"),
+        ("^^^^", {}, ""),
+    ],
+)
+def test_human_name(pn: str, human: dict[str, Any], text: str) -> None:
+    # PS3.5 6.2.1.1's examples and edge cases: empty components leave nothing behind
+    assert human_name(pn) == human
+    assert name_text(human) == text
+
+
+def test_map_patient_from_the_dicom_demographics() -> None:
+    attrs = {
+        "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Müller^Anna^^Dr."}]},
+        "00100040": {"vr": "CS", "Value": ["F"]},
+        "00100030": {"vr": "DA", "Value": ["19700131"]},
+    }
+    assert map_patient(attrs, "urn:oid:1.2.3", "MRN1") == {
+        "resourceType": "Patient",
+        "identifier": [{"system": "urn:oid:1.2.3", "value": "MRN1"}],
+        "name": [{"family": "Müller", "given": ["Anna"], "prefix": ["Dr."]}],
+        "gender": "female",
+        "birthDate": "1970-01-31",
+    }
+    assert "name" not in map_patient(
+        {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "^^"}]}}, "s", "v"
+    )
