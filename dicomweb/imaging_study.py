@@ -107,6 +107,12 @@ def name_text(human: Json) -> str:
     return " ".join(words)
 
 
+def _started(attrs: Json, date_tag: str, time_tag: str) -> str | None:
+    """``fhir_started`` of a level's date and time, with the TimezoneOffsetFromUTC
+    every level keeps."""
+    return fhir_started(_text(attrs, date_tag), _text(attrs, time_tag), _text(attrs, "00080201"))
+
+
 def map_patient(study_attrs: Json, system: str, value: str) -> dict[str, Any]:
     """A Patient from the DICOM demographics (PatientName, Sex, BirthDate)."""
     patient: dict[str, Any] = {
@@ -150,7 +156,7 @@ def _instance(row: InstanceRow) -> dict[str, Any]:
     return out
 
 
-def _series(row: SeriesRow, instances: Sequence[InstanceRow], endpoint: str | None) -> Json:
+def _series(row: SeriesRow, mine: Sequence[InstanceRow], endpoint: str | None) -> Json:
     a = row.attrs
     out: dict[str, Any] = {
         "uid": row.uid,
@@ -162,8 +168,7 @@ def _series(row: SeriesRow, instances: Sequence[InstanceRow], endpoint: str | No
         out["number"] = number
     if description := _text(a, "0008103E"):
         out["description"] = description
-    started = fhir_started(_text(a, "00080021"), _text(a, "00080031"), _text(a, "00080201"))
-    if started:
+    if started := _started(a, "00080021", "00080031"):
         out["started"] = started
     if body := _text(a, "00180015"):
         out["bodySite"] = body_site(body)
@@ -172,7 +177,6 @@ def _series(row: SeriesRow, instances: Sequence[InstanceRow], endpoint: str | No
         out["laterality"] = {"system": SNOMED, "code": code, "display": display}
     if endpoint:
         out["endpoint"] = [{"reference": endpoint}]
-    mine = [i for i in instances if i.series_uid == row.uid]
     out["instance"] = [_instance(i) for i in sorted(mine, key=_instance_order)]
     return out
 
@@ -216,8 +220,7 @@ def map_study(
     }
     if study.modalities:
         out["modality"] = [{"system": DCM, "code": m} for m in study.modalities]
-    started = fhir_started(_text(a, "00080020"), _text(a, "00080030"), _text(a, "00080201"))
-    if started:
+    if started := _started(a, "00080020", "00080030"):
         out["started"] = started
     if links.service_request:
         out["basedOn"] = [{"reference": links.service_request}]
@@ -232,7 +235,11 @@ def map_study(
     if procedures := [c for c in map(coded_concept, items) if c is not None]:
         out["procedureCode"] = procedures
     # in the order a reader expects them: by series, then instance, number
+    by_series: dict[str, list[InstanceRow]] = {}
+    for instance in instances:
+        by_series.setdefault(instance.series_uid, []).append(instance)
     out["series"] = [
-        _series(s, instances, links.endpoint) for s in sorted(series, key=_series_order)
+        _series(s, by_series.get(s.uid, []), links.endpoint)
+        for s in sorted(series, key=_series_order)
     ]
     return out

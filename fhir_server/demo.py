@@ -173,13 +173,12 @@ def demo_bundle(
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
-async def load_demo(svc: Services, bundle: dict[str, Any] | None = None) -> int:
-    """Load the demo set (``bundle``, by default ``demo_bundle`` for today) into an
-    empty store; return how many resources were written."""
+async def load_demo(svc: Services, bundle: dict[str, Any]) -> int:
+    """Load the demo set ``bundle`` (``demo_bundle``) into an empty store, leaving
+    ``bundle`` as it was; return how many resources were written."""
     existing = await svc.store.search(SearchQuery(types=("Patient",), count=1))
     if existing.matches:
         return 0
     # a copy: the transaction resolves the references of what it is given in place
-    entries = copy.deepcopy(bundle) if bundle is not None else demo_bundle(now=svc.clock())
-    result = await transaction(svc, DEMO_CONTEXT, entries)
+    result = await transaction(svc, DEMO_CONTEXT, copy.deepcopy(bundle))
     return len(result["entry"])
