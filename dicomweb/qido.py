@@ -186,6 +186,15 @@ def searchable_levels(level: Level, scope: Level | None) -> tuple[Level, ...]:
     return LEVELS[start : LEVELS.index(level) + 1]
 
 
+def pn_normal(text: str) -> str:
+    """Case-fold one PN component group and drop trailing empty components:
+    ``Smith^John^^`` == ``SMITH^JOHN`` (the index's keys and the matcher both use it)."""
+    components = [c.strip() for c in text.split("^")]
+    while components and not components[-1]:
+        components.pop()
+    return "^".join(components).casefold()
+
+
 def normalise_bound(vr: str, value: str, *, high: bool) -> str:
     """Pad a DA/TM/DT value to full precision: earliest or latest instant it covers."""
     value = _TZ.sub("", value) if vr == "DT" else value.replace(":", "")

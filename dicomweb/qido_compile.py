@@ -25,9 +25,10 @@ from dicomweb.qido import (
     Universal,
     ValueList,
     Wildcard,
+    pn_normal,
     return_attributes,
 )
-from dicomweb.records import key_name, number_normal, pn_normal
+from dicomweb.records import key_name, number_normal
 from fhir_server.storage.dicom_port import DicomMatch, DicomQuery, Json, KeyFilter
 
 INSTANCE_AVAILABILITY = "00080056"

@@ -29,6 +29,7 @@ from dicomweb.qido import (
     ValueList,
     Wildcard,
     normalise_bound,
+    pn_normal,
 )
 
 Record = Mapping[str, Any]
@@ -103,23 +104,15 @@ def _in_range(vr: str, matcher: Range, value: str) -> bool:
 
 def _match_person_name(matcher: Matcher, value: str) -> bool:
     """Case-insensitive PN matching against each component group of the value."""
-    groups = [_pn_normal(g) for g in value.split("=")]
+    groups = [pn_normal(g) for g in value.split("=")]
     if isinstance(matcher, Wildcard):
-        pattern = Wildcard(_pn_normal(matcher.pattern)).regex(ignore_case=True)
+        pattern = Wildcard(pn_normal(matcher.pattern)).regex(ignore_case=True)
         return any(pattern.fullmatch(g) for g in groups if g)
     if isinstance(matcher, SingleValue):
-        wanted = [_pn_normal(g) for g in matcher.value.split("=")]
+        wanted = [pn_normal(g) for g in matcher.value.split("=")]
         if len(wanted) > 1:
             return all(w == "" or w == g for w, g in zip(wanted, groups + [""] * 3, strict=False))
         return wanted[0] in groups
     if isinstance(matcher, ValueList):
-        return any(_pn_normal(v) in groups for v in matcher.values)
+        return any(pn_normal(v) in groups for v in matcher.values)
     return False
-
-
-def _pn_normal(text: str) -> str:
-    """Case-fold and drop trailing empty components: ``Smith^John^^`` == ``SMITH^JOHN``."""
-    components = [c.strip() for c in text.split("^")]
-    while components and not components[-1]:
-        components.pop()
-    return "^".join(components).casefold()

@@ -30,7 +30,15 @@ from dicomweb.ingest_parse import (
     parse_instance,
     scan_instance,
 )
-from dicomweb.qido import LEVEL_OF, MATCHING_ATTRIBUTES, NUMERIC_VRS, RANGE_VRS, Level, _vr
+from dicomweb.qido import (
+    LEVEL_OF,
+    MATCHING_ATTRIBUTES,
+    NUMERIC_VRS,
+    RANGE_VRS,
+    Level,
+    _vr,
+    pn_normal,
+)
 from dicomweb.qido import normalise_bound as _bound
 from fhir_server.storage.dicom_port import BlobLocation, InstanceRecord, Json, MatchKeys
 
@@ -63,14 +71,6 @@ _EVERY_LEVEL = frozenset({0x00080201})
 def level_of(tag: int) -> Level:
     """The level an attribute is stored at: the tables, the extras, else instance."""
     return _EXTRA_LEVEL.get(tag) or LEVEL_OF.get(tag) or "instance"
-
-
-def pn_normal(text: str) -> str:
-    """Case-fold one PN component group and drop trailing empty components."""
-    components = [c.strip() for c in text.split("^")]
-    while components and not components[-1]:
-        components.pop()
-    return "^".join(components).casefold()
 
 
 def number_normal(value: Any) -> str:
