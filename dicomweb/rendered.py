@@ -112,7 +112,7 @@ async def wado_uri(svc: DicomwebServices, request: Request, auth: AuthContext) -
         wanted = q.get("transferSyntax")
         accept = f"application/dicom; transfer-syntax={wanted}" if wanted else None
         ts = negotiate(accept, row.transfer_syntax_uid)
-        part = instance_part(svc, row, ts)
+        part = instance_part(svc, row.file, ts)
         return StreamingResponse(part.body, media_type="application/dicom")
     media = image_media(None, content_type)
     window = None

@@ -57,8 +57,6 @@ Uids = tuple[str, str | None, str | None]
 Headers = tuple[tuple[str, str], ...]
 PIXEL_DATA = 0x7FE00010
 T = TypeVar("T")
-StoredInstance = InstanceFile | InstanceRow
-"""An instance with what is needed to send its file (a row has that and more)."""
 
 
 async def instance_rows(
@@ -88,14 +86,14 @@ async def _one(chunk: bytes) -> AsyncIterator[bytes]:
     yield chunk
 
 
-def _instance_headers(svc: DicomwebServices, row: StoredInstance, ts: str) -> tuple[str, Headers]:
+def _instance_headers(svc: DicomwebServices, row: InstanceFile, ts: str) -> tuple[str, Headers]:
     """An instance part's Content-Type and other headers (PS3.18 §8.7.3.3.2)."""
     return f"application/dicom; transfer-syntax={ts}", (
         ("Content-Location", _instance_url(svc, row)),
     )
 
 
-def instance_part(svc: DicomwebServices, row: StoredInstance, ts: str) -> OutPart:
+def instance_part(svc: DicomwebServices, row: InstanceFile, ts: str) -> OutPart:
     content_type, headers = _instance_headers(svc, row, ts)
     if ts == row.transfer_syntax_uid:
         return OutPart(content_type, svc.blobs.open(row.blob.key), headers)
@@ -106,7 +104,7 @@ async def _transcoded(path: Path) -> AsyncIterator[bytes]:
     yield await asyncio.to_thread(transcode_to_explicit_le, path)
 
 
-def _instance_url(svc: DicomwebServices, row: StoredInstance) -> str:
+def _instance_url(svc: DicomwebServices, row: InstanceFile) -> str:
     return f"{svc.base_url}/studies/{row.study_uid}/series/{row.series_uid}/instances/{row.uid}"
 
 
@@ -148,7 +146,7 @@ def body_length(pieces: list[Piece]) -> int | None:
 
 
 def retrieve_pieces(
-    svc: DicomwebServices, rows: Sequence[StoredInstance], chosen: list[str], boundary: str
+    svc: DicomwebServices, rows: Sequence[InstanceFile], chosen: list[str], boundary: str
 ) -> list[Piece]:
     """The multipart body as the blob store's ``gather`` sends it: each part's
     delimiter and headers, then its blob as stored or its transcoding, run in
@@ -247,7 +245,7 @@ async def frames(
     async def parts() -> AsyncIterator[OutPart]:
         for n in numbers:
             data = await _frame_bytes(svc, row, n)
-            location = f"{_instance_url(svc, row)}/frames/{n}"
+            location = f"{_instance_url(svc, row.file)}/frames/{n}"
             yield OutPart(OCTET, _one(data), (("Content-Location", location),))
 
     media = related_content_type(boundary, OCTET, "1.2.840.10008.1.2.1")

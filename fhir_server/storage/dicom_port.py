@@ -114,6 +114,13 @@ class InstanceRow:
     instance_number: int | None
     extra: Json
 
+    @property
+    def file(self) -> InstanceFile:
+        """Where its file is and what it holds (what sending it needs)."""
+        return InstanceFile(
+            self.uid, self.series_uid, self.study_uid, self.blob, self.transfer_syntax_uid
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class KeyFilter:
