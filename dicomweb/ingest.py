@@ -135,6 +135,9 @@ class IngestOptions:
     describe_lanes: int = 1  # instances described at once: one per worker process
 
 
+Incoming = AsyncIterable[Chunk] | InstanceRejected
+"""One instance as it arrives: its bytes, or why it was refused unread."""
+
 Offload = Callable[..., Awaitable[Any]]
 """Runs ``fn(*args)`` (a picklable function) away from the event loop."""
 
@@ -170,9 +173,11 @@ class IngestService:
         self._fsyncer: Coalescer[StagedBlob, None] = Coalescer(blobs.make_durable_many)
 
     async def ingest(
-        self, instances: AsyncIterable[AsyncIterable[Chunk]], expected_study: str | None = None
+        self, instances: AsyncIterable[Incoming], expected_study: str | None = None
     ) -> IngestReport:
-        """Store each instance of ``instances`` (each a stream of bytes)."""
+        """Store each instance of ``instances``: each a stream of bytes (one whose
+        stream raises ``InstanceRejected`` is refused with that reason), or the
+        refusal of one the caller could not read (it takes its place in the report)."""
         report = IngestReport()
         batch: list[_Received] = []
         try:
@@ -199,10 +204,15 @@ class IngestService:
         report = await self.ingest(single())
         return report.stored[0] if report.stored else report.failed[0]
 
-    async def _receive(self, body: AsyncIterable[Chunk]) -> _Received:
+    async def _receive(self, body: Incoming) -> _Received:
         """Read one instance; the end of its staging, its fsync and its description
         go on in the background while the next one arrives."""
-        staging = await self._blobs.stage_behind(body, keep=self._keep)
+        if isinstance(body, InstanceRejected):
+            return _refused(body)
+        try:
+            staging = await self._blobs.stage_behind(body, keep=self._keep)
+        except InstanceRejected as refused:  # its source broke off: nothing was staged
+            return _refused(refused)
         staged = asyncio.ensure_future(_without_data(staging))
         durable = asyncio.ensure_future(self._durable(staged))
         return _Received(staged, durable, asyncio.ensure_future(self._described(staging)))
@@ -243,7 +253,7 @@ class IngestService:
                 described = await r.described
             except InstanceRejected as exc:
                 await self._discard([r])
-                report.failed.append(Failed(exc.reason, exc.message))
+                report.failed.append(_refusal(exc))
                 continue
             h = described.header
             if expected_study is not None and h.study_instance_uid != expected_study:
@@ -272,7 +282,7 @@ class IngestService:
                 try:
                     header = (await r.described).header
                 except InstanceRejected as refused:
-                    report.failed.append(Failed(refused.reason, refused.message))
+                    report.failed.append(_refusal(refused))
                 except Exception as unstaged:  # its own staging failed: nothing to describe
                     report.failed.append(Failed(PROCESSING_FAILURE, str(unstaged)))
                 else:
@@ -338,3 +348,19 @@ async def _without_data(staging: Awaitable[StagedBlob]) -> StagedBlob:
 
 def _failed(h: InstanceHeader, reason: int, message: str) -> Failed:
     return Failed(reason, message, h.sop_class_uid, h.sop_instance_uid)
+
+
+def _refusal(exc: InstanceRejected) -> Failed:
+    return Failed(exc.reason, exc.message, exc.sop_class_uid, exc.sop_uid)
+
+
+def _refused(exc: InstanceRejected) -> _Received:
+    """An instance refused before anything was staged, in its place in the batch."""
+    loop = asyncio.get_running_loop()
+    staged: asyncio.Future[StagedBlob] = loop.create_future()
+    staged.set_exception(exc)
+    durable: asyncio.Future[None] = loop.create_future()
+    durable.set_result(None)
+    described: asyncio.Future[Described] = loop.create_future()
+    described.set_exception(exc)
+    return _Received(staged, durable, described)

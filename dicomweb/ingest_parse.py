@@ -63,16 +63,28 @@ _FOREIGN_ERRORS = (InvalidDicomError, EOFError, ValueError, struct.error, TypeEr
 
 
 class InstanceRejected(Exception):
-    """The instance cannot be stored; ``reason`` is a PS3.18 Table I.2-2 code."""
+    """The instance cannot be stored; ``reason`` is a PS3.18 Table I.2-2 code.
+    Its SOP Class and Instance UIDs, when it could be read that far, go into
+    the Failed SOP Sequence item (PS3.18 Table I.1-1: Type 1 there)."""
 
-    def __init__(self, reason: int, message: str) -> None:
+    def __init__(
+        self,
+        reason: int,
+        message: str,
+        sop_class_uid: str | None = None,
+        sop_uid: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.sop_class_uid = sop_class_uid
+        self.sop_uid = sop_uid
 
-    def __reduce__(self) -> tuple[type[InstanceRejected], tuple[int, str]]:
-        # raised in a worker process, re-raised here: rebuilt with both arguments
-        return InstanceRejected, (self.reason, self.message)
+    def __reduce__(
+        self,
+    ) -> tuple[type[InstanceRejected], tuple[int, str, str | None, str | None]]:
+        # raised in a worker process, re-raised here: rebuilt with every argument
+        return InstanceRejected, (self.reason, self.message, self.sop_class_uid, self.sop_uid)
 
 
 @dataclass(frozen=True)
@@ -191,22 +203,46 @@ def parse_instance(
     defer_size: int = DEFAULT_DEFER_SIZE,
 ) -> ParsedInstance:
     """Parse and validate one Part-10 instance for STOW-RS (PS3.18 §10.5; PS3.10 §7)."""
-    with _opened(source) as fp, _cannot_understand():
-        size = fp.seek(0, io.SEEK_END)
-        fp.seek(0)
-        ds = dcmread(fp, stop_before_pixels=True, defer_size=defer_size)
-        ts = _transfer_syntax(ds)
-        deflated = ts == transfer_syntax.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
-        _check_complete(ds, size, None if deflated else fp.tell())
-        pixels = None if deflated else _locate_pixel_data(fp, size, ts)
+    with _opened(source) as fp:
+        with _cannot_understand():
+            size = fp.seek(0, io.SEEK_END)
+            fp.seek(0)
+            ds = dcmread(fp, stop_before_pixels=True, defer_size=defer_size)
+        with _identified(ds), _cannot_understand():
+            ts = _transfer_syntax(ds)
+            deflated = ts == transfer_syntax.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+            _check_complete(ds, size, None if deflated else fp.tell())
+            pixels = None if deflated else _locate_pixel_data(fp, size, ts)
     if isinstance(ds, FileDataset):
         ds.buffer = None  # read from memory: do not keep the whole file (pixels) alive
-    header = _header(_DatasetValues(ds, ts).of, ts)
-    if pixels is None and header.rows is not None and not deflated:
-        raise InstanceRejected(DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "image without pixel data")
-    if sop_classes is not None and header.sop_class_uid not in sop_classes:
-        raise InstanceRejected(SOP_CLASS_NOT_SUPPORTED, f"SOP Class {header.sop_class_uid}")
+    with _identified(ds):
+        header = _header(_DatasetValues(ds, ts).of, ts)
+        if pixels is None and header.rows is not None and not deflated:
+            raise InstanceRejected(DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "image without pixel data")
+        if sop_classes is not None and header.sop_class_uid not in sop_classes:
+            raise InstanceRejected(SOP_CLASS_NOT_SUPPORTED, f"SOP Class {header.sop_class_uid}")
     return ParsedInstance(header, ds, pixels, size)
+
+
+@contextmanager
+def _identified(ds: Dataset) -> Iterator[None]:
+    """A rejection of a data set that could be read names its SOP Class and
+    Instance UIDs, when they are valid UIDs (not re-read on the road that stores)."""
+    try:
+        yield
+    except InstanceRejected as exc:
+        if exc.sop_class_uid is None and exc.sop_uid is None:
+            exc.sop_class_uid = _valid_uid(ds, "SOPClassUID")
+            exc.sop_uid = _valid_uid(ds, "SOPInstanceUID")
+        raise
+
+
+def _valid_uid(ds: Dataset, keyword: str) -> str | None:
+    try:
+        value = str(ds.get(keyword) or "").strip()
+    except Exception:  # a damaged element: the rejection stands without it
+        return None
+    return value if 0 < len(value) <= 64 and _UID_RE.fullmatch(value) else None
 
 
 @dataclass(frozen=True)

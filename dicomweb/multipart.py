@@ -13,7 +13,7 @@ Errors: every malformed body raises ``MultipartError`` (a ``ValueError``).
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 
 MAX_BOUNDARY_LENGTH = 70  # RFC 2046 §5.1.1
@@ -230,7 +230,7 @@ class _PartBody:
 
 async def iter_parts(
     chunks: AsyncIterable[bytes], boundary: str, *, max_header_size: int = DEFAULT_MAX_HEADER_SIZE
-) -> AsyncIterator[Part]:
+) -> AsyncGenerator[Part, None]:
     """Yield the parts of a multipart body as they arrive (RFC 2046 §5.1; PS3.18 §8.6.1.2)."""
     _check_boundary(boundary)
     reader = _Reader(aiter(chunks), boundary, max_header_size)

@@ -5,13 +5,22 @@ straight into the ingest pipeline, so memory stays bounded whatever the body
 size. The response is the Store Instances Response Module in DICOM JSON
 (PS3.18 §10.5.3): RetrieveURL, ReferencedSOPSequence (each with its
 RetrieveURL) and FailedSOPSequence (each with its FailureReason); 200 when
-all were stored, 202 when some failed, 409 when none was stored, 400 for a
-malformed body, 415 for a media type other than ``application/dicom`` parts.
+all were stored, 202 when some failed, 409 when none was stored, 415 for a
+request that is not ``multipart/related; type="application/dicom"``, 406 when
+the client accepts no DICOM JSON.
+
+A part of another media type is refused on its own (0xC000) and the parts
+after it are read. A body that breaks off (a part cut short, no closing
+delimiter, a malformed part header) ends the request where it broke: the
+parts received whole before it are stored or refused as usual, and the break
+is one more failed item (0xC000), so the response names every instance that
+was stored. Only when nothing was stored is the answer 400.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
 
 import orjson
 from starlette.requests import Request
@@ -19,10 +28,12 @@ from starlette.responses import Response
 
 from dicomweb.blobstore import Chunk
 from dicomweb.http_common import DICOM_JSON, DicomwebServices, require_store
-from dicomweb.ingest import Failed, IngestReport, Stored
+from dicomweb.ingest import Failed, Incoming, IngestReport, Stored
+from dicomweb.ingest_parse import CANNOT_UNDERSTAND, InstanceRejected
 from dicomweb.multipart import MultipartError, boundary_of, iter_parts, parse_content_type
+from dicomweb.transfer_syntax import parse_accept
 from fhir_server.access.context import AuthContext
-from fhir_server.errors import InvalidRequest, UnsupportedMediaType
+from fhir_server.errors import InvalidRequest, NotAcceptable, UnsupportedMediaType
 from fhir_server.storage.dicom_port import Json
 
 RETRIEVE_URL = "00081190"
@@ -48,16 +59,54 @@ def _boundary(request: Request) -> str:
         raise InvalidRequest(str(exc)) from exc
 
 
-class _UnsupportedPart(Exception):
-    """A part of another media type than application/dicom."""
+_RESPONSE_TYPES = frozenset({DICOM_JSON, "application/json", "*/*", "application/*"})
 
 
-async def _dicom_parts(request: Request, boundary: str) -> AsyncIterator[AsyncIterable[Chunk]]:
-    async for part in iter_parts(request.stream(), boundary):
-        media = part.content_type(DICOM).media_type
-        if media != DICOM:
-            raise _UnsupportedPart(media)
-        yield part.body
+def _check_accept(request: Request) -> None:
+    """406 before any part is read unless the client accepts the DICOM JSON response."""
+    accept = request.headers.get("accept", "").strip()
+    if accept and not any(r.media_type in _RESPONSE_TYPES for r in parse_accept(accept)):
+        raise NotAcceptable(f"the STOW-RS response is {DICOM_JSON}, not {accept!r}")
+
+
+@dataclass
+class _BodyBreak:
+    """Where the multipart body broke off, if it did."""
+
+    message: str | None = None
+    inside_part: bool = False  # then that part's own failure already reports it
+
+
+async def _dicom_parts(
+    request: Request, boundary: str, broke: _BodyBreak
+) -> AsyncIterator[Incoming]:
+    parts = iter_parts(request.stream(), boundary)
+    try:
+        while broke.message is None:
+            try:
+                part = await anext(parts)
+            except StopAsyncIteration:
+                return
+            except MultipartError as exc:
+                broke.message = str(exc)
+                return
+            media = part.content_type(DICOM).media_type
+            if media != DICOM:
+                yield InstanceRejected(CANNOT_UNDERSTAND, f"a part is {media}, not {DICOM}")
+            else:
+                yield _whole(part.body, broke)
+    finally:
+        await parts.aclose()
+
+
+async def _whole(body: AsyncIterable[Chunk], broke: _BodyBreak) -> AsyncIterator[Chunk]:
+    """The part's bytes; a part cut short is refused (it cannot be known whole)."""
+    try:
+        async for chunk in body:
+            yield chunk
+    except MultipartError as exc:
+        broke.message, broke.inside_part = str(exc), True
+        raise InstanceRejected(CANNOT_UNDERSTAND, f"the part is incomplete: {exc}") from exc
 
 
 def _url(base: str, *uids: str) -> str:
@@ -90,8 +139,10 @@ def response_dataset(base: str, report: IngestReport, study_uid: str | None) -> 
     out: Json = {}
     studies = {s.study_uid for s in report.stored}
     target = study_uid or (next(iter(studies)) if len(studies) == 1 else None)
-    if target is not None:
-        out[RETRIEVE_URL] = {"vr": "UR", "Value": [_url(base, target)]}
+    # Type 2 (PS3.18 Table I.1-1): present, empty when no one study holds them all
+    out[RETRIEVE_URL] = (
+        {"vr": "UR", "Value": [_url(base, target)]} if target is not None else {"vr": "UR"}
+    )
     out[FAILED_SOP_SEQUENCE] = (
         {"vr": "SQ", "Value": [_failed(f) for f in report.failed]}
         if report.failed
@@ -118,12 +169,15 @@ async def store_instances(
     """Store Instances transaction (PS3.18 §10.5)."""
     require_store(svc, auth)
     boundary = _boundary(request)
-    try:
-        report = await svc.ingest.ingest(_dicom_parts(request, boundary), study_uid)
-    except MultipartError as exc:
-        raise InvalidRequest(f"malformed multipart body: {exc}") from exc
-    except _UnsupportedPart as exc:
-        raise UnsupportedMediaType(f"a part is {exc}, not {DICOM}") from exc
+    _check_accept(request)
+    broke = _BodyBreak()
+    report = await svc.ingest.ingest(_dicom_parts(request, boundary, broke), study_uid)
+    if broke.message is not None:
+        if not report.stored:
+            raise InvalidRequest(f"malformed multipart body: {broke.message}")
+        if not broke.inside_part:
+            message = f"the body broke off after the last part: {broke.message}"
+            report.failed.append(Failed(CANNOT_UNDERSTAND, message))
     if not report.stored and not report.failed:
         raise InvalidRequest("the request holds no instance")
     body = orjson.dumps(response_dataset(svc.base_url, report, study_uid))

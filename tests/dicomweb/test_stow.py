@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import tracemalloc
 from collections.abc import AsyncIterator
 
 import httpx
+import pydicom
 from fastapi import FastAPI
 
 from tests.dicomweb.conftest import bundled
 from tests.dicomweb.dicom_data import BOUNDARY, STOW_TYPE, make_instance, multipart
 
 FAILED, REFERENCED, REASON, SOP = "00081198", "00081199", "00081197", "00081155"
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 async def stow(
@@ -106,6 +109,109 @@ async def test_bad_media_types_and_bodies(client: httpx.AsyncClient) -> None:
     )
     assert broken.status_code == 400
     assert (await client.get("/dicomweb/studies")).json() == []
+
+
+def _part(data: bytes, content_type: str = "application/dicom") -> bytes:
+    return f"--{BOUNDARY}\r\nContent-Type: {content_type}\r\n\r\n".encode() + data + b"\r\n"
+
+
+def _instances(count: int, first: int = 1) -> list[bytes]:
+    return [make_instance("1.2.3", "1.2.3.1", f"1.2.3.1.{n}") for n in range(first, first + count)]
+
+
+async def _stored_uids(client: httpx.AsyncClient) -> list[str]:
+    found = (await client.get("/dicomweb/instances", params={"limit": "1000"})).json()
+    return sorted(i["00080018"]["Value"][0] for i in found)
+
+
+def _referenced(response: httpx.Response) -> list[str]:
+    return sorted(r[SOP]["Value"][0] for r in response.json()[REFERENCED].get("Value", []))
+
+
+async def test_a_part_of_another_type_fails_alone(client: httpx.AsyncClient) -> None:
+    """70 parts cross the ingest's batch of 64: what was stored before the odd part and
+    after it is all in the response, and only that part failed."""
+    good = _instances(71)
+    body = b"".join(_part(p) for p in good[:70]) + _part(b"hello", "text/plain")
+    body += _part(good[70]) + f"--{BOUNDARY}--\r\n".encode()
+    response = await stow(client, body)
+    assert response.status_code == 202, response.text
+    assert reasons(response) == [0xC000]
+    assert _referenced(response) == await _stored_uids(client)
+    assert len(_referenced(response)) == 71
+
+
+async def test_a_body_cut_short_reports_what_it_stored(client: httpx.AsyncClient) -> None:
+    """Whatever the ingest's batch size, the parts received whole are stored and named;
+    the part cut short (no closing delimiter) is the one failure."""
+    for count, first in ((70, 1), (2, 100)):
+        parts = _instances(count + 1, first)
+        body = b"".join(_part(p) for p in parts[:count]) + _part(parts[count])[:-2]
+        response = await stow(client, body)
+        assert response.status_code == 202, response.text
+        assert reasons(response) == [0xC000]
+        expected = sorted(f"1.2.3.1.{n}" for n in range(first, first + count))
+        assert _referenced(response) == expected
+    assert len(await _stored_uids(client)) == 72
+
+
+async def test_a_body_broken_between_parts(client: httpx.AsyncClient) -> None:
+    """A malformed part header after whole parts: the break is a failed item of its own."""
+    body = b"".join(_part(p) for p in _instances(2)) + f"--{BOUNDARY}\r\nContent-Ty".encode()
+    response = await stow(client, body)
+    assert response.status_code == 202, response.text
+    assert reasons(response) == [0xC000]
+    (item,) = response.json()[FAILED]["Value"]
+    assert SOP not in item  # no instance to name
+    assert _referenced(response) == ["1.2.3.1.1", "1.2.3.1.2"]
+
+
+async def test_failed_items_name_the_instance_when_it_was_read(
+    client: httpx.AsyncClient,
+) -> None:
+    """PS3.18 Table I.1-1: Referenced SOP Class and Instance UIDs are Type 1 in a failed item."""
+    no_series = pydicom.dcmread(io.BytesIO(make_instance("1.2.3", "1.2.3.1", "1.2.3.1.7")))
+    del no_series.SeriesInstanceUID
+    odd_syntax = pydicom.dcmread(io.BytesIO(make_instance("1.2.3", "1.2.3.1", "1.2.3.1.8")))
+    odd_syntax.file_meta.TransferSyntaxUID = "1.2.3.4.5"
+    bodies = []
+    for ds in (no_series, odd_syntax):
+        out = io.BytesIO()
+        ds.save_as(out, implicit_vr=False, little_endian=True)
+        bodies.append(out.getvalue())
+    response = await stow(client, multipart(*bodies, b"not dicom"))
+    assert response.status_code == 409
+    items = response.json()[FAILED]["Value"]
+    named = [(i[REASON]["Value"][0], i.get(SOP, {}).get("Value", [None])[0]) for i in items]
+    assert named == [(0xC000, "1.2.3.1.7"), (0xC122, "1.2.3.1.8"), (0xC000, None)]
+    assert all(i["00081150"]["Value"] == [CT_IMAGE] for i in items[:2])
+
+
+async def test_stow_answers_406_when_json_is_not_accepted(client: httpx.AsyncClient) -> None:
+    body = multipart(make_instance("1.2.3", "1.2.3.1", "1.2.3.1.1"))
+    refused = await client.post(
+        "/dicomweb/studies",
+        content=body,
+        headers={"Content-Type": STOW_TYPE, "Accept": "application/dicom+xml"},
+    )
+    assert refused.status_code == 406
+    assert await _stored_uids(client) == []
+    accepted = await client.post(
+        "/dicomweb/studies",
+        content=body,
+        headers={"Content-Type": STOW_TYPE, "Accept": "application/dicom+xml, */*;q=0.1"},
+    )
+    assert accepted.status_code == 200
+
+
+async def test_retrieve_url_is_present_even_without_one_study(client: httpx.AsyncClient) -> None:
+    """Type 2 in the response module: empty when two studies were stored, or none."""
+    two = multipart(make_instance("1.2.3", "1.2.3.1", "1.2.3.1.1"), make_instance("4.5", "4.5.1"))
+    response = await stow(client, two)
+    assert response.status_code == 200
+    assert response.json()["00081190"] == {"vr": "UR"}
+    one = await stow(client, multipart(make_instance("1.2.3", "1.2.3.1", "1.2.3.1.2")))
+    assert one.json()["00081190"]["Value"][0].endswith("/studies/1.2.3")
 
 
 async def test_bundled_files_are_byte_identical_on_retrieval(client: httpx.AsyncClient) -> None:
