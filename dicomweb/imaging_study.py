@@ -9,9 +9,11 @@ the links it resolved (``StudyLinks``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from dicomweb.body_parts import SNOMED, body_site
 from fhir_server.storage.dicom_port import InstanceRow, Json, SeriesRow, StudyRow
@@ -21,6 +23,8 @@ DCM = "http://dicom.nema.org/resources/ontology/DCM"
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 RFC3986 = "urn:ietf:rfc:3986"
 UNKNOWN_PATIENT_SYSTEM = "urn:radhub:dicom-study-without-patient-id"
+LOCAL_ISSUER_SYSTEM = "urn:radhub:issuer:"  # + the issuer's name, percent-encoded
+_OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
 
 _SEX = {"M": "male", "F": "female", "O": "other"}
 # PS3.16 CID 244 Laterality → SNOMED CT, as R4 ImagingStudy.series.laterality binds.
@@ -58,15 +62,37 @@ def _text(attrs: Json, tag: str) -> str | None:
     return None if value in (None, "") else str(value)
 
 
-def patient_identifier(study_attrs: Json, default_system: str) -> tuple[str, str]:
-    """(system, value) of the study's patient: PatientID under IssuerOfPatientID
-    when that is a URI, else under ``default_system``; the study UID without one."""
+@dataclass(frozen=True)
+class PatientNamespaces:
+    """Where DICOM Patient IDs live as FHIR identifiers: ``default`` for IDs without
+    an IssuerOfPatientID, ``issuers`` for the local issuer names a site has mapped."""
+
+    default: str
+    issuers: Mapping[str, str] = field(default_factory=dict)
+
+    def system(self, issuer: str) -> str:
+        """An IssuerOfPatientID's system: as mapped; a URI as it is; an OID as
+        ``urn:oid:``; any other name in a namespace of its own."""
+        if issuer in self.issuers:
+            return self.issuers[issuer]
+        if ":" in issuer:
+            return issuer
+        if _OID.fullmatch(issuer):
+            return f"urn:oid:{issuer}"
+        return LOCAL_ISSUER_SYSTEM + quote(issuer, safe="")
+
+
+def patient_identifier(study_attrs: Json, namespaces: PatientNamespaces) -> tuple[str, str]:
+    """(system, value) of the study's patient: PatientID in the namespace its
+    IssuerOfPatientID names (the default one without); the study UID without a
+    PatientID. A Patient ID is unique only within its issuer (PS3.3 C.7.1.1), so
+    IDs of two issuers never share a system: that would make two people one
+    Patient, and give each one's patient token the other's studies."""
     value = _text(study_attrs, "00100020")
     if value is None:
         return UNKNOWN_PATIENT_SYSTEM, str(first(study_attrs, "0020000D"))
-    issuer = _text(study_attrs, "00100021")
-    system = issuer if issuer and ":" in issuer else default_system
-    return system, value
+    issuer = (_text(study_attrs, "00100021") or "").strip()
+    return namespaces.system(issuer) if issuer else namespaces.default, value
 
 
 def fhir_date(da: str | None) -> str | None:

@@ -3,7 +3,7 @@
 A change-log consumer (DESIGN.md, "Storage"): it reads the store's change log
 from its durable position, and for every ServiceRequest version it sees it
 collects the accession numbers that version and the one before it carried
-(identifier values -- the same rule ``StudySync`` links by). Each study in the
+(identifiers of type ACSN -- the same rule ``StudySync`` links by). Each study in the
 DICOM index with one of those accession numbers is *relinked*: its
 ImagingStudy's ``basedOn`` is set to the one ServiceRequest the accession
 number finds now. So:
@@ -26,7 +26,7 @@ import logging
 
 from dicomweb.change_cursor import ChangeCursor
 from dicomweb.records import key_name, normal_values
-from dicomweb.study_sync import StudySync, body_of, indexed_studies
+from dicomweb.study_sync import V2_0203, StudySync, body_of, indexed_studies
 from fhir_server.storage.base import HistoryQuery, Store, StoredVersion
 from fhir_server.storage.dicom_port import KeyFilter
 
@@ -38,13 +38,25 @@ ACCESSION_KEY = key_name((0x00080050,))
 
 
 def accessions(service_request: dict[str, object] | None) -> set[str]:
-    """The identifier values of a ServiceRequest: the accession numbers it may carry."""
+    """The accession numbers of a ServiceRequest: its identifiers of type ACSN."""
     if service_request is None:
         return set()
     identifiers = service_request.get("identifier")
     if not isinstance(identifiers, list):
         return set()
-    return {str(i["value"]) for i in identifiers if isinstance(i, dict) and i.get("value")}
+    return {
+        str(i["value"])
+        for i in identifiers
+        if isinstance(i, dict) and i.get("value") and _is_accession(i.get("type"))
+    }
+
+
+def _is_accession(concept: object) -> bool:
+    codings = concept.get("coding") if isinstance(concept, dict) else None
+    return isinstance(codings, list) and any(
+        isinstance(c, dict) and c.get("system") == V2_0203 and c.get("code") == "ACSN"
+        for c in codings
+    )
 
 
 class OrderLinks:

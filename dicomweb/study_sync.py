@@ -8,8 +8,11 @@ once per request; ``PendingStudies`` is the one place that decides when.
 
 A write is one FHIR transaction under the archive's own ``system/`` context:
 the Endpoint if missing, the Patient found or created by identifier
-(PatientID) from the DICOM demographics, the ServiceRequest whose identifier
-is the accession number linked when there is exactly one, and the ImagingStudy
+(PatientID in its issuer's namespace) from the DICOM demographics, the
+ServiceRequest whose accession number (an identifier of type ACSN) is the
+study's linked when there is exactly one and it is for the same Patient (the
+same number on another patient's order is a mismatch to reconcile, not a
+link; it is logged), and the ImagingStudy
 mapped by ``imaging_study.map_study`` from the index rows (skipped when it
 would not change). The Patient is then recorded on the index's study, which
 patient-scoped DICOMweb access goes by. Writes are serialised (one lock), so
@@ -33,6 +36,7 @@ from urllib.parse import quote
 import orjson
 
 from dicomweb.imaging_study import (
+    PatientNamespaces,
     StudyLinks,
     first,
     map_patient,
@@ -50,6 +54,8 @@ from fhir_server.storage.dicom_port import DicomIndex, DicomQuery, Json, KeyFilt
 log = logging.getLogger(__name__)
 
 ENDPOINT_ID = "radhub-dicomweb"
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+ACCESSION_TYPE = f"{V2_0203}|ACSN"  # the identifier type of an accession number
 IMAGING_STUDY = "ImagingStudy"
 PAGE = 500
 
@@ -237,11 +243,15 @@ class StudySync:
     """Writes Patients and ImagingStudies for the archive (see the module docstring)."""
 
     def __init__(
-        self, svc: Services, dicomweb_base: str, patient_system: str, pending: PendingStudies
+        self,
+        svc: Services,
+        dicomweb_base: str,
+        patients: PatientNamespaces,
+        pending: PendingStudies,
     ) -> None:
         self._svc = svc
         self._base = dicomweb_base
-        self._system = patient_system
+        self._patients = patients
         self._auth = archive_context()
         self._lock = asyncio.Lock()
         self.pending = pending
@@ -286,7 +296,7 @@ class StudySync:
             return False
         async with self._svc.store.transaction() as tx:
             current = body_of(await tx.current(IMAGING_STUDY, study_uid))
-            wanted = await self._order(tx, study.attrs)
+            wanted = await self._order(tx, study.attrs, study.patient_ref)
         if current is not None and based_on(current) == wanted:
             return False
         try:
@@ -324,7 +334,7 @@ class StudySync:
             patient = patients[uid] = await self._patient_in(tx, study.attrs)
         links = StudyLinks(
             patient=f"Patient/{patient}",
-            service_request=await self._order(tx, study.attrs),
+            service_request=await self._order(tx, study.attrs, patient),
             endpoint=endpoint,
         )
         resource = map_study(study, await index.series_of(uid), await index.instances(uid), links)
@@ -333,21 +343,40 @@ class StudySync:
         await crud.update_in(tx, self._svc, self._auth, IMAGING_STUDY, uid, resource)
 
     async def _patient_in(self, tx: Transaction, study_attrs: Json) -> str:
-        system, value = patient_identifier(study_attrs, self._system)
+        system, value = patient_identifier(study_attrs, self._patients)
         resource = map_patient(study_attrs, system, value)
         criteria = f"identifier={quote(system, safe=':/')}|{quote(value, safe='')}"
         outcome = await crud.create_in(tx, self._svc, self._auth, resource, if_none_exist=criteria)
         assert outcome.version is not None
         return outcome.version.id
 
-    async def _order(self, tx: Transaction, study_attrs: Json) -> str | None:
+    async def _order(self, tx: Transaction, study_attrs: Json, patient: str | None) -> str | None:
+        """The one order with the study's accession number, if it is for ``patient``."""
         accession = first(study_attrs, "00080050")
-        if not accession:
+        if not accession or patient is None:
             return None
-        found = await find_conditional(
-            tx, self._svc, self._auth, "ServiceRequest", f"identifier={quote(str(accession))}"
-        )
-        return f"ServiceRequest/{found[0].id}" if len(found) == 1 else None
+        criteria = f"identifier:of-type={quote(ACCESSION_TYPE + '|' + _escaped(str(accession)))}"
+        found = await find_conditional(tx, self._svc, self._auth, "ServiceRequest", criteria)
+        if len(found) != 1:
+            return None
+        subject = ((body_of(found[0]) or {}).get("subject") or {}).get("reference")
+        if subject != f"Patient/{patient}":
+            log.warning(
+                "ServiceRequest/%s has the accession number of a study of Patient/%s but is "
+                "for %s: not linked",
+                found[0].id,
+                patient,
+                subject,
+            )
+            return None
+        return f"ServiceRequest/{found[0].id}"
+
+
+def _escaped(value: str) -> str:
+    """A token search value with FHIR's separators escaped (R4 search §3.1.1.2)."""
+    for special in ("\\", ",", "|", "$"):
+        value = value.replace(special, "\\" + special)
+    return value
 
 
 def unchanged(current: Json, resource: Json) -> bool:

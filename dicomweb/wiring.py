@@ -15,6 +15,7 @@ from dicomweb.blob_journal import IntentJournal
 from dicomweb.blobstore import FileBlobStore
 from dicomweb.change_cursor import ChangeCursor
 from dicomweb.http_common import DicomwebServices
+from dicomweb.imaging_study import PatientNamespaces
 from dicomweb.ingest import IngestOptions, IngestService
 from dicomweb.order_links import CONSUMER, OrderLinks
 from dicomweb.study_sync import PendingStudies, StudySync, SyncTiming
@@ -52,7 +53,8 @@ def dicomweb_archive(
     """The archive configured by ``settings`` (see the module docstring)."""
     timing = SyncTiming.from_delay(settings.study_sync_delay, settings.sync_retry_interval)
     pending = PendingStudies(timing)
-    sync = StudySync(svc, dicomweb_base(settings), settings.default_patient_system, pending)
+    patients = PatientNamespaces(settings.default_patient_system, dict(settings.patient_issuers))
+    sync = StudySync(svc, dicomweb_base(settings), patients, pending)
     services = dicomweb_services(svc, verifier, audit, settings, sync)
     cursor = ChangeCursor(settings.data_dir / STATE_DIR, CONSUMER)
     links = OrderLinks(svc.store, sync, cursor)

@@ -44,8 +44,10 @@ class Settings:
     validation_workers: int = field(default_factory=lambda: default_validation_workers())
     # a different instance under a known SOP Instance UID replaces it (else 0x0111)
     dicom_overwrite: bool = False
-    # the Patient identifier system when a DICOM study has no IssuerOfPatientID URI
+    # the Patient identifier system when a DICOM study has no IssuerOfPatientID
     default_patient_system: str = "urn:radhub:patient-id"
+    # (IssuerOfPatientID, identifier system): the system of a local issuer's Patient IDs
+    patient_issuers: tuple[tuple[str, str], ...] = field(default=())
     # QIDO-RS results per page at most (PS3.18 §8.3.4.4 lets the server cap ``limit``)
     qido_max_results: int = 1000
     # how often the archive reads the change log (late orders) when it is idle

@@ -26,6 +26,14 @@ def _env(name: str, default: Any = None) -> Any:
     return os.environ.get(f"RADHUB_{name.upper().replace('-', '_')}", default)
 
 
+def _issuer_system(text: str) -> tuple[str, str]:
+    """``NAME=URI``: the identifier system of Patient IDs a local issuer assigns."""
+    name, _, system = text.partition("=")
+    if not name.strip() or ":" not in system:
+        raise argparse.ArgumentTypeError(f"expected NAME=URI, not {text!r}")
+    return name.strip(), system.strip()
+
+
 def _add_data_dir(parser: argparse.ArgumentParser, *, required: bool) -> None:
     default = _env("data_dir")
     parser.add_argument(
@@ -91,7 +99,15 @@ def _archive_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--default-patient-system",
         default=_env("default_patient_system", defaults.default_patient_system),
-        help="Patient identifier system when DICOM has no IssuerOfPatientID URI",
+        help="Patient identifier system when DICOM has no IssuerOfPatientID",
+    )
+    p.add_argument(
+        "--patient-issuer",
+        action="append",
+        type=_issuer_system,
+        default=[_issuer_system(i) for i in (_env("patient_issuer") or "").split(",") if i],
+        metavar="NAME=URI",
+        help="identifier system of a local IssuerOfPatientID (repeatable)",
     )
     p.add_argument(
         "--qido-max-results",
@@ -164,6 +180,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         cors_origins=tuple(args.cors_origin or ()),
         dicom_overwrite=args.dicom_overwrite,
         default_patient_system=args.default_patient_system,
+        patient_issuers=tuple(args.patient_issuer),
         qido_max_results=args.qido_max_results,
         validation_workers=args.validation_workers,
         audit_process=not args.audit_in_process,

@@ -21,6 +21,7 @@ from tests.dicomweb.dicom_data import STOW_TYPE, make_instance, multipart
 T = TypeVar("T")
 ACSN = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]}
 DEADLINE = 30.0
+DEFAULT_PATIENT_SYSTEM = Settings().default_patient_system
 
 
 def emulated_mongo(settings: Settings) -> Store:
@@ -81,7 +82,24 @@ async def settled(app: FastAPI) -> None:
     await asyncio.wait_for(app.state.archive_tasks.settled(), DEADLINE)
 
 
-def order(accession: str, patient: str = "Patient/x") -> dict[str, Any]:
+STUDY_PATIENT = "Patient/pat-1"  # the Patient of make_instance's PatientID (study_patient)
+
+
+async def study_patient(client: httpx.AsyncClient, patient_id: str = "PAT-1") -> str:
+    """Register the Patient whose identifier the archive finds for make_instance's
+    PatientID (no issuer: the default system), so orders can be for it."""
+    resource_id = patient_id.lower()
+    patient = {
+        "resourceType": "Patient",
+        "id": resource_id,
+        "identifier": [{"system": DEFAULT_PATIENT_SYSTEM, "value": patient_id}],
+    }
+    response = await client.put(f"/fhir/Patient/{resource_id}", json=patient)
+    assert response.status_code in (200, 201), response.text
+    return f"Patient/{resource_id}"
+
+
+def order(accession: str, patient: str = STUDY_PATIENT) -> dict[str, Any]:
     """A ServiceRequest carrying ``accession`` as its accession number."""
     return {
         "resourceType": "ServiceRequest",

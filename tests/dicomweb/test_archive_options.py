@@ -3,10 +3,12 @@ environment, and in effect in the running app (real ASGI stack, real store)."""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import httpx
+import pydicom
 import pytest
 
 from fhir_server.cli import build_parser, settings_from
@@ -31,6 +33,14 @@ def test_serve_options_reach_the_settings() -> None:
         "--validation-workers",
         "0",
         "--audit-in-process",
+        "--patient-issuer",
+        "HOSP_A=http://a.example/mrn",
+        "--patient-issuer",
+        " HOSP B = urn:oid:1.2.9",
+    )
+    assert settings.patient_issuers == (
+        ("HOSP_A", "http://a.example/mrn"),
+        ("HOSP B", "urn:oid:1.2.9"),
     )
     assert settings.dicom_overwrite is True
     assert settings.default_patient_system == "urn:oid:1.2.3"
@@ -54,7 +64,9 @@ def test_serve_options_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("RADHUB_QIDO_MAX_RESULTS", "7")
     monkeypatch.setenv("RADHUB_VALIDATION_WORKERS", "3")
     monkeypatch.setenv("RADHUB_AUDIT_IN_PROCESS", "1")
+    monkeypatch.setenv("RADHUB_PATIENT_ISSUER", "A=urn:a,B=http://b.example/id")
     settings = serve_settings()
+    assert settings.patient_issuers == (("A", "urn:a"), ("B", "http://b.example/id"))
     assert settings.audit_process is False
     assert settings.dicom_overwrite is True
     assert settings.default_patient_system == "urn:example:mrn"
@@ -96,6 +108,40 @@ async def test_dicom_overwrite(tmp_path: Path, overwrite: bool) -> None:
             assert again.status_code == 409
             assert [f[REASON]["Value"][0] for f in again.json()[FAILED]["Value"]] == [0x0111]
             assert first in stored.content
+
+
+@pytest.mark.parametrize("bad", ["HOSP", "=urn:x", "HOSP=local-name"])
+def test_patient_issuer_needs_a_name_and_a_uri(bad: str) -> None:
+    with pytest.raises(SystemExit):
+        serve_settings("--patient-issuer", bad)
+
+
+def _with_issuer(study: str, issuer: str, patient_id: str = "12345") -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(make_instance(study, f"{study}.1", patient_id=patient_id)))
+    ds.IssuerOfPatientID = issuer
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+async def test_patient_ids_of_two_issuers_are_two_patients(tmp_path: Path) -> None:
+    """PS3.3 C.7.1.1: a Patient ID is unique within its issuer only. A mapped local
+    issuer takes its configured system; an unmapped one a namespace of its own."""
+    mapped = (("HOSP_A", "http://a.example/mrn"),)
+    settings = fast_settings(tmp_path / "data", patient_issuers=mapped)
+    async with running(settings) as (app, client):
+        parts = (_with_issuer("5.1", "HOSP_A"), _with_issuer("5.2", "HOSP_B"))
+        assert (await stow(client, *parts)).status_code == 200
+        await settled(app)
+        identifiers = []
+        for uid in ("5.1", "5.2"):
+            study = (await client.get(f"/fhir/ImagingStudy/{uid}")).json()
+            patient = (await client.get(f"/fhir/{study['subject']['reference']}")).json()
+            identifiers.append(patient["identifier"])
+        assert identifiers == [
+            [{"system": "http://a.example/mrn", "value": "12345"}],
+            [{"system": "urn:radhub:issuer:HOSP_B", "value": "12345"}],
+        ]
 
 
 async def test_default_patient_system(tmp_path: Path) -> None:

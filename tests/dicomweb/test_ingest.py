@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from dicomweb.blobstore import FileBlobStore, StagedBlob
 from dicomweb.imaging_study import (
+    PatientNamespaces,
     StudyLinks,
     coded_concept,
     fhir_started,
@@ -29,7 +30,7 @@ from fhir_server.resources.worker_pool import WorkerPool
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.storage.dicom_port import BlobLocation, InstanceRow, SeriesRow, StudyRow
 from fhir_server.storage.sqlite.store import SqliteStore
-from tests.dicomweb.archive_app import settled
+from tests.dicomweb.archive_app import settled, study_patient
 from tests.dicomweb.dicom_data import make_instance
 
 
@@ -196,11 +197,12 @@ async def test_overwrite_replaces_and_removes_the_old_blob(
 async def test_imaging_study_is_searchable_once_ingest_settles(app: FastAPI, client: Any) -> None:
     service = app.state.dicomweb.ingest
     acsn = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]}
+    subject = await study_patient(client, "MRN9")
     order = {
         "resourceType": "ServiceRequest",
         "status": "active",
         "intent": "order",
-        "subject": {"reference": "Patient/x"},
+        "subject": {"reference": subject},
         "identifier": [{"type": acsn, "value": "ACC-9"}],
     }
     created = await client.post("/fhir/ServiceRequest", json=order)
@@ -302,14 +304,26 @@ def test_fhir_started(args: tuple[Any, ...], expected: str | None) -> None:
     assert fhir_started(*args) == expected
 
 
-def test_patient_identifier_system() -> None:
-    attrs = {
-        "00100020": {"vr": "LO", "Value": ["M1"]},
-        "00100021": {"vr": "LO", "Value": ["urn:oid:1.2.3"]},
-    }
-    assert patient_identifier(attrs, "urn:d") == ("urn:oid:1.2.3", "M1")
-    attrs["00100021"] = {"vr": "LO", "Value": ["LOCAL"]}
-    assert patient_identifier(attrs, "urn:d") == ("urn:d", "M1")
+@pytest.mark.parametrize(
+    ("issuer", "system"),
+    [
+        ("urn:oid:1.2.3", "urn:oid:1.2.3"),
+        ("http://hospital.example/mrn", "http://hospital.example/mrn"),
+        ("1.2.840.113619", "urn:oid:1.2.840.113619"),
+        ("HOSP_A", "urn:radhub:issuer:HOSP_A"),
+        ("St Mary's/North", "urn:radhub:issuer:St%20Mary%27s%2FNorth"),
+        ("1.2.", "urn:radhub:issuer:1.2."),  # not an OID
+        ("MAPPED", "http://mapped.example/mrn"),
+        (None, "urn:d"),
+        ("  ", "urn:d"),
+    ],
+)
+def test_patient_identifier_system(issuer: str | None, system: str) -> None:
+    attrs: dict[str, Any] = {"00100020": {"vr": "LO", "Value": ["M1"]}}
+    if issuer is not None:
+        attrs["00100021"] = {"vr": "LO", "Value": [issuer]}
+    namespaces = PatientNamespaces("urn:d", {"MAPPED": "http://mapped.example/mrn"})
+    assert patient_identifier(attrs, namespaces) == (system, "M1")
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import pytest
 
 from dicomweb.change_cursor import ChangeCursor
 from dicomweb.order_links import CONSUMER, accessions
+from dicomweb.study_sync import V2_0203
 from dicomweb.wiring import STATE_DIR
 from fhir_server.cli.importer import run_import
 from tests.dicomweb.archive_app import (
@@ -23,6 +24,7 @@ from tests.dicomweb.archive_app import (
     running,
     settled,
     stow_study,
+    study_patient,
 )
 
 
@@ -45,9 +47,11 @@ async def search_ids(client: httpx.AsyncClient, **params: str) -> list[str]:
     return [entry["resource"]["id"] for entry in bundle.get("entry", [])]
 
 
-def test_accessions_are_the_identifier_values() -> None:
+def test_accessions_are_the_identifiers_of_type_acsn() -> None:
     assert accessions(order("A-1")) == {"A-1"}
-    assert accessions({"identifier": [{"system": "s"}, {"value": "B"}]}) == {"B"}
+    placer = {"coding": [{"system": V2_0203, "code": "PLAC"}]}
+    identifiers = [{"system": "s"}, {"value": "B"}, {"type": placer, "value": "C"}]
+    assert accessions({"identifier": identifiers}) == set()
     assert accessions({"resourceType": "ServiceRequest"}) == set()
     assert accessions(None) == set()
 
@@ -57,6 +61,7 @@ async def test_order_after_images_is_linked_and_searchable(tmp_path: Path, backe
     settings = fast_settings(tmp_path / "data")
     store = emulated_mongo(settings) if backend == "mongo" else None
     async with running(settings, store) as (app, client):
+        await study_patient(client)
         assert (await stow_study(client, "5.1", "LATE-1", count=2)).status_code == 200
         await settled(app)
         before = await imaging_study(client, "5.1")
@@ -72,6 +77,7 @@ async def test_order_after_images_is_linked_and_searchable(tmp_path: Path, backe
 
 async def test_changed_and_deleted_orders_move_and_drop_the_link(tmp_path: Path) -> None:
     async with running(fast_settings(tmp_path / "data")) as (_, client):
+        await study_patient(client)
         await stow_study(client, "6.1", "OLD-1")
         await stow_study(client, "6.2", "NEW-1")
         created = (await client.post("/fhir/ServiceRequest", json=order("OLD-1"))).json()
@@ -88,6 +94,7 @@ async def test_changed_and_deleted_orders_move_and_drop_the_link(tmp_path: Path)
 
 async def test_a_second_order_with_the_same_accession_unlinks(tmp_path: Path) -> None:
     async with running(fast_settings(tmp_path / "data")) as (_, client):
+        await study_patient(client)
         await stow_study(client, "7.1", "DUP-1")
         first = (await client.post("/fhir/ServiceRequest", json=order("DUP-1"))).json()
         await wait_based_on(client, "7.1", [f"ServiceRequest/{first['id']}"])
@@ -101,6 +108,7 @@ async def test_the_position_survives_a_restart_and_replays_change_nothing(
     settings = fast_settings(tmp_path / "data")
     cursor = ChangeCursor(settings.data_dir / STATE_DIR, CONSUMER)
     async with running(settings) as (app, client):
+        await study_patient(client)
         links = app.state.archive_tasks.links
         await stow_study(client, "8.1", "REST-1")
         study = await eventually(lambda: imaging_study(client, "8.1"), "the ImagingStudy")
@@ -136,3 +144,37 @@ async def test_the_position_survives_a_restart_and_replays_change_nothing(
         await eventually(replayed, "the consumer to replay the log")
         again = await imaging_study(client, "8.1")
     assert again is not None and again["meta"]["versionId"] == linked["meta"]["versionId"]
+
+
+async def test_only_an_accession_number_of_the_same_patient_links(tmp_path: Path) -> None:
+    """The same number as another identifier type, or on another patient's order, is no
+    link: the images would be attached to someone else's request."""
+    async with running(fast_settings(tmp_path / "data")) as (app, client):
+        await study_patient(client)
+        await stow_study(client, "9.1", "X-1")
+        await stow_study(client, "9.2", "X-2")
+        other = await client.put(
+            "/fhir/Patient/other", json={"resourceType": "Patient", "id": "other"}
+        )
+        assert other.status_code in (200, 201)
+        elsewhere = await client.post("/fhir/ServiceRequest", json=order("X-1", "Patient/other"))
+        placer = order("X-2")
+        placer["identifier"] = [
+            {"type": {"coding": [{"system": V2_0203, "code": "PLAC"}]}, "value": "X-2"}
+        ]
+        placed = await client.post("/fhir/ServiceRequest", json=placer)
+        assert elsewhere.status_code == placed.status_code == 201
+        store = app.state.services.store
+        seq = (await store.read("ServiceRequest", placed.json()["id"])).seq
+        links = app.state.archive_tasks.links
+
+        async def consumed() -> int | None:
+            return links.position if links.position >= seq else None
+
+        await eventually(consumed, "the consumer to pass both orders")
+        await settled(app)
+        for uid in ("9.1", "9.2"):
+            study = await imaging_study(client, uid)
+            assert study is not None and "basedOn" not in study
+        own = (await client.post("/fhir/ServiceRequest", json=order("X-2"))).json()
+        await wait_based_on(client, "9.2", [f"ServiceRequest/{own['id']}"])
