@@ -1,10 +1,14 @@
 """Pixels out of stored instances: raw frames and rendered images (PS3.18 §8.3.5, §9.5).
 
 Blocking (numpy, pydicom, Pillow): callers run these in a worker thread.
-A rendered image applies the Modality LUT (rescale), then the VOI: the
-requested window, else the dataset's default window or VOI LUT, else the
-frame's minimum and maximum; it is scaled to 8 bits, fitted into the viewport
-(aspect ratio kept) and encoded as JPEG or PNG.
+A rendered greyscale image follows the PS3.3 §C.11.2.1.2 pipeline: the
+Modality LUT (rescale), then one VOI transformation mapping straight to
+0..255 (the requested window, else the dataset's first window with its VOI
+LUT Function, else its VOI LUT, else a window spanning the frame's minimum
+and maximum), inverted for MONOCHROME1. PALETTE COLOR goes through its
+palette, other colour images are scaled to 8 bits. The viewport's source
+region is cut (and flipped), fitted into the viewport keeping the aspect
+ratio, and encoded as JPEG, PNG or GIF.
 """
 
 from __future__ import annotations
@@ -12,52 +16,120 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+from pydicom.multival import MultiValue
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi
 from pydicom.pixels.utils import pixel_array
 
 from dicomweb.transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 
 NATIVE_LE = frozenset({EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN})
-MEDIA = {"image/jpeg": "JPEG", "image/png": "PNG"}
-THUMBNAIL_SIZE = (128, 128)
+# Rendered media types for single-frame images, PS3.18 Table 8.7.4-1 (image/jp2 is optional)
+MEDIA = {"image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF"}
+WindowFunction = Literal["linear", "linear-exact", "sigmoid"]
+# VOI LUT Function (0028,1056) defined terms (PS3.3 §C.11.2.1.3) by their PS3.18 names
+DATASET_FUNCTIONS: dict[str, WindowFunction] = {
+    "LINEAR": "linear",
+    "LINEAR_EXACT": "linear-exact",
+    "SIGMOID": "sigmoid",
+}
+WINDOW_FUNCTIONS: tuple[WindowFunction, ...] = ("linear", "linear-exact", "sigmoid")
+Array = np.ndarray[Any, Any]
 
 
 class RenderError(ValueError):
     """The frame does not exist or its pixels cannot be decoded."""
 
 
+class RegionError(ValueError):
+    """The viewport's source region does not overlap the image."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """A VOI window (PS3.3 §C.11.2.1.2): centre, width and function."""
+
+    center: float
+    width: float
+    function: WindowFunction = "linear"
+
+    def problem(self) -> str | None:
+        """Why the window cannot be applied, or None (§C.11.2.1.2.1, §C.11.2.1.3)."""
+        if self.function == "linear" and not self.width >= 1:
+            return "a linear window's width must be at least 1"
+        if not self.width > 0:
+            return f"a {self.function} window's width must be positive"
+        return None
+
+
+@dataclass(frozen=True)
+class Viewport:
+    """``viewport=vw,vh[,sx,sy,sw,sh]`` (PS3.18 §8.3.5.1.3): the output's bounds and
+    the source region (a negative ``sw``/``sh`` flips it). A missing bound leaves
+    that side free; ``enlarge=False`` only ever shrinks (default thumbnails)."""
+
+    width: int | None
+    height: int | None
+    sx: int = 0
+    sy: int = 0
+    sw: int | None = None
+    sh: int | None = None
+    enlarge: bool = True
+
+
+THUMBNAIL = Viewport(128, 128, enlarge=False)
+
+
 @dataclass(frozen=True)
 class RenderOptions:
-    """``window`` (centre, width), ``viewport`` (width, height), output media type."""
+    """What to render: output media type, VOI window, viewport, JPEG quality."""
 
     media_type: str = "image/jpeg"
-    window: tuple[float, float] | None = None
-    viewport: tuple[int, int] | None = None
+    window: Window | None = None
+    viewport: Viewport | None = None
     quality: int = 90
+
+
+def stored_frame_size(extra: dict[str, Any]) -> int | None:
+    """Bytes per natively stored frame (PS3.5 §8.2), or None when samples are not whole
+    bytes. YBR_FULL_422 keeps two chroma samples per two pixels (PS3.3 §C.7.6.3.1.2)."""
+    bits, rows, cols = (int(extra.get(key) or 0) for key in ("bits", "rows", "columns"))
+    if not bits or bits % 8 or not rows or not cols:
+        return None
+    samples = int(extra.get("samples") or 1)
+    full = rows * cols * samples * bits // 8
+    if samples != 3:
+        return full
+    subsampled = full // 3 * 2
+    if "photometric" in extra:
+        return subsampled if extra["photometric"] == "YBR_FULL_422" else full
+    # Index entries do not record the photometric interpretation: a pixel data
+    # length that is exactly that of subsampled frames (plus the even-length pad)
+    # tells YBR_FULL_422 apart.
+    length, frames = (extra.get("pixel") or {}).get("length"), int(extra.get("frames") or 1)
+    return subsampled if length in (frames * subsampled, frames * subsampled + 1) else full
 
 
 def native_frame_range(extra: dict[str, Any], ts: str, frame: int) -> tuple[int, int] | None:
     """(offset, length) of frame ``frame`` (1-based) in the file, when the pixel data is
     native little endian with whole-byte samples; None when it must be decoded."""
     pixel = extra.get("pixel")
-    bits, rows, cols = extra.get("bits"), extra.get("rows"), extra.get("columns")
     if ts not in NATIVE_LE or not pixel or pixel.get("length") is None:
         return None
-    if not bits or bits % 8 or not rows or not cols:
+    size = stored_frame_size(extra)
+    if size is None:
         return None
-    size = rows * cols * (extra.get("samples") or 1) * bits // 8
     if frame * size > pixel["length"]:
         raise RenderError(f"frame {frame} is beyond the pixel data")
     return pixel["offset"] + (frame - 1) * size, size
 
 
-def _frame(path: Path, index: int, *, raw: bool) -> np.ndarray[Any, Any]:
+def _frame(path: Path, index: int, *, raw: bool) -> Array:
     try:
         return pixel_array(path, index=index, raw=raw)
     except (IndexError, ValueError) as exc:
@@ -72,34 +144,148 @@ def decoded_frame(path: Path, frame: int) -> bytes:
     return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
-def _voi(array: np.ndarray[Any, Any], ds: Dataset, window: tuple[float, float] | None) -> Any:
-    if window is not None:
-        centre, width = window
-        low, high = centre - width / 2, centre + width / 2
-        return np.clip((array - low) / max(high - low, 1e-6), 0, 1)
-    if "WindowCenter" in ds or "VOILUTSequence" in ds:
-        array = apply_voi_lut(array, ds)
-    low, high = float(np.min(array)), float(np.max(array))
-    return (array - low) / (high - low) if high > low else np.zeros_like(array, dtype=float)
+def apply_window(values: Array, window: Window) -> Array:
+    """Map modality values through ``window`` onto 0..255, as floats: linear
+    (PS3.3 §C.11.2.1.2.1), linear-exact (§C.11.2.1.3.2) or sigmoid (§C.11.2.1.3.1)."""
+    c, w, x = window.center, window.width, values.astype(float)
+    if window.function == "sigmoid":
+        # clipped so that exp cannot overflow; beyond ±500 the output is 0 or 255 anyway
+        return 255 / (1 + np.exp(np.clip(-4 * (x - c) / w, -500, 500)))
+    if window.function == "linear-exact":
+        return np.clip(((x - c) / w + 0.5) * 255, 0, 255)
+    if w == 1:  # the linear ramp is empty: a threshold at c - 0.5
+        return np.where(x > c - 0.5, 255.0, 0.0)
+    return np.clip(((x - (c - 0.5)) / (w - 1) + 0.5) * 255, 0, 255)
+
+
+def dataset_window(ds: Dataset) -> Window | None:
+    """The dataset's default window: its first centre/width pair, with its VOI LUT
+    Function (LINEAR when absent or unknown); None when absent or unusable."""
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None
+    try:
+        centre, width = (_first(ds.WindowCenter), _first(ds.WindowWidth))
+    except (TypeError, ValueError, IndexError):
+        return None
+    function = DATASET_FUNCTIONS.get(str(ds.get("VOILUTFunction", "")).upper(), "linear")
+    window = Window(centre, width, function)
+    return window if window.problem() is None else None
+
+
+def _first(value: Any) -> float:
+    return float(value[0]) if isinstance(value, MultiValue | list | tuple) else float(value)
+
+
+def _voi_lut(values: Array, ds: Dataset) -> Array:
+    """The first VOI LUT (PS3.3 §C.11.2.1.1), its output range scaled onto 0..255."""
+    try:
+        item = ds.VOILUTSequence[0]
+        bits = int(item.LUTDescriptor[2])
+        out = apply_voi(np.rint(values).astype(np.int64), ds)
+    except (AttributeError, IndexError, KeyError, NotImplementedError, ValueError) as exc:
+        raise RenderError(f"cannot apply the VOI LUT: {exc}") from exc
+    levels: Array = out.astype(float) * 255 / (2**bits - 1)
+    return levels
+
+
+def _full_range(values: Array) -> Window | None:
+    """A window from the minimum to the maximum value (linear-exact: min→0, max→255)."""
+    low, high = float(np.min(values)), float(np.max(values))
+    return Window((low + high) / 2, high - low, "linear-exact") if high > low else None
+
+
+def grey_levels(array: Array, ds: Dataset, window: Window | None) -> Array:
+    """A greyscale frame's display levels as uint8 (PS3.3 §C.11.2.1.2)."""
+    values = apply_modality_lut(array, ds)
+    window = window or dataset_window(ds)
+    if window is None and ds.get("VOILUTSequence"):
+        levels = _voi_lut(values, ds)
+    else:
+        window = window or _full_range(values)
+        levels = apply_window(values, window) if window else np.zeros(values.shape)
+    if ds.get("PhotometricInterpretation") == "MONOCHROME1":
+        levels = 255 - levels
+    grey: Array = np.rint(levels).astype(np.uint8)
+    return grey
+
+
+def _scaled(array: Array, bits: int) -> Array:
+    if array.dtype == np.uint8 and bits == 8:
+        return array
+    scaled: Array = np.rint(array.astype(float) * 255 / (2**bits - 1)).astype(np.uint8)
+    return scaled
+
+
+def palette_colours(array: Array, ds: Dataset) -> Array:
+    """A PALETTE COLOR frame through its palette (PS3.3 §C.7.6.3.1.5, §C.7.9) as RGB."""
+    try:
+        rgb = apply_color_lut(array, ds)
+        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+    except (AttributeError, IndexError, KeyError, ValueError) as exc:
+        raise RenderError(f"cannot apply the palette: {exc}") from exc
+    return _scaled(rgb[..., :3], bits)
+
+
+def display_levels(array: Array, ds: Dataset, window: Window | None) -> Array:
+    """Frame pixels as 8-bit greyscale or RGB, ready to encode."""
+    photometric = ds.get("PhotometricInterpretation")
+    if photometric == "PALETTE COLOR":
+        return palette_colours(array, ds)
+    if int(ds.get("SamplesPerPixel", 1)) > 1:
+        return _scaled(array, int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8))
+    return grey_levels(array, ds, window)
+
+
+def source_box(size: tuple[int, int], vp: Viewport) -> tuple[int, int, int, int]:
+    """The source region (left, top, right, bottom) within an image of ``size``,
+    clipped to it; RegionError when it is empty or outside the image."""
+    columns, rows = size
+    sw = vp.sw if vp.sw is not None else columns - vp.sx
+    sh = vp.sh if vp.sh is not None else rows - vp.sy
+    right, bottom = min(columns, vp.sx + abs(sw)), min(rows, vp.sy + abs(sh))
+    if right <= vp.sx or bottom <= vp.sy:
+        raise RegionError(f"the source region is empty or outside the {columns}x{rows} image")
+    return vp.sx, vp.sy, right, bottom
+
+
+def fitted_size(size: tuple[int, int], vp: Viewport) -> tuple[int, int]:
+    """``size`` scaled to fit the viewport with its aspect ratio kept."""
+    width, height = size
+    scales = [b / s for b, s in ((vp.width, width), (vp.height, height)) if b]
+    scale = min(scales, default=1.0)
+    if not vp.enlarge:
+        scale = min(scale, 1.0)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def fit(image: Image.Image, vp: Viewport) -> Image.Image:
+    """Cut the source region (flipped where its width or height is negative), fit it."""
+    box = source_box(image.size, vp)
+    if box != (0, 0, *image.size):
+        image = image.crop(box)
+    if vp.sw is not None and vp.sw < 0:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if vp.sh is not None and vp.sh < 0:
+        image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    size = fitted_size(image.size, vp)
+    return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
+
+
+def encode(image: Image.Image, media_type: str, quality: int) -> bytes:
+    """The image in ``media_type``; ``quality`` only matters to lossy JPEG."""
+    out = io.BytesIO()
+    fmt = MEDIA[media_type]
+    if fmt == "JPEG":
+        image.save(out, fmt, quality=quality)
+    else:
+        image.save(out, fmt)
+    return out.getvalue()
 
 
 def render(path: Path, frame: int, options: RenderOptions) -> bytes:
-    """Frame ``frame`` (1-based) as a JPEG or PNG image (PS3.18 §8.3.5.1)."""
+    """Frame ``frame`` (1-based) as a JPEG, PNG or GIF image (PS3.18 §8.3.5.1)."""
     ds = dcmread(path, stop_before_pixels=True)
-    array = _frame(path, frame - 1, raw=False)
-    colour = int(ds.get("SamplesPerPixel", 1)) > 1
-    if colour:
-        scaled = np.clip(array, 0, 255).astype(np.uint8) if array.dtype != np.uint8 else array
-    else:
-        values = apply_modality_lut(array, ds).astype(float)
-        unit = _voi(values, ds, options.window)
-        if ds.get("PhotometricInterpretation") == "MONOCHROME1":
-            unit = 1 - unit
-        scaled = (unit * 255).round().astype(np.uint8)
-    image = Image.fromarray(scaled, "RGB" if colour else "L")
+    image = Image.fromarray(display_levels(_frame(path, frame - 1, raw=False), ds, options.window))
     if options.viewport is not None:
-        image.thumbnail(options.viewport)
-    out = io.BytesIO()
-    fmt = MEDIA[options.media_type]
-    image.save(out, fmt, quality=options.quality) if fmt == "JPEG" else image.save(out, fmt)
-    return out.getvalue()
+        image = fit(image, options.viewport)
+    return encode(image, options.media_type, options.quality)

@@ -143,7 +143,7 @@ async def test_rendered_and_thumbnail(loaded: httpx.AsyncClient) -> None:
     thumb = await loaded.get(f"{jpeg2000_path()}/thumbnail")
     assert max(Image.open(io.BytesIO(thumb.content)).size) <= 128
     assert (
-        await loaded.get(f"{INST}/1.2.3.1.1/rendered", headers={"Accept": "image/gif"})
+        await loaded.get(f"{INST}/1.2.3.1.1/rendered", headers={"Accept": "image/webp"})
     ).status_code == 406
 
 
