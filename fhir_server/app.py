@@ -106,7 +106,14 @@ def cors_options(settings: Settings) -> dict[str, Any]:
             "If-Modified-Since",
             "Prefer",
         ],
-        "expose_headers": ["ETag", "Location", "Content-Location", "Last-Modified", "Warning"],
+        "expose_headers": [
+            "ETag",
+            "Location",
+            "Content-Location",
+            "Last-Modified",
+            "Warning",
+            "WWW-Authenticate",
+        ],
         "max_age": 600,
     }
 

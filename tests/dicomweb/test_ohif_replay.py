@@ -198,5 +198,5 @@ async def test_errors_carry_cors_headers(viewer: httpx.AsyncClient, app: FastAPI
             "/dicomweb/studies", headers={"Origin": ORIGIN, "Authorization": "Bearer nope"}
         )
         assert expired.status_code == 401
-        assert_cors(expired)
+        assert_cors(expired, "WWW-Authenticate")  # a SMART app reads why it was refused
         assert "bearer" in expired.headers.get("www-authenticate", "").lower()
