@@ -92,7 +92,18 @@ WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", 
 RANGE_VRS = frozenset({"DA", "TM", "DT"})
 NUMERIC_VRS = frozenset({"IS", "DS", "SL", "SS", "UL", "US", "SV", "UV", "FL", "FD"})
 LIST_VRS = frozenset({"UI", "CS"})  # UID list matching (PS3.4 C.2.2.2.2), value lists for CS
-RESERVED_PARAMS = frozenset({"limit", "offset", "includefield", "fuzzymatching"})
+RESERVED_PARAMS = frozenset({"limit", "offset", "includefield", "fuzzymatching", "accept"})
+
+# PS3.4 C.2.2.2.5 (combined date and time range matching, which PS3.18 §8.3.4.1
+# requires of QIDO-RS): the DA/TM attribute pairs that name one moment. A pair
+# is combined at a level only where both are matching attributes there.
+DATE_TIME_PAIRS: tuple[tuple[int, int], ...] = (
+    (0x00080020, 0x00080030),  # StudyDate, StudyTime
+    (0x00080021, 0x00080031),  # SeriesDate, SeriesTime
+    (0x00400244, 0x00400245),  # PerformedProcedureStepStartDate, ...StartTime
+    (0x00080022, 0x00080032),  # AcquisitionDate, AcquisitionTime
+    (0x00080023, 0x00080033),  # ContentDate, ContentTime
+)
 
 _LOW = {"DA": "00000101", "TM": "000000.000000", "DT": "00000101000000.000000"}
 _HIGH = {"DA": "99991231", "TM": "235959.999999", "DT": "99991231235959.999999"}
@@ -143,10 +154,15 @@ class Wildcard:
 
 @dataclass(frozen=True)
 class Range:
-    """Inclusive range over normalised DA/TM/DT strings (PS3.4 C.2.2.2.5)."""
+    """Inclusive range over normalised DA/TM/DT strings (PS3.4 C.2.2.2.5).
+
+    ``single`` records that the query gave one value, not a range: combined
+    date and time matching applies only to two ranges (see ``combined_range``).
+    """
 
     low: str | None
     high: str | None
+    single: bool = field(default=False, compare=False)
 
 
 Matcher = Universal | SingleValue | ValueList | Wildcard | Range
@@ -174,6 +190,38 @@ class QidoQuery:
     offset: int = 0
     fuzzymatching: bool = False
     warnings: tuple[str, ...] = field(default=())
+
+
+def sequence_keys(level: Level) -> dict[int, tuple[tuple[int, ...], ...]]:
+    """A level's sequence match keys: sequence tag -> item attribute paths, in table
+    order (PS3.4 C.2.2.2.6: keys in one sequence must match in the same item)."""
+    found: dict[int, list[tuple[int, ...]]] = {}
+    for path in MATCHING_ATTRIBUTES[level]:
+        if len(path) > 1:
+            found.setdefault(path[0], []).append(path[1:])
+    return {seq: tuple(items) for seq, items in found.items()}
+
+
+def date_time_pairs(level: Level) -> tuple[tuple[int, int], ...]:
+    """The DA/TM pairs matched as one moment at ``level``: both are its match keys."""
+    keys = {path for path in MATCHING_ATTRIBUTES[level] if len(path) == 1}
+    return tuple(p for p in DATE_TIME_PAIRS if {(p[0],), (p[1],)} <= keys)
+
+
+def combined_range(date: Range, time: Range) -> Range | None:
+    """The datetime range a DA range and a TM range make together, or None where
+    they stay two conditions (PS3.4 C.2.2.2.5: ``20200101-20200103`` with
+    ``1000-1800`` is Jan 1 10:00 to Jan 3 18:00, not 10:00-18:00 on each day).
+
+    A single value for either keeps the two conditions, as does a date range
+    within one day (then both readings agree).
+    """
+    if date.single or time.single or (date.low is not None and date.low == date.high):
+        return None
+    return Range(
+        None if date.low is None else date.low + (time.low or _LOW["TM"]),
+        None if date.high is None else date.high + (time.high or _HIGH["TM"]),
+    )
 
 
 def searchable_levels(level: Level, scope: Level | None) -> tuple[Level, ...]:
@@ -223,7 +271,7 @@ def parse_qido(
         includefields=tuple(dict.fromkeys(state.includes)),
         include_all=state.include_all,
         limit=limit,
-        offset=_non_negative("offset", state.single.get("offset", "0")),
+        offset=_offset(state.single.get("offset", "0")),
         fuzzymatching=state.fuzzy,
         warnings=tuple(state.warnings),
     )
@@ -247,6 +295,8 @@ class _State:
             self.single[name] = value
         elif name == "fuzzymatching":
             self._fuzzy(value)
+        elif name == "accept":
+            pass  # media type negotiation: the HTTP layer's (PS3.18 §8.3.3.1)
         else:
             self._match(name, value, allowed)
 
@@ -271,6 +321,9 @@ class _State:
 
     def _match(self, name: str, value: str, allowed: set[tuple[int, ...]]) -> None:
         path = attribute_path(name)
+        if path is not None and value == "" and any(len(p) > 1 and p[:1] == path for p in allowed):
+            # an empty sequence key: universal matching, return the sequence (C.2.2.2.3)
+            allowed = allowed | {path}
         if path is None or path not in allowed:
             self.warnings.append(f"query parameter {name!r} is not supported and was ignored")
             return
@@ -286,10 +339,15 @@ def _limit(state: _State, max_limit: int) -> int:
     limit = _non_negative("limit", state.single["limit"])
     if limit == 0:
         raise QidoError("limit must be a positive integer")
-    if limit > max_limit:
-        state.warnings.append(f"limit {limit} exceeds the maximum of {max_limit}; using it")
-        return max_limit
-    return limit
+    # above the maximum: the maximum; a warning only if results are cut (qido_rs)
+    return min(limit, max_limit)
+
+
+def _offset(value: str) -> int:
+    """PS3.18 §8.3.4.4: an offset below zero is zero; one that is not a number, an error."""
+    if re.fullmatch(r"-\d+", value):
+        return 0
+    return _non_negative("offset", value)
 
 
 def _non_negative(name: str, value: str) -> int:
@@ -324,7 +382,8 @@ def _vr(tag: int) -> str:
 
 def parse_matcher(vr: str, value: str) -> Matcher:
     """The matcher a query value asks for, given the attribute's VR (PS3.4 C.2.2.2)."""
-    if value == "":
+    if value == "" or (vr in WILDCARD_VRS and value.strip("*") == ""):
+        # a value of only * matches any value, an empty one too (PS3.4 C.2.2.2.4)
         return Universal()
     if vr in RANGE_VRS:
         return _range(vr, value)
@@ -340,11 +399,12 @@ def parse_matcher(vr: str, value: str) -> Matcher:
 def _range(vr: str, value: str) -> Range:
     shape = _SHAPES[vr]
     if shape.fullmatch(value.replace(":", "")):
-        low, high = value, value
-    else:
-        low, sep, high = value.partition("-")
-        if not sep or not (low or high):
-            raise QidoError(f"invalid {vr} value or range {value!r}")
+        return Range(
+            normalise_bound(vr, value, high=False), normalise_bound(vr, value, high=True), True
+        )
+    low, sep, high = value.partition("-")
+    if not sep or not (low or high):
+        raise QidoError(f"invalid {vr} value or range {value!r}")
     for bound in (low, high):
         if bound and not shape.fullmatch(bound.replace(":", "")):
             raise QidoError(f"invalid {vr} value {bound!r}")

@@ -6,12 +6,20 @@ attribute PS3.18 Tables 10.6.3-3/4/5 require at the levels searched, the
 aggregates the index keeps (ModalitiesInStudy and the counts) and a
 RetrieveURL, filtered by ``includefield`` unless ``includefield=all``.
 
-Known simplification: a PN query value with several component groups
-(``Alphabetic=Ideographic``) matches on its first non-empty group.
+A StudyDate range with a StudyTime range (and the like, ``date_time_pairs``)
+is one range on the pair's datetime key (PS3.4 C.2.2.2.5); two or more keys in
+one sequence add a filter on its item key, so they match in the same item
+(PS3.4 C.2.2.2.6), beside their own keys' filters, which the index serves.
+
+Known simplifications: a PN query value with several component groups
+(``Alphabetic=Ideographic``) matches on its first non-empty group; a sequence
+key matched by a value list or a range is not tied to the item of the others
+(no current sequence key is CS, UI or a date).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from dicomweb.qido import (
@@ -25,15 +33,28 @@ from dicomweb.qido import (
     Universal,
     ValueList,
     Wildcard,
+    combined_range,
+    date_time_pairs,
     pn_normal,
     return_attributes,
+    sequence_keys,
 )
-from dicomweb.records import key_name, number_normal
+from dicomweb.records import (
+    ITEM_SEPARATOR,
+    TRANSFER_SYNTAX_UID,
+    datetime_key,
+    item_key,
+    key_name,
+    number_normal,
+)
 from fhir_server.storage.dicom_port import DicomMatch, DicomQuery, Json, KeyFilter
+
+Path = tuple[int, ...]
 
 INSTANCE_AVAILABILITY = "00080056"
 MODALITIES_IN_STUDY = "00080061"
 RETRIEVE_URL = "00081190"
+AVAILABLE_TRANSFER_SYNTAX = "00083002"
 STUDY_RELATED_SERIES = "00201206"
 STUDY_RELATED_INSTANCES = "00201208"
 SERIES_RELATED_INSTANCES = "00201209"
@@ -72,13 +93,60 @@ def key_filter(match: Match) -> KeyFilter | None:
     return KeyFilter(key, "eq", (_query_value(vr, m.value),))
 
 
+def datetime_filters(query: QidoQuery) -> Iterator[tuple[Level, KeyFilter, set[Path]]]:
+    """Date and time ranges matched as one datetime range: level, filter, the two keys."""
+    matchers = {m.path: m.matcher for m in query.matches}
+    for level in query.levels:
+        for date, time in date_time_pairs(level):
+            d, t = matchers.get((date,)), matchers.get((time,))
+            if not (isinstance(d, Range) and isinstance(t, Range)):
+                continue
+            if (moments := combined_range(d, t)) is not None:
+                bounds = (moments.low or "", moments.high or "")
+                yield (
+                    level,
+                    KeyFilter(datetime_key(date, time), "range", bounds),
+                    {(date,), (time,)},
+                )
+
+
+def item_filters(query: QidoQuery) -> Iterator[tuple[Level, KeyFilter]]:
+    """For each sequence with two or more keys: its items must match them all at once."""
+    for level in query.levels:
+        for sequence, paths in sequence_keys(level).items():
+            keys = {m.path[1:]: m for m in query.matches if m.path[0] == sequence}
+            if sum(not isinstance(m.matcher, Universal) for m in keys.values()) < 2:
+                continue
+            patterns = [_item_pattern(keys.get(path)) for path in paths]
+            if all(p is not None for p in patterns):
+                pattern = ITEM_SEPARATOR.join(p for p in patterns if p is not None)
+                yield level, KeyFilter(item_key(sequence), "glob", (pattern,))
+
+
+def _item_pattern(match: Match | None) -> str | None:
+    """One item key's part of the item glob; None where a glob cannot say it."""
+    compiled = None if match is None else key_filter(match)
+    if compiled is None:
+        return "*"
+    value = compiled.values[0]
+    if compiled.op == "glob" or (compiled.op == "eq" and not {"*", "?"} & set(value)):
+        return value
+    return None
+
+
 def compile_query(query: QidoQuery, scope: Scope, patient_ref: str | None) -> DicomQuery:
     """The index query of a parsed QIDO-RS search (PS3.18 §10.6.1)."""
     filters: dict[Level, list[KeyFilter]] = {"study": [], "series": [], "instance": []}
+    combined: set[Path] = set()
+    for level, moments, paths in datetime_filters(query):
+        filters[level].append(moments)
+        combined |= paths
     for match in query.matches:
-        compiled = key_filter(match)
+        compiled = None if match.path in combined else key_filter(match)
         if compiled is not None:
             filters[LEVEL_OF.get(match.path[0], query.level)].append(compiled)
+    for level, items in item_filters(query):
+        filters[level].append(items)
     return DicomQuery(
         level=query.level,
         study_filters=tuple(filters["study"]),
@@ -123,6 +191,9 @@ def instance_json(match: DicomMatch, base: str) -> Json:
     assert match.instance is not None
     i = match.instance
     out = dict(i.attrs)
+    # the File Meta element is no part of the data set; what it says, this does
+    out.pop(TRANSFER_SYNTAX_UID, None)
+    out[AVAILABLE_TRANSFER_SYNTAX] = {"vr": "UI", "Value": [i.transfer_syntax_uid]}
     out[INSTANCE_AVAILABILITY] = {"vr": "CS", "Value": ["ONLINE"]}
     url = f"{base}/studies/{i.study_uid}/series/{i.series_uid}/instances/{i.uid}"
     out[RETRIEVE_URL] = {"vr": "UR", "Value": [url]}

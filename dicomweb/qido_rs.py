@@ -6,12 +6,14 @@ and ``/instances``. Answers are ``application/dicom+json`` arrays (200 with
 ``[]`` when nothing matches); ignored parameters and a result set cut at the
 server's maximum are reported in ``Warning: 299`` headers (PS3.18 §8.3.4.4,
 §10.6.3.2); a patient-context token only ever matches its patient's studies,
-inside the index query.
+inside the index query. The ``accept`` query parameter, when present, stands
+for the Accept header (PS3.18 §8.3.3.1).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 import orjson
 from starlette.requests import Request
@@ -31,8 +33,10 @@ TOO_MANY = (
 
 
 def check_json_accept(request: Request) -> None:
-    """406 unless the Accept header admits DICOM JSON (PS3.18 §8.7.3.1)."""
-    accept = request.headers.get("accept", "").strip()
+    """406 unless the ``accept`` query parameter, or else the Accept header, admits
+    DICOM JSON (PS3.18 §8.3.3.1, §8.7.3.1)."""
+    accept = request.query_params.get("accept") or request.headers.get("accept", "")
+    accept = accept.strip()
     if not accept:
         return
     if not any(r.media_type in _JSON_TYPES for r in parse_accept(accept)):
@@ -56,10 +60,11 @@ async def search(
     compiled = replace(compile_query(query, scope, None), patient_refs=patients)
     page = await svc.index.search(compiled)
     body = orjson.dumps([result_json(query, m, svc.base_url) for m in page.matches])
-    warnings = list(query.warnings)
-    if page.more and not any(name == "limit" for name, _ in params):
-        warnings.append(TOO_MANY)
     response = Response(body, media_type=DICOM_JSON)
-    for text in warnings:
+    for text in query.warnings:
         response.headers.append("Warning", warning_header(text))
+    if page.more and query.limit >= svc.max_results:
+        # cut at the server's maximum, not at a smaller limit the client asked for
+        agent = f"{urlsplit(svc.base_url).hostname or 'radhub'}:"
+        response.headers.append("Warning", warning_header(TOO_MANY, agent))
     return response

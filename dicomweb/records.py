@@ -6,7 +6,10 @@ precomputes the instance's WADO-RS metadata (bulk data as BulkDataURIs), and
 derives the *match keys*: each matching attribute's values normalised exactly
 as ``qido_compile`` normalises query values, so the index compares plain
 strings (person names case-folded per component group, dates and times
-padded to full precision, numbers canonical).
+padded to full precision, numbers canonical). Two derived keys serve matching
+rules that span attributes: a DA/TM pair's moment (``datetime_key``, for
+combined date and time range matching) and one value per sequence item joining
+its item keys (``item_key``, so keys within one sequence match in one item).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import partial
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +41,25 @@ from dicomweb.qido import (
     RANGE_VRS,
     Level,
     _vr,
+    date_time_pairs,
     pn_normal,
+    sequence_keys,
 )
 from dicomweb.qido import normalise_bound as _bound
-from fhir_server.storage.dicom_port import BlobLocation, InstanceRecord, Json, MatchKeys
+from fhir_server.storage.dicom_port import (
+    BlobLocation,
+    DicomIndex,
+    InstanceRecord,
+    Json,
+    MatchKeys,
+)
 
 TRANSFER_SYNTAX_UID = "00020010"
+# Joins an item's key values in its ``item_key`` value; DICOM text values never
+# hold it (PS3.5 §6.1.3 allows no control characters but ESC, LF, FF and CR).
+ITEM_SEPARATOR = "\x1f"
+# Bump when the derived keys change, so indexed rows are re-keyed (``rekey_index``).
+KEYS_VERSION = "2"
 _PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 
 # Attributes kept with the study and series rows beyond those PS3.18's tables
@@ -109,14 +126,57 @@ def _path_values(attrs: Json, path: tuple[int, ...]) -> list[Any]:
     return [v for item in values if isinstance(item, dict) for v in _path_values(item, path[1:])]
 
 
+def datetime_key(date_tag: int, time_tag: int) -> str:
+    """The key of a DA/TM pair's moment: ``DDDDDDDD+TTTTTTTT``, values ``YYYYMMDDHHMMSS.FFFFFF``."""
+    return f"{date_tag:08X}+{time_tag:08X}"
+
+
+def item_key(sequence: int) -> str:
+    """The key of a sequence's items: one value per item, its item keys' values
+    joined by ``ITEM_SEPARATOR`` in ``sequence_keys`` order ("" where absent)."""
+    return f"{sequence:08X}"
+
+
+def _normal_at(attrs: Json, path: tuple[int, ...]) -> list[str]:
+    vr = _vr(path[-1])
+    return [n for value in _path_values(attrs, path) for n in normal_values(vr, value)]
+
+
 def match_keys(level: Level, attrs: Json) -> MatchKeys:
     """Every (key, value) the index matches ``level`` on, from its DICOM JSON."""
     keys: list[tuple[str, str]] = []
     for path in MATCHING_ATTRIBUTES[level]:
-        vr = _vr(path[-1])
-        for value in _path_values(attrs, path):
-            keys.extend((key_name(path), v) for v in normal_values(vr, value))
+        keys.extend((key_name(path), v) for v in _normal_at(attrs, path))
+    for date, time in date_time_pairs(level):
+        moments = product(_normal_at(attrs, (date,)), _normal_at(attrs, (time,)))
+        keys.extend((datetime_key(date, time), d + t) for d, t in moments if len(d) == 8)
+    for sequence, paths in sequence_keys(level).items():
+        keys.extend((item_key(sequence), v) for v in _item_values(attrs, sequence, paths))
     return tuple(keys)
+
+
+def _item_values(attrs: Json, sequence: int, paths: Sequence[tuple[int, ...]]) -> list[str]:
+    """One value per item (per combination, where an item key has several values)."""
+    items = [
+        i for i in (attrs.get(f"{sequence:08X}") or {}).get("Value") or [] if isinstance(i, dict)
+    ]
+    out: list[str] = []
+    for item in items:
+        columns = [_normal_at(item, path) or [""] for path in paths]
+        if any(column != [""] for column in columns):
+            out.extend(ITEM_SEPARATOR.join(combo) for combo in product(*columns))
+    return out
+
+
+# The levels whose keys changed since the previous KEYS_VERSION ("1": before the
+# datetime and item keys, which exist at the study and series levels only).
+_REKEYED: tuple[Level, ...] = ("study", "series")
+
+
+async def rekey_index(index: DicomIndex) -> int:
+    """Re-derive the match keys of rows indexed before ``KEYS_VERSION`` from their
+    stored attributes (once: the index remembers the version); rows re-keyed."""
+    return await index.rekey(KEYS_VERSION, match_keys, _REKEYED)
 
 
 def split_levels(full: Json) -> dict[Level, Json]:

@@ -3,16 +3,34 @@
 Each route names its PS3.18 transaction and hands the request to the module
 that implements it; ``http_common.handle`` authenticates, maps errors and
 audits. The same ingest and index services serve the DIMSE bridge.
+
+Routes are registered per method, so the router would answer a method a path
+lacks with the first route's methods; ``_Paths`` instead makes every GET
+answer HEAD too (the same handler, so the same token, headers and audit, with
+no body; RFC 9110 §9.3.2) and ends each path with a route answering any other
+method 405 with an ``Allow`` listing all the path's methods (RFC 9110 §15.5.6).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from fastapi import APIRouter
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Send
+from starlette.types import Scope as AsgiScope
 
 from dicomweb import qido_rs, rendered, stow, wado
-from dicomweb.http_common import DicomwebServices, handle, require_system_delete, visible_study
+from dicomweb.http_common import (
+    DicomwebServices,
+    error_body,
+    handle,
+    require_system_delete,
+    visible_study,
+)
 from dicomweb.qido import Level
 from dicomweb.qido_compile import Scope
 from fhir_server.access.context import AuthContext, Interaction
@@ -23,23 +41,91 @@ SERIES = STUDY + "/series/{series}"
 INSTANCE = SERIES + "/instances/{instance}"
 
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
 def _uids(request: Request) -> tuple[str, str | None, str | None]:
     p = request.path_params
     return p["study"], p.get("series"), p.get("instance")
 
 
+class _HeadersOnly(Response):
+    """A response's status and headers (Content-Length included) without its body;
+    a streamed body is closed unread."""
+
+    def __init__(self, full: Response) -> None:
+        self.status_code = full.status_code
+        self.raw_headers = full.raw_headers
+        self.background: BackgroundTask | None = full.background
+        self._full = full
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        await send({"type": "http.response.body", "body": b""})
+        close = getattr(getattr(self._full, "body_iterator", None), "aclose", None)
+        if close is not None:
+            await close()
+        if self.background is not None:
+            await self.background()
+
+
+def _head(endpoint: Endpoint) -> Endpoint:
+    async def head(request: Request) -> Response:
+        return _HeadersOnly(await endpoint(request))
+
+    return head
+
+
+class _NotAllowed:
+    """An ASGI app answering 405 with ``Allow`` (an app, not a function, so that its
+    route matches every method: the path's own routes come first)."""
+
+    def __init__(self, allowed: list[str]) -> None:
+        self.allow = ", ".join(allowed)
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        text = f"{scope['method']} is not supported here; use {self.allow}"
+        await error_body(405, text, {"Allow": self.allow})(scope, receive, send)
+
+
+class _Paths:
+    """The router's routes, path by path (see the module docstring)."""
+
+    def __init__(self, router: APIRouter) -> None:
+        self.router = router
+        self.methods: dict[str, list[str]] = {}
+
+    def add(self, path: str, endpoint: Endpoint, method: str, summary: str | None = None) -> None:
+        self.router.add_api_route(path, endpoint, methods=[method], summary=summary)
+        allowed = self.methods.setdefault(path, [])
+        allowed.append(method)
+        if method == "GET":
+            head = _head(endpoint)
+            self.router.add_api_route(path, head, methods=["HEAD"], include_in_schema=False)
+            allowed.append("HEAD")
+
+    def finish(self) -> None:
+        """After every path's routes: the 405 for the methods none of them has."""
+        for path, allowed in self.methods.items():
+            endpoint = _NotAllowed(sorted(allowed))
+            self.router.routes.append(Route(path, endpoint, include_in_schema=False))
+
+
 def dicomweb_router(svc: DicomwebServices) -> APIRouter:
     """All DICOMweb routes over ``svc``."""
-    router = APIRouter()
-    _stow_routes(router, svc)
-    _qido_routes(router, svc)
-    _wado_routes(router, svc)
-    _pixel_routes(router, svc)
-    _delete_routes(router, svc)
-    return router
+    paths = _Paths(APIRouter())
+    _stow_routes(paths, svc)
+    _qido_routes(paths, svc)
+    _wado_routes(paths, svc)
+    _pixel_routes(paths, svc)
+    _delete_routes(paths, svc)
+    paths.finish()
+    return paths.router
 
 
-def _stow_routes(router: APIRouter, svc: DicomwebServices) -> None:
+def _stow_routes(router: _Paths, svc: DicomwebServices) -> None:
     async def store_instances(request: Request) -> Response:
         study = request.path_params.get("study")
 
@@ -49,11 +135,11 @@ def _stow_routes(router: APIRouter, svc: DicomwebServices) -> None:
         return await handle(svc, request, "create", work, study)
 
     for path in ("/studies", STUDY):
-        router.add_api_route(path, store_instances, methods=["POST"], summary="STOW-RS")
+        router.add(path, store_instances, "POST", summary="STOW-RS")
 
 
-def _qido_routes(router: APIRouter, svc: DicomwebServices) -> None:
-    def search(level: Level) -> object:
+def _qido_routes(router: _Paths, svc: DicomwebServices) -> None:
+    def search(level: Level) -> Endpoint:
         async def endpoint(request: Request) -> Response:
             p = request.path_params
             scope = Scope(p.get("study"), p.get("series"))
@@ -74,10 +160,10 @@ def _qido_routes(router: APIRouter, svc: DicomwebServices) -> None:
         ("/instances", "instance"),
     )
     for path, level in routes:
-        router.add_api_route(path, search(level), methods=["GET"], summary="QIDO-RS")  # type: ignore[arg-type]
+        router.add(path, search(level), "GET", summary="QIDO-RS")
 
 
-def _wado_routes(router: APIRouter, svc: DicomwebServices) -> None:
+def _wado_routes(router: _Paths, svc: DicomwebServices) -> None:
     async def retrieve(request: Request) -> Response:
         study, series, sop = _uids(request)
 
@@ -111,16 +197,14 @@ def _wado_routes(router: APIRouter, svc: DicomwebServices) -> None:
         return await handle(svc, request, "read", work, uids[0])
 
     for path in (STUDY, SERIES, INSTANCE):
-        router.add_api_route(path, retrieve, methods=["GET"], summary="WADO-RS retrieve")
-        router.add_api_route(path + "/metadata", metadata, methods=["GET"], summary="metadata")
-    router.add_api_route(INSTANCE + "/frames/{frames}", frames, methods=["GET"], summary="frames")
-    router.add_api_route(
-        INSTANCE + "/bulkdata/{tags:path}", bulkdata, methods=["GET"], summary="bulk data"
-    )
+        router.add(path, retrieve, "GET", summary="WADO-RS retrieve")
+        router.add(path + "/metadata", metadata, "GET", summary="metadata")
+    router.add(INSTANCE + "/frames/{frames}", frames, "GET", summary="frames")
+    router.add(INSTANCE + "/bulkdata/{tags:path}", bulkdata, "GET", summary="bulk data")
 
 
-def _pixel_routes(router: APIRouter, svc: DicomwebServices) -> None:
-    def image(*, thumbnail: bool) -> object:
+def _pixel_routes(router: _Paths, svc: DicomwebServices) -> None:
+    def image(*, thumbnail: bool) -> Endpoint:
         async def endpoint(request: Request) -> Response:
             uids = _uids(request)
             frame = request.path_params.get("frame")
@@ -137,7 +221,7 @@ def _pixel_routes(router: APIRouter, svc: DicomwebServices) -> None:
 
     for base in (STUDY, SERIES, INSTANCE, INSTANCE + "/frames/{frame}"):
         for name, thumb in (("rendered", False), ("thumbnail", True)):
-            router.add_api_route(f"{base}/{name}", image(thumbnail=thumb), methods=["GET"])  # type: ignore[arg-type]
+            router.add(f"{base}/{name}", image(thumbnail=thumb), "GET")
 
     async def wado_uri(request: Request) -> Response:
         study = request.query_params.get("studyUID")
@@ -147,7 +231,7 @@ def _pixel_routes(router: APIRouter, svc: DicomwebServices) -> None:
 
         return await handle(svc, request, "read", work, study)
 
-    router.add_api_route("/wado", wado_uri, methods=["GET"], summary="WADO-URI")
+    router.add("/wado", wado_uri, "GET", summary="WADO-URI")
 
 
 def _frame_number(text: str | None) -> int | None:
@@ -158,7 +242,7 @@ def _frame_number(text: str | None) -> int | None:
     return int(text)
 
 
-def _delete_routes(router: APIRouter, svc: DicomwebServices) -> None:
+def _delete_routes(router: _Paths, svc: DicomwebServices) -> None:
     async def delete(request: Request) -> Response:
         uids = study, series, sop = _uids(request)
 
@@ -181,4 +265,4 @@ def _delete_routes(router: APIRouter, svc: DicomwebServices) -> None:
         return await handle(svc, request, "delete", work, study)
 
     for path in (STUDY, SERIES, INSTANCE):
-        router.add_api_route(path, delete, methods=["DELETE"], summary="Delete")
+        router.add(path, delete, "DELETE", summary="Delete")

@@ -20,6 +20,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from dicomweb.records import rekey_index
 from dicomweb.routes import dicomweb_router
 from dicomweb.wiring import WORKER_MODULES, dicomweb_archive
 from fhir_server.access import AccessPolicy, PatientCompartment
@@ -161,6 +162,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.start()
         await dicom.reconcile()  # blobs vs index after an unclean stop
+        await rekey_index(dicom.index)  # match keys of rows an older version indexed
         audit.start()
         await archive.tasks.start()
         try:

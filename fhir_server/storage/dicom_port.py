@@ -16,13 +16,15 @@ durable transaction per batch of instances, not per instance.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 DicomLevel = Literal["study", "series", "instance"]
 Json = dict[str, Any]
 MatchKeys = tuple[tuple[str, str], ...]
+# Derives a row's match keys from its stored attributes (``DicomIndex.rekey``).
+KeyDeriver = Callable[[DicomLevel, Json], MatchKeys]
 
 # The match key of ModalitiesInStudy, maintained by the index from series rows.
 MODALITIES_KEY = "00080061"
@@ -220,6 +222,12 @@ class DicomIndex(Protocol):
 
     async def set_patient(self, study_uid: str, patient_ref: str | None) -> None:
         """Record which FHIR Patient a study belongs to (access control uses it)."""
+
+    async def rekey(self, version: str, derive: KeyDeriver, levels: Sequence[DicomLevel]) -> int:
+        """Unless the index's keys are at ``version``: replace the match keys of every
+        row of ``levels`` with ``derive(level, attrs)`` (the index's own aggregate
+        keys kept), then record ``version``. Returns the rows re-keyed. Idempotent;
+        interrupted, it starts over next time."""
 
     async def delete(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None

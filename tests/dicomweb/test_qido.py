@@ -21,13 +21,14 @@ from dicomweb.qido import (
     Universal,
     ValueList,
     Wildcard,
+    combined_range,
     parse_matcher,
     parse_qido,
     return_attributes,
     searchable_levels,
     warning_header,
 )
-from dicomweb.qido_match import filter_records, match_value, matches
+from dicomweb.qido_match import filter_records, match_key, match_value, matches
 
 
 def test_return_attribute_tables_are_complete() -> None:
@@ -86,6 +87,9 @@ def test_searchable_levels(level: Level, scope: Level | None, levels: tuple[str,
         ("DT", "2020-202106", Range("20200101000000.000000", "20210631235959.999999")),
         ("DT", "20200101120000-0500", Range("20200101120000.000000", "20200101120000.999999")),
         ("IS", "5", SingleValue("5")),
+        ("PN", "*", Universal()),  # PS3.4 C.2.2.2.4 note: * alone is universal matching
+        ("LO", "***", Universal()),
+        ("UI", "*", SingleValue("*")),  # not a wildcard VR: a literal
     ],
 )
 def test_parse_matcher(vr: str, value: str, matcher: object) -> None:
@@ -101,6 +105,7 @@ def test_parse_matcher(vr: str, value: str, matcher: object) -> None:
         ("TM", "25x"),
         ("IS", "five"),
         ("DA", "x-"),
+        ("DA", "*"),
     ],
 )
 def test_parse_matcher_rejects(vr: str, value: str) -> None:
@@ -162,10 +167,48 @@ def test_parse_qido_rejects(params: list[tuple[str, str]]) -> None:
         parse_qido("study", params)
 
 
-def test_limit_is_capped_with_a_warning() -> None:
+@pytest.mark.parametrize(("value", "offset"), [("-1", 0), ("-25", 0), ("0", 0), ("7", 7)])
+def test_offset_below_zero_is_zero(value: str, offset: int) -> None:
+    # PS3.18 §8.3.4.4: absent or less than zero -> 0; not a number stays an error
+    assert parse_qido("study", [("offset", value)]).offset == offset
+
+
+def test_accept_parameter_and_empty_sequence_key_are_not_warned() -> None:
+    query = parse_qido(
+        "series", [("accept", "application/dicom+json"), ("RequestAttributesSequence", "")]
+    )
+    assert query.warnings == ()
+    assert query.matches == (Match((0x00400275,), "SQ", Universal()),)
+    odd = parse_qido("series", [("RequestAttributesSequence", "x")])
+    assert odd.matches == () and len(odd.warnings) == 1
+
+
+def test_range_remembers_a_single_value() -> None:
+    assert parse_matcher("DA", "20200101").single  # type: ignore[union-attr]
+    assert not parse_matcher("DA", "20200101-20200101").single  # type: ignore[union-attr]
+    assert not parse_matcher("TM", "10-").single  # type: ignore[union-attr]
+
+
+def test_combined_range() -> None:
+    date, time = parse_matcher("DA", "20200101-20200103"), parse_matcher("TM", "1000-1800")
+    assert isinstance(date, Range) and isinstance(time, Range)
+    assert combined_range(date, time) == Range("20200101100000.000000", "20200103180059.999999")
+    open_high = Range("20200101", None)
+    assert combined_range(open_high, Range(None, "120000.000000")) == Range(
+        "20200101000000.000000", None
+    )
+    one_day = parse_matcher("DA", "20200101-20200101")
+    assert isinstance(one_day, Range) and combined_range(one_day, time) is None
+    single = parse_matcher("TM", "10")
+    assert isinstance(single, Range) and combined_range(date, single) is None
+
+
+def test_limit_is_capped_silently() -> None:
+    # PS3.18 §8.3.4.4: the warning is for results actually cut (qido_rs), not for the ask
     assert parse_qido("study", [], max_limit=50).limit == 50
     capped = parse_qido("study", [("limit", "500")], max_limit=50)
-    assert capped.limit == 50 and "exceeds the maximum" in capped.warnings[0]
+    assert capped.limit == 50 and capped.warnings == ()
+    assert parse_qido("study", [("limit", "7")], max_limit=50).limit == 7
 
 
 def test_return_attributes_follow_levels_and_includefields() -> None:
@@ -256,6 +299,78 @@ def test_study_matching(key: str, value: str, expected: bool) -> None:
     query = parse_qido("study", [(key, value)])
     assert query.matches, query.warnings
     assert matches(query, STUDY) is expected
+
+
+@pytest.mark.parametrize("pattern", ["*", "**"])
+def test_oracle_takes_star_alone_as_universal(pattern: str) -> None:
+    # built by hand, not parsed: the oracle decides this itself
+    key = Match((0x00080050,), "SH", Wildcard(pattern))
+    assert match_key(key, STUDY)  # AccessionNumber has no value
+    assert not match_key(Match((0x00080050,), "SH", Wildcard("*1")), STUDY)
+
+
+SERIES_ITEMS: dict[str, Any] = {
+    "00400275": {
+        "vr": "SQ",
+        "Value": [
+            {
+                "00400009": {"vr": "SH", "Value": ["SPS1"]},
+                "00401001": {"vr": "SH", "Value": ["RP1"]},
+            },
+            {
+                "00400009": {"vr": "SH", "Value": ["SPS2"]},
+                "00401001": {"vr": "SH", "Value": ["RP2"]},
+            },
+        ],
+    }
+}
+
+
+@pytest.mark.parametrize(
+    ("sps", "rp", "expected"),
+    [
+        ("SPS1", "RP2", False),  # PS3.4 C.2.2.2.6: both in one item
+        ("SPS1", "RP1", True),
+        ("SPS2", "RP2", True),
+        ("SPS*", "RP2", True),
+        ("SPS1", "*", True),
+        ("SPS3", "", False),
+    ],
+)
+def test_sequence_keys_match_in_one_item(sps: str, rp: str, expected: bool) -> None:
+    query = parse_qido(
+        "series",
+        [
+            ("RequestAttributesSequence.ScheduledProcedureStepID", sps),
+            ("RequestAttributesSequence.RequestedProcedureID", rp),
+        ],
+    )
+    assert matches(query, SERIES_ITEMS) is expected
+
+
+@pytest.mark.parametrize(
+    ("date", "time", "stored", "expected"),
+    [
+        # PS3.4 C.2.2.2.5 note: one period, not 10:00-18:00 on each day
+        ("20200101-20200103", "1000-1800", ("20200102", "030000"), True),
+        ("20200101-20200103", "1000-1800", ("20200101", "095959"), False),
+        ("20200101-20200103", "1000-1800", ("20200103", "1801"), False),
+        ("20200101-20200103", "1000-1800", ("20200102", None), False),
+        # single values: date and time each, as before
+        ("20200102", "0300", ("20200102", "030000"), True),
+        ("20200101-20200103", "10", ("20200102", "030000"), False),
+        ("20200101-20200101", "1000-1800", ("20200101", "1900"), False),
+    ],
+)
+def test_combined_date_time_matching(
+    date: str, time: str, stored: tuple[str, str | None], expected: bool
+) -> None:
+    record = {
+        "00080020": {"vr": "DA", "Value": [stored[0]]},
+        "00080030": {"vr": "TM", "Value": [stored[1]]} if stored[1] else {"vr": "TM"},
+    }
+    query = parse_qido("study", [("StudyDate", date), ("StudyTime", time)])
+    assert matches(query, record) is expected
 
 
 @pytest.mark.parametrize(("value", "expected"), [("RP2", True), ("RP3", False), ("", True)])

@@ -24,11 +24,13 @@ from pymongo import ASCENDING, IndexModel
 from fhir_server.storage.dicom_port import (
     MODALITIES_KEY,
     Deleted,
+    DicomLevel,
     DicomPage,
     DicomQuery,
     InstanceFile,
     InstanceRecord,
     InstanceRow,
+    KeyDeriver,
     MatchKeys,
     SeriesRow,
     StoreResult,
@@ -47,6 +49,9 @@ from fhir_server.storage.mongo.dicom_search import (
 )
 from fhir_server.storage.mongo.journal import Database
 
+META = "dicom_meta"  # what the match keys were derived by (``rekey``)
+REKEY_CHUNK = 500
+_COLLECTIONS = {"study": STUDIES, "series": SERIES, "instance": INSTANCES}
 _KEYS = [("keys.k", ASCENDING), ("keys.v", ASCENDING)]
 _INDEXES: dict[str, list[IndexModel]] = {
     STUDIES: [IndexModel(_KEYS), IndexModel([("patient", ASCENDING), ("_id", ASCENDING)])],
@@ -173,6 +178,42 @@ class MongoDicomIndex:
             await self._refresh({d["series"] for d in docs})
         blobs = [blob_location(d) for d in docs]
         return Deleted(blobs, [study_uid] if docs else [])
+
+    async def rekey(self, version: str, derive: KeyDeriver, levels: Sequence[DicomLevel]) -> int:
+        meta = await self._db[META].find_one({"_id": "keys"})
+        if meta is not None and meta.get("version") == version:
+            return 0
+        done = 0
+        for level in levels:
+            after = ""  # UIDs sort after ""
+            while chunk := await self._rekey_chunk(level, after, derive):
+                after, count = chunk
+                done += count
+        await self._db[META].update_one(
+            {"_id": "keys"}, {"$set": {"version": version}}, upsert=True
+        )
+        return done
+
+    async def _rekey_chunk(
+        self, level: DicomLevel, after: str, derive: KeyDeriver
+    ) -> tuple[str, int] | None:
+        """Re-key the next ``REKEY_CHUNK`` documents after ``after`` under the write lock."""
+        collection = self._db[_COLLECTIONS[level]]
+        cursor = collection.find({"_id": {"$gt": after}}, {"attrs": 1, "mods": 1}).sort("_id", 1)
+        docs = [d async for d in cursor.limit(REKEY_CHUNK)]
+        if not docs:
+            return None
+        async with self._lock:
+            for doc in docs:
+                keys = _keys(derive(level, doc["attrs"]))
+                update: Doc = {"keys": keys}
+                if level == "study":
+                    # ModalitiesInStudy is the index's own aggregate, kept as it is
+                    mods = [{"k": MODALITIES_KEY, "v": m} for m in doc.get("mods", [])]
+                    kept = [k for k in keys if k["k"] != MODALITIES_KEY]
+                    update = {"skeys": keys, "keys": kept + mods}
+                await collection.update_one({"_id": doc["_id"]}, {"$set": update})
+        return str(docs[-1]["_id"]), len(docs)
 
     # -- reads --------------------------------------------------------------------------
 

@@ -20,11 +20,13 @@ from fhir_server.storage.dicom_port import (
     MODALITIES_KEY,
     BlobLocation,
     Deleted,
+    DicomLevel,
     DicomPage,
     DicomQuery,
     InstanceFile,
     InstanceRecord,
     InstanceRow,
+    KeyDeriver,
     MatchKeys,
     SeriesRow,
     StoreResult,
@@ -32,6 +34,7 @@ from fhir_server.storage.dicom_port import (
 )
 from fhir_server.storage.sqlite import dicom_search
 from fhir_server.storage.sqlite.bulk import insert_rows
+from fhir_server.storage.sqlite.dicom_rekey import keys_version, rekey_chunk, set_keys_version
 from fhir_server.storage.sqlite.dicom_search import INSTANCE_COLS, instance_row, study_row
 
 if TYPE_CHECKING:
@@ -59,6 +62,8 @@ SCHEMA = (
         level TEXT NOT NULL, pk INTEGER NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS dicom_key_lookup ON dicom_key(level, key, value, pk)",
     "CREATE INDEX IF NOT EXISTS dicom_key_owner ON dicom_key(level, pk)",
+    # what the match keys were derived by (``rekey``)
+    "CREATE TABLE IF NOT EXISTS dicom_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
 
 
@@ -399,3 +404,17 @@ class SqliteDicomIndex:
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
     ) -> Deleted:
         return await self._store.run_write(delete, study_uid, series_uid, sop_uid)
+
+    async def rekey(self, version: str, derive: KeyDeriver, levels: Sequence[DicomLevel]) -> int:
+        if await self._store.run_read(keys_version) == version:
+            return 0
+        done = 0
+        for level in levels:
+            after = 0
+            while (
+                chunk := await self._store.run_write(rekey_chunk, level, after, derive)
+            ) is not None:
+                after, count = chunk
+                done += count
+        await self._store.run_write(set_keys_version, version)
+        return done

@@ -1,0 +1,189 @@
+"""QIDO-RS conformance over the real ASGI stack: universal ``*``, paging
+parameters, the result-cap warning, the ``accept`` parameter, instance results,
+and the HTTP methods every DICOMweb path answers (HEAD, 405 with Allow)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+
+import httpx
+import orjson
+import pytest
+from fastapi import FastAPI
+
+from dicomweb.routes import dicomweb_router
+from tests.dicomweb.archive_app import eventually
+from tests.dicomweb.dicom_data import STOW_TYPE, make_instance, multipart
+
+TOO_MANY = (
+    '299 radhub.test: "The number of results exceeded the maximum supported by the server. '
+    'Additional results can be requested."'
+)
+NAMES = {"1.1": "Doe^Jane", "2.2": "", "3.3": "Roe^Ann"}  # 2.2: PatientName empty
+
+
+@pytest.fixture
+async def loaded(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    parts = [
+        make_instance(uid, f"{uid}.1", f"{uid}.1.1", name=name, patient_id=f"P{uid}")
+        for uid, name in NAMES.items()
+    ]
+    response = await client.post(
+        "/dicomweb/studies", content=multipart(*parts), headers={"Content-Type": STOW_TYPE}
+    )
+    assert response.status_code == 200
+    return client
+
+
+def media(response: httpx.Response) -> list[str]:
+    """Content-Type parameters but a multipart boundary (random per response)."""
+    params = response.headers["content-type"].split(";")
+    return [p.strip() for p in params if not p.strip().startswith("boundary=")]
+
+
+def study_uids(response: httpx.Response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return sorted(r["0020000D"]["Value"][0] for r in response.json())
+
+
+async def test_star_alone_is_universal_matching(loaded: httpx.AsyncClient) -> None:
+    every = study_uids(await loaded.get("/dicomweb/studies", params={"PatientName": ""}))
+    assert every == ["1.1", "2.2", "3.3"]
+    for value in ("*", "**"):
+        found = await loaded.get("/dicomweb/studies", params={"PatientName": value})
+        assert study_uids(found) == every
+    some = await loaded.get("/dicomweb/studies", params={"PatientName": "*o*"})
+    assert study_uids(some) == ["1.1", "3.3"]
+
+
+async def test_offset_below_zero_is_zero(loaded: httpx.AsyncClient) -> None:
+    first = await loaded.get("/dicomweb/studies", params={"offset": "-1", "limit": "1"})
+    assert study_uids(first) == ["1.1"]
+    bad = await loaded.get("/dicomweb/studies", params={"offset": "one"})
+    assert bad.status_code == 400
+
+
+@asynccontextmanager
+async def capped(
+    app: FastAPI, client: httpx.AsyncClient, most: int
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The DICOMweb routes over the same archive, with ``--qido-max-results`` ``most``."""
+    sub = FastAPI()
+    sub.include_router(
+        dicomweb_router(replace(app.state.dicomweb, max_results=most)), prefix="/dicomweb"
+    )
+    transport = httpx.ASGITransport(app=sub)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://radhub.test", headers=client.headers
+    ) as c:
+        yield c
+
+
+@pytest.mark.parametrize(
+    ("most", "limit", "count", "warned"),
+    [
+        (2, None, 2, True),  # cut at the maximum
+        (2, "500", 2, True),  # asked for more than the maximum, and cut
+        (2, "1", 1, False),  # cut by the client's own limit
+        (3, "500", 3, False),  # asked for more than the maximum, nothing cut
+        (2, "2", 2, True),  # the maximum asked for, more exist
+    ],
+)
+async def test_cap_warning_only_when_results_are_cut(
+    app: FastAPI,
+    loaded: httpx.AsyncClient,
+    most: int,
+    limit: str | None,
+    count: int,
+    warned: bool,
+) -> None:
+    params = {"limit": limit} if limit else {}
+    async with capped(app, loaded, most) as c:
+        response = await c.get("/dicomweb/studies", params=params)
+    assert len(study_uids(response)) == count
+    assert response.headers.get_list("warning") == ([TOO_MANY] if warned else [])
+
+
+async def test_accept_query_parameter_stands_for_the_header(loaded: httpx.AsyncClient) -> None:
+    xml = {"Accept": "application/xml"}
+    assert (await loaded.get("/dicomweb/studies", headers=xml)).status_code == 406
+    ok = await loaded.get(
+        "/dicomweb/studies", params={"accept": "application/dicom+json"}, headers=xml
+    )
+    assert len(study_uids(ok)) == 3 and "warning" not in ok.headers
+    refused = await loaded.get("/dicomweb/studies", params={"accept": "application/xml"})
+    assert refused.status_code == 406
+
+
+async def test_empty_sequence_key_is_universal_without_warning(loaded: httpx.AsyncClient) -> None:
+    response = await loaded.get("/dicomweb/series", params={"RequestAttributesSequence": ""})
+    assert len(response.json()) == 3 and "warning" not in response.headers
+
+
+async def test_instance_results_carry_no_file_meta(loaded: httpx.AsyncClient) -> None:
+    response = await loaded.get("/dicomweb/studies/1.1/instances", params={"includefield": "all"})
+    (instance,) = response.json()
+    assert "00020010" not in instance
+    assert instance["00083002"] == {"vr": "UI", "Value": ["1.2.840.10008.1.2.1"]}
+    plain = (await loaded.get("/dicomweb/studies/1.1/instances")).json()[0]
+    assert "00083002" not in plain and "00020010" not in plain
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/dicomweb/studies",
+        "/dicomweb/studies/1.1/series",
+        "/dicomweb/studies/1.1/metadata",
+        "/dicomweb/studies/1.1",  # WADO-RS retrieve: a streamed body
+        "/dicomweb/studies/1.1/series/1.1.1/instances/1.1.1.1/frames/1",
+    ],
+)
+async def test_head_answers_like_get_without_a_body(
+    loaded: httpx.AsyncClient, anon: httpx.AsyncClient, path: str
+) -> None:
+    got = await loaded.get(path)
+    head = await loaded.head(path)
+    assert got.status_code == head.status_code == 200
+    assert head.content == b"" and got.content != b""
+    assert media(head) == media(got)
+    assert head.headers.get("content-length") == got.headers.get("content-length")
+    refused = await anon.head(path)
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/dicomweb/studies", "GET, HEAD, POST"),
+        ("DELETE", "/dicomweb/studies", "GET, HEAD, POST"),
+        ("POST", "/dicomweb/series", "GET, HEAD"),
+        ("PATCH", "/dicomweb/studies/1.1", "DELETE, GET, HEAD, POST"),
+        ("PUT", "/dicomweb/studies/1.1/series/1.1.1/instances/1.1.1.1", "DELETE, GET, HEAD"),
+        ("POST", "/dicomweb/studies/1.1/metadata", "GET, HEAD"),
+    ],
+)
+async def test_405_allows_every_method_of_the_path(
+    anon: httpx.AsyncClient, method: str, path: str, allow: str
+) -> None:
+    response = await anon.request(method, path, headers={"Origin": "https://viewer.example"})
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
+    assert "access-control-allow-origin" in response.headers  # CORS still applies
+
+
+async def test_head_passes_cors_and_audit(loaded: httpx.AsyncClient) -> None:
+    head = await loaded.head(
+        "/dicomweb/studies", params={"PatientID": "P3.3"}, headers={"Origin": "https://v.example"}
+    )
+    assert head.status_code == 200 and "access-control-allow-origin" in head.headers
+
+    async def audited() -> bool | None:
+        found = await loaded.get("/fhir/AuditEvent", params={"_count": "200"})
+        return True if b"HEAD /dicomweb/studies?PatientID=P3.3" in found.content else None
+
+    assert await eventually(audited, "the HEAD request's AuditEvent")
+    assert orjson.loads(head.content or b"null") is None
