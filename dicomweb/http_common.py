@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -81,6 +82,43 @@ def error_body(status: int, message: str, headers: dict[str, str] | None = None)
     """An error response: a short JSON message (PS3.18 leaves the body to the server)."""
     body = orjson.dumps({"status": status, "message": message})
     return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+_ENTITY_TAG = re.compile(r'(?:W/)?"[^"]*"')
+
+
+def gzip_preferred(accept_encoding: str | None) -> bool:
+    """Whether to send gzip: acceptable (q > 0) and not liked less than identity
+    (RFC 9110 §12.5.3)."""
+    if not accept_encoding:
+        return False
+    quality: dict[str, float] = {}
+    for item in accept_encoding.split(","):
+        coding, *params = (p.strip() for p in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if coding:
+            quality[coding.lower()] = q
+    anything = quality.get("*")
+    gzip = quality.get("gzip", quality.get("x-gzip", anything or 0.0))
+    identity = quality.get("identity", anything)  # None: acceptable, with no stated preference
+    return gzip > 0 and (identity is None or gzip >= identity)
+
+
+def none_match(if_none_match: str | None, etag: str) -> bool:
+    """Whether If-None-Match matches the selected representation's ``etag``: ``*``
+    (it exists), or one of the listed tags by weak comparison (RFC 9110 §13.1.2)."""
+    if if_none_match is None:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    return any(t.removeprefix("W/") == etag for t in _ENTITY_TAG.findall(if_none_match))
 
 
 def patient_scope(svc: DicomwebServices, auth: AuthContext, action: Interaction) -> Node | None:

@@ -1,37 +1,66 @@
 """Transfer syntaxes: what radhub stores, what it serves, and transcoding.
 
-The table is data (PS3.5 §10 and Annex A; PS3.6 Table A-1 for the UIDs).
-Over the web radhub never sends Implicit VR Little Endian: the default
-transfer syntax of ``application/dicom`` is Explicit VR Little Endian
-(PS3.18 §8.7.3.5.2), and ``transfer-syntax=*`` returns the stored file
-unless it is Implicit VR Little Endian, which is rewritten as explicit.
+The table is data (PS3.5 §10 and Annex A; PS3.6 Table A-1 for the UIDs;
+PS3.18 Table 8.7.3-5 for the media types of compressed bulk data). Over the
+web radhub never sends Implicit VR Little Endian nor Explicit VR Big Endian
+(PS3.18 §8.7.3): the default transfer syntax of ``application/dicom`` is
+Explicit VR Little Endian (PS3.18 §8.7.3.4), ``transfer-syntax=*`` returns
+the stored file, and both are rewritten as Explicit VR Little Endian.
+Pixel data stored lossy compressed may be sent as stored when no transfer
+syntax was asked for (PS3.18 §8.7.3.4, note 2): that is what a server with
+no decoder for it has. Media types and the ``type`` parameter are matched
+without regard to case (RFC 9110 §8.3.1).
+
+A decoder being installed does not mean it can decode a given file (a
+12-bit JPEG, a damaged stream): ``TranscodeError`` says so at decoding
+time, and callers fall back to another acceptable form.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames, get_frame
 from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.utils import iter_pixels, pixel_array
 from pydicom.uid import UID
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+# PS3.18 §8.7.3: "shall not be used with Web Services"
+NOT_FOR_WEB = frozenset({IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN})
+OCTET_STREAM = "application/octet-stream"
+PIXEL_DATA = 0x7FE00010
+# Bytes per value of the binary VRs whose byte order follows the transfer syntax (PS3.5 §7.3)
+VALUE_WIDTHS = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+# ... and of the numeric VRs, for values read as bytes (PS3.5 Table 6.2-1)
+NUMBER_WIDTHS = {**VALUE_WIDTHS, "AT": 2, "US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4}
+NUMBER_WIDTHS |= {"FD": 8, "SV": 8, "UV": 8}
 
 
 @dataclass(frozen=True)
 class TransferSyntax:
-    """One row of the table: UID, name, and how its pixel data is encoded."""
+    """One row of the table: UID, name, how its pixel data is encoded, and the
+    media type of its compressed bulk data (PS3.18 Table 8.7.3-5)."""
 
     uid: str
     name: str
     encapsulated: bool
     lossy: bool = False
+    media: str | None = None
+
+    @property
+    def video(self) -> bool:
+        """One stream for all frames (MPEG-2, H.264, HEVC): it has no separate frames."""
+        return self.media is not None and self.media.startswith("video/")
 
 
 # PS3.6 Table A-1 (Transfer Syntax rows); radhub stores any of these as received.
@@ -41,25 +70,27 @@ TRANSFER_SYNTAXES: tuple[TransferSyntax, ...] = (
     TransferSyntax("1.2.840.10008.1.2.1.98", "Encapsulated Uncompressed Explicit VR LE", True),
     TransferSyntax(DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, "Deflated Explicit VR Little Endian", False),
     TransferSyntax(EXPLICIT_VR_BIG_ENDIAN, "Explicit VR Big Endian (retired)", False),
-    TransferSyntax("1.2.840.10008.1.2.4.50", "JPEG Baseline (Process 1)", True, True),
-    TransferSyntax("1.2.840.10008.1.2.4.51", "JPEG Extended (Process 2 & 4)", True, True),
-    TransferSyntax("1.2.840.10008.1.2.4.57", "JPEG Lossless (Process 14)", True),
-    TransferSyntax("1.2.840.10008.1.2.4.70", "JPEG Lossless SV1", True),
-    TransferSyntax("1.2.840.10008.1.2.4.80", "JPEG-LS Lossless", True),
-    TransferSyntax("1.2.840.10008.1.2.4.81", "JPEG-LS Near-Lossless", True, True),
-    TransferSyntax("1.2.840.10008.1.2.4.90", "JPEG 2000 Lossless", True),
-    TransferSyntax("1.2.840.10008.1.2.4.91", "JPEG 2000", True, True),
-    TransferSyntax("1.2.840.10008.1.2.4.92", "JPEG 2000 Part 2 Lossless", True),
-    TransferSyntax("1.2.840.10008.1.2.4.93", "JPEG 2000 Part 2", True, True),
-    TransferSyntax("1.2.840.10008.1.2.4.201", "HTJ2K Lossless", True),
-    TransferSyntax("1.2.840.10008.1.2.4.202", "HTJ2K Lossless RPCL", True),
-    TransferSyntax("1.2.840.10008.1.2.4.203", "HTJ2K", True, True),
-    TransferSyntax("1.2.840.10008.1.2.5", "RLE Lossless", True),
-    TransferSyntax("1.2.840.10008.1.2.4.100", "MPEG2 MP@ML", True, True),
-    TransferSyntax("1.2.840.10008.1.2.4.101", "MPEG2 MP@HL", True, True),
-    TransferSyntax("1.2.840.10008.1.2.4.102", "MPEG-4 AVC/H.264 HP@L4.1", True, True),
-    TransferSyntax("1.2.840.10008.1.2.4.103", "MPEG-4 AVC/H.264 BD-compatible", True, True),
-    TransferSyntax("1.2.840.10008.1.2.4.107", "HEVC/H.265 Main Profile", True, True),
+    TransferSyntax("1.2.840.10008.1.2.4.50", "JPEG Baseline (Process 1)", True, True, "image/jpeg"),
+    TransferSyntax("1.2.840.10008.1.2.4.51", "JPEG Extended (2 & 4)", True, True, "image/jpeg"),
+    TransferSyntax(
+        "1.2.840.10008.1.2.4.57", "JPEG Lossless (Process 14)", True, False, "image/jpeg"
+    ),
+    TransferSyntax("1.2.840.10008.1.2.4.70", "JPEG Lossless SV1", True, False, "image/jpeg"),
+    TransferSyntax("1.2.840.10008.1.2.4.80", "JPEG-LS Lossless", True, False, "image/jls"),
+    TransferSyntax("1.2.840.10008.1.2.4.81", "JPEG-LS Near-Lossless", True, True, "image/jls"),
+    TransferSyntax("1.2.840.10008.1.2.4.90", "JPEG 2000 Lossless", True, False, "image/jp2"),
+    TransferSyntax("1.2.840.10008.1.2.4.91", "JPEG 2000", True, True, "image/jp2"),
+    TransferSyntax("1.2.840.10008.1.2.4.92", "JPEG 2000 Part 2 Lossless", True, False, "image/jpx"),
+    TransferSyntax("1.2.840.10008.1.2.4.93", "JPEG 2000 Part 2", True, True, "image/jpx"),
+    TransferSyntax("1.2.840.10008.1.2.4.201", "HTJ2K Lossless", True, False, "image/jphc"),
+    TransferSyntax("1.2.840.10008.1.2.4.202", "HTJ2K Lossless RPCL", True, False, "image/jphc"),
+    TransferSyntax("1.2.840.10008.1.2.4.203", "HTJ2K", True, True, "image/jphc"),
+    TransferSyntax("1.2.840.10008.1.2.5", "RLE Lossless", True, False, "image/dicom-rle"),
+    TransferSyntax("1.2.840.10008.1.2.4.100", "MPEG2 MP@ML", True, True, "video/mpeg"),
+    TransferSyntax("1.2.840.10008.1.2.4.101", "MPEG2 MP@HL", True, True, "video/mpeg"),
+    TransferSyntax("1.2.840.10008.1.2.4.102", "MPEG-4 AVC/H.264 HP@L4.1", True, True, "video/mp4"),
+    TransferSyntax("1.2.840.10008.1.2.4.103", "MPEG-4 AVC/H.264 BD", True, True, "video/mp4"),
+    TransferSyntax("1.2.840.10008.1.2.4.107", "HEVC/H.265 Main Profile", True, True, "video/H265"),
 )
 
 _BY_UID: dict[str, TransferSyntax] = {ts.uid: ts for ts in TRANSFER_SYNTAXES}
@@ -84,7 +115,8 @@ def is_accepted(uid: str) -> bool:
 
 
 def can_decode(uid: str) -> bool:
-    """True if this machine has a pixel decoder for ``uid`` (pydicom / pylibjpeg)."""
+    """True if this machine has a pixel decoder for ``uid`` (pydicom / pylibjpeg);
+    a given file may still fail to decode (``TranscodeError``)."""
     row = _BY_UID.get(uid)
     if row is None:
         return False
@@ -116,6 +148,11 @@ def parse_accept(header: str) -> tuple[MediaRange, ...]:
     return tuple(sorted(kept, key=lambda r: -r.q))
 
 
+def _ranges(accept: str | None) -> tuple[MediaRange, ...]:
+    """An absent Accept header accepts everything (RFC 9110 §12.5.1)."""
+    return parse_accept(accept) if accept and accept.strip() else parse_accept("*/*")
+
+
 def _split_outside_quotes(text: str, sep: str) -> list[str]:
     parts: list[str] = []
     current: list[str] = []
@@ -145,49 +182,157 @@ def _parse_range(text: str) -> MediaRange | None:
             except ValueError:
                 return None
         else:
-            params.append((name, value))
+            # multipart/related's type names a media type: case-insensitive like one
+            params.append((name, value.lower() if name == "type" else value))
     return MediaRange(head.strip().lower(), tuple(params), q)
 
 
-_DICOM_RANGES = frozenset({"application/dicom", "*/*", "application/*"})
+def _matches(media_range: str, media_type: str) -> bool:
+    """Whether a (lower-case) media range covers ``media_type`` (RFC 9110 §12.5.1)."""
+    wanted = media_type.lower()
+    if media_range in ("*/*", wanted):
+        return True
+    return media_range.endswith("/*") and wanted.startswith(media_range[:-1])
 
 
-def negotiate(accept: str | None, stored_uid: str) -> str:
+_MULTIPART = ("multipart/related", "multipart/*")
+
+
+def acceptable_syntaxes(
+    accept: str | None, stored_uid: str, *, multi: bool = False
+) -> tuple[str, ...]:
+    """Every transfer syntax radhub can send a stored instance in that ``accept``
+    admits, best first (PS3.18 §8.7.8.2). ``multi``: the resource holds several
+    instances, so single-part media types do not count (PS3.18 §8.7.5)."""
+    found: list[str] = []
+    for media in _ranges(accept):
+        if _names_dicom(media, multi):
+            found += [
+                u for u in _choices(media.param("transfer-syntax"), stored_uid) if u not in found
+            ]
+    return tuple(found)
+
+
+def negotiate(accept: str | None, stored_uid: str, *, multi: bool = False) -> str:
     """Choose the transfer syntax to serve a stored instance in (PS3.18 §8.7.3.5).
 
     Raises NotAcceptable when no acceptable media range can be served.
     """
-    ranges = parse_accept(accept) if accept and accept.strip() else parse_accept("*/*")
-    for media in ranges:
-        if not _names_dicom(media):
-            continue
-        chosen = _choose(media.param("transfer-syntax"), stored_uid)
-        if chosen is not None:
-            return chosen
-    raise NotAcceptable(f"cannot serve transfer syntax {stored_uid} for Accept: {accept}")
+    served = acceptable_syntaxes(accept, stored_uid, multi=multi)
+    if not served:
+        raise NotAcceptable(f"cannot serve transfer syntax {stored_uid} for Accept: {accept}")
+    return served[0]
 
 
-def _names_dicom(media: MediaRange) -> bool:
-    if media.media_type == "multipart/related":
-        return (media.param("type") or "application/dicom") == "application/dicom"
-    return media.media_type in _DICOM_RANGES
+def _names_dicom(media: MediaRange, multi: bool) -> bool:
+    if media.media_type in _MULTIPART:
+        return _matches(media.param("type") or "application/dicom", "application/dicom")
+    return media.media_type == "*/*" if multi else _matches(media.media_type, "application/dicom")
 
 
-def _choose(requested: str | None, stored_uid: str) -> str | None:
+def _choices(requested: str | None, stored_uid: str) -> tuple[str, ...]:
+    explicit = _can_make_explicit_le(stored_uid)
     if requested == "*":
-        return EXPLICIT_VR_LITTLE_ENDIAN if stored_uid == IMPLICIT_VR_LITTLE_ENDIAN else stored_uid
-    wanted = requested or EXPLICIT_VR_LITTLE_ENDIAN
-    if wanted == IMPLICIT_VR_LITTLE_ENDIAN:
-        return None
-    if wanted == stored_uid:
-        return wanted
-    if wanted == EXPLICIT_VR_LITTLE_ENDIAN and can_decode(stored_uid):
-        return wanted
-    return None
+        return (EXPLICIT_VR_LITTLE_ENDIAN,) if stored_uid in NOT_FOR_WEB else (stored_uid,)
+    if requested is None:  # the default, or the lossy form as stored (PS3.18 §8.7.3.4)
+        row = _BY_UID.get(stored_uid)
+        lossy = (stored_uid,) if row is not None and row.lossy else ()
+        return ((EXPLICIT_VR_LITTLE_ENDIAN,) if explicit else ()) + lossy
+    if requested in NOT_FOR_WEB:
+        return ()
+    if requested == stored_uid or (requested == EXPLICIT_VR_LITTLE_ENDIAN and explicit):
+        return (requested,)
+    return ()
+
+
+def _can_make_explicit_le(stored_uid: str) -> bool:
+    return stored_uid == EXPLICIT_VR_LITTLE_ENDIAN or can_decode(stored_uid)
+
+
+@dataclass(frozen=True)
+class PixelForm:
+    """A form pixel data is sent in, by frames or as bulk data: a media type and
+    a transfer syntax (PS3.18 §8.7.3.3)."""
+
+    media_type: str
+    transfer_syntax: str
+
+    @property
+    def native(self) -> bool:
+        """Uncompressed little endian bytes (PS3.18 §8.7.3.3.1)."""
+        return self.media_type == OCTET_STREAM
+
+    @property
+    def content_type(self) -> str:
+        return f"{self.media_type}; transfer-syntax={self.transfer_syntax}"
+
+
+def pixel_forms(accept: str | None, stored_uid: str) -> tuple[PixelForm, ...]:
+    """The forms ``accept`` admits for an instance's pixel data, best first: native
+    (decoded if need be), or compressed as stored (PS3.18 §8.7.3.3). Empty when
+    none can be served (406)."""
+    row = _BY_UID.get(stored_uid)
+    native = PixelForm(OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN)
+    can_native = _can_make_explicit_le(stored_uid)
+    stored = PixelForm(row.media, stored_uid) if row and row.encapsulated and row.media else None
+    found: list[PixelForm] = []
+    for media in _ranges(accept):
+        inner = (media.param("type") or OCTET_STREAM) if media.media_type in _MULTIPART else None
+        inner, ts = inner or media.media_type, media.param("transfer-syntax")
+        if (
+            can_native
+            and _matches(inner, OCTET_STREAM)
+            and ts in (None, "*", native.transfer_syntax)
+        ):
+            found.append(native)
+        if stored is not None and row is not None and _admits_stored(inner, ts, stored, row.lossy):
+            found.append(stored)
+    return tuple(dict.fromkeys(found))
+
+
+def _admits_stored(inner: str, ts: str | None, stored: PixelForm, lossy: bool) -> bool:
+    """Whether a range admits compressed data as stored: under its own media type (or
+    a range over it), or as octets asked for in its transfer syntax or ``*``, or as
+    octets with no transfer syntax when lossy (PS3.18 §8.7.3.3: lossy data may go as
+    received)."""
+    if _matches(inner, stored.media_type):
+        return ts in (None, "*", stored.transfer_syntax)
+    if _matches(inner, OCTET_STREAM):
+        return ts in ("*", stored.transfer_syntax) or (ts is None and lossy)
+    return False
+
+
+# What pydicom and its plugins raise on pixel data they cannot decode, or on the
+# attributes that describe it being missing or wrong
+_DECODING_ERRORS = (
+    RuntimeError,
+    ValueError,
+    NotImplementedError,
+    AttributeError,
+    KeyError,
+    TypeError,
+)
+
+
+def swap_bytes(data: bytes, width: int) -> bytes:
+    """``data`` with the byte order of each ``width``-byte value reversed."""
+    if width < 2:
+        return data
+    whole = len(data) - len(data) % width
+    return np.frombuffer(data, f"u{width}", whole // width).byteswap().tobytes() + data[whole:]
+
+
+def pixel_width(bits_allocated: int, vr: str | None) -> int:
+    """Bytes swapped together in big endian pixel data: one sample, or one OW word."""
+    return bits_allocated // 8 if bits_allocated >= 16 else (2 if vr == "OW" else 1)
+
+
+def _pixel_width(ds: Dataset) -> int:
+    return pixel_width(int(ds.get("BitsAllocated") or 8), ds["PixelData"].VR)
 
 
 def transcode_to_explicit_le(source: Path | bytes) -> bytes:
-    """Rewrite a Part-10 instance as Explicit VR Little Endian (PS3.18 §8.7.3.5.2).
+    """Rewrite a Part-10 instance as Explicit VR Little Endian (PS3.18 §8.7.3.4).
 
     Decodes compressed pixel data; raises TranscodeError if it cannot.
     """
@@ -195,12 +340,12 @@ def transcode_to_explicit_le(source: Path | bytes) -> bytes:
     uid = str(ds.file_meta.TransferSyntaxUID)
     if not can_decode(uid):
         raise TranscodeError(f"no decoder for transfer syntax {uid}")
+    out = io.BytesIO()
     try:
         _to_explicit_le(ds, uid)
-    except (RuntimeError, ValueError, NotImplementedError) as exc:
+        dcmwrite(out, ds, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    except _DECODING_ERRORS as exc:
         raise TranscodeError(f"cannot decode pixel data: {exc}") from exc
-    out = io.BytesIO()
-    dcmwrite(out, ds, implicit_vr=False, little_endian=True, enforce_file_format=True)
     return out.getvalue()
 
 
@@ -208,10 +353,88 @@ def _to_explicit_le(ds: Dataset, uid: str) -> None:
     row = _BY_UID[uid]
     if row.encapsulated:
         ds.decompress(generate_instance_uid=False)  # same instance, another encoding
-    elif uid == EXPLICIT_VR_BIG_ENDIAN and "PixelData" in ds:
-        array = ds.pixel_array
-        ds.PixelData = array.astype(array.dtype.newbyteorder("<")).tobytes()
-        ds["PixelData"].VR = "OW" if int(ds.BitsAllocated) > 8 else "OB"
-        if int(ds.get("SamplesPerPixel", 1)) > 1:
-            ds.PlanarConfiguration = 0  # pixel_array is always colour-by-pixel
+    elif uid == EXPLICIT_VR_BIG_ENDIAN:
+        _swap_binary_values(ds)
     ds.file_meta.TransferSyntaxUID = UID(EXPLICIT_VR_LITTLE_ENDIAN)
+
+
+def _swap_binary_values(ds: Dataset) -> None:
+    """Big endian → little endian for the values pydicom keeps as bytes (it converts
+    the others itself when writing): pixel data by sample (an icon's by its own
+    Bits Allocated), the rest by VR. Other elements are left unconverted."""
+    for tag in ds.keys():
+        vr = ds.get_item(tag).VR
+        if vr == "SQ":
+            for item in ds[tag].value or ():
+                _swap_binary_values(item)
+        elif vr in VALUE_WIDTHS and isinstance(value := ds[tag].value, bytes):
+            ds[tag].value = swap_bytes(
+                value, _pixel_width(ds) if tag == PIXEL_DATA else VALUE_WIDTHS[vr]
+            )
+
+
+def native_frames(source: Path, indices: Sequence[int]) -> list[bytes]:
+    """Frames (0-based) as uncompressed little endian bytes (PS3.18 §8.7.3.3.1),
+    decoded if need be; raises TranscodeError when they cannot be."""
+    try:
+        ds = dcmread(source)
+        if int(ds.BitsAllocated) == 1:
+            return [_bit_frame(ds, i) for i in indices]
+        arrays = iter_pixels(ds, indices=indices, raw=True)
+        return [a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes() for a in arrays]
+    except _DECODING_ERRORS as exc:
+        raise TranscodeError(f"cannot decode the pixel data: {exc}") from exc
+
+
+def native_pixel_data(source: Path) -> bytes:
+    """The whole Pixel Data value as uncompressed little endian bytes, every frame
+    (PS3.18 §8.7.3.3.1); raises TranscodeError when it cannot be decoded."""
+    try:
+        ds = dcmread(source)
+        uid = str(ds.file_meta.TransferSyntaxUID)
+        if not _BY_UID[uid].encapsulated:  # native: only the byte order may differ
+            value = bytes(ds.PixelData)
+            big = uid == EXPLICIT_VR_BIG_ENDIAN
+            return swap_bytes(value, _pixel_width(ds)) if big else value
+        if int(ds.BitsAllocated) == 1:
+            return b"".join(_bit_frame(ds, i) for i in range(int(ds.get("NumberOfFrames") or 1)))
+        array = pixel_array(ds, raw=True)
+        return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    except _DECODING_ERRORS as exc:
+        raise TranscodeError(f"cannot decode the pixel data: {exc}") from exc
+
+
+def _bit_frame(ds: Dataset, index: int) -> bytes:
+    """One frame of 1-bit pixel data, packed (PS3.5 §8.1.1); frames need not start
+    on a byte boundary, so it is cut from the unpacked bits and packed again."""
+    uid = str(ds.file_meta.TransferSyntaxUID)
+    if _BY_UID[uid].encapsulated:
+        return np.packbits(pixel_array(ds, index=index, raw=True), bitorder="little").tobytes()
+    value = bytes(ds.PixelData)
+    if uid == EXPLICIT_VR_BIG_ENDIAN:
+        value = swap_bytes(value, _pixel_width(ds))
+    size = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1)
+    bits = np.unpackbits(np.frombuffer(value, np.uint8), bitorder="little")
+    if (index + 1) * size > len(bits):
+        raise ValueError(f"frame {index + 1} is beyond the pixel data")
+    return np.packbits(bits[index * size : (index + 1) * size], bitorder="little").tobytes()
+
+
+def compressed_frames(source: Path, indices: Sequence[int]) -> list[bytes]:
+    """Frames (0-based) of encapsulated pixel data as stored, without the item
+    delimiters (PS3.18 §8.7.3.3.2); a video's one stream is its only frame."""
+    try:
+        ds = dcmread(source)
+        value = ds.PixelData
+        row = _BY_UID[str(ds.file_meta.TransferSyntaxUID)]
+        if row.video:
+            return [next(generate_frames(value, number_of_frames=1)) for _ in indices]
+        count = int(ds.get("NumberOfFrames") or 1)
+        offsets = None
+        if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+            offsets = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+        return [
+            get_frame(value, i, number_of_frames=count, extended_offsets=offsets) for i in indices
+        ]
+    except (ValueError, KeyError, AttributeError, StopIteration) as exc:
+        raise TranscodeError(f"cannot split the pixel data into frames: {exc}") from exc

@@ -10,29 +10,40 @@ import numpy as np
 import pytest
 from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import UID, generate_uid
 
 from dicomweb.transfer_syntax import (
+    EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
+    OCTET_STREAM,
     TRANSFER_SYNTAXES,
     NotAcceptable,
+    PixelForm,
     TranscodeError,
+    acceptable_syntaxes,
     can_decode,
+    compressed_frames,
     is_accepted,
     lookup,
+    native_frames,
+    native_pixel_data,
     negotiate,
     parse_accept,
+    pixel_forms,
     transcode_to_explicit_le,
 )
 
 Sample = Callable[[str], Path]
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 JPEG2000 = "1.2.840.10008.1.2.4.91"
+JPEG2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
+JPEG_LS = "1.2.840.10008.1.2.4.80"
 RLE = "1.2.840.10008.1.2.5"
 MPEG2 = "1.2.840.10008.1.2.4.100"
 DICOM_ALL = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+EXPLICIT = EXPLICIT_VR_LITTLE_ENDIAN
 
 
 def test_table_rows_are_unique_and_match_pydicom() -> None:
@@ -90,6 +101,13 @@ def test_parse_accept_orders_by_quality_and_unquotes() -> None:
         (DICOM_ALL, JPEG2000, JPEG2000),
         (DICOM_ALL, MPEG2, MPEG2),
         (DICOM_ALL, IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN),
+        (DICOM_ALL, EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN),
+        ("*/*", EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN),
+        # PS3.18 §8.7.3.4: lossy data no decoder reads goes as stored by default
+        (None, MPEG2, MPEG2),
+        ("application/dicom", MPEG2, MPEG2),
+        ('multipart/related; type="Application/DICOM"', RLE, EXPLICIT_VR_LITTLE_ENDIAN),
+        ("MULTIPART/RELATED; TYPE=application/dicom", RLE, EXPLICIT_VR_LITTLE_ENDIAN),
         ("application/dicom", RLE, EXPLICIT_VR_LITTLE_ENDIAN),
         (f"application/dicom; transfer-syntax={JPEG_BASELINE}", JPEG_BASELINE, JPEG_BASELINE),
         (
@@ -113,7 +131,10 @@ def test_negotiate_serves(accept: str | None, stored: str, served: str) -> None:
             EXPLICIT_VR_LITTLE_ENDIAN,
         ),
         (f"application/dicom; transfer-syntax={JPEG_BASELINE}", EXPLICIT_VR_LITTLE_ENDIAN),
-        ("application/dicom", MPEG2),
+        (f"application/dicom; transfer-syntax={EXPLICIT_VR_BIG_ENDIAN}", EXPLICIT_VR_BIG_ENDIAN),
+        (f"application/dicom; transfer-syntax={EXPLICIT_VR_BIG_ENDIAN}", EXPLICIT_VR_LITTLE_ENDIAN),
+        (f"application/dicom; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}", MPEG2),
+        (f"application/dicom; transfer-syntax={JPEG2000}", JPEG2000_LOSSLESS),
         ("application/dicom+json", EXPLICIT_VR_LITTLE_ENDIAN),
         ('multipart/related; type="application/octet-stream"', EXPLICIT_VR_LITTLE_ENDIAN),
         ("application/dicom;q=0", EXPLICIT_VR_LITTLE_ENDIAN),
@@ -179,3 +200,124 @@ def _mpeg2_instance() -> bytes:
 def test_transcode_refuses_what_it_cannot_decode() -> None:
     with pytest.raises(TranscodeError, match="no decoder"):
         transcode_to_explicit_le(_mpeg2_instance())
+
+
+@pytest.mark.parametrize(
+    ("accept", "stored", "served"),
+    [
+        (None, JPEG_BASELINE, (EXPLICIT_VR_LITTLE_ENDIAN, JPEG_BASELINE)),
+        (None, JPEG2000_LOSSLESS, (EXPLICIT_VR_LITTLE_ENDIAN,)),
+        (None, MPEG2, (MPEG2,)),
+        (DICOM_ALL, JPEG_BASELINE, (JPEG_BASELINE,)),
+        (f"{DICOM_ALL}, application/dicom;q=0.5", JPEG_BASELINE, (JPEG_BASELINE, EXPLICIT)),
+        (f"application/dicom;q=0.5, {DICOM_ALL}", JPEG2000_LOSSLESS, (JPEG2000_LOSSLESS, EXPLICIT)),
+        ("text/html", EXPLICIT_VR_LITTLE_ENDIAN, ()),
+    ],
+)
+def test_acceptable_syntaxes_best_first(
+    accept: str | None, stored: str, served: tuple[str, ...]
+) -> None:
+    assert acceptable_syntaxes(accept, stored) == served
+
+
+@pytest.mark.parametrize(
+    ("accept", "served"),
+    [
+        ("application/dicom", False),
+        ("application/*", False),
+        ("*/*", True),
+        ('multipart/related; type="application/dicom"', True),
+        ("application/dicom, multipart/related; type=application/dicom;q=0.2", True),
+    ],
+)
+def test_single_part_types_do_not_count_for_many_instances(accept: str, served: bool) -> None:
+    assert negotiate(accept, EXPLICIT_VR_LITTLE_ENDIAN) == EXPLICIT_VR_LITTLE_ENDIAN
+    assert bool(acceptable_syntaxes(accept, EXPLICIT_VR_LITTLE_ENDIAN, multi=True)) is served
+
+
+NATIVE = PixelForm(OCTET_STREAM, EXPLICIT)
+OCTETS = "multipart/related; type=application/octet-stream"
+
+
+@pytest.mark.parametrize(
+    ("accept", "stored", "forms"),
+    [
+        (None, EXPLICIT_VR_LITTLE_ENDIAN, [NATIVE]),
+        (None, EXPLICIT_VR_BIG_ENDIAN, [NATIVE]),
+        (None, JPEG_LS, [NATIVE, PixelForm("image/jls", JPEG_LS)]),
+        (None, MPEG2, [PixelForm("video/mpeg", MPEG2)]),
+        ("text/html", EXPLICIT_VR_LITTLE_ENDIAN, []),
+        ("application/dicom", EXPLICIT_VR_LITTLE_ENDIAN, []),
+        ("image/jpeg", EXPLICIT_VR_LITTLE_ENDIAN, []),
+        ("multipart/related; type=image/webp", JPEG_BASELINE, []),
+        ('multipart/related; type="Application/Octet-Stream"', EXPLICIT_VR_LITTLE_ENDIAN, [NATIVE]),
+        (OCTETS, JPEG_LS, [NATIVE]),  # lossless: decoded, never sent compressed unasked
+        (OCTETS, JPEG_BASELINE, [NATIVE, PixelForm("image/jpeg", JPEG_BASELINE)]),
+        (f"{OCTETS}; transfer-syntax=*", JPEG_LS, [NATIVE, PixelForm("image/jls", JPEG_LS)]),
+        (f"{OCTETS}; transfer-syntax={JPEG_LS}", JPEG_LS, [PixelForm("image/jls", JPEG_LS)]),
+        (f"{OCTETS}; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}", MPEG2, []),
+        ("multipart/related; type=image/jls", JPEG_LS, [PixelForm("image/jls", JPEG_LS)]),
+        ("multipart/related; type=image/jls", JPEG2000_LOSSLESS, []),
+        ("image/*", RLE, [PixelForm("image/dicom-rle", RLE)]),
+        (
+            "multipart/related; type=image/jls;q=0.5, application/octet-stream",
+            JPEG_LS,
+            [NATIVE, PixelForm("image/jls", JPEG_LS)],
+        ),
+    ],
+)
+def test_pixel_forms(accept: str | None, stored: str, forms: list[PixelForm]) -> None:
+    assert list(pixel_forms(accept, stored)) == forms
+
+
+# (big endian sample, its little endian original): 16-bit OW, 32-bit multi-frame, 1-bit OB
+BIG_ENDIAN_PAIRS = [
+    ("MR_small_bigendian.dcm", "MR_small.dcm"),
+    ("rtdose_expb.dcm", "rtdose.dcm"),
+    ("liver_expb_1frame.dcm", "liver_1frame.dcm"),
+]
+
+
+@pytest.mark.parametrize(("name", "original"), BIG_ENDIAN_PAIRS)
+def test_big_endian_pixel_data_and_frames_are_little_endian(
+    sample: Sample, name: str, original: str
+) -> None:
+    expected = dcmread(sample(original))
+    assert native_pixel_data(sample(name)) == expected.PixelData
+    count = int(expected.get("NumberOfFrames") or 1)
+    size = len(expected.PixelData) // count
+    last = native_frames(sample(name), [count - 1])
+    assert last == [expected.PixelData[(count - 1) * size : count * size]]
+
+
+def test_transcoding_big_endian_turns_every_word_value_round(sample: Sample) -> None:
+    ds = dcmread(sample("MR_small_bigendian.dcm"))
+    words = np.arange(1000, 1512, dtype=">u2")
+    ds.add_new(0x60003000, "OW", words.tobytes())
+    ds.add_new(0x00281201, "OW", np.arange(256, dtype=">u2").tobytes())
+    source = io.BytesIO()
+    ds.save_as(source, implicit_vr=False, little_endian=False, enforce_file_format=True)
+    out = dcmread(io.BytesIO(transcode_to_explicit_le(source.getvalue())))
+    assert np.array_equal(np.frombuffer(out[0x60003000].value, "<u2"), words)
+    assert np.array_equal(np.frombuffer(out.RedPaletteColorLookupTableData, "<u2"), np.arange(256))
+    assert out.PixelData == dcmread(sample("MR_small.dcm")).PixelData
+
+
+def test_undecodable_pixel_data_raises_transcode_error(sample: Sample) -> None:
+    assert can_decode(str(dcmread(sample("JPEG-lossy.dcm")).file_meta.TransferSyntaxUID))
+    with pytest.raises(TranscodeError):
+        transcode_to_explicit_le(sample("JPEG-lossy.dcm"))
+    with pytest.raises(TranscodeError):
+        native_frames(sample("JPEG-lossy.dcm"), [0])
+    with pytest.raises(TranscodeError):
+        native_pixel_data(sample("JPEG-lossy.dcm"))
+
+
+def test_compressed_frames_are_the_stored_bitstreams(sample: Sample, tmp_path: Path) -> None:
+    value = dcmread(sample("SC_rgb_rle_2frame.dcm")).PixelData
+    frames = compressed_frames(sample("SC_rgb_rle_2frame.dcm"), [1, 0])
+    assert frames == list(reversed(list(generate_frames(value, number_of_frames=2))))
+    video = tmp_path / "video.dcm"
+    video.write_bytes(_mpeg2_instance())
+    (stream,) = compressed_frames(video, [0])
+    assert stream.startswith(b"\x00\x00\x01\xb3not-really-mpeg")
