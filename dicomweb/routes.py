@@ -34,7 +34,7 @@ from dicomweb.http_common import (
 from dicomweb.qido import Level
 from dicomweb.qido_compile import Scope
 from fhir_server.access.context import AuthContext, Interaction
-from fhir_server.errors import NotFound
+from fhir_server.errors import InvalidRequest, NotFound
 
 STUDY = "/studies/{study}"
 SERIES = STUDY + "/series/{series}"
@@ -237,8 +237,8 @@ def _pixel_routes(router: _Paths, svc: DicomwebServices) -> None:
 def _frame_number(text: str | None) -> int | None:
     if text is None:
         return None
-    if not text.isdigit() or int(text) < 1:
-        raise NotFound(f"no frame {text!r}")
+    if not text.isdigit() or int(text) < 1:  # frames count from 1: a malformed request
+        raise InvalidRequest(f"a frame number is an integer from 1, not {text!r}")
     return int(text)
 
 

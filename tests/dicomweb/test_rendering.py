@@ -352,6 +352,8 @@ async def test_rendered_frame_out_of_range_is_400(client: httpx.AsyncClient) -> 
     assert (await client.get(f"{url}/frames/3/rendered")).status_code == 200
     response = await client.get(f"{url}/frames/4/rendered")
     assert response.status_code == 400 and "frame" in response.json()["message"]
+    for malformed in ("0", "-1", "one"):
+        assert (await client.get(f"{url}/frames/{malformed}/rendered")).status_code == 400
 
 
 def uri(sop: str, **params: str) -> dict[str, str]:
