@@ -31,8 +31,8 @@ from dicomweb.render import (
     WindowFunction,
     render,
 )
-from dicomweb.transfer_syntax import NotAcceptable, negotiate, parse_accept
-from dicomweb.wado import instance_part, instance_rows
+from dicomweb.transfer_syntax import NotAcceptable, acceptable_syntaxes, parse_accept
+from dicomweb.wado import instance_rows, stored_or_transcoded
 from fhir_server.access.context import AuthContext
 from fhir_server.errors import InvalidRequest, NotFound
 from fhir_server.storage.dicom_port import InstanceRow
@@ -236,8 +236,14 @@ async def wado_uri(svc: DicomwebServices, request: Request, auth: AuthContext) -
         (row,) = await instance_rows(svc, auth, study, series, sop)
         wanted = q.get("transferSyntax")
         accept = f"{DICOM}; transfer-syntax={wanted}" if wanted else None
-        part = instance_part(svc, row.file, negotiate(accept, row.transfer_syntax_uid))
-        return StreamingResponse(part.body, media_type=DICOM)
+        syntaxes = acceptable_syntaxes(accept, row.transfer_syntax_uid)
+        if not syntaxes:
+            raise NotAcceptable(f"cannot serve {row.transfer_syntax_uid} as {wanted}")
+        # transcoded before the status goes out: a decoder failure is a 406, not a cut-off
+        body = await stored_or_transcoded(svc, row.file, syntaxes)
+        if isinstance(body, bytes):
+            return Response(body, media_type=DICOM)
+        return StreamingResponse(svc.blobs.open(row.blob.key), media_type=DICOM)
     options, frame = uri_render_options(q, media), uri_frame(q.get("frameNumber"))
     (row,) = await instance_rows(svc, auth, study, series, sop)
     return Response(await _render(svc, row, frame, options), media_type=media)

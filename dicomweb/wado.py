@@ -127,26 +127,6 @@ def _instance_headers(svc: DicomwebServices, row: InstanceFile, ts: str) -> tupl
     )
 
 
-def instance_part(svc: DicomwebServices, row: InstanceFile, ts: str) -> OutPart:
-    """One instance as a part, in ``ts``; a transcoding that fails gives the file as
-    stored (its own meta information says which transfer syntax that is)."""
-    content_type, headers = _instance_headers(svc, row, ts)
-    if ts == row.transfer_syntax_uid:
-        return OutPart(content_type, svc.blobs.open(row.blob.key), headers)
-    return OutPart(content_type, _transcoded(svc, row), headers)
-
-
-async def _transcoded(svc: DicomwebServices, row: InstanceFile) -> AsyncIterator[bytes]:
-    try:
-        data = await asyncio.to_thread(transcode_to_explicit_le, svc.blobs.path_for(row.blob.key))
-    except TranscodeError as exc:
-        log.warning("sending instance %s as stored: %s", row.uid, exc)
-        async for chunk in svc.blobs.open(row.blob.key):
-            yield chunk
-        return
-    yield data
-
-
 def _instance_url(svc: DicomwebServices, row: InstanceFile) -> str:
     return f"{svc.base_url}/studies/{row.study_uid}/series/{row.series_uid}/instances/{row.uid}"
 
@@ -190,14 +170,14 @@ async def _single_pieces(
     """One instance, transcoded before the response starts, so that a failure can
     still be a 406, or the file as stored when that is acceptable too."""
     options = served[row.transfer_syntax_uid]
-    body = await _stored_or_transcoded(svc, row, options)
+    body = await stored_or_transcoded(svc, row, options)
     ts = options[0] if isinstance(body, bytes) else row.transfer_syntax_uid
     content_type, headers = _instance_headers(svc, row, ts)
     head = part_head(boundary, content_type, headers, first=True)
     return [head, body, close_delimiter(boundary)], ts
 
 
-async def _stored_or_transcoded(
+async def stored_or_transcoded(
     svc: DicomwebServices, row: InstanceFile, options: tuple[str, ...]
 ) -> Piece:
     if options[0] == row.transfer_syntax_uid:

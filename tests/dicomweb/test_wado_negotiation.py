@@ -160,6 +160,13 @@ async def test_wado_uri_sends_an_undecodable_instance_whole(stored: httpx.AsyncC
     )
     assert response.status_code == 200
     assert response.content == LOSSY
+    # asked for Explicit VR Little Endian, which cannot be made: 406, not a cut-off 200
+    asked = {**params, "contentType": "application/dicom", "transferSyntax": ELE}
+    assert (await stored.get("/dicomweb/wado", params=asked)).status_code == 406
+    ct_study, ct_series, ct_sop = uids_of(CT)
+    decodable = {**asked, "studyUID": ct_study, "seriesUID": ct_series, "objectUID": ct_sop}
+    transcoded = await stored.get("/dicomweb/wado", params=decodable)
+    assert transcoded.status_code == 200 and syntax_of(transcoded.content) == ELE
 
 
 async def test_frames_of_an_undecodable_instance(stored: httpx.AsyncClient) -> None:
