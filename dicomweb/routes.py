@@ -13,6 +13,7 @@ method 405 with an ``Allow`` listing all the path's methods (RFC 9110 §15.5.6).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter
@@ -35,6 +36,8 @@ from dicomweb.qido import Level
 from dicomweb.qido_compile import Scope
 from fhir_server.access.context import AuthContext, Interaction
 from fhir_server.errors import InvalidRequest, NotFound
+
+log = logging.getLogger(__name__)
 
 STUDY = "/studies/{study}"
 SERIES = STUDY + "/series/{series}"
@@ -259,7 +262,10 @@ def _delete_routes(router: _Paths, svc: DicomwebServices) -> None:
                 for blob in gone.blobs:
                     await svc.blobs.delete(blob.key)
             if svc.sync is not None:
-                await svc.sync.sync(gone.studies)
+                try:
+                    await svc.sync.sync(gone.studies)
+                except Exception:  # the instances are gone: say so; the sync is retried
+                    log.warning("ImagingStudy of %s not yet updated after DELETE", gone.studies)
             return Response(status_code=204)
 
         return await handle(svc, request, "delete", work, study)

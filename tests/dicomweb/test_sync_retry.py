@@ -107,7 +107,8 @@ async def test_an_imaging_study_left_after_its_study_was_deleted_is_removed(
         await settled(app)
         assert await imaging_study(client, "9.3") is not None
         store.failures = 1
-        await client.delete("/dicomweb/studies/9.3")  # the instances go, the sync fails
+        deleted = await client.delete("/dicomweb/studies/9.3")  # the sync fails
+        assert deleted.status_code == 204  # the instances are gone all the same
         assert store.fired == 1
         assert await imaging_study(client, "9.3") is not None
     async with running(settings) as (_, client):
@@ -117,6 +118,26 @@ async def test_an_imaging_study_left_after_its_study_was_deleted_is_removed(
             return True if gone else None
 
         await eventually(removed, "the orphaned ImagingStudy to be deleted")
+
+
+async def test_a_delete_whose_sync_failed_is_retried(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path / "data")
+    store = faulty_store(settings, failures=0)
+    async with running(settings, store) as (app, client):
+        assert (await stow_study(client, "9.4", "RETRY-4", count=2)).status_code == 200
+        await settled(app)
+        store.failures = 1
+        deleted = await client.delete("/dicomweb/studies/9.4/series/9.4.1/instances/9.4.1.1")
+        assert deleted.status_code == 204 and store.fired == 1
+        study = await eventually(
+            lambda: _with_instances(client, "9.4", 1), "the retried ImagingStudy update"
+        )
+        assert [i["uid"] for s in study["series"] for i in s["instance"]] == ["9.4.1.2"]
+
+
+async def _with_instances(client: Any, uid: str, count: int) -> dict[str, Any] | None:
+    study = await imaging_study(client, uid)
+    return study if study is not None and study["numberOfInstances"] == count else None
 
 
 def test_only_the_archives_own_imaging_studies_count_as_orphans() -> None:
