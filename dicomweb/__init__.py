@@ -41,6 +41,7 @@ from dicomweb.multipart import (
     related_content_type,
     write_parts,
 )
+from dicomweb.pixel_codec import TranscodeError, transcode_to_explicit_le
 from dicomweb.qido import (
     MATCHING_ATTRIBUTES,
     RETURN_ATTRIBUTES,
@@ -61,12 +62,10 @@ from dicomweb.qido_match import filter_records, matches
 from dicomweb.transfer_syntax import (
     TRANSFER_SYNTAXES,
     NotAcceptable,
-    TranscodeError,
     TransferSyntax,
     can_decode,
     negotiate,
     parse_accept,
-    transcode_to_explicit_le,
 )
 
 __all__ = [

@@ -24,7 +24,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Send
 from starlette.types import Scope as AsgiScope
 
-from dicomweb import qido_rs, rendered, stow, wado
+from dicomweb import qido_rs, rendered, stow, wado, wado_pixels
 from dicomweb.http_common import (
     DicomwebServices,
     error_body,
@@ -187,7 +187,7 @@ def _wado_routes(router: _Paths, svc: DicomwebServices) -> None:
         uids = _uids(request)
 
         async def work(auth: AuthContext) -> Response:
-            return await wado.frames(svc, request, auth, uids, request.path_params["frames"])
+            return await wado_pixels.frames(svc, request, auth, uids, request.path_params["frames"])
 
         return await handle(svc, request, "read", work, uids[0])
 
@@ -195,7 +195,7 @@ def _wado_routes(router: _Paths, svc: DicomwebServices) -> None:
         uids = _uids(request)
 
         async def work(auth: AuthContext) -> Response:
-            return await wado.bulkdata(svc, request, auth, uids, request.path_params["tags"])
+            return await wado_pixels.bulkdata(svc, request, auth, uids, request.path_params["tags"])
 
         return await handle(svc, request, "read", work, uids[0])
 

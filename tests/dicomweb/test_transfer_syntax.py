@@ -13,6 +13,13 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import UID, generate_uid
 
+from dicomweb.pixel_codec import (
+    TranscodeError,
+    compressed_frames,
+    native_frames,
+    native_pixel_data,
+    transcode_to_explicit_le,
+)
 from dicomweb.transfer_syntax import (
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -21,18 +28,13 @@ from dicomweb.transfer_syntax import (
     TRANSFER_SYNTAXES,
     NotAcceptable,
     PixelForm,
-    TranscodeError,
     acceptable_syntaxes,
     can_decode,
-    compressed_frames,
     is_accepted,
     lookup,
-    native_frames,
-    native_pixel_data,
     negotiate,
     parse_accept,
     pixel_forms,
-    transcode_to_explicit_le,
 )
 
 Sample = Callable[[str], Path]

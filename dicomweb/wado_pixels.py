@@ -1,0 +1,253 @@
+"""WADO-RS frames and bulk data (PS3.18 §10.4.1.1.3, §10.4.1.1.5).
+
+Frames are sent uncompressed as little endian octets (PS3.18 §8.7.3.3.1), or
+compressed as stored under their own media type (PS3.18 §8.7.3.3.2) when the
+Accept header asks for that or when they cannot be decoded; a video's stream
+has no frames of its own, so its frames are only ever sent decoded. Frames
+that lie in the file as they are sent (native little endian; big endian but
+for the byte order) are read at the offsets the index recorded, without
+parsing the file. Bulk data is one value a metadata BulkDataURI names: Pixel
+Data in one of the forms above (every frame in one part, or one part per
+compressed frame), any other value as little endian octets.
+
+Everything that can fail is decided before the response starts: the frame
+list (400), the frames and the value being there (404), the form (406), and
+the frames or the value themselves, decoded or cut out, each acceptable form
+tried in turn, because a decoder can fail on a file it claims to handle and,
+once the status has gone out, a failure can only break the connection off.
+Only pixel data lying in the file as sent is streamed from the blob after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+from pydicom import dcmread
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from dicomweb.dicom_json import format_tag_path, parse_tag_path
+from dicomweb.http_common import DicomwebServices
+from dicomweb.multipart import OutPart, new_boundary, related_content_type, write_parts
+from dicomweb.pixel_codec import (
+    NUMBER_WIDTHS,
+    TranscodeError,
+    compressed_frames,
+    native_frames,
+    native_pixel_data,
+    pixel_width,
+    swap_bytes,
+)
+from dicomweb.render import RenderError, native_frame_range
+from dicomweb.transfer_syntax import (
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    OCTET_STREAM,
+    PIXEL_DATA,
+    NotAcceptable,
+    PixelForm,
+    lookup,
+    pixel_forms,
+)
+from dicomweb.wado import instance_rows, instance_url
+from fhir_server.access.context import AuthContext
+from fhir_server.errors import InvalidRequest, NotFound
+from fhir_server.storage.dicom_port import InstanceRow
+
+OCTET = OCTET_STREAM
+Uids = tuple[str, str | None, str | None]
+T = TypeVar("T")
+# Pixel data whose frames lie in the file as they are sent (bar the byte order)
+_SLICEABLE = frozenset({EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN})
+
+
+async def _one(chunk: bytes) -> AsyncIterator[bytes]:
+    yield chunk
+
+
+def _frame_numbers(text: str) -> list[int]:
+    try:
+        numbers = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError as exc:
+        raise InvalidRequest(f"invalid frame list {text!r}") from exc
+    if not numbers or min(numbers) < 1:
+        raise InvalidRequest(f"invalid frame list {text!r}")
+    return numbers
+
+
+def _forms(accept: str | None, row: InstanceRow, *, by_frame: bool) -> tuple[PixelForm, ...]:
+    """The acceptable forms of the pixel data; a video's stream has no frames of its own
+    to send one by one, so its frames are only ever sent decoded."""
+    forms = pixel_forms(accept, row.transfer_syntax_uid)
+    stored = lookup(row.transfer_syntax_uid)
+    if by_frame and stored is not None and stored.video:
+        forms = tuple(f for f in forms if f.native)
+    if not forms:
+        raise NotAcceptable(
+            f"the pixel data of {row.uid} ({row.transfer_syntax_uid}) cannot be sent as {accept!r}"
+        )
+    return forms
+
+
+async def _first_made(
+    row: InstanceRow, forms: Sequence[PixelForm], make: Callable[[PixelForm], Awaitable[T]]
+) -> tuple[PixelForm, T]:
+    """The first form ``make`` manages to produce (decoding can fail); else 406."""
+    problem = None
+    for form in forms:
+        try:
+            return form, await make(form)
+        except TranscodeError as exc:
+            problem = exc
+    raise NotAcceptable(f"the pixel data of {row.uid} cannot be decoded: {problem}")
+
+
+async def _frame_data(
+    svc: DicomwebServices, row: InstanceRow, numbers: list[int], form: PixelForm
+) -> list[bytes]:
+    """The frames in ``form``: read from the file where they lie as sent (swapped if big
+    endian), else decoded, or cut out of the encapsulated value."""
+    path = svc.blobs.path_for(row.blob.key)
+    indices = [n - 1 for n in numbers]
+    if not form.native:
+        return await asyncio.to_thread(compressed_frames, path, indices)
+    spans = _native_spans(row, numbers)
+    if spans is None:
+        return await asyncio.to_thread(native_frames, path, indices)
+    frames = []
+    for offset, length in spans:
+        data = b"".join(
+            [c async for c in svc.blobs.open(row.blob.key, offset=offset, length=length)]
+        )
+        frames.append(data)
+    if row.transfer_syntax_uid == EXPLICIT_VR_BIG_ENDIAN:
+        pixel = row.extra.get("pixel") or {}
+        width = pixel_width(int(row.extra.get("bits") or 8), pixel.get("vr"))
+        frames = [swap_bytes(f, width) for f in frames]
+    return frames
+
+
+def _native_spans(row: InstanceRow, numbers: list[int]) -> list[tuple[int, int]] | None:
+    ts, pixel = row.transfer_syntax_uid, row.extra.get("pixel") or {}
+    if ts not in _SLICEABLE | {EXPLICIT_VR_BIG_ENDIAN} or pixel.get("tag") != PIXEL_DATA:
+        return None
+    spans = []
+    for n in numbers:
+        try:
+            # big endian frames lie where little endian ones would (PS3.5 §8.1.1)
+            span = native_frame_range(row.extra, EXPLICIT_VR_LITTLE_ENDIAN, n)
+        except RenderError as exc:
+            raise NotFound(str(exc)) from exc
+        if span is None:
+            return None
+        spans.append(span)
+    return spans
+
+
+async def frames(
+    svc: DicomwebServices, request: Request, auth: AuthContext, uids: Uids, frame_list: str
+) -> Response:
+    """Retrieve frames as multipart/related (PS3.18 §10.4.1.1.3): uncompressed, or
+    compressed as stored when asked for or when they cannot be decoded
+    (PS3.18 §8.7.3.3). Every frame is made before the response starts."""
+    numbers = _frame_numbers(frame_list)
+    (row,) = await instance_rows(svc, auth, uids[0], uids[1], uids[2])
+    for n in numbers:
+        if n > int(row.extra.get("frames") or 0):
+            raise NotFound(f"instance {row.uid} has no frame {n}")
+    forms = _forms(request.headers.get("accept"), row, by_frame=True)
+    form, data = await _first_made(row, forms, lambda f: _frame_data(svc, row, numbers, f))
+    location = f"{instance_url(svc, row.file)}/frames"
+    parts = [
+        OutPart(form.content_type, _one(d), (("Content-Location", f"{location}/{n}"),))
+        for n, d in zip(numbers, data, strict=True)
+    ]
+    boundary = new_boundary()
+    media = related_content_type(boundary, form.media_type, form.transfer_syntax)
+    return StreamingResponse(write_parts(parts, boundary), media_type=media)
+
+
+def _bulk_element(doc: dict[str, Any], path: tuple[int, ...]) -> dict[str, Any] | None:
+    """The element at ``path`` in an instance's DICOM JSON, or None."""
+    node: Any = doc
+    try:
+        for i in range(0, len(path) - 1, 2):
+            node = node[f"{path[i]:08X}"]["Value"][path[i + 1]]
+        element = node[f"{path[-1]:08X}"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return element if isinstance(element, dict) else None
+
+
+async def _bulk_vr(svc: DicomwebServices, row: InstanceRow, path: tuple[int, ...]) -> str:
+    """The VR of a value the metadata gives as a BulkDataURI; 404 for any other
+    (a short value is inline in the metadata, not a resource of its own)."""
+    docs = await svc.index.metadata(row.study_uid, row.series_uid, row.uid)
+    element = _bulk_element(orjson.loads(docs[0]), path) if docs else None
+    if element is None or "BulkDataURI" not in element:
+        raise NotFound(f"instance {row.uid} has no bulk data at {format_tag_path(path)}")
+    return str(element.get("vr") or "UN")
+
+
+def _bulk_value(file: Path, tag_path: tuple[int, ...], vr: str, big_endian: bool) -> bytes:
+    """A value's bytes as stored, in little endian order (PS3.18 §8.7.3.3.1)."""
+    ds = dcmread(file)
+    for i in range(0, len(tag_path) - 1, 2):
+        ds = ds[tag_path[i]].value[tag_path[i + 1]]
+    value = ds.get_item(tag_path[-1]).value  # raw, when pydicom has not converted it
+    if not isinstance(value, bytes):
+        raise KeyError(f"{tag_path[-1]:08X} holds no raw value")
+    return swap_bytes(value, NUMBER_WIDTHS.get(vr, 1)) if big_endian else value
+
+
+async def _pixel_parts(svc: DicomwebServices, row: InstanceRow, form: PixelForm) -> list[OutPart]:
+    """Pixel Data as bulk data: one part of every frame uncompressed, or compressed
+    frames one per part (PS3.18 §8.7.3.3.2; a video is one stream)."""
+    pixel, path = row.extra.get("pixel") or {}, svc.blobs.path_for(row.blob.key)
+    if not form.native:
+        stored = lookup(row.transfer_syntax_uid)
+        count = 1 if stored and stored.video else max(int(row.extra.get("frames") or 1), 1)
+        data = await asyncio.to_thread(compressed_frames, path, range(count))
+        return [OutPart(form.content_type, _one(d)) for d in data]
+    native = row.transfer_syntax_uid in _SLICEABLE and pixel.get("tag") == PIXEL_DATA
+    if native and pixel.get("length") is not None:
+        body = svc.blobs.open(row.blob.key, offset=pixel["offset"], length=pixel["length"])
+        return [OutPart(form.content_type, body)]
+    return [OutPart(form.content_type, _one(await asyncio.to_thread(native_pixel_data, path)))]
+
+
+async def bulkdata(
+    svc: DicomwebServices, request: Request, auth: AuthContext, uids: Uids, tag_path: str
+) -> Response:
+    """Retrieve one bulk data value named by a metadata BulkDataURI (PS3.18 §10.4.1.1.5):
+    little endian octets, or compressed pixel data under its own media type."""
+    try:
+        path = parse_tag_path(tag_path)
+    except ValueError as exc:
+        raise NotFound(str(exc)) from exc
+    (row,) = await instance_rows(svc, auth, uids[0], uids[1], uids[2])
+    vr = await _bulk_vr(svc, row, path)
+    accept = request.headers.get("accept")
+    boundary = new_boundary()
+    if path == (PIXEL_DATA,):
+        forms = _forms(accept, row, by_frame=False)
+        form, parts = await _first_made(row, forms, lambda f: _pixel_parts(svc, row, f))
+        media = related_content_type(boundary, form.media_type, form.transfer_syntax)
+        return StreamingResponse(write_parts(parts, boundary), media_type=media)
+    if not any(f.native for f in pixel_forms(accept, EXPLICIT_VR_LITTLE_ENDIAN)):
+        raise NotAcceptable(f"bulk data is sent as {OCTET}, not {accept!r}")
+    big = row.transfer_syntax_uid == EXPLICIT_VR_BIG_ENDIAN
+    file = svc.blobs.path_for(row.blob.key)
+    try:
+        value = await asyncio.to_thread(_bulk_value, file, path, vr, big)
+    except (KeyError, IndexError, TypeError) as exc:
+        raise NotFound(f"no bulk data at {tag_path}") from exc
+    parts = [OutPart(OCTET, _one(value))]
+    return StreamingResponse(
+        write_parts(parts, boundary), media_type=related_content_type(boundary, OCTET)
+    )
