@@ -36,14 +36,15 @@ def rekey_chunk(
     """Re-key the next ``REKEY_CHUNK`` rows of ``level`` after pk ``after``, in one
     transaction (short, so ingest is not held up): the last pk and the count, or
     None when no row is left."""
-    rows = conn.execute(
-        f"SELECT pk, attrs FROM {TABLES[level]} WHERE pk > ? ORDER BY pk LIMIT ?",
-        (after, REKEY_CHUNK),
-    ).fetchall()
-    if not rows:
-        return None
-    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("BEGIN IMMEDIATE")  # read under the write lock: no ingest in between
     try:
+        rows = conn.execute(
+            f"SELECT pk, attrs FROM {TABLES[level]} WHERE pk > ? ORDER BY pk LIMIT ?",
+            (after, REKEY_CHUNK),
+        ).fetchall()
+        if not rows:
+            conn.execute("ROLLBACK")
+            return None
         for pk, attrs in rows:
             keys = [(k, v) for k, v in derive(level, orjson.loads(attrs)) if k != MODALITIES_KEY]
             # ModalitiesInStudy is the index's own aggregate, kept as it is
