@@ -199,11 +199,11 @@ class MongoDicomIndex:
     ) -> tuple[str, int] | None:
         """Re-key the next ``REKEY_CHUNK`` documents after ``after`` under the write lock."""
         collection = self._db[_COLLECTIONS[level]]
-        cursor = collection.find({"_id": {"$gt": after}}, {"attrs": 1, "mods": 1}).sort("_id", 1)
-        docs = [d async for d in cursor.limit(REKEY_CHUNK)]
-        if not docs:
-            return None
-        async with self._lock:
+        async with self._lock:  # read under it too: no ingest between reading and writing
+            found = collection.find({"_id": {"$gt": after}}, {"attrs": 1, "mods": 1})
+            docs = [d async for d in found.sort("_id", 1).limit(REKEY_CHUNK)]
+            if not docs:
+                return None
             for doc in docs:
                 keys = _keys(derive(level, doc["attrs"]))
                 update: Doc = {"keys": keys}
