@@ -47,7 +47,13 @@ class RenderError(ValueError):
 
 
 class RegionError(ValueError):
-    """The viewport's source region does not overlap the image."""
+    """The viewport asks for what cannot be made: a source region outside the
+    image, or an output larger than ``MAX_EDGE`` a side."""
+
+
+# Rendered images are at most this many pixels a side: an enlarging viewport could
+# otherwise ask for gigabytes (60000x60000 RGB is 10 GB) from one request.
+MAX_EDGE = 4096
 
 
 @dataclass(frozen=True)
@@ -255,7 +261,10 @@ def fitted_size(size: tuple[int, int], vp: Viewport) -> tuple[int, int]:
     scale = min(scales, default=1.0)
     if not vp.enlarge:
         scale = min(scale, 1.0)
-    return max(1, round(width * scale)), max(1, round(height * scale))
+    fitted = max(1, round(width * scale)), max(1, round(height * scale))
+    if max(fitted) > MAX_EDGE:
+        raise RegionError(f"a rendered image is at most {MAX_EDGE} pixels a side, not {fitted}")
+    return fitted
 
 
 def fit(image: Image.Image, vp: Viewport) -> Image.Image:

@@ -426,3 +426,14 @@ async def test_wado_uri_window_and_quality(client: httpx.AsyncClient) -> None:
     ):
         response = await client.get("/dicomweb/wado", params=uri(f"{SERIES}.20", **bad))
         assert response.status_code == 400, bad
+
+
+async def test_an_output_too_large_to_make_is_refused(client: httpx.AsyncClient) -> None:
+    """An enlarging viewport (or WADO-URI size) cannot ask for gigabytes of pixels."""
+    await stow(client, make_instance(STUDY, SERIES, f"{SERIES}.40"))
+    url = f"{INSTANCES}/{SERIES}.40/rendered"
+    assert (await client.get(url, params={"viewport": "4096,4096"})).status_code == 200
+    refused = await client.get(url, params={"viewport": "60000,60000"})
+    assert refused.status_code == 400 and "4096" in refused.json()["message"]
+    wado = uri(f"{SERIES}.40", rows="60000", columns="60000")
+    assert (await client.get("/dicomweb/wado", params=wado)).status_code == 400
