@@ -27,7 +27,7 @@ from dicomweb.blobstore import FileBlobStore
 from dicomweb.ingest import IngestService
 from dicomweb.qido import QidoError
 from dicomweb.study_sync import StudySync
-from dicomweb.transfer_syntax import NotAcceptable
+from dicomweb.transfer_syntax import NotAcceptable, parse_accept
 from fhir_server.access.context import AuthContext, Interaction
 from fhir_server.access.policy import AccessPolicy, compartment_filter
 from fhir_server.access.stored import Searcher, ids_matching, lookup_in, needs_store
@@ -41,6 +41,7 @@ from fhir_server.storage.dicom_port import DicomIndex, StudyRow
 log = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
+_JSON_TYPES = frozenset({DICOM_JSON, "application/json", "*/*", "application/*"})
 IMAGING_STUDY = "ImagingStudy"
 Work = Callable[[AuthContext], Awaitable[Response]]
 
@@ -76,6 +77,16 @@ class DicomwebServices:
         if self.journal is None:
             return ReconcileReport()
         return await reconcile(self.index, self.blobs, self.journal, temp_grace=self.temp_grace)
+
+
+def check_json_accept(request: Request, what: str) -> None:
+    """406 unless the ``accept`` query parameter, or else the Accept header, admits
+    DICOM JSON, which ``what`` (search results, metadata, a STOW-RS response) is
+    (PS3.18 §8.3.3.1, §8.7.3.1)."""
+    accept = request.query_params.get("accept") or request.headers.get("accept", "")
+    accept = accept.strip()
+    if accept and not any(r.media_type in _JSON_TYPES for r in parse_accept(accept)):
+        raise NotAcceptable(f"{what} are {DICOM_JSON}, not {accept!r}")
 
 
 def error_body(status: int, message: str, headers: dict[str, str] | None = None) -> Response:

@@ -19,28 +19,15 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dicomweb.http_common import DICOM_JSON, DicomwebServices, study_scope
+from dicomweb.http_common import DICOM_JSON, DicomwebServices, check_json_accept, study_scope
 from dicomweb.qido import Level, parse_qido, warning_header
 from dicomweb.qido_compile import Scope, compile_query, result_json
-from dicomweb.transfer_syntax import NotAcceptable, parse_accept
 from fhir_server.access.context import AuthContext, Interaction
 
-_JSON_TYPES = frozenset({DICOM_JSON, "application/json", "*/*", "application/*"})
 TOO_MANY = (
     "The number of results exceeded the maximum supported by the server. "
     "Additional results can be requested."
 )
-
-
-def check_json_accept(request: Request) -> None:
-    """406 unless the ``accept`` query parameter, or else the Accept header, admits
-    DICOM JSON (PS3.18 §8.3.3.1, §8.7.3.1)."""
-    accept = request.query_params.get("accept") or request.headers.get("accept", "")
-    accept = accept.strip()
-    if not accept:
-        return
-    if not any(r.media_type in _JSON_TYPES for r in parse_accept(accept)):
-        raise NotAcceptable(f"search results are {DICOM_JSON}, not {accept!r}")
 
 
 def _scope_level(scope: Scope) -> Level | None:
@@ -53,7 +40,7 @@ async def search(
     svc: DicomwebServices, request: Request, auth: AuthContext, level: Level, scope: Scope
 ) -> Response:
     """Search for studies, series or instances (PS3.18 §10.6.1)."""
-    check_json_accept(request)
+    check_json_accept(request, "search results")
     patients = await study_scope(svc, auth, Interaction.SEARCH)
     params = list(request.query_params.multi_items())
     query = parse_qido(level, params, scope=_scope_level(scope), max_limit=svc.max_results)

@@ -27,13 +27,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from dicomweb.blobstore import Chunk
-from dicomweb.http_common import DICOM_JSON, DicomwebServices, require_store
+from dicomweb.http_common import DICOM_JSON, DicomwebServices, check_json_accept, require_store
 from dicomweb.ingest import Failed, Incoming, IngestReport, Stored
 from dicomweb.ingest_parse import CANNOT_UNDERSTAND, InstanceRejected
 from dicomweb.multipart import MultipartError, boundary_of, iter_parts, parse_content_type
-from dicomweb.transfer_syntax import parse_accept
 from fhir_server.access.context import AuthContext
-from fhir_server.errors import InvalidRequest, NotAcceptable, UnsupportedMediaType
+from fhir_server.errors import InvalidRequest, UnsupportedMediaType
 from fhir_server.storage.dicom_port import Json
 
 RETRIEVE_URL = "00081190"
@@ -57,16 +56,6 @@ def _boundary(request: Request) -> str:
         return boundary_of(content_type)
     except MultipartError as exc:
         raise InvalidRequest(str(exc)) from exc
-
-
-_RESPONSE_TYPES = frozenset({DICOM_JSON, "application/json", "*/*", "application/*"})
-
-
-def _check_accept(request: Request) -> None:
-    """406 before any part is read unless the client accepts the DICOM JSON response."""
-    accept = request.headers.get("accept", "").strip()
-    if accept and not any(r.media_type in _RESPONSE_TYPES for r in parse_accept(accept)):
-        raise NotAcceptable(f"the STOW-RS response is {DICOM_JSON}, not {accept!r}")
 
 
 @dataclass
@@ -169,7 +158,7 @@ async def store_instances(
     """Store Instances transaction (PS3.18 §10.5)."""
     require_store(svc, auth)
     boundary = _boundary(request)
-    _check_accept(request)
+    check_json_accept(request, "STOW-RS responses")  # before any part is read
     broke = _BodyBreak()
     report = await svc.ingest.ingest(_dicom_parts(request, boundary, broke), study_uid)
     if broke.message is not None:

@@ -43,6 +43,7 @@ from dicomweb.blobstore import Piece
 from dicomweb.http_common import (
     DICOM_JSON,
     DicomwebServices,
+    check_json_accept,
     gzip_preferred,
     none_match,
     visible_study,
@@ -54,7 +55,6 @@ from dicomweb.multipart import (
     related_content_type,
 )
 from dicomweb.pixel_codec import TranscodeError, transcode_to_explicit_le
-from dicomweb.qido_rs import check_json_accept
 from dicomweb.transfer_syntax import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     NotAcceptable,
@@ -237,7 +237,7 @@ async def metadata(
     """Retrieve metadata from the precomputed documents (PS3.18 §10.4.1.1.2).
 
     The gzip representation has its own ETag (RFC 9110 §8.8.3)."""
-    check_json_accept(request)
+    check_json_accept(request, "metadata")
     await visible_study(svc, auth, study, Interaction.READ)
     docs = await svc.index.metadata(study, series, sop)
     if not docs:
