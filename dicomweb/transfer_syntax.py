@@ -182,6 +182,21 @@ def _matches(media_range: str, media_type: str) -> bool:
 _MULTIPART = ("multipart/related", "multipart/*")
 
 
+def prefers_single_part(accept: str | None) -> bool:
+    """Whether the best media range that names a DICOM file is single-part
+    ``application/dicom``: a client that asked only for the bare file (PS3.18
+    §8.7.3.3.1) cannot read a multipart body. ``*/*`` and multipart ranges keep the
+    multipart default that DICOMweb clients expect."""
+    for media in _ranges(accept):
+        if media.media_type == "application/dicom":
+            return True
+        if media.media_type == "*/*" or (
+            media.media_type in _MULTIPART and _names_dicom(media, multi=True)
+        ):
+            return False
+    return False
+
+
 def acceptable_syntaxes(
     accept: str | None, stored_uid: str, *, multi: bool = False
 ) -> tuple[str, ...]:

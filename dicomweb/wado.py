@@ -60,6 +60,7 @@ from dicomweb.transfer_syntax import (
     NotAcceptable,
     acceptable_syntaxes,
     lookup,
+    prefers_single_part,
 )
 from fhir_server.access.context import AuthContext, Interaction
 from fhir_server.errors import NotFound
@@ -124,6 +125,8 @@ async def retrieve(
     for ts, options in served.items():
         if not options:
             raise NotAcceptable(f"cannot serve transfer syntax {ts} for Accept: {accept}")
+    if sop is not None and prefers_single_part(accept):
+        return await _bare_instance(svc, rows[0], served[rows[0].transfer_syntax_uid])
     boundary = new_boundary()
     single: str | None
     if len(rows) == 1:
@@ -136,6 +139,22 @@ async def retrieve(
     # a known length spares the per-chunk framing (and its copy) of chunked encoding
     headers = {"Content-Length": str(length)} if length is not None else None
     return StreamingResponse(svc.blobs.gather(pieces), media_type=media, headers=headers)
+
+
+async def _bare_instance(
+    svc: DicomwebServices, row: InstanceFile, options: tuple[str, ...]
+) -> Response:
+    """One instance as a single-part ``application/dicom`` body, for a client that
+    accepts nothing else; made before the status goes out, as ``_single_pieces``."""
+    body = await stored_or_transcoded(svc, row, options)
+    ts = options[0] if isinstance(body, bytes) else row.transfer_syntax_uid
+    content_type, headers = _instance_headers(svc, row, ts)
+    if isinstance(body, bytes):
+        return Response(body, media_type=content_type, headers=dict(headers))
+    length = (("Content-Length", str(row.blob.size)),)
+    return StreamingResponse(
+        svc.blobs.open(row.blob.key), media_type=content_type, headers=dict(headers + length)
+    )
 
 
 async def _single_pieces(

@@ -35,6 +35,7 @@ from dicomweb.transfer_syntax import (
     negotiate,
     parse_accept,
     pixel_forms,
+    prefers_single_part,
 )
 
 Sample = Callable[[str], Path]
@@ -323,3 +324,22 @@ def test_compressed_frames_are_the_stored_bitstreams(sample: Sample, tmp_path: P
     video.write_bytes(_mpeg2_instance())
     (stream,) = compressed_frames(video, [0])
     assert stream.startswith(b"\x00\x00\x01\xb3not-really-mpeg")
+
+
+@pytest.mark.parametrize(
+    ("accept", "single"),
+    [
+        ("application/dicom", True),
+        ("APPLICATION/DICOM; transfer-syntax=*", True),
+        ('multipart/related; type="application/dicom"', False),
+        ("application/dicom, */*", True),
+        ("*/*, application/dicom", False),
+        ('application/dicom;q=0.5, multipart/related; type="application/dicom"', False),
+        ("image/jpeg, application/dicom", True),  # the first range that names a file
+        ("multipart/related; type=application/octet-stream, application/dicom", True),
+        (None, False),
+        ("", False),
+    ],
+)
+def test_prefers_single_part(accept: str | None, single: bool) -> None:
+    assert prefers_single_part(accept) is single

@@ -344,7 +344,16 @@ async def test_media_types_ignore_case(stored: httpx.AsyncClient) -> None:
 async def test_single_part_dicom_is_for_one_instance(stored: httpx.AsyncClient) -> None:
     study, series, _ = uids_of(PLAIN)
     single = {"Accept": "application/dicom"}
-    assert (await stored.get(url(PLAIN), headers=single)).status_code == 200
+    bare = await stored.get(url(PLAIN), headers=single)
+    assert bare.status_code == 200  # the file itself, not a multipart body it cannot read
+    assert bare.headers["content-type"] == f"application/dicom; transfer-syntax={ELE}"
+    assert bare.content == PLAIN and bare.headers["content-location"].endswith(url(PLAIN))
+    as_stored = await stored.get(
+        url(LOSSY), headers={"Accept": "application/dicom; transfer-syntax=*"}
+    )
+    assert as_stored.content == LOSSY
+    multipart = await stored.get(url(PLAIN), headers={"Accept": f"{DICOM}, application/dicom"})
+    assert multipart.headers["content-type"].startswith("multipart/related")
     assert (await stored.get(f"/dicomweb/studies/{study}", headers=single)).status_code == 406
     series_url = f"/dicomweb/studies/{study}/series/{series}"
     assert (await stored.get(series_url, headers=single)).status_code == 406
