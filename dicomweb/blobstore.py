@@ -28,6 +28,7 @@ acknowledges nothing before all of that has finished.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import re
@@ -493,6 +494,9 @@ class _Miss:
 
 _MISS = _Miss()
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)  # Linux
+# what a file system that cannot read without waiting (tmpfs, some network and
+# overlay file systems) answers a RWF_NOWAIT read with: read in threads instead
+_NOWAIT_UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS})
 
 
 class _Gatherer:
@@ -521,6 +525,7 @@ class _Gatherer:
         self._filled = 0
         self._lock = threading.Lock()
         self._closed = False
+        self._nowait = _RWF_NOWAIT  # None once the file system refused it
 
     def next_block(self) -> bytes | memoryview | None:
         """The next block, or None at the end (reading from the disk if need be)."""
@@ -585,12 +590,17 @@ class _Gatherer:
             target = [view[:want]]
             if not cached_only:
                 got = os.preadv(self._fd, target, self._offset)
-            elif _RWF_NOWAIT is None:
+            elif self._nowait is None:
                 return None
             else:
                 try:
-                    got = os.preadv(self._fd, target, self._offset, _RWF_NOWAIT)
+                    got = os.preadv(self._fd, target, self._offset, self._nowait)
                 except BlockingIOError:
+                    return None
+                except OSError as exc:
+                    if exc.errno not in _NOWAIT_UNSUPPORTED:
+                        raise
+                    self._nowait = None
                     return None
             if not got:
                 raise BlobError(f"blob {self._key} is shorter than its recorded size")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
+import shutil
+import tempfile
 import threading
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
@@ -317,6 +320,53 @@ async def test_gather_sends_literals_blobs_and_computed_pieces_in_order_in_block
     assert b"".join(blocks) == expected
     assert all(0 < len(b) <= 256 * 1024 for b in blocks)
     assert len(blocks) == -(-len(expected) // (256 * 1024))  # coalesced: full blocks
+
+
+def _tmpfs() -> Path | None:
+    """/dev/shm when it is a tmpfs, which refuses RWF_NOWAIT reads (EOPNOTSUPP)."""
+    mounts = Path("/proc/mounts").read_text() if Path("/proc/mounts").exists() else ""
+    found = any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in mounts.splitlines())
+    return Path("/dev/shm") if found else None
+
+
+async def _gather_everything(root: Path) -> None:
+    store = FileBlobStore(root, fsync=False)
+    contents = [os.urandom(700_000), os.urandom(5)]
+    refs = [
+        await store.write(STUDY, SERIES, f"{SOP}.{n}", achunks([c])) for n, c in enumerate(contents)
+    ]
+    blocks = await gathered(store, [b"head", refs[0], refs[1], b"end"], 256 * 1024)
+    assert b"".join(blocks) == b"head" + contents[0] + contents[1] + b"end"
+
+
+async def test_gather_reads_where_reads_without_waiting_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system without RWF_NOWAIT (tmpfs, some network file systems) answers
+    EOPNOTSUPP: the blocks are then read in threads, not the response broken off."""
+    real = os.preadv
+    refused: list[int] = []
+
+    def preadv(fd: int, buffers: Any, offset: int, flags: int = 0) -> int:
+        if flags:
+            refused.append(flags)
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    await _gather_everything(tmp_path)
+    assert len(refused) == 1  # asked once per retrieval, then straight to the threads
+
+
+async def test_gather_from_a_tmpfs(tmp_path: Path) -> None:
+    shm = _tmpfs()
+    if shm is None:
+        pytest.skip("no tmpfs at /dev/shm on this machine")
+    root = Path(tempfile.mkdtemp(dir=shm, prefix="radhub-test-"))
+    try:
+        await _gather_everything(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 async def test_gather_sends_a_literal_larger_than_a_block_whole(tmp_path: Path) -> None:
