@@ -16,14 +16,17 @@ Outcomes per instance (PS3.18 §10.5.3, Table I.2-2 failure reasons): stored;
 identical re-send (stored, no duplicate); a different instance under a known
 SOP Instance UID (0x0111, unless ``overwrite``); not DICOM or incomplete
 (0xC000 and friends from ``ingest_parse``); a Study Instance UID other than the
-one the STOW URL names (0xA900).
+one the STOW URL names (0xA900); a batch the disk or the index had no room for
+(0xA700, Out of Resources), or that failed otherwise (0x0110).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import sqlite3
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
@@ -36,6 +39,7 @@ from dicomweb.coalesce import Coalescer
 from dicomweb.ingest_parse import (
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     DUPLICATE_SOP_INSTANCE,
+    OUT_OF_RESOURCES,
     PROCESSING_FAILURE,
     InstanceHeader,
     InstanceRejected,
@@ -53,6 +57,7 @@ DEFAULT_BATCH_SIZE = 64
 PARSE_IN_MEMORY = 4 * 1024 * 1024
 DESCRIBE_AHEAD = 4  # instances received but not yet described, at most (plus one)
 DESCRIBE_TOGETHER = 8  # instances described in one worker call, at most
+_OUT_OF_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class StagingBlobStore(BlobStore, Protocol):
@@ -284,9 +289,9 @@ class IngestService:
                 except InstanceRejected as refused:
                     report.failed.append(_refusal(refused))
                 except Exception as unstaged:  # its own staging failed: nothing to describe
-                    report.failed.append(Failed(PROCESSING_FAILURE, str(unstaged)))
+                    report.failed.append(Failed(failure_reason(unstaged), str(unstaged)))
                 else:
-                    report.failed.append(_failed(header, PROCESSING_FAILURE, str(exc)))
+                    report.failed.append(_failed(header, failure_reason(exc), str(exc)))
             return
         accepted = await self._accepted(received, report, expected_study)
         if not accepted:
@@ -300,7 +305,8 @@ class IngestService:
                 results = await self._index.store_batch(records, overwrite=self._options.overwrite)
             except Exception as exc:
                 log.exception("indexing a batch of %d instances failed", len(batch))
-                report.failed.extend(_failed(p.header, PROCESSING_FAILURE, str(exc)) for p in batch)
+                reason = failure_reason(exc)
+                report.failed.extend(_failed(p.header, reason, str(exc)) for p in batch)
                 await self._forget(uids)
                 return
             touched = [
@@ -348,6 +354,21 @@ async def _without_data(staging: Awaitable[StagedBlob]) -> StagedBlob:
 
 def _failed(h: InstanceHeader, reason: int, message: str) -> Failed:
     return Failed(reason, message, h.sop_class_uid, h.sop_instance_uid)
+
+
+def failure_reason(exc: BaseException) -> int:
+    """Out of Resources (0xA700) when the archive ran out of room -- a full disk or
+    quota, or a full database (SQLite's SQLITE_FULL) -- anywhere in the chain of
+    causes, so a client knows to retry later or elsewhere; else Processing Failure."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _OUT_OF_ROOM:
+            return OUT_OF_RESOURCES
+        code = getattr(seen, "sqlite_errorcode", None)  # set on errors SQLite raised
+        if isinstance(seen, sqlite3.Error) and code == sqlite3.SQLITE_FULL:
+            return OUT_OF_RESOURCES
+        seen = seen.__cause__ or seen.__context__
+    return PROCESSING_FAILURE
 
 
 def _refusal(exc: InstanceRejected) -> Failed:

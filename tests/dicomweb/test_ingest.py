@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import pickle
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -23,8 +25,8 @@ from dicomweb.imaging_study import (
     name_text,
     patient_identifier,
 )
-from dicomweb.ingest import Failed, IngestOptions, IngestService, Stored
-from dicomweb.ingest_parse import PROCESSING_FAILURE, InstanceRejected
+from dicomweb.ingest import Failed, IngestOptions, IngestService, Stored, failure_reason
+from dicomweb.ingest_parse import OUT_OF_RESOURCES, PROCESSING_FAILURE, InstanceRejected
 from dicomweb.records import split_levels
 from fhir_server.resources.worker_pool import WorkerPool
 from fhir_server.search.registry import SearchRegistry
@@ -148,11 +150,57 @@ async def test_a_failed_fsync_fails_the_batch_and_keeps_nothing(
     assert not [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
 
 
+def _full_database() -> Exception:
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorcode = sqlite3.SQLITE_FULL
+    return full
+
+
+def _wrapped(cause: Exception) -> Exception:
+    try:
+        raise RuntimeError("the store failed") from cause
+    except RuntimeError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), OUT_OF_RESOURCES),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), OUT_OF_RESOURCES),
+        (_wrapped(OSError(errno.ENOSPC, "No space left on device")), OUT_OF_RESOURCES),
+        (_wrapped(_full_database()), OUT_OF_RESOURCES),
+        (OSError(errno.EIO, "Input/output error"), PROCESSING_FAILURE),
+        (sqlite3.OperationalError("database is locked"), PROCESSING_FAILURE),
+        (_wrapped(ValueError("bad")), PROCESSING_FAILURE),
+    ],
+)
+def test_failure_reason(error: Exception, reason: int) -> None:
+    assert failure_reason(error) == reason
+
+
+async def test_an_index_without_room_fails_the_batch_out_of_resources(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    class FullIndex:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(store.dicom, name)
+
+        async def store_batch(self, *args: Any, **kwargs: Any) -> Any:
+            raise _wrapped(_full_database())
+
+    blobs = FileBlobStore(tmp_path / "blobs")
+    service = IngestService(FullIndex(), blobs, None, IngestOptions("http://x"))  # type: ignore[arg-type]
+    report = await service.ingest(stream(make_instance("1.6", "1.6.1", "1.6.1.1")))
+    assert [(f.reason, f.sop_uid) for f in report.failed] == [(OUT_OF_RESOURCES, "1.6.1.1")]
+    assert not [p for p in (tmp_path / "blobs").rglob("*.dcm") if p.is_file()]
+
+
 async def test_a_failed_staging_write_fails_the_batch_and_keeps_nothing(
     store: SqliteStore, tmp_path: Path
 ) -> None:
-    """A part whose file cannot be written (a full disk) fails its batch with a
-    processing failure per instance, as a failed fsync does; the request goes on."""
+    """A part whose file cannot be written (a full disk) fails its batch, each
+    instance Out of Resources (0xA700: try later or elsewhere); the request goes on."""
 
     class FullDisk(FileBlobStore):
         opened = 0
@@ -168,7 +216,7 @@ async def test_a_failed_staging_write_fails_the_batch_and_keeps_nothing(
     good = [make_instance("1.5", "1.5.1", f"1.5.1.{i}") for i in range(3)]
     report = await service.ingest(stream(*good))
     assert report.stored == []
-    assert [f.reason for f in report.failed] == [PROCESSING_FAILURE] * 3
+    assert [f.reason for f in report.failed] == [OUT_OF_RESOURCES] * 3
     assert "No space left" in report.failed[1].message
     assert await store.dicom.instances("1.5") == []
     assert not [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
