@@ -126,6 +126,28 @@ def human_name(pn: str) -> Json:
     return human
 
 
+# R4's core extension for the script a name is written in (ISO 21090 EN.representation)
+EN_REPRESENTATION = "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation"
+_PN_GROUPS = (("Alphabetic", None), ("Ideographic", "IDE"), ("Phonetic", "SYL"))
+
+
+def person_names(value: object) -> list[Json]:
+    """Every component group of a DICOM JSON person name (PS3.18 F.2.2) as a
+    HumanName: the alphabetic one plain, the ideographic and phonetic ones marked
+    with their representation (a name given only in kanji or hangul is kept)."""
+    if not isinstance(value, dict):
+        return []
+    names: list[Json] = []
+    for group, representation in _PN_GROUPS:
+        text = value.get(group)
+        if not isinstance(text, str) or not (human := human_name(text)):
+            continue
+        if representation is not None:
+            human["extension"] = [{"url": EN_REPRESENTATION, "valueCode": representation}]
+        names.append(human)
+    return names
+
+
 def name_text(human: Json) -> str:
     """A HumanName as people write it: prefix, given names, family name, suffix."""
     family = [human["family"]] if "family" in human else []
@@ -145,8 +167,8 @@ def map_patient(study_attrs: Json, system: str, value: str) -> dict[str, Any]:
         "resourceType": "Patient",
         "identifier": [{"system": system, "value": value}],
     }
-    if (name := _text(study_attrs, "00100010")) and (human := human_name(name)):
-        patient["name"] = [human]
+    if names := person_names(first(study_attrs, "00100010")):
+        patient["name"] = names
     sex = _text(study_attrs, "00100040")
     patient["gender"] = _SEX.get(sex or "", "unknown")
     birth = fhir_date(_text(study_attrs, "00100030"))

@@ -144,6 +144,25 @@ async def test_patient_ids_of_two_issuers_are_two_patients(tmp_path: Path) -> No
         ]
 
 
+async def test_a_patient_named_in_three_scripts(tmp_path: Path) -> None:
+    """The Patient the archive creates keeps the ideographic and phonetic names too,
+    and the FHIR validation takes them (PS3.5 H.3.1's example name, UTF-8)."""
+    ds = pydicom.dcmread(io.BytesIO(make_instance("6.1", "6.1.1", patient_id="J-1")))
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientName = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    async with running(fast_settings(tmp_path / "data")) as (app, client):
+        assert (await stow(client, out.getvalue())).status_code == 200
+        await settled(app)
+        study = (await client.get("/fhir/ImagingStudy/6.1")).json()
+        patient = (await client.get(f"/fhir/{study['subject']['reference']}")).json()
+    scripts = [
+        (n["family"], [e["valueCode"] for e in n.get("extension", [])]) for n in patient["name"]
+    ]
+    assert scripts == [("Yamada", []), ("山田", ["IDE"]), ("やまだ", ["SYL"])]
+
+
 async def test_default_patient_system(tmp_path: Path) -> None:
     settings = fast_settings(tmp_path / "data", default_patient_system="urn:example:mrn")
     async with running(settings) as (app, client):

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from dicomweb.blobstore import FileBlobStore, StagedBlob
 from dicomweb.imaging_study import (
+    EN_REPRESENTATION,
     PatientNamespaces,
     StudyLinks,
     coded_concept,
@@ -512,3 +513,26 @@ def test_map_patient_from_the_dicom_demographics() -> None:
     assert "name" not in map_patient(
         {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "^^"}]}}, "s", "v"
     )
+
+
+def test_every_group_of_a_person_name_is_a_human_name() -> None:
+    """PS3.5 H.3.1's example: alphabetic, ideographic and phonetic groups."""
+    japanese = {
+        "Alphabetic": "Yamada^Tarou",
+        "Ideographic": "山田^太郎",
+        "Phonetic": "やまだ^たろう",
+    }
+    attrs = {"00100010": {"vr": "PN", "Value": [japanese]}}
+
+    def script(code: str) -> list[dict[str, str]]:
+        return [{"url": EN_REPRESENTATION, "valueCode": code}]
+
+    assert map_patient(attrs, "s", "v")["name"] == [
+        {"family": "Yamada", "given": ["Tarou"]},
+        {"family": "山田", "given": ["太郎"], "extension": script("IDE")},
+        {"family": "やまだ", "given": ["たろう"], "extension": script("SYL")},
+    ]
+    only_kanji = {"00100010": {"vr": "PN", "Value": [{"Ideographic": "山田^太郎"}]}}
+    assert map_patient(only_kanji, "s", "v")["name"] == [
+        {"family": "山田", "given": ["太郎"], "extension": script("IDE")}
+    ]
