@@ -5,15 +5,8 @@ This package re-exports the backend-independent building blocks (PS3.18).
 
 from __future__ import annotations
 
-from dicomweb.blobstore import (
-    BlobError,
-    BlobNotFound,
-    BlobRef,
-    BlobStore,
-    FileBlobStore,
-    InvalidBlobKey,
-    blob_stem,
-)
+from dicomweb.blob_errors import BlobError, BlobNotFound, InvalidBlobKey
+from dicomweb.blobstore import BlobRef, BlobStore, FileBlobStore, blob_stem
 from dicomweb.dicom_json import (
     format_tag_path,
     from_dicom_json,

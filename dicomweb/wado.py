@@ -39,7 +39,7 @@ from typing import TypeVar
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from dicomweb.blobstore import Piece
+from dicomweb.blob_gather import Piece
 from dicomweb.http_common import (
     DICOM_JSON,
     DicomwebServices,

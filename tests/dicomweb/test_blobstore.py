@@ -16,16 +16,9 @@ from typing import Any, BinaryIO
 
 import pytest
 
-from dicomweb.blobstore import (
-    WRITE_ON_LOOP_MOST,
-    BlobError,
-    BlobNotFound,
-    BlobRef,
-    FileBlobStore,
-    InvalidBlobKey,
-    Piece,
-    blob_stem,
-)
+from dicomweb.blob_errors import BlobError, BlobNotFound, InvalidBlobKey
+from dicomweb.blob_gather import Piece
+from dicomweb.blobstore import WRITE_ON_LOOP_MOST, BlobRef, FileBlobStore, blob_stem
 
 Sample = Callable[[str], Path]
 STUDY, SERIES, SOP = "1.2.3", "1.2.3.4", "1.2.3.4.5"
