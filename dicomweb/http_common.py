@@ -27,7 +27,7 @@ from dicomweb.blobstore import FileBlobStore
 from dicomweb.ingest import IngestService
 from dicomweb.qido import QidoError
 from dicomweb.study_sync import StudySync
-from dicomweb.transfer_syntax import NotAcceptable, parse_accept
+from dicomweb.transfer_syntax import NotAcceptable, parse_accept, weighted_values
 from fhir_server.access.context import AuthContext, Interaction
 from fhir_server.access.policy import AccessPolicy, compartment_filter
 from fhir_server.access.stored import Searcher, ids_matching, lookup_in, needs_store
@@ -103,19 +103,7 @@ def gzip_preferred(accept_encoding: str | None) -> bool:
     (RFC 9110 §12.5.3)."""
     if not accept_encoding:
         return False
-    quality: dict[str, float] = {}
-    for item in accept_encoding.split(","):
-        coding, *params = (p.strip() for p in item.split(";"))
-        q = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        if coding:
-            quality[coding.lower()] = q
+    quality = {coding.media_type: coding.q for coding in weighted_values(accept_encoding)}
     anything = quality.get("*")
     gzip = quality.get("gzip", quality.get("x-gzip", anything or 0.0))
     identity = quality.get("identity", anything)  # None: acceptable, with no stated preference

@@ -127,9 +127,15 @@ class MediaRange:
 
 def parse_accept(header: str) -> tuple[MediaRange, ...]:
     """Parse an Accept header into media ranges, best first (PS3.18 §8.7.2)."""
-    ranges = [_parse_range(part) for part in _split_outside_quotes(header, ",")]
-    kept = [r for r in ranges if r is not None and r.q > 0]
+    kept = [r for r in weighted_values(header) if r.q > 0]
     return tuple(sorted(kept, key=lambda r: -r.q))
+
+
+def weighted_values(header: str) -> tuple[MediaRange, ...]:
+    """Every well-formed entry of a header of weighted values (Accept,
+    Accept-Encoding: RFC 9110 §12.4.2), in order, those with q=0 too."""
+    ranges = (_parse_range(part) for part in _split_outside_quotes(header, ","))
+    return tuple(r for r in ranges if r is not None)
 
 
 def _ranges(accept: str | None) -> tuple[MediaRange, ...]:
