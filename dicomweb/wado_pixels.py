@@ -231,14 +231,16 @@ async def bulkdata(
     except ValueError as exc:
         raise NotFound(str(exc)) from exc
     (row,) = await instance_rows(svc, auth, uids[0], uids[1], uids[2])
-    vr = await _bulk_vr(svc, row, path)
     accept = request.headers.get("accept")
     boundary = new_boundary()
     if path == (PIXEL_DATA,):
+        if not row.extra.get("pixel"):  # else the index says where it is: no metadata to read
+            await _bulk_vr(svc, row, path)
         forms = _forms(accept, row, by_frame=False)
         form, parts = await _first_made(row, forms, lambda f: _pixel_parts(svc, row, f))
         media = related_content_type(boundary, form.media_type, form.transfer_syntax)
         return StreamingResponse(write_parts(parts, boundary), media_type=media)
+    vr = await _bulk_vr(svc, row, path)
     if not any(f.native for f in pixel_forms(accept, EXPLICIT_VR_LITTLE_ENDIAN)):
         raise NotAcceptable(f"bulk data is sent as {OCTET}, not {accept!r}")
     big = row.transfer_syntax_uid == EXPLICIT_VR_BIG_ENDIAN
