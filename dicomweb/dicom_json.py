@@ -221,6 +221,12 @@ def _deferred(raw: RawDataElement, path: tuple[int, ...], ctx: _Context) -> Json
     return {"vr": vr, "BulkDataURI": _bulk_uri(ctx, path)}
 
 
+def dictionary_vr(tag: int) -> str:
+    """The data dictionary's VR of ``tag``, an ambiguous one resolved as values are
+    written here; UN for a tag the dictionary does not know (a private one)."""
+    return _vr(None, tag)
+
+
 def _vr(vr: str | None, tag: int) -> str:
     if not vr:
         try:

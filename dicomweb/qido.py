@@ -20,7 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import tag_for_keyword
+
+from dicomweb.dicom_json import dictionary_vr
 
 Level = Literal["study", "series", "instance"]
 LEVELS: tuple[Level, ...] = ("study", "series", "instance")
@@ -329,7 +331,7 @@ class _State:
             return
         if path in self.matches:
             raise QidoError(f"attribute {name!r} appears more than once")
-        vr = _vr(path[-1])
+        vr = dictionary_vr(path[-1])
         self.matches[path] = Match(path, vr, parse_matcher(vr, value))
 
 
@@ -371,13 +373,6 @@ def _tag(text: str) -> int | None:
     if re.fullmatch(r"[0-9A-Fa-f]{8}", text):
         return int(text, 16)
     return tag_for_keyword(text)
-
-
-def _vr(tag: int) -> str:
-    try:
-        return dictionary_VR(tag)
-    except KeyError:
-        return "UN"
 
 
 def parse_matcher(vr: str, value: str) -> Matcher:

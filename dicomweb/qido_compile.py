@@ -4,7 +4,9 @@ Query values are normalised with the same functions ``records`` applies to
 stored values, so the index compares plain strings. Results carry every
 attribute PS3.18 Tables 10.6.3-3/4/5 require at the levels searched, the
 aggregates the index keeps (ModalitiesInStudy and the counts) and a
-RetrieveURL, filtered by ``includefield`` unless ``includefield=all``.
+RetrieveURL, filtered by ``includefield`` unless ``includefield=all``; one
+asked for (required, matched or included) that a result has no value for is
+there empty (``result_shape``).
 
 A StudyDate range with a StudyTime range (and the like, ``date_time_pairs``)
 is one range on the pair's datetime key (PS3.4 C.2.2.2.5); two or more keys in
@@ -22,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from dicomweb.dicom_json import dictionary_vr
 from dicomweb.qido import (
     LEVEL_OF,
     NUMERIC_VRS,
@@ -58,6 +61,7 @@ AVAILABLE_TRANSFER_SYNTAX = "00083002"
 STUDY_RELATED_SERIES = "00201206"
 STUDY_RELATED_INSTANCES = "00201208"
 SERIES_RELATED_INSTANCES = "00201209"
+ONLY_IF_PRESENT = frozenset({0x00080201})  # TimezoneOffsetFromUTC
 
 
 @dataclass(frozen=True)
@@ -200,8 +204,32 @@ def instance_json(match: DicomMatch, base: str) -> Json:
     return out
 
 
-def result_json(query: QidoQuery, match: DicomMatch, base: str) -> Json:
-    """One QIDO-RS result object (PS3.18 §10.6.3.3), filtered to what was asked for."""
+@dataclass(frozen=True)
+class ResultShape:
+    """What each result of one query carries: the attributes kept (None: all) and
+    the empty attributes standing in for those a result has no value for."""
+
+    keep: frozenset[str] | None
+    empty: tuple[tuple[str, Json], ...]
+
+
+def result_shape(query: QidoQuery) -> ResultShape:
+    """A required, matched or included attribute a result has no value for is
+    returned empty, as a C-FIND SCP returns a return key it has no value for
+    (PS3.4 C.4.1.1.3.2): a client can tell "no value" from "not looked at".
+    TimezoneOffsetFromUTC is returned only if present (PS3.18 Table 10.6.3-3)."""
+    wanted = return_attributes(query)
+    keys = [f"{p[0]:08X}" for p in wanted]
+    empty = tuple(
+        (key, {"vr": dictionary_vr(p[0])})
+        for key, p in zip(keys, wanted, strict=True)
+        if p[0] not in ONLY_IF_PRESENT
+    )
+    return ResultShape(None if query.include_all else frozenset(keys), empty)
+
+
+def result_json(query: QidoQuery, match: DicomMatch, base: str, shape: ResultShape) -> Json:
+    """One QIDO-RS result object (PS3.18 §10.6.3.3), shaped by ``result_shape(query)``."""
     merged: Json = {}
     if "study" in query.levels:
         merged |= study_json(match, base)
@@ -213,7 +241,8 @@ def result_json(query: QidoQuery, match: DicomMatch, base: str) -> Json:
         merged[RETRIEVE_URL] = (
             series_json(match, base) if query.level == "series" else instance_json(match, base)
         )[RETRIEVE_URL]
-    if not query.include_all:
-        wanted = {f"{p[0]:08X}" for p in return_attributes(query)}
-        merged = {k: v for k, v in merged.items() if k in wanted}
+    if shape.keep is not None:
+        merged = {k: v for k, v in merged.items() if k in shape.keep}
+    for key, nothing in shape.empty:
+        merged.setdefault(key, nothing)
     return dict(sorted(merged.items()))

@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from dicomweb.http_common import DICOM_JSON, DicomwebServices, check_json_accept, study_scope
 from dicomweb.qido import Level, parse_qido, warning_header
-from dicomweb.qido_compile import Scope, compile_query, result_json
+from dicomweb.qido_compile import Scope, compile_query, result_json, result_shape
 from fhir_server.access.context import AuthContext, Interaction
 
 TOO_MANY = (
@@ -46,7 +46,8 @@ async def search(
     query = parse_qido(level, params, scope=_scope_level(scope), max_limit=svc.max_results)
     compiled = replace(compile_query(query, scope, None), patient_refs=patients)
     page = await svc.index.search(compiled)
-    body = orjson.dumps([result_json(query, m, svc.base_url) for m in page.matches])
+    shape = result_shape(query)
+    body = orjson.dumps([result_json(query, m, svc.base_url, shape) for m in page.matches])
     response = Response(body, media_type=DICOM_JSON)
     for text in query.warnings:
         response.headers.append("Warning", warning_header(text))

@@ -25,7 +25,13 @@ import orjson
 
 from dicomweb.blobstore import BlobRef
 from dicomweb.coalesce import outcomes
-from dicomweb.dicom_json import JsonDataset, instance_uri_prefix, to_dicom_json, with_bulk_uris
+from dicomweb.dicom_json import (
+    JsonDataset,
+    dictionary_vr,
+    instance_uri_prefix,
+    to_dicom_json,
+    with_bulk_uris,
+)
 from dicomweb.ingest_parse import (
     InstanceHeader,
     ParsedInstance,
@@ -40,7 +46,6 @@ from dicomweb.qido import (
     NUMERIC_VRS,
     RANGE_VRS,
     Level,
-    _vr,
     date_time_pairs,
     pn_normal,
     sequence_keys,
@@ -138,7 +143,7 @@ def item_key(sequence: int) -> str:
 
 
 def _normal_at(attrs: Json, path: tuple[int, ...]) -> list[str]:
-    vr = _vr(path[-1])
+    vr = dictionary_vr(path[-1])
     return [n for value in _path_values(attrs, path) for n in normal_values(vr, value)]
 
 

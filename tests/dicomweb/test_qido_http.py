@@ -131,6 +131,34 @@ async def test_instance_results_carry_no_file_meta(loaded: httpx.AsyncClient) ->
     assert "00083002" not in plain and "00020010" not in plain
 
 
+async def test_attributes_without_a_value_are_returned_empty(loaded: httpx.AsyncClient) -> None:
+    # The instances have no ReferringPhysicianName, StudyID, OperatorsName,
+    # SeriesDescription, ... : asked for (required, matched or included), each is
+    # returned with no value, as a C-FIND SCP returns them (PS3.4 C.4.1.1.3.2).
+    params = {"ReferringPhysicianName": "*", "includefield": "OperatorsName,StudyDescription"}
+    for include in (params["includefield"], "all"):
+        found = await loaded.get(
+            "/dicomweb/studies", params={**params, "includefield": include, "PatientID": "P1.1"}
+        )
+        (study,) = found.json()
+        assert study["00080090"] == {"vr": "PN"}  # required and matched, absent
+        assert study["00200010"] == {"vr": "SH"}  # StudyID, required, absent
+        assert study["00081030"] == {"vr": "LO", "Value": ["CHEST"]}  # included, present
+        assert "00080201" not in study  # TimezoneOffsetFromUTC: only if present
+        # OperatorsName: empty where named; "all" returns what the study has
+        assert study.get("00081070") == ({"vr": "PN"} if include != "all" else None)
+    (series,) = (await loaded.get("/dicomweb/studies/1.1/series")).json()
+    assert series["0008103E"] == {"vr": "LO"}  # SeriesDescription
+    assert series["00400244"] == {"vr": "DA"}  # PerformedProcedureStepStartDate
+    assert series["00400275"] == {"vr": "SQ"}  # RequestAttributesSequence
+    assert series["00080060"] == {"vr": "CS", "Value": ["CT"]}
+    (instance,) = (await loaded.get("/dicomweb/studies/1.1/instances")).json()
+    assert instance["00280008"] == {"vr": "IS"}  # NumberOfFrames of a single frame
+    assert instance["00280010"] == {"vr": "US", "Value": [8]}
+    (plain,) = (await loaded.get("/dicomweb/studies", params={"PatientID": "P1.1"})).json()
+    assert "00081070" not in plain  # not asked for: not returned
+
+
 @pytest.mark.parametrize(
     "path",
     [
