@@ -51,6 +51,7 @@ WRITE_BLOCK = 1024 * 1024
 WRITE_ON_LOOP_MOST = 64 * 1024
 _TEMP_PREFIX = ".tmp-"
 _STAGING = ".staging"
+_PLACE_TRIES = 3
 _KEY_RE = re.compile(
     r"^[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{40}/[0-9a-f]{40}/[0-9a-f]{40}\.[0-9a-f]{16}\.dcm$"
 )
@@ -153,11 +154,22 @@ class FileBlobStore:
     def _commit(self, tmp: Path, final: Path) -> None:
         if self._fsync:
             fsync_path(tmp)
-        if not final.parent.is_dir():
-            self._make_dirs(final.parent)
-        os.replace(tmp, final)
+        self._place(tmp, final)
         if self._fsync:
             fsync_path(final.parent)
+
+    def _place(self, tmp: Path, final: Path) -> None:
+        """Rename ``tmp`` to ``final``, making its directory if it is missing, again if
+        a DELETE pruned it (emptied) between the two: the rename fails, then only."""
+        for attempt in range(_PLACE_TRIES):
+            if attempt or not final.parent.is_dir():
+                self._make_dirs(final.parent)
+            try:
+                os.replace(tmp, final)
+                return
+            except FileNotFoundError:
+                if attempt == _PLACE_TRIES - 1 or not tmp.exists():
+                    raise
 
     async def stage(self, chunks: AsyncIterable[Chunk], *, keep: int = 0) -> StagedBlob:
         """Stream ``chunks`` to a temporary file before the UIDs are known (ingest
@@ -218,9 +230,7 @@ class FileBlobStore:
         for staged, study_uid, series_uid, sop_uid in items:
             key = f"{blob_stem(study_uid, series_uid, sop_uid)}.{staged.sha256[:16]}.dcm"
             final = self._root / key
-            if not final.parent.is_dir():
-                self._make_dirs(final.parent)
-            os.replace(staged.path, final)
+            self._place(staged.path, final)
             directories[final.parent] = None
             refs.append(BlobRef(key=key, size=staged.size, sha256=staged.sha256))
         if self._fsync:
@@ -269,14 +279,23 @@ class FileBlobStore:
         return blob_gather.gather(self.path_for, pieces, block_size=block_size)
 
     async def delete(self, key: str) -> bool:
-        """Remove a blob; True if it existed."""
-        path = self.path_for(key)
+        """Remove a blob; True if it existed. Its series' and study's directories go
+        too once empty, so an archive that deletes does not fill up with them."""
+        return await asyncio.to_thread(self._delete, self.path_for(key))
+
+    def _delete(self, path: Path) -> bool:
         try:
-            await asyncio.to_thread(path.unlink)
+            path.unlink()
         except FileNotFoundError:
             return False
         if self._fsync:
-            await asyncio.to_thread(fsync_path, path.parent)
+            fsync_path(path.parent)
+        # not fsynced: an empty directory back after a crash is only an empty directory
+        for directory in (path.parent, path.parent.parent):  # series, then study
+            try:
+                directory.rmdir()
+            except OSError:  # not empty (the usual case), or already gone
+                break
         return True
 
     async def exists(self, key: str) -> bool:

@@ -124,6 +124,47 @@ async def test_delete_and_missing_blob(tmp_path: Path) -> None:
         await read_all(store, ref.key)
 
 
+async def test_delete_prunes_the_emptied_series_and_study_directories(tmp_path: Path) -> None:
+    store = FileBlobStore(tmp_path)
+    first = await store.write(STUDY, SERIES, SOP, achunks([b"one"]))
+    second = await store.write(STUDY, SERIES, "1.2.3.4.6", achunks([b"two"]))
+    other = await store.write(STUDY, "1.2.3.7", "1.2.3.7.1", achunks([b"three"]))
+    series_dir = store.path_for(first.key).parent
+    study_dir = series_dir.parent
+    await store.delete(first.key)
+    assert series_dir.is_dir()  # the series still holds an instance
+    await store.delete(second.key)
+    assert not series_dir.exists() and study_dir.is_dir()  # the study still has a series
+    await store.delete(other.key)
+    assert not study_dir.exists()
+    assert study_dir.parent.is_dir()  # the shared fan-out levels stay
+    again = await store.write(STUDY, SERIES, SOP, achunks([b"one"]))
+    assert await read_all(store, again.key) == b"one"
+
+
+async def test_a_directory_pruned_before_the_rename_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DELETE may remove the series directory between ingest making it and renaming
+    a staged file into it: the rename fails, the directory is made again."""
+    store = FileBlobStore(tmp_path)
+    keep = await store.write(STUDY, SERIES, SOP, achunks([b"kept"]))
+    real_replace = os.replace
+    pruned: list[Path] = []
+
+    def replace(src: str, dst: str) -> None:
+        target = Path(dst)
+        if not pruned and target.parent.name != ".staging":
+            shutil.rmtree(target.parent.parent)  # the study, as a DELETE leaves it
+            pruned.append(target.parent)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    ref = await store.write(STUDY, SERIES, "1.2.3.4.9", achunks([b"late"]))
+    assert pruned and await read_all(store, ref.key) == b"late"
+    assert not await store.exists(keep.key)  # (the simulated DELETE took it)
+
+
 async def failing_body() -> AsyncIterator[bytes]:
     yield b"first half of the instance"
     raise ConnectionResetError("client went away")

@@ -195,5 +195,9 @@ async def test_delete_needs_system_scope_and_updates_everything(
     assert (await loaded.delete("/dicomweb/studies/1.2.3")).status_code == 204
     assert (await loaded.get("/fhir/ImagingStudy/1.2.3")).status_code == 410
     assert await app.state.dicomweb.index.study("1.2.3") is None
-    keys = await app.state.dicomweb.blobs.keys()
+    blobs = app.state.dicomweb.blobs
+    keys = await blobs.keys()
     assert len(keys) == 1  # only the JPEG 2000 study's blob is left
+    # and no emptied directory: below the fan-out, only that study's
+    studies = [d for d in blobs.root.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]/*") if d.is_dir()]
+    assert studies == [blobs.path_for(keys[0]).parent.parent]
