@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from dicomweb.archive_locks import ArchiveLocks
 from dicomweb.blob_journal import InstanceUids, IntentJournal, reconcile_instances
 from dicomweb.blobstore import BlobRef, BlobStore, Chunk, FileBlobStore, StagedBlob, StagedItem
 from dicomweb.coalesce import Coalescer
@@ -162,12 +163,15 @@ class IngestService:
         options: IngestOptions,
         journal: IntentJournal | None = None,
         offload: Offload | None = None,
+        locks: ArchiveLocks | None = None,
     ) -> None:
         self._index = index
         self._blobs = blobs
         self._sync = sync
         self._options = options
         self._journal = journal
+        # DELETE takes its study's lock from here (``archive_locks``)
+        self.locks = locks or ArchiveLocks()
         self._offload: Offload = offload or asyncio.to_thread
         # a thread can parse the bytes still in memory; a process reads the file
         self._keep = PARSE_IN_MEMORY if offload is None else 0
@@ -192,12 +196,12 @@ class IngestService:
                     # bounded: an instance waiting to be described may hold its bytes
                     await asyncio.wait([batch[-DESCRIBE_AHEAD - 1].described])
                 if len(batch) >= self._options.batch_size:
-                    pending, batch = batch, []
-                    await self._flush(pending, report, expected_study)
+                    await self._flush(batch, report, expected_study)
+                    batch = []
+            await self._flush(batch, report, expected_study)
         except BaseException:
             await self._discard(batch)  # never acknowledged: leave no staged file behind
             raise
-        await self._flush(batch, report, expected_study)
         return report
 
     async def ingest_one(self, body: AsyncIterable[Chunk]) -> Stored | Failed:
@@ -260,6 +264,11 @@ class IngestService:
                 await self._discard([r])
                 report.failed.append(_refusal(exc))
                 continue
+            except Exception as exc:  # a fault in describing it: this instance alone fails
+                log.exception("describing a received instance failed")
+                await self._discard([r])
+                report.failed.append(Failed(PROCESSING_FAILURE, f"could not be read: {exc}"))
+                continue
             h = described.header
             if expected_study is not None and h.study_instance_uid != expected_study:
                 await self._discard([r])
@@ -296,18 +305,30 @@ class IngestService:
         accepted = await self._accepted(received, report, expected_study)
         if not accepted:
             return
+        # once begun, a commit runs to its end even if the request is cancelled:
+        # cut short between a rename and the index write, it would leave an orphan
+        await asyncio.shield(self._commit(accepted, report))
+
+    async def _commit(self, accepted: list[_Accepted], report: IngestReport) -> None:
+        """Adopt the staged files under their keys and index them, inside an intent
+        (``blob_journal``) and holding their instances and studies (``archive_locks``);
+        a batch that fails leaves neither blob nor staged file behind."""
         uids = [a.uids for a in accepted]
-        async with self._intent(uids):
-            refs = await self._blobs.adopt_many([(a.staged, *a.uids) for a in accepted])
-            batch = [_Pending(a.described, ref) for a, ref in zip(accepted, refs, strict=True)]
+        studies, sops = {u[0] for u in uids}, {u[2] for u in uids}
+        async with self.locks.storing(studies, sops), self._intent(uids):
             try:
+                refs = await self._blobs.adopt_many([(a.staged, *a.uids) for a in accepted])
+                batch = [_Pending(a.described, ref) for a, ref in zip(accepted, refs, strict=True)]
                 records = [with_blob(p.described.record, p.blob) for p in batch]
                 results = await self._index.store_batch(records, overwrite=self._options.overwrite)
             except Exception as exc:
-                log.exception("indexing a batch of %d instances failed", len(batch))
+                log.exception("storing a batch of %d instances failed", len(accepted))
                 reason = failure_reason(exc)
-                report.failed.extend(_failed(p.header, reason, str(exc)) for p in batch)
+                failed = (_failed(a.described.header, reason, str(exc)) for a in accepted)
+                report.failed.extend(failed)
                 await self._forget(uids)
+                for a in accepted:  # those the failed adoption left in staging
+                    await self._blobs.discard(a.staged)
                 return
             touched = [
                 await self._settle(p, r, report) for p, r in zip(batch, results, strict=True)
@@ -334,16 +355,24 @@ class IngestService:
         """Record the outcome and remove blobs nothing refers to; the study UID if changed."""
         h = pending.header
         if result.outcome == "conflict":
-            await self._blobs.delete(pending.blob.key)
+            await self._remove(pending.blob.key)
             message = f"SOP Instance {h.sop_instance_uid} is stored with different content"
             report.failed.append(_failed(h, DUPLICATE_SOP_INSTANCE, message))
             return None
         if result.previous is not None and result.previous.key != pending.blob.key:
-            await self._blobs.delete(result.previous.key)
+            await self._remove(result.previous.key)
         report.stored.append(
             Stored(h.sop_class_uid, h.sop_instance_uid, h.study_instance_uid, h.series_instance_uid)
         )
         return None if result.outcome == "duplicate" else h.study_instance_uid
+
+    async def _remove(self, key: str) -> None:
+        """Remove a blob the index no longer names; the outcome stands if that fails
+        (the blob is then only space, found by the next reconciliation of its instance)."""
+        try:
+            await self._blobs.delete(key)
+        except OSError:
+            log.exception("could not remove blob %s", key)
 
 
 async def _without_data(staging: Awaitable[StagedBlob]) -> StagedBlob:

@@ -33,7 +33,9 @@ from dicomweb.dicom_json import (
     with_bulk_uris,
 )
 from dicomweb.ingest_parse import (
+    CANNOT_UNDERSTAND,
     InstanceHeader,
+    InstanceRejected,
     ParsedInstance,
     PixelDataLocation,
     ScannedInstance,
@@ -290,6 +292,16 @@ _NO_BLOB = BlobLocation("", 0, "")
 def describe_instance(source: Path | bytes, base_url: str) -> Described:
     """Parse one received instance and build its index record (pure; picklable, so
     it runs in a worker process). Raises ``InstanceRejected``."""
+    try:
+        return _describe(source, base_url)
+    except (RecursionError, orjson.JSONEncodeError) as exc:
+        # sequences nested deeper than a parser's recursion or JSON's depth allow
+        # (no real object nests near that): a data set that cannot be read here
+        message = f"the data set cannot be read: its sequences nest too deeply ({exc})"
+        raise InstanceRejected(CANNOT_UNDERSTAND, message) from None
+
+
+def _describe(source: Path | bytes, base_url: str) -> Described:
     scanned = scan_instance(source)
     if scanned is not None:
         return Described(scanned.header, scanned_record(scanned, _NO_BLOB, base_url))

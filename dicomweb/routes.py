@@ -252,15 +252,18 @@ def _delete_routes(router: _Paths, svc: DicomwebServices) -> None:
         async def work(auth: AuthContext) -> Response:
             require_system_delete(svc, auth)
             await visible_study(svc, auth, study, Interaction.DELETE)
-            doomed = [
-                (r.study_uid, r.series_uid, r.uid) for r in await svc.index.instance_files(*uids)
-            ]
-            async with svc.intent(doomed):  # a crash between the two leaves no orphan
-                gone = await svc.index.delete(study, series, sop)
-                if not gone.blobs:
-                    raise NotFound("no such series or instance")
-                for blob in gone.blobs:
-                    await svc.blobs.delete(blob.key)
+            # no ingest into the study from reading the rows to removing their blobs
+            async with svc.ingest.locks.removing(study):
+                doomed = [
+                    (r.study_uid, r.series_uid, r.uid)
+                    for r in await svc.index.instance_files(*uids)
+                ]
+                async with svc.intent(doomed):  # a crash between the two leaves no orphan
+                    gone = await svc.index.delete(study, series, sop)
+                    if not gone.blobs:
+                        raise NotFound("no such series or instance")
+                    for blob in gone.blobs:
+                        await svc.blobs.delete(blob.key)
             if svc.sync is not None:
                 try:
                     await svc.sync.sync(gone.studies)

@@ -1,0 +1,142 @@
+"""Who may change an instance's blob and index row at the same time.
+
+Ingest renames a staged file under its key and then writes the index row;
+DELETE reads a scope's rows, deletes them and then removes their blobs. Blob
+keys come from the content, so an identical re-send lands on the very file a
+concurrent DELETE is about to remove: without exclusion, the re-send could be
+acknowledged with its row written after the DELETE and its file gone. So:
+
+- a DELETE holds its study *exclusively*, from reading the rows it will delete
+  until their blobs are gone (so no ingest commits into that study in between,
+  and every blob it removes is one it read and listed in its intent);
+- an ingest batch holds each of its studies *shared* (batches into one study go
+  on together) and each of its SOP Instance UIDs exclusively (two batches
+  carrying one instance take turns: a failed batch's clean-up cannot remove the
+  file the other placed but has not indexed yet).
+
+A waiting DELETE goes before ingests that arrive after it, so a busy study cannot
+hold it off for ever. Keys are taken in one global order (instances, then
+studies, each sorted), so two holders never wait for each other. This excludes
+within one process: servers sharing one MongoDB and one blob store do not
+exclude each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+
+_INSTANCE = "i"
+_STUDY = "s"  # after _INSTANCE: the global order of ``_Key``
+
+_Key = tuple[str, str]
+_Waiter = tuple[bool, "asyncio.Future[None]"]  # (exclusive, granted when set)
+
+
+@dataclass
+class _Gate:
+    """One key's holders, and its waiters in arrival order; ``users`` counts both."""
+
+    readers: int = 0
+    writer: bool = False
+    waiting: deque[_Waiter] = field(default_factory=deque)
+    users: int = 0
+
+
+class ArchiveLocks:
+    """The study and instance locks of one archive (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._gates: dict[_Key, _Gate] = {}
+
+    @contextlib.asynccontextmanager
+    async def storing(self, studies: Iterable[str], sops: Iterable[str]) -> AsyncIterator[None]:
+        """Held while a batch renames its files under their keys and indexes them."""
+        wanted = [((_INSTANCE, uid), True) for uid in sorted(set(sops))]
+        wanted += [((_STUDY, uid), False) for uid in sorted(set(studies))]
+        async with contextlib.AsyncExitStack() as held:
+            for key, exclusive in wanted:
+                await held.enter_async_context(self._hold(key, exclusive))
+            yield
+
+    @contextlib.asynccontextmanager
+    async def removing(self, study: str) -> AsyncIterator[None]:
+        """Held while a DELETE in ``study`` reads, deletes and removes its instances."""
+        async with self._hold((_STUDY, study), True):
+            yield
+
+    def busy(self) -> int:
+        """How many keys are held or waited for (0 when idle: nothing is kept)."""
+        return len(self._gates)
+
+    @contextlib.asynccontextmanager
+    async def _hold(self, key: _Key, exclusive: bool) -> AsyncIterator[None]:
+        gate = self._gates.get(key)
+        if gate is None:
+            gate = self._gates[key] = _Gate()
+        gate.users += 1
+        try:
+            await _acquire(gate, exclusive)
+            try:
+                yield
+            finally:
+                _release(gate, exclusive)
+        finally:
+            gate.users -= 1
+            if gate.users == 0:
+                del self._gates[key]
+
+
+def _compatible(gate: _Gate, exclusive: bool) -> bool:
+    return not gate.writer and (not exclusive or gate.readers == 0)
+
+
+def _take(gate: _Gate, exclusive: bool) -> None:
+    if exclusive:
+        gate.writer = True
+    else:
+        gate.readers += 1
+
+
+async def _acquire(gate: _Gate, exclusive: bool) -> None:
+    # first come, first served: a reader arriving after a waiting writer waits too
+    if not gate.waiting and _compatible(gate, exclusive):
+        _take(gate, exclusive)
+        return
+    waiter: _Waiter = (exclusive, asyncio.get_running_loop().create_future())
+    gate.waiting.append(waiter)
+    try:
+        await waiter[1]
+    except asyncio.CancelledError:
+        if waiter[1].done() and not waiter[1].cancelled():
+            _release(gate, exclusive)  # granted just as it was cancelled
+        else:
+            if waiter in gate.waiting:  # (``_grant`` drops a cancelled one it meets)
+                gate.waiting.remove(waiter)
+            _grant(gate)  # it may have held back those behind it
+        raise
+
+
+def _release(gate: _Gate, exclusive: bool) -> None:
+    # no await: a release cannot be cancelled halfway
+    if exclusive:
+        gate.writer = False
+    else:
+        gate.readers -= 1
+    _grant(gate)
+
+
+def _grant(gate: _Gate) -> None:
+    while gate.waiting:
+        exclusive, granted = gate.waiting[0]
+        if granted.cancelled():  # its task has not yet seen the cancellation
+            gate.waiting.popleft()
+            continue
+        if not _compatible(gate, exclusive):
+            return
+        gate.waiting.popleft()
+        _take(gate, exclusive)
+        granted.set_result(None)
