@@ -280,12 +280,18 @@ class StudySync:
         """One FHIR transaction for ``study_uids``, then their Patients on the index."""
         async with self._lock:
             patients: dict[str, str] = {}
+            written: dict[str, int] = {}  # study -> the revision its ImagingStudy shows
             async with self._svc.store.transaction() as tx:
                 endpoint = await self._ensure_endpoint(tx)
                 for uid in study_uids:
-                    await self._sync_one(tx, uid, endpoint, patients)
+                    revision = await self._sync_one(tx, uid, endpoint, patients)
+                    if revision is not None:
+                        written[uid] = revision
+            index = self._svc.store.dicom
             for uid, patient in patients.items():
-                await self._svc.store.dicom.set_patient(uid, patient)
+                await index.set_patient(uid, patient)
+            for uid, revision in written.items():
+                await index.mark_synced(uid, revision)
 
     async def relink(self, study_uid: str) -> bool:
         """Rewrite the study's ImagingStudy if its ``basedOn`` is not the order its
@@ -307,7 +313,10 @@ class StudySync:
         return True
 
     async def in_sync(self, study: StudyRow) -> bool:
-        """Whether the study's ImagingStudy reflects the index (``matches_index``)."""
+        """Whether the study's ImagingStudy was written from its latest revision and
+        reflects the index (``matches_index``)."""
+        if study.synced_revision < study.revision:
+            return False
         current = await self._svc.store.read(IMAGING_STUDY, study.uid)
         return matches_index(body_of(current), study)
 
@@ -320,15 +329,16 @@ class StudySync:
 
     async def _sync_one(
         self, tx: Transaction, uid: str, endpoint: str, patients: dict[str, str]
-    ) -> None:
-        """Write one study's ImagingStudy; a Patient the index lacks goes to ``patients``."""
+    ) -> int | None:
+        """Write one study's ImagingStudy; a Patient the index lacks goes to ``patients``.
+        The study's revision it was written from (None: the study is gone)."""
         index = self._svc.store.dicom
         study = await index.study(uid)
         current = body_of(await tx.current(IMAGING_STUDY, uid))
         if study is None:
             if current is not None:
                 await crud.delete_in(tx, self._svc, self._auth, IMAGING_STUDY, uid)
-            return
+            return None
         patient = study.patient_ref
         if patient is None:
             patient = patients[uid] = await self._patient_in(tx, study.attrs)
@@ -338,9 +348,9 @@ class StudySync:
             endpoint=endpoint,
         )
         resource = map_study(study, await index.series_of(uid), await index.instances(uid), links)
-        if current is not None and unchanged(current, resource):
-            return  # a replay (scan, relink, re-marked study): no new version
-        await crud.update_in(tx, self._svc, self._auth, IMAGING_STUDY, uid, resource)
+        if current is None or not unchanged(current, resource):  # (a replay: no new version)
+            await crud.update_in(tx, self._svc, self._auth, IMAGING_STUDY, uid, resource)
+        return study.revision
 
     async def _patient_in(self, tx: Transaction, study_attrs: Json) -> str:
         system, value = patient_identifier(study_attrs, self._patients)

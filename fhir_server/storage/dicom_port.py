@@ -82,6 +82,10 @@ class StudyRow:
     series_count: int
     instance_count: int
     patient_ref: str | None
+    # bumped by every change to the study's instances; ``synced_revision`` is the
+    # latest one its FHIR ImagingStudy was written from (``mark_synced``)
+    revision: int = 0
+    synced_revision: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +226,11 @@ class DicomIndex(Protocol):
 
     async def set_patient(self, study_uid: str, patient_ref: str | None) -> None:
         """Record which FHIR Patient a study belongs to (access control uses it)."""
+
+    async def mark_synced(self, study_uid: str, revision: int) -> None:
+        """Record that the study's ImagingStudy was written from ``revision`` (kept
+        if a later one was recorded already): a study whose ``synced_revision`` is
+        behind its ``revision`` missed its sync (a crash), whatever its counts say."""
 
     async def rekey(self, version: str, derive: KeyDeriver, levels: Sequence[DicomLevel]) -> int:
         """Unless the index's keys are at ``version``: replace the match keys of every

@@ -197,6 +197,27 @@ async def test_set_patient_restricts_search(store: Store) -> None:
     assert page.matches == []
 
 
+async def test_every_change_bumps_the_revision_and_sync_marks_are_kept(store: Store) -> None:
+    async def revisions() -> tuple[int, int]:
+        study = await store.dicom.study("1.1")
+        assert study is not None
+        return study.revision, study.synced_revision
+
+    await store.dicom.store_batch([record("1.1", "1.1.1", "1.1.1.1")])
+    first, synced = await revisions()
+    assert synced < first  # a new study: not yet synced
+    await store.dicom.mark_synced("1.1", first)
+    assert await revisions() == (first, first)
+    await store.dicom.store_batch([record("1.1", "1.1.2", "1.1.2.1")])
+    second, _ = await revisions()
+    await store.dicom.delete("1.1", "1.1.1")
+    third, synced = await revisions()
+    assert first < second < third and synced == first  # a delete counts as a change
+    await store.dicom.mark_synced("1.1", third)
+    await store.dicom.mark_synced("1.1", second)  # a late mark for an older revision
+    assert await revisions() == (third, third)
+
+
 async def test_index_survives_restart(backend: object, store: Store) -> None:
     from tests.contract.conftest import Backend
 

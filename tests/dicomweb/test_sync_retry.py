@@ -27,6 +27,7 @@ from tests.dicomweb.archive_app import (
     settled,
     stow_study,
 )
+from tests.dicomweb.dicom_data import STOW_TYPE, make_instance, multipart
 
 
 class _FailingTransaction:
@@ -133,6 +134,37 @@ async def test_a_delete_whose_sync_failed_is_retried(tmp_path: Path) -> None:
             lambda: _with_instances(client, "9.4", 1), "the retried ImagingStudy update"
         )
         assert [i["uid"] for s in study["series"] for i in s["instance"]] == ["9.4.1.2"]
+
+
+async def test_a_missed_sync_is_found_even_when_the_counts_still_match(tmp_path: Path) -> None:
+    # series A's one instance deleted, one added in series B, neither synced (the
+    # process stops): the ImagingStudy still has one series of one instance, as the
+    # index does, but the wrong one. The study's revision tells the scan.
+    settings = fast_settings(tmp_path / "data", sync_retry_interval=3600.0)
+    store = faulty_store(settings, failures=0)
+    async with running(settings, store) as (app, client):
+        assert (await stow_study(client, "9.5", "RETRY-5")).status_code == 200
+        await settled(app)
+        store.failures = 2
+        later = make_instance("9.5", "9.5.2", "9.5.2.1", accession="RETRY-5")
+        stored = await client.post(
+            "/dicomweb/studies", content=multipart(later), headers={"Content-Type": STOW_TYPE}
+        )
+        assert stored.status_code == 200
+        await eventually(lambda: probe(store.fired == 1), "the deferred sync to fail")
+        deleted = await client.delete("/dicomweb/studies/9.5/series/9.5.1")
+        assert deleted.status_code == 204 and store.fired == 2  # its sync failed too
+        study = await imaging_study(client, "9.5")
+        assert study is not None and [s["uid"] for s in study["series"]] == ["9.5.1"]
+        assert study["numberOfSeries"] == study["numberOfInstances"] == 1
+    async with running(settings) as (_, client):
+
+        async def series_b() -> dict[str, Any] | None:
+            study = await imaging_study(client, "9.5")
+            found = study is not None and [s["uid"] for s in study["series"]] == ["9.5.2"]
+            return study if found else None
+
+        await eventually(series_b, "the start-up scan to rewrite the ImagingStudy")
 
 
 async def _with_instances(client: Any, uid: str, count: int) -> dict[str, Any] | None:

@@ -160,13 +160,17 @@ class MongoDicomIndex:
         keys = [k for k in (doc or {}).get("skeys", []) if k["k"] != MODALITIES_KEY]
         keys += [{"k": MODALITIES_KEY, "v": m} for m in mods]
         update = {"nse": n_series, "nin": n_instances, "mods": mods, "keys": keys}
-        await self._db[STUDIES].update_one({"_id": uid}, {"$set": update})
+        await self._db[STUDIES].update_one({"_id": uid}, {"$set": update, "$inc": {"rev": 1}})
 
     async def set_patient(self, study_uid: str, patient_ref: str | None) -> None:
         async with self._lock:
             await self._db[STUDIES].update_one(
                 {"_id": study_uid}, {"$set": {"patient": patient_ref}}
             )
+
+    async def mark_synced(self, study_uid: str, revision: int) -> None:
+        async with self._lock:
+            await self._db[STUDIES].update_one({"_id": study_uid}, {"$max": {"srev": revision}})
 
     async def delete(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None

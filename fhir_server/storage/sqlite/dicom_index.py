@@ -44,7 +44,8 @@ SCHEMA = (
     """CREATE TABLE IF NOT EXISTS dicom_study (
         pk INTEGER PRIMARY KEY, uid TEXT NOT NULL UNIQUE, attrs BLOB NOT NULL,
         modalities TEXT NOT NULL DEFAULT '', n_series INTEGER NOT NULL DEFAULT 0,
-        n_instances INTEGER NOT NULL DEFAULT 0, patient_ref TEXT)""",
+        n_instances INTEGER NOT NULL DEFAULT 0, patient_ref TEXT,
+        rev INTEGER NOT NULL DEFAULT 0, synced_rev INTEGER NOT NULL DEFAULT 0)""",
     "CREATE INDEX IF NOT EXISTS dicom_study_patient ON dicom_study(patient_ref, uid)",
     """CREATE TABLE IF NOT EXISTS dicom_series (
         pk INTEGER PRIMARY KEY, uid TEXT NOT NULL UNIQUE, study_pk INTEGER NOT NULL,
@@ -67,10 +68,22 @@ SCHEMA = (
 )
 
 
+# columns added since the table was first made: (table, column, definition)
+ADDED_COLUMNS = (
+    ("dicom_study", "rev", "INTEGER NOT NULL DEFAULT 0"),
+    ("dicom_study", "synced_rev", "INTEGER NOT NULL DEFAULT 0"),
+)
+
+
 def create_schema(conn: sqlite3.Connection) -> None:
-    """Create the DICOM tables and indexes if they are missing."""
+    """Create the DICOM tables and indexes if they are missing, and the columns
+    an index made by an earlier version lacks."""
     for statement in SCHEMA:
         conn.execute(statement)
+    for table, column, definition in ADDED_COLUMNS:
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
 
 def _dumps(value: Any) -> bytes:
@@ -241,7 +254,8 @@ def _refresh_study(conn: sqlite3.Connection, pk: int) -> None:
         )
     ]
     conn.execute(
-        "UPDATE dicom_study SET n_series = ?, n_instances = ?, modalities = ? WHERE pk = ?",
+        "UPDATE dicom_study SET n_series = ?, n_instances = ?, modalities = ?, rev = rev + 1"
+        " WHERE pk = ?",
         (n_series, n_instances, "\\".join(modalities), pk),
     )
     conn.execute(
@@ -336,6 +350,12 @@ def set_patient(conn: sqlite3.Connection, study: str, patient_ref: str | None) -
     conn.execute("UPDATE dicom_study SET patient_ref = ? WHERE uid = ?", (patient_ref, study))
 
 
+def mark_synced(conn: sqlite3.Connection, study: str, revision: int) -> None:
+    conn.execute(
+        "UPDATE dicom_study SET synced_rev = MAX(synced_rev, ?) WHERE uid = ?", (revision, study)
+    )
+
+
 def delete(conn: sqlite3.Connection, study: str, series: str | None, sop: str | None) -> Deleted:
     """Remove the instances in scope in one transaction, then recount."""
     where, args = _scope_where(study, series, sop)
@@ -399,6 +419,9 @@ class SqliteDicomIndex:
 
     async def set_patient(self, study_uid: str, patient_ref: str | None) -> None:
         await self._store.run_write(set_patient, study_uid, patient_ref)
+
+    async def mark_synced(self, study_uid: str, revision: int) -> None:
+        await self._store.run_write(mark_synced, study_uid, revision)
 
     async def delete(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
