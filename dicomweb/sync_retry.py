@@ -8,10 +8,11 @@ until the next is due or something new is marked.
 
 Pending studies are not written down anywhere: they are *derived* from what is
 durable. At start-up ``scan`` compares the DICOM index with the ImagingStudies
--- a missing ImagingStudy, one whose instance or series count or Patient
-differs, and an archive ImagingStudy whose study is no longer indexed -- which
-covers every study acknowledged but not yet synced when the process died. The
-scan is one index page walk plus one read per study.
+-- a study whose revision is past the one its ImagingStudy was written from
+(``DicomIndex.mark_synced``), a missing ImagingStudy, one whose instance or
+series count or Patient differs, and an archive ImagingStudy whose study is no
+longer indexed -- which covers every change acknowledged but not yet synced
+when the process died. The scan is one index page walk plus one read per study.
 """
 
 from __future__ import annotations
