@@ -23,6 +23,7 @@ from typing import Literal
 from pydicom.datadict import tag_for_keyword
 
 from dicomweb.dicom_json import dictionary_vr
+from dicomweb.url_integers import url_integer
 
 Level = Literal["study", "series", "instance"]
 LEVELS: tuple[Level, ...] = ("study", "series", "instance")
@@ -96,6 +97,19 @@ NUMERIC_VRS = frozenset({"IS", "DS", "SL", "SS", "UL", "US", "SV", "UV", "FL", "
 LIST_VRS = frozenset({"UI", "CS"})  # UID list matching (PS3.4 C.2.2.2.2), value lists for CS
 RESERVED_PARAMS = frozenset({"limit", "offset", "includefield", "fuzzymatching", "accept"})
 
+# The longest query value matched. No value a matching key holds comes near it (a
+# PN is three groups of 64 characters; LT, the longest VR of bounded length, is
+# 10,240 but no match key; UC, UR and UT are unbounded and none either), nor a
+# list of 100 UIDs, nor any request line most proxies pass (8 KB). And once case
+# folded and escaped, a character is at most 6 UTF-8 bytes, so the longest
+# wildcard stays a GLOB pattern SQLite takes (at most 50,000 bytes).
+MAX_MATCH_VALUE_LENGTH = 8192
+# The most attributes one query may name in includefield: every result carries
+# each of them, empty when it has no value (C-FIND-like, ``qido_compile``), so the
+# response grows with results x includes. A thousand exceed what an 8 KB request
+# line can name (8-digit tags and commas: about 900); ``all`` asks for everything.
+MAX_INCLUDEFIELDS = 1000
+
 # PS3.4 C.2.2.2.5 (combined date and time range matching, which PS3.18 §8.3.4.1
 # requires of QIDO-RS): the DA/TM attribute pairs that name one moment. A pair
 # is combined at a level only where both are matching attributes there.
@@ -109,12 +123,15 @@ DATE_TIME_PAIRS: tuple[tuple[int, int], ...] = (
 
 _LOW = {"DA": "00000101", "TM": "000000.000000", "DT": "00000101000000.000000"}
 _HIGH = {"DA": "99991231", "TM": "235959.999999", "DT": "99991231235959.999999"}
-_SHAPES = {
-    "DA": re.compile(r"^\d{8}$"),
-    "TM": re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$"),
-    "DT": re.compile(r"^\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?$"),
+_SHAPES = {  # re.ASCII: \d is [0-9], as in DICOM, not any script's digits
+    "DA": re.compile(r"^\d{8}$", re.ASCII),
+    "TM": re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$", re.ASCII),
+    "DT": re.compile(
+        r"^\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?$", re.ASCII
+    ),
 }
-_TZ = re.compile(r"[+-]\d{4}$")
+_TZ = re.compile(r"[+-]\d{4}$", re.ASCII)
+_NUMBER = re.compile(r"[+-]?\d+(\.\d*)?([eE][+-]?\d+)?", re.ASCII)
 
 
 class QidoError(ValueError):
@@ -270,7 +287,7 @@ def parse_qido(
         level=level,
         levels=levels,
         matches=tuple(state.matches.values()),
-        includefields=tuple(dict.fromkeys(state.includes)),
+        includefields=tuple(state.includes),
         include_all=state.include_all,
         limit=limit,
         offset=_offset(state.single.get("offset", "0")),
@@ -284,7 +301,8 @@ class _State:
 
     def __init__(self) -> None:
         self.matches: dict[tuple[int, ...], Match] = {}
-        self.includes: list[tuple[int, ...]] = []
+        self.includes: dict[tuple[int, ...], None] = {}  # an ordered set
+        self.included_names: set[str] = set()
         self.include_all = False
         self.single: dict[str, str] = {}
         self.fuzzy = False
@@ -306,10 +324,14 @@ class _State:
         for item in filter(None, (v.strip() for v in value.split(","))):
             if item == "all":
                 self.include_all = True
-            elif (path := attribute_path(item)) is None:
+                continue
+            self.included_names.add(item)  # unknown names too: each is one more warning
+            if len(self.included_names) > MAX_INCLUDEFIELDS:
+                raise QidoError(f"includefield may name at most {MAX_INCLUDEFIELDS} attributes")
+            if (path := attribute_path(item)) is None:
                 self.warnings.append(f"unknown includefield {item!r} was ignored")
             else:
-                self.includes.append(path)
+                self.includes[path] = None
 
     def _fuzzy(self, value: str) -> None:
         if value not in ("true", "false"):
@@ -346,16 +368,19 @@ def _limit(state: _State, max_limit: int) -> int:
 
 
 def _offset(value: str) -> int:
-    """PS3.18 §8.3.4.4: an offset below zero is zero; one that is not a number, an error."""
-    if re.fullmatch(r"-\d+", value):
-        return 0
-    return _non_negative("offset", value)
+    """PS3.18 §8.3.4.4: an offset below zero is zero; one that is not a number, an error.
+    A huge one is cut to ``INTEGER_CEILING`` (``url_integers``): it matches nothing."""
+    offset = url_integer(value, signed=True)
+    if offset is None:
+        raise QidoError(f"offset must be an integer, not {value!r}")
+    return max(offset, 0)
 
 
 def _non_negative(name: str, value: str) -> int:
-    if not value.isdigit():
+    number = url_integer(value)
+    if number is None:
         raise QidoError(f"{name} must be a non-negative integer, not {value!r}")
-    return int(value)
+    return number
 
 
 def attribute_path(text: str) -> tuple[int, ...] | None:
@@ -377,6 +402,8 @@ def _tag(text: str) -> int | None:
 
 def parse_matcher(vr: str, value: str) -> Matcher:
     """The matcher a query value asks for, given the attribute's VR (PS3.4 C.2.2.2)."""
+    if len(value) > MAX_MATCH_VALUE_LENGTH:
+        raise QidoError(f"a matching value is at most {MAX_MATCH_VALUE_LENGTH} characters long")
     if value == "" or (vr in WILDCARD_VRS and value.strip("*") == ""):
         # a value of only * matches any value, an empty one too (PS3.4 C.2.2.2.4)
         return Universal()
@@ -386,7 +413,7 @@ def parse_matcher(vr: str, value: str) -> Matcher:
         return ValueList(tuple(v for v in re.split(r"[,\\]", value) if v))
     if vr in WILDCARD_VRS and ("*" in value or "?" in value):
         return Wildcard(value)
-    if vr in NUMERIC_VRS and not re.fullmatch(r"[+-]?\d+(\.\d*)?([eE][+-]?\d+)?", value):
+    if vr in NUMERIC_VRS and not _NUMBER.fullmatch(value):
         raise QidoError(f"{value!r} is not a number")
     return SingleValue(value)
 

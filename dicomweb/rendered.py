@@ -32,7 +32,9 @@ from dicomweb.render import (
     render,
 )
 from dicomweb.transfer_syntax import NotAcceptable, acceptable_syntaxes, parse_accept
+from dicomweb.url_integers import url_integer
 from dicomweb.wado import instance_rows, stored_or_transcoded
+from dicomweb.wado_pixels import frame_number
 from fhir_server.access.context import AuthContext
 from fhir_server.errors import InvalidRequest, NotFound
 from fhir_server.storage.dicom_port import InstanceRow
@@ -91,13 +93,13 @@ def parse_window(text: str | None) -> Window | None:
 
 
 def _integer(text: str, name: str) -> int | None:
-    """An integer, or None for an empty value."""
+    """An integer, or None for an empty value (spaces around it are allowed)."""
     if not text.strip():
         return None
-    try:
-        return int(text)
-    except ValueError as exc:
-        raise InvalidRequest(f"{name} must be an integer, not {text!r}") from exc
+    value = url_integer(text.strip(), signed=True)
+    if value is None:
+        raise InvalidRequest(f"{name} must be an integer, not {text!r}")
+    return value
 
 
 def parse_viewport(text: str | None) -> Viewport | None:
@@ -198,11 +200,7 @@ def check_uri_request(q: Mapping[str, str]) -> tuple[str, str, str]:
 
 def uri_frame(text: str | None) -> int:
     """``frameNumber``: 1 when absent, else a positive integer (PS3.18 §9.1.2.2)."""
-    if text is None:
-        return 1
-    if not text.strip().isdigit() or int(text) < 1:
-        raise InvalidRequest(f"frameNumber must be a positive integer, not {text!r}")
-    return int(text)
+    return 1 if text is None else frame_number(text.strip(), "frameNumber")
 
 
 def _size(text: str | None, name: str) -> int | None:

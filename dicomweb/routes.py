@@ -35,7 +35,7 @@ from dicomweb.http_common import (
 from dicomweb.qido import Level
 from dicomweb.qido_compile import Scope
 from fhir_server.access.context import AuthContext, Interaction
-from fhir_server.errors import InvalidRequest, NotFound
+from fhir_server.errors import NotFound
 
 log = logging.getLogger(__name__)
 
@@ -238,11 +238,7 @@ def _pixel_routes(router: _Paths, svc: DicomwebServices) -> None:
 
 
 def _frame_number(text: str | None) -> int | None:
-    if text is None:
-        return None
-    if not text.isdigit() or int(text) < 1:  # frames count from 1: a malformed request
-        raise InvalidRequest(f"a frame number is an integer from 1, not {text!r}")
-    return int(text)
+    return None if text is None else wado_pixels.frame_number(text)
 
 
 def _delete_routes(router: _Paths, svc: DicomwebServices) -> None:

@@ -6,15 +6,16 @@ size. The response is the Store Instances Response Module in DICOM JSON
 (PS3.18 §10.5.3): RetrieveURL, ReferencedSOPSequence (each with its
 RetrieveURL) and FailedSOPSequence (each with its FailureReason); 200 when
 all were stored, 202 when some failed, 409 when none was stored, 415 for a
-request that is not ``multipart/related; type="application/dicom"``, 406 when
-the client accepts no DICOM JSON.
+request that is not ``multipart/related; type="application/dicom"``, 400 for a
+malformed Content-Type, 406 when the client accepts no DICOM JSON.
 
-A part of another media type is refused on its own (0xC000) and the parts
-after it are read. A body that breaks off (a part cut short, no closing
-delimiter, a malformed part header) ends the request where it broke: the
-parts received whole before it are stored or refused as usual, and the break
-is one more failed item (0xC000), so the response names every instance that
-was stored. Only when nothing was stored is the answer 400.
+A part of another media type, or with a malformed Content-Type, is refused on
+its own (0xC000) and the parts after it are read. A body that breaks off (a
+part cut short, no closing delimiter, a malformed part header) ends the
+request where it broke: the parts received whole before it are stored or
+refused as usual, and the break is one more failed item (0xC000), so the
+response names every instance that was stored. Only when nothing was stored
+is the answer 400.
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ DICOM = "application/dicom"
 
 def _boundary(request: Request) -> str:
     header = request.headers.get("content-type", "")
-    content_type = parse_content_type(header)
+    try:
+        content_type = parse_content_type(header)
+    except MultipartError as exc:  # a malformed header, whatever its media type
+        raise InvalidRequest(f"malformed Content-Type: {exc}") from exc
     if content_type.media_type != "multipart/related":
         raise UnsupportedMediaType(f"STOW-RS takes multipart/related, not {header!r}")
     part_type = content_type.param("type")
@@ -79,7 +83,11 @@ async def _dicom_parts(
             except MultipartError as exc:
                 broke.message = str(exc)
                 return
-            media = part.content_type(DICOM).media_type
+            try:
+                media = part.content_type(DICOM).media_type
+            except MultipartError as exc:
+                yield InstanceRejected(CANNOT_UNDERSTAND, f"a part's Content-Type: {exc}")
+                continue
             if media != DICOM:
                 yield InstanceRejected(CANNOT_UNDERSTAND, f"a part is {media}, not {DICOM}")
             else:

@@ -54,6 +54,7 @@ from dicomweb.transfer_syntax import (
     lookup,
     pixel_forms,
 )
+from dicomweb.url_integers import url_integer
 from dicomweb.wado import instance_rows, instance_url
 from fhir_server.access.context import AuthContext
 from fhir_server.errors import InvalidRequest, NotFound
@@ -70,14 +71,26 @@ async def _one(chunk: bytes) -> AsyncIterator[bytes]:
     yield chunk
 
 
+def frame_number(text: str, name: str = "a frame number") -> int:
+    """A frame number: ASCII digits, from 1 (frames count from 1); 400 otherwise."""
+    number = url_integer(text)
+    if number is None or number < 1:
+        raise InvalidRequest(f"{name} must be an integer from 1, not {text!r}")
+    return number
+
+
 def _frame_numbers(text: str) -> list[int]:
-    try:
-        numbers = [int(n) for n in text.split(",") if n.strip()]
-    except ValueError as exc:
-        raise InvalidRequest(f"invalid frame list {text!r}") from exc
-    if not numbers or min(numbers) < 1:
+    """The frame list: one or more non-duplicate frame numbers (PS3.18 §10.4.1.1.3);
+    a repeat would make the response hold that frame again."""
+    numbers: dict[int, None] = {}  # an ordered set
+    for item in filter(None, (n.strip() for n in text.split(","))):
+        number = frame_number(item)
+        if number in numbers:
+            raise InvalidRequest(f"the frame list names frame {number} more than once")
+        numbers[number] = None
+    if not numbers:
         raise InvalidRequest(f"invalid frame list {text!r}")
-    return numbers
+    return list(numbers)
 
 
 def _forms(accept: str | None, row: InstanceRow, *, by_frame: bool) -> tuple[PixelForm, ...]:

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from dicomweb.qido import (
     LEVEL_OF,
     MATCHING_ATTRIBUTES,
+    MAX_INCLUDEFIELDS,
+    MAX_MATCH_VALUE_LENGTH,
     RETURN_ATTRIBUTES,
     Level,
     Match,
@@ -29,6 +31,7 @@ from dicomweb.qido import (
     warning_header,
 )
 from dicomweb.qido_match import filter_records, match_key, match_value, matches
+from dicomweb.url_integers import INTEGER_CEILING
 
 
 def test_return_attribute_tables_are_complete() -> None:
@@ -96,6 +99,11 @@ def test_parse_matcher(vr: str, value: str, matcher: object) -> None:
     assert parse_matcher(vr, value) == matcher
 
 
+def test_a_matching_value_may_be_as_long_as_the_bound() -> None:
+    longest = "*" + "x" * (MAX_MATCH_VALUE_LENGTH - 1)
+    assert parse_matcher("LO", longest) == Wildcard(longest)
+
+
 @pytest.mark.parametrize(
     ("vr", "value"),
     [
@@ -106,6 +114,12 @@ def test_parse_matcher(vr: str, value: str, matcher: object) -> None:
         ("IS", "five"),
         ("DA", "x-"),
         ("DA", "*"),
+        ("DA", "２０２００１０１"),  # fullwidth digits: DICOM's are ASCII
+        ("TM", "1０"),
+        ("IS", "٣"),
+        ("LO", "x" * (MAX_MATCH_VALUE_LENGTH + 1)),
+        ("PN", "*" * (MAX_MATCH_VALUE_LENGTH + 1)),
+        ("UI", "1," * (MAX_MATCH_VALUE_LENGTH // 2 + 1)),
     ],
 )
 def test_parse_matcher_rejects(vr: str, value: str) -> None:
@@ -160,6 +174,17 @@ def test_scoped_series_search_ignores_study_keys() -> None:
         [("fuzzymatching", "yes")],
         [("PatientID", "a"), ("00100020", "b")],
         [("StudyDate", "yesterday")],
+        # integers are ASCII digits: not other scripts', superscripts, _ or spaces
+        [("offset", "１")],
+        [("offset", "²")],
+        [("offset", "1_0")],
+        [("offset", " 1")],
+        [("offset", "")],
+        [("limit", "１")],
+        [("limit", "²")],
+        [("limit", "1_0")],
+        [("limit", "+1")],
+        [("PatientName", "Doe*" + "x" * MAX_MATCH_VALUE_LENGTH)],
     ],
 )
 def test_parse_qido_rejects(params: list[tuple[str, str]]) -> None:
@@ -167,10 +192,36 @@ def test_parse_qido_rejects(params: list[tuple[str, str]]) -> None:
         parse_qido("study", params)
 
 
-@pytest.mark.parametrize(("value", "offset"), [("-1", 0), ("-25", 0), ("0", 0), ("7", 7)])
+@pytest.mark.parametrize(
+    ("value", "offset"),
+    [
+        ("-1", 0),
+        ("-25", 0),
+        ("0", 0),
+        ("7", 7),
+        ("007", 7),
+        ("-" + "9" * 30, 0),
+        # beyond a 64-bit integer: cut to one that still is (and matches nothing)
+        ("9223372036854775808", INTEGER_CEILING),
+        ("1" + "0" * 30, INTEGER_CEILING),
+        ("9" * 5000, INTEGER_CEILING),  # more digits than int() reads by default
+    ],
+)
 def test_offset_below_zero_is_zero(value: str, offset: int) -> None:
     # PS3.18 §8.3.4.4: absent or less than zero -> 0; not a number stays an error
     assert parse_qido("study", [("offset", value)]).offset == offset
+
+
+def test_includefield_names_at_most_the_bound() -> None:
+    tags = [f"0009{n:04X}" for n in range(MAX_INCLUDEFIELDS + 1)]
+    most = parse_qido("study", [("includefield", ",".join(tags[:-1]))])
+    assert len(most.includefields) == MAX_INCLUDEFIELDS
+    repeated = parse_qido("study", [("includefield", "PatientAge")] * 5000)
+    assert repeated.includefields == ((0x00101010,),)
+    unknown = [("includefield", f"NoSuchKeyword{n}") for n in range(MAX_INCLUDEFIELDS + 1)]
+    for params in ([("includefield", ",".join(tags))], unknown):
+        with pytest.raises(QidoError, match=f"at most {MAX_INCLUDEFIELDS} attributes"):
+            parse_qido("study", params)
 
 
 def test_accept_parameter_and_empty_sequence_key_are_not_warned() -> None:

@@ -13,6 +13,7 @@ import orjson
 import pytest
 from fastapi import FastAPI
 
+from dicomweb.qido import MAX_INCLUDEFIELDS, MAX_MATCH_VALUE_LENGTH
 from dicomweb.routes import dicomweb_router
 from tests.dicomweb.archive_app import eventually
 from tests.dicomweb.dicom_data import STOW_TYPE, make_instance, multipart
@@ -63,6 +64,76 @@ async def test_offset_below_zero_is_zero(loaded: httpx.AsyncClient) -> None:
     assert study_uids(first) == ["1.1"]
     bad = await loaded.get("/dicomweb/studies", params={"offset": "one"})
     assert bad.status_code == 400
+
+
+EVERY = ["1.1", "2.2", "3.3"]
+
+
+# Query parameters and the studies they find (None: a 400).
+INTEGERS: list[tuple[dict[str, str], list[str] | None]] = [
+    ({"offset": "１"}, None),  # fullwidth one: int() takes it
+    ({"offset": "²"}, None),  # str.isdigit() takes it, int() does not
+    ({"offset": "1_0"}, None),
+    ({"limit": "１"}, None),
+    ({"limit": "²"}, None),
+    ({"limit": "1_0"}, None),
+    ({"StudyDate": "２０２４０１０５"}, None),
+    ({"offset": str(2**63)}, []),  # beyond SQLite's integers: past every result
+    ({"offset": "1" + "0" * 30}, []),
+    ({"offset": "-1" + "0" * 30, "limit": "1"}, ["1.1"]),
+    ({"limit": "1" + "0" * 30}, EVERY),
+    ({"offset": "002", "limit": "01"}, ["3.3"]),
+]
+
+
+async def test_integers_are_ascii_digits_and_never_overflow(loaded: httpx.AsyncClient) -> None:
+    wrong = []
+    for params, found in INTEGERS:
+        response = await loaded.get("/dicomweb/studies", params=params)
+        expected = 400 if found is None else 200
+        if response.status_code != expected:
+            wrong.append((params, response.status_code))
+        elif found is not None and study_uids(response) != found:
+            wrong.append((params, study_uids(response)))
+    assert wrong == []
+
+
+# PatientName values: the longest taken, in the character whose GLOB pattern is the
+# longest once case folded (6 UTF-8 bytes), and in ASCII; then too long.
+MATCHING_VALUES: list[tuple[str, list[str] | None]] = [
+    ("*" + "\u0390" * (MAX_MATCH_VALUE_LENGTH - 1), []),
+    ("*" + "e" * (MAX_MATCH_VALUE_LENGTH - 2) + "*", []),
+    ("*" + "e" * MAX_MATCH_VALUE_LENGTH, None),
+    ("*" + "e" * 60_000, None),  # beyond SQLite's GLOB pattern limit: was a 503
+]
+
+
+async def test_a_matching_value_longer_than_the_bound_is_400(loaded: httpx.AsyncClient) -> None:
+    wrong = []
+    for value, found in MATCHING_VALUES:
+        response = await loaded.get("/dicomweb/studies", params={"PatientName": value})
+        if found is not None:
+            right = response.status_code == 200 and response.json() == found
+        else:
+            limit = str(MAX_MATCH_VALUE_LENGTH)
+            right = response.status_code == 400 and limit in response.json()["message"]
+        if not right:
+            wrong.append((len(value), response.status_code, response.text[:200]))
+    assert wrong == []
+
+
+async def test_includefield_names_a_bounded_number_of_attributes(
+    loaded: httpx.AsyncClient,
+) -> None:
+    """Each result carries each included attribute, empty if need be: 7,000 private
+    tags made a 165 MB response."""
+    tags = [f"0009{n:04X}" for n in range(MAX_INCLUDEFIELDS + 1)]
+    most = await loaded.get("/dicomweb/studies", params={"includefield": tags[:-1]})
+    assert study_uids(most) == EVERY
+    assert all(tags[0] in r and tags[-2] in r for r in most.json())
+    refused = await loaded.get("/dicomweb/studies", params={"includefield": tags})
+    assert refused.status_code == 400
+    assert f"at most {MAX_INCLUDEFIELDS}" in refused.json()["message"]
 
 
 @asynccontextmanager

@@ -370,6 +370,52 @@ async def test_wado_uri_frame_number(client: httpx.AsyncClient) -> None:
         assert response.status_code == 400, bad
 
 
+# Integer parameters of rendered resources and WADO-URI: (parameter, value, status);
+# ``frame`` is the frame number in the URL path. Only ASCII digits are integers:
+# int() also takes other scripts' digits and ``_`` (and str.isdigit() passes ``²``,
+# which int() then refuses: that was a 500).
+RENDER_INTEGERS: list[tuple[str, str, int]] = [
+    ("frame", "2", 200),
+    ("frame", "１", 400),
+    ("frame", "²", 400),
+    ("frame", "٢", 400),
+    ("frame", "1_0", 400),
+    ("frame", str(2**63), 400),  # no such frame
+    ("quality", "50", 200),
+    ("quality", " 50 ", 200),
+    ("quality", "５０", 400),
+    ("quality", "5_0", 400),
+    ("quality", "²", 400),
+    ("viewport", "4, 4", 200),
+    ("viewport", "4_0,4", 400),
+    ("viewport", "４,4", 400),
+    ("frameNumber", "3", 200),
+    ("frameNumber", "１", 400),
+    ("frameNumber", "²", 400),
+    ("frameNumber", "1_0", 400),
+    ("frameNumber", "9" * 5000, 400),  # more digits than int() reads by default
+    ("imageQuality", "５０", 400),
+    ("imageQuality", "5_0", 400),
+    ("rows", "1_6", 400),
+]
+
+
+async def test_integer_parameters_are_ascii_digits(client: httpx.AsyncClient) -> None:
+    sop = f"{SERIES}.17"
+    await stow(client, make_instance(STUDY, SERIES, sop, frames=3))
+    wrong = []
+    for name, value, status in RENDER_INTEGERS:
+        if name == "frame":
+            response = await client.get(f"{INSTANCES}/{sop}/frames/{value}/rendered")
+        elif name in ("quality", "viewport"):
+            response = await client.get(f"{INSTANCES}/{sop}/rendered", params={name: value})
+        else:
+            response = await client.get("/dicomweb/wado", params=uri(sop, **{name: value}))
+        if response.status_code != status:
+            wrong.append((name, value[:20], status, response.status_code))
+    assert wrong == []
+
+
 async def test_wado_uri_rows_or_columns_alone_keep_the_aspect_ratio(
     client: httpx.AsyncClient,
 ) -> None:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pydicom
+import pytest
 from fastapi import FastAPI
 
 from tests.dicomweb.conftest import bundled
@@ -111,6 +112,33 @@ async def test_bad_media_types_and_bodies(client: httpx.AsyncClient) -> None:
     assert (await client.get("/dicomweb/studies")).json() == []
 
 
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        # a malformed header is a 400, whatever its media type
+        (f'multipart/related; type="application/dicom; boundary={BOUNDARY}', 400),
+        (f'multipart/related; type="application/dicom"; boundary="{BOUNDARY}', 400),
+        (f'multipart/related; type="application/dicom"; boundary="{BOUNDARY}\\"', 400),
+        ('application/json; charset="utf-8', 400),
+        ('multipart/related; type="application/dicom"', 400),
+        (f'multipart/related; type="application/dicom"; boundary={"x" * 71}', 400),
+        # a well-formed one naming another media type, a 415
+        (f"text/plain; boundary={BOUNDARY}", 415),
+        (f'multipart/related; type="application/dicom+json"; boundary={BOUNDARY}', 415),
+    ],
+)
+async def test_a_malformed_or_unsupported_content_type_stores_nothing(
+    client: httpx.AsyncClient, content_type: str, status: int
+) -> None:
+    body = multipart(make_instance("1.2.3", "1.2.3.1", "1.2.3.1.1"))
+    response = await client.post(
+        "/dicomweb/studies", content=body, headers={"Content-Type": content_type}
+    )
+    assert response.status_code == status, response.text
+    assert response.json()["status"] == status
+    assert await _stored_uids(client) == []
+
+
 def _part(data: bytes, content_type: str = "application/dicom") -> bytes:
     return f"--{BOUNDARY}\r\nContent-Type: {content_type}\r\n\r\n".encode() + data + b"\r\n"
 
@@ -139,6 +167,18 @@ async def test_a_part_of_another_type_fails_alone(client: httpx.AsyncClient) -> 
     assert reasons(response) == [0xC000]
     assert _referenced(response) == await _stored_uids(client)
     assert len(_referenced(response)) == 71
+
+
+async def test_a_part_with_a_malformed_content_type_fails_alone(
+    client: httpx.AsyncClient,
+) -> None:
+    good = _instances(2)
+    unterminated = 'application/dicom; transfer-syntax="1.2.840.10008.1.2.1'
+    body = _part(good[0]) + _part(good[1], unterminated) + _part(good[1])
+    response = await stow(client, body + f"--{BOUNDARY}--\r\n".encode())
+    assert response.status_code == 202, response.text
+    assert reasons(response) == [0xC000]
+    assert _referenced(response) == ["1.2.3.1.1", "1.2.3.1.2"]
 
 
 async def test_a_body_cut_short_reports_what_it_stored(client: httpx.AsyncClient) -> None:

@@ -129,6 +129,42 @@ async def test_frames_and_bulkdata(loaded: httpx.AsyncClient) -> None:
     ]
 
 
+# A frame list (PS3.18 §10.4.1.1.3) and the status it gets.
+FRAME_LISTS: list[tuple[str, int]] = [
+    ("3,1", 200),
+    ("1,,3", 200),
+    ("1, 3", 200),
+    ("１", 400),  # fullwidth one: int() takes it
+    ("²", 400),  # str.isdigit() takes it, int() does not
+    ("1_0", 400),  # int() takes it as 10
+    ("+1", 400),
+    ("0", 400),
+    ("1,x", 400),
+    ("1,1", 400),  # non-duplicate frame numbers only
+    ("3,1,03", 400),
+    (",".join(["1"] * 32_000), 400),  # built a body 32,000 frames long
+    ("4", 404),
+    (str(2**63), 404),
+    ("9" * 5000, 404),  # more digits than int() reads by default
+]
+
+
+async def test_frame_list_is_ascii_frame_numbers_without_repeats(
+    loaded: httpx.AsyncClient,
+) -> None:
+    source = dcmread(io.BytesIO(make_instance("1.2.3", "1.2.3.1", "1.2.3.1.1", frames=3)))
+    wrong = []
+    for frames, status in FRAME_LISTS:
+        response = await loaded.get(f"{INST}/1.2.3.1.1/frames/{frames}")
+        if response.status_code != status:
+            wrong.append((frames[:20], status, response.status_code))
+        elif status == 200:
+            numbers = [int(n) for n in frames.split(",") if n.strip()]
+            parts = split_multipart(response.content, response.headers["content-type"])
+            assert parts == [source.pixel_array[n - 1].tobytes() for n in numbers], frames
+    assert wrong == []
+
+
 async def test_rendered_and_thumbnail(loaded: httpx.AsyncClient) -> None:
     jpeg = await loaded.get(f"{INST}/1.2.3.1.1/rendered")
     assert jpeg.headers["content-type"] == "image/jpeg"
