@@ -15,7 +15,7 @@ part cut short, no closing delimiter, a malformed part header) ends the
 request where it broke: the parts received whole before it are stored or
 refused as usual, and the break is one more failed item (0xC000), so the
 response names every instance that was stored. Only when nothing was stored
-is the answer 400.
+is the answer 400. A client that disconnects mid-body is such a break.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from dicomweb.blobstore import Chunk
@@ -43,6 +43,9 @@ REFERENCED_SOP_CLASS = "00081150"
 REFERENCED_SOP_INSTANCE = "00081155"
 FAILURE_REASON = "00081197"
 DICOM = "application/dicom"
+# a client that went away mid-body is a body that broke off: no response reaches
+# it, but the outcome is logged and audited as such, not as a server error
+CLIENT_GONE = "the client closed the connection before the body ended"
 
 
 def _boundary(request: Request) -> str:
@@ -83,6 +86,9 @@ async def _dicom_parts(
             except MultipartError as exc:
                 broke.message = str(exc)
                 return
+            except ClientDisconnect:
+                broke.message = CLIENT_GONE
+                return
             try:
                 media = part.content_type(DICOM).media_type
             except MultipartError as exc:
@@ -101,9 +107,10 @@ async def _whole(body: AsyncIterable[Chunk], broke: _BodyBreak) -> AsyncIterator
     try:
         async for chunk in body:
             yield chunk
-    except MultipartError as exc:
-        broke.message, broke.inside_part = str(exc), True
-        raise InstanceRejected(CANNOT_UNDERSTAND, f"the part is incomplete: {exc}") from exc
+    except (MultipartError, ClientDisconnect) as exc:
+        why = str(exc) or CLIENT_GONE
+        broke.message, broke.inside_part = why, True
+        raise InstanceRejected(CANNOT_UNDERSTAND, f"the part is incomplete: {why}") from exc
 
 
 def _url(base: str, *uids: str) -> str:

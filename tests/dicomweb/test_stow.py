@@ -206,6 +206,51 @@ async def test_a_body_broken_between_parts(client: httpx.AsyncClient) -> None:
     assert _referenced(response) == ["1.2.3.1.1", "1.2.3.1.2"]
 
 
+@pytest.mark.parametrize("inside_a_part", [False, True])
+async def test_a_client_that_disconnects_mid_body_is_a_body_that_broke_off(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    mint: object,
+    caplog: pytest.LogCaptureFixture,
+    inside_a_part: bool,
+) -> None:
+    """The parts received whole are stored; the outcome is audited as the client's
+    (a 202), not logged and audited as a server error (it was a 500 with a traceback)."""
+    whole = b"".join(_part(p) for p in _instances(2))
+    rest = _part(_instances(3)[2])
+    # cut inside the third part, or between parts (after the delimiter closing the second)
+    sent = whole + (rest[: len(rest) // 2] if inside_a_part else f"--{BOUNDARY}\r\n".encode())
+    messages = [
+        {"type": "http.request", "body": sent, "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    answers: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        answers.append(message)
+
+    token = mint()  # type: ignore[operator]
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/dicomweb/studies", "raw_path": b"/dicomweb/studies",
+        "query_string": b"", "root_path": "", "server": ("radhub.test", 80),
+        "client": ("127.0.0.1", 50000),
+        "headers": [
+            (b"host", b"radhub.test"), (b"content-type", STOW_TYPE.encode()),
+            (b"authorization", f"Bearer {token}".encode()),
+        ],
+    }  # fmt: skip
+    with caplog.at_level("ERROR"):
+        await app(scope, receive, send)
+    start = next(a for a in answers if a["type"] == "http.response.start")
+    assert start["status"] == 202
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert sorted(await _stored_uids(client)) == ["1.2.3.1.1", "1.2.3.1.2"]
+
+
 async def test_failed_items_name_the_instance_when_it_was_read(
     client: httpx.AsyncClient,
 ) -> None:
