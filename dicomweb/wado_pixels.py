@@ -71,6 +71,9 @@ async def _one(chunk: bytes) -> AsyncIterator[bytes]:
     yield chunk
 
 
+_READ_LATER = 64 * 1024
+
+
 def frame_number(text: str, name: str = "a frame number") -> int:
     """A frame number: ASCII digits, from 1 (frames count from 1); 400 otherwise."""
     number = url_integer(text)
@@ -208,8 +211,10 @@ async def _bulk_vr(svc: DicomwebServices, row: InstanceRow, path: tuple[int, ...
 
 
 def _bulk_value(file: Path, tag_path: tuple[int, ...], vr: str, big_endian: bool) -> bytes:
-    """A value's bytes as stored, in little endian order (PS3.18 §8.7.3.3.1)."""
-    ds = dcmread(file)
+    """A value's bytes as stored, in little endian order (PS3.18 §8.7.3.3.1). Values
+    above ``_READ_LATER`` bytes stay on disk unless they are the one asked for: one
+    small value of a large instance costs its size, not the instance's."""
+    ds = dcmread(file, defer_size=_READ_LATER)
     for i in range(0, len(tag_path) - 1, 2):
         ds = ds[tag_path[i]].value[tag_path[i + 1]]
     value = ds.get_item(tag_path[-1]).value  # raw, when pydicom has not converted it

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import tracemalloc
 from pathlib import Path
 
 import httpx
@@ -285,6 +286,29 @@ async def test_frames_and_bulk_data_serve_octets(stored: httpx.AsyncClient) -> N
             )
             assert response.status_code == 200, (resource, accept)
             assert [body for _, body in parts(response)] == [expected]
+
+
+async def test_one_small_bulk_value_does_not_read_the_whole_instance(
+    client: httpx.AsyncClient,
+) -> None:
+    ds = dcmread(io.BytesIO(with_overlay(make_instance("1.2.3.8", "1.2.3.8.1", "1.2.3.8.1.1"))))
+    ds.Rows, ds.Columns = 2048, 2048  # 8 MiB of pixel data
+    ds.PixelData = bytes(2048 * 2048 * 2)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    large = out.getvalue()
+    stored = await client.post(
+        "/dicomweb/studies", content=multipart(large), headers={"Content-Type": STOW_TYPE}
+    )
+    assert stored.status_code == 200
+    tracemalloc.start()
+    try:
+        overlay = await client.get(f"{url(large)}/bulkdata/60003000")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [body for _, body in parts(overlay)] == [OVERLAY]
+    assert peak < 2 * 1024 * 1024  # it read the whole file: 8 MiB and more
 
 
 # 5. compressed pixel data as bulk data
