@@ -57,6 +57,15 @@ class Settings:
     # how long a study's ingest must be quiet before its ImagingStudy is written (at the
     # latest every max(5 s, 10x this) while it keeps receiving)
     study_sync_delay: float = 0.4
+    # HTTP request heads (request line and header fields) take at most this many bytes,
+    # else 431: a SMART bearer token (~1-8 KB) and a browser's cookies (at most ~4 KB each)
+    # fit many times over; Envoy and AWS load balancers use 60-64 KiB
+    http_header_limit: int = 64 * 1024
+    # seconds a client has to send a request's head (408 after; a client sends it at once)
+    http_header_timeout: float = 30.0
+    # seconds a request body may stall before the request ends (as nginx's client_body_timeout;
+    # longer than TCP's retransmission backoff on a lossy link, so only a dead client is cut)
+    http_body_timeout: float = 60.0
 
     @property
     def public_base(self) -> str:

@@ -68,6 +68,7 @@ def _serve_parser(sub: Any) -> None:
         help="allowed browser origin (repeatable; default: any)",
     )
     _archive_options(p)
+    _http_options(p)
     p.add_argument(
         "--demo",
         action="store_true",
@@ -86,6 +87,36 @@ def _count(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a duration in seconds, more than 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
+
+
+def _http_options(p: argparse.ArgumentParser) -> None:
+    defaults = Settings()
+    p.add_argument(
+        "--http-header-limit",
+        type=_count(1024),
+        default=_env("http_header_limit", defaults.http_header_limit),
+        help="bytes a request's line and header fields may take (431 beyond)",
+    )
+    p.add_argument(
+        "--http-header-timeout",
+        type=_seconds,
+        default=_env("http_header_timeout", defaults.http_header_timeout),
+        help="seconds a client has to send a request's head (408 after)",
+    )
+    p.add_argument(
+        "--http-body-timeout",
+        type=_seconds,
+        default=_env("http_body_timeout", defaults.http_body_timeout),
+        help="seconds a request body may stall before the request ends",
+    )
 
 
 def _archive_options(p: argparse.ArgumentParser) -> None:
@@ -184,6 +215,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         qido_max_results=args.qido_max_results,
         validation_workers=args.validation_workers,
         audit_process=not args.audit_in_process,
+        http_header_limit=args.http_header_limit,
+        http_header_timeout=args.http_header_timeout,
+        http_body_timeout=args.http_body_timeout,
     )
 
 

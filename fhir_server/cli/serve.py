@@ -14,7 +14,7 @@ from fhir_server import heap
 from fhir_server.app import create_app
 from fhir_server.cli import bind_socket
 from fhir_server.demo import demo_bundle, load_demo
-from fhir_server.http.coalesced_writes import CoalescingHttpToolsProtocol
+from fhir_server.http.limits import HttpLimits, bounded_protocol
 from fhir_server.interactions.services import Services
 from fhir_server.settings import Settings
 
@@ -33,9 +33,13 @@ async def serve(settings: Settings, *, demo: bool = False) -> int:
     except OSError as exc:
         return _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
     app = create_app(settings)
+    limits = HttpLimits(
+        settings.http_header_limit, settings.http_header_timeout, settings.http_body_timeout
+    )
     config = uvicorn.Config(
         app,
-        http=CoalescingHttpToolsProtocol,  # one send per small response, not two
+        # coalesced writes (one send per small response, not two); bounded heads and stalls
+        http=bounded_protocol(limits),
         log_level="warning",
         access_log=False,
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
