@@ -24,6 +24,7 @@ from pydicom.datadict import tag_for_keyword
 
 from dicomweb.dicom_json import dictionary_vr
 from dicomweb.url_integers import url_integer
+from fhir_server.storage.dicom_port import glob_regex
 
 Level = Literal["study", "series", "instance"]
 LEVELS: tuple[Level, ...] = ("study", "series", "instance")
@@ -164,11 +165,9 @@ class Wildcard:
     pattern: str
 
     def regex(self, *, ignore_case: bool) -> re.Pattern[str]:
-        """The pattern as an anchored regular expression."""
-        body = "".join(
-            ".*" if c == "*" else "." if c == "?" else re.escape(c) for c in self.pattern
-        )
-        return re.compile(f"^{body}$", re.IGNORECASE | re.DOTALL if ignore_case else re.DOTALL)
+        """The pattern as an anchored regular expression (``glob_regex``)."""
+        flags = re.IGNORECASE | re.DOTALL if ignore_case else re.DOTALL
+        return re.compile(glob_regex(self.pattern), flags)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ durable transaction per batch of instances, not per instance.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -140,6 +141,29 @@ class KeyFilter:
     key: str
     op: Literal["eq", "any", "glob", "range"]
     values: tuple[str, ...]
+
+
+def glob_regex(pattern: str) -> str:
+    """A ``glob`` pattern (``*`` any run, ``?`` one character) as an anchored regular
+    expression (for ``re`` and MongoDB's PCRE alike) that cannot backtrack badly.
+
+    ``^.*a.*a.*a…b$``, the plain translation, tries every way of placing each
+    ``*`` before it fails: exponential in the number of stars (``*a*a*…*b``
+    against a long run of ``a`` never ends). The segments between stars have a
+    fixed length, so each middle one may be matched at its earliest place and
+    never reconsidered (an atomic group): an earliest placement leaves the most
+    room for the rest, so no match is lost; the last segment must end the value.
+    """
+    first, *rest = re.split(r"\*+", pattern)
+    if not rest:
+        return f"^{_segment(first)}$"
+    *middle, last = rest
+    committed = "".join(f"(?>.*?{_segment(m)})" for m in middle)
+    return f"^{_segment(first)}{committed}.*{_segment(last)}$"
+
+
+def _segment(text: str) -> str:
+    return "".join("." if c == "?" else re.escape(c) for c in text)
 
 
 @dataclass(frozen=True, slots=True)

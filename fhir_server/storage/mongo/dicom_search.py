@@ -8,7 +8,6 @@ UIDs first (an indexed ``distinct``), then applied to the child level as
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from fhir_server.storage.dicom_port import (
@@ -20,18 +19,13 @@ from fhir_server.storage.dicom_port import (
     KeyFilter,
     SeriesRow,
     StudyRow,
+    glob_regex,
 )
 from fhir_server.storage.mongo.journal import Database
 
 STUDIES, SERIES, INSTANCES = "dicom_studies", "dicom_series", "dicom_instances"
 Doc = dict[str, Any]
 _NO_BULK: Doc = {"meta": 0, "keys": 0, "skeys": 0}
-
-
-def glob_regex(pattern: str) -> str:
-    """A QIDO wildcard (``*``, ``?``) as an anchored regular expression."""
-    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return f"^{body}$"
 
 
 def key_filter(f: KeyFilter) -> Doc:
