@@ -110,6 +110,8 @@ MAX_MATCH_VALUE_LENGTH = 8192
 # response grows with results x includes. A thousand exceed what an 8 KB request
 # line can name (8-digit tags and commas: about 900); ``all`` asks for everything.
 MAX_INCLUDEFIELDS = 1000
+# warnings listed one by one in a response (``_bounded``); the rest are counted
+MAX_WARNINGS = 20
 
 # PS3.4 C.2.2.2.5 (combined date and time range matching, which PS3.18 §8.3.4.1
 # requires of QIDO-RS): the DA/TM attribute pairs that name one moment. A pair
@@ -291,8 +293,17 @@ def parse_qido(
         limit=limit,
         offset=_offset(state.single.get("offset", "0")),
         fuzzymatching=state.fuzzy,
-        warnings=tuple(state.warnings),
+        warnings=_bounded(state.warnings),
     )
+
+
+def _bounded(warnings: list[str]) -> tuple[str, ...]:
+    """The first ``MAX_WARNINGS`` warnings, then one that counts the rest: a request
+    full of unknown parameters does not make a response of warnings."""
+    if len(warnings) <= MAX_WARNINGS:
+        return tuple(warnings)
+    more = len(warnings) - MAX_WARNINGS
+    return (*warnings[:MAX_WARNINGS], f"{more} more ignored parameters are not listed")
 
 
 class _State:

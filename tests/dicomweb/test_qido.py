@@ -14,6 +14,7 @@ from dicomweb.qido import (
     MATCHING_ATTRIBUTES,
     MAX_INCLUDEFIELDS,
     MAX_MATCH_VALUE_LENGTH,
+    MAX_WARNINGS,
     RETURN_ATTRIBUTES,
     Level,
     Match,
@@ -274,6 +275,16 @@ def test_return_attributes_follow_levels_and_includefields() -> None:
     assert (0x00080016,) not in attrs  # instance level is never returned for series
     unscoped = return_attributes(parse_qido("series", []))
     assert (0x00201208,) in unscoped and (0x00201209,) in unscoped
+
+
+def test_warnings_are_listed_up_to_a_bound_then_counted() -> None:
+    params = [(f"Unknown{n}", "x") for n in range(MAX_WARNINGS + 5)]
+    warnings = parse_qido("study", params).warnings
+    assert len(warnings) == MAX_WARNINGS + 1
+    assert warnings[0] == "query parameter 'Unknown0' is not supported and was ignored"
+    assert warnings[-1] == "5 more ignored parameters are not listed"
+    exactly = parse_qido("study", params[:MAX_WARNINGS]).warnings
+    assert len(exactly) == MAX_WARNINGS and "more" not in exactly[-1]
 
 
 def test_warning_header() -> None:
