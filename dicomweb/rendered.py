@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections.abc import Mapping, Sequence
 
 from starlette.requests import Request
@@ -59,12 +60,14 @@ def choose_media(accept: str | None, supported: Sequence[str], what: str) -> str
     raise NotAcceptable(f"{what} are {', '.join(supported)}; none of {accept!r}")
 
 
+# a decimal number in ASCII digits, as DICOM's DS writes one (``float`` would also
+# take ``1_0``, other scripts' digits, ``inf`` and ``nan``)
+_DECIMAL = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*", re.ASCII)
+
+
 def _number(text: str, name: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
+    value = float(text) if _DECIMAL.fullmatch(text) else math.nan
+    if not math.isfinite(value):  # (also a finite-looking value too large for a float)
         raise InvalidRequest(f"{name} must be a number, not {text!r}")
     return value
 

@@ -169,6 +169,10 @@ async def test_requested_window_overrides_the_dataset(
         "1",
         "1,2,linear,4",
         "nan,5",
+        "inf,5",
+        "1_0,5",
+        "１,5",
+        "1,1e999",
         "",
     ],
 )
