@@ -6,11 +6,12 @@ without pixel data and build its index record: ``records.describe_instance``)
 in the background, in a worker process when the server has them (``offload``),
 while the next instance arrives. Per batch, in arrival order: report the
 instances that were refused, move the others' files under their keys (one fsync
-per directory), index them in one index transaction, and mark each touched
-study as pending for the ImagingStudy sync, which writes it in the background
-(``study_sync``). An instance counts as stored only once its blob and its index
-row are both durable; the FHIR side follows, and a crash before it is caught up
-at start-up.
+per directory) and index them in one index transaction -- holding their studies
+against a DELETE (``archive_locks``) and the window in an intent against a crash
+(``blob_journal``) -- and mark each touched study as pending for the ImagingStudy
+sync, which writes it in the background (``study_sync``). An instance counts as
+stored only once its blob and its index row are both durable; the FHIR side
+follows, and a crash before it is caught up at start-up.
 
 Outcomes per instance (PS3.18 §10.5.3, Table I.2-2 failure reasons): stored;
 identical re-send (stored, no duplicate); a different instance under a known
@@ -283,8 +284,8 @@ class IngestService:
     async def _flush(
         self, received: list[_Received], report: IngestReport, expected_study: str | None
     ) -> None:
-        """Adopt the staged files under their keys and index them, inside an intent
-        (``blob_journal``) so a crash in between leaves nothing the index does not name."""
+        """Wait for a batch's fsyncs and descriptions, report the instances refused,
+        and commit the others (``_commit``)."""
         if not received:
             return
         try:
