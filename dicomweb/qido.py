@@ -23,8 +23,8 @@ from typing import Literal
 from pydicom.datadict import tag_for_keyword
 
 from dicomweb.dicom_json import dictionary_vr
-from dicomweb.url_integers import url_integer
 from fhir_server.storage.dicom_port import glob_regex
+from fhir_server.url_integers import url_integer
 
 Level = Literal["study", "series", "instance"]
 LEVELS: tuple[Level, ...] = ("study", "series", "instance")

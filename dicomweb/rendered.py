@@ -33,12 +33,12 @@ from dicomweb.render import (
     render,
 )
 from dicomweb.transfer_syntax import NotAcceptable, acceptable_syntaxes, parse_accept
-from dicomweb.url_integers import url_integer
 from dicomweb.wado import instance_rows, stored_or_transcoded
 from dicomweb.wado_pixels import frame_number
 from fhir_server.access.context import AuthContext
 from fhir_server.errors import InvalidRequest, NotFound
 from fhir_server.storage.dicom_port import InstanceRow
+from fhir_server.url_integers import url_integer
 
 DICOM = "application/dicom"
 DEFAULT_QUALITY = 90

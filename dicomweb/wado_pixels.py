@@ -54,11 +54,11 @@ from dicomweb.transfer_syntax import (
     lookup,
     pixel_forms,
 )
-from dicomweb.url_integers import url_integer
 from dicomweb.wado import instance_rows, instance_url
 from fhir_server.access.context import AuthContext
 from fhir_server.errors import InvalidRequest, NotFound
 from fhir_server.storage.dicom_port import InstanceRow
+from fhir_server.url_integers import url_integer
 
 OCTET = OCTET_STREAM
 Uids = tuple[str, str | None, str | None]

@@ -32,7 +32,7 @@ from dicomweb.qido import (
     warning_header,
 )
 from dicomweb.qido_match import filter_records, match_key, match_value, matches
-from dicomweb.url_integers import INTEGER_CEILING
+from fhir_server.url_integers import INTEGER_CEILING
 
 
 def test_return_attribute_tables_are_complete() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dicomweb.url_integers import INTEGER_CEILING, url_integer
+from fhir_server.url_integers import INTEGER_CEILING, url_integer
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,15 @@
-"""Integers in DICOMweb URLs: ASCII decimal digits, and never beyond a 64-bit store.
+"""Integers in request URLs and headers: ASCII decimal digits, and never beyond a
+64-bit store.
 
-PS3.18 writes a frame number, ``offset``, ``limit`` or ``quality`` as decimal
-digits. Python's ``int()`` is wider: it takes other scripts' digits (``１``,
-``٣``; ``str.isdigit()`` also passes ``²``, which ``int()`` then refuses),
-``_`` separators and surrounding whitespace, and builds integers of any size,
-which overflow SQLite's 64-bit integers. ``url_integer`` takes only ``[0-9]+``
-(after a sign where one is allowed) and saturates at ``INTEGER_CEILING``:
-beyond any frame count, offset or size the server can act on, yet still a
-64-bit integer, so a huge offset simply matches nothing.
+FHIR's ``_count`` and version ids, and PS3.18's frame numbers, ``offset``,
+``limit`` and ``quality``, are decimal digits. Python's ``int()`` is wider: it
+takes other scripts' digits (``１``, ``٣``; ``str.isdigit()`` also passes
+``²``, which ``int()`` then refuses), ``_`` separators and surrounding
+whitespace, and builds integers of any size, which overflow SQLite's 64-bit
+integers. ``url_integer`` takes only ``[0-9]+`` (after a sign where one is
+allowed) and saturates at ``INTEGER_CEILING``: beyond any frame count, offset or
+size the server can act on, yet still a 64-bit integer, so a huge offset simply
+matches nothing.
 """
 
 from __future__ import annotations
