@@ -43,6 +43,7 @@ from fhir_server.storage.base import (
     StoredVersion,
     Transaction,
 )
+from fhir_server.url_integers import url_integer
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,10 @@ def check_id(id: str) -> None:
 
 def parse_version(text: str) -> int:
     """A versionId as radhub writes them (a positive integer)."""
-    if not text.isdigit() or int(text) < 1:
+    version = url_integer(text)
+    if version is None or version < 1:
         raise NotFound(f"no version {text!r}")
-    return int(text)
+    return version
 
 
 def loads(body: bytes) -> dict[str, Any]:
@@ -272,9 +274,10 @@ def parse_if_match(header: str) -> int:
     if text.startswith("W/"):
         text = text[2:]
     text = text.strip('"')
-    if not text.isdigit():
+    version = url_integer(text)
+    if version is None:
         raise PreconditionFailed(f"If-Match {header!r} names no version of this server")
-    return int(text)
+    return version
 
 
 async def update(

@@ -23,6 +23,7 @@ from fhir_server.search.ast import And, Compare, Include, Node, Or, SearchQuery
 from fhir_server.search.dates import parse_date_range
 from fhir_server.search.parse import CURSOR_PARAM, MAX_COUNT
 from fhir_server.search.values import TokenValue
+from fhir_server.url_integers import url_integer
 
 OPERATION = "$everything"
 # R4 defines start/end (care dates) too; radhub does not offer them.
@@ -117,6 +118,7 @@ def _count(svc: Services, params: list[tuple[str, str]]) -> int:
     values = [v for n, v in params if n == "_count"]
     if not values:
         return svc.limits.default_count
-    if not values[-1].isdigit():
+    count = url_integer(values[-1])
+    if count is None:
         raise InvalidSearch(f"_count must be a non-negative integer, not {values[-1]!r}")
-    return min(int(values[-1]), MAX_COUNT, svc.limits.max_count)
+    return min(count, MAX_COUNT, svc.limits.max_count)

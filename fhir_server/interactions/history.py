@@ -17,6 +17,7 @@ from fhir_server.resources.meta import format_instant
 from fhir_server.resources.types import SUPPORTED_TYPES
 from fhir_server.search.dates import from_micros, parse_date_range
 from fhir_server.storage.base import HistoryQuery, StoredVersion
+from fhir_server.url_integers import url_integer
 
 CURSOR_PARAM = "_cursor"
 _KNOWN = {"_since", "_at", "_count", CURSOR_PARAM, "_format", "_pretty"}
@@ -33,9 +34,10 @@ def _int_param(params: list[tuple[str, str]], name: str) -> int | None:
     text = _one(params, name)
     if text is None:
         return None
-    if not text.isdigit():
+    value = url_integer(text)
+    if value is None:
         raise InvalidRequest(f"{name} must be a non-negative integer, not {text!r}")
-    return int(text)
+    return value
 
 
 def _moment(params: list[tuple[str, str]], name: str) -> datetime | None:

@@ -16,6 +16,7 @@ from fhir_server.errors import InvalidSearch, Issue
 from fhir_server.search.ast import And, Include, Node, SearchQuery, SortKey
 from fhir_server.search.parse_params import parse_param
 from fhir_server.search.registry import SearchRegistry
+from fhir_server.url_integers import url_integer
 
 # Shape the returned Bundle, not the set of matches: left to the caller.
 RESULT_PARAMS = frozenset(
@@ -137,9 +138,10 @@ def _filter(state: _State, name: str, value: str) -> None:
 
 
 def _count(value: str) -> int:
-    if not value.isdigit():
+    count = url_integer(value)
+    if count is None:
         raise InvalidSearch(f"_count must be a non-negative integer, not {value!r}")
-    return min(int(value), MAX_COUNT)
+    return min(count, MAX_COUNT)
 
 
 def _sort(state: _State, value: str) -> tuple[SortKey, ...]:
