@@ -20,7 +20,6 @@ import asyncio
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dicom_bench import Ingest, _stow_round, requests_of, stow_requests  # noqa: E402
 from dicom_bench_data import all_studies, generate  # noqa: E402
 from dicom_bench_servers import start_radhub  # noqa: E402
-from stow_scaleout import machine_busy_seconds  # noqa: E402
+from stow_scaleout import Setup, timed_round  # noqa: E402
 
 PER_REQUEST = 10
 
@@ -37,25 +36,21 @@ def one_run(root: Path, work: Path, batches: list[list[Path]], clients: int) -> 
     """Instances/s of one fresh server from ``root``; prints the run's figures."""
     shutil.rmtree(work, ignore_errors=True)
     proc, target = start_radhub(work / "data", root)
+    setup = Setup(str(root), [target])
     try:
         warm, timed = stow_requests(batches[:1]), stow_requests(batches[1:])
         asyncio.run(_stow_round(target, warm, 1, Ingest()))  # connections, workers: not timed
-        busy, started = machine_busy_seconds(), time.perf_counter()
-        ingest = Ingest()
-        asyncio.run(_stow_round(target, timed, clients, ingest))
-        seconds, busy = time.perf_counter() - started, machine_busy_seconds() - busy
+        timed_round(setup, timed, clients)
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    count = sum(len(sops) for sops in ingest.acked.values())
-    rate = count / seconds
     print(
-        f"{root}: {count} instances, {rate:.1f} inst/s, {busy / count * 1e3:.2f} ms machine "
-        f"CPU each, {busy / seconds:.2f} busy cores"
-        + (f", {ingest.failed} failed" if ingest.failed else ""),
+        f"{root}: {setup.count} instances, {setup.rate():.1f} inst/s, "
+        f"{setup.ms_per_instance():.2f} ms machine CPU each, {setup.cores():.2f} busy cores"
+        + (f", {setup.failed} failed" if setup.failed else ""),
         flush=True,
     )
-    return rate
+    return setup.rate()
 
 
 def main() -> int:
