@@ -116,10 +116,10 @@ def started(work: Path, radhub_counts: Sequence[int]) -> Iterator[list[Setup]]:
         proc, orthanc = start_orthanc(work / "orthanc")
         procs.append(proc)
         setups = [Setup("Orthanc", [orthanc])]
-        for store in (None, work / "sink"):
+        for store, direct in ((None, False), (work / "sink", False), (work / "dsink", True)):
             if store is not None:
                 store.mkdir()
-            proc, sink = start_sink(store)
+            proc, sink = start_sink(store, direct=direct)
             procs.append(proc)
             setups.append(Setup(sink.name, [sink], acknowledges=False))
         for count in radhub_counts:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import mmap
 import os
 import subprocess
 import sys
@@ -33,17 +34,21 @@ from dicom_bench_servers import Target, free_port, wait_for  # noqa: E402
 RESPONSE = b'{"00081199": {"vr": "SQ", "Value": []}}'
 
 
-def keep_parts(body: bytes, folder: Path) -> None:
+def keep_parts(body: bytes, folder: Path, direct: bool = False) -> None:
     """The storage a conforming server does for a STOW body, and nothing more: each
     part hashed (SHA-256) into a temporary file of its own, fsynced, renamed to its
-    name, and the folder fsynced once (no DICOM parsing, no index)."""
+    name, and the folder fsynced once (no DICOM parsing, no index). ``direct``
+    writes each file with O_DIRECT, past the page cache."""
     delimiter = body[: body.index(b"\r\n")]
     for part in body.split(delimiter)[1:-1]:
         content = memoryview(part)[part.index(b"\r\n\r\n") + 4 : -2]
         digest = hashlib.sha256(content).hexdigest()
         fd, temporary = tempfile.mkstemp(dir=folder)
         try:
-            os.write(fd, content)
+            if direct:
+                _write_direct(temporary, content)
+            else:
+                os.write(fd, content)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -55,8 +60,25 @@ def keep_parts(body: bytes, folder: Path) -> None:
         os.close(fd)
 
 
+def _write_direct(path: str, content: memoryview) -> None:
+    """Write ``content`` to ``path`` with O_DIRECT: from a page-aligned copy, padded
+    to whole blocks, then cut to its size."""
+    direct = os.open(path, os.O_WRONLY | os.O_DIRECT)
+    try:
+        padded = -(-len(content) // 4096) * 4096
+        with mmap.mmap(-1, padded) as aligned:
+            aligned[: len(content)] = content
+            os.write(direct, memoryview(aligned))
+        os.ftruncate(direct, len(content))
+    finally:
+        os.close(direct)
+
+
 async def _answer(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, store: Path | None
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    store: Path | None,
+    direct: bool,
 ) -> None:
     try:
         while True:
@@ -67,7 +89,7 @@ async def _answer(
                     length = int(line.split(b":")[1])
             body = await reader.readexactly(length)
             if store is not None and body:  # (wait_for's GET has none)
-                await asyncio.to_thread(keep_parts, body, store)
+                await asyncio.to_thread(keep_parts, body, store, direct)
             writer.write(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\n"
                 b"Content-Length: %d\r\n\r\n" % len(RESPONSE) + RESPONSE
@@ -77,9 +99,9 @@ async def _answer(
         writer.close()
 
 
-async def _serve(port: int, store: Path | None) -> None:
+async def _serve(port: int, store: Path | None, direct: bool) -> None:
     server = await asyncio.start_server(
-        partial(_answer, store=store), "127.0.0.1", port, limit=1 << 20
+        partial(_answer, store=store, direct=direct), "127.0.0.1", port, limit=1 << 20
     )
     async with server:
         await server.serve_forever()
@@ -95,11 +117,14 @@ async def _measure(data: Path, instances: int, target: Target) -> None:
         print(f"sink, {clients} client(s): {n / seconds:.1f} inst/s ({n} instances)")
 
 
-def start_sink(store: Path | None = None) -> tuple[subprocess.Popen[bytes], Target]:
+def start_sink(
+    store: Path | None = None, *, direct: bool = False
+) -> tuple[subprocess.Popen[bytes], Target]:
     """The sink in its own process, as a server under test would be; with ``store``,
-    it keeps each part there (``keep_parts``)."""
+    it keeps each part there (``keep_parts``), with O_DIRECT if ``direct``."""
     port = free_port()
     keep = ["--store", str(store)] if store is not None else []
+    keep += ["--direct"] if direct else []
     sink = subprocess.Popen([sys.executable, __file__, "--serve", str(port), *keep])
     try:
         wait_for(f"http://127.0.0.1:{port}/", sink)
@@ -107,7 +132,7 @@ def start_sink(store: Path | None = None) -> tuple[subprocess.Popen[bytes], Targ
         sink.kill()
         sink.wait()
         raise
-    name = "sink" if store is None else "durable sink"
+    name = "sink" if store is None else "direct sink" if direct else "durable sink"
     return sink, Target(name, f"http://127.0.0.1:{port}/dicomweb", {}, sink.pid)
 
 
@@ -117,9 +142,10 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=Path("/tmp/dicombench/data"))
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the sink process
     parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--direct", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        asyncio.run(_serve(args.serve, args.store))
+        asyncio.run(_serve(args.serve, args.store, args.direct))
         return 0
     generate(args.data, list(all_studies(args.instances, args.instances)))
     sink, target = start_sink()
