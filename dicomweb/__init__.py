@@ -49,7 +49,6 @@ from dicomweb.qido import (
     parse_qido,
     return_attributes,
     searchable_levels,
-    warning_header,
 )
 from dicomweb.qido_match import filter_records, matches
 from dicomweb.transfer_syntax import (
@@ -60,6 +59,7 @@ from dicomweb.transfer_syntax import (
     negotiate,
     parse_accept,
 )
+from dicomweb.warning_headers import warning_header
 
 __all__ = [
     "FAILURE_REASONS",

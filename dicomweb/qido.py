@@ -23,6 +23,7 @@ from typing import Literal
 from pydicom.datadict import tag_for_keyword
 
 from dicomweb.dicom_json import dictionary_vr
+from dicomweb.warning_headers import bounded
 from fhir_server.storage.dicom_port import glob_regex
 from fhir_server.url_integers import url_integer
 
@@ -110,8 +111,6 @@ MAX_MATCH_VALUE_LENGTH = 8192
 # response grows with results x includes. A thousand exceed what an 8 KB request
 # line can name (8-digit tags and commas: about 900); ``all`` asks for everything.
 MAX_INCLUDEFIELDS = 1000
-# warnings listed one by one in a response (``_bounded``); the rest are counted
-MAX_WARNINGS = 20
 
 # PS3.4 C.2.2.2.5 (combined date and time range matching, which PS3.18 §8.3.4.1
 # requires of QIDO-RS): the DA/TM attribute pairs that name one moment. A pair
@@ -293,17 +292,8 @@ def parse_qido(
         limit=limit,
         offset=_offset(state.single.get("offset", "0")),
         fuzzymatching=state.fuzzy,
-        warnings=_bounded(state.warnings),
+        warnings=bounded(state.warnings, "ignored parameters"),
     )
-
-
-def _bounded(warnings: list[str]) -> tuple[str, ...]:
-    """The first ``MAX_WARNINGS`` warnings, then one that counts the rest: a request
-    full of unknown parameters does not make a response of warnings."""
-    if len(warnings) <= MAX_WARNINGS:
-        return tuple(warnings)
-    more = len(warnings) - MAX_WARNINGS
-    return (*warnings[:MAX_WARNINGS], f"{more} more ignored parameters are not listed")
 
 
 class _State:
@@ -452,9 +442,3 @@ def return_attributes(query: QidoQuery) -> tuple[tuple[int, ...], ...]:
     matched = [(m.path[0],) for m in query.matches]
     included = [p for p in query.includefields if LEVEL_OF.get(p[0], query.level) in query.levels]
     return tuple(dict.fromkeys([*required, *matched, *included]))
-
-
-def warning_header(text: str, agent: str = "radhub") -> str:
-    """One ``Warning`` header value with code 299 (PS3.18 §8.4.3; RFC 7234 §5.5)."""
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    return f'299 {agent} "{escaped}"'

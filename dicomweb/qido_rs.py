@@ -20,8 +20,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from dicomweb.http_common import DICOM_JSON, DicomwebServices, check_json_accept, study_scope
-from dicomweb.qido import Level, parse_qido, warning_header
+from dicomweb.qido import Level, parse_qido
 from dicomweb.qido_compile import Scope, compile_query, result_json, result_shape
+from dicomweb.warning_headers import warning_header
 from fhir_server.access.context import AuthContext, Interaction
 
 TOO_MANY = (

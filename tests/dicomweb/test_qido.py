@@ -14,7 +14,6 @@ from dicomweb.qido import (
     MATCHING_ATTRIBUTES,
     MAX_INCLUDEFIELDS,
     MAX_MATCH_VALUE_LENGTH,
-    MAX_WARNINGS,
     RETURN_ATTRIBUTES,
     Level,
     Match,
@@ -29,9 +28,9 @@ from dicomweb.qido import (
     parse_qido,
     return_attributes,
     searchable_levels,
-    warning_header,
 )
 from dicomweb.qido_match import filter_records, match_key, match_value, matches
+from dicomweb.warning_headers import MAX_WARNINGS
 from fhir_server.url_integers import INTEGER_CEILING
 
 
@@ -285,10 +284,6 @@ def test_warnings_are_listed_up_to_a_bound_then_counted() -> None:
     assert warnings[-1] == "5 more ignored parameters are not listed"
     exactly = parse_qido("study", params[:MAX_WARNINGS]).warnings
     assert len(exactly) == MAX_WARNINGS and "more" not in exactly[-1]
-
-
-def test_warning_header() -> None:
-    assert warning_header('bad "x"') == '299 radhub "bad \\"x\\""'
 
 
 def pn(alphabetic: str, ideographic: str = "") -> dict[str, str]:

@@ -286,3 +286,20 @@ async def test_head_passes_cors_and_audit(loaded: httpx.AsyncClient) -> None:
 
     assert await eventually(audited, "the HEAD request's AuditEvent")
     assert orjson.loads(head.content or b"null") is None
+
+
+@pytest.mark.parametrize(
+    ("query", "warning"),
+    [
+        ("%E2%82%AC=1", "query parameter '\\\\u20ac' is not supported and was ignored"),
+        ("includefield=%E2%82%AC", "unknown includefield '\\\\u20ac' was ignored"),
+        ("a%0D%0Ab=1", "query parameter 'a\\\\r\\\\nb' is not supported and was ignored"),
+    ],
+)
+async def test_a_warning_quoting_any_character_is_a_header_field(
+    loaded: httpx.AsyncClient, query: str, warning: str
+) -> None:
+    """A parameter named ``€`` made the answer a 500: a header is Latin-1 at most."""
+    response = await loaded.get(f"/dicomweb/studies?{query}")
+    assert response.status_code == 200 and len(response.json()) == 3
+    assert response.headers.get_list("warning") == [f'299 radhub "{warning}"']
