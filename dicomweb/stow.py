@@ -4,7 +4,8 @@ The request body is parsed part by part as it arrives and each part streams
 straight into the ingest pipeline, so memory stays bounded whatever the body
 size. The response is the Store Instances Response Module in DICOM JSON
 (PS3.18 §10.5.3): RetrieveURL, ReferencedSOPSequence (each with its
-RetrieveURL) and FailedSOPSequence (each with its FailureReason); 200 when
+RetrieveURL) and FailedSOPSequence (each with its FailureReason, and why in
+words in a ``Warning: 299`` header per failed instance); 200 when
 all were stored, 202 when some failed, 409 when none was stored, 415 for a
 request that is not ``multipart/related; type="application/dicom"``, 400 for a
 malformed Content-Type, 406 when the client accepts no DICOM JSON.
@@ -32,6 +33,7 @@ from dicomweb.http_common import DICOM_JSON, DicomwebServices, check_json_accept
 from dicomweb.ingest import Failed, Incoming, IngestReport, Stored
 from dicomweb.ingest_parse import CANNOT_UNDERSTAND, InstanceRejected
 from dicomweb.multipart import MultipartError, boundary_of, iter_parts, parse_content_type
+from dicomweb.warning_headers import bounded, warning_header
 from fhir_server.access.context import AuthContext
 from fhir_server.errors import InvalidRequest, UnsupportedMediaType
 from fhir_server.storage.dicom_port import Json
@@ -185,4 +187,14 @@ async def store_instances(
     if not report.stored and not report.failed:
         raise InvalidRequest("the request holds no instance")
     body = orjson.dumps(response_dataset(svc.base_url, report, study_uid))
-    return Response(body, status_code=response_status(report), media_type=DICOM_JSON)
+    response = Response(body, status_code=response_status(report), media_type=DICOM_JSON)
+    for text in failure_warnings(report):
+        response.headers.append("Warning", warning_header(text))
+    return response
+
+
+def failure_warnings(report: IngestReport) -> tuple[str, ...]:
+    """Why each instance failed, in words: the Failed SOP Sequence holds a code only,
+    and 0xC000 alone does not tell a sender what to mend."""
+    texts = [f"{f.sop_uid}: {f.message}" if f.sop_uid else f.message for f in report.failed]
+    return bounded(texts, "failures")

@@ -12,6 +12,7 @@ import pydicom
 import pytest
 from fastapi import FastAPI
 
+from dicomweb.warning_headers import MAX_WARNINGS
 from tests.dicomweb.conftest import bundled
 from tests.dicomweb.dicom_data import BOUNDARY, STOW_TYPE, make_instance, multipart
 
@@ -270,6 +271,37 @@ async def test_failed_items_name_the_instance_when_it_was_read(
     named = [(i[REASON]["Value"][0], i.get(SOP, {}).get("Value", [None])[0]) for i in items]
     assert named == [(0xC000, "1.2.3.1.7"), (0xC122, "1.2.3.1.8"), (0xC000, None)]
     assert all(i["00081150"]["Value"] == [CT_IMAGE] for i in items[:2])
+
+
+async def test_each_failure_is_told_in_words_in_a_warning(client: httpx.AsyncClient) -> None:
+    """The Failed SOP Sequence holds codes only: 0xC000 alone does not tell a sender
+    what to mend, so each failed instance also gets a ``Warning: 299``."""
+    body = multipart(
+        make_instance("1.2.3", "1.2.3.1", "1.2.3.1.1"),
+        make_instance("9.9", "9.9.1", "9.9.1.1"),
+        make_instance("1.2.3", "1.2.3.1", "1.2.3.1.3")[:-40],
+        b"not dicom",
+    )
+    response = await stow(client, body, "/dicomweb/studies/1.2.3")
+    assert response.status_code == 202
+    warnings = response.headers.get_list("warning")
+    assert [w.split(": ", 1)[0] for w in warnings] == [
+        '299 radhub "9.9.1.1',
+        '299 radhub "1.2.3.1.3',
+        '299 radhub "not a DICOM Part-10 file',
+    ]
+    assert "1.2.3" in warnings[0] and "study" in warnings[0].lower()
+    assert "truncated" in warnings[1]
+    stored = await stow(client, multipart(make_instance("1.2.3", "1.2.3.1", "1.2.3.1.2")))
+    assert stored.status_code == 200 and "warning" not in stored.headers
+
+
+async def test_failure_warnings_are_bounded(client: httpx.AsyncClient) -> None:
+    response = await stow(client, multipart(*[b"not dicom"] * (MAX_WARNINGS + 3)))
+    assert response.status_code == 409 and len(reasons(response)) == MAX_WARNINGS + 3
+    warnings = response.headers.get_list("warning")
+    assert len(warnings) == MAX_WARNINGS + 1
+    assert warnings[-1] == '299 radhub "3 more failures are not listed"'
 
 
 async def test_stow_answers_406_when_json_is_not_accepted(client: httpx.AsyncClient) -> None:
