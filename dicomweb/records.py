@@ -91,6 +91,18 @@ _EXTRA_LEVEL: dict[int, Level] = {
 # study's date and time.
 _EVERY_LEVEL = frozenset({0x00080201})
 
+# The most data elements an instance may hold outside its pixel data: at its top
+# level, and in all (sequence items included). Each top-level element goes into
+# every QIDO-RS answer with includefield=all that names the instance, built on the
+# event loop; every element goes into the series' metadata. 300,000 top-level
+# elements made one such answer 11 MB and held the loop for 0.54 s. Real objects
+# stay far below: a CT header has ~100 top-level elements (a few hundred with
+# private ones), and the largest headers, multi-frame objects with a functional
+# group per frame, nest their elements in sequences (a 50,000-tile slide image
+# with per-frame positions: ~350,000 in all).
+MAX_TOP_LEVEL_ELEMENTS = 10_000
+MAX_ELEMENTS = 2_000_000
+
 
 def level_of(tag: int) -> Level:
     """The level an attribute is stored at: the tables, the extras, else instance."""
@@ -236,6 +248,7 @@ def _record(
     blob: BlobLocation,
     patient_ref: str | None,
 ) -> InstanceRecord:
+    _check_element_counts(h, full)
     full[TRANSFER_SYNTAX_UID] = {"vr": "UI", "Value": [h.transfer_syntax_uid]}
     levels = split_levels(full)
     return InstanceRecord(
@@ -256,6 +269,39 @@ def _record(
         patient_ref=patient_ref,
         extra=_pixel_extra(h, pixel),
     )
+
+
+def _check_element_counts(h: InstanceHeader, full: JsonDataset) -> None:
+    """Refuse an instance with more data elements than this archive serves: 0xC000,
+    as sending it again cannot succeed, which a retryable 0xA700 would suggest."""
+    why = too_many_elements(full, MAX_TOP_LEVEL_ELEMENTS, MAX_ELEMENTS)
+    if why is not None:
+        message = f"the data set has {why}: more than this archive takes"
+        raise InstanceRejected(CANNOT_UNDERSTAND, message, h.sop_class_uid, h.sop_instance_uid)
+
+
+def too_many_elements(dataset: JsonDataset, top_level: int, in_all: int) -> str | None:
+    """What is over the limits in a DICOM JSON data set, if anything: more than
+    ``top_level`` elements at its top level, or ``in_all`` counting items' elements."""
+    if len(dataset) > top_level:
+        return f"{len(dataset):,} data elements at its top level (at most {top_level:,})"
+    if element_count(dataset, in_all) > in_all:
+        return f"more than {in_all:,} data elements in all"
+    return None
+
+
+def element_count(dataset: JsonDataset, most: int) -> int:
+    """Data elements in a DICOM JSON data set, items' included; the count stops
+    once it passes ``most``."""
+    count = 0
+    pending = [dataset]
+    while pending and count <= most:
+        current = pending.pop()
+        count += len(current)
+        for element in current.values():
+            if element.get("vr") == "SQ":
+                pending.extend(element.get("Value") or ())
+    return count
 
 
 def _pixel_extra(h: InstanceHeader, pixel: PixelDataLocation | None) -> Json:
