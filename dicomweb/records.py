@@ -96,10 +96,10 @@ _EVERY_LEVEL = frozenset({0x00080201})
 # every QIDO-RS answer with includefield=all that names the instance, built on the
 # event loop; every element goes into the series' metadata. 300,000 top-level
 # elements made one such answer 11 MB and held the loop for 0.54 s. Real objects
-# stay far below: a CT header has ~100 top-level elements (a few hundred with
-# private ones), and the largest headers, multi-frame objects with a functional
-# group per frame, nest their elements in sequences (a 50,000-tile slide image
-# with per-frame positions: ~350,000 in all).
+# stay far below: an image header has a few hundred top-level elements at most,
+# private ones included, and the largest headers, multi-frame objects with a
+# functional group per frame, nest their elements in sequences (a 50,000-tile
+# slide image with a position per frame: ~350,000 in all).
 MAX_TOP_LEVEL_ELEMENTS = 10_000
 MAX_ELEMENTS = 2_000_000
 
