@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -411,5 +412,7 @@ def _not_modified(request: Request, version: StoredVersion) -> bool:
             moment = parsedate_to_datetime(since)
         except (TypeError, ValueError):
             return False
+        if moment.tzinfo is None:  # "-0000" (RFC 5322 §3.3): UTC, no zone given
+            moment = moment.replace(tzinfo=UTC)
         return version.last_updated.replace(microsecond=0) <= moment
     return False

@@ -61,7 +61,10 @@ async def rewrite_references(
     per distinct reference. A coroutine per element, or a copy of every
     resource, cost a transaction more than its SQL."""
     conditional: dict[str, list[dict[str, Any]]] = {}
-    _rewrite(resource, mapping, conditional)
+    try:
+        _rewrite(resource, mapping, conditional)
+    except RecursionError:
+        raise InvalidRequest("a Bundle entry's resource is nested too deeply") from None
     for reference, holders in conditional.items():
         resolved = await resolve_conditional(reference)
         for holder in holders:

@@ -73,8 +73,20 @@ def _parse_entry(index: int, raw: Any) -> Entry:
         raise InvalidRequest(f"{where} has no request")
     request = raw["request"]
     method, url = request.get("method"), request.get("url")
-    if method not in _ORDER or not isinstance(url, str) or not url:
+    valid_method = isinstance(method, str) and method in _ORDER
+    if not valid_method or not isinstance(url, str) or not url:
         raise InvalidRequest(f"{where}.request needs a method and a url")
+    for name, value in (
+        ("fullUrl", raw.get("fullUrl")),
+        ("request.ifNoneExist", request.get("ifNoneExist")),
+        ("request.ifMatch", request.get("ifMatch")),
+    ):
+        if value is not None and not isinstance(value, str):
+            raise InvalidRequest(f"{where}.{name} must be a string")
+    try:
+        urlsplit(url)
+    except ValueError as exc:
+        raise InvalidRequest(f"{where}.request.url is malformed: {exc}") from None
     return Entry(
         index=index,
         method=method,
@@ -175,7 +187,7 @@ def _patch_body(entry: Entry) -> Any:
     if isinstance(resource, dict) and resource.get("resourceType") == "Binary":
         try:
             return orjson.loads(base64.b64decode(resource.get("data", "")))
-        except (ValueError, orjson.JSONDecodeError) as exc:
+        except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
             raise InvalidRequest(f"the patch Binary does not hold JSON: {exc}") from None
     return resource
 

@@ -55,6 +55,8 @@ def validate_resource(resource: Any) -> str:
         ) from None
     except (ValueError, TypeError) as exc:
         raise InvalidResource(f"{resource_type} is not valid: {exc}") from None
+    except RecursionError:
+        raise InvalidResource(f"{resource_type} is not valid: nested too deeply") from None
     except KeyError:
         # fhir_core looks a nested resource's model up by its resourceType and
         # raises KeyError for a type it does not know (a contained {"resourceType": ""})
