@@ -150,6 +150,8 @@ def _sort(state: _State, value: str) -> tuple[SortKey, ...]:
         descending = raw.startswith("-")
         code = raw.lstrip("-")
         param = state.registry.common_param(state.types, code)
+        if any(key.param == code for key in keys):
+            continue  # a repeated key cannot change the order; SQLite caps the columns
         if code in ("_id", "_lastUpdated"):
             keys.append(SortKey(code, descending))
         elif param is None or param.type == "composite":

@@ -87,6 +87,9 @@ def parse_decimal(param: str, text: str) -> Decimal:
         raise _fail(param, text, "expected a number") from exc
     if not number.is_finite():
         raise _fail(param, text, "expected a finite number")
+    if not -400 <= number.adjusted() <= 400:
+        # beyond any float; Decimal arithmetic on it (the precision range) overflows
+        raise _fail(param, text, "out of range")
     return number
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from fhir_server.errors import StorageUnavailable, VersionConflict
+from fhir_server.errors import InvalidSearch, StorageUnavailable, VersionConflict
 from fhir_server.search.dates import from_micros, to_micros
 from fhir_server.storage.base import (
     HistoryPage,
@@ -47,6 +47,18 @@ SCHEMA = (
 
 _VERSION_COLUMNS = "type, id, version, last_updated, method, body, seq"
 
+# SQLite's limits on one statement (https://www.sqlite.org/limits.html): reached by a
+# search the client made too large (hundreds of OR values, a long chain, a _sort
+# repeated), not by the store being unavailable, so a 400 and not a 503 to retry
+_STATEMENT_LIMITS = (
+    "too many terms in compound select",
+    "expression tree is too large",
+    "parser stack overflow",
+    "too many columns",
+    "too many sql variables",
+    "at most 64 tables in a join",
+)
+
 
 @contextmanager
 def map_sqlite_errors() -> Iterator[None]:
@@ -54,6 +66,8 @@ def map_sqlite_errors() -> Iterator[None]:
     try:
         yield
     except sqlite3.OperationalError as exc:
+        if any(limit in str(exc).lower() for limit in _STATEMENT_LIMITS):
+            raise InvalidSearch(f"the search is too complex for this server ({exc})") from exc
         raise StorageUnavailable(f"embedded store unavailable: {exc}") from exc
     except sqlite3.DatabaseError as exc:
         raise StorageUnavailable(f"embedded store error: {exc}") from exc

@@ -120,9 +120,27 @@ def _or(node: Or, ctx: Ctx) -> Frag:
     # A union of index lookups keeps every branch on its index; a plain OR of
     # IN-terms may make SQLite scan the outer table.
     if all(_is_set(p) for p in node.parts):
-        union = join(" UNION ", [pk_set(p, ctx) for p in node.parts])
+        union = _union([pk_set(p, ctx) for p in node.parts])
         return Frag(f"{ctx.alias}.pk IN ({union.sql})", union.args)
     return _wrap(join(" OR ", [condition(p, ctx) for p in node.parts]))
+
+
+# SQLite takes at most 500 terms in one compound SELECT (SQLITE_MAX_COMPOUND_SELECT),
+# and a client may OR more values than that (the results of 600 patients in one
+# search): a larger union is built of nested groups, each a term of the one above.
+UNION_GROUP = 250
+
+
+def _union(sets: list[Frag]) -> Frag:
+    """``sets`` (each a ``SELECT pk``) in one UNION, nested in groups when many."""
+    if len(sets) <= UNION_GROUP:
+        return join(" UNION ", sets)
+    # each set may be a compound itself (a date's spans): one term each, as subqueries
+    terms = [Frag(f"SELECT pk FROM ({s.sql})", s.args) for s in sets]
+    groups = [
+        join(" UNION ", terms[i : i + UNION_GROUP]) for i in range(0, len(terms), UNION_GROUP)
+    ]
+    return _union([Frag(f"SELECT pk FROM ({g.sql})", g.args) for g in groups])
 
 
 def _is_set(node: Node) -> bool:
