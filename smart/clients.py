@@ -13,7 +13,6 @@ Each registered client has one way in, fixed by its kind:
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -139,7 +138,7 @@ class ClientAuthenticator:
 def _basic(authorization: str) -> tuple[str, str]:
     try:
         raw = base64.b64decode(authorization.split(" ", 1)[1].strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError, IndexError) as exc:
+    except (ValueError, IndexError) as exc:  # binascii.Error, UnicodeDecodeError; non-ASCII
         raise InvalidClient("malformed Basic credentials") from exc
     client_id, sep, secret = raw.partition(":")
     if not sep:
@@ -156,7 +155,7 @@ def _unverified(assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
             for part in assertion.split(".")[:2]
         ]
         header, claims = parts
-    except (ValueError, binascii.Error) as exc:
+    except (ValueError, RecursionError) as exc:  # binascii.Error is a ValueError
         raise InvalidClient("malformed client assertion") from exc
     if not isinstance(header, dict) or not isinstance(claims, dict):
         raise InvalidClient("malformed client assertion")
