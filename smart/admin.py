@@ -27,6 +27,7 @@ or refused, is audited (``fhir_server.audit``: DCM 110113 Security Alert).
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -69,7 +70,10 @@ def is_admin(ctx: AuthContext) -> bool:
         return False
     full = frozenset("cruds")
     return any(
-        s.level == "user" and s.resource_type == "*" and s.permissions == full
+        s.level == "user"
+        and s.resource_type == "*"
+        and s.permissions == full
+        and not s.constraints  # user/*.cruds?category=x is not everything
         for s in ctx.scopes.resources
     )
 
@@ -267,6 +271,9 @@ def _found(record: T | None, what: str) -> T:
 
 async def _json(request: Request) -> Any:
     try:
-        return await request.json()
-    except ValueError as exc:
-        raise OAuthError("the body is not valid JSON") from exc
+        body = await request.json()
+        # a lone surrogate (JSON \ud800) parses but can be neither stored nor sent back
+        json.dumps(body, ensure_ascii=False).encode()
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+        raise OAuthError("the body is not valid JSON (UTF-8, not nested too deep)") from exc
+    return body

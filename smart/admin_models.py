@@ -71,7 +71,7 @@ def client_from_metadata(
     """The client record ``body`` (RFC 7591 metadata) describes; raises on bad metadata."""
     if not isinstance(body, dict):
         raise InvalidClientMetadata("the body must be a JSON object")
-    if not CLIENT_ID.fullmatch(client_id):
+    if not isinstance(client_id, str) or not CLIENT_ID.fullmatch(client_id):
         raise InvalidClientMetadata("client_id: 1-128 of A-Z a-z 0-9 . _ ~ : -")
     method = body.get("token_endpoint_auth_method", "client_secret_basic")
     kind = AUTH_METHOD_KIND.get(method) if isinstance(method, str) else None
@@ -110,7 +110,11 @@ def client_view(client: ClientRecord) -> dict[str, Any]:
 
 
 def _redirect_uri(uri: str) -> str:
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+    except ValueError as exc:
+        raise InvalidRedirectUri(f"{uri!r}: not a URL ({exc})") from None
     secure = parts.scheme == "https" or (
         parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS
     )

@@ -54,8 +54,9 @@ AUTHORIZE_PARAMS = (
     "nonce",
 )
 
-AuditHook = Callable[[str, int, str, str | None], None]
-"""``(event, status, description, user_id)``: what the flow reports for the audit trail."""
+AuditHook = Callable[[str, int, str, str | None, str, str | None], None]
+"""``(event, status, description, user_id, client_id, address)``: what the flow reports
+for the audit trail (the client asking, and the browser's network address)."""
 
 
 class PageError(Exception):
@@ -64,11 +65,13 @@ class PageError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Checked:
-    """A valid authorize request: its parameters, client and EHR launch context."""
+    """A valid authorize request: its parameters, client and EHR launch context, and
+    the network address it came from (for the audit trail)."""
 
     params: dict[str, str]
     client: ClientRecord
     launch: LaunchContext | None
+    address: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +129,7 @@ class AuthorizeFlow:
         self._audit = audit
         self._clock = clock
 
-    async def check(self, raw: Mapping[str, str]) -> Checked:
+    async def check(self, raw: Mapping[str, str], address: str | None = None) -> Checked:
         """Validate the request; raises PageError or RedirectError."""
         params = {k: raw[k] for k in AUTHORIZE_PARAMS if raw.get(k)}
         client = await self._auth.get_client(params.get("client_id", ""))
@@ -142,7 +145,7 @@ class AuthorizeFlow:
             launch = await self._launches.resolve(params["launch"], client.client_id)
             if launch is None:
                 raise RedirectError(OAuthError("unknown or expired launch"), params)
-        return Checked(params, client, launch)
+        return Checked(params, client, launch, address)
 
     def _problem(self, params: Mapping[str, str]) -> OAuthError | None:
         if params.get("response_type") != "code":
@@ -169,14 +172,20 @@ class AuthorizeFlow:
         try:
             user = await self._accounts.login(username, form.get("password", ""))
         except LockedOut:
-            self._audit("login", 429, "account locked after repeated failures", None)
+            self._record(checked, "login", 429, "account locked after repeated failures", None)
             return self._login_again(checked, "Too many failed attempts; try again later.", 429)
         if user is None:
-            self._audit("login", 401, "wrong user name or password", None)
+            self._record(checked, "login", 401, "wrong user name or password", None)
             return self._login_again(checked, "Wrong user name or password.", 401)
-        self._audit("login", 200, "user signed in", user.id)
+        self._record(checked, "login", 200, "user signed in", user.id)
         ticket = self._tickets.issue(user.id, checked.params, self._clock())
         return await self._consent_page(checked, user, ticket)
+
+    def _record(
+        self, checked: Checked, event: str, status: int, description: str, user: str | None
+    ) -> None:
+        client_id = checked.client.client_id
+        self._audit(event, status, description, user, client_id, checked.address)
 
     def _login_again(self, checked: Checked, message: str, status: int) -> Response:
         return pages.login_page(checked.params, _name(checked.client), message, status)
@@ -213,7 +222,7 @@ class AuthorizeFlow:
         if signed_in is None or user is None or not user.is_active:
             return self._login_again(checked, "Your sign-in expired; sign in again.", 401)
         if form.get("decision") != "approve":
-            self._audit("consent", 403, "the user denied access", user.id)
+            self._record(checked, "consent", 403, "the user denied access", user.id)
             raise RedirectError(AccessDenied("the user denied access"), checked.params)
         offer = self._offer(checked, user)
         granted = [s for s in offer.scopes if s in set(grants)]
@@ -250,7 +259,8 @@ class AuthorizeFlow:
                 nonce=checked.params.get("nonce"),
             )
         )
-        self._audit("consent", 200, f"code issued for scope {grant.scope}", grant.subject)
+        description = f"code issued for scope {grant.scope}"
+        self._record(checked, "consent", 200, description, grant.subject)
         query = {"code": code, "state": checked.params["state"], "iss": self._config.issuer}
         return _redirect(checked.params["redirect_uri"], query)
 

@@ -56,7 +56,11 @@ class _Cached:
 
 def check_jwks_uri(uri: str) -> str | None:
     """Why ``uri`` may not be fetched, or None when it may."""
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+    except ValueError as exc:
+        return f"jwks_uri is not a URL ({exc})"
     if parts.scheme == "https" and parts.hostname:
         return None
     if parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS:

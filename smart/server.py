@@ -41,6 +41,11 @@ from smart.secrets import password_helper
 from smart.tickets import Tickets
 from smart.users import Accounts, LoginPolicy
 
+# What an OAuth form may hold: a few dozen short fields (the longest is a client
+# assertion JWT). Starlette's defaults (1000 fields of 1 MiB each) let one
+# unauthenticated request make the server hold a GiB.
+FORM_LIMITS: dict[str, int] = {"max_files": 0, "max_fields": 200, "max_part_size": 64 * 1024}
+
 
 class AuditSink(Protocol):
     def record(self, record: AuditRecord) -> None: ...
@@ -93,8 +98,15 @@ class AuthServer:
         tickets = Tickets(keyring, f"{config.issuer}#login", config.login_ttl, clock=clock)
         picker = PatientPicker(store, policy)
 
-        def audit_event(event: str, status: int, description: str, user: str | None) -> None:
-            _audit(audit, event, status, description, user, None)
+        def audit_event(
+            event: str,
+            status: int,
+            description: str,
+            user: str | None,
+            client: str,
+            address: str | None,
+        ) -> None:
+            _audit(audit, event, status, description, user, client, address)
 
         flow = AuthorizeFlow(
             config, store.auth, accounts, launches, picker, tickets, audit_event, clock=clock
@@ -155,10 +167,10 @@ class AuthServer:
         )
 
     async def authorize(self, request: Request) -> Response:
-        form = await request.form() if request.method == "POST" else FormData()
+        form = await request.form(**FORM_LIMITS) if request.method == "POST" else FormData()
         params: Mapping[str, str] = _strings(form) if form else dict(request.query_params)
         try:
-            checked = await self.flow.check(params)
+            checked = await self.flow.check(params, _address(request))
             return await self._step(checked, form)
         except PageError as exc:
             self._record("authorize", 400, str(exc), params.get("client_id"), request)
@@ -178,7 +190,7 @@ class AuthServer:
         return self.flow.start(checked)
 
     async def token(self, request: Request) -> Response:
-        form = _strings(await request.form())
+        form = _strings(await request.form(**FORM_LIMITS))
         client_id = form.get("client_id")
         try:
             client = await self.clients.authenticate(form, request.headers.get("authorization"))
@@ -190,7 +202,7 @@ class AuthServer:
         return JSONResponse(body, headers=NO_STORE)
 
     async def introspect(self, request: Request) -> Response:
-        form = _strings(await request.form())
+        form = _strings(await request.form(**FORM_LIMITS))
         try:
             client = await self.clients.authenticate(form, request.headers.get("authorization"))
             if client.kind == "public":
@@ -201,7 +213,7 @@ class AuthServer:
         return JSONResponse(answer, headers=NO_STORE)
 
     async def revoke(self, request: Request) -> Response:
-        form = _strings(await request.form())
+        form = _strings(await request.form(**FORM_LIMITS))
         try:
             client = await self.clients.authenticate(form, request.headers.get("authorization"))
         except OAuthError as exc:
@@ -224,10 +236,25 @@ class AuthServer:
         except FhirError as exc:
             self._record("launch", exc.status, exc.diagnostics, None, request)
             raise
-        form = _strings(await request.form())
+        form = _strings(await request.form(**FORM_LIMITS))
         if not form.get("client_id") or not form.get("patient"):
-            return OAuthError("client_id and patient are required").response()
+            refused = OAuthError("client_id and patient are required")
+            self._record("launch", refused.status, refused.description, ctx.client_id, request)
+            return refused.response()
         value = await self.launches.mint(form["client_id"], form["patient"], form.get("encounter"))
+        what = f"launch minted for client {form['client_id']}"
+        self.audit.record(
+            AuditRecord(
+                "launch",
+                200,
+                utc_now(),
+                ctx,
+                resource_type="Patient",
+                resource_id=form["patient"],
+                address=_address(request),
+                description=what,
+            )
+        )
         return JSONResponse({"launch": value}, headers=NO_STORE)
 
     def _refused(
@@ -240,8 +267,11 @@ class AuthServer:
     def _record(
         self, event: str, status: int, description: str, client: str | None, request: Request
     ) -> None:
-        address = request.client.host if request.client else None
-        _audit(self.audit, event, status, description, None, client, address)
+        _audit(self.audit, event, status, description, None, client, _address(request))
+
+
+def _address(request: Request) -> str | None:
+    return request.client.host if request.client else None
 
 
 def _reader(scopes: ScopeSet, level: str) -> bool:

@@ -5,6 +5,7 @@ audit record for every call."""
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -323,3 +324,64 @@ def test_every_admin_route_is_in_the_openapi_document(app: FastAPI) -> None:
     paths = app.openapi()["paths"]
     assert {CLIENTS, f"{CLIENTS}/{{client_id}}", USERS, f"{USERS}/{{user_id}}"} <= set(paths)
     assert orjson.dumps(paths[f"{USERS}/{{user_id}}"]).decode().count("operationId") == 3
+
+
+PUBLIC = {"token_endpoint_auth_method": "none", "redirect_uris": ["https://a.example/cb"]}
+
+
+@pytest.mark.parametrize(
+    ("client", "error"),
+    [
+        ({**PUBLIC, "client_id": 123}, "invalid_client_metadata"),
+        (
+            {**PUBLIC, "client_id": "x1", "redirect_uris": ["http://[::1/cb"]},
+            "invalid_redirect_uri",
+        ),
+        (
+            {**PUBLIC, "client_id": "x2", "redirect_uris": ["https://a.example:99999/cb"]},
+            "invalid_redirect_uri",
+        ),
+        ({**PUBLIC, "client_id": "x3", "client_name": "\ud800"}, "invalid_request"),
+        (
+            {
+                "client_id": "x4",
+                "token_endpoint_auth_method": "private_key_jwt",
+                "jwks_uri": "http://[::1",
+            },
+            "invalid_client_metadata",
+        ),
+    ],
+)
+async def test_odd_client_metadata_is_a_400(
+    admin: httpx.AsyncClient, client: dict[str, Any], error: str
+) -> None:
+    """Each was a 500, with no audit record: a number for a client id, URLs that
+    urlsplit refuses, a lone surrogate that JSON parses and no store can keep."""
+    body = _escaped_json(client)  # orjson refuses to write a lone surrogate
+    response = await admin.post(CLIENTS, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"] == error
+
+
+def _escaped_json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=True).encode()  # "\ud800" as JSON writes it
+
+
+@pytest.mark.parametrize(
+    "body", [b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 50_000 + b"1" + b"}" * 50_000]
+)
+async def test_json_nested_past_the_parser_is_a_400(admin: httpx.AsyncClient, body: bytes) -> None:
+    for path in (CLIENTS, USERS):
+        response = await admin.post(
+            path, content=body, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 400
+        assert response.json()["error"] == "invalid_request"
+
+
+async def test_a_constrained_scope_is_not_every_right(app: FastAPI, mint: MintToken) -> None:
+    """The admin API needs user/*.cruds with no constraint: ``?category=`` narrows it."""
+    token = mint("user/*.cruds?category=foo", roles=["admin"], fhir_user=ADMIN, subject="adm")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=BASE, headers=bearer(token)) as c:
+        assert (await c.get(USERS)).status_code == 403
