@@ -37,24 +37,44 @@ def _files(paths: list[Path]) -> Iterator[Path]:
             raise InvalidRequest(f"{path} does not exist")
 
 
-def _resources(path: Path) -> Iterator[dict[str, Any]]:
+def _object(data: Any, where: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"{where}: not a JSON object (a FHIR resource or Bundle)")
+    return data
+
+
+def _document(path: Path) -> dict[str, Any]:
+    return _object(orjson.loads(path.read_bytes()), str(path))
+
+
+def _resources(path: Path, document: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
     """The loose resources of a file: NDJSON lines or a non-transaction Bundle's entries."""
     if path.suffix == ".ndjson":
         with path.open("rb") as lines:
             for number, line in enumerate(lines, 1):
                 if line.strip():
                     try:
-                        yield orjson.loads(line)
+                        data = orjson.loads(line)
                     except orjson.JSONDecodeError as exc:
                         raise InvalidRequest(f"{path}:{number}: not JSON: {exc}") from None
+                    yield _object(data, f"{path}:{number}")
         return
-    document = orjson.loads(path.read_bytes())
-    if document.get("resourceType") == "Bundle":
-        for entry in document.get("entry") or []:
-            if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
-                yield entry["resource"]
-    else:
+    document = _document(path) if document is None else document
+    if document.get("resourceType") != "Bundle":
         yield document
+        return
+    entries = document.get("entry", [])
+    if not isinstance(entries, list):
+        raise InvalidRequest(f"{path}: Bundle.entry is not a list")
+    for number, entry in enumerate(entries):
+        where = f"{path}: Bundle.entry[{number}]"
+        entry = _object(entry, where)
+        search = entry.get("search")
+        if isinstance(search, dict) and search.get("mode") == "outcome":
+            continue  # a searchset's OperationOutcome about the search, not data
+        if not isinstance(entry.get("resource"), dict):
+            raise InvalidRequest(f"{where} has no resource (a deletion cannot be imported)")
+        yield entry["resource"]
 
 
 def upsert_bundle(resources: list[dict[str, Any]]) -> dict[str, Any]:
@@ -71,23 +91,45 @@ def upsert_bundle(resources: list[dict[str, Any]]) -> dict[str, Any]:
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
+class ImportFailed(Exception):
+    """A file failed after ``imported`` of its resources were committed."""
+
+    def __init__(self, cause: Exception, imported: int) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.imported = imported
+
+
 async def import_file(svc: Services, path: Path, chunk: int, progress: Progress) -> int:
-    if path.suffix == ".json":
-        document = orjson.loads(path.read_bytes())
-        kind = document.get("type") if document.get("resourceType") == "Bundle" else None
-        if kind in ("transaction", "batch"):
-            handler = transaction if kind == "transaction" else batch
-            result = await handler(svc, IMPORT_CONTEXT, document)
-            return len(result["entry"])
-    task = progress.add_task(path.name, total=None)
+    """Import one file; raises ImportFailed (with what was committed before the error)."""
     done = 0
-    pending: list[dict[str, Any]] = []
-    for resource in _resources(path):
-        pending.append(resource)
-        if len(pending) >= chunk:
-            done += await _flush(svc, pending, progress, task)
-    done += await _flush(svc, pending, progress, task)
+    try:
+        document = _document(path) if path.suffix == ".json" else None
+        if document is not None and document.get("resourceType") == "Bundle":
+            kind = document.get("type")
+            if kind in ("transaction", "batch"):
+                handler = transaction if kind == "transaction" else batch
+                result = await handler(svc, IMPORT_CONTEXT, document)
+                return len(result["entry"])
+        task = progress.add_task(path.name, total=None)
+        pending: list[dict[str, Any]] = []
+        for resource in _resources(path, document):
+            pending.append(resource)
+            if len(pending) >= chunk:
+                done += await _flush(svc, pending, progress, task)
+        done += await _flush(svc, pending, progress, task)
+    except (FhirError, orjson.JSONDecodeError, OSError) as exc:
+        raise ImportFailed(exc, done) from exc
     return done
+
+
+def _explain(exc: Exception) -> str:
+    """An error with its OperationOutcome issues (which resource, which element)."""
+    lines = [str(exc)]
+    for issue in getattr(exc, "issues", ())[:20]:
+        where = f" at {', '.join(issue.expression)}" if issue.expression else ""
+        lines.append(f"  {issue.severity}: {issue.diagnostics}{where}")
+    return "\n".join(lines)
 
 
 async def _flush(
@@ -114,8 +156,13 @@ async def run_import(settings: Settings, paths: list[Path], *, chunk: int = 500)
             for path in _files(paths):
                 try:
                     total += await import_file(svc, path, chunk, progress)
-                except (FhirError, orjson.JSONDecodeError) as exc:
-                    progress.console.print(f"[red]{path}: {exc}[/red]")
+                except ImportFailed as exc:
+                    total += exc.imported
+                    message = _explain(exc.cause)
+                    if not message.startswith(str(path)):
+                        message = f"{path}: {message}"
+                    progress.console.print(message, style="red", markup=False)  # file text
+                    print(f"imported {total} resources before the error (committed, not undone)")
                     return 1
     finally:
         await store.close()
