@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from starlette.requests import Request
@@ -41,6 +42,8 @@ from fhir_server.resources.presentation import present
 from fhir_server.storage.base import StoredVersion
 
 log = logging.getLogger(__name__)
+# search parameters one POST _search form may hold (as many as Starlette's reader took)
+MAX_FORM_FIELDS = 1000
 
 Work = Callable[[AuthContext], Awaitable[Response]]
 
@@ -128,6 +131,13 @@ class FhirHttp:
     async def body(self, request: Request, *, patch: bool = False) -> Any:
         """The request's JSON body, within the size limit."""
         check_content_type(request, patch=patch)
+        try:
+            return orjson.loads(await self.bounded_body(request))
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+
+    async def bounded_body(self, request: Request) -> bytes:
+        """The request's body, refused (413) past ``max_body_bytes``."""
         limit = self.svc.limits.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -139,10 +149,21 @@ class FhirHttp:
             if size > limit:
                 raise PayloadTooLarge(f"the body exceeds {limit} bytes")
             chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def search_form(self, request: Request) -> list[tuple[str, str]]:
+        """A POST _search body's parameters, read within the body's size limit:
+        Starlette's form reader held up to 1000 fields of 1 MiB each (a GiB)."""
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/x-www-form-urlencoded":
+            raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded")
+        text = (await self.bounded_body(request)).decode("latin-1")  # percent-escapes are ASCII
         try:
-            return orjson.loads(b"".join(chunks))
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+            return parse_qsl(
+                text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS, errors="replace"
+            )
+        except ValueError as exc:
+            raise InvalidRequest(f"the search form cannot be read: {exc}") from None
 
     def shown(self, request: Request, version: StoredVersion) -> Response:
         """A read result, or 304 when the client's copy is current."""
@@ -297,12 +318,7 @@ class FhirHttp:
 
     async def type_search_post(self, request: Request, resource_type: str) -> Response:
         async def work(auth: AuthContext) -> Response:
-            media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            if media != "application/x-www-form-urlencoded":
-                raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded")
-            form = await request.form()
-            params = [*request.query_params.multi_items()]
-            params += [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+            params = [*request.query_params.multi_items(), *await self.search_form(request)]
             result = await search.search(
                 self.svc, auth, resource_type, params, strict=prefer_strict(request)
             )

@@ -8,6 +8,9 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
+from fastapi import FastAPI
+
+from fhir_server.http.routes import MAX_FORM_FIELDS
 
 FHIR = {"Content-Type": "application/fhir+json"}
 FORM = "application/x-www-form-urlencoded"
@@ -93,3 +96,29 @@ async def test_a_number_beyond_any_float_is_400(client: httpx.AsyncClient, value
         response = await client.get(f"/fhir/{search}")
         assert response.status_code == 400
         assert "out of range" in response.json()["issue"][0]["diagnostics"]
+
+
+async def test_a_search_form_is_read_within_the_body_limit(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """Starlette's form reader held up to 1000 fields of 1 MiB each: a GiB per request."""
+    limit = app.state.services.limits.max_body_bytes
+    huge = urlencode({"name": "x" * limit})
+    response = await client.post(
+        "/fhir/Patient/_search", content=huge, headers={"Content-Type": FORM}
+    )
+    assert response.status_code == 413
+    many = urlencode([("name", "x")] * (MAX_FORM_FIELDS + 1))
+    response = await client.post(
+        "/fhir/Patient/_search", content=many, headers={"Content-Type": FORM}
+    )
+    assert response.status_code == 400
+    assert "cannot be read" in response.json()["issue"][0]["diagnostics"]
+    joann = {"resourceType": "Patient", "name": [{"family": "Jo Ann"}]}
+    assert (await client.post("/fhir/Patient", json=joann, headers=FHIR)).status_code == 201
+    for form, found in [("name=Jo+Ann", 1), ("name=Jo%20Ann", 1), ("name=Jo%2BAnn", 0)]:
+        response = await client.post(
+            "/fhir/Patient/_search", content=form, headers={"Content-Type": FORM}
+        )
+        assert response.status_code == 200
+        assert len(response.json().get("entry", [])) == found, form
