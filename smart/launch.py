@@ -14,6 +14,10 @@ from fhir_server.storage.auth_port import AuthData, LaunchContext
 from smart.secrets import digest, new_token
 
 
+class UnknownClient(ValueError):
+    """A launch was asked for a client that is not registered (it could never be used)."""
+
+
 class Launches:
     """Mints and resolves launch values (stored hashed, valid until they expire)."""
 
@@ -25,7 +29,9 @@ class Launches:
         self._clock = clock
 
     async def mint(self, client_id: str, patient: str, encounter: str | None = None) -> str:
-        """A new launch value for this client and context."""
+        """A new launch value for this client and context; raises UnknownClient."""
+        if await self._auth.get_client(client_id) is None:
+            raise UnknownClient(f"unknown client {client_id}")
         value = new_token()
         expires = self._clock() + self._ttl
         await self._auth.put_launch(

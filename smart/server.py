@@ -35,7 +35,7 @@ from smart.introspection import Introspection
 from smart.issuer import TokenIssuer
 from smart.jwks_fetch import JwksSource
 from smart.keys import KeyRing
-from smart.launch import Launches
+from smart.launch import Launches, UnknownClient
 from smart.patients import PatientPicker
 from smart.secrets import password_helper
 from smart.tickets import Tickets
@@ -241,7 +241,14 @@ class AuthServer:
             refused = OAuthError("client_id and patient are required")
             self._record("launch", refused.status, refused.description, ctx.client_id, request)
             return refused.response()
-        value = await self.launches.mint(form["client_id"], form["patient"], form.get("encounter"))
+        try:
+            value = await self.launches.mint(
+                form["client_id"], form["patient"], form.get("encounter")
+            )
+        except UnknownClient as exc:
+            refused = OAuthError(str(exc))
+            self._record("launch", refused.status, refused.description, ctx.client_id, request)
+            return refused.response()
         what = f"launch minted for client {form['client_id']}"
         self.audit.record(
             AuditRecord(

@@ -22,7 +22,7 @@ from fhir_server.storage.auth_port import ClientKind, ClientRecord
 from fhir_server.storage.base import Store
 from fhir_server.storage.factory import build_store
 from smart.keys import KeyRing
-from smart.launch import Launches
+from smart.launch import Launches, UnknownClient
 from smart.secrets import password_helper
 from smart.users import Accounts
 
@@ -147,10 +147,11 @@ async def _user_add(store: Store, args: argparse.Namespace) -> int:
 
 
 async def _launch(store: Store, args: argparse.Namespace) -> int:
-    if await store.auth.get_client(args.client_id) is None:
-        print(f"radhub: unknown client {args.client_id}", file=sys.stderr)
+    try:
+        print(await Launches(store.auth).mint(args.client_id, args.patient, args.encounter))
+    except UnknownClient as exc:
+        print(f"radhub: {exc}", file=sys.stderr)
         return 2
-    print(await Launches(store.auth).mint(args.client_id, args.patient, args.encounter))
     return 0
 
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
-from smart.launch import Launches
+from smart.launch import Launches, UnknownClient
 
 from .conftest import Smart, bearer, query_of
 
@@ -87,6 +88,22 @@ async def test_launch_api_needs_an_authorised_caller(
     assert made.status_code == 200
     resolved = await Launches(smart.store.auth).resolve(made.json()["launch"], "app")
     assert resolved is not None and resolved.patient == "p1"
+
+
+async def test_a_launch_for_an_unregistered_client_is_refused(
+    smart: Smart, mint: Callable[..., str]
+) -> None:
+    """It could never be used; ``radhub launch`` refused it, the API minted it."""
+    ehr = bearer(mint("system/Patient.rs"))
+    data = {"client_id": "nobody", "patient": "p1"}
+    refused = await smart.http.post("/auth/launch", data=data, headers=ehr)
+    assert refused.status_code == 400
+    assert refused.json() == {
+        "error": "invalid_request",
+        "error_description": "unknown client nobody",
+    }
+    with pytest.raises(UnknownClient):
+        await Launches(smart.store.auth).mint("nobody", "p1")
 
 
 async def test_standalone_launch_picks_a_patient(smart: Smart, client: httpx.AsyncClient) -> None:
