@@ -275,5 +275,5 @@ async def _json(request: Request) -> Any:
         # a lone surrogate (JSON \ud800) parses but can be neither stored nor sent back
         json.dumps(body, ensure_ascii=False).encode()
     except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
-        raise OAuthError("the body is not valid JSON (UTF-8, not nested too deep)") from exc
+        raise OAuthError("the body is not JSON in UTF-8, or it nests too deeply") from exc
     return body
