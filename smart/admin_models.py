@@ -26,6 +26,7 @@ from fhir_server.access.roles import ROLES
 from fhir_server.storage.auth_port import ClientKind, ClientRecord, UserRecord
 from smart.errors import OAuthError
 from smart.jwks_fetch import LOOPBACK_HOSTS, JwksUnavailable, check_jwks_uri, parse_public_jwks
+from smart.users import USERNAME_RULE, is_username
 
 # token_endpoint_auth_method → the kind of client the store keeps
 AUTH_METHOD_KIND: Mapping[str, ClientKind] = {
@@ -174,8 +175,8 @@ def new_user(body: Any) -> NewUser:
     if not isinstance(body, dict):
         raise OAuthError("the body must be a JSON object")
     username = _text(body, "username", 128, OAuthError)
-    if not username or username != username.strip():
-        raise OAuthError("username: a non-empty name without surrounding spaces")
+    if not is_username(username):
+        raise OAuthError(f"username: {USERNAME_RULE}")
     roles = tuple(sorted(set(_strings(body, "roles", OAuthError))))
     fhir_user = _fhir_user(body.get("fhirUser"))
     check_roles(roles, fhir_user)

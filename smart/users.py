@@ -74,6 +74,15 @@ class LoginPolicy:
     lockout_seconds: int = 900
 
 
+USERNAME_RULE = "a user name is printable text without surrounding spaces"
+
+
+def is_username(name: str) -> bool:
+    """A name a user can type at the login page and an admin can read in the audit
+    trail: not empty, no control characters (a NUL was accepted), no outer spaces."""
+    return bool(name) and name.isprintable() and name == name.strip()
+
+
 class Accounts:
     """Creating users and checking their passwords."""
 
@@ -97,7 +106,10 @@ class Accounts:
         roles: Iterable[str],
         fhir_user: str | None = None,
     ) -> UserRecord:
-        """Create a user; raises ValueError for an unknown role or a taken name."""
+        """Create a user; raises ValueError for an unknown role, a taken name or one
+        that ``is_username`` refuses."""
+        if not is_username(username):
+            raise ValueError(f"{USERNAME_RULE}: {username!r}")
         role_list = tuple(sorted(set(roles)))
         unknown = [r for r in role_list if r not in ROLES]
         if unknown or not role_list:

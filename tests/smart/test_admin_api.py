@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from joserfc.jwk import RSAKey
 
 from fhir_server.audit import SECURITY_ALERT, SECURITY_CONFIGURATION, USER_ATTRIBUTES_CHANGED
+from smart.users import Accounts, is_username
 from tests.conftest import MintToken
 
 from .conftest import BASE, PASSWORD, REDIRECT, Smart, audit_events, bearer
@@ -385,3 +386,39 @@ async def test_a_constrained_scope_is_not_every_right(app: FastAPI, mint: MintTo
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url=BASE, headers=bearer(token)) as c:
         assert (await c.get(USERS)).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [
+        ("rita", True),
+        ("dr.rita@example.org", True),
+        ("Zoë Ōkubo", True),  # any script, spaces inside
+        ("", False),
+        (" rita", False),
+        ("rita ", False),
+        ("u4\x00x", False),  # a NUL was accepted
+        ("tab\there", False),
+        ("line\nbreak", False),
+        ("\u2028", False),  # a line separator is not printable either
+    ],
+)
+def test_is_username(name: str, valid: bool) -> None:
+    assert is_username(name) is valid
+
+
+@pytest.mark.parametrize("name", ["u4\x00x", "tab\there", " lead"])
+async def test_a_username_with_control_characters_is_a_400(
+    admin: httpx.AsyncClient, name: str
+) -> None:
+    body = {"username": name, "password": "correct horse battery", "roles": ["radiologist"]}
+    response = await admin.post(USERS, json=body)
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"
+    assert all(u["username"] != name for u in (await admin.get(USERS)).json())
+
+
+async def test_accounts_refuse_such_a_name_too(smart: Smart) -> None:
+    """The rule lives with the accounts, so ``radhub user add`` keeps it as well."""
+    with pytest.raises(ValueError, match="printable"):
+        await Accounts(smart.store.auth).add("u\x00", "correct horse battery", ["radiologist"])
