@@ -148,12 +148,23 @@ def _keys(body: Mapping[str, Any], kind: ClientKind) -> tuple[str | None, str | 
     return json.dumps(public), None
 
 
+# A client's scopes fit in a few hundred characters; a refused one is quoted in the
+# answer and the audit trail, so neither may be made to carry megabytes.
+MAX_SCOPE_LENGTH = 16 * 1024
+_QUOTED_MOST = 100
+
+
 def _scope(scope: Any) -> str:
     if not isinstance(scope, str):
         raise InvalidClientMetadata("scope must be a space-separated string")
+    if len(scope) > MAX_SCOPE_LENGTH:
+        raise InvalidClientMetadata(f"scope: at most {MAX_SCOPE_LENGTH} characters")
     rejected = ScopeSet.parse(scope).rejected
     if rejected:
-        raise InvalidClientMetadata(f"scope {rejected[0].scope!r}: {rejected[0].reason}")
+        quoted = rejected[0].scope[:_QUOTED_MOST] + (
+            "..." if len(rejected[0].scope) > _QUOTED_MOST else ""
+        )
+        raise InvalidClientMetadata(f"scope {quoted!r}: {rejected[0].reason}")
     return " ".join(scope.split())
 
 

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from joserfc.jwk import RSAKey
 
 from fhir_server.audit import SECURITY_ALERT, SECURITY_CONFIGURATION, USER_ATTRIBUTES_CHANGED
+from smart.admin_models import MAX_SCOPE_LENGTH
 from smart.users import Accounts, is_username
 from tests.conftest import MintToken
 
@@ -422,3 +423,16 @@ async def test_accounts_refuse_such_a_name_too(smart: Smart) -> None:
     """The rule lives with the accounts, so ``radhub user add`` keeps it as well."""
     with pytest.raises(ValueError, match="printable"):
         await Accounts(smart.store.auth).add("u\x00", "correct horse battery", ["radiologist"])
+
+
+async def test_a_scope_is_bounded_and_quoted_short(admin: httpx.AsyncClient) -> None:
+    """A refused scope is quoted in the answer and in the audit trail: a 5 MB one
+    came back whole in both."""
+    huge = await admin.post(CLIENTS, json={**PUBLIC, "client_id": "s1", "scope": "x" * 5_000_000})
+    assert huge.status_code == 400
+    assert huge.json()["error_description"] == f"scope: at most {MAX_SCOPE_LENGTH} characters"
+    odd = "user/" + "Q" * 1000
+    refused = await admin.post(CLIENTS, json={**PUBLIC, "client_id": "s2", "scope": odd})
+    assert refused.status_code == 400
+    description = refused.json()["error_description"]
+    assert odd[:100] + "..." in description and len(description) < 300
