@@ -16,7 +16,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
@@ -25,7 +24,13 @@ from fhir_server.access import ScopeSet
 from fhir_server.access.roles import ROLES
 from fhir_server.storage.auth_port import ClientKind, ClientRecord, UserRecord
 from smart.errors import OAuthError
-from smart.jwks_fetch import LOOPBACK_HOSTS, JwksUnavailable, check_jwks_uri, parse_public_jwks
+from smart.jwks_fetch import (
+    LOOPBACK_HOSTS,
+    JwksUnavailable,
+    check_jwks_uri,
+    parse_public_jwks,
+    split_url,
+)
 from smart.users import USERNAME_RULE, is_username
 
 # token_endpoint_auth_method → the kind of client the store keeps
@@ -112,8 +117,7 @@ def client_view(client: ClientRecord) -> dict[str, Any]:
 
 def _redirect_uri(uri: str) -> str:
     try:
-        parts = urlsplit(uri)
-        parts.port  # noqa: B018 -- raises ValueError on a bad port
+        parts = split_url(uri)
     except ValueError as exc:
         raise InvalidRedirectUri(f"{uri!r}: not a URL ({exc})") from None
     secure = parts.scheme == "https" or (

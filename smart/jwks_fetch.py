@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import httpx
 
@@ -54,11 +54,18 @@ class _Cached:
         return frozenset(str(k.get("kid")) for k in self.keys["keys"] if isinstance(k, dict))
 
 
+def split_url(uri: str) -> SplitResult:
+    """``urlsplit``, and the port checked too: both raise ValueError on a malformed
+    URL (``http://[::1``, a port past 65535), the port only when it is read."""
+    parts = urlsplit(uri)
+    _ = parts.port
+    return parts
+
+
 def check_jwks_uri(uri: str) -> str | None:
     """Why ``uri`` may not be fetched, or None when it may."""
     try:
-        parts = urlsplit(uri)
-        parts.port  # noqa: B018 -- raises ValueError on a bad port
+        parts = split_url(uri)
     except ValueError as exc:
         return f"jwks_uri is not a URL ({exc})"
     if parts.scheme == "https" and parts.hostname:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any, Protocol
 
 from fastapi import APIRouter
@@ -98,16 +99,7 @@ class AuthServer:
         tickets = Tickets(keyring, f"{config.issuer}#login", config.login_ttl, clock=clock)
         picker = PatientPicker(store, policy)
 
-        def audit_event(
-            event: str,
-            status: int,
-            description: str,
-            user: str | None,
-            client: str,
-            address: str | None,
-        ) -> None:
-            _audit(audit, event, status, description, user, client, address)
-
+        audit_event = partial(_audit, audit)  # the flow's AuditHook
         flow = AuthorizeFlow(
             config, store.auth, accounts, launches, picker, tickets, audit_event, clock=clock
         )
@@ -238,17 +230,14 @@ class AuthServer:
             raise
         form = _strings(await request.form(**FORM_LIMITS))
         if not form.get("client_id") or not form.get("patient"):
-            refused = OAuthError("client_id and patient are required")
-            self._record("launch", refused.status, refused.description, ctx.client_id, request)
-            return refused.response()
+            required = OAuthError("client_id and patient are required")
+            return self._refused("launch", required, ctx.client_id, request)
         try:
             value = await self.launches.mint(
                 form["client_id"], form["patient"], form.get("encounter")
             )
         except UnknownClient as exc:
-            refused = OAuthError(str(exc))
-            self._record("launch", refused.status, refused.description, ctx.client_id, request)
-            return refused.response()
+            return self._refused("launch", OAuthError(str(exc)), ctx.client_id, request)
         what = f"launch minted for client {form['client_id']}"
         self.audit.record(
             AuditRecord(
