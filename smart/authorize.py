@@ -218,21 +218,26 @@ class AuthorizeFlow:
     ) -> Response:
         """Approve or deny; on approval redirect with a fresh code."""
         signed_in = self._tickets.check(form.get("ticket", ""), checked.params)
-        user = await self._auth.get_user(signed_in[0]) if signed_in else None
+        user = await self._auth.get_user(signed_in.user_id) if signed_in else None
         if signed_in is None or user is None or not user.is_active:
             return self._login_again(checked, "Your sign-in expired; sign in again.", 401)
-        if form.get("decision") != "approve":
-            self._record(checked, "consent", 403, "the user denied access", user.id)
-            raise RedirectError(AccessDenied("the user denied access"), checked.params)
         offer = self._offer(checked, user)
-        granted = [s for s in offer.scopes if s in set(grants)]
-        if not granted:
-            raise RedirectError(AccessDenied("no scope was granted"), checked.params)
+        approved = form.get("decision") == "approve"
+        granted = [s for s in offer.scopes if s in set(grants)] if approved else []
         patient = offer.patient
-        if offer.pick_patient:
+        if granted and offer.pick_patient:
             patient = form.get("patient", "")
             if not await self._picker.may_choose(user, patient):
                 return await self._consent_page(checked, user, form["ticket"], "Pick a patient.")
+        # Spent only on a final answer: the page above is shown again with the same ticket.
+        if not await self._tickets.spend(signed_in):
+            self._record(checked, "consent", 401, "login ticket used twice", user.id)
+            return self._login_again(checked, "This sign-in was already used; sign in again.", 401)
+        if not approved:
+            self._record(checked, "consent", 403, "the user denied access", user.id)
+            raise RedirectError(AccessDenied("the user denied access"), checked.params)
+        if not granted:
+            raise RedirectError(AccessDenied("no scope was granted"), checked.params)
         grant = GrantInfo(
             grant_id=str(uuid.uuid4()),
             client_id=checked.client.client_id,
@@ -242,7 +247,7 @@ class AuthorizeFlow:
             encounter=offer.encounter,
             fhir_user=user.fhir_user,
             roles=user.roles,
-            auth_time=signed_in[1],
+            auth_time=signed_in.auth_time,
             launched=checked.launch is not None,
         )
         return await self._issue_code(checked, grant)

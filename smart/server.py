@@ -96,7 +96,9 @@ class AuthServer:
         login = LoginPolicy(config.max_failed_logins, config.lockout_seconds)
         accounts = Accounts(store.auth, helper=helper, policy=login, clock=clock)
         launches = Launches(store.auth, config.launch_ttl, clock=clock)
-        tickets = Tickets(keyring, f"{config.issuer}#login", config.login_ttl, clock=clock)
+        tickets = Tickets(
+            keyring, f"{config.issuer}#login", store.auth, config.login_ttl, clock=clock
+        )
         picker = PatientPicker(store, policy)
 
         audit_event = partial(_audit, audit)  # the flow's AuditHook

@@ -184,6 +184,32 @@ async def test_forged_consent_ticket_is_refused(smart: Smart) -> None:
     assert response.status_code == 401 and parse_form(response.text).fields["step"] == "login"
 
 
+async def test_a_login_ticket_decides_one_consent(smart: Smart) -> None:
+    """The consent form resent (or its ticket copied) cannot mint a second code."""
+    await smart.add_client()
+    await smart.add_user("rita", "radiologist")
+    flow = smart.request("user/Patient.rs")
+    first = await smart.code(flow, "rita")
+    again = await smart.approve(flow)
+    assert again.status_code == 401 and parse_form(again.text).fields["step"] == "login"
+    assert "already used" in again.text
+    assert (await smart.exchange(flow, first)).status_code == 200
+
+
+async def test_a_denied_consent_spends_its_ticket(smart: Smart) -> None:
+    await smart.add_client()
+    await smart.add_user("rita", "radiologist")
+    flow = smart.request("user/Patient.rs")
+    assert (await smart.login(flow, "rita")).status_code == 200
+    assert flow.consent is not None
+    denied = await smart.http.post(
+        "/auth/authorize", data={**flow.consent.fields, "decision": "deny"}
+    )
+    assert denied.status_code == 302
+    after = await smart.approve(flow)
+    assert after.status_code == 401 and "location" not in after.headers
+
+
 async def test_authorize_post_and_unsupported_grant(smart: Smart) -> None:
     await smart.add_client()
     flow = smart.request("user/Patient.rs")
