@@ -25,6 +25,7 @@ from dicomweb.routes import dicomweb_router
 from dicomweb.wiring import WORKER_MODULES, dicomweb_archive
 from fhir_server.access import AccessPolicy, PatientCompartment
 from fhir_server.audit import AuditLog, AuditTrail
+from fhir_server.audit_lock import ChainLock
 from fhir_server.audit_process import AuditProcess
 from fhir_server.errors import FhirError, StorageUnavailable
 from fhir_server.http.fast_lane import RadhubApp, fhir_router
@@ -141,7 +142,8 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
     if settings.audit_process and not given_store:
         audit = AuditProcess(settings, flush_interval=settings.audit_flush_interval)
     else:
-        audit = AuditLog(store, new_uuid, flush_interval=settings.audit_flush_interval)
+        lock = ChainLock(settings.data_dir)  # admin commands write to the chain too
+        audit = AuditLog(store, new_uuid, lock, flush_interval=settings.audit_flush_interval)
     verifier = JwtTokenVerifier(
         keyring,
         identity.issuer,

@@ -19,7 +19,13 @@ carries DICOM (DCM, PS3.16 CID 400/401) codes instead, following IHE BALP:
 - EHR launch minting, ``/metrics`` and admin reads: 110113 Security Alert /
   110132 Use of Restricted Function; client registration changes: 110113 /
   110129 Security Configuration; user account changes: 110113 / 110137 User
-  Security Attributes Changed.
+  Security Attributes Changed; a signing key rotated (``radhub keys rotate``):
+  110113 / 110129;
+- what ``radhub import`` commits: 110107 Import, with the FHIR interaction it
+  ran as (transaction or batch) as the subtype.
+
+The admin commands record what they change too (``cli.command_audit``), with
+the same events as the admin API and the operating-system user as the agent.
 
 A refusal is the same event with a failure ``outcome`` (4 or 8) and the
 reason in ``outcomeDesc``. Each auth event also carries radhub's own name for
@@ -44,6 +50,7 @@ from typing_extensions import Unpack
 from fhir_server.access.context import AuthContext, PerCaller
 from fhir_server.audit_chain import chain_head, event_hash, link
 from fhir_server.audit_index import date_entry, entity_entries, fixed_entries
+from fhir_server.audit_lock import ChainLock
 from fhir_server.resources.meta import format_instant
 from fhir_server.search.packed import PackedEntry, PackedIndex
 from fhir_server.storage.base import NewVersion, Store
@@ -71,6 +78,7 @@ LOGOUT = _dcm("110123", "Logout")
 SECURITY_CONFIGURATION = _dcm("110129", "Security Configuration")
 RESTRICTED_FUNCTION = _dcm("110132", "Use of Restricted Function")
 USER_ATTRIBUTES_CHANGED = _dcm("110137", "User Security Attributes Changed")
+IMPORT = _dcm("110107", "Import")
 GET_ACCESS_TOKEN = {"system": _IHE, "code": "ITI-71", "display": "Get Access Token"}
 INTROSPECT_TOKEN = {"system": _IHE, "code": "ITI-102", "display": "Introspect Token"}
 
@@ -102,6 +110,9 @@ AUTH_EVENTS: dict[str, EventCodes] = {
     "admin-user-create": EventCodes(SECURITY_ALERT, USER_ATTRIBUTES_CHANGED, "C"),
     "admin-user-update": EventCodes(SECURITY_ALERT, USER_ATTRIBUTES_CHANGED, "U"),
     "admin-user-delete": EventCodes(SECURITY_ALERT, USER_ATTRIBUTES_CHANGED, "D"),
+    "keys-rotate": EventCodes(SECURITY_ALERT, SECURITY_CONFIGURATION, "U"),
+    "import": EventCodes(IMPORT, {"system": _INTERACTION, "code": "transaction"}),
+    "import-batch": EventCodes(IMPORT, {"system": _INTERACTION, "code": "batch"}),
 }
 
 # https://hl7.org/fhir/R4/valueset-audit-event-action.html
@@ -275,27 +286,27 @@ class Templates:
 
 class AuditWriter:
     """Turns records into hash-chained AuditEvents and writes them, a batch at a
-    time, in order. One per chain (``audit_chain``): the in-process log's, or
-    the audit process's (``audit_process``)."""
+    time, in order: the in-process log's, the audit process's
+    (``audit_process``), or an admin command's. Each batch is linked to the
+    chain's head as read under ``lock`` (``audit_lock``), so writers in several
+    processes extend one chain; without a lock, this must be the only writer."""
 
-    def __init__(self, store: Store, new_id: Callable[[], str]) -> None:
+    def __init__(
+        self, store: Store, new_id: Callable[[], str], lock: ChainLock | None = None
+    ) -> None:
         self._store = store
         self._new_id = new_id
-        self._head: str | None = None  # digest of the last event written (audit_chain)
+        self._lock = lock
+        self._head = ""  # digest of the event linked last (audit_chain)
         self._templates = Templates()
 
     async def write(self, batch: Sequence[AuditRecord]) -> None:
         """Write ``batch`` in one durable commit, or raise having written none of
         it (the same records may then be written again)."""
-        if self._head is None:
+        async with self._lock.held() if self._lock else contextlib.nullcontext():
+            # read each time: another process may have written since (one query a batch)
             self._head = await chain_head(self._store)
-        head = self._head
-        versions = [self._version(r) for r in batch]
-        try:
-            await self._store.write_many(versions)
-        except BaseException:
-            self._head = head  # the retry re-links the same records
-            raise
+            await self._store.write_many([self._version(r) for r in batch])
 
     def _version(self, record: AuditRecord) -> NewVersion:
         template = self._templates.of(record)
@@ -305,7 +316,7 @@ class AuditWriter:
         head = {"resourceType": "AuditEvent", "id": self._new_id()}
         event = _event(head, record, template.members, instant)
         event["meta"] = {"versionId": "1", "lastUpdated": instant}
-        link(event, self._head or "")
+        link(event, self._head)
         self._head = event_hash(event)
         index = PackedIndex((date_entry(record.moment), *template.index, *entity_entries(event)))
         return NewVersion(
@@ -412,10 +423,15 @@ class AuditLog(QueuedTrail):
     """Queues audit records and writes them to the store in batches, in this process."""
 
     def __init__(
-        self, store: Store, new_id: Callable[[], str], **options: Unpack[TrailOptions]
+        self,
+        store: Store,
+        new_id: Callable[[], str],
+        lock: ChainLock | None = None,
+        **options: Unpack[TrailOptions],
     ) -> None:
         super().__init__(**options)
-        self._writer = AuditWriter(store, new_id)
+        self._writer = AuditWriter(store, new_id, lock)
+        self._chain_lock = lock
         self._flush_lock = asyncio.Lock()
 
     async def _run(self) -> None:
@@ -447,3 +463,5 @@ class AuditLog(QueuedTrail):
             await self._task
             self._task = None
         await self.flush()
+        if self._chain_lock is not None:
+            self._chain_lock.close()

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import multiprocessing
 import pickle
@@ -38,8 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from typing_extensions import Unpack
 
@@ -47,6 +45,7 @@ from fhir_server import heap
 from fhir_server.access.context import AuthContext
 from fhir_server.access.scopes import ScopeSet
 from fhir_server.audit import AuditRecord, AuditWriter, QueuedTrail, TrailOptions
+from fhir_server.audit_lock import ChainLock
 from fhir_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,7 +54,6 @@ _ACK = 8  # bytes of a count of records written
 RESTART_DELAY = 1.0  # seconds before a child that died is started again (doubling)
 MAX_RESTART_DELAY = 30.0
 READY = b"ready"
-LOCK_FILE = "audit.lock"  # in the data dir: one chain writer at a time
 RETRY_DELAY = 1.0  # seconds before the child retries a batch that failed to write
 MAX_CALLERS = 10_000  # callers the child remembers (forgotten wholesale beyond)
 
@@ -282,11 +280,12 @@ async def _write_trail(settings: Settings, inbox: Connection, outbox: Connection
 
     loop = asyncio.get_running_loop()
     # A server killed with SIGKILL leaves its child writing its last batch; the
-    # next server's child must not read the chain's head before that commit
-    lock = await loop.run_in_executor(None, _chain_lock, settings.data_dir)
+    # lock keeps the next server's child from reading the chain's head before
+    # that commit (as it keeps admin commands writing to the chain from forking it)
+    lock = ChainLock(settings.data_dir)
     store = build_store(settings, SearchRegistry.load())
     await store.start()
-    writer = AuditWriter(store, new_uuid)
+    writer = AuditWriter(store, new_uuid, lock)
     callers: dict[Caller, AuthContext] = {}
     heap.settle()  # each event allocates dozens of containers (see heap)
     try:
@@ -312,11 +311,4 @@ async def _write_trail(settings: Settings, inbox: Connection, outbox: Connection
                 outbox.send_bytes(len(batch).to_bytes(_ACK, "big"))
     finally:
         await store.close()
-        lock.close()  # releases the lock
-
-
-def _chain_lock(data_dir: Path) -> IO[bytes]:
-    """Hold the data dir's audit lock (waiting for a previous writer to exit)."""
-    file = (data_dir / LOCK_FILE).open("ab")
-    fcntl.flock(file, fcntl.LOCK_EX)
-    return file
+        lock.close()

@@ -16,6 +16,7 @@ from typing import Any
 
 from fhir_server.app import prepare_data_dir
 from fhir_server.audit_chain import verify_chain
+from fhir_server.cli.command_audit import CommandAudit
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.settings import Settings
 from fhir_server.storage.auth_port import ClientKind, ClientRecord
@@ -74,21 +75,28 @@ def add_parsers(sub: Any, add_data_dir: Callable[..., None]) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    """Run one of ``fhir_server.cli.ADMIN_COMMANDS``; returns the exit status."""
-    if args.command == "keys":
-        return _rotate_keys(settings)
-    actions: dict[str, Callable[[Store], Awaitable[int]]] = {
-        "client": lambda store: _client_add(store, args),
-        "user": lambda store: _user_add(store, args),
-        "launch": lambda store: _launch(store, args),
+    """Run one of ``fhir_server.cli.ADMIN_COMMANDS``; returns the exit status.
+    What a command changes is audited (``command_audit``)."""
+    actions: dict[str, Action] = {
+        "client": lambda store, audit: _client_add(store, audit, args),
+        "user": lambda store, audit: _user_add(store, audit, args),
+        "launch": lambda store, audit: _launch(store, audit, args),
         "audit": _audit_verify,
+        "keys": lambda store, audit: _rotate_keys(settings, audit),
     }
     return asyncio.run(_with_store(settings, actions[args.command]))
 
 
-async def _with_store(settings: Settings, action: Callable[[Store], Awaitable[int]]) -> int:
+Action = Callable[[Store, CommandAudit], Awaitable[int]]
+
+
+async def _with_store(settings: Settings, action: Action) -> int:
     async with _opened(settings) as store:
-        return await action(store)
+        audit = CommandAudit(store, settings.data_dir)
+        try:
+            return await action(store, audit)
+        finally:
+            audit.close()
 
 
 @asynccontextmanager
@@ -102,7 +110,7 @@ async def _opened(settings: Settings) -> AsyncIterator[Store]:
         await store.close()
 
 
-async def _client_add(store: Store, args: argparse.Namespace) -> int:
+async def _client_add(store: Store, audit: CommandAudit, args: argparse.Namespace) -> int:
     kind: ClientKind = "public"
     fields: dict[str, Any] = {}
     if args.secret:
@@ -120,8 +128,12 @@ async def _client_add(store: Store, args: argparse.Namespace) -> int:
         name=args.name,
         **fields,
     )
+    replaced = await store.auth.get_client(client.client_id) is not None
     await store.auth.put_client(client)
-    print(f"client {client.client_id} registered ({kind})")
+    what = f"client {client.client_id} {'replaced' if replaced else 'registered'} ({kind})"
+    event = "admin-client-update" if replaced else "admin-client-create"
+    await audit.record(event, 200 if replaced else 201, what)
+    print(what)
     return 0
 
 
@@ -134,39 +146,51 @@ def _read_jwks(path: Path) -> str:
     return json.dumps(data)
 
 
-async def _user_add(store: Store, args: argparse.Namespace) -> int:
+async def _user_add(store: Store, audit: CommandAudit, args: argparse.Namespace) -> int:
     try:
         user = await Accounts(store.auth).add(
             args.username, args.password, args.role, args.fhir_user
         )
     except ValueError as exc:
-        print(f"radhub: {exc}", file=sys.stderr)
-        return 2
-    print(f"user {user.email} created ({', '.join(user.roles)})")
+        return await _refused(audit, "admin-user-create", str(exc))
+    what = f"user {user.email} created ({', '.join(user.roles)})"
+    await audit.record("admin-user-create", 201, what)
+    print(what)
     return 0
 
 
-async def _launch(store: Store, args: argparse.Namespace) -> int:
+async def _launch(store: Store, audit: CommandAudit, args: argparse.Namespace) -> int:
     try:
-        print(await Launches(store.auth).mint(args.client_id, args.patient, args.encounter))
+        launch = await Launches(store.auth).mint(args.client_id, args.patient, args.encounter)
     except UnknownClient as exc:
-        print(f"radhub: {exc}", file=sys.stderr)
-        return 2
+        return await _refused(audit, "launch", str(exc))
+    what = f"launch minted for client {args.client_id}"
+    await audit.record("launch", 200, what, resource_type="Patient", resource_id=args.patient)
+    print(launch)
     return 0
 
 
-def _rotate_keys(settings: Settings) -> int:
+async def _refused(audit: CommandAudit, event: str, reason: str) -> int:
+    await audit.record(event, 400, reason)
+    print(f"radhub: {reason}", file=sys.stderr)
+    return 2
+
+
+async def _rotate_keys(settings: Settings, audit: CommandAudit) -> int:
     """A running server signs with the new key from its next token on (it watches
     the key file); tokens signed with the old one stay valid until they expire."""
-    prepare_data_dir(settings)
     ring = KeyRing.open(settings.data_dir)
     old = ring.active_key.kid
     new = ring.rotate()
-    print(f"signing key {new.kid} active; {old} retired (verifies until its tokens expire)")
+    what = f"signing key {new.kid} active; {old} retired (verifies until its tokens expire)"
+    await audit.record("keys-rotate", 200, what)
+    print(what)
     return 0
 
 
-async def _audit_verify(store: Store) -> int:
+async def _audit_verify(store: Store, audit: CommandAudit) -> int:
+    """Not itself audited: an event per check would move the head it prints, which
+    is what an operator records elsewhere to catch the newest events cut off."""
     report = await verify_chain(store)
     print(report.summary())
     return 0 if report.ok else 1

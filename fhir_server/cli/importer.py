@@ -16,6 +16,7 @@ from rich.progress import Progress
 
 from fhir_server.access import AccessPolicy, PatientCompartment
 from fhir_server.app import prepare_data_dir
+from fhir_server.cli.command_audit import CommandAudit
 from fhir_server.demo import DEMO_CONTEXT
 from fhir_server.errors import FhirError, InvalidRequest
 from fhir_server.interactions.services import Services
@@ -100,27 +101,62 @@ class ImportFailed(Exception):
         self.imported = imported
 
 
-async def import_file(svc: Services, path: Path, chunk: int, progress: Progress) -> int:
-    """Import one file; raises ImportFailed (with what was committed before the error)."""
+async def import_file(
+    svc: Services, audit: CommandAudit, path: Path, chunk: int, progress: Progress
+) -> int:
+    """Import one file; raises ImportFailed (with what was committed before the
+    error). Each commit, and the error, is audited."""
     done = 0
     try:
         document = _document(path) if path.suffix == ".json" else None
         if document is not None and document.get("resourceType") == "Bundle":
             kind = document.get("type")
-            if kind in ("transaction", "batch"):
-                handler = transaction if kind == "transaction" else batch
-                result = await handler(svc, IMPORT_CONTEXT, document)
-                return len(result["entry"])
+            if kind == "transaction":
+                result = await transaction(svc, IMPORT_CONTEXT, document)
+                done = len(result["entry"])
+                what = f"{done} resources (a transaction)"
+                await audit.record("import", 200, what, what=str(path))
+                return done
+            if kind == "batch":
+                return await _import_batch(svc, audit, path, document)
         task = progress.add_task(path.name, total=None)
         pending: list[dict[str, Any]] = []
         for resource in _resources(path, document):
             pending.append(resource)
             if len(pending) >= chunk:
-                done += await _flush(svc, pending, progress, task)
-        done += await _flush(svc, pending, progress, task)
+                done += await _flush(svc, audit, path, pending, done, progress, task)
+        done += await _flush(svc, audit, path, pending, done, progress, task)
     except (FhirError, orjson.JSONDecodeError, OSError) as exc:
+        status = exc.status if isinstance(exc, FhirError) else 400
+        await audit.record("import", status, _explain(exc)[:1000], what=str(path))
         raise ImportFailed(exc, done) from exc
     return done
+
+
+async def _import_batch(
+    svc: Services, audit: CommandAudit, path: Path, document: dict[str, Any]
+) -> int:
+    """A batch Bundle: each entry commits on its own; any that failed make the
+    file fail, after the others were committed."""
+    result = await batch(svc, IMPORT_CONTEXT, document)
+    failed = [
+        f"Bundle.entry[{number}]: {entry['response']['status']}: {_diagnostics(entry)}"
+        for number, entry in enumerate(result["entry"])
+        if not entry["response"]["status"].startswith("2")
+    ]
+    done = len(result["entry"]) - len(failed)
+    what = f"{done} resources (a batch); {len(failed)} entries failed"
+    await audit.record("import-batch", 200, what, what=str(path))
+    if failed:
+        more = f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else ""
+        message = f"{len(failed)} batch entries failed:\n  " + "\n  ".join(failed[:20]) + more
+        raise ImportFailed(InvalidRequest(message), done)
+    return done
+
+
+def _diagnostics(entry: dict[str, Any]) -> str:
+    issues = entry["response"].get("outcome", {}).get("issue", [])
+    return "; ".join(str(i.get("diagnostics", i.get("code", ""))) for i in issues[:3])
 
 
 def _explain(exc: Exception) -> str:
@@ -133,12 +169,20 @@ def _explain(exc: Exception) -> str:
 
 
 async def _flush(
-    svc: Services, pending: list[dict[str, Any]], progress: Progress, task: Any
+    svc: Services,
+    audit: CommandAudit,
+    path: Path,
+    pending: list[dict[str, Any]],
+    before: int,
+    progress: Progress,
+    task: Any,
 ) -> int:
     if not pending:
         return 0
     await transaction(svc, IMPORT_CONTEXT, upsert_bundle(pending))
     count = len(pending)
+    what = f"{count} resources (entries {before + 1} to {before + count})"
+    await audit.record("import", 200, what, what=str(path))
     pending.clear()
     progress.advance(task, count)
     return count
@@ -150,12 +194,13 @@ async def run_import(settings: Settings, paths: list[Path], *, chunk: int = 500)
     store = build_store(settings, registry)
     await store.start()
     svc = Services(store, registry, AccessPolicy(PatientCompartment.load()), settings.fhir_base)
+    audit = CommandAudit(store, settings.data_dir)
     total = 0
     try:
         with Progress() as progress:
             for path in _files(paths):
                 try:
-                    total += await import_file(svc, path, chunk, progress)
+                    total += await import_file(svc, audit, path, chunk, progress)
                 except ImportFailed as exc:
                     total += exc.imported
                     message = _explain(exc.cause)
@@ -165,6 +210,7 @@ async def run_import(settings: Settings, paths: list[Path], *, chunk: int = 500)
                     print(f"imported {total} resources before the error (committed, not undone)")
                     return 1
     finally:
+        audit.close()
         await store.close()
     print(f"imported {total} resources")
     return 0
