@@ -10,6 +10,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from fhir_server.errors import InvalidResource, Issue, UnknownResourceType
+from fhir_server.resources.bindings import binding_issues
 from fhir_server.resources.types import SUPPORTED_TYPES, is_valid_id
 
 _MAX_ISSUES = 20
@@ -63,4 +64,10 @@ def validate_resource(resource: Any) -> str:
         raise InvalidResource(
             f"{resource_type} is not valid: a nested resource has an unknown resourceType"
         ) from None
+    wrong_codes = binding_issues(resource, resource_type)
+    if wrong_codes:
+        raise InvalidResource(
+            f"{resource_type} is not valid: {len(wrong_codes)} code(s) outside a required binding",
+            issues=tuple(wrong_codes),
+        )
     return resource_type
