@@ -34,7 +34,10 @@ async def serve(settings: Settings, *, demo: bool = False) -> int:
         return _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
     app = create_app(settings)
     limits = HttpLimits(
-        settings.http_header_limit, settings.http_header_timeout, settings.http_body_timeout
+        settings.http_header_limit,
+        settings.http_header_timeout,
+        settings.http_body_timeout,
+        settings.cors_origins,
     )
     config = uvicorn.Config(
         app,

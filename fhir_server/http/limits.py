@@ -29,6 +29,11 @@ RFC 6585 §5):
   restarts when the app asks for more. A large upload arriving steadily for
   minutes is never cut.
 
+These answers carry the CORS header the app's own would (``cors_origins``, as
+``app.cors_options`` reads them: none configured means any origin), from the
+``Origin`` field if it arrived before the refusal: a browser shows an answer
+without it to the page as a network error, not as the 408 or 431 it is.
+
 An answered connection is closed in stages (RFC 9112 §9.6): the response, then
 the end of our side, then what the client still sends is read and dropped for
 ``LINGER`` seconds or until it closes. Closing at once, with unread bytes
@@ -59,6 +64,16 @@ class HttpLimits:
     header_bytes: int
     header_timeout: float
     body_timeout: float
+    cors_origins: tuple[str, ...] = ()  # origins allowed to read the answers; () is any
+
+
+def cors_fields(origin: bytes | None, allowed: tuple[str, ...]) -> list[tuple[bytes, bytes]]:
+    """The CORS header fields of an answer to a request from ``origin`` (pure)."""
+    if not allowed:
+        return [(b"access-control-allow-origin", b"*")]
+    if origin is not None and origin.decode("latin-1") in allowed:
+        return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
+    return []
 
 
 class _WatchedFlow(FlowControl):
@@ -74,10 +89,10 @@ class _WatchedFlow(FlowControl):
         self._on_read()
 
 
-def _answer(status: int, default_headers: list[tuple[bytes, bytes]]) -> bytes:
+def _answer(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
     """A complete plain-text response that closes the connection."""
     body = HTTPStatus(status).phrase.encode()
-    fields = [*default_headers, (b"content-type", b"text/plain; charset=utf-8")]
+    fields = [*headers, (b"content-type", b"text/plain; charset=utf-8")]
     fields += [(b"content-length", b"%d" % len(body)), (b"connection", b"close")]
     lines = [name + b": " + value + b"\r\n" for name, value in fields]
     return b"".join([STATUS_LINE[status], *lines, b"\r\n", body])
@@ -230,7 +245,10 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
         if not may_answer:
             self.transport.close()
             return
-        self.transport.write(_answer(status, self.server_state.default_headers))
+        # the fields parsed so far: this request's (httptools resets them as a head begins)
+        origin = next((value for name, value in self.headers or () if name == b"origin"), None)
+        cors = cors_fields(origin, self.limits.cors_origins)
+        self.transport.write(_answer(status, [*self.server_state.default_headers, *cors]))
         self._linger()
 
     def _linger(self) -> None:

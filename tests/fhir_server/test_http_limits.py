@@ -466,3 +466,40 @@ def _rss(server: ServerProcess) -> int:
     status = Path(f"/proc/{server.proc.pid}/status").read_text()
     kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))
     return int(kib) * 1024
+
+
+# the refusals' CORS fields
+
+
+ORIGIN = b"Origin: https://viewer.example"
+
+
+@pytest.mark.parametrize(
+    ("allowed", "expected"),
+    [
+        ((), b"access-control-allow-origin: *"),
+        (("https://viewer.example",), b"access-control-allow-origin: https://viewer.example"),
+        (("https://other.example",), None),
+    ],
+    ids=["any-origin", "listed-origin", "unlisted-origin"],
+)
+@pytest.mark.parametrize("refusal", ["stalled-head", "stalled-body", "head-too-large"])
+async def test_a_refusal_carries_the_cors_field_a_browser_needs_to_read_it(
+    allowed: tuple[str, ...], expected: bytes | None, refusal: str
+) -> None:
+    limits = HttpLimits(LIMITS.header_bytes, 0.3, 0.3, cors_origins=allowed)
+    request = {
+        # a field is parsed once the next begins (a line may continue a value)
+        "stalled-head": b"GET / HTTP/1.1\r\nHost: t\r\n" + ORIGIN + b"\r\nAccept: *",
+        "stalled-body": _post(100, ORIGIN) + b"x",
+        "head-too-large": _get("/", ORIGIN, b"X-Pad: " + b"p" * LIMITS.header_bytes),
+    }[refusal]
+    async with _serving(_App(), bounded_protocol(limits)) as port, _Client.connect(port) as client:
+        await client.send(request)
+        status, head, _ = await client.response()
+    assert status == (431 if refusal == "head-too-large" else 408)
+    fields = head.lower().split(b"\r\n")
+    if expected is None:
+        assert not any(f.startswith(b"access-control-allow-origin") for f in fields)
+    else:
+        assert expected in fields
