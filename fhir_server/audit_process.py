@@ -267,7 +267,12 @@ class AuditProcess(QueuedTrail):
 
 def child_main(settings: Settings, inbox: Connection, outbox: Connection) -> None:
     """The audit process: write what the server sends, acknowledge, repeat."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when it stops
+    # The server decides when this process stops: it closes the pipe once all is
+    # sent. A stop signal sent to the whole group (Ctrl-C, systemd's default
+    # KillMode) would otherwise end the child first, mid-batch, and the server
+    # would start another while shutting down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s radhub-audit: %(message)s")
     asyncio.run(_write_trail(settings, inbox, outbox))
 

@@ -172,6 +172,27 @@ async def test_a_killed_child_is_restarted_and_nothing_is_lost(tmp_path: Path) -
     assert references == [f"Patient/p{n}" for n in range(150)]
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+async def test_a_stop_signal_to_the_group_leaves_the_child_to_the_server(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    """Ctrl-C, or systemd stopping the service, signals the child too: it keeps
+    writing until the server closes the pipe, and is not restarted meanwhile."""
+    async with trail(tmp_path) as audit:
+        for n in range(10):
+            audit.record(record(n))
+        await wait_until(lambda: not audit._queue and not audit._sent)  # the child is up
+        child = audit.pid
+        assert child is not None
+        os.kill(child, stop)
+        for n in range(10, 30):
+            audit.record(record(n))
+        await wait_until(lambda: not audit._queue and not audit._sent)
+        assert audit.pid == child
+    references = [entity(e) for e in await written(tmp_path)]
+    assert references == [f"Patient/p{n}" for n in range(30)]
+
+
 async def test_a_child_that_never_says_it_is_ready_is_killed_and_replaced(
     tmp_path: Path,
 ) -> None:
