@@ -231,18 +231,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             with asyncio.Runner(loop_factory=_loop_factory()) as runner:
                 return runner.run(serve(settings, demo=args.demo))
         if args.command == "token":
-            from fhir_server.cli.admin import mint_token
+            from fhir_server.cli.admin import audited_token
 
-            print(
-                mint_token(
-                    settings,
-                    args.scope,
-                    patient=args.patient,
-                    ttl=args.ttl,
-                    subject=args.subject,
-                    fhir_user=args.fhir_user,
-                )
+            token = audited_token(
+                settings,
+                args.scope,
+                patient=args.patient,
+                ttl=args.ttl,
+                subject=args.subject,
+                fhir_user=args.fhir_user,
             )
+            print(asyncio.run(token))
             return 0
         if args.command in ADMIN_COMMANDS:
             from fhir_server.cli.auth_admin import run

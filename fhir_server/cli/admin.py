@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fhir_server.access.scopes import ScopeSet
 from fhir_server.app import ServerIdentity
+from fhir_server.cli.command_audit import opened
 from fhir_server.errors import InvalidRequest
 from fhir_server.settings import Settings
 from smart.keys import KeyRing
 from smart.tokens import mint_access_token
+
+
+async def audited_token(settings: Settings, scope: str, **options: Any) -> str:
+    """``mint_token``, recorded in the audit trail before the token is handed out."""
+    token = mint_token(settings, scope, **options)
+    patient = options.get("patient")
+    what = f"access token issued: scope {scope!r}, subject {options.get('subject')!r}"
+    async with opened(settings) as (_, audit):
+        await audit.record(
+            "token",
+            200,
+            what,
+            resource_type="Patient" if patient else None,
+            resource_id=patient,
+        )
+    return token
 
 
 def mint_token(

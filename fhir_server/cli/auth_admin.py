@@ -9,19 +9,15 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from fhir_server.app import prepare_data_dir
 from fhir_server.audit_chain import verify_chain
-from fhir_server.cli.command_audit import CommandAudit
-from fhir_server.search.registry import SearchRegistry
+from fhir_server.cli.command_audit import CommandAudit, opened
 from fhir_server.settings import Settings
 from fhir_server.storage.auth_port import ClientKind, ClientRecord
 from fhir_server.storage.base import Store
-from fhir_server.storage.factory import build_store
 from smart.keys import KeyRing
 from smart.launch import Launches, UnknownClient
 from smart.secrets import password_helper
@@ -91,23 +87,8 @@ Action = Callable[[Store, CommandAudit], Awaitable[int]]
 
 
 async def _with_store(settings: Settings, action: Action) -> int:
-    async with _opened(settings) as store:
-        audit = CommandAudit(store, settings.data_dir)
-        try:
-            return await action(store, audit)
-        finally:
-            audit.close()
-
-
-@asynccontextmanager
-async def _opened(settings: Settings) -> AsyncIterator[Store]:
-    prepare_data_dir(settings)
-    store = build_store(settings, SearchRegistry.load())
-    await store.start()
-    try:
-        yield store
-    finally:
-        await store.close()
+    async with opened(settings) as (store, audit):
+        return await action(store, audit)
 
 
 async def _client_add(store: Store, audit: CommandAudit, args: argparse.Namespace) -> int:

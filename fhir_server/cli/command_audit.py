@@ -1,5 +1,5 @@
-"""The admin commands' audit trail: what ``radhub import``, ``client add``,
-``user add``, ``launch`` and ``keys rotate`` change is recorded as AuditEvents
+"""The admin commands' audit trail: what ``radhub import``, ``token``, ``client
+add``, ``user add``, ``launch`` and ``keys rotate`` change or hand out is recorded as AuditEvents
 on the server's own hash chain (``audit_lock`` lets a command write to it
 while a server runs), naming the operating-system user who ran the command
 and, as the application, ``radhub-cli``.
@@ -13,14 +13,20 @@ from __future__ import annotations
 
 import getpass
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fhir_server.access.context import AuthContext
 from fhir_server.access.scopes import ScopeSet
+from fhir_server.app import prepare_data_dir
 from fhir_server.audit import AuditRecord, AuditWriter
 from fhir_server.audit_lock import ChainLock
 from fhir_server.interactions.services import new_uuid, utc_now
+from fhir_server.search.registry import SearchRegistry
+from fhir_server.settings import Settings
 from fhir_server.storage.base import Store
+from fhir_server.storage.factory import build_store
 
 COMMAND_CLIENT = "radhub-cli"
 
@@ -67,3 +73,18 @@ class CommandAudit:
 
     def close(self) -> None:
         self._lock.close()
+
+
+@asynccontextmanager
+async def opened(settings: Settings) -> AsyncIterator[tuple[Store, CommandAudit]]:
+    """The store of ``settings`` (a server may be running on it) and the trail to
+    record a command's changes in."""
+    prepare_data_dir(settings)
+    store = build_store(settings, SearchRegistry.load())
+    await store.start()
+    audit = CommandAudit(store, settings.data_dir)
+    try:
+        yield store, audit
+    finally:
+        audit.close()
+        await store.close()

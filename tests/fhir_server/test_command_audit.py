@@ -1,8 +1,8 @@
 """The admin commands audit what they change (``cli.command_audit``): ``radhub
-import`` each commit and its error, ``client add``, ``user add``, ``launch`` and
-``keys rotate`` their change or refusal. Their events join the server's own hash
-chain, also while a server's audit trail (in its process, or the audit process
-beside it) is writing to the same data dir (``audit_lock``)."""
+import`` each commit and its error, ``client add``, ``user add``, ``launch``,
+``keys rotate`` and ``token`` their change, refusal or token. Their events join
+the server's own hash chain, also while a server's audit trail (in its process,
+or the audit process beside it) is writing to the same data dir (``audit_lock``)."""
 
 from __future__ import annotations
 
@@ -126,6 +126,7 @@ def test_client_user_launch_and_key_commands_are_audited(tmp_path: Path) -> None
     assert cli(data, "launch", "--client-id", "app", "--patient", "p1") == 0
     assert cli(data, "launch", "--client-id", "nobody", "--patient", "p1") == 2
     assert cli(data, "keys", "rotate") == 0
+    assert cli(data, "token", "--scope", "patient/*.rs", "--patient", "p1") == 0
     found = by_command(asyncio.run(events(data)))
     summary = [(own_code(e), e["action"], e["outcome"]) for e in found]
     assert summary == [
@@ -136,7 +137,9 @@ def test_client_user_launch_and_key_commands_are_audited(tmp_path: Path) -> None
         ("launch", "C", "0"),
         ("launch", "C", "4"),
         ("keys-rotate", "U", "0"),
+        ("token", "E", "0"),
     ]
+    assert found[-1]["entity"][0]["what"]["reference"] == "Patient/p1"
     assert "already exists" in found[3]["outcomeDesc"]
     assert found[4]["entity"][0]["what"]["reference"] == "Patient/p1"
     assert all("pw-123456" not in json.dumps(e) for e in found)
