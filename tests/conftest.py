@@ -3,6 +3,7 @@ reached through the real ASGI stack."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import AsyncIterator, Callable
@@ -79,3 +80,15 @@ async def client(app: FastAPI, mint: MintToken) -> AsyncIterator[httpx.AsyncClie
     headers = {"Authorization": f"Bearer {mint()}"}
     async with httpx.AsyncClient(transport=transport, base_url=BASE, headers=headers) as c:
         yield c
+
+
+@pytest.fixture
+def logged(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> pytest.LogCaptureFixture:
+    """Log records of WARNING and above, a uvicorn server's in this process included
+    (a ``uvicorn.Config`` with its default logging, in an earlier test, stops them at
+    the ``uvicorn`` logger)."""
+    monkeypatch.setattr(logging.getLogger("uvicorn"), "propagate", True)
+    caplog.set_level(logging.WARNING)
+    return caplog

@@ -52,7 +52,7 @@ from typing import ClassVar
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
-from fhir_server.http.coalesced_writes import CoalescingHttpToolsProtocol
+from fhir_server.http.broken_off import BreakingOffHttpToolsProtocol
 
 LINGER = 2.0  # seconds an answered connection reads and drops input before it closes
 
@@ -108,8 +108,9 @@ def bounded_protocol(limits: HttpLimits) -> type[BoundedHttpToolsProtocol]:
     return Bounded
 
 
-class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
-    """radhub's HTTP/1.1 protocol: coalesced writes, and the bounds above."""
+class BoundedHttpToolsProtocol(BreakingOffHttpToolsProtocol):
+    """radhub's HTTP/1.1 protocol: coalesced writes, quiet break-offs (``broken_off``),
+    and the bounds above."""
 
     limits: ClassVar[HttpLimits]  # given by bounded_protocol
 
