@@ -15,7 +15,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import orjson
@@ -26,6 +26,7 @@ from dicomweb.blob_journal import InstanceUids, IntentJournal, ReconcileReport, 
 from dicomweb.blobstore import FileBlobStore
 from dicomweb.ingest import IngestService
 from dicomweb.qido import QidoError
+from dicomweb.retrievals_in_flight import DELETE_GRACE, RetrievalsInFlight
 from dicomweb.study_sync import StudySync
 from dicomweb.transfer_syntax import NotAcceptable, parse_accept, weighted_values
 from fhir_server.access.context import AuthContext, Interaction
@@ -65,6 +66,9 @@ class DicomwebServices:
     # The FHIR store, for access rules that depend on FHIR records (a referrer's
     # own patients); without it such callers are refused.
     records: Searcher | None = None
+    # WADO retrievals in flight per study, and how long a DELETE leaves them its files
+    retrievals: RetrievalsInFlight = field(default_factory=RetrievalsInFlight)
+    delete_grace: float = DELETE_GRACE
 
     def intent(self, uids: Sequence[InstanceUids]) -> AbstractAsyncContextManager[None]:
         """Bracket a change of these instances' blobs (``blob_journal``)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from fastapi import APIRouter
 from starlette.background import BackgroundTask
@@ -27,6 +28,7 @@ from starlette.types import Scope as AsgiScope
 from dicomweb import qido_rs, rendered, stow, wado, wado_pixels
 from dicomweb.http_common import (
     DicomwebServices,
+    Work,
     error_body,
     handle,
     require_system_delete,
@@ -34,6 +36,7 @@ from dicomweb.http_common import (
 )
 from dicomweb.qido import Level
 from dicomweb.qido_compile import Scope
+from dicomweb.retrievals_in_flight import retrieval
 from fhir_server.access.context import AuthContext, Interaction
 from fhir_server.errors import NotFound
 
@@ -166,6 +169,16 @@ def _qido_routes(router: _Paths, svc: DicomwebServices) -> None:
         router.add(path, search(level), "GET", summary="QIDO-RS")
 
 
+def _reading_files(svc: DicomwebServices, study: str, work: Work) -> Work:
+    """``work``, which reads ``study``'s files, as a retrieval in flight: a DELETE
+    leaves it the files for a while (``retrievals_in_flight``)."""
+
+    async def held(auth: AuthContext) -> Response:
+        return await retrieval(svc.retrievals, study, partial(work, auth))
+
+    return held
+
+
 def _wado_routes(router: _Paths, svc: DicomwebServices) -> None:
     async def retrieve(request: Request) -> Response:
         study, series, sop = _uids(request)
@@ -173,7 +186,7 @@ def _wado_routes(router: _Paths, svc: DicomwebServices) -> None:
         async def work(auth: AuthContext) -> Response:
             return await wado.retrieve(svc, request, auth, study, series, sop)
 
-        return await handle(svc, request, "read", work, study)
+        return await handle(svc, request, "read", _reading_files(svc, study, work), study)
 
     async def metadata(request: Request) -> Response:
         study, series, sop = _uids(request)
@@ -189,7 +202,7 @@ def _wado_routes(router: _Paths, svc: DicomwebServices) -> None:
         async def work(auth: AuthContext) -> Response:
             return await wado_pixels.frames(svc, request, auth, uids, request.path_params["frames"])
 
-        return await handle(svc, request, "read", work, uids[0])
+        return await handle(svc, request, "read", _reading_files(svc, uids[0], work), uids[0])
 
     async def bulkdata(request: Request) -> Response:
         uids = _uids(request)
@@ -197,7 +210,7 @@ def _wado_routes(router: _Paths, svc: DicomwebServices) -> None:
         async def work(auth: AuthContext) -> Response:
             return await wado_pixels.bulkdata(svc, request, auth, uids, request.path_params["tags"])
 
-        return await handle(svc, request, "read", work, uids[0])
+        return await handle(svc, request, "read", _reading_files(svc, uids[0], work), uids[0])
 
     for path in (STUDY, SERIES, INSTANCE):
         router.add(path, retrieve, "GET", summary="WADO-RS retrieve")
@@ -218,7 +231,7 @@ def _pixel_routes(router: _Paths, svc: DicomwebServices) -> None:
                     svc, request, auth, uids, number, thumbnail=thumbnail
                 )
 
-            return await handle(svc, request, "read", work, uids[0])
+            return await handle(svc, request, "read", _reading_files(svc, uids[0], work), uids[0])
 
         return endpoint
 
@@ -232,7 +245,8 @@ def _pixel_routes(router: _Paths, svc: DicomwebServices) -> None:
         async def work(auth: AuthContext) -> Response:
             return await rendered.wado_uri(svc, request, auth)
 
-        return await handle(svc, request, "read", work, study)
+        # (no studyUID is a 400 before anything is read)
+        return await handle(svc, request, "read", _reading_files(svc, study or "", work), study)
 
     router.add("/wado", wado_uri, "GET", summary="WADO-URI")
 
@@ -258,6 +272,9 @@ def _delete_routes(router: _Paths, svc: DicomwebServices) -> None:
                     gone = await svc.index.delete(study, series, sop)
                     if not gone.blobs:
                         raise NotFound("no such series or instance")
+                    # retrievals already sending these files may finish, for a while
+                    if not await svc.retrievals.settled(study, svc.delete_grace):
+                        log.info("DELETE in study %s goes on past its retrievals' grace", study)
                     for blob in gone.blobs:
                         await svc.blobs.delete(blob.key)
             if svc.sync is not None:

@@ -95,4 +95,5 @@ def dicomweb_services(
         # write; processes sharing blobs (MongoDB) may have live ones
         temp_grace=0.0 if svc.store.name == "sqlite" else SHARED_TEMP_GRACE,
         records=svc.store,
+        delete_grace=settings.delete_grace,
     )

@@ -57,6 +57,8 @@ class Settings:
     # how long a study's ingest must be quiet before its ImagingStudy is written (at the
     # latest every max(5 s, 10x this) while it keeps receiving)
     study_sync_delay: float = 0.4
+    # seconds a DICOMweb DELETE leaves a study's files to retrievals already sending them
+    delete_grace: float = 30.0
     # HTTP request heads (request line and header fields) take at most this many bytes,
     # else 431: a SMART bearer token (~1-8 KB) and a browser's cookies (at most ~4 KB each)
     # fit many times over; Envoy and AWS load balancers use 60-64 KiB

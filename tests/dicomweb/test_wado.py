@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from PIL import Image
 from pydicom import dcmread
 
+from dicomweb.retrievals_in_flight import HeldBody
 from tests.dicomweb.conftest import bundled
 from tests.dicomweb.dicom_data import STOW_TYPE, make_instance, multipart, split_multipart
 
@@ -237,3 +238,40 @@ async def test_delete_needs_system_scope_and_updates_everything(
     # and no emptied directory: below the fan-out, only that study's
     studies = [d for d in blobs.root.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]/*") if d.is_dir()]
     assert studies == [blobs.path_for(keys[0]).parent.parent]
+
+
+async def test_a_head_request_holds_nothing(
+    loaded: httpx.AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # without the last resort for a body dropped unsent: HEAD closes its body itself
+    monkeypatch.setattr(HeldBody, "__del__", lambda self: None)
+    response = await loaded.head("/dicomweb/studies/1.2.3")
+    assert response.status_code == 200 and response.content == b""
+    assert app.state.dicomweb.retrievals.busy() == 0
+
+
+FROM_FILES = [
+    "/dicomweb/studies/1.2.3/series/1.2.3.1/instances/1.2.3.1.1/frames/1",
+    "/dicomweb/studies/1.2.3/series/1.2.3.1/instances/1.2.3.1.1/rendered",
+    "/dicomweb/studies/1.2.3/series/1.2.3.1/thumbnail",
+    "/dicomweb/wado?requestType=WADO&studyUID=1.2.3&seriesUID=1.2.3.1"
+    "&objectUID=1.2.3.1.1&contentType=image/png",
+]
+JPEG2000_FROM_FILES = ["", "/frames/1", "/bulkdata/7FE00010"]  # transcoded, decoded
+
+
+@pytest.mark.parametrize("path", FROM_FILES + [f"jpeg2000{p}" for p in JPEG2000_FROM_FILES])
+async def test_a_file_gone_before_the_response_starts_is_a_404(
+    loaded: httpx.AsyncClient,
+    app: FastAPI,
+    path: str,
+) -> None:
+    """Frames, rendered images, bulk data and transcodings are made from the file
+    before the response starts: one deleted meanwhile is as if deleted first."""
+    blobs = app.state.dicomweb.blobs
+    for key in await blobs.keys():  # the rows stay: a DELETE between the two reads
+        blobs.path_for(key).unlink()
+    url = path.replace("jpeg2000", jpeg2000_path(), 1)
+    response = await loaded.get(url)
+    assert response.status_code == 404, response.text
+    assert app.state.dicomweb.retrievals.busy() == 0
