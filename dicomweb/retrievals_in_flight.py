@@ -30,8 +30,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from dicomweb.blob_errors import BlobNotFound
-from fhir_server.errors import NotFound
-from fhir_server.http.broken_off import ResponseBrokenOff
+from fhir_server.errors import NotFound, ResponseBrokenOff
 
 DELETE_GRACE = 30.0  # seconds a DELETE leaves a study's files to retrievals in flight
 Chunk = str | bytes | memoryview

@@ -25,6 +25,9 @@ DIMSE and HL7 edges map them through their own tables.
     ├── TooManyRequests (429, throttled)
     └── StorageUnavailable (503, transient)
 
+``ResponseBrokenOff`` stands apart: not an answer but the end of one already
+begun (``fhir_server.http.broken_off`` honours it at the connection).
+
 See https://hl7.org/fhir/R4/http.html and https://hl7.org/fhir/R4/operationoutcome.html
 """
 
@@ -175,3 +178,8 @@ class TooManyRequests(FhirError):
 class StorageUnavailable(FhirError):
     status = 503
     code = "transient"
+
+
+class ResponseBrokenOff(Exception):
+    """Raised by an app after its response started, to end the connection before the
+    body's end: expected, so logged as one warning (its message), without a traceback."""

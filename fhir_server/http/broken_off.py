@@ -9,7 +9,8 @@ logs "Exception in ASGI application" with a traceback, as it should for a
 fault; but some break-offs are expected (a DICOMweb retrieval whose study was
 deleted under it) and deserve one warning, not an error.
 
-``ResponseBrokenOff`` is that case. ``BreakingOffHttpToolsProtocol`` runs each
+``ResponseBrokenOff`` (in ``fhir_server.errors``, where any package may raise
+it) is that case. ``BreakingOffHttpToolsProtocol`` runs each
 request's app inside ``_breaks_off_quietly``, which, when the app raises it
 after the response started, logs its message as one WARNING, closes the
 connection (what was already written goes out first) and marks the request
@@ -37,16 +38,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fhir_server.errors import ResponseBrokenOff
 from fhir_server.http.coalesced_writes import CoalescingHttpToolsProtocol
 
 if TYPE_CHECKING:
     from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
-
-
-class ResponseBrokenOff(Exception):
-    """Raised by an app after its response started, to end the connection before the
-    body's end: expected, so logged as one warning (its message), without a traceback."""
 
 
 class BreakingOffHttpToolsProtocol(CoalescingHttpToolsProtocol):

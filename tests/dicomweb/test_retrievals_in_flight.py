@@ -13,8 +13,7 @@ from starlette.responses import Response, StreamingResponse
 
 from dicomweb.blob_errors import BlobNotFound
 from dicomweb.retrievals_in_flight import HeldBody, RetrievalsInFlight, retrieval
-from fhir_server.errors import NotFound
-from fhir_server.http.broken_off import ResponseBrokenOff
+from fhir_server.errors import NotFound, ResponseBrokenOff
 
 STUDY = "1.2.3"
 

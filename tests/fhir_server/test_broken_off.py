@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from fhir_server.http.broken_off import ResponseBrokenOff
+from fhir_server.errors import ResponseBrokenOff
 from fhir_server.http.limits import HttpLimits, bounded_protocol
 from fhir_server.settings import Settings
 
