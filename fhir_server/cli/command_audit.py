@@ -1,8 +1,8 @@
 """The admin commands' audit trail: what ``radhub import``, ``token``, ``client
-add``, ``user add``, ``launch`` and ``keys rotate`` change or hand out is recorded as AuditEvents
-on the server's own hash chain (``audit_lock`` lets a command write to it
-while a server runs), naming the operating-system user who ran the command
-and, as the application, ``radhub-cli``.
+add``, ``user add``, ``launch`` and ``keys rotate`` change or hand out is
+recorded as AuditEvents on the server's own hash chain (``audit_lock`` lets a
+command write to it while a server runs), naming the operating-system user who
+ran the command and, as the application, ``radhub-cli``.
 
 Unlike a request's record, a command's is written before the command reports
 success: a command has no server to queue it in, and the operator should learn

@@ -114,8 +114,8 @@ async def import_file(
             if kind == "transaction":
                 result = await transaction(svc, IMPORT_CONTEXT, document)
                 done = len(result["entry"])
-                what = f"{done} resources (a transaction)"
-                await audit.record("import", 200, what, what=str(path))
+                summary = f"{done} resources (a transaction)"
+                await audit.record("import", 200, summary, what=str(path))
                 return done
             if kind == "batch":
                 return await _import_batch(svc, audit, path, document)
@@ -145,8 +145,8 @@ async def _import_batch(
         if not entry["response"]["status"].startswith("2")
     ]
     done = len(result["entry"]) - len(failed)
-    what = f"{done} resources (a batch); {len(failed)} entries failed"
-    await audit.record("import-batch", 200, what, what=str(path))
+    summary = f"{done} resources (a batch); {len(failed)} entries failed"
+    await audit.record("import-batch", 200, summary, what=str(path))
     if failed:
         more = f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else ""
         message = f"{len(failed)} batch entries failed:\n  " + "\n  ".join(failed[:20]) + more
@@ -181,8 +181,8 @@ async def _flush(
         return 0
     await transaction(svc, IMPORT_CONTEXT, upsert_bundle(pending))
     count = len(pending)
-    what = f"{count} resources (entries {before + 1} to {before + count})"
-    await audit.record("import", 200, what, what=str(path))
+    summary = f"{count} resources (entries {before + 1} to {before + count})"
+    await audit.record("import", 200, summary, what=str(path))
     pending.clear()
     progress.advance(task, count)
     return count
