@@ -9,11 +9,13 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from fhir_server.errors import InvalidResource, Issue, UnknownResourceType
+from fhir_server.errors import InvalidResource, Issue, UnknownResourceType, UnprocessableEntity
 from fhir_server.resources.bindings import binding_issues
 from fhir_server.resources.types import SUPPORTED_TYPES, is_valid_id
 
 _MAX_ISSUES = 20
+# Subscription statuses that ask the server to deliver notifications
+DELIVERED_STATUSES = frozenset({"requested", "active"})
 
 
 @lru_cache(maxsize=64)
@@ -64,6 +66,12 @@ def validate_resource(resource: Any) -> str:
         raise InvalidResource(
             f"{resource_type} is not valid: a nested resource has an unknown resourceType"
         ) from None
+    if resource_type == "Subscription" and resource.get("status") in DELIVERED_STATUSES:
+        # stored and silently never honoured, it would leave an EHR waiting for reports
+        raise UnprocessableEntity(
+            "radhub does not send Subscription notifications yet: a Subscription may be "
+            "stored with status off or error only"
+        )
     wrong_codes = binding_issues(resource, resource_type)
     if wrong_codes:
         raise InvalidResource(

@@ -65,7 +65,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
         "agent": [{"who": {"reference": "Practitioner/x"}}],
     },
     "Subscription": {
-        "status": "requested",
+        "status": "off",  # requested or active: notifications are not sent (422)
         "reason": "x",
         "criteria": "Patient?",
         "channel": {"type": "rest-hook", "endpoint": "http://example.org/hook"},
