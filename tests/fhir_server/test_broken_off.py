@@ -8,17 +8,15 @@ log records propagating to pytest's capture (``log_config=None``).
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
-import uvicorn
 
 from fhir_server.errors import ResponseBrokenOff
 from fhir_server.http.limits import HttpLimits, bounded_protocol
 from fhir_server.settings import Settings
+from tests import loopback
 
 WAIT = 5.0
 _DEFAULTS = Settings()
@@ -27,26 +25,9 @@ PROTOCOL = bounded_protocol(
 )
 
 
-@asynccontextmanager
-async def serving(app: Any, *, send_buffer: int | None = None) -> AsyncIterator[int]:
-    """``app`` served by radhub's protocol on a loopback port; ``send_buffer`` bounds
-    what the kernel holds for each connection (accepted sockets inherit it)."""
-    sock = socket.socket()
-    if send_buffer is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        app, http=PROTOCOL, lifespan="off", log_config=None, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        await task
+def serving(app: Any, *, send_buffer: int | None = None) -> AbstractAsyncContextManager[int]:
+    """``app`` served by radhub's protocol, uvicorn's log records left to ``caplog``."""
+    return loopback.serving(app, PROTOCOL, send_buffer=send_buffer, log_config=None)
 
 
 class _App:

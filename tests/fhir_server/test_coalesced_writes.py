@@ -9,15 +9,13 @@ records each write reaching the real transport, so the tests see how many
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from fhir_server.http.coalesced_writes import FLUSH_AT, CoalescingHttpToolsProtocol
+from tests.loopback import serving
 
 pytestmark = pytest.mark.asyncio
 
@@ -71,21 +69,6 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": SMALL})
 
 
-async def _serve(protocol: type[HttpToolsProtocol]) -> AsyncIterator[int]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(_app, http=protocol, lifespan="off", log_level="warning")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        await task
-
-
 async def _get(port: int, path: str, *, until_eof: bool = False) -> tuple[bytes, bytes]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
@@ -108,7 +91,7 @@ def writes() -> list[bytes]:
 
 
 async def test_a_small_response_is_one_write(writes: list[bytes]) -> None:
-    async for port in _serve(_recording(CoalescingHttpToolsProtocol, writes)):
+    async with serving(_app, _recording(CoalescingHttpToolsProtocol, writes)) as port:
         head, body = await _get(port, "/small")
     assert body == SMALL
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
@@ -117,20 +100,20 @@ async def test_a_small_response_is_one_write(writes: list[bytes]) -> None:
 
 async def test_stock_uvicorn_writes_head_and_body_apart(writes: list[bytes]) -> None:
     """What the coalescing protocol saves (and why the test above can fail)."""
-    async for port in _serve(_recording(HttpToolsProtocol, writes)):
+    async with serving(_app, _recording(HttpToolsProtocol, writes)) as port:
         head, body = await _get(port, "/small")
     assert writes == [head, body]
 
 
 async def test_a_head_is_not_held_past_its_turn(writes: list[bytes]) -> None:
-    async for port in _serve(_recording(CoalescingHttpToolsProtocol, writes)):
+    async with serving(_app, _recording(CoalescingHttpToolsProtocol, writes)) as port:
         head, body = await _get(port, "/later")
     assert body == SMALL
     assert writes == [head, body]
 
 
 async def test_a_large_body_goes_out_as_it_comes(writes: list[bytes]) -> None:
-    async for port in _serve(_recording(CoalescingHttpToolsProtocol, writes)):
+    async with serving(_app, _recording(CoalescingHttpToolsProtocol, writes)) as port:
         head, body = await _get(port, "/large")
     assert body == b"".join(bytes([65 + n]) * FLUSH_AT for n in range(LARGE_CHUNKS))
     assert b"".join(writes) == head + body
@@ -140,7 +123,7 @@ async def test_a_large_body_goes_out_as_it_comes(writes: list[bytes]) -> None:
 
 
 async def test_closing_sends_what_is_held_first(writes: list[bytes]) -> None:
-    async for port in _serve(_recording(CoalescingHttpToolsProtocol, writes)):
+    async with serving(_app, _recording(CoalescingHttpToolsProtocol, writes)) as port:
         head, body = await _get(port, "/close", until_eof=True)
     assert body == SMALL
     assert b"connection: close" in head.lower()

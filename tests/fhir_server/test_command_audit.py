@@ -12,11 +12,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from fhir_server.audit import AuditLog, AuditRecord
-from fhir_server.audit_chain import verify_chain
 from fhir_server.audit_lock import ChainLock
 from fhir_server.audit_process import AuditProcess
 from fhir_server.cli import main
@@ -24,22 +22,10 @@ from fhir_server.interactions.services import new_uuid
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.settings import Settings
 from fhir_server.storage.sqlite.store import SqliteStore
+from tests.fhir_server.test_audit_process import written
 
 REGISTRY = SearchRegistry.load()
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
-
-
-async def events(data: Path) -> list[dict[str, Any]]:
-    """Every AuditEvent in the order written, after checking the chain is intact."""
-    store = SqliteStore(data, REGISTRY)
-    await store.start()
-    try:
-        versions = await store.changes(0, 100_000, "AuditEvent")
-        report = await verify_chain(store)
-    finally:
-        await store.close()
-    assert report.ok, report.summary()
-    return [orjson.loads(v.body or b"{}") for v in versions]
 
 
 def own_code(event: dict[str, Any]) -> str:
@@ -65,7 +51,7 @@ def test_an_import_audits_each_commit_as_the_operator(tmp_path: Path) -> None:
     assert (
         main(["import", "--data-dir", str(data), "--chunk", "2", str(tmp_path / "p.ndjson")]) == 0
     )
-    found = asyncio.run(events(data))
+    found = asyncio.run(written(data))
     assert [e["outcomeDesc"] for e in found] == [
         "2 resources (entries 1 to 2)",
         "1 resources (entries 3 to 3)",
@@ -83,7 +69,7 @@ def test_an_import_error_is_audited_as_a_failure(tmp_path: Path) -> None:
     bad = {"resourceType": "Patient", "id": "x", "birthDate": "not-a-date"}
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     assert main(["import", "--data-dir", str(data), str(tmp_path / "bad.json")]) == 1
-    [event] = asyncio.run(events(data))
+    [event] = asyncio.run(written(data))
     assert own_code(event) == "import" and event["outcome"] == "4"
     assert event["entity"][0]["description"].endswith("bad.json")
     assert "Patient.birthDate" in event["outcomeDesc"]
@@ -111,7 +97,7 @@ def test_a_batch_import_commits_the_good_entries_and_fails_on_the_bad(
     assert main(["import", "--data-dir", str(data), str(tmp_path / "b.json")]) == 1
     out = " ".join(capsys.readouterr().out.split())
     assert "Bundle.entry[1]" in out and "imported 1 resources before the error" in out
-    [event] = asyncio.run(events(data))
+    [event] = asyncio.run(written(data))
     assert own_code(event) == "import-batch" and event["subtype"][0]["code"] == "batch"
     assert event["outcomeDesc"] == "1 resources (a batch); 1 entries failed"
 
@@ -127,7 +113,7 @@ def test_client_user_launch_and_key_commands_are_audited(tmp_path: Path) -> None
     assert cli(data, "launch", "--client-id", "nobody", "--patient", "p1") == 2
     assert cli(data, "keys", "rotate") == 0
     assert cli(data, "token", "--scope", "patient/*.rs", "--patient", "p1") == 0
-    found = by_command(asyncio.run(events(data)))
+    found = by_command(asyncio.run(written(data)))
     summary = [(own_code(e), e["action"], e["outcome"]) for e in found]
     assert summary == [
         ("admin-client-create", "C", "0"),
@@ -167,7 +153,7 @@ async def test_commands_and_a_server_in_process_trail_share_one_chain(tmp_path: 
     finally:
         await log.close()
         await store.close()
-    found = await events(tmp_path)
+    found = await written(tmp_path)
     assert [own_code(e) for e in found] == ["read", "admin-client-create"] * 3 + ["read"]
 
 
@@ -188,5 +174,5 @@ async def test_commands_write_while_the_audit_process_runs(tmp_path: Path) -> No
             audit.record(server_record(n))
     finally:
         await audit.close()
-    found = await events(tmp_path)
+    found = await written(tmp_path)
     assert len(found) == 41 and [own_code(e) for e in by_command(found)] == ["admin-user-create"]

@@ -13,18 +13,18 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator, Coroutine
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import httptools
 import pytest
-import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from fhir_server.cli import build_parser, settings_from
 from fhir_server.http.limits import HttpLimits, bounded_protocol
 from fhir_server.settings import Settings
+from tests import loopback
 from tests.e2e.conftest import ServerProcess
 
 LIMITS = HttpLimits(header_bytes=8192, header_timeout=0.5, body_timeout=0.5)
@@ -94,20 +94,10 @@ def _count_feeds(protocol: HttpToolsProtocol, fed: list[int]) -> None:
     protocol.parser = counting
 
 
-@asynccontextmanager
-async def _serving(app: _App, protocol: type[HttpToolsProtocol] = PROTOCOL) -> AsyncIterator[int]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, http=protocol, lifespan="off", log_level="critical")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        await task
+def _serving(
+    app: _App, protocol: type[HttpToolsProtocol] = PROTOCOL
+) -> AbstractAsyncContextManager[int]:
+    return loopback.serving(app, protocol, log_level="critical")
 
 
 class _Client:
