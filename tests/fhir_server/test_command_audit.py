@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,9 +21,12 @@ from fhir_server.audit import AuditLog, AuditRecord
 from fhir_server.audit_lock import ChainLock
 from fhir_server.audit_process import AuditProcess
 from fhir_server.cli import main
+from fhir_server.cli.command_audit import CommandAudit
 from fhir_server.interactions.services import new_uuid
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.settings import Settings
+from fhir_server.storage.base import NewVersion
+from fhir_server.storage.sqlite import queries
 from fhir_server.storage.sqlite.store import SqliteStore
 from tests.fhir_server.test_audit_process import written
 
@@ -176,3 +182,39 @@ async def test_commands_write_while_the_audit_process_runs(tmp_path: Path) -> No
         await audit.close()
     found = await written(tmp_path)
     assert len(found) == 41 and [own_code(e) for e in by_command(found)] == ["admin-user-create"]
+
+
+async def test_a_write_cancelled_mid_commit_keeps_the_lock_until_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C on a command while its batch is on its way to the disk: the store's
+    writer thread commits it anyway, so the chain lock must be held until it has,
+    or another writer links to the head before it and the chain forks."""
+    entered, calls = threading.Event(), []
+    real = queries.write_batch
+
+    def first_commits_late(conn: sqlite3.Connection, versions: list[NewVersion]) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            entered.set()
+            time.sleep(0.5)
+        return real(conn, versions)
+
+    monkeypatch.setattr(queries, "write_batch", first_commits_late)
+    one, two = SqliteStore(tmp_path, REGISTRY), SqliteStore(tmp_path, REGISTRY)  # two processes'
+    await one.start()
+    await two.start()
+    first, second = CommandAudit(one, tmp_path), CommandAudit(two, tmp_path)
+    try:
+        task = asyncio.create_task(first.record("keys-rotate", 200, "first"))
+        await asyncio.to_thread(entered.wait, 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await second.record("keys-rotate", 200, "second")  # another command, at once
+    finally:
+        first.close()
+        second.close()
+        await one.close()
+        await two.close()
+    assert [e["outcomeDesc"] for e in await written(tmp_path)] == ["first", "second"]

@@ -11,6 +11,7 @@ it is acknowledged, with concurrent writers sharing the flush.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -245,7 +246,18 @@ class SqliteStore:
         return result
 
     async def _writer_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await self._writer_future(fn, *args, **kwargs)
+        """``fn`` on the writer connection. Cancelled, it still returns only once the
+        call is over: the writer thread cannot be stopped, and a caller holding a lock
+        for the write (the audit chain's, ``audit_lock``; ``_write_lock``) must not
+        let go of it before the write has committed or failed."""
+        future = self._writer_future(fn, *args, **kwargs)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            while not future.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([future])
+            raise
 
     def _writer_future(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
         writer = self._writer
