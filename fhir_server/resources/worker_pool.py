@@ -28,7 +28,13 @@ from functools import cache
 from typing import Any, TypeVar
 
 from fhir_server import heap
-from fhir_server.errors import FhirError, InvalidResource, Issue, UnknownResourceType
+from fhir_server.errors import (
+    FhirError,
+    InvalidResource,
+    Issue,
+    UnknownResourceType,
+    UnprocessableEntity,
+)
 from fhir_server.resources.validate import validate_resource
 from fhir_server.resources.worker_processes import WorkerProcesses
 from fhir_server.search.extract import extract_packed
@@ -44,6 +50,7 @@ _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _ERRORS: dict[str, type[FhirError]] = {
     "InvalidResource": InvalidResource,
     "UnknownResourceType": UnknownResourceType,
+    "UnprocessableEntity": UnprocessableEntity,  # a Subscription asking for notifications
 }
 
 Failure = tuple[str, str, tuple[tuple[str, str, str, tuple[str, ...]], ...]]
@@ -52,7 +59,7 @@ Failure = tuple[str, str, tuple[tuple[str, str, str, tuple[str, ...]], ...]]
 def _check(resource: Any) -> Failure | None:
     try:
         validate_resource(resource)
-    except (InvalidResource, UnknownResourceType) as exc:
+    except (InvalidResource, UnknownResourceType, UnprocessableEntity) as exc:
         issues = tuple((i.severity, i.code, i.diagnostics, i.expression) for i in exc.issues)
         return type(exc).__name__, exc.diagnostics, issues
     return None
