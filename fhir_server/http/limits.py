@@ -69,7 +69,7 @@ class HttpLimits:
 
 def cors_fields(origin: bytes | None, allowed: tuple[str, ...]) -> list[tuple[bytes, bytes]]:
     """The CORS header fields of an answer to a request from ``origin`` (pure)."""
-    if not allowed:
+    if not allowed or "*" in allowed:  # as CORSMiddleware reads allow_origins=["*"]
         return [(b"access-control-allow-origin", b"*")]
     if origin is not None and origin.decode("latin-1") in allowed:
         return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]

@@ -19,10 +19,12 @@ from typing import Any
 
 import httptools
 import pytest
+from starlette.middleware.cors import CORSMiddleware
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from fhir_server.app import cors_options
 from fhir_server.cli import build_parser, settings_from
-from fhir_server.http.limits import HttpLimits, bounded_protocol
+from fhir_server.http.limits import HttpLimits, bounded_protocol, cors_fields
 from fhir_server.settings import Settings
 from tests import loopback
 from tests.e2e.conftest import ServerProcess
@@ -493,3 +495,12 @@ async def test_a_refusal_carries_the_cors_field_a_browser_needs_to_read_it(
         assert not any(f.startswith(b"access-control-allow-origin") for f in fields)
     else:
         assert expected in fields
+
+
+@pytest.mark.parametrize("origins", [(), ("*",), ("https://a.example", "*")])
+def test_a_wildcard_origin_is_any_origin_as_the_app_reads_it(origins: tuple[str, ...]) -> None:
+    """``--cors-origin '*'``: the app answers any origin, so the listener's refusals do."""
+    app_side = CORSMiddleware(app=None, **cors_options(Settings(cors_origins=origins)))  # type: ignore[arg-type]
+    assert app_side.allow_all_origins
+    for origin in (b"https://viewer.example", None):
+        assert cors_fields(origin, origins) == [(b"access-control-allow-origin", b"*")]
