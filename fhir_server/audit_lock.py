@@ -66,11 +66,12 @@ async def _wait_for_lock(fd: int) -> None:
     try:
         await asyncio.shield(waiting)
     except asyncio.CancelledError:
-        # the thread cannot be stopped: once it has the lock, give it back
-        waiting.add_done_callback(lambda done: _release_if_taken(fd, done))
+        # The thread cannot be stopped. Wait for it while still holding this
+        # process's turn, then give back what it took: released later, it would
+        # drop the lock of the next holder here, which shares the descriptor.
+        while not waiting.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([waiting])
+        if not waiting.cancelled() and waiting.exception() is None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
         raise
-
-
-def _release_if_taken(fd: int, done: asyncio.Future[None]) -> None:
-    if not done.cancelled() and done.exception() is None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
