@@ -253,10 +253,14 @@ class FileBlobStore:
         """Yield the blob's bytes from ``offset`` (``length`` bytes or to the end)."""
         path = self.path_for(key)
         want = chunk_size if length is None else min(chunk_size, length)
+        opening = asyncio.ensure_future(asyncio.to_thread(_open_and_read, path, offset, want))
         try:
-            fh, chunk = await asyncio.to_thread(_open_and_read, path, offset, want)
+            fh, chunk = await asyncio.shield(opening)
         except FileNotFoundError as exc:
             raise BlobNotFound(key) from exc
+        except asyncio.CancelledError:  # the client went away: the thread opens it anyway
+            opening.add_done_callback(_close_opened)
+            raise
         try:
             remaining = length
             while chunk:
@@ -414,6 +418,11 @@ class _Spool:
 def _close_and_unlink(fh: BinaryIO, path: Path) -> None:
     fh.close()
     path.unlink(missing_ok=True)
+
+
+def _close_opened(opening: asyncio.Future[tuple[BinaryIO, bytes]]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result()[0].close()
 
 
 def _open_and_read(path: Path, offset: int, want: int) -> tuple[BinaryIO, bytes]:

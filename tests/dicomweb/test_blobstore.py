@@ -496,3 +496,35 @@ async def test_gather_reads_cached_blobs_on_the_loop_and_the_rest_in_threads(
     # (to_thread hands on ``functools.partial(context.run, fn)``)
     names = [getattr(getattr(fn, "args", (fn,))[-1], "__name__", "") for fn in handoffs]
     assert names == ["next_block"] * blocks + ["close"]
+
+
+async def test_a_read_cancelled_while_the_file_opens_closes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client went away while the worker thread was opening the blob: the thread
+    still opens it, and the file it opened is closed, not left to the collector."""
+    import dicomweb.blobstore as blobstore
+
+    store = FileBlobStore(tmp_path)
+    ref = await store.write(STUDY, SERIES, SOP, achunks([b"x" * 1000]))
+    proceed, opened = threading.Event(), []
+    real = blobstore._open_and_read
+
+    def slow_open(path: Path, offset: int, want: int) -> tuple[BinaryIO, bytes]:
+        proceed.wait(5)
+        fh, chunk = real(path, offset, want)
+        opened.append(fh)
+        return fh, chunk
+
+    monkeypatch.setattr(blobstore, "_open_and_read", slow_open)
+    reading = asyncio.ensure_future(anext(store.open(ref.key)))
+    await asyncio.sleep(0.05)
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    proceed.set()
+    for _ in range(100):
+        if opened and opened[0].closed:
+            break
+        await asyncio.sleep(0.01)
+    assert opened and opened[0].closed
