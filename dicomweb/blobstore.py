@@ -39,6 +39,7 @@ from dicomweb import blob_gather
 from dicomweb.blob_errors import BlobNotFound, InvalidBlobKey
 from dicomweb.blob_gather import GATHER_BLOCK, Piece
 from dicomweb.coalesce import outcomes
+from fhir_server.run_to_end import run_to_end, succeeded
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 # a received body arrives in these (the multipart parser hands on its buffer)
@@ -254,13 +255,10 @@ class FileBlobStore:
         path = self.path_for(key)
         want = chunk_size if length is None else min(chunk_size, length)
         opening = asyncio.ensure_future(asyncio.to_thread(_open_and_read, path, offset, want))
-        try:
-            fh, chunk = await asyncio.shield(opening)
+        try:  # the client gone meanwhile: the thread opens the file anyway, so close it
+            fh, chunk = await run_to_end(opening, _close_opened)
         except FileNotFoundError as exc:
             raise BlobNotFound(key) from exc
-        except asyncio.CancelledError:  # the client went away: the thread opens it anyway
-            opening.add_done_callback(_close_opened)
-            raise
         try:
             remaining = length
             while chunk:
@@ -421,7 +419,7 @@ def _close_and_unlink(fh: BinaryIO, path: Path) -> None:
 
 
 def _close_opened(opening: asyncio.Future[tuple[BinaryIO, bytes]]) -> None:
-    if not opening.cancelled() and opening.exception() is None:
+    if succeeded(opening):
         opening.result()[0].close()
 
 

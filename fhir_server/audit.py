@@ -308,6 +308,11 @@ class AuditWriter:
             self._head = await chain_head(self._store)
             await self._store.write_many([self._version(r) for r in batch])
 
+    def close(self) -> None:
+        """Let go of the lock's file (the store stays open: its owner closes it)."""
+        if self._lock is not None:
+            self._lock.close()
+
     def _version(self, record: AuditRecord) -> NewVersion:
         template = self._templates.of(record)
         # As ``stamp`` would give it, built in place: one event per request, and
@@ -431,7 +436,6 @@ class AuditLog(QueuedTrail):
     ) -> None:
         super().__init__(**options)
         self._writer = AuditWriter(store, new_id, lock)
-        self._chain_lock = lock
         self._flush_lock = asyncio.Lock()
 
     async def _run(self) -> None:
@@ -463,5 +467,4 @@ class AuditLog(QueuedTrail):
             await self._task
             self._task = None
         await self.flush()
-        if self._chain_lock is not None:
-            self._chain_lock.close()
+        self._writer.close()

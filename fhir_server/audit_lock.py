@@ -23,6 +23,8 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from fhir_server.run_to_end import run_to_end, succeeded
+
 LOCK_FILE = "audit.lock"
 
 
@@ -62,16 +64,12 @@ class ChainLock:
 
 
 async def _wait_for_lock(fd: int) -> None:
-    waiting = asyncio.ensure_future(asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX))
-    try:
-        await asyncio.shield(waiting)
-    except asyncio.CancelledError:
-        # The thread cannot be stopped. Wait for it while still holding this
-        # process's turn, then give back what it took: released later, it would
-        # drop the lock of the next holder here, which shares the descriptor.
-        while not waiting.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait([waiting])
-        if not waiting.cancelled() and waiting.exception() is None:
+    # Cancelled, the thread cannot be stopped: wait for it while still holding this
+    # process's turn, then give back what it took. Released later, it would drop
+    # the lock of the next holder here, which shares the descriptor.
+    def give_back(waited: asyncio.Future[None]) -> None:
+        if succeeded(waited):
             fcntl.flock(fd, fcntl.LOCK_UN)
-        raise
+
+    waiting = asyncio.ensure_future(asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX))
+    await run_to_end(waiting, give_back)

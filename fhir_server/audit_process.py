@@ -287,10 +287,9 @@ async def _write_trail(settings: Settings, inbox: Connection, outbox: Connection
     # A server killed with SIGKILL leaves its child writing its last batch; the
     # lock keeps the next server's child from reading the chain's head before
     # that commit (as it keeps admin commands writing to the chain from forking it)
-    lock = ChainLock(settings.data_dir)
     store = build_store(settings, SearchRegistry.load())
     await store.start()
-    writer = AuditWriter(store, new_uuid, lock)
+    writer = AuditWriter(store, new_uuid, ChainLock(settings.data_dir))
     callers: dict[Caller, AuthContext] = {}
     heap.settle()  # each event allocates dozens of containers (see heap)
     try:
@@ -316,4 +315,4 @@ async def _write_trail(settings: Settings, inbox: Connection, outbox: Connection
                 outbox.send_bytes(len(batch).to_bytes(_ACK, "big"))
     finally:
         await store.close()
-        lock.close()
+        writer.close()

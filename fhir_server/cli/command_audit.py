@@ -44,8 +44,7 @@ class CommandAudit:
     """Writes one command's audit records, each at once (see the module docstring)."""
 
     def __init__(self, store: Store, data_dir: Path) -> None:
-        self._lock = ChainLock(data_dir)
-        self._writer = AuditWriter(store, new_uuid, self._lock)
+        self._writer = AuditWriter(store, new_uuid, ChainLock(data_dir))
         self._who = operator()
 
     async def record(
@@ -72,7 +71,7 @@ class CommandAudit:
         await self._writer.write([record])
 
     def close(self) -> None:
-        self._lock.close()
+        self._writer.close()
 
 
 @asynccontextmanager

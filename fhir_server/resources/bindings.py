@@ -56,7 +56,7 @@ _Shape = dict[str, tuple[frozenset[str] | None, type | None]]
 def binding_issues(resource: dict[str, Any], resource_type: str) -> list[Issue]:
     """One issue per code outside its required binding (at most ``MAX_ISSUES``)."""
     issues: list[Issue] = []
-    for where, code, codes in _violations(resource, _shape(_model(resource_type)), resource_type):
+    for where, code, codes in _violations(resource, _shape(model_of(resource_type)), resource_type):
         allowed = ", ".join(sorted(codes))
         issues.append(
             Issue(
@@ -87,12 +87,13 @@ def _violations(
                     yield where, item, codes
             elif isinstance(item, dict) and child is not None:
                 nested = item.get("resourceType")  # a contained resource: its own type's table
-                model = _model(nested) if isinstance(nested, str) else child
+                model = model_of(nested) if isinstance(nested, str) else child
                 yield from _violations(item, _shape(model), where)
 
 
 @lru_cache(maxsize=64)
-def _model(resource_type: str) -> type:
+def model_of(resource_type: str) -> type:
+    """The fhir.resources (R4B) model class of a resource type (validation uses it too)."""
     model: type = get_fhir_model_class(resource_type)
     return model
 

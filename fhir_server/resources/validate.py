@@ -3,24 +3,17 @@ fhir.resources' R4B models (identical to R4 for the types radhub serves)."""
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
-from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from fhir_server.errors import InvalidResource, Issue, UnknownResourceType, UnprocessableEntity
-from fhir_server.resources.bindings import binding_issues
+from fhir_server.resources.bindings import binding_issues, model_of
 from fhir_server.resources.types import SUPPORTED_TYPES, is_valid_id
 
 _MAX_ISSUES = 20
 # Subscription statuses that ask the server to deliver notifications
 DELIVERED_STATUSES = frozenset({"requested", "active"})
-
-
-@lru_cache(maxsize=64)
-def _model(resource_type: str) -> Any:
-    return get_fhir_model_class(resource_type)
 
 
 def _issue(error: Any, resource_type: str) -> Issue:
@@ -48,8 +41,9 @@ def validate_resource(resource: Any) -> str:
     rid = resource.get("id")
     if rid is not None and (not isinstance(rid, str) or not is_valid_id(rid)):
         raise InvalidResource(f"invalid resource id {rid!r}")
+    model: Any = model_of(resource_type)
     try:
-        _model(resource_type).model_validate(resource)
+        model.model_validate(resource)
     except ValidationError as exc:
         errors = exc.errors()
         issues = tuple(_issue(e, resource_type) for e in errors[:_MAX_ISSUES])

@@ -11,7 +11,6 @@ it is acknowledged, with concurrent writers sharing the flush.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fhir_server.errors import StorageUnavailable, VersionConflict
+from fhir_server.run_to_end import run_to_end
 from fhir_server.search.ast import SearchQuery
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.storage.base import (
@@ -247,17 +247,10 @@ class SqliteStore:
 
     async def _writer_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn`` on the writer connection. Cancelled, it still returns only once the
-        call is over: the writer thread cannot be stopped, and a caller holding a lock
-        for the write (the audit chain's, ``audit_lock``; ``_write_lock``) must not
-        let go of it before the write has committed or failed."""
-        future = self._writer_future(fn, *args, **kwargs)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            while not future.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait([future])
-            raise
+        call is over (``run_to_end``): a caller holding a lock for the write (the audit
+        chain's, ``audit_lock``; ``_write_lock``) must not let go of it before the
+        write has committed or failed."""
+        return await run_to_end(self._writer_future(fn, *args, **kwargs))
 
     def _writer_future(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
         writer = self._writer
