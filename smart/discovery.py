@@ -1,5 +1,6 @@
-"""SMART discovery: ``/fhir/.well-known/smart-configuration`` and the OAuth URIs
-the CapabilityStatement's security extension carries.
+"""SMART discovery: ``/fhir/.well-known/smart-configuration``, the OpenID Provider
+metadata at the issuer (``/auth/.well-known/openid-configuration``) and the OAuth
+URIs the CapabilityStatement's security extension carries.
 
 Only capabilities the server really has are listed.
 See https://build.fhir.org/ig/HL7/smart-app-launch/conformance.html
@@ -71,6 +72,38 @@ def smart_configuration(config: AuthConfig) -> dict[str, Any]:
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
         "capabilities": list(CAPABILITIES),
+    }
+
+
+# What an id_token says (``smart.issuer.TokenIssuer.id_token``).
+ID_TOKEN_CLAIMS = ("iss", "sub", "aud", "iat", "exp", "auth_time", "nonce", "fhirUser")
+
+
+def openid_configuration(config: AuthConfig, signing_alg: str) -> dict[str, Any]:
+    """The OpenID Provider metadata (OpenID Connect Discovery 1.0 §3), served at
+    ``{issuer}/.well-known/openid-configuration``: an app that asked for ``openid``
+    finds there the keys to check the ``id_token`` against (SMART App Launch 2.x,
+    "Scopes for requesting identity data"), and OIDC client libraries find the
+    endpoints. ``signing_alg`` is the algorithm the server's keys sign with."""
+    return {
+        "issuer": config.issuer,
+        "authorization_endpoint": config.authorize_url,
+        "token_endpoint": config.token_url,
+        "jwks_uri": config.jwks_url,
+        "introspection_endpoint": config.introspect_url,
+        "revocation_endpoint": config.revoke_url,
+        "scopes_supported": list(SCOPES_SUPPORTED),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": list(GRANT_TYPES),
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": [signing_alg],
+        "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
+        "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
+        "code_challenge_methods_supported": ["S256"],
+        "claims_supported": list(ID_TOKEN_CLAIMS),
+        "request_parameter_supported": False,
+        "request_uri_parameter_supported": False,
     }
 
 

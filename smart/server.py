@@ -4,7 +4,8 @@
 hands over (store, keys, verifier, policy, audit); ``router()`` returns the
 routes to mount: ``/auth/authorize``, ``/auth/token``, ``/auth/introspect``,
 ``/auth/revoke``, ``/auth/launch``, the admin API under ``/auth/admin``
-(``smart.admin``) and ``/fhir/.well-known/smart-configuration``.
+(``smart.admin``), ``/fhir/.well-known/smart-configuration`` and the OpenID
+Provider metadata, ``/auth/.well-known/openid-configuration``.
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ from smart.admin import AdminApi
 from smart.authorize import AuthorizeFlow, Checked, PageError, RedirectError
 from smart.clients import ClientAuthenticator
 from smart.config import AuthConfig
-from smart.discovery import smart_configuration
+from smart.discovery import openid_configuration, smart_configuration
 from smart.errors import NO_STORE, InvalidClient, OAuthError
 from smart.grants import TokenGrants
 from smart.introspection import Introspection
 from smart.issuer import TokenIssuer
 from smart.jwks_fetch import JwksSource
-from smart.keys import KeyRing
+from smart.keys import DEFAULT_ALG, KeyRing
 from smart.launch import Launches, UnknownClient
 from smart.patients import PatientPicker
 from smart.secrets import password_helper
@@ -67,8 +68,10 @@ class AuthServer:
         verifier: TokenVerifier,
         audit: AuditSink,
         admin: AdminApi | None = None,
+        signing_alg: str = DEFAULT_ALG,
     ) -> None:
         self.config = config
+        self.signing_alg = signing_alg
         self.flow = flow
         self.clients = clients
         self.grants = grants
@@ -124,6 +127,7 @@ class AuthServer:
             verifier=verifier,
             audit=audit,
             admin=AdminApi(store.auth, accounts, helper, verifier, audit.record, clock=clock),
+            signing_alg=keyring.alg,
         )
 
     def router(self) -> APIRouter:
@@ -134,6 +138,12 @@ class AuthServer:
             self.discovery,
             methods=["GET"],
             summary="SMART discovery",
+        )
+        router.add_api_route(
+            "/auth/.well-known/openid-configuration",
+            self.openid_discovery,
+            methods=["GET"],
+            summary="OpenID Provider metadata",
         )
         for method in ("GET", "POST"):  # one route each: distinct OpenAPI operation ids
             router.add_api_route(
@@ -158,6 +168,12 @@ class AuthServer:
     async def discovery(self) -> Response:
         return JSONResponse(
             smart_configuration(self.config), headers={"Cache-Control": "max-age=300"}
+        )
+
+    async def openid_discovery(self) -> Response:
+        return JSONResponse(
+            openid_configuration(self.config, self.signing_alg),
+            headers={"Cache-Control": "max-age=300"},
         )
 
     async def authorize(self, request: Request) -> Response:

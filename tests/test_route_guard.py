@@ -31,6 +31,7 @@ PUBLIC: dict[str, frozenset[str]] = {
     "/healthz": frozenset({"GET"}),  # liveness probe
     "/fhir/metadata": frozenset({"GET", "HEAD"}),  # CapabilityStatement (FHIR R4 §3.1.0.9)
     "/fhir/.well-known/smart-configuration": frozenset({"GET"}),  # SMART discovery
+    "/auth/.well-known/openid-configuration": frozenset({"GET"}),  # OIDC Discovery §4
     "/auth/jwks": frozenset({"GET"}),  # public keys
     "/auth/authorize": frozenset({"GET", "POST"}),  # the login page (user authenticates there)
     "/auth/token": frozenset({"POST"}),  # client authentication, RFC 6749 §3.2

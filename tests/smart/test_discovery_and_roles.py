@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from joserfc import jwt
+from joserfc.jwk import KeySet
 
 from fhir_server.access import AccessPolicy, AuthContext, Interaction, PatientCompartment, ScopeSet
 from fhir_server.audit_chain import GENESIS, event_hash, link, previous_of
 from fhir_server.errors import Forbidden
 from fhir_server.search.values import IndexEntry, ReferenceValue, TokenValue
 
-from .conftest import BASE, Smart
+from .conftest import AUD, BASE, Smart
 
 I = Interaction  # noqa: E741
 
@@ -27,6 +29,50 @@ async def test_smart_configuration(smart: Smart) -> None:
     assert {"launch-ehr", "launch-standalone", "permission-v2", "sso-openid-connect"} <= set(
         conf["capabilities"]
     )
+
+
+async def test_openid_provider_metadata_lets_a_relying_party_check_the_id_token(
+    smart: Smart,
+) -> None:
+    """What an OIDC client library does with ``openid``: the metadata from
+    ``{iss}/.well-known/openid-configuration`` (no token), the keys from its
+    ``jwks_uri``, then the id_token checked against both (OpenID Connect Core
+    §3.1.3.7)."""
+    await smart.add_client()
+    await smart.add_user("rita", "radiologist", "Practitioner/rita")
+    flow = smart.request("openid fhirUser user/Patient.rs", nonce="n-7")
+    body = (await smart.exchange(flow, await smart.code(flow, "rita"))).json()
+    issuer = flow.redirect["iss"]
+    response = await smart.http.get(f"{issuer}/.well-known/openid-configuration")
+    assert response.status_code == 200, response.text
+    meta = response.json()
+    assert meta["issuer"] == issuer == f"{BASE}/auth"  # §4.3: the same string exactly
+    for required in (
+        "authorization_endpoint",
+        "token_endpoint",
+        "jwks_uri",
+        "response_types_supported",
+        "subject_types_supported",
+        "id_token_signing_alg_values_supported",
+    ):
+        assert meta[required], required
+    assert meta["token_endpoint"] == f"{BASE}/auth/token"
+    assert "code" in meta["response_types_supported"]
+    assert "RS256" in meta["id_token_signing_alg_values_supported"]
+    assert {"openid", "fhirUser"} <= set(meta["scopes_supported"])
+    jwks = (await smart.http.get(meta["jwks_uri"])).json()
+    algorithms = meta["id_token_signing_alg_values_supported"]
+    token = jwt.decode(body["id_token"], KeySet.import_key_set(jwks), algorithms=algorithms)
+    jwt.JWTClaimsRegistry(
+        iss={"essential": True, "value": meta["issuer"]},
+        aud={"essential": True, "value": "app"},
+        nonce={"essential": True, "value": "n-7"},
+        sub={"essential": True},
+        exp={"essential": True},
+        iat={"essential": True},
+    ).validate(token.claims)
+    assert set(token.claims) <= set(meta["claims_supported"])
+    assert token.claims["fhirUser"] == f"{AUD}/Practitioner/rita"
 
 
 async def test_capability_statement_carries_the_oauth_uris(smart: Smart) -> None:
