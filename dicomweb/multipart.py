@@ -17,7 +17,11 @@ import secrets
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 
-MAX_BOUNDARY_LENGTH = 70  # RFC 2046 §5.1.1
+# RFC 2046 §5.1.1 allows 1 to 70 characters, and the writer keeps to that. What is
+# received may be longer: Orthanc 1.7's STOW-RS client (Debian's) joins two UUIDs
+# (73 characters), and refusing it would only break a common PACS's sends. Still
+# bounded: the parser holds a boundary's length beside each chunk.
+MAX_BOUNDARY_LENGTH = 200
 DEFAULT_MAX_HEADER_SIZE = 16 * 1024
 _MAX_PADDING = 1024
 

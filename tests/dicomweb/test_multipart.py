@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import tracemalloc
+import uuid
 from collections.abc import AsyncIterator, Iterable
 
 import pytest
@@ -117,13 +118,20 @@ def test_parse_content_type_takes_time_linear_in_the_header() -> None:
         "multipart/related; type=application/dicom",
         "application/dicom; boundary=abc",
         "multipart/related; boundary=",
-        f"multipart/related; boundary={'x' * 71}",
+        f"multipart/related; boundary={'x' * 201}",
         'multipart/related; boundary="unterminated',
     ],
 )
 def test_boundary_of_rejects(header: str) -> None:
     with pytest.raises(MultipartError):
         boundary_of(parse_content_type(header))
+
+
+def test_boundary_of_accepts_orthancs_73_characters() -> None:
+    """Longer than RFC 2046's 70: what Orthanc 1.7's STOW-RS client sends."""
+    boundary = f"{uuid.uuid4()}-{uuid.uuid4()}"
+    header = f"multipart/related; type=application/dicom; boundary={boundary}"
+    assert len(boundary) == 73 and boundary_of(parse_content_type(header)) == boundary
 
 
 def test_boundary_of_accepts_quoted() -> None:
