@@ -32,6 +32,17 @@ def require_peer(command: str) -> None:
         pytest.skip(f"{command} is not installed")
 
 
+def require_peer_dir(directory: Path, marker: str, how: str) -> Path:
+    """``directory`` when a peer that is a directory (a built web app) holds ``marker``;
+    else skip, or fail when CI demands peers. ``how`` says how to get it."""
+    if not (directory / marker).is_file():
+        missing = f"{directory / marker} is missing ({how})"
+        if os.environ.get("RADHUB_REQUIRE_PEERS") == "1":
+            pytest.fail(f"{missing}, and RADHUB_REQUIRE_PEERS=1 requires it")
+        pytest.skip(missing)
+    return directory
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(

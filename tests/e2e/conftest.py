@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,10 +13,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.conftest import require_peer
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
 RADHUB = [sys.executable, "-m", "fhir_server.cli"]
+CHROMIUM_ARGS = ["--disable-gpu", "--disable-background-networking", "--no-first-run"]
 
 
 def free_port() -> int:
@@ -135,3 +143,23 @@ def radhub_server() -> Iterator[Callable[..., ServerProcess]]:
 @pytest.fixture
 def radhub_cli() -> Callable[..., str]:
     return cli
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, headless, closed whatever the tests did (Playwright's own
+    browser builds cannot be downloaded here, so the system one is launched by path)."""
+    require_peer("chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=shutil.which("chromium"),
+            headless=True,
+            chromium_sandbox=False,  # --no-sandbox: tests run as root in containers
+            args=CHROMIUM_ARGS,
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()

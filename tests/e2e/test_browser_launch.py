@@ -11,7 +11,6 @@ Playwright's own browser builds cannot be downloaded here, so the system
 from __future__ import annotations
 
 import secrets
-import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +24,6 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import pytest
 
-from tests.conftest import require_peer
 from tests.smart_pages import pkce_pair
 
 from .conftest import ServerProcess, cli
@@ -35,7 +33,6 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.peer, pytest.mark.slow]
 
-CHROMIUM_ARGS = ["--disable-gpu", "--disable-background-networking", "--no-first-run"]
 PASSWORD = "pw-for-pat-0123"
 SCOPE = "launch/patient openid fhirUser patient/*.rs offline_access"
 UNTICKED = "offline_access"
@@ -100,25 +97,6 @@ def listening() -> Iterator[Listener]:
         listener.server.shutdown()
         listener.server.server_close()
         thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Debian's Chromium, headless, closed whatever the tests did."""
-    require_peer("chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=shutil.which("chromium"),
-            headless=True,
-            chromium_sandbox=False,  # --no-sandbox: tests run as root in containers
-            args=CHROMIUM_ARGS,
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture

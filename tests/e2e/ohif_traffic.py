@@ -1,0 +1,166 @@
+"""What a browser page asked radhub and how it was answered: each exchange (kind,
+status, the bearer token it carried), the requests that failed, the CORS preflights
+and CORS failures Chromium reports over its DevTools protocol (Playwright's own
+events do not show preflights), and the page's console errors.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page, Request, Response
+
+# what each radhub path is, by its path alone
+KINDS = (
+    ("discovery", re.compile(r"^/auth/\.well-known/openid-configuration$")),
+    ("authorize", re.compile(r"^/auth/authorize$")),
+    ("token", re.compile(r"^/auth/token$")),
+    ("revoke", re.compile(r"^/auth/revoke$")),
+    ("studies", re.compile(r"^/dicomweb/studies$")),
+    ("series", re.compile(r"^/dicomweb/studies/[^/]+/series$")),
+    ("metadata", re.compile(r"^/dicomweb/studies/[^/]+/series/[^/]+/metadata$")),
+    ("frames", re.compile(r"^/dicomweb/studies/[^/]+/series/[^/]+/instances/[^/]+/frames/")),
+)
+STUDY_PATH = re.compile(r"^/dicomweb/studies/([^/]+)/")
+CORS_WORDS = ("cors", "access-control", "cross-origin", "blocked by")
+UNCAUGHT = "uncaught: "
+
+
+@dataclass
+class Exchange:
+    method: str
+    path: str
+    kind: str
+    status: int
+    bearer: str | None
+    grant_type: str | None  # of a token request
+    body: Any = None  # a token response's JSON
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path} -> {self.status}"
+
+
+@dataclass
+class Traffic:
+    radhub: str
+    exchanges: list[Exchange] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    preflights: list[tuple[str, int]] = field(default_factory=list)
+    cors_failures: list[str] = field(default_factory=list)
+    console_errors: list[str] = field(default_factory=list)
+
+    def is_study_search(self, response: Response) -> bool:
+        return _kind(self._path(response.url)) == "studies"
+
+    def _path(self, url: str) -> str:
+        return urlsplit(url).path if url.startswith(self.radhub + "/") else ""
+
+    def on_response(self, response: Response) -> None:
+        path = self._path(response.url)
+        if not path:
+            return
+        request = response.request
+        kind = _kind(path)
+        grant = parse_qs(request.post_data or "").get("grant_type", [None])[0]
+        body = response.json() if kind == "token" and response.ok else None
+        auth = request.headers.get("authorization", "")
+        bearer = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
+        self.exchanges.append(
+            Exchange(request.method, path, kind, response.status, bearer, grant, body)
+        )
+
+    def on_failure(self, request: Request) -> None:
+        if self._path(request.url):
+            self.failures.append(f"{request.method} {request.url}: {request.failure}")
+
+    def on_cdp_response(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "Preflight":
+            self.preflights.append((event["response"]["url"], event["response"]["status"]))
+
+    def on_cdp_failure(self, event: dict[str, Any]) -> None:
+        if event.get("corsErrorStatus") or event.get("blockedReason"):
+            reason = event.get("corsErrorStatus") or event.get("blockedReason")
+            self.cors_failures.append(f"{event.get('type')} {event.get('errorText')}: {reason}")
+
+    def kinds(self) -> dict[str, list[str]]:
+        """Kind -> the grant types (token requests) or paths asked for."""
+        seen: dict[str, list[str]] = {}
+        for e in self.exchanges:
+            seen.setdefault(e.kind, []).append(e.grant_type or e.path)
+        return seen
+
+    def access_tokens(self) -> list[str]:
+        """The access tokens radhub handed out, in order."""
+        return [e.body["access_token"] for e in self.exchanges if e.body]
+
+    def bearers(self, kind: str, since: int = 0) -> set[str | None]:
+        """The tokens sent on exchanges of ``kind`` (``dicomweb``: any DICOMweb call)."""
+        chosen = self.exchanges[since:]
+        if kind == "dicomweb":
+            return {e.bearer for e in chosen if e.path.startswith("/dicomweb/")}
+        return {e.bearer for e in chosen if e.kind == kind}
+
+    def preflighted(self, prefix: str) -> bool:
+        return any(urlsplit(url).path.startswith(f"/{prefix}/") for url, _ in self.preflights)
+
+    def studies_opened(self) -> set[str]:
+        return {m[1] for e in self.exchanges if (m := STUDY_PATH.match(e.path))}
+
+    def wait_for(self, page: Page, kind: str, since: int = 0, timeout: float = 30.0) -> None:
+        """Until an exchange of ``kind`` (or a token request of that grant type) is seen."""
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+        deadline = time.monotonic() + timeout
+        while not any(kind in (e.kind, e.grant_type) for e in self.exchanges[since:]):
+            if time.monotonic() > deadline:
+                raise PlaywrightTimeout(f"no {kind} exchange with radhub in {timeout:.0f} s")
+            page.wait_for_timeout(100)  # lets the page's events in
+
+    def assert_clean(self) -> None:
+        """Every answer a success or a redirect, nothing failed, no CORS trouble, no
+        uncaught exception in the page."""
+        refused = [str(e) for e in self.exchanges if e.status >= 400]
+        bad_preflights = [p for p in self.preflights if not 200 <= p[1] < 300]
+        console = [
+            m
+            for m in self.console_errors
+            if m.startswith(UNCAUGHT) or any(w in m.lower() for w in CORS_WORDS)
+        ]
+        problems = (refused, self.failures, bad_preflights, self.cors_failures, console)
+        assert not any(problems), self.report()
+
+    def report(self) -> str:
+        lines = ["radhub answered:", *(f"  {e}" for e in self.exchanges)]
+        lines += [f"failed: {f}" for f in self.failures]
+        lines += [f"preflight: {url} -> {status}" for url, status in self.preflights]
+        lines += [f"CORS failure: {f}" for f in self.cors_failures]
+        lines += [f"console error: {m}" for m in self.console_errors]
+        return "\n".join(lines)
+
+
+def _kind(path: str) -> str:
+    return next((name for name, pattern in KINDS if pattern.match(path)), "other")
+
+
+def watch(page: Page, radhub: str) -> Traffic:
+    """Record ``page``'s traffic with radhub from now on."""
+    traffic = Traffic(radhub)
+    page.on("response", traffic.on_response)
+    page.on("requestfailed", traffic.on_failure)
+    page.on("pageerror", lambda error: traffic.console_errors.append(f"{UNCAUGHT}{error}"))
+    page.on(
+        "console",
+        lambda message: (
+            traffic.console_errors.append(message.text) if message.type == "error" else None
+        ),
+    )
+    cdp = page.context.new_cdp_session(page)
+    cdp.on("Network.responseReceived", traffic.on_cdp_response)
+    cdp.on("Network.loadingFailed", traffic.on_cdp_failure)
+    cdp.send("Network.enable")
+    return traffic
