@@ -65,8 +65,10 @@ class TokenIssuer:
         # the family's grant, not this narrower token, decides whether it may refresh
         if with_refresh and set(split(grant.scope)) & REFRESH_SCOPES:
             body["refresh_token"] = await self._refresh_token(grant, now)
-        if "openid" in items and ("fhirUser" in items or "profile" in items):
-            body["id_token"] = self.id_token(grant, now, nonce)
+        if "openid" in items:  # OpenID Connect Core §3.1.3.3: then id_token MUST be there
+            # the fhirUser claim is what fhirUser (or SMART v1's profile) asks for
+            identity = bool(items & {"fhirUser", "profile"})
+            body["id_token"] = self.id_token(grant, now, nonce, with_fhir_user=identity)
         return body
 
     def _access_token(self, grant: GrantInfo, scope: str, now: float, jti: str) -> str:
@@ -104,8 +106,13 @@ class TokenIssuer:
         await self._auth.put_refresh(RefreshToken(digest(value), grant, expires))
         return value
 
-    def id_token(self, grant: GrantInfo, now: float, nonce: str | None) -> str:
-        """An OpenID Connect ID token; ``fhirUser`` is an absolute URL (SMART §fhirUser)."""
+    def id_token(
+        self, grant: GrantInfo, now: float, nonce: str | None, *, with_fhir_user: bool = True
+    ) -> str:
+        """An OpenID Connect ID token; ``fhirUser`` is an absolute URL (SMART §fhirUser).
+
+        See https://openid.net/specs/openid-connect-core-1_0.html#IDToken
+        """
         claims: dict[str, Any] = {
             "iss": self._config.issuer,
             "sub": grant.subject,
@@ -116,7 +123,7 @@ class TokenIssuer:
         }
         if nonce:
             claims["nonce"] = nonce
-        if grant.fhir_user:
+        if with_fhir_user and grant.fhir_user:
             claims["fhirUser"] = f"{self._config.audience}/{grant.fhir_user}"
         key = self._keyring.active_key
         header = {"alg": key.alg, "kid": key.kid, "typ": "JWT"}

@@ -48,6 +48,22 @@ async def test_login_consent_token_and_fhir_read(smart: Smart, client: httpx.Asy
     assert read.status_code == 200 and read.json()["name"][0]["family"] == "Doe"
 
 
+async def test_openid_alone_gets_an_id_token(smart: Smart) -> None:
+    """A token response to a request with ``openid`` includes an ID token (OpenID Connect
+    Core §3.1.3.3), without ``fhirUser`` or ``profile`` too; the fhirUser claim comes only
+    with those. oidc-client-ts (the OHIF viewer's client) fails the sign-in without one."""
+    await smart.add_client()
+    await smart.add_user("rita", "radiologist", "Practitioner/rita")
+    body = await smart.tokens("openid user/ImagingStudy.rs", "rita", params={"nonce": "n-2"})
+    assert body["scope"] == "openid user/ImagingStudy.rs"
+    id_token = claims(body["id_token"])
+    assert id_token["iss"] == f"{BASE}/auth" and id_token["aud"] == "app"
+    assert id_token["sub"] == claims(body["access_token"])["sub"] and id_token["nonce"] == "n-2"
+    assert "fhirUser" not in id_token
+    without = await smart.tokens("user/ImagingStudy.rs", "rita")
+    assert "id_token" not in without
+
+
 async def test_user_may_grant_fewer_scopes(smart: Smart, client: httpx.AsyncClient) -> None:
     await seed(client)
     await smart.add_client()
