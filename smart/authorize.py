@@ -31,6 +31,7 @@ from smart.config import AuthConfig
 from smart.errors import (
     AccessDenied,
     InvalidScope,
+    LoginRequired,
     OAuthError,
     UnsupportedResponseType,
 )
@@ -52,6 +53,7 @@ AUTHORIZE_PARAMS = (
     "code_challenge_method",
     "launch",
     "nonce",
+    "prompt",
 )
 
 AuditHook = Callable[[str, int, str, str | None, str, str | None], None]
@@ -160,7 +162,7 @@ class AuthorizeFlow:
             return InvalidScope("scope is required")
         if "launch" in split(params.get("scope")) and "launch" not in params:
             return OAuthError("scope launch needs a launch parameter (EHR launch)")
-        return None
+        return _prompt_problem(split(params.get("prompt")))
 
     def start(self, checked: Checked) -> Response:
         """The login page."""
@@ -268,6 +270,17 @@ class AuthorizeFlow:
         self._record(checked, "consent", 200, description, grant.subject)
         query = {"code": code, "state": checked.params["state"], "iss": self._config.issuer}
         return _redirect(checked.params["redirect_uri"], query)
+
+
+def _prompt_problem(prompt: Sequence[str]) -> OAuthError | None:
+    """``prompt`` (OpenID Connect Core §3.1.2.1): ``login`` and ``consent`` are what the
+    flow always does; ``none`` allows no page, and with no sign-in session kept between
+    requests a user is never already signed in, so it is always ``login_required``."""
+    if "none" not in prompt:
+        return None
+    if len(set(prompt)) > 1:
+        return OAuthError("prompt none cannot be combined with other values")
+    return LoginRequired("prompt=none, and the user is not signed in")
 
 
 def _name(client: ClientRecord) -> str:

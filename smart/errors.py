@@ -7,7 +7,8 @@
     ├── UnsupportedGrantType (400, unsupported_grant_type)
     ├── InvalidScope (400, invalid_scope)
     ├── AccessDenied (403, access_denied)
-    └── UnsupportedResponseType (400, unsupported_response_type)
+    ├── UnsupportedResponseType (400, unsupported_response_type)
+    └── LoginRequired (401, login_required: OpenID Connect Core §3.1.2.6)
 
 Token endpoint errors are JSON with ``Cache-Control: no-store``; authorize
 errors are redirected to the client (``error``, ``error_description``,
@@ -70,3 +71,10 @@ class AccessDenied(OAuthError):
 
 class UnsupportedResponseType(OAuthError):
     error = "unsupported_response_type"
+
+
+class LoginRequired(OAuthError):
+    """``prompt=none`` asked for no page, and the user is not signed in."""
+
+    error = "login_required"
+    status = 401

@@ -119,6 +119,28 @@ async def test_pkce_is_required_at_authorize(smart: Smart) -> None:
     assert answer["error"] == "invalid_request" and answer["state"] == flow.params["state"]
 
 
+async def test_prompt_none_answers_login_required(smart: Smart) -> None:
+    """With ``prompt=none`` no page may be shown (OpenID Connect Core §3.1.2.1); radhub keeps
+    no sign-in session, so the answer is ``login_required`` at the redirect URI
+    (§3.1.2.6). A client renewing its token in a hidden iframe (oidc-client-ts, in OHIF)
+    got the login page instead, which its frame may not show, and retried forever."""
+    await smart.add_client()
+    flow = smart.request("openid user/Patient.rs", prompt="none")
+    response = await smart.http.get("/auth/authorize", params=flow.params)
+    assert response.status_code == 302
+    assert response.headers["location"].startswith(REDIRECT + "?")
+    answer = query_of(response.headers["location"])
+    assert answer["error"] == "login_required" and answer["state"] == flow.params["state"]
+    assert "code" not in answer
+    mixed = smart.request("openid user/Patient.rs", prompt="none consent")
+    refused = await smart.http.get("/auth/authorize", params=mixed.params)
+    assert query_of(refused.headers["location"])["error"] == "invalid_request"
+    # login and consent are asked for anyway
+    again = smart.request("openid user/Patient.rs", prompt="login consent")
+    page = await smart.http.get("/auth/authorize", params=again.params)
+    assert page.status_code == 200 and "id=password" in page.text
+
+
 async def test_wrong_redirect_uri_is_not_followed(smart: Smart) -> None:
     await smart.add_client()
     flow = smart.request("user/Patient.rs")
