@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page, Request, Response
+    from playwright.sync_api import ConsoleMessage, Page, Request, Response
 
 # what each radhub path is, by its path alone
 KINDS = (
@@ -27,8 +28,10 @@ KINDS = (
     ("frames", re.compile(r"^/dicomweb/studies/[^/]+/series/[^/]+/instances/[^/]+/frames/")),
 )
 STUDY_PATH = re.compile(r"^/dicomweb/studies/([^/]+)/")
-CORS_WORDS = ("cors", "access-control", "cross-origin", "blocked by")
+# CORS refusals, and a page of radhub's refused in a frame (its frame-ancestors)
+BLOCKED_WORDS = ("cors", "access-control", "cross-origin", "blocked by", "security policy")
 UNCAUGHT = "uncaught: "
+ROUTE_FAILED = "Error Boundary"  # OHIF's message for a route that threw
 
 
 @dataclass
@@ -39,6 +42,8 @@ class Exchange:
     status: int
     bearer: str | None
     grant_type: str | None  # of a token request
+    query: dict[str, list[str]]
+    location: str | None  # where a redirect sent the browser
     body: Any = None  # a token response's JSON
 
     def __str__(self) -> str:
@@ -70,13 +75,22 @@ class Traffic:
         body = response.json() if kind == "token" and response.ok else None
         auth = request.headers.get("authorization", "")
         bearer = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
+        query = parse_qs(urlsplit(response.url).query)
+        location = response.headers.get("location")
         self.exchanges.append(
-            Exchange(request.method, path, kind, response.status, bearer, grant, body)
+            Exchange(
+                request.method, path, kind, response.status, bearer, grant, query, location, body
+            )
         )
 
     def on_failure(self, request: Request) -> None:
         if self._path(request.url):
             self.failures.append(f"{request.method} {request.url}: {request.failure}")
+
+    def on_console(self, message: ConsoleMessage) -> None:
+        # OHIF reports a route that failed (an exception in it) at the debug level
+        if message.type == "error" or ROUTE_FAILED in message.text:
+            self.console_errors.append(message.text)
 
     def on_cdp_response(self, event: dict[str, Any]) -> None:
         if event.get("type") == "Preflight":
@@ -111,25 +125,36 @@ class Traffic:
     def studies_opened(self) -> set[str]:
         return {m[1] for e in self.exchanges if (m := STUDY_PATH.match(e.path))}
 
-    def wait_for(self, page: Page, kind: str, since: int = 0, timeout: float = 30.0) -> None:
-        """Until an exchange of ``kind`` (or a token request of that grant type) is seen."""
+    def wait_for(
+        self,
+        page: Page,
+        kind: str | Callable[[Exchange], bool],
+        since: int = 0,
+        timeout: float = 30.0,
+    ) -> Exchange:
+        """The first exchange of ``kind`` (or a token request of that grant type, or one
+        ``kind`` accepts) from the ``since``-th on, once seen."""
         from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+        wanted = kind if callable(kind) else lambda e: kind in (e.kind, e.grant_type)
         deadline = time.monotonic() + timeout
-        while not any(kind in (e.kind, e.grant_type) for e in self.exchanges[since:]):
+        while not (seen := [e for e in self.exchanges[since:] if wanted(e)]):
             if time.monotonic() > deadline:
-                raise PlaywrightTimeout(f"no {kind} exchange with radhub in {timeout:.0f} s")
+                raise PlaywrightTimeout(f"no such exchange with radhub in {timeout:.0f} s")
             page.wait_for_timeout(100)  # lets the page's events in
+        return seen[0]
 
     def assert_clean(self) -> None:
         """Every answer a success or a redirect, nothing failed, no CORS trouble, no
-        uncaught exception in the page."""
+        uncaught exception in the page, no OHIF route that failed."""
         refused = [str(e) for e in self.exchanges if e.status >= 400]
         bad_preflights = [p for p in self.preflights if not 200 <= p[1] < 300]
         console = [
             m
             for m in self.console_errors
-            if m.startswith(UNCAUGHT) or any(w in m.lower() for w in CORS_WORDS)
+            if m.startswith(UNCAUGHT)
+            or ROUTE_FAILED in m
+            or any(w in m.lower() for w in BLOCKED_WORDS)
         ]
         problems = (refused, self.failures, bad_preflights, self.cors_failures, console)
         assert not any(problems), self.report()
@@ -153,12 +178,7 @@ def watch(page: Page, radhub: str) -> Traffic:
     page.on("response", traffic.on_response)
     page.on("requestfailed", traffic.on_failure)
     page.on("pageerror", lambda error: traffic.console_errors.append(f"{UNCAUGHT}{error}"))
-    page.on(
-        "console",
-        lambda message: (
-            traffic.console_errors.append(message.text) if message.type == "error" else None
-        ),
-    )
+    page.on("console", traffic.on_console)
     cdp = page.context.new_cdp_session(page)
     cdp.on("Network.responseReceived", traffic.on_cdp_response)
     cdp.on("Network.loadingFailed", traffic.on_cdp_failure)

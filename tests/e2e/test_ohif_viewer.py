@@ -35,11 +35,11 @@ from tests.dicomweb.dicom_data import STOW_TYPE, multipart
 
 from .conftest import ServerProcess, cli
 from .ohif_dist import dist_dir
-from .ohif_traffic import Traffic, watch
+from .ohif_traffic import Exchange, Traffic, watch
 from .spa_site import SpaSite, serving
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, Page, Response
 
 pytestmark = [pytest.mark.peer, pytest.mark.slow]
 
@@ -220,6 +220,18 @@ def sign_in(page: Page, site: Site, traffic: Traffic) -> dict[str, list[str]]:
     return query
 
 
+def approve(page: Page, traffic: Traffic) -> Response:
+    """Approve on the consent page; OHIF's first study search once back."""
+
+    def back_in_ohif() -> Response:
+        with page.expect_response(traffic.is_study_search) as searched:
+            page.click("#approve")
+        return searched.value
+
+    answer: Response = step("back in OHIF, the studies are searched", traffic, back_in_ohif)
+    return answer
+
+
 def pixel_variance(page: Page) -> float:
     """The largest variance of grey levels over OHIF's viewport canvases (0: blank)."""
     return float(page.evaluate(PIXEL_VARIANCE_JS))
@@ -257,9 +269,7 @@ def test_ohif_signs_in_lists_the_studies_and_shows_one(
     assert asked["response_type"] == ["code"] and asked["code_challenge_method"] == ["S256"]
     assert asked["redirect_uri"] == [f"{site.ohif.origin}/callback"]
     assert asked["client_id"] == [CLIENT_ID] and asked["aud"] == [f"{site.radhub.base}/fhir"]
-    with page.expect_response(traffic.is_study_search) as searched:
-        step("OHIF searches for studies", traffic, page.click, "#approve")
-    listed = searched.value.json()
+    listed = approve(page, traffic).json()
     names = {study["00100010"]["Value"][0]["Alphabetic"] for study in listed}
     assert names == {f"{s.family}^{s.given}" for s in STUDIES}
     for name in sorted(LISTED):
@@ -302,3 +312,46 @@ def test_ohif_renews_its_token_and_reads_on_with_the_new_one(
     first, *renewed = traffic.access_tokens()
     later = traffic.bearers("frames", since=before)
     assert renewed and later and later <= set(renewed) and first not in later
+
+
+def test_ohif_without_a_refresh_token_is_told_at_once_to_sign_in_again(
+    page: Page, site: Site, traffic: Traffic
+) -> None:
+    """Without ``offline_access`` OHIF's client renews its token in a hidden iframe with
+    ``prompt=none``: radhub, which keeps no sign-in session, sends the frame straight back
+    to OHIF's silent-refresh page with ``login_required``. (It showed its login page,
+    refused in the frame; the client timed out and retried every 15 s.) The scope has
+    ``openid`` without ``fhirUser``: the sign-in needs an ``id_token`` all the same."""
+    site.configure(scope="openid user/ImagingStudy.rs", renew_after=RENEW_AFTER)
+    page.goto(site.ohif.origin + "/")
+    sign_in(page, site, traffic)
+    searched = approve(page, traffic)
+    assert searched.ok and len(searched.json()) == len(STUDIES)
+    (signed_in,) = [e.body for e in traffic.exchanges if e.body]
+    assert signed_in["id_token"] and "refresh_token" not in signed_in
+
+    def silent(e: Exchange) -> bool:
+        return e.kind == "authorize" and e.query.get("prompt") == ["none"]
+
+    renewal = step("OHIF tries to renew its token", traffic, traffic.wait_for, page, silent)
+    assert renewal.status == 302 and renewal.location is not None, traffic.report()
+    back = urlsplit(renewal.location)
+    assert f"{back.scheme}://{back.netloc}{back.path}" == f"{site.ohif.origin}/silent-refresh.html"
+    answer = parse_qs(back.query)
+    assert answer["error"] == ["login_required"] and answer["state"] == renewal.query["state"]
+    step("the frame reaches OHIF", traffic, wait_until, page, "/silent-refresh.html", site)
+    traffic.assert_clean()
+    assert not [
+        e for e in traffic.exchanges if e.kind == "token" and e.grant_type != "authorization_code"
+    ]
+
+
+def wait_until(page: Page, path: str, site: Site, timeout: float = 10.0) -> None:
+    """Until OHIF's site has served ``path``."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    deadline = time.monotonic() + timeout
+    while path not in site.ohif.hits:
+        if time.monotonic() > deadline:
+            raise PlaywrightTimeout(f"OHIF's site was not asked for {path}")
+        page.wait_for_timeout(100)
