@@ -23,7 +23,13 @@ if TYPE_CHECKING:
     from playwright.sync_api import Browser
 
 RADHUB = [sys.executable, "-m", "fhir_server.cli"]
-CHROMIUM_ARGS = ["--disable-gpu", "--disable-background-networking", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+    # the tests' servers are on loopback addresses; any other host fails at once
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
+]
 
 
 def free_port() -> int:

@@ -10,11 +10,13 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 if TYPE_CHECKING:
     from playwright.sync_api import ConsoleMessage, Page, Request, Response
+
+T = TypeVar("T")
 
 # what each radhub path is, by its path alone
 KINDS = (
@@ -56,14 +58,21 @@ class Traffic:
     exchanges: list[Exchange] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     preflights: list[tuple[str, int]] = field(default_factory=list)
+    preflight_answers: list[dict[str, str]] = field(default_factory=list)  # their headers
     cors_failures: list[str] = field(default_factory=list)
     console_errors: list[str] = field(default_factory=list)
 
     def is_study_search(self, response: Response) -> bool:
         return _kind(self._path(response.url)) == "studies"
 
+    elsewhere: list[str] = field(default_factory=list)  # requests to other hosts
+
     def _path(self, url: str) -> str:
         return urlsplit(url).path if url.startswith(self.radhub + "/") else ""
+
+    def on_request(self, request: Request) -> None:
+        if not request.url.startswith(("http://127.0.0.1:", "data:", "blob:")):
+            self.elsewhere.append(request.url)
 
     def on_response(self, response: Response) -> None:
         path = self._path(response.url)
@@ -94,7 +103,9 @@ class Traffic:
 
     def on_cdp_response(self, event: dict[str, Any]) -> None:
         if event.get("type") == "Preflight":
-            self.preflights.append((event["response"]["url"], event["response"]["status"]))
+            answer = event["response"]
+            self.preflights.append((answer["url"], answer["status"]))
+            self.preflight_answers.append({k.lower(): v for k, v in answer["headers"].items()})
 
     def on_cdp_failure(self, event: dict[str, Any]) -> None:
         if event.get("corsErrorStatus") or event.get("blockedReason"):
@@ -120,7 +131,15 @@ class Traffic:
         return {e.bearer for e in chosen if e.kind == kind}
 
     def preflighted(self, prefix: str) -> bool:
-        return any(urlsplit(url).path.startswith(f"/{prefix}/") for url, _ in self.preflights)
+        """Whether calls under ``/prefix/`` were preflighted, and radhub answered: its
+        answers name a max age, the one Playwright gives while it intercepts requests
+        (and then never sends the preflight on) does not."""
+        asked = [
+            answer
+            for (url, _), answer in zip(self.preflights, self.preflight_answers, strict=True)
+            if urlsplit(url).path.startswith(f"/{prefix}/")
+        ]
+        return bool(asked) and all("access-control-max-age" in answer for answer in asked)
 
     def studies_opened(self) -> set[str]:
         return {m[1] for e in self.exchanges if (m := STUDY_PATH.match(e.path))}
@@ -134,14 +153,8 @@ class Traffic:
     ) -> Exchange:
         """The first exchange of ``kind`` (or a token request of that grant type, or one
         ``kind`` accepts) from the ``since``-th on, once seen."""
-        from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
         wanted = kind if callable(kind) else lambda e: kind in (e.kind, e.grant_type)
-        deadline = time.monotonic() + timeout
-        while not (seen := [e for e in self.exchanges[since:] if wanted(e)]):
-            if time.monotonic() > deadline:
-                raise PlaywrightTimeout(f"no such exchange with radhub in {timeout:.0f} s")
-            page.wait_for_timeout(100)  # lets the page's events in
+        seen = until(page, lambda: [e for e in self.exchanges[since:] if wanted(e)], timeout)
         return seen[0]
 
     def assert_clean(self) -> None:
@@ -168,6 +181,19 @@ class Traffic:
         return "\n".join(lines)
 
 
+def until(page: Page, condition: Callable[[], T], timeout: float = 30.0) -> T:
+    """``condition()`` once true, letting the page's events in meanwhile (they reach
+    Python only while Playwright is called); Playwright's timeout error after ``timeout``."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise PlaywrightTimeout(f"not seen within {timeout:.0f} s")
+        page.wait_for_timeout(100)
+    return result
+
+
 def _kind(path: str) -> str:
     return next((name for name, pattern in KINDS if pattern.match(path)), "other")
 
@@ -175,6 +201,7 @@ def _kind(path: str) -> str:
 def watch(page: Page, radhub: str) -> Traffic:
     """Record ``page``'s traffic with radhub from now on."""
     traffic = Traffic(radhub)
+    page.on("request", traffic.on_request)
     page.on("response", traffic.on_response)
     page.on("requestfailed", traffic.on_failure)
     page.on("pageerror", lambda error: traffic.console_errors.append(f"{UNCAUGHT}{error}"))

@@ -27,6 +27,7 @@ TYPES = {
     ".json": "application/json",
     ".svg": "image/svg+xml",
     ".woff2": "font/woff2",
+    ".html": "text/html",
 }
 
 
@@ -35,7 +36,7 @@ class SpaSite:
     """The running site: its origin, the files it supplies, the paths it was asked for."""
 
     server: ThreadingHTTPServer
-    supplied: dict[str, bytes] = field(default_factory=dict)  # path -> JavaScript
+    supplied: dict[str, bytes] = field(default_factory=dict)  # path -> body
     hits: list[str] = field(default_factory=list)
 
     @property
@@ -58,14 +59,14 @@ def _handler(site: SpaSite, root: Path) -> type[SimpleHTTPRequestHandler]:
             path = unquote(urlsplit(self.path).path)
             site.hits.append(path)
             if path in site.supplied:
-                return self._supplied(site.supplied[path])
+                return self._supplied(path, site.supplied[path])
             if path == "/" or not (root / path.lstrip("/")).is_file():
                 self.path = "/index.html"
             return super().send_head()
 
-        def _supplied(self, body: bytes) -> io.BytesIO:
+        def _supplied(self, path: str, body: bytes) -> io.BytesIO:
             self.send_response(200)
-            self.send_header("Content-Type", "text/javascript; charset=utf-8")
+            self.send_header("Content-Type", f"{self.guess_type(path)}; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()

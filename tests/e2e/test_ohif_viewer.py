@@ -35,7 +35,7 @@ from tests.dicomweb.dicom_data import STOW_TYPE, multipart
 
 from .conftest import ServerProcess, cli
 from .ohif_dist import dist_dir
-from .ohif_traffic import Exchange, Traffic, watch
+from .ohif_traffic import Exchange, Traffic, until, watch
 from .spa_site import SpaSite, serving
 
 if TYPE_CHECKING:
@@ -184,8 +184,8 @@ def seed(data: Path, base: str, origin: str) -> None:
 def page(browser: Browser, site: Site) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.set_default_timeout(STEP)
-    # nothing leaves the machine: OHIF's few third-party URLs fail at once
-    context.route(lambda url: not url.startswith("http://127.0.0.1:"), lambda r: r.abort())
+    # no request interception (page.route): Playwright would then answer CORS preflights
+    # itself, and they would never reach radhub
     # a user who has seen the viewer's guided tour: its overlay would take the clicks
     context.add_init_script(f"localStorage.setItem('shownTours', '{json.dumps(SEEN_TOURS)}')")
     try:
@@ -339,19 +339,48 @@ def test_ohif_without_a_refresh_token_is_told_at_once_to_sign_in_again(
     assert f"{back.scheme}://{back.netloc}{back.path}" == f"{site.ohif.origin}/silent-refresh.html"
     answer = parse_qs(back.query)
     assert answer["error"] == ["login_required"] and answer["state"] == renewal.query["state"]
-    step("the frame reaches OHIF", traffic, wait_until, page, "/silent-refresh.html", site)
+    hits = site.ohif.hits
+    step("the frame reaches OHIF", traffic, until, page, lambda: "/silent-refresh.html" in hits)
     traffic.assert_clean()
     assert not [
         e for e in traffic.exchanges if e.kind == "token" and e.grant_type != "authorization_code"
     ]
 
 
-def wait_until(page: Page, path: str, site: Site, timeout: float = 10.0) -> None:
-    """Until OHIF's site has served ``path``."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+QIDO_FROM_PAGE = """async ([url, token]) => {
+  try {
+    const answer = await fetch(url, {
+      headers: {Authorization: `Bearer ${token}`, Accept: 'application/dicom+json'},
+    });
+    return (await answer.json()).length;
+  } catch (error) {
+    return String(error);
+  }
+}"""
+BLANK = b"<!doctype html><title>blank</title>"
 
-    deadline = time.monotonic() + timeout
-    while path not in site.ohif.hits:
-        if time.monotonic() > deadline:
-            raise PlaywrightTimeout(f"OHIF's site was not asked for {path}")
-        page.wait_for_timeout(100)
+
+def test_an_origin_radhub_was_not_given_cannot_read_with_a_token(
+    page: Page, site: Site, traffic: Traffic, tmp_path: Path
+) -> None:
+    """The control for the tests above: a bearer-token QIDO call made by a page on OHIF's
+    origin is answered, the same call from an origin not given to ``--cors-origin`` is
+    refused by the browser (its preflight gets no CORS approval), and the traffic record
+    reports it as the failure the other tests check there is none of."""
+    token = cli("token", "--data-dir", str(site.radhub.data_dir), "--scope", "system/*.rs")
+    search = [f"{site.radhub.base}/dicomweb/studies", token]
+    site.ohif.supplied["/blank.html"] = BLANK
+    page.goto(f"{site.ohif.origin}/blank.html")
+    assert page.evaluate(QIDO_FROM_PAGE, search) == len(STUDIES)
+    traffic.assert_clean()
+    assert traffic.preflighted("dicomweb")
+
+    with serving(tmp_path) as other:
+        other.supplied["/blank.html"] = BLANK
+        page.goto(f"{other.origin}/blank.html")
+        refused = page.evaluate(QIDO_FROM_PAGE, search)
+    assert refused == "TypeError: Failed to fetch"
+    step("the browser reports a CORS failure", traffic, until, page, lambda: traffic.cors_failures)
+    assert [status for _, status in traffic.preflights][-1] >= 400, traffic.report()
+    with pytest.raises(AssertionError):
+        traffic.assert_clean()
