@@ -184,9 +184,9 @@ def seed(data: Path, base: str, origin: str) -> None:
 def page(browser: Browser, site: Site) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.set_default_timeout(STEP)
-    # no request interception (page.route): Playwright would then answer CORS preflights
-    # itself, and they would never reach radhub
-    # a user who has seen the viewer's guided tour: its overlay would take the clicks
+    # No request interception (page.route) here: Playwright would then answer the CORS
+    # preflights itself, and they would never reach radhub.
+    # A user who has seen the viewer's guided tour: its overlay would take the clicks.
     context.add_init_script(f"localStorage.setItem('shownTours', '{json.dumps(SEEN_TOURS)}')")
     try:
         yield context.new_page()
@@ -261,6 +261,8 @@ def wait_for_image(page: Page, traffic: Traffic) -> float:
 def test_ohif_signs_in_lists_the_studies_and_shows_one(
     page: Page, site: Site, traffic: Traffic
 ) -> None:
+    """Sign in through OHIF's own client, find the stored studies in its list, open the
+    CT in the viewer and see it; every call to radhub answered, none refused by CORS."""
     site.configure()
     started = time.monotonic()
     page.goto(site.ohif.origin + "/")
@@ -296,6 +298,8 @@ def test_ohif_signs_in_lists_the_studies_and_shows_one(
 def test_ohif_renews_its_token_and_reads_on_with_the_new_one(
     page: Page, site: Site, traffic: Traffic
 ) -> None:
+    """With ``offline_access`` OHIF renews its token with the refresh token (radhub
+    rotates it), and reads on with the new access token."""
     site.configure(renew_after=RENEW_AFTER)
     # a link straight into the viewer: OHIF returns there after the sign-in
     page.goto(f"{site.ohif.origin}/viewer?StudyInstanceUIDs={CT_UID}")
