@@ -16,6 +16,7 @@ failed under ``RADHUB_REQUIRE_PEERS=1``.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -28,8 +29,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from pydicom import dcmread
 
-from dicomweb.demo_images import DemoStudy, _uid, study_instances
+from dicomweb.demo_images import DemoStudy, study_instances
 from tests.conftest import require_peer_dir
 from tests.dicomweb.dicom_data import STOW_TYPE, multipart
 
@@ -75,7 +77,7 @@ STUDIES = (
 )
 LISTED = {f"{s.family}, {s.given}" for s in STUDIES}  # as OHIF's study list shows them
 CT = STUDIES[0]
-CT_UID = str(_uid(CT.accession))
+CT_UID = str(dcmread(io.BytesIO(study_instances(CT)[0]), stop_before_pixels=True).StudyInstanceUID)
 
 
 @dataclass(frozen=True)
