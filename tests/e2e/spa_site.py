@@ -82,13 +82,19 @@ def _handler(site: SpaSite, root: Path) -> type[SimpleHTTPRequestHandler]:
 def serving(root: Path) -> Iterator[SpaSite]:
     """Serve the app in ``root`` until the block ends."""
     site = SpaSite(_Server(("127.0.0.1", 0), SimpleHTTPRequestHandler))
-    handler = partial(_handler(site, root), directory=str(root))
-    site.server.RequestHandlerClass = handler
-    thread = threading.Thread(target=site.server.serve_forever, daemon=True)
+    site.server.RequestHandlerClass = partial(_handler(site, root), directory=str(root))
+    with running(site.server):
+        yield site
+
+
+@contextmanager
+def running(server: ThreadingHTTPServer) -> Iterator[None]:
+    """Run ``server`` in a thread of its own until the block ends, then close it."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield site
+        yield
     finally:
-        site.server.shutdown()
-        site.server.server_close()
+        server.shutdown()
+        server.server_close()
         thread.join(10)

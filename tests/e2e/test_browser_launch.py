@@ -11,7 +11,6 @@ Playwright's own browser builds cannot be downloaded here, so the system
 from __future__ import annotations
 
 import secrets
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import pytest
 from tests.smart_pages import pkce_pair
 
 from .conftest import ServerProcess, cli
+from .spa_site import running
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Response
@@ -89,14 +89,8 @@ def _handler(listener: Listener) -> type[BaseHTTPRequestHandler]:
 def listening() -> Iterator[Listener]:
     listener = Listener(ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler))
     listener.server.RequestHandlerClass = _handler(listener)
-    thread = threading.Thread(target=listener.server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running(listener.server):
         yield listener
-    finally:
-        listener.server.shutdown()
-        listener.server.server_close()
-        thread.join(10)
 
 
 @pytest.fixture
