@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -266,7 +265,6 @@ def test_ohif_signs_in_lists_the_studies_and_shows_one(
     """Sign in through OHIF's own client, find the stored studies in its list, open the
     CT in the viewer and see it; every call to radhub answered, none refused by CORS."""
     site.configure()
-    started = time.monotonic()
     page.goto(site.ohif.origin + "/")
     asked = sign_in(page, site, traffic)
     # OHIF's own client: code flow, PKCE, back to its /callback, aimed at the FHIR server
@@ -284,7 +282,6 @@ def test_ohif_signs_in_lists_the_studies_and_shows_one(
     step("OHIF opens the viewer", traffic, page.wait_for_url, "**/viewer?*")
     assert parse_qs(urlsplit(page.url).query)["StudyInstanceUIDs"] == [CT_UID]
     variance = wait_for_image(page, traffic)
-    elapsed = time.monotonic() - started
 
     traffic.assert_clean()
     calls = traffic.kinds()
@@ -294,7 +291,7 @@ def test_ohif_signs_in_lists_the_studies_and_shows_one(
     assert traffic.bearers("dicomweb") == {traffic.access_tokens()[0]}
     assert traffic.preflighted("dicomweb"), traffic.report()
     assert all(uid == CT_UID for uid in traffic.studies_opened()), traffic.studies_opened()
-    assert variance > MIN_PIXEL_VARIANCE and elapsed < 60, (variance, elapsed)
+    assert variance > MIN_PIXEL_VARIANCE, variance
 
 
 def test_ohif_renews_its_token_and_reads_on_with_the_new_one(
