@@ -373,6 +373,10 @@ class AuditTrail(Protocol):
 
     def record(self, record: AuditRecord) -> None: ...
 
+    def unwritten(self) -> int:
+        """Records accepted and not yet durably written."""
+        ...
+
     async def room(self) -> None:
         """Wait, while too many records are not yet written, for the next batch."""
 
@@ -391,7 +395,7 @@ class TrailOptions(TypedDict, total=False):
 
 class QueuedTrail:
     """What both trails share: the queue requests add to, a wake-up when a batch
-    is full, and backpressure on what is not yet written (``_behind``)."""
+    is full, and backpressure on what is not yet written (``unwritten``)."""
 
     def __init__(self, **options: Unpack[TrailOptions]) -> None:
         self._interval = options.get("flush_interval", 0.2)
@@ -409,13 +413,14 @@ class QueuedTrail:
         if len(self._queue) >= self._max_batch:
             self._wakeup.set()
 
-    def _behind(self) -> int:
+    def unwritten(self) -> int:
+        """Records accepted and not yet durably written (a batch being written counts)."""
         return len(self._queue)
 
     async def room(self) -> None:
         if self._task is None or self._stopping:
             return
-        await self._pressure.room(self._behind(), self._wakeup.set)
+        await self._pressure.room(self.unwritten(), self._wakeup.set)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=type(self).__name__)

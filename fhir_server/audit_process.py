@@ -127,7 +127,8 @@ class AuditProcess(QueuedTrail):
         """The child's process id (tests kill it)."""
         return None if self._child is None else self._child.pid
 
-    def _behind(self) -> int:
+    def unwritten(self) -> int:
+        """Records accepted and not yet confirmed written by the child."""
         return len(self._queue) + len(self._sent)
 
     async def _run(self) -> None:

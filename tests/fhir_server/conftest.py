@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
+AUDIT_WAIT = 30.0  # seconds: the most flush_audit waits for the trail to write
 EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "fhir" / "examples"
 
 # One official example per main type (https://hl7.org/fhir/R4/ examples).
@@ -41,10 +43,14 @@ def example() -> Example:
 @pytest.fixture
 def flush_audit(app: FastAPI) -> Callable[[], Awaitable[None]]:
     """Let the background writer (every 50 ms in tests) write the queued AuditEvents.
-    Waiting, not calling ``flush()``, so the test sees what the server really writes."""
+    Waiting, not calling ``flush()``, so the test sees what the server really writes;
+    until nothing is left unwritten, not for a fixed time, which a busy machine outlasts."""
 
     async def flush() -> None:
-        await asyncio.sleep(0.3)
+        audit = app.state.audit
+        deadline = time.monotonic() + AUDIT_WAIT
+        while audit.unwritten() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     return flush
 
