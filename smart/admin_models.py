@@ -3,7 +3,8 @@ and records shown without their secrets (pure functions; no I/O, no clock).
 
 Client metadata follows RFC 7591 §2 (``client_id``, ``client_name``,
 ``token_endpoint_auth_method``, ``redirect_uris``, ``scope``, ``jwks``,
-``jwks_uri``); errors are RFC 7591 §3.2.2's ``invalid_redirect_uri`` and
+``jwks_uri``; and RP-Initiated Logout §3.1's ``post_logout_redirect_uris``, held
+to the same rules as redirect URIs); errors are RFC 7591 §3.2.2's ``invalid_redirect_uri`` and
 ``invalid_client_metadata``. Redirect URIs are absolute ``https`` URLs, or
 ``http`` on a loopback host for native and development apps (RFC 8252 §7.3),
 without a fragment (RFC 6749 §3.1.2).
@@ -87,10 +88,12 @@ def client_from_metadata(
     if kind == "public" and not redirects:
         raise InvalidRedirectUri("a public client needs at least one redirect_uri")
     jwks, jwks_uri = _keys(body, kind)
+    logouts = tuple(_redirect_uri(u) for u in _strings(body, "post_logout_redirect_uris"))
     return ClientRecord(
         client_id,
         kind,
         redirect_uris=redirects,
+        post_logout_redirect_uris=logouts,
         scope=_scope(body.get("scope", "")),
         secret_hash=secret_hash if kind == "symmetric" else None,
         jwks=jwks,
@@ -108,6 +111,8 @@ def client_view(client: ClientRecord) -> dict[str, Any]:
         "redirect_uris": list(client.redirect_uris),
         "scope": client.scope,
     }
+    if client.post_logout_redirect_uris:
+        view["post_logout_redirect_uris"] = list(client.post_logout_redirect_uris)
     if client.jwks:
         view["jwks"] = json.loads(client.jwks)
     if client.jwks_uri:

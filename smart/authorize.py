@@ -98,13 +98,15 @@ class RedirectError(Exception):
         query = {"error": self.error.error, "error_description": self.error.description}
         if state := self.params.get("state"):
             query["state"] = state
-        return _redirect(self.params["redirect_uri"], query)
+        return redirect(self.params["redirect_uri"], query)
 
 
-def _redirect(uri: str, query: Mapping[str, str]) -> RedirectResponse:
+def redirect(uri: str, query: Mapping[str, str]) -> RedirectResponse:
+    """A 302 to ``uri`` with ``query`` added to its own, never cached."""
     sep = "&" if "?" in uri else "?"
     headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-    return RedirectResponse(f"{uri}{sep}{urlencode(query)}", status_code=302, headers=headers)
+    target = f"{uri}{sep}{urlencode(query)}" if query else uri
+    return RedirectResponse(target, status_code=302, headers=headers)
 
 
 class AuthorizeFlow:
@@ -269,7 +271,7 @@ class AuthorizeFlow:
         description = f"code issued for scope {grant.scope}"
         self._record(checked, "consent", 200, description, grant.subject)
         query = {"code": code, "state": checked.params["state"], "iss": self._config.issuer}
-        return _redirect(checked.params["redirect_uri"], query)
+        return redirect(checked.params["redirect_uri"], query)
 
 
 def _prompt_problem(prompt: Sequence[str]) -> OAuthError | None:

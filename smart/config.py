@@ -48,3 +48,7 @@ class AuthConfig:
     @property
     def launch_url(self) -> str:
         return f"{self.issuer}/launch"
+
+    @property
+    def logout_url(self) -> str:
+        return f"{self.issuer}/logout"

@@ -92,6 +92,7 @@ def openid_configuration(config: AuthConfig, signing_alg: str) -> dict[str, Any]
         "jwks_uri": config.jwks_url,
         "introspection_endpoint": config.introspect_url,
         "revocation_endpoint": config.revoke_url,
+        "end_session_endpoint": config.logout_url,
         "scopes_supported": list(SCOPES_SUPPORTED),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],

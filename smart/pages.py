@@ -140,3 +140,10 @@ def consent_page(
 def error_page(message: str, status: int = 400) -> HTMLResponse:
     """An error that must not be redirected (unknown client or redirect URI)."""
     return _page("Authorization error", _error(message), status)
+
+
+def signed_out_page() -> HTMLResponse:
+    """The end of a sign-out with no way back to the app registered."""
+    return _page(
+        "Signed out", "<p id=signed-out>You are signed out. You may close this window.</p>"
+    )

@@ -27,7 +27,7 @@ from fhir_server.interactions.services import utc_now
 from fhir_server.storage.base import Store
 from smart import pages
 from smart.admin import AdminApi
-from smart.authorize import AuthorizeFlow, Checked, PageError, RedirectError
+from smart.authorize import AuthorizeFlow, Checked, PageError, RedirectError, redirect
 from smart.clients import ClientAuthenticator
 from smart.config import AuthConfig
 from smart.discovery import openid_configuration, smart_configuration
@@ -38,6 +38,7 @@ from smart.issuer import TokenIssuer
 from smart.jwks_fetch import JwksSource
 from smart.keys import DEFAULT_ALG, KeyRing
 from smart.launch import Launches, UnknownClient
+from smart.logout import Logout, LogoutRefused
 from smart.patients import PatientPicker
 from smart.secrets import password_helper
 from smart.tickets import Tickets
@@ -69,9 +70,11 @@ class AuthServer:
         audit: AuditSink,
         admin: AdminApi | None = None,
         signing_alg: str = DEFAULT_ALG,
+        logout: Logout | None = None,
     ) -> None:
         self.config = config
         self.signing_alg = signing_alg
+        self.logout = logout
         self.flow = flow
         self.clients = clients
         self.grants = grants
@@ -128,6 +131,7 @@ class AuthServer:
             audit=audit,
             admin=AdminApi(store.auth, accounts, helper, verifier, audit.record, clock=clock),
             signing_alg=keyring.alg,
+            logout=Logout(config, store.auth, keyring.jwks),
         )
 
     def router(self) -> APIRouter:
@@ -154,6 +158,15 @@ class AuthServer:
                 summary="Authorize",
             )
         router.add_api_route("/auth/token", self.token, methods=["POST"], summary="Token")
+        if self.logout is not None:
+            for method in ("GET", "POST"):  # RP-Initiated Logout §2: both
+                router.add_api_route(
+                    "/auth/logout",
+                    self.end_session,
+                    methods=[method],
+                    name=f"logout_{method.lower()}",
+                    summary="End session (OpenID Connect RP-Initiated Logout)",
+                )
         router.add_api_route(
             "/auth/introspect", self.introspect, methods=["POST"], summary="Introspection"
         )
@@ -198,6 +211,21 @@ class AuthServer:
             grants = [str(g) for g in form.getlist("grant")]
             return await self.flow.consent(checked, _strings(form), grants)
         return self.flow.start(checked)
+
+    async def end_session(self, request: Request) -> Response:
+        assert self.logout is not None  # the route exists only with it
+        form = await request.form(**FORM_LIMITS) if request.method == "POST" else FormData()
+        params: Mapping[str, str] = _strings(form) if form else dict(request.query_params)
+        try:
+            out = await self.logout.check(params)
+        except LogoutRefused as exc:
+            self._record("logout", 400, str(exc), params.get("client_id"), request)
+            return pages.error_page(str(exc))
+        self._record("logout", 200, "signed out", out.client_id, request)
+        if out.redirect_uri is None:
+            return pages.signed_out_page()
+        query = {"state": out.state} if out.state else {}
+        return redirect(out.redirect_uri, query)
 
     async def token(self, request: Request) -> Response:
         form = _strings(await request.form(**FORM_LIMITS))

@@ -37,6 +37,7 @@ PUBLIC: dict[str, frozenset[str]] = {
     "/auth/token": frozenset({"POST"}),  # client authentication, RFC 6749 §3.2
     "/auth/introspect": frozenset({"POST"}),  # client authentication, RFC 7662 §2.1
     "/auth/revoke": frozenset({"POST"}),  # client authentication, RFC 7009 §2.1
+    "/auth/logout": frozenset({"GET", "POST"}),  # the user's browser, RP-Initiated Logout §2
 }
 
 # Dummy values for path parameters; none equals a literal segment of another route.

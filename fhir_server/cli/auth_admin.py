@@ -38,6 +38,12 @@ def add_parsers(sub: Any, add_data_dir: Callable[..., None]) -> None:
     kind.add_argument("--jwks-uri", help="confidential asymmetric: a JWK Set URL")
     kind.add_argument("--public", action="store_true", help="public client (PKCE only)")
     p.add_argument("--redirect-uri", action="append", default=[])
+    p.add_argument(
+        "--post-logout-redirect-uri",
+        action="append",
+        default=[],
+        help="where signing out may lead back to (repeatable)",
+    )
     p.add_argument("--scope", default="", help="the most it may ask for (default: any)")
     p.add_argument("--name", default="")
 
@@ -105,6 +111,7 @@ async def _client_add(store: Store, audit: CommandAudit, args: argparse.Namespac
         args.client_id,
         kind,
         redirect_uris=tuple(args.redirect_uri),
+        post_logout_redirect_uris=tuple(args.post_logout_redirect_uri),
         scope=args.scope,
         name=args.name,
         **fields,

@@ -43,6 +43,8 @@ class ClientRecord:
     jwks: str | None = None
     jwks_uri: str | None = None
     name: str = ""
+    # where the end-session endpoint may send the user back (RP-Initiated Logout §3.1)
+    post_logout_redirect_uris: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)

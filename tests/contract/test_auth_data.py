@@ -39,7 +39,13 @@ def user(id: str = "u1", name: str = "Alice") -> UserRecord:
 
 
 async def test_clients_round_trip_and_replace(store: Store) -> None:
-    client = ClientRecord("app", "public", ("https://app/cb", "https://app/cb2"), "launch openid")
+    client = ClientRecord(
+        "app",
+        "public",
+        ("https://app/cb", "https://app/cb2"),
+        "launch openid",
+        post_logout_redirect_uris=("https://app/bye",),
+    )
     await store.auth.put_client(client)
     assert await store.auth.get_client("app") == client
     changed = replace(client, kind="symmetric", secret_hash="h")

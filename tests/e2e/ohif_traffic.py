@@ -24,6 +24,7 @@ KINDS = (
     ("authorize", re.compile(r"^/auth/authorize$")),
     ("token", re.compile(r"^/auth/token$")),
     ("revoke", re.compile(r"^/auth/revoke$")),
+    ("logout", re.compile(r"^/auth/logout$")),
     ("studies", re.compile(r"^/dicomweb/studies$")),
     ("series", re.compile(r"^/dicomweb/studies/[^/]+/series$")),
     ("metadata", re.compile(r"^/dicomweb/studies/[^/]+/series/[^/]+/metadata$")),

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
@@ -171,6 +171,7 @@ def seed(data: Path, base: str, origin: str) -> None:
         "client", "add", *d, "--client-id", CLIENT_ID, "--public", "--name", "OHIF Viewer",
         "--redirect-uri", f"{origin}/callback",
         "--redirect-uri", f"{origin}/silent-refresh.html",
+        "--post-logout-redirect-uri", f"{origin}/",
     )  # fmt: skip
     cli("user", "add", *d, "--username", USER, "--password", PASSWORD, "--role", "radiologist")
     token = cli("token", *d, "--scope", "system/*.cruds")
@@ -292,6 +293,28 @@ def test_ohif_signs_in_lists_the_studies_and_shows_one(
     assert traffic.preflighted("dicomweb"), traffic.report()
     assert all(uid == CT_UID for uid in traffic.studies_opened()), traffic.studies_opened()
     assert variance > MIN_PIXEL_VARIANCE, variance
+
+
+def test_ohif_signs_out_through_radhubs_end_session_endpoint(
+    page: Page, site: Site, traffic: Traffic
+) -> None:
+    """OHIF's Logout: its client sends the browser to radhub's ``end_session_endpoint``
+    with the id_token as hint, radhub sends it back to the address OHIF registered, and
+    OHIF, signed out, starts a new sign-in at radhub's login page."""
+    site.configure()
+    page.goto(site.ohif.origin + "/")
+    sign_in(page, site, traffic)
+    approve(page, traffic)
+    before = len(traffic.exchanges)
+    back = f"{site.ohif.origin}/"
+    page.goto(f"{site.ohif.origin}/logout?redirect_uri={quote(back, safe='')}")
+    ended = step("OHIF signs out at radhub", traffic, traffic.wait_for, page, "logout", before)
+    assert ended.status == 302, traffic.report()
+    assert ended.location is not None and ended.location.split("?")[0] == back, ended.location
+    assert ended.query["post_logout_redirect_uri"] == [back] and ended.query["id_token_hint"]
+    step("OHIF asks for a new sign-in", traffic, page.wait_for_url, f"{site.authorize_url}?*")
+    page.locator("#username").wait_for()
+    traffic.assert_clean()
 
 
 def test_ohif_renews_its_token_and_reads_on_with_the_new_one(

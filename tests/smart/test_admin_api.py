@@ -132,7 +132,12 @@ async def test_client_secret_shown_once_stored_hashed_and_working(
 async def test_public_and_jwks_clients_read_update_delete(admin: httpx.AsyncClient) -> None:
     key = RSAKey.generate_key(2048, parameters={"kid": "k1"})
     public_jwk = key.as_dict(private=False)
-    spa = {"client_id": "spa", "token_endpoint_auth_method": "none", "redirect_uris": [REDIRECT]}
+    spa = {
+        "client_id": "spa",
+        "token_endpoint_auth_method": "none",
+        "redirect_uris": [REDIRECT],
+        "post_logout_redirect_uris": [REDIRECT + "/bye"],
+    }
     bulk = {
         "client_id": "bulk",
         "token_endpoint_auth_method": "private_key_jwt",
@@ -144,6 +149,8 @@ async def test_public_and_jwks_clients_read_update_delete(admin: httpx.AsyncClie
         assert created.status_code == 201, created.text
         assert "client_secret" not in created.json()
     assert (await admin.get(f"{CLIENTS}/bulk")).json()["jwks"]["keys"][0]["kid"] == "k1"
+    shown = (await admin.get(f"{CLIENTS}/spa")).json()
+    assert shown["post_logout_redirect_uris"] == [REDIRECT + "/bye"]
     listed = await admin.get(CLIENTS)
     assert [c["client_id"] for c in listed.json()] == ["bulk", "spa"]
     changed = {**spa, "redirect_uris": [REDIRECT, "http://127.0.0.1:5000/cb"], "scope": "launch"}
@@ -166,6 +173,11 @@ BAD_CLIENTS: dict[str, tuple[dict[str, Any], str]] = {
     "http-redirect": ({"redirect_uris": ["http://app.example.org/cb"]}, "invalid_redirect_uri"),
     "relative-redirect": ({"redirect_uris": ["/cb"]}, "invalid_redirect_uri"),
     "fragment": ({"redirect_uris": [REDIRECT + "#x"]}, "invalid_redirect_uri"),
+    "http-post-logout": (
+        {"post_logout_redirect_uris": ["http://app.example.org/bye"]},
+        "invalid_redirect_uri",
+    ),
+    "post-logout-not-a-list": ({"post_logout_redirect_uris": REDIRECT}, "invalid_client_metadata"),
     "public-without-redirect": (
         {"token_endpoint_auth_method": "none"},
         "invalid_redirect_uri",
