@@ -149,24 +149,11 @@ class AuthServer:
             methods=["GET"],
             summary="OpenID Provider metadata",
         )
-        for method in ("GET", "POST"):  # one route each: distinct OpenAPI operation ids
-            router.add_api_route(
-                "/auth/authorize",
-                self.authorize,
-                methods=[method],
-                name=f"authorize_{method.lower()}",
-                summary="Authorize",
-            )
+        _get_and_post(router, "/auth/authorize", self.authorize, "authorize", "Authorize")
         router.add_api_route("/auth/token", self.token, methods=["POST"], summary="Token")
-        if self.logout is not None:
-            for method in ("GET", "POST"):  # RP-Initiated Logout §2: both
-                router.add_api_route(
-                    "/auth/logout",
-                    self.end_session,
-                    methods=[method],
-                    name=f"logout_{method.lower()}",
-                    summary="End session (OpenID Connect RP-Initiated Logout)",
-                )
+        if self.logout is not None:  # RP-Initiated Logout §2: GET and POST
+            summary = "End session (OpenID Connect RP-Initiated Logout)"
+            _get_and_post(router, "/auth/logout", self.end_session, "logout", summary)
         router.add_api_route(
             "/auth/introspect", self.introspect, methods=["POST"], summary="Introspection"
         )
@@ -190,8 +177,7 @@ class AuthServer:
         )
 
     async def authorize(self, request: Request) -> Response:
-        form = await request.form(**FORM_LIMITS) if request.method == "POST" else FormData()
-        params: Mapping[str, str] = _strings(form) if form else dict(request.query_params)
+        form, params = await _form_or_query(request)
         try:
             checked = await self.flow.check(params, _address(request))
             return await self._step(checked, form)
@@ -214,8 +200,7 @@ class AuthServer:
 
     async def end_session(self, request: Request) -> Response:
         assert self.logout is not None  # the route exists only with it
-        form = await request.form(**FORM_LIMITS) if request.method == "POST" else FormData()
-        params: Mapping[str, str] = _strings(form) if form else dict(request.query_params)
+        _, params = await _form_or_query(request)
         try:
             out = await self.logout.check(params)
         except LogoutRefused as exc:
@@ -310,6 +295,23 @@ class AuthServer:
         self, event: str, status: int, description: str, client: str | None, request: Request
     ) -> None:
         _audit(self.audit, event, status, description, None, client, _address(request))
+
+
+def _get_and_post(
+    router: APIRouter, path: str, endpoint: Callable[..., Any], name: str, summary: str
+) -> None:
+    """One route per method: distinct OpenAPI operation ids."""
+    for method in ("GET", "POST"):
+        router.add_api_route(
+            path, endpoint, methods=[method], name=f"{name}_{method.lower()}", summary=summary
+        )
+
+
+async def _form_or_query(request: Request) -> tuple[FormData, Mapping[str, str]]:
+    """A browser's parameters: the form of a POST, else the query of a GET."""
+    form = await request.form(**FORM_LIMITS) if request.method == "POST" else FormData()
+    params: Mapping[str, str] = _strings(form) if form else dict(request.query_params)
+    return form, params
 
 
 def _address(request: Request) -> str | None:
