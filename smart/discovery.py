@@ -56,8 +56,8 @@ SCOPES_SUPPORTED = (
 )
 
 
-def smart_configuration(config: AuthConfig) -> dict[str, Any]:
-    """The discovery document (SMART App Launch 2.x §Conformance)."""
+def _oauth_metadata(config: AuthConfig) -> dict[str, Any]:
+    """What both discovery documents say alike (RFC 8414 names)."""
     return {
         "issuer": config.issuer,
         "jwks_uri": config.jwks_url,
@@ -71,8 +71,12 @@ def smart_configuration(config: AuthConfig) -> dict[str, Any]:
         "scopes_supported": list(SCOPES_SUPPORTED),
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
-        "capabilities": list(CAPABILITIES),
     }
+
+
+def smart_configuration(config: AuthConfig) -> dict[str, Any]:
+    """The discovery document (SMART App Launch 2.x §Conformance)."""
+    return {**_oauth_metadata(config), "capabilities": list(CAPABILITIES)}
 
 
 # What an id_token says (``smart.issuer.TokenIssuer.id_token``).
@@ -86,22 +90,11 @@ def openid_configuration(config: AuthConfig, signing_alg: str) -> dict[str, Any]
     "Scopes for requesting identity data"), and OIDC client libraries find the
     endpoints. ``signing_alg`` is the algorithm the server's keys sign with."""
     return {
-        "issuer": config.issuer,
-        "authorization_endpoint": config.authorize_url,
-        "token_endpoint": config.token_url,
-        "jwks_uri": config.jwks_url,
-        "introspection_endpoint": config.introspect_url,
-        "revocation_endpoint": config.revoke_url,
+        **_oauth_metadata(config),
         "end_session_endpoint": config.logout_url,
-        "scopes_supported": list(SCOPES_SUPPORTED),
-        "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": list(GRANT_TYPES),
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [signing_alg],
-        "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
-        "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
-        "code_challenge_methods_supported": ["S256"],
         "claims_supported": list(ID_TOKEN_CLAIMS),
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,

@@ -13,17 +13,15 @@ accepted, §2); both given, they must agree.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
 
 from fhir_server.storage.auth_port import AuthData
 from smart.config import AuthConfig
-from smart.keys import SIGNING_ALGORITHMS
+from smart.keys import KeyRing
 
 LOGOUT_PARAMS = ("id_token_hint", "client_id", "post_logout_redirect_uri", "state")
 
@@ -44,12 +42,10 @@ class SignedOut:
 class Logout:
     """Checks end-session requests (module docstring)."""
 
-    def __init__(
-        self, config: AuthConfig, auth: AuthData, public_keys: Callable[[], dict[str, Any]]
-    ) -> None:
+    def __init__(self, config: AuthConfig, auth: AuthData, keyring: KeyRing) -> None:
         self._config = config
         self._auth = auth
-        self._public_keys = public_keys  # a JWK Set: every key radhub may have signed with
+        self._keyring = keyring  # every key radhub may have signed with, by kid
 
     async def check(self, raw: Mapping[str, str]) -> SignedOut:
         params = {k: raw[k] for k in LOGOUT_PARAMS if raw.get(k)}
@@ -73,14 +69,15 @@ class Logout:
 
     def _audience_of(self, hint: str) -> list[str]:
         """The ``aud`` of an id_token radhub signed; its expiry is not checked (§2)."""
+        refused = LogoutRefused("id_token_hint is not an id_token of this server")
         try:
-            keys = KeySet.import_key_set(self._public_keys())  # type: ignore[arg-type]
-            token = jwt.decode(hint, keys, algorithms=sorted(SIGNING_ALGORITHMS))
+            kid = jws.extract_compact(hint.encode("ascii")).headers().get("kid")
+            key = self._keyring.get(kid) if isinstance(kid, str) else None
+            claims = None if key is None else jwt.decode(hint, key.jwk, algorithms=[key.alg]).claims
         except (JoseError, ValueError) as exc:
-            raise LogoutRefused("id_token_hint is not an id_token of this server") from exc
-        claims = token.claims
-        if claims.get("iss") != self._config.issuer:
-            raise LogoutRefused("id_token_hint is not an id_token of this server")
+            raise refused from exc
+        if claims is None or claims.get("iss") != self._config.issuer:
+            raise refused
         audience = claims.get("aud")
         values = [audience] if isinstance(audience, str) else audience
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):

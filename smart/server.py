@@ -131,7 +131,7 @@ class AuthServer:
             audit=audit,
             admin=AdminApi(store.auth, accounts, helper, verifier, audit.record, clock=clock),
             signing_alg=keyring.alg,
-            logout=Logout(config, store.auth, keyring.jwks),
+            logout=Logout(config, store.auth, keyring),
         )
 
     def router(self) -> APIRouter:

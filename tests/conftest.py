@@ -24,22 +24,24 @@ BASE = "http://radhub.test"
 MintToken = Callable[..., str]
 
 
+def peer_missing(what: str) -> None:
+    """A system peer is missing: skip, or fail when CI demands peers."""
+    if os.environ.get("RADHUB_REQUIRE_PEERS") == "1":
+        pytest.fail(f"{what} is required (RADHUB_REQUIRE_PEERS=1) but not installed")
+    pytest.skip(f"{what} is not installed")
+
+
 def require_peer(command: str) -> None:
     """Skip when a system peer is missing, or fail when CI demands peers."""
     if shutil.which(command) is None:
-        if os.environ.get("RADHUB_REQUIRE_PEERS") == "1":
-            pytest.fail(f"{command} is required (RADHUB_REQUIRE_PEERS=1) but not installed")
-        pytest.skip(f"{command} is not installed")
+        peer_missing(command)
 
 
 def require_peer_dir(directory: Path, marker: str, how: str) -> Path:
     """``directory`` when a peer that is a directory (a built web app) holds ``marker``;
     else skip, or fail when CI demands peers. ``how`` says how to get it."""
     if not (directory / marker).is_file():
-        missing = f"{directory / marker} is missing ({how})"
-        if os.environ.get("RADHUB_REQUIRE_PEERS") == "1":
-            pytest.fail(f"{missing}, and RADHUB_REQUIRE_PEERS=1 requires it")
-        pytest.skip(missing)
+        peer_missing(f"{directory / marker} ({how})")
     return directory
 
 

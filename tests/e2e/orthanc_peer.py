@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
+from tests.conftest import peer_missing
 from tests.e2e.conftest import free_port
 
 PLUGIN_GLOBS = (
@@ -39,21 +39,15 @@ PLUGIN_GLOBS = (
 FINISHED = ("Success", "Failure")
 
 
-def _missing(what: str) -> None:
-    if os.environ.get("RADHUB_REQUIRE_PEERS") == "1":
-        pytest.fail(f"{what} is required (RADHUB_REQUIRE_PEERS=1) but not installed")
-    pytest.skip(f"{what} is not installed")
-
-
 def require_orthanc() -> tuple[str, str]:
     """The Orthanc binary and its DICOMweb plugin; skip (or fail under
     ``RADHUB_REQUIRE_PEERS=1``) when either is missing."""
     binary = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin:/usr/bin")
     if binary is None:
-        _missing("Orthanc (Debian package orthanc)")
+        peer_missing("Orthanc (Debian package orthanc)")
     plugins = [p for pattern in PLUGIN_GLOBS for p in sorted(glob.glob(pattern))]
     if not plugins:
-        _missing("Orthanc's DICOMweb plugin (Debian package orthanc-dicomweb)")
+        peer_missing("Orthanc's DICOMweb plugin (Debian package orthanc-dicomweb)")
     assert binary is not None
     return binary, plugins[0]
 
