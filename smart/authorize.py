@@ -1,6 +1,7 @@
 """The authorization endpoint (RFC 6749 §4.1.1, SMART App Launch 2.x): check the
-request, sign the user in, ask consent (fewer scopes may be granted, a patient
-picked), and send the client back a short-lived single-use code.
+request, sign the user in (or find their sign-in session, ``smart.sessions``), ask
+consent (fewer scopes may be granted, a patient picked) unless the session remembers
+it, and send the client back a short-lived single-use code.
 
 Errors before the client and its exact redirect URI are known are shown as a
 page; every later error goes back to the client as ``error`` + ``state``.
@@ -22,14 +23,17 @@ from fhir_server.storage.auth_port import (
     AuthData,
     AuthorizationCode,
     ClientRecord,
+    Consent,
     GrantInfo,
     LaunchContext,
+    SignInSession,
     UserRecord,
 )
 from smart import pages
 from smart.config import AuthConfig
 from smart.errors import (
     AccessDenied,
+    ConsentRequired,
     InvalidScope,
     LoginRequired,
     OAuthError,
@@ -39,6 +43,7 @@ from smart.launch import Launches
 from smart.patients import PatientPicker
 from smart.scopes import cap_to_client, cap_to_roles, has_resource_scope, split
 from smart.secrets import digest, new_token
+from smart.sessions import Sessions, consent_for
 from smart.tickets import Tickets
 from smart.users import Accounts, LockedOut
 
@@ -54,6 +59,7 @@ AUTHORIZE_PARAMS = (
     "launch",
     "nonce",
     "prompt",
+    "max_age",
 )
 
 AuditHook = Callable[[str, int, str, str | None, str, str | None], None]
@@ -120,10 +126,12 @@ class AuthorizeFlow:
         launches: Launches,
         picker: PatientPicker,
         tickets: Tickets,
+        sessions: Sessions,
         audit: AuditHook,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._sessions = sessions
         self._config = config
         self._auth = auth
         self._accounts = accounts
@@ -164,14 +172,72 @@ class AuthorizeFlow:
             return InvalidScope("scope is required")
         if "launch" in split(params.get("scope")) and "launch" not in params:
             return OAuthError("scope launch needs a launch parameter (EHR launch)")
+        if not params.get("max_age", "0").isdigit():
+            return OAuthError("max_age must be a number of seconds")
         return _prompt_problem(split(params.get("prompt")))
 
-    def start(self, checked: Checked) -> Response:
-        """The login page."""
-        return pages.login_page(checked.params, _name(checked.client))
+    async def start(self, checked: Checked, cookie: str | None) -> Response:
+        """The login page; or, for a browser with a sign-in session, the consent page,
+        or the code at once if the session remembers the user's consent."""
+        prompt = split(checked.params.get("prompt"))
+        session = None if "login" in prompt else await self._sessions.find(cookie)
+        user = await self._session_user(checked, session)
+        if session is None or user is None:
+            if "none" in prompt:
+                raise RedirectError(LoginRequired("the user is not signed in"), checked.params)
+            return pages.login_page(checked.params, _name(checked.client))
+        self._record(checked, "login", 200, "user signed in by a sign-in session", user.id)
+        offer = self._offer(checked, user)
+        if not offer.scopes:
+            raise RedirectError(InvalidScope("no requested scope can be granted"), checked.params)
+        if "consent" not in prompt:
+            grant = await self._remembered(checked, user, offer, session)
+            if grant is not None:
+                return await self._issue_code(checked, grant, " (consent remembered)")
+        if "none" in prompt:
+            problem = ConsentRequired("the user has not consented to this request")
+            raise RedirectError(problem, checked.params)
+        ticket = self._tickets.issue(user.id, checked.params, session.auth_time)
+        return await self._consent_page(checked, user, ticket)
 
-    async def login(self, checked: Checked, form: Mapping[str, str]) -> Response:
-        """Check the password; on success show the consent page."""
+    async def _session_user(
+        self, checked: Checked, session: SignInSession | None
+    ) -> UserRecord | None:
+        """The session's user, if still active and signed in recently enough (max_age)."""
+        if session is None:
+            return None
+        max_age = checked.params.get("max_age")
+        if max_age is not None and self._clock() - session.auth_time > int(max_age):
+            return None
+        user = await self._auth.get_user(session.user_id)
+        if user is None or not user.is_active or user.locked_until > self._clock():
+            return None
+        return user
+
+    async def _remembered(
+        self, checked: Checked, user: UserRecord, offer: Offer, session: SignInSession
+    ) -> GrantInfo | None:
+        """The grant the user's remembered consent gives this request, if it covers it:
+        nothing beyond what the consent page offered then, and the patient picked then
+        still one the user may pick."""
+        consent = consent_for(session, checked.client.client_id)
+        if consent is None or not set(offer.scopes) <= set(consent.offered):
+            return None
+        granted = [s for s in offer.scopes if s in consent.granted]
+        patient = offer.patient
+        if offer.pick_patient:
+            patient = consent.patient
+            if patient is None or not await self._picker.may_choose(user, patient):
+                return None
+        if not granted:
+            return None
+        return self._grant(checked, user, granted, patient, offer.encounter, session.auth_time)
+
+    async def login(
+        self, checked: Checked, form: Mapping[str, str], cookie: str | None = None
+    ) -> Response:
+        """Check the password; on success start a sign-in session (replacing the
+        browser's ``cookie``) and show the consent page."""
         username = form.get("username", "")
         try:
             user = await self._accounts.login(username, form.get("password", ""))
@@ -182,8 +248,12 @@ class AuthorizeFlow:
             self._record(checked, "login", 401, "wrong user name or password", None)
             return self._login_again(checked, "Wrong user name or password.", 401)
         self._record(checked, "login", 200, "user signed in", user.id)
-        ticket = self._tickets.issue(user.id, checked.params, self._clock())
-        return await self._consent_page(checked, user, ticket)
+        auth_time = self._clock()
+        session = await self._sessions.begin(user.id, auth_time, replacing=cookie)
+        ticket = self._tickets.issue(user.id, checked.params, auth_time)
+        response = await self._consent_page(checked, user, ticket)
+        self._sessions.set_cookie(response, session)
+        return response
 
     def _record(
         self, checked: Checked, event: str, status: int, description: str, user: str | None
@@ -218,9 +288,14 @@ class AuthorizeFlow:
         return Offer(scopes, None, None, "launch/patient" in asked)
 
     async def consent(
-        self, checked: Checked, form: Mapping[str, str], grants: Sequence[str]
+        self,
+        checked: Checked,
+        form: Mapping[str, str],
+        grants: Sequence[str],
+        cookie: str | None = None,
     ) -> Response:
-        """Approve or deny; on approval redirect with a fresh code."""
+        """Approve or deny; on approval redirect with a fresh code. The browser's sign-in
+        session (``cookie``) remembers the decision."""
         signed_in = self._tickets.check(form.get("ticket", ""), checked.params)
         user = await self._auth.get_user(signed_in.user_id) if signed_in else None
         if signed_in is None or user is None or not user.is_active:
@@ -237,26 +312,43 @@ class AuthorizeFlow:
         if not await self._tickets.spend(signed_in):
             self._record(checked, "consent", 401, "login ticket used twice", user.id)
             return self._login_again(checked, "This sign-in was already used; sign in again.", 401)
+        client_id = checked.client.client_id
+        if not approved or not granted:
+            await self._sessions.forget(cookie, user.id, client_id)
         if not approved:
             self._record(checked, "consent", 403, "the user denied access", user.id)
             raise RedirectError(AccessDenied("the user denied access"), checked.params)
         if not granted:
             raise RedirectError(AccessDenied("no scope was granted"), checked.params)
-        grant = GrantInfo(
+        picked = patient if offer.pick_patient else None
+        decided = Consent(client_id, tuple(offer.scopes), tuple(granted), picked)
+        await self._sessions.remember(cookie, user.id, decided)
+        grant = self._grant(checked, user, granted, patient, offer.encounter, signed_in.auth_time)
+        return await self._issue_code(checked, grant)
+
+    def _grant(
+        self,
+        checked: Checked,
+        user: UserRecord,
+        granted: Sequence[str],
+        patient: str | None,
+        encounter: str | None,
+        auth_time: float,
+    ) -> GrantInfo:
+        return GrantInfo(
             grant_id=str(uuid.uuid4()),
             client_id=checked.client.client_id,
             subject=user.id,
             scope=" ".join(granted),
             patient=patient,
-            encounter=offer.encounter,
+            encounter=encounter,
             fhir_user=user.fhir_user,
             roles=user.roles,
-            auth_time=signed_in.auth_time,
+            auth_time=auth_time,
             launched=checked.launch is not None,
         )
-        return await self._issue_code(checked, grant)
 
-    async def _issue_code(self, checked: Checked, grant: GrantInfo) -> Response:
+    async def _issue_code(self, checked: Checked, grant: GrantInfo, how: str = "") -> Response:
         code = new_token()
         await self._auth.put_code(
             AuthorizationCode(
@@ -268,21 +360,18 @@ class AuthorizeFlow:
                 nonce=checked.params.get("nonce"),
             )
         )
-        description = f"code issued for scope {grant.scope}"
+        description = f"code issued for scope {grant.scope}{how}"
         self._record(checked, "consent", 200, description, grant.subject)
         query = {"code": code, "state": checked.params["state"], "iss": self._config.issuer}
         return redirect(checked.params["redirect_uri"], query)
 
 
 def _prompt_problem(prompt: Sequence[str]) -> OAuthError | None:
-    """``prompt`` (OpenID Connect Core §3.1.2.1): ``login`` and ``consent`` are what the
-    flow always does; ``none`` allows no page, and with no sign-in session kept between
-    requests a user is never already signed in, so it is always ``login_required``."""
-    if "none" not in prompt:
-        return None
-    if len(set(prompt)) > 1:
+    """``prompt`` (OpenID Connect Core §3.1.2.1): ``none`` allows no page, so it cannot
+    come with ``login`` or ``consent``, which ask for one."""
+    if "none" in prompt and len(set(prompt)) > 1:
         return OAuthError("prompt none cannot be combined with other values")
-    return LoginRequired("prompt=none, and the user is not signed in")
+    return None
 
 
 def _name(client: ClientRecord) -> str:

@@ -20,6 +20,10 @@ class AuthConfig:
     refresh_ttl: int = 30 * 24 * 3600
     launch_ttl: int = 3600
     login_ttl: int = 600
+    # A sign-in session (smart.sessions): idle limit longer than an access token, so a
+    # viewer renewing at expiry finds its session; absolute limit about a reading shift.
+    session_idle: int = 2 * 3600
+    session_max: int = 10 * 3600
     assertion_max_ttl: int = 300
     max_failed_logins: int = 5
     lockout_seconds: int = 900

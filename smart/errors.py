@@ -78,3 +78,10 @@ class LoginRequired(OAuthError):
 
     error = "login_required"
     status = 401
+
+
+class ConsentRequired(OAuthError):
+    """``prompt=none`` asked for no page, and the user has not consented to this yet."""
+
+    error = "consent_required"
+    status = 403

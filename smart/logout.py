@@ -1,14 +1,16 @@
 """The end-session endpoint of OpenID Connect RP-Initiated Logout 1.0
 (``/auth/logout``): where an app sends its user when they sign out.
 
-radhub keeps no sign-in session between requests, so there is nothing to end
-here: the app revokes its tokens (RFC 7009) or lets them expire. What the
-endpoint does is take the user back to the app, and only to an address the app
-registered for that (``post_logout_redirect_uris``, §3.1), so it cannot be used
-as an open redirect; without one it shows a page saying they are signed out.
-The client is named by ``client_id`` or by the audience of ``id_token_hint``,
-an id_token radhub issued (its signature and issuer checked; an expired one is
-accepted, §2); both given, they must agree.
+The server ends the browser's sign-in session (``smart.sessions``; the route does)
+and the app revokes its tokens (RFC 7009) or lets them expire. What this module
+checks is where the user goes next: back to the app only at an address the app
+registered for that (``post_logout_redirect_uris``, §3.1), so the endpoint cannot
+be used as an open redirect; without one, a page says they are signed out. The
+client is named by ``client_id`` or by the audience of ``id_token_hint``, an
+id_token radhub issued (its signature and issuer checked; an expired one is
+accepted, §2); both given, they must agree. The session ends without a hint too: on
+a shared reading-room workstation, a sign-out that did not end it would be worse
+than another site being able to sign the user out.
 """
 
 from __future__ import annotations

@@ -26,7 +26,10 @@ PAGE_HEADERS = {
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
     "form-action 'self'; frame-ancestors 'none'",
-    "Referrer-Policy": "no-referrer",
+    # The authorize query never leaves in a Referer; our own forms' POSTs keep their
+    # Origin (with no-referrer a browser sends "Origin: null", which the server's
+    # cross-site form check cannot tell from another site's sandboxed form).
+    "Referrer-Policy": "same-origin",
 }
 
 # A CSP source the redirect URI reduces to: ``scheme://host[:port]``, or ``scheme:``

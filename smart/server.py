@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter
 from starlette.datastructures import FormData
@@ -41,6 +42,7 @@ from smart.launch import Launches, UnknownClient
 from smart.logout import Logout, LogoutRefused
 from smart.patients import PatientPicker
 from smart.secrets import password_helper
+from smart.sessions import SESSION_COOKIE, Sessions
 from smart.tickets import Tickets
 from smart.users import Accounts, LoginPolicy
 
@@ -71,8 +73,10 @@ class AuthServer:
         admin: AdminApi | None = None,
         signing_alg: str = DEFAULT_ALG,
         logout: Logout | None = None,
+        sessions: Sessions | None = None,
     ) -> None:
         self.config = config
+        self.sessions = sessions
         self.signing_alg = signing_alg
         self.logout = logout
         self.flow = flow
@@ -106,10 +110,19 @@ class AuthServer:
             keyring, f"{config.issuer}#login", store.auth, config.login_ttl, clock=clock
         )
         picker = PatientPicker(store, policy)
+        sessions = Sessions(config, store.auth, clock=clock)
 
         audit_event = partial(_audit, audit)  # the flow's AuditHook
         flow = AuthorizeFlow(
-            config, store.auth, accounts, launches, picker, tickets, audit_event, clock=clock
+            config,
+            store.auth,
+            accounts,
+            launches,
+            picker,
+            tickets,
+            sessions,
+            audit_event,
+            clock=clock,
         )
         issuer = TokenIssuer(config, keyring, store.auth, clock=clock)
         clients = ClientAuthenticator(
@@ -132,6 +145,7 @@ class AuthServer:
             admin=AdminApi(store.auth, accounts, helper, verifier, audit.record, clock=clock),
             signing_alg=keyring.alg,
             logout=Logout(config, store.auth, keyring),
+            sessions=sessions,
         )
 
     def router(self) -> APIRouter:
@@ -178,9 +192,15 @@ class AuthServer:
 
     async def authorize(self, request: Request) -> Response:
         form, params = await _form_or_query(request)
+        if not _same_origin(request):
+            # a form posted from another site: it could sign the browser in to an
+            # account of the other site's choosing (login CSRF) or answer its consent
+            refusal = "the form was not sent from this server's pages"
+            self._record("authorize", 403, refusal, params.get("client_id"), request)
+            return pages.error_page(refusal, 403)
         try:
             checked = await self.flow.check(params, _address(request))
-            return await self._step(checked, form)
+            return await self._step(checked, form, request.cookies.get(SESSION_COOKIE))
         except PageError as exc:
             self._record("authorize", 400, str(exc), params.get("client_id"), request)
             return pages.error_page(str(exc))
@@ -189,14 +209,14 @@ class AuthServer:
             self._record("authorize", exc.error.status, refusal, params.get("client_id"), request)
             return exc.response()
 
-    async def _step(self, checked: Checked, form: FormData) -> Response:
+    async def _step(self, checked: Checked, form: FormData, cookie: str | None) -> Response:
         step = form.get("step")
         if step == "login":
-            return await self.flow.login(checked, _strings(form))
+            return await self.flow.login(checked, _strings(form), cookie)
         if step == "consent":
             grants = [str(g) for g in form.getlist("grant")]
-            return await self.flow.consent(checked, _strings(form), grants)
-        return self.flow.start(checked)
+            return await self.flow.consent(checked, _strings(form), grants, cookie)
+        return await self.flow.start(checked, cookie)
 
     async def end_session(self, request: Request) -> Response:
         assert self.logout is not None  # the route exists only with it
@@ -206,11 +226,19 @@ class AuthServer:
         except LogoutRefused as exc:
             self._record("logout", 400, str(exc), params.get("client_id"), request)
             return pages.error_page(str(exc))
-        self._record("logout", 200, "signed out", out.client_id, request)
+        ended = None
+        if self.sessions is not None:
+            ended = await self.sessions.end(request.cookies.get(SESSION_COOKIE))
+        user = ended.user_id if ended is not None else None
+        what = "signed out, sign-in session ended" if ended else "signed out"
+        _audit(self.audit, "logout", 200, what, user, out.client_id, _address(request))
         if out.redirect_uri is None:
-            return pages.signed_out_page()
-        query = {"state": out.state} if out.state else {}
-        return redirect(out.redirect_uri, query)
+            response: Response = pages.signed_out_page()
+        else:
+            response = redirect(out.redirect_uri, {"state": out.state} if out.state else {})
+        if self.sessions is not None:
+            self.sessions.clear_cookie(response)
+        return response
 
     async def token(self, request: Request) -> Response:
         form = _strings(await request.form(**FORM_LIMITS))
@@ -312,6 +340,22 @@ async def _form_or_query(request: Request) -> tuple[FormData, Mapping[str, str]]
     form = await request.form(**FORM_LIMITS) if request.method == "POST" else FormData()
     params: Mapping[str, str] = _strings(form) if form else dict(request.query_params)
     return form, params
+
+
+def _same_origin(request: Request) -> bool:
+    """Whether a browser's POST came from a page of this server: by Fetch Metadata's
+    ``Sec-Fetch-Site`` where the browser sends it, else by ``Origin`` naming the host the
+    request was sent to. A request with neither (not a browser's form) passes; an
+    opaque origin (``null``) does not."""
+    if request.method != "POST":
+        return True
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site == "same-origin"
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    return urlsplit(origin).netloc.lower() == request.headers.get("host", "").lower()
 
 
 def _address(request: Request) -> str | None:

@@ -1,13 +1,13 @@
 """The auth data port: what the SMART authorisation server keeps in the store.
 
 Clients, user accounts, authorization codes, refresh tokens (with their grant
-family, for rotation and family revocation), launch contexts, client-assertion
-``jti``s already used, and revoked access tokens. Both adapters (SQLite,
-MongoDB) implement ``AuthData`` and pass one contract suite.
+family, for rotation and family revocation), launch contexts, sign-in sessions,
+client-assertion ``jti``s already used, and revoked access tokens. Both adapters
+(SQLite, MongoDB) implement ``AuthData`` and pass one contract suite.
 
-The store never sees a secret in clear: codes, refresh tokens and launch
-values arrive already hashed (the caller decides how), passwords and client
-secrets as password hashes. Every record that can expire carries
+The store never sees a secret in clear: codes, refresh tokens, launch values and
+sign-in session cookies arrive already hashed (the caller decides how), passwords
+and client secrets as password hashes. Every record that can expire carries
 ``expires_at`` (seconds since the epoch) and ``purge`` drops the stale ones.
 
 Redemption is atomic: ``take_code`` and ``take_refresh`` mark the record used
@@ -119,6 +119,32 @@ class LaunchContext:
 
 
 @dataclass(frozen=True, slots=True)
+class Consent:
+    """What a user decided for one client in a sign-in session: the scopes the consent
+    page offered, those granted, and the patient picked (if one was to be picked)."""
+
+    client_id: str
+    offered: tuple[str, ...]
+    granted: tuple[str, ...]
+    patient: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SignInSession:
+    """A browser's sign-in at the authorization server, keyed by its cookie's hash.
+
+    ``expires_at`` is the idle limit (moved on with each use), never later than
+    ``ends_at``, the absolute one."""
+
+    session_hash: str
+    user_id: str
+    auth_time: float
+    expires_at: float
+    ends_at: float
+    consents: tuple[Consent, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Redemption:
     """A code or refresh token taken from the store, and whether this was its first use."""
 
@@ -188,11 +214,18 @@ class AuthData(Protocol):
 
     async def get_launch(self, launch_id: str) -> LaunchContext | None: ...
 
+    async def put_session(self, session: SignInSession) -> None:
+        """Create or replace a sign-in session."""
+
+    async def get_session(self, session_hash: str) -> SignInSession | None: ...
+
+    async def delete_session(self, session_hash: str) -> None: ...
+
     async def use_jti(self, key: str, expires_at: float) -> bool:
         """Record a one-time ``jti``; False if it was seen before (a replay)."""
 
     async def purge(self, now: float) -> int:
-        """Drop expired codes, tokens, launches and jtis; returns how many."""
+        """Drop expired codes, tokens, launches, sessions and jtis; returns how many."""
 
 
 # -- one codec for both adapters: records <-> JSON-able dicts ---------------------
@@ -214,6 +247,8 @@ def from_doc(cls: type[T], doc: Mapping[str, Any]) -> T:
 def _restore(name: str, value: Any) -> Any:
     if name == "grant" and isinstance(value, Mapping):
         return from_doc(GrantInfo, value)
+    if name == "consents" and isinstance(value, list):
+        return tuple(from_doc(Consent, item) for item in value)
     if isinstance(value, list):
         return tuple(value)
     return value

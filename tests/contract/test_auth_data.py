@@ -1,4 +1,5 @@
-"""Auth data contract: clients, users, codes, refresh families, launches, jtis, revocation."""
+"""Auth data contract: clients, users, codes, refresh families, launches, sign-in sessions,
+jtis, revocation."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from fhir_server.storage.auth_port import (
     AuthorizationCode,
     AuthRecordExists,
     ClientRecord,
+    Consent,
     GrantInfo,
     LaunchContext,
     RefreshToken,
+    SignInSession,
     UserRecord,
 )
 from fhir_server.storage.base import Store
@@ -146,6 +149,20 @@ async def test_launch_context(store: Store, now: float) -> None:
     assert await store.auth.get_launch("l2") is None
 
 
+async def test_sign_in_session_round_trip_replace_and_delete(store: Store, now: float) -> None:
+    session = SignInSession("s1", "u1", now - 5, now + 600, now + 3600)
+    await store.auth.put_session(session)
+    assert await store.auth.get_session("s1") == session
+    consent = Consent("app", ("openid", "user/*.rs"), ("openid",), patient="p1")
+    remembered = replace(session, consents=(consent,), expires_at=now + 900)
+    await store.auth.put_session(remembered)
+    assert await store.auth.get_session("s1") == remembered
+    assert await store.auth.get_session("s2") is None
+    await store.auth.delete_session("s1")
+    assert await store.auth.get_session("s1") is None
+    await store.auth.delete_session("s1")  # ending an ended session is no error
+
+
 async def test_jti_used_once(store: Store, now: float) -> None:
     assert await store.auth.use_jti("app:j1", now + 300)
     assert not await store.auth.use_jti("app:j1", now + 300)
@@ -157,11 +174,15 @@ async def test_purge_drops_only_expired(store: Store, now: float) -> None:
     await store.auth.put_code(AuthorizationCode("new", GRANT, "https://app/cb", "c", now + 60))
     await store.auth.use_jti("old-jti", now - 1)
     await store.auth.revoke_jti("old-rev", now - 1)
+    await store.auth.put_session(SignInSession("old-s", "u1", now - 99, now - 1, now + 99))
+    await store.auth.put_session(SignInSession("new-s", "u1", now - 99, now + 60, now + 99))
     await store.auth.purge(now)  # MongoDB's TTL index may have dropped some already
     assert await store.auth.purge(now) == 0
     assert await store.auth.take_code("old") is None
     assert await store.auth.take_code("new") is not None
     assert await store.auth.use_jti("old-jti", now + 60)
+    assert await store.auth.get_session("old-s") is None
+    assert await store.auth.get_session("new-s") is not None
 
 
 async def test_auth_data_survives_restart(backend: Backend, store: Store) -> None:

@@ -78,7 +78,9 @@ class Smart:
         return Flow(params, verifier)
 
     async def login(self, flow: Flow, user: str, password: str = PASSWORD) -> httpx.Response:
-        """GET the authorize page, then POST its login form."""
+        """GET the authorize page, then POST its login form, as a browser that has not
+        signed in before (no sign-in session cookie)."""
+        self.http.cookies.clear()
         page = await self.http.get("/auth/authorize", params=flow.params)
         assert page.status_code == 200, page.text
         fields = parse_form(page.text).fields

@@ -120,10 +120,11 @@ async def test_pkce_is_required_at_authorize(smart: Smart) -> None:
 
 
 async def test_prompt_none_answers_login_required(smart: Smart) -> None:
-    """With ``prompt=none`` no page may be shown (OpenID Connect Core §3.1.2.1); radhub keeps
-    no sign-in session, so the answer is ``login_required`` at the redirect URI
-    (§3.1.2.6). A client renewing its token in a hidden iframe (oidc-client-ts, in OHIF)
-    got the login page instead, which its frame may not show, and retried forever."""
+    """With ``prompt=none`` no page may be shown (OpenID Connect Core §3.1.2.1); a browser
+    that has not signed in gets ``login_required`` at the redirect URI (§3.1.2.6). A
+    client renewing its token in a hidden iframe (oidc-client-ts, in OHIF) got the login
+    page instead, which its frame may not show, and retried forever. (A signed-in
+    browser: tests/smart/test_signin_session.py.)"""
     await smart.add_client()
     flow = smart.request("openid user/Patient.rs", prompt="none")
     response = await smart.http.get("/auth/authorize", params=flow.params)

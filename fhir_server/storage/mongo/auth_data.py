@@ -25,6 +25,7 @@ from fhir_server.storage.auth_port import (
     LaunchContext,
     Redemption,
     RefreshToken,
+    SignInSession,
     UserRecord,
     from_doc,
     to_doc,
@@ -42,7 +43,8 @@ ISSUED = "auth_issued"
 REVOKED = "auth_revoked"
 LAUNCH = "auth_launch"
 JTI = "auth_jti"
-_EXPIRING = (CODES, REFRESH, ISSUED, REVOKED, LAUNCH, JTI)
+SESSIONS = "auth_sessions"
+_EXPIRING = (CODES, REFRESH, ISSUED, REVOKED, LAUNCH, JTI, SESSIONS)
 
 
 @contextmanager
@@ -203,6 +205,18 @@ class MongoAuthData:
 
     async def get_launch(self, launch_id: str) -> LaunchContext | None:
         return await self._find(LAUNCH, launch_id, LaunchContext)
+
+    async def put_session(self, session: SignInSession) -> None:
+        doc = {"_id": session.session_hash, **_expiring(session, session.expires_at)}
+        with _mapped():
+            await self._db[SESSIONS].replace_one({"_id": session.session_hash}, doc, upsert=True)
+
+    async def get_session(self, session_hash: str) -> SignInSession | None:
+        return await self._find(SESSIONS, session_hash, SignInSession)
+
+    async def delete_session(self, session_hash: str) -> None:
+        with _mapped():
+            await self._db[SESSIONS].delete_one({"_id": session_hash})
 
     async def use_jti(self, key: str, expires_at: float) -> bool:
         doc = {"_id": key, "expires_at": expires_at}

@@ -21,6 +21,7 @@ from fhir_server.storage.auth_port import (
     LaunchContext,
     Redemption,
     RefreshToken,
+    SignInSession,
     UserRecord,
     from_doc,
     to_doc,
@@ -47,9 +48,19 @@ SCHEMA = (
     """CREATE TABLE IF NOT EXISTS auth_launch(
         launch_id TEXT PRIMARY KEY, data TEXT NOT NULL, expires_at REAL NOT NULL)""",
     "CREATE TABLE IF NOT EXISTS auth_jti(key TEXT PRIMARY KEY, expires_at REAL NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS auth_sessions(
+        session_hash TEXT PRIMARY KEY, data TEXT NOT NULL, expires_at REAL NOT NULL)""",
 )
 
-_EXPIRING = ("auth_codes", "auth_refresh", "auth_issued", "auth_revoked", "auth_launch", "auth_jti")
+_EXPIRING = (
+    "auth_codes",
+    "auth_refresh",
+    "auth_issued",
+    "auth_revoked",
+    "auth_launch",
+    "auth_jti",
+    "auth_sessions",
+)
 
 
 class Runner(Protocol):
@@ -278,6 +289,22 @@ class SqliteAuthData:
         sql = "SELECT data FROM auth_launch WHERE launch_id = ?"
         data = await self._db.run_read(_one, sql, launch_id)
         return None if data is None else from_doc(LaunchContext, json.loads(data))
+
+    async def put_session(self, session: SignInSession) -> None:
+        sql = (
+            "INSERT OR REPLACE INTO auth_sessions(session_hash, data, expires_at) VALUES (?, ?, ?)"
+        )
+        data = _dumps(session)
+        await self._db.run_write(_execute, sql, session.session_hash, data, session.expires_at)
+
+    async def get_session(self, session_hash: str) -> SignInSession | None:
+        sql = "SELECT data FROM auth_sessions WHERE session_hash = ?"
+        data = await self._db.run_read(_one, sql, session_hash)
+        return None if data is None else from_doc(SignInSession, json.loads(data))
+
+    async def delete_session(self, session_hash: str) -> None:
+        sql = "DELETE FROM auth_sessions WHERE session_hash = ?"
+        await self._db.run_write(_execute, sql, session_hash)
 
     async def use_jti(self, key: str, expires_at: float) -> bool:
         sql = "INSERT INTO auth_jti(key, expires_at) VALUES (?, ?)"

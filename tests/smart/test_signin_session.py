@@ -1,0 +1,343 @@
+"""Sign-in sessions (smart.sessions): a browser that signed in is not asked for the
+password again until the session ends, a consent it gave is remembered for that app,
+and ``prompt``, ``max_age``, sign-out and an inactive account are honoured."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from starlette.responses import Response
+
+from fhir_server.storage.auth_port import Consent
+from smart.config import AuthConfig
+from smart.secrets import digest
+from smart.sessions import SESSION_COOKIE, Sessions
+
+from .conftest import (
+    AUD,
+    BASE,
+    PASSWORD,
+    REDIRECT,
+    Flow,
+    Smart,
+    audit_events,
+    bearer,
+    parse_form,
+    query_of,
+)
+
+SCOPE = "openid fhirUser user/Patient.rs user/ImagingStudy.rs"
+
+
+async def signed_in(smart: Smart, scope: str = SCOPE, **extra: str) -> dict[str, object]:
+    """rita signs in with her password and approves everything: the token response."""
+    await smart.add_client()
+    await smart.add_user("rita", "radiologist", "Practitioner/rita")
+    return await smart.tokens(scope, "rita", params=extra)
+
+
+async def again(smart: Smart, scope: str = SCOPE, **extra: str) -> tuple[Flow, httpx.Response]:
+    """The same browser (its cookies kept) sends the app's next authorize request."""
+    flow = smart.request(scope, **extra)
+    return flow, await smart.http.get("/auth/authorize", params=flow.params)
+
+
+def answer(flow: Flow, response: httpx.Response) -> dict[str, str]:
+    """The redirect's query, checked to go to the app with the request's state."""
+    assert response.status_code == 302, response.text
+    assert response.headers["location"].startswith(REDIRECT + "?")
+    found = query_of(response.headers["location"])
+    assert found["state"] == flow.params["state"]
+    return found
+
+
+def is_login_page(response: httpx.Response) -> bool:
+    return response.status_code == 200 and "id=password" in response.text
+
+
+def is_consent_page(response: httpx.Response) -> bool:
+    return (
+        response.status_code == 200
+        and "decision" in response.text
+        and "id=password" not in response.text
+    )
+
+
+def auth_time(id_token: str) -> object:
+    """The id_token's ``auth_time`` (its signature is checked by the other SMART tests)."""
+    payload = id_token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["auth_time"]
+
+
+async def test_a_signed_in_browser_gets_the_code_without_a_page(smart: Smart) -> None:
+    first = await signed_in(smart)
+    flow, response = await again(smart)
+    code = answer(flow, response)["code"]
+    exchanged = await smart.exchange(flow, code)
+    assert exchanged.status_code == 200, exchanged.text
+    body = exchanged.json()
+    assert set(body["scope"].split()) == set(SCOPE.split())
+    # the same sign-in: OpenID Connect's auth_time is the password's moment, not now
+    assert auth_time(body["id_token"]) == auth_time(str(first["id_token"]))
+    patients = await smart.http.get("/fhir/Patient", headers=bearer(body["access_token"]))
+    assert patients.status_code == 200
+
+
+async def test_silent_renewal_with_prompt_none_succeeds_in_a_session(smart: Smart) -> None:
+    """What a viewer's hidden frame asks (oidc-client-ts): a code, no page."""
+    await signed_in(smart)
+    flow, response = await again(smart, prompt="none")
+    assert "code" in answer(flow, response)
+
+
+async def test_prompt_none_without_consent_for_that_app_is_consent_required(
+    smart: Smart,
+) -> None:
+    await signed_in(smart)
+    await smart.add_client("viewer")
+    flow, response = await again(smart, prompt="none", client_id="viewer")
+    found = answer(flow, response)
+    assert found["error"] == "consent_required" and "code" not in found
+
+
+async def test_more_than_was_offered_asks_consent_but_not_the_password(smart: Smart) -> None:
+    await signed_in(smart, "openid user/Patient.rs")
+    flow, response = await again(smart, "openid user/Patient.rs user/DiagnosticReport.rs")
+    assert is_consent_page(response), response.text
+    silent, refused = await again(
+        smart, "openid user/Patient.rs user/DiagnosticReport.rs", prompt="none"
+    )
+    assert answer(silent, refused)["error"] == "consent_required"
+    # approving on that page needs no password either
+    flow.consent = parse_form(response.text)
+    approved = await smart.approve(flow)
+    assert "code" in answer(flow, approved)
+
+
+async def test_fewer_scopes_than_were_granted_need_no_page(smart: Smart) -> None:
+    await signed_in(smart)
+    flow, response = await again(smart, "openid user/Patient.rs")
+    code = answer(flow, response)["code"]
+    body = (await smart.exchange(flow, code)).json()
+    assert body["scope"].split() == ["openid", "user/Patient.rs"]
+
+
+async def test_a_scope_the_user_left_unticked_is_not_granted_later(smart: Smart) -> None:
+    await smart.add_client()
+    await smart.add_user("rita", "radiologist", "Practitioner/rita")
+    kept = ["openid", "user/Patient.rs"]
+    await smart.tokens(SCOPE, "rita", grant=kept)
+    flow, response = await again(smart)
+    body = (await smart.exchange(flow, answer(flow, response)["code"])).json()
+    assert body["scope"].split() == kept
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"prompt": "login"}, {"max_age": "0"}],
+    ids=["prompt=login", "max_age=0"],
+)
+async def test_the_app_can_ask_for_the_password_again(smart: Smart, extra: dict[str, str]) -> None:
+    await signed_in(smart)
+    _, response = await again(smart, **extra)
+    assert is_login_page(response), response.text
+
+
+async def test_max_age_not_yet_reached_keeps_the_session(smart: Smart) -> None:
+    await signed_in(smart)
+    flow, response = await again(smart, max_age="3600")
+    assert "code" in answer(flow, response)
+    silent, refused = await again(smart, max_age="0", prompt="none")
+    assert answer(silent, refused)["error"] == "login_required"
+    bad, wrong = await again(smart, max_age="soon")
+    assert answer(bad, wrong)["error"] == "invalid_request"
+
+
+async def test_prompt_consent_shows_the_consent_page_again(smart: Smart) -> None:
+    await signed_in(smart)
+    _, response = await again(smart, prompt="consent")
+    assert is_consent_page(response), response.text
+
+
+async def test_a_denial_is_remembered_as_no_consent(smart: Smart) -> None:
+    await signed_in(smart)
+    flow, response = await again(smart, prompt="consent")
+    form = parse_form(response.text)
+    denied = await smart.http.post("/auth/authorize", data={**form.fields, "decision": "deny"})
+    assert answer(flow, denied)["error"] == "access_denied"
+    silent, refused = await again(smart, prompt="none")
+    assert answer(silent, refused)["error"] == "consent_required"
+
+
+async def test_a_picked_patient_is_remembered(smart: Smart, client: httpx.AsyncClient) -> None:
+    await smart.add_client()
+    await smart.add_user("rita", "radiologist", "Practitioner/rita")
+    patient = "p7"
+    stored = await client.put(
+        f"/fhir/Patient/{patient}", json={"resourceType": "Patient", "id": patient}
+    )
+    assert stored.status_code == 201, stored.text
+    scope = "openid launch/patient patient/Patient.rs"
+    first = await smart.tokens(scope, "rita", patient=patient)
+    assert first["patient"] == patient
+    flow, response = await again(smart, scope, prompt="none")
+    body = (await smart.exchange(flow, answer(flow, response)["code"])).json()
+    assert body["patient"] == patient
+
+
+async def test_signing_out_ends_the_session(smart: Smart, client: httpx.AsyncClient) -> None:
+    await signed_in(smart)
+    cookie = smart.http.cookies[SESSION_COOKIE]
+    out = await smart.http.get("/auth/logout", params={"client_id": "app"})
+    assert out.status_code == 200 and "id=signed-out" in out.text
+    cleared = out.headers["set-cookie"]
+    assert cleared.startswith(f"{SESSION_COOKIE}=") and "Max-Age=0" in cleared
+    assert await smart.store.auth.get_session(digest(cookie)) is None
+    # the browser kept the old cookie anyway: it names no session any more
+    smart.http.cookies.set(SESSION_COOKIE, cookie, domain="radhub.test", path="/auth")
+    _, response = await again(smart)
+    assert is_login_page(response)
+    user = await smart.store.auth.get_user_by_name("rita")
+    assert user is not None
+    ended = await audit_events(client, {"subtype": "110123"}, "session ended", user.id)
+    assert len(ended) == 1, ended
+
+
+async def test_an_inactive_account_has_no_session(smart: Smart) -> None:
+    await signed_in(smart)
+    user = await smart.store.auth.get_user_by_name("rita")
+    assert user is not None
+    await smart.store.auth.update_user(user.id, {"is_active": False})
+    silent, refused = await again(smart, prompt="none")
+    assert answer(silent, refused)["error"] == "login_required"
+
+
+async def test_a_new_sign_in_replaces_the_browsers_session(smart: Smart) -> None:
+    await signed_in(smart)
+    old = smart.http.cookies[SESSION_COOKIE]
+    flow = smart.request(SCOPE, prompt="login")
+    page = await smart.http.get("/auth/authorize", params=flow.params)
+    login = {**parse_form(page.text).fields, "username": "rita", "password": PASSWORD}
+    await smart.http.post("/auth/authorize", data=login)
+    new = smart.http.cookies[SESSION_COOKIE]
+    assert new != old
+    assert await smart.store.auth.get_session(digest(old)) is None
+    assert await smart.store.auth.get_session(digest(new)) is not None
+
+
+async def test_the_cookie_is_http_only_lax_for_auth_and_stored_only_hashed(smart: Smart) -> None:
+    await smart.add_client()
+    await smart.add_user("rita", "radiologist", "Practitioner/rita")
+    flow = smart.request(SCOPE)
+    response = await smart.login(flow, "rita")
+    cookie = response.headers["set-cookie"]
+    attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
+    assert {"httponly", "path=/auth", "samesite=lax"} <= attributes
+    assert "secure" not in attributes  # this test's issuer is http://
+    value = smart.http.cookies[SESSION_COOKIE]
+    assert len(value) >= 40
+    assert await smart.store.auth.get_session(value) is None
+    assert await smart.store.auth.get_session(digest(value)) is not None
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"},
+        {"Sec-Fetch-Site": "same-site", "Origin": "http://viewer.radhub.test"},
+        {"Sec-Fetch-Site": "cross-site", "Origin": BASE},  # Fetch Metadata decides
+    ],
+)
+async def test_a_form_posted_from_another_site_is_refused(
+    smart: Smart, client: httpx.AsyncClient, sent: dict[str, str]
+) -> None:
+    """Login CSRF: another site's form must not sign this browser in to any account."""
+    await smart.add_client()
+    await smart.add_user("mallory", "radiologist")
+    flow = smart.request(SCOPE)
+    page = await smart.http.get("/auth/authorize", params=flow.params)
+    data = {**parse_form(page.text).fields, "username": "mallory", "password": PASSWORD}
+    forged = await smart.http.post("/auth/authorize", data=data, headers=sent)
+    assert forged.status_code == 403 and "set-cookie" not in forged.headers
+    assert SESSION_COOKIE not in smart.http.cookies
+    found = await audit_events(client, {"outcome": "4"}, "not sent from this server")
+    assert found
+    own = {"Sec-Fetch-Site": "same-origin", "Origin": "null"}  # as under no-referrer
+    assert (await smart.http.post("/auth/authorize", data=data, headers=own)).status_code == 200
+    smart.http.cookies.clear()
+    own = {"Origin": BASE}  # a browser without Fetch Metadata
+    assert (await smart.http.post("/auth/authorize", data=data, headers=own)).status_code == 200
+    assert SESSION_COOKIE in smart.http.cookies
+
+
+# -- the session's lifetime, with a clock of the test's own ---------------------------
+
+
+@dataclass
+class Clock:
+    now: float = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def sessions_on(smart: Smart, clock: Clock, issuer: str = f"{BASE}/auth") -> Sessions:
+    config = AuthConfig(issuer=issuer, audience=AUD, session_idle=100, session_max=250)
+    return Sessions(config, smart.store.auth, clock=clock)
+
+
+async def test_a_session_ends_when_idle_and_at_its_absolute_limit(smart: Smart) -> None:
+    clock = Clock()
+    sessions = sessions_on(smart, clock)
+    cookie = await sessions.begin("u1", clock.now, replacing=None)
+    clock.now += 99
+    assert await sessions.find(cookie) is not None  # used: the idle limit moves on
+    clock.now += 99
+    found = await sessions.find(cookie)
+    assert found is not None and found.user_id == "u1"
+    clock.now += 100  # 100 s idle
+    assert await sessions.find(cookie) is None
+
+    start = clock.now
+    kept = await sessions.begin("u1", start, replacing=None)
+    for _ in range(5):  # used every 60 s, never idle for long
+        clock.now += 60
+        if clock.now < start + 250:
+            assert await sessions.find(kept) is not None
+        else:
+            assert await sessions.find(kept) is None
+
+
+async def test_consents_are_kept_per_client_and_only_for_the_sessions_user(
+    smart: Smart,
+) -> None:
+    clock = Clock()
+    sessions = sessions_on(smart, clock)
+    cookie = await sessions.begin("u1", clock.now, replacing=None)
+    first = Consent("app", ("openid",), ("openid",))
+    await sessions.remember(cookie, "u1", first)
+    await sessions.remember(cookie, "u1", Consent("viewer", ("a",), ("a",)))
+    await sessions.remember(cookie, "someone-else", Consent("other", ("b",), ("b",)))
+    newer = Consent("app", ("openid", "x"), ("x",))
+    await sessions.remember(cookie, "u1", newer)
+    found = await sessions.find(cookie)
+    assert found is not None
+    assert {c.client_id: c for c in found.consents} == {
+        "app": newer,
+        "viewer": Consent("viewer", ("a",), ("a",)),
+    }
+    await sessions.forget(cookie, "u1", "viewer")
+    found = await sessions.find(cookie)
+    assert found is not None and [c.client_id for c in found.consents] == ["app"]
+
+
+def test_the_cookie_is_secure_under_an_https_issuer(smart: Smart) -> None:
+    response = Response()
+    sessions_on(smart, Clock(), issuer="https://pacs.example.org/auth").set_cookie(response, "v")
+    assert "secure" in response.headers["set-cookie"].lower()
