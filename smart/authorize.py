@@ -43,7 +43,7 @@ from smart.launch import Launches
 from smart.patients import PatientPicker
 from smart.scopes import cap_to_client, cap_to_roles, has_resource_scope, split
 from smart.secrets import digest, new_token
-from smart.sessions import Sessions, consent_for
+from smart.sessions import Sessions, consent_for, password_stamp
 from smart.tickets import Tickets
 from smart.users import Accounts, LockedOut
 
@@ -203,7 +203,8 @@ class AuthorizeFlow:
     async def _session_user(
         self, checked: Checked, session: SignInSession | None
     ) -> UserRecord | None:
-        """The session's user, if still active and signed in recently enough (max_age)."""
+        """The session's user, if still active, with the password they signed in with,
+        and signed in recently enough (max_age)."""
         if session is None:
             return None
         max_age = checked.params.get("max_age")
@@ -212,7 +213,7 @@ class AuthorizeFlow:
         user = await self._auth.get_user(session.user_id)
         if user is None or not user.is_active or user.locked_until > self._clock():
             return None
-        return user
+        return user if password_stamp(user) == session.password_stamp else None
 
     async def _remembered(
         self, checked: Checked, user: UserRecord, offer: Offer, session: SignInSession
@@ -249,7 +250,7 @@ class AuthorizeFlow:
             return self._login_again(checked, "Wrong user name or password.", 401)
         self._record(checked, "login", 200, "user signed in", user.id)
         auth_time = self._clock()
-        session = await self._sessions.begin(user.id, auth_time, replacing=cookie)
+        session = await self._sessions.begin(user, auth_time, replacing=cookie)
         ticket = self._tickets.issue(user.id, checked.params, auth_time)
         response = await self._consent_page(checked, user, ticket)
         self._sessions.set_cookie(response, session)

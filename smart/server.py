@@ -219,23 +219,31 @@ class AuthServer:
         return await self.flow.start(checked, cookie)
 
     async def end_session(self, request: Request) -> Response:
+        """Sign the browser out: its sign-in session ends even when the request is
+        refused (only the way back to the app is refused then: the user asked to sign
+        out, and on a shared workstation must be)."""
         assert self.logout is not None  # the route exists only with it
         _, params = await _form_or_query(request)
-        try:
-            out = await self.logout.check(params)
-        except LogoutRefused as exc:
-            self._record("logout", 400, str(exc), params.get("client_id"), request)
-            return pages.error_page(str(exc))
         ended = None
         if self.sessions is not None:
             ended = await self.sessions.end(request.cookies.get(SESSION_COOKIE))
         user = ended.user_id if ended is not None else None
-        what = "signed out, sign-in session ended" if ended else "signed out"
-        _audit(self.audit, "logout", 200, what, user, out.client_id, _address(request))
-        if out.redirect_uri is None:
-            response: Response = pages.signed_out_page()
+        session = "; sign-in session ended" if ended else ""
+        try:
+            out = await self.logout.check(params)
+        except LogoutRefused as exc:
+            what = f"{exc}{session}"
+            _audit(
+                self.audit, "logout", 400, what, user, params.get("client_id"), _address(request)
+            )
+            response: Response = pages.error_page(f"{exc}. You are signed out of radhub.")
         else:
-            response = redirect(out.redirect_uri, {"state": out.state} if out.state else {})
+            what = f"signed out{session}"
+            _audit(self.audit, "logout", 200, what, user, out.client_id, _address(request))
+            if out.redirect_uri is None:
+                response = pages.signed_out_page()
+            else:
+                response = redirect(out.redirect_uri, {"state": out.state} if out.state else {})
         if self.sessions is not None:
             self.sessions.clear_cookie(response)
         return response

@@ -16,7 +16,8 @@ made inactive ends it at its next use; sign-out (``/auth/logout``) ends it.
 The session also remembers, per client, what the user decided on the consent page,
 so an app asking again for no more than it was offered gets its code without a page
 (OpenID Connect Core §3.1.2.4). ``prompt=login``, ``prompt=consent`` and ``max_age``
-(§3.1.2.1) still force the pages.
+(§3.1.2.1) still force the pages. A password changed since the sign-in (say, an admin
+resetting a compromised account) ends the session too.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from urllib.parse import urlsplit
 
 from starlette.responses import Response
 
-from fhir_server.storage.auth_port import AuthData, Consent, SignInSession
+from fhir_server.storage.auth_port import AuthData, Consent, SignInSession, UserRecord
 from smart.config import AuthConfig
 from smart.secrets import digest, new_token
 
@@ -48,17 +49,17 @@ class Sessions:
         self._secure = urlsplit(config.issuer).scheme == "https"
         self._clock = clock
 
-    async def begin(self, user_id: str, auth_time: float, replacing: str | None) -> str:
-        """A new session for ``user_id``; returns the cookie's value. The browser's
+    async def begin(self, user: UserRecord, auth_time: float, replacing: str | None) -> str:
+        """A new session for ``user``; returns the cookie's value. The browser's
         previous session (``replacing``, its cookie) ends."""
         if replacing:
             await self._auth.delete_session(digest(replacing))
         value = new_token()
         ends_at = auth_time + self._max
         expires_at = min(ends_at, self._clock() + self._idle)
-        await self._auth.put_session(
-            SignInSession(digest(value), user_id, auth_time, expires_at, ends_at)
-        )
+        stamp = password_stamp(user)
+        session = SignInSession(digest(value), user.id, auth_time, expires_at, ends_at, (), stamp)
+        await self._auth.put_session(session)
         return value
 
     async def find(self, cookie: str | None) -> SignInSession | None:
@@ -114,6 +115,11 @@ class Sessions:
         response.delete_cookie(
             SESSION_COOKIE, path=COOKIE_PATH, secure=self._secure, httponly=True, samesite="lax"
         )
+
+
+def password_stamp(user: UserRecord) -> str:
+    """Changes whenever the password does (each hash has its own salt)."""
+    return digest(user.hashed_password)[:16]
 
 
 def consent_for(session: SignInSession, client_id: str) -> Consent | None:

@@ -134,7 +134,8 @@ class SignInSession:
     """A browser's sign-in at the authorization server, keyed by its cookie's hash.
 
     ``expires_at`` is the idle limit (moved on with each use), never later than
-    ``ends_at``, the absolute one."""
+    ``ends_at``, the absolute one. ``password_stamp`` tells whether the password has
+    changed since the sign-in (then the session no longer counts)."""
 
     session_hash: str
     user_id: str
@@ -142,6 +143,7 @@ class SignInSession:
     expires_at: float
     ends_at: float
     consents: tuple[Consent, ...] = ()
+    password_stamp: str = ""
 
 
 @dataclass(frozen=True, slots=True)

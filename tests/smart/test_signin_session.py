@@ -12,9 +12,9 @@ import httpx
 import pytest
 from starlette.responses import Response
 
-from fhir_server.storage.auth_port import Consent
+from fhir_server.storage.auth_port import Consent, UserRecord
 from smart.config import AuthConfig
-from smart.secrets import digest
+from smart.secrets import digest, password_helper
 from smart.sessions import SESSION_COOKIE, Sessions
 
 from .conftest import (
@@ -216,6 +216,19 @@ async def test_an_inactive_account_has_no_session(smart: Smart) -> None:
     assert answer(silent, refused)["error"] == "login_required"
 
 
+async def test_a_changed_password_ends_the_session(smart: Smart) -> None:
+    """An admin resetting a compromised account's password shuts out the browser that
+    signed in with the old one."""
+    await signed_in(smart)
+    user = await smart.store.auth.get_user_by_name("rita")
+    assert user is not None
+    flow, response = await again(smart, prompt="none")
+    assert "code" in answer(flow, response)  # the session counts until then
+    await smart.store.auth.update_user(user.id, {"hashed_password": password_helper().hash("n")})
+    silent, refused = await again(smart, prompt="none")
+    assert answer(silent, refused)["error"] == "login_required"
+
+
 async def test_a_new_sign_in_replaces_the_browsers_session(smart: Smart) -> None:
     await signed_in(smart)
     old = smart.http.cookies[SESSION_COOKIE]
@@ -278,6 +291,8 @@ async def test_a_form_posted_from_another_site_is_refused(
 
 # -- the session's lifetime, with a clock of the test's own ---------------------------
 
+U1 = UserRecord("u1", "u1", "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA")
+
 
 @dataclass
 class Clock:
@@ -295,7 +310,7 @@ def sessions_on(smart: Smart, clock: Clock, issuer: str = f"{BASE}/auth") -> Ses
 async def test_a_session_ends_when_idle_and_at_its_absolute_limit(smart: Smart) -> None:
     clock = Clock()
     sessions = sessions_on(smart, clock)
-    cookie = await sessions.begin("u1", clock.now, replacing=None)
+    cookie = await sessions.begin(U1, clock.now, replacing=None)
     clock.now += 99
     assert await sessions.find(cookie) is not None  # used: the idle limit moves on
     clock.now += 99
@@ -305,7 +320,7 @@ async def test_a_session_ends_when_idle_and_at_its_absolute_limit(smart: Smart) 
     assert await sessions.find(cookie) is None
 
     start = clock.now
-    kept = await sessions.begin("u1", start, replacing=None)
+    kept = await sessions.begin(U1, start, replacing=None)
     for _ in range(5):  # used every 60 s, never idle for long
         clock.now += 60
         if clock.now < start + 250:
@@ -319,7 +334,7 @@ async def test_consents_are_kept_per_client_and_only_for_the_sessions_user(
 ) -> None:
     clock = Clock()
     sessions = sessions_on(smart, clock)
-    cookie = await sessions.begin("u1", clock.now, replacing=None)
+    cookie = await sessions.begin(U1, clock.now, replacing=None)
     first = Consent("app", ("openid",), ("openid",))
     await sessions.remember(cookie, "u1", first)
     await sessions.remember(cookie, "u1", Consent("viewer", ("a",), ("a",)))
@@ -341,3 +356,16 @@ def test_the_cookie_is_secure_under_an_https_issuer(smart: Smart) -> None:
     response = Response()
     sessions_on(smart, Clock(), issuer="https://pacs.example.org/auth").set_cookie(response, "v")
     assert "secure" in response.headers["set-cookie"].lower()
+
+
+async def test_a_refused_sign_out_still_ends_the_session(smart: Smart) -> None:
+    """Only the way back to the app is refused; the user asked to be signed out."""
+    await signed_in(smart)
+    cookie = smart.http.cookies[SESSION_COOKIE]
+    params = {"client_id": "app", "post_logout_redirect_uri": "https://evil.example/"}
+    refused = await smart.http.get("/auth/logout", params=params)
+    assert refused.status_code == 400 and "signed out of radhub" in refused.text
+    assert "location" not in refused.headers
+    assert await smart.store.auth.get_session(digest(cookie)) is None
+    silent, answered = await again(smart, prompt="none")
+    assert answer(silent, answered)["error"] == "login_required"
