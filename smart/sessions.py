@@ -64,15 +64,19 @@ class Sessions:
 
     async def find(self, cookie: str | None) -> SignInSession | None:
         """The live session this cookie names, its idle limit moved on; None if none."""
-        if not cookie:
+        session = await self._live(cookie)
+        if session is None:
             return None
-        session = await self._auth.get_session(digest(cookie))
-        now = self._clock()
-        if session is None or now >= session.expires_at:
-            return None
-        used = replace(session, expires_at=min(session.ends_at, now + self._idle))
+        moved = min(session.ends_at, self._clock() + self._idle)
+        used = replace(session, expires_at=moved)
         await self._auth.put_session(used)
         return used
+
+    async def _live(self, cookie: str | None) -> SignInSession | None:
+        session = await self._auth.get_session(digest(cookie)) if cookie else None
+        if session is None or self._clock() >= session.expires_at:
+            return None
+        return session
 
     async def remember(self, cookie: str | None, user_id: str, consent: Consent) -> None:
         """Keep ``consent`` in the cookie's session (if it is ``user_id``'s), in place of
@@ -95,7 +99,7 @@ class Sessions:
 
     async def end(self, cookie: str | None) -> SignInSession | None:
         """End the cookie's session; returns it, if it was live."""
-        session = await self.find(cookie)
+        session = await self._live(cookie)
         if cookie:
             await self._auth.delete_session(digest(cookie))
         return session
