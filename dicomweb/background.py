@@ -13,33 +13,11 @@ import logging
 
 from dicomweb.order_links import OrderLinks
 from dicomweb.sync_retry import SyncRetry
+from fhir_server.stopper import Stopper
 
 log = logging.getLogger(__name__)
 
 BATCH = 1000
-
-
-class Stopper:
-    """The stop signal the loops sleep on, so stopping never waits out a sleep."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def stop(self) -> None:
-        self._event.set()
-
-    async def sleep(self, seconds: float | None, wake: asyncio.Event | None = None) -> bool:
-        """Sleep ``seconds`` (None: no limit) unless stopped or ``wake`` is set
-        first; False once stopped."""
-        waits = [asyncio.ensure_future(self._event.wait())]
-        if wake is not None:
-            waits.append(asyncio.ensure_future(wake.wait()))
-        try:
-            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiting in waits:
-                waiting.cancel()
-        return not self._event.is_set()
 
 
 class ArchiveTasks:

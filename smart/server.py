@@ -34,6 +34,7 @@ from smart.config import AuthConfig
 from smart.discovery import openid_configuration, smart_configuration
 from smart.errors import NO_STORE, InvalidClient, OAuthError
 from smart.grants import TokenGrants
+from smart.housekeeping import AuthPurge
 from smart.introspection import Introspection
 from smart.issuer import TokenIssuer
 from smart.jwks_fetch import JwksSource
@@ -74,9 +75,11 @@ class AuthServer:
         signing_alg: str = DEFAULT_ALG,
         logout: Logout | None = None,
         sessions: Sessions | None = None,
+        purge: AuthPurge | None = None,
     ) -> None:
         self.config = config
         self.sessions = sessions
+        self.purge = purge  # expired records; the app's lifespan runs it
         self.signing_alg = signing_alg
         self.logout = logout
         self.flow = flow
@@ -146,6 +149,7 @@ class AuthServer:
             signing_alg=keyring.alg,
             logout=Logout(config, store.auth, keyring),
             sessions=sessions,
+            purge=AuthPurge(store.auth, clock=clock),
         )
 
     def router(self) -> APIRouter:
