@@ -196,7 +196,7 @@ class AuthServer:
 
     async def authorize(self, request: Request) -> Response:
         form, params = await _form_or_query(request)
-        if not _same_origin(request):
+        if not _same_origin(request, self.config.issuer):
             # a form posted from another site: it could sign the browser in to an
             # account of the other site's choosing (login CSRF) or answer its consent
             refusal = "the form was not sent from this server's pages"
@@ -354,11 +354,11 @@ async def _form_or_query(request: Request) -> tuple[FormData, Mapping[str, str]]
     return form, params
 
 
-def _same_origin(request: Request) -> bool:
+def _same_origin(request: Request, issuer: str) -> bool:
     """Whether a browser's POST came from a page of this server: by Fetch Metadata's
     ``Sec-Fetch-Site`` where the browser sends it, else by ``Origin`` naming the host the
-    request was sent to. A request with neither (not a browser's form) passes; an
-    opaque origin (``null``) does not."""
+    request was sent to or the issuer's (a proxy may have rewritten ``Host``). A request
+    with neither (not a browser's form) passes; an opaque origin (``null``) does not."""
     if request.method != "POST":
         return True
     site = request.headers.get("sec-fetch-site")
@@ -367,7 +367,8 @@ def _same_origin(request: Request) -> bool:
     origin = request.headers.get("origin")
     if origin is None:
         return True
-    return urlsplit(origin).netloc.lower() == request.headers.get("host", "").lower()
+    netloc = urlsplit(origin).netloc.lower()
+    return netloc in (request.headers.get("host", "").lower(), urlsplit(issuer).netloc.lower())
 
 
 def _address(request: Request) -> str | None:

@@ -286,6 +286,8 @@ async def test_a_form_posted_from_another_site_is_refused(
     smart.http.cookies.clear()
     own = {"Origin": BASE}  # a browser without Fetch Metadata
     assert (await smart.http.post("/auth/authorize", data=data, headers=own)).status_code == 200
+    proxied = {"Origin": BASE, "Host": "127.0.0.1:8080"}  # a proxy rewrote Host
+    assert (await smart.http.post("/auth/authorize", data=data, headers=proxied)).status_code == 200
     assert SESSION_COOKIE in smart.http.cookies
 
 
