@@ -167,13 +167,11 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
         await rekey_index(dicom.index)  # match keys of rows an older version indexed
         audit.start()
         await archive.tasks.start()
-        if auth_server.purge is not None:
-            auth_server.purge.start()
+        auth_server.purge.start()
         try:
             yield
         finally:
-            if auth_server.purge is not None:
-                await auth_server.purge.stop()
+            await auth_server.purge.stop()
             await archive.tasks.stop()
             await audit.close()
             await store.close()
