@@ -39,6 +39,8 @@ from smart.errors import (
     OAuthError,
     UnsupportedResponseType,
 )
+from smart.id_token_hint import BadHint, hint_claims
+from smart.keys import KeyRing
 from smart.launch import Launches
 from smart.patients import PatientPicker
 from smart.scopes import cap_to_client, cap_to_roles, has_resource_scope, split
@@ -60,6 +62,7 @@ AUTHORIZE_PARAMS = (
     "nonce",
     "prompt",
     "max_age",
+    "id_token_hint",
 )
 
 AuditHook = Callable[[str, int, str, str | None, str, str | None], None]
@@ -73,13 +76,15 @@ class PageError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Checked:
-    """A valid authorize request: its parameters, client and EHR launch context, and
-    the network address it came from (for the audit trail)."""
+    """A valid authorize request: its parameters, client and EHR launch context, the
+    network address it came from (for the audit trail), and the user an
+    ``id_token_hint`` names (the app expects that user to be the one signed in)."""
 
     params: dict[str, str]
     client: ClientRecord
     launch: LaunchContext | None
     address: str | None = None
+    hinted_user: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,11 +132,13 @@ class AuthorizeFlow:
         picker: PatientPicker,
         tickets: Tickets,
         sessions: Sessions,
+        keyring: KeyRing,
         audit: AuditHook,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._sessions = sessions
+        self._keyring = keyring
         self._config = config
         self._auth = auth
         self._accounts = accounts
@@ -157,7 +164,16 @@ class AuthorizeFlow:
             launch = await self._launches.resolve(params["launch"], client.client_id)
             if launch is None:
                 raise RedirectError(OAuthError("unknown or expired launch"), params)
-        return Checked(params, client, launch, address)
+        return Checked(params, client, launch, address, self._hinted_user(params))
+
+    def _hinted_user(self, params: Mapping[str, str]) -> str | None:
+        if "id_token_hint" not in params:
+            return None
+        try:
+            subject = hint_claims(params["id_token_hint"], self._keyring, self._config.issuer)
+        except BadHint as exc:
+            raise RedirectError(OAuthError(str(exc)), params) from exc
+        return str(subject.get("sub", ""))
 
     def _problem(self, params: Mapping[str, str]) -> OAuthError | None:
         if params.get("response_type") != "code":
@@ -204,9 +220,11 @@ class AuthorizeFlow:
         self, checked: Checked, session: SignInSession | None
     ) -> UserRecord | None:
         """The session's user, if still active, with the password they signed in with,
-        and signed in recently enough (max_age)."""
+        signed in recently enough (max_age), and the one the app expects (a hint)."""
         if session is None:
             return None
+        if checked.hinted_user is not None and checked.hinted_user != session.user_id:
+            return None  # someone else signed in on this browser since
         max_age = checked.params.get("max_age")
         if max_age is not None and self._clock() - session.auth_time > int(max_age):
             return None

@@ -18,11 +18,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from joserfc import jws, jwt
-from joserfc.errors import JoseError
-
 from fhir_server.storage.auth_port import AuthData
 from smart.config import AuthConfig
+from smart.id_token_hint import BadHint, hint_claims
 from smart.keys import KeyRing
 
 LOGOUT_PARAMS = ("id_token_hint", "client_id", "post_logout_redirect_uri", "state")
@@ -71,15 +69,10 @@ class Logout:
 
     def _audience_of(self, hint: str) -> list[str]:
         """The ``aud`` of an id_token radhub signed; its expiry is not checked (§2)."""
-        refused = LogoutRefused("id_token_hint is not an id_token of this server")
         try:
-            kid = jws.extract_compact(hint.encode("ascii")).headers().get("kid")
-            key = self._keyring.get(kid) if isinstance(kid, str) else None
-            claims = None if key is None else jwt.decode(hint, key.jwk, algorithms=[key.alg]).claims
-        except (JoseError, ValueError) as exc:
-            raise refused from exc
-        if claims is None or claims.get("iss") != self._config.issuer:
-            raise refused
+            claims = hint_claims(hint, self._keyring, self._config.issuer)
+        except BadHint as exc:
+            raise LogoutRefused(str(exc)) from exc
         audience = claims.get("aud")
         values = [audience] if isinstance(audience, str) else audience
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):

@@ -65,6 +65,8 @@ class AuthServer:
         config: AuthConfig,
         *,
         flow: AuthorizeFlow,
+        sessions: Sessions,
+        purge: AuthPurge,
         clients: ClientAuthenticator,
         grants: TokenGrants,
         introspection: Introspection,
@@ -74,8 +76,6 @@ class AuthServer:
         admin: AdminApi | None = None,
         signing_alg: str = DEFAULT_ALG,
         logout: Logout | None = None,
-        sessions: Sessions | None = None,
-        purge: AuthPurge | None = None,
     ) -> None:
         self.config = config
         self.sessions = sessions
@@ -124,6 +124,7 @@ class AuthServer:
             picker,
             tickets,
             sessions,
+            keyring,
             audit_event,
             clock=clock,
         )
@@ -139,6 +140,8 @@ class AuthServer:
         return cls(
             config,
             flow=flow,
+            sessions=sessions,
+            purge=AuthPurge(store.auth, clock=clock),
             clients=clients,
             grants=TokenGrants(store.auth, issuer, clock=clock),
             introspection=Introspection(config, store.auth, verifier, clock=clock),
@@ -148,8 +151,6 @@ class AuthServer:
             admin=AdminApi(store.auth, accounts, helper, verifier, audit.record, clock=clock),
             signing_alg=keyring.alg,
             logout=Logout(config, store.auth, keyring),
-            sessions=sessions,
-            purge=AuthPurge(store.auth, clock=clock),
         )
 
     def router(self) -> APIRouter:
@@ -228,9 +229,7 @@ class AuthServer:
         out, and on a shared workstation must be)."""
         assert self.logout is not None  # the route exists only with it
         _, params = await _form_or_query(request)
-        ended = None
-        if self.sessions is not None:
-            ended = await self.sessions.end(request.cookies.get(SESSION_COOKIE))
+        ended = await self.sessions.end(request.cookies.get(SESSION_COOKIE))
         user = ended.user_id if ended is not None else None
         session = "; sign-in session ended" if ended else ""
         try:
@@ -248,8 +247,7 @@ class AuthServer:
                 response = pages.signed_out_page()
             else:
                 response = redirect(out.redirect_uri, {"state": out.state} if out.state else {})
-        if self.sessions is not None:
-            self.sessions.clear_cookie(response)
+        self.sessions.clear_cookie(response)
         return response
 
     async def token(self, request: Request) -> Response:

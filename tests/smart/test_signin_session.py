@@ -67,10 +67,17 @@ def is_consent_page(response: httpx.Response) -> bool:
     )
 
 
-def auth_time(id_token: str) -> object:
-    """The id_token's ``auth_time`` (its signature is checked by the other SMART tests)."""
+def claims_of(id_token: str) -> dict[str, object]:
+    """An id_token's claims (its signature is checked by the other SMART tests)."""
     payload = id_token.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["auth_time"]
+    found: dict[str, object] = json.loads(
+        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    )
+    return found
+
+
+def auth_time(id_token: str) -> object:
+    return claims_of(id_token)["auth_time"]
 
 
 async def test_a_signed_in_browser_gets_the_code_without_a_page(smart: Smart) -> None:
@@ -371,3 +378,32 @@ async def test_a_refused_sign_out_still_ends_the_session(smart: Smart) -> None:
     assert await smart.store.auth.get_session(digest(cookie)) is None
     silent, answered = await again(smart, prompt="none")
     assert answer(silent, answered)["error"] == "login_required"
+
+
+async def test_an_id_token_hint_for_someone_else_is_not_answered_for_the_session(
+    smart: Smart,
+) -> None:
+    """A shared workstation: rita's viewer tab renews silently after sam signed in on
+    the same browser. Its id_token_hint names rita, so it must not get a code for sam."""
+    ritas = str((await signed_in(smart))["id_token"])
+    await smart.add_user("sam", "radiologist")
+    sams = str((await smart.tokens(SCOPE, "sam"))["id_token"])  # signs in anew: sam's session
+    flow, response = await again(smart, prompt="none", id_token_hint=ritas)
+    assert answer(flow, response)["error"] == "login_required"
+    _, page = await again(smart, id_token_hint=ritas)
+    assert is_login_page(page), page.text
+    flow, response = await again(smart, prompt="none", id_token_hint=sams)
+    code = answer(flow, response)["code"]
+    body = (await smart.exchange(flow, code)).json()
+    sam = await smart.store.auth.get_user_by_name("sam")
+    assert sam is not None and claims_of(body["id_token"])["sub"] == sam.id
+
+
+async def test_a_hint_this_server_did_not_sign_is_refused(smart: Smart) -> None:
+    ritas = str((await signed_in(smart))["id_token"])
+    head, payload, signature = ritas.split(".")
+    forged = f"{head}.{payload}.{signature[::-1]}"
+    for hint in (forged, "not-a-jwt"):
+        flow, response = await again(smart, prompt="none", id_token_hint=hint)
+        found = answer(flow, response)
+        assert found["error"] == "invalid_request" and "code" not in found
