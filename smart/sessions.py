@@ -90,7 +90,7 @@ class Sessions:
     async def _decide(
         self, cookie: str | None, user_id: str, client_id: str, consent: Consent | None
     ) -> None:
-        session = await self.find(cookie)
+        session = await self._live(cookie)  # one write below, not two
         if session is None or session.user_id != user_id:
             return
         kept = tuple(c for c in session.consents if c.client_id != client_id)
