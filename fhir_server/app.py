@@ -150,7 +150,12 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
         identity.audience,
         is_revoked=CachedRevocationCheck(store.auth),
     )
-    auth_config = AuthConfig(issuer=identity.issuer, audience=identity.audience)
+    auth_config = AuthConfig(
+        issuer=identity.issuer,
+        audience=identity.audience,
+        session_idle=settings.session_idle,
+        session_max=settings.session_max,
+    )
     auth_server = AuthServer.build(
         auth_config, store, keyring, verifier, policy, audit, fetch_jwks=HttpJwksFetcher()
     )

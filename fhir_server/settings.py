@@ -68,6 +68,11 @@ class Settings:
     # seconds a request body may stall before the request ends (as nginx's client_body_timeout;
     # longer than TCP's retransmission backoff on a lossy link, so only a dead client is cut)
     http_body_timeout: float = 60.0
+    # a browser's sign-in session at the authorization server (smart.sessions) ends after
+    # this many seconds unused (longer than an access token's hour, so a viewer renewing
+    # at expiry finds it), and this many after the sign-in at the latest (a long shift)
+    session_idle: int = 2 * 3600
+    session_max: int = 10 * 3600
 
     @property
     def public_base(self) -> str:

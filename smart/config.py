@@ -20,8 +20,8 @@ class AuthConfig:
     refresh_ttl: int = 30 * 24 * 3600
     launch_ttl: int = 3600
     login_ttl: int = 600
-    # A sign-in session (smart.sessions): idle limit longer than an access token, so a
-    # viewer renewing at expiry finds its session; absolute limit about a reading shift.
+    # a sign-in session (smart.sessions): unused, and at most (radhub serve's
+    # --session-idle and --session-max)
     session_idle: int = 2 * 3600
     session_max: int = 10 * 3600
     assertion_max_ttl: int = 300

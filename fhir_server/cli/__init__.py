@@ -69,6 +69,7 @@ def _serve_parser(sub: Any) -> None:
     )
     _archive_options(p)
     _http_options(p)
+    _session_options(p)
     p.add_argument(
         "--demo",
         action="store_true",
@@ -116,6 +117,22 @@ def _http_options(p: argparse.ArgumentParser) -> None:
         type=_seconds,
         default=_env("http_body_timeout", defaults.http_body_timeout),
         help="seconds a request body may stall before the request ends",
+    )
+
+
+def _session_options(p: argparse.ArgumentParser) -> None:
+    defaults = Settings()
+    p.add_argument(
+        "--session-idle",
+        type=_count(60),
+        default=_env("session_idle", defaults.session_idle),
+        help="seconds a browser's sign-in session lasts unused",
+    )
+    p.add_argument(
+        "--session-max",
+        type=_count(60),
+        default=_env("session_max", defaults.session_max),
+        help="seconds a browser's sign-in session lasts at most",
     )
 
 
@@ -218,6 +235,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         http_header_limit=args.http_header_limit,
         http_header_timeout=args.http_header_timeout,
         http_body_timeout=args.http_body_timeout,
+        session_idle=args.session_idle,
+        session_max=args.session_max,
     )
 
 

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 
 import httpx
 import pytest
 from starlette.responses import Response
 
+from fhir_server.app import create_app
+from fhir_server.cli import build_parser, settings_from
+from fhir_server.settings import Settings
 from fhir_server.storage.auth_port import Consent, UserRecord
 from smart.config import AuthConfig
 from smart.secrets import digest, password_helper
@@ -407,3 +411,36 @@ async def test_a_hint_this_server_did_not_sign_is_refused(smart: Smart) -> None:
         flow, response = await again(smart, prompt="none", id_token_hint=hint)
         found = answer(flow, response)
         assert found["error"] == "invalid_request" and "code" not in found
+
+
+def test_the_limits_come_from_the_command_line_and_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def parsed(*argv: str) -> Settings:
+        return settings_from(build_parser().parse_args(["serve", *argv]))
+
+    assert (parsed().session_idle, parsed().session_max) == (7200, 36000)
+    monkeypatch.setenv("RADHUB_SESSION_IDLE", "900")
+    chosen = parsed("--session-max", "28800")
+    assert (chosen.session_idle, chosen.session_max) == (900, 28800)
+    for bad in (("--session-idle", "10"), ("--session-max", "soon")):
+        with pytest.raises(SystemExit):
+            parsed(*bad)
+
+
+async def test_the_server_keeps_to_the_limits_it_is_given(settings: Settings) -> None:
+    application = create_app(replace(settings, session_idle=600, session_max=1800))
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+            smart = Smart(http, application.state.services.store)
+            await smart.add_client()
+            await smart.add_user("rita", "radiologist")
+            before = time.time()
+            response = await smart.login(smart.request(SCOPE), "rita")
+            assert "max-age=1800" in response.headers["set-cookie"].lower()
+            cookie = smart.http.cookies[SESSION_COOKIE]
+            session = await smart.store.auth.get_session(digest(cookie))
+            assert session is not None
+            assert before + 600 <= session.expires_at <= time.time() + 600
+            assert session.ends_at == pytest.approx(session.auth_time + 1800)
