@@ -10,6 +10,7 @@ See https://build.fhir.org/ig/HL7/smart-app-launch/app-launch.html#obtain-author
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -45,7 +46,7 @@ from smart.launch import Launches
 from smart.patients import PatientPicker
 from smart.scopes import cap_to_client, cap_to_roles, has_resource_scope, split
 from smart.secrets import digest, new_token
-from smart.sessions import Sessions, consent_for, password_stamp
+from smart.sessions import Sessions, account_stamp, consent_for
 from smart.tickets import Tickets
 from smart.users import Accounts, LockedOut
 
@@ -64,6 +65,8 @@ AUTHORIZE_PARAMS = (
     "max_age",
     "id_token_hint",
 )
+
+_MAX_AGE = re.compile(r"[0-9]{1,10}")  # seconds; int() of more digits is refused
 
 AuditHook = Callable[[str, int, str, str | None, str, str | None], None]
 """``(event, status, description, user_id, client_id, address)``: what the flow reports
@@ -167,13 +170,20 @@ class AuthorizeFlow:
         return Checked(params, client, launch, address, self._hinted_user(params))
 
     def _hinted_user(self, params: Mapping[str, str]) -> str | None:
+        """The user an ``id_token_hint`` names: an id_token of ours issued to this client
+        (an access token, whose audience is the FHIR server, is not one)."""
         if "id_token_hint" not in params:
             return None
         try:
-            subject = hint_claims(params["id_token_hint"], self._keyring, self._config.issuer)
+            claims = hint_claims(params["id_token_hint"], self._keyring, self._config.issuer)
         except BadHint as exc:
             raise RedirectError(OAuthError(str(exc)), params) from exc
-        return str(subject.get("sub", ""))
+        audience = claims.get("aud")
+        audiences = audience if isinstance(audience, list) else [audience]
+        if params.get("client_id") not in audiences or not claims.get("sub"):
+            refused = OAuthError("id_token_hint is not an id_token issued to this client")
+            raise RedirectError(refused, params)
+        return str(claims["sub"])
 
     def _problem(self, params: Mapping[str, str]) -> OAuthError | None:
         if params.get("response_type") != "code":
@@ -188,7 +198,7 @@ class AuthorizeFlow:
             return InvalidScope("scope is required")
         if "launch" in split(params.get("scope")) and "launch" not in params:
             return OAuthError("scope launch needs a launch parameter (EHR launch)")
-        if not params.get("max_age", "0").isdigit():
+        if not _MAX_AGE.fullmatch(params.get("max_age", "0")):
             return OAuthError("max_age must be a number of seconds")
         return _prompt_problem(split(params.get("prompt")))
 
@@ -206,14 +216,19 @@ class AuthorizeFlow:
         offer = self._offer(checked, user)
         if not offer.scopes:
             raise RedirectError(InvalidScope("no requested scope can be granted"), checked.params)
-        if "consent" not in prompt:
-            grant = await self._remembered(checked, user, offer, session)
+        # An EHR launch always shows the page, naming who is signed in: the EHR knows
+        # its user, and radhub must not answer it for whoever holds this browser's session.
+        if "consent" not in prompt and checked.launch is None:
+            silent = "none" in prompt
+            grant = await self._remembered(checked, user, offer, session, silent)
             if grant is not None:
                 return await self._issue_code(checked, grant, " (consent remembered)")
         if "none" in prompt:
             problem = ConsentRequired("the user has not consented to this request")
             raise RedirectError(problem, checked.params)
-        ticket = self._tickets.issue(user.id, checked.params, session.auth_time)
+        ticket = self._tickets.issue(
+            user.id, checked.params, session.auth_time, session.session_hash
+        )
         return await self._consent_page(checked, user, ticket)
 
     async def _session_user(
@@ -229,22 +244,39 @@ class AuthorizeFlow:
         if max_age is not None and self._clock() - session.auth_time > int(max_age):
             return None
         user = await self._auth.get_user(session.user_id)
-        if user is None or not user.is_active or user.locked_until > self._clock():
-            return None
-        return user if password_stamp(user) == session.password_stamp else None
+        return user if await self._counts(session, user) else None
+
+    async def _counts(self, session: SignInSession, user: UserRecord | None) -> bool:
+        """Whether ``session`` still signs ``user`` in. A deleted or deactivated account,
+        or one changed since the sign-in (password, roles, fhirUser), ends it; a lock
+        (failed logins, perhaps someone else's) only suspends it."""
+        if user is None or user.id != session.user_id:
+            return False
+        if not user.is_active or account_stamp(user) != session.account_stamp:
+            await self._sessions.drop(session)
+            return False
+        return user.locked_until <= self._clock()
 
     async def _remembered(
-        self, checked: Checked, user: UserRecord, offer: Offer, session: SignInSession
+        self,
+        checked: Checked,
+        user: UserRecord,
+        offer: Offer,
+        session: SignInSession,
+        silent: bool,
     ) -> GrantInfo | None:
         """The grant the user's remembered consent gives this request, if it covers it:
-        nothing beyond what the consent page offered then, and the patient picked then
-        still one the user may pick."""
+        nothing beyond what the consent page offered then; a patient to pick only when no
+        page may be shown (``silent``: the viewer renewing), and then the one picked
+        before, if the user may still pick them (else the user picks again)."""
         consent = consent_for(session, checked.client.client_id)
         if consent is None or not set(offer.scopes) <= set(consent.offered):
             return None
         granted = [s for s in offer.scopes if s in consent.granted]
         patient = offer.patient
         if offer.pick_patient:
+            if not silent:
+                return None
             patient = consent.patient
             if patient is None or not await self._picker.may_choose(user, patient):
                 return None
@@ -267,11 +299,15 @@ class AuthorizeFlow:
             self._record(checked, "login", 401, "wrong user name or password", None)
             return self._login_again(checked, "Wrong user name or password.", 401)
         self._record(checked, "login", 200, "user signed in", user.id)
+        if checked.hinted_user is not None and checked.hinted_user != user.id:
+            # OpenID Connect Core §3.1.2.1: the app asked for another user
+            other = LoginRequired("the user who signed in is not the one id_token_hint names")
+            raise RedirectError(other, checked.params)
         auth_time = self._clock()
-        session = await self._sessions.begin(user, auth_time, replacing=cookie)
-        ticket = self._tickets.issue(user.id, checked.params, auth_time)
+        cookie = await self._sessions.begin(user, auth_time, replacing=cookie)
+        ticket = self._tickets.issue(user.id, checked.params, auth_time, digest(cookie))
         response = await self._consent_page(checked, user, ticket)
-        self._sessions.set_cookie(response, session)
+        self._sessions.set_cookie(response, cookie)
         return response
 
     def _record(
@@ -291,7 +327,13 @@ class AuthorizeFlow:
             raise RedirectError(InvalidScope("no requested scope can be granted"), checked.params)
         patients = await self._picker.choices(user) if offer.pick_patient else None
         return pages.consent_page(
-            checked.params, ticket, _name(checked.client), offer.scopes, patients, error
+            checked.params,
+            ticket,
+            _name(checked.client),
+            offer.scopes,
+            patients,
+            error,
+            signed_in_as=user.email,
         )
 
     def _offer(self, checked: Checked, user: UserRecord) -> Offer:
@@ -307,18 +349,17 @@ class AuthorizeFlow:
         return Offer(scopes, None, None, "launch/patient" in asked)
 
     async def consent(
-        self,
-        checked: Checked,
-        form: Mapping[str, str],
-        grants: Sequence[str],
-        cookie: str | None = None,
+        self, checked: Checked, form: Mapping[str, str], grants: Sequence[str]
     ) -> Response:
-        """Approve or deny; on approval redirect with a fresh code. The browser's sign-in
-        session (``cookie``) remembers the decision."""
+        """Approve or deny; on approval redirect with a fresh code. The sign-in session
+        the page was shown in must still count (not signed out since, the account
+        unchanged), and remembers the decision."""
         signed_in = self._tickets.check(form.get("ticket", ""), checked.params)
+        session = await self._sessions.named(signed_in.session) if signed_in else None
         user = await self._auth.get_user(signed_in.user_id) if signed_in else None
-        if signed_in is None or user is None or not user.is_active:
+        if signed_in is None or session is None or not await self._counts(session, user):
             return self._login_again(checked, "Your sign-in expired; sign in again.", 401)
+        assert user is not None  # _counts checked it
         offer = self._offer(checked, user)
         approved = form.get("decision") == "approve"
         granted = [s for s in offer.scopes if s in set(grants)] if approved else []
@@ -333,15 +374,16 @@ class AuthorizeFlow:
             return self._login_again(checked, "This sign-in was already used; sign in again.", 401)
         client_id = checked.client.client_id
         if not approved or not granted:
-            await self._sessions.forget(cookie, user.id, client_id)
+            await self._sessions.forget(session, client_id)
         if not approved:
             self._record(checked, "consent", 403, "the user denied access", user.id)
             raise RedirectError(AccessDenied("the user denied access"), checked.params)
         if not granted:
             raise RedirectError(AccessDenied("no scope was granted"), checked.params)
-        picked = patient if offer.pick_patient else None
-        decided = Consent(client_id, tuple(offer.scopes), tuple(granted), picked)
-        await self._sessions.remember(cookie, user.id, decided)
+        if checked.launch is None:  # a launch's consent is never used again (start)
+            picked = patient if offer.pick_patient else None
+            decided = Consent(client_id, tuple(offer.scopes), tuple(granted), picked)
+            await self._sessions.remember(session, decided)
         grant = self._grant(checked, user, granted, patient, offer.encounter, signed_in.auth_time)
         return await self._issue_code(checked, grant)
 

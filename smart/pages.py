@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from html import escape
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from starlette.responses import HTMLResponse
 
@@ -111,9 +111,12 @@ def consent_page(
     scopes: Sequence[str],
     patients: Iterable[tuple[str, str]] | None,
     error: str | None = None,
+    *,
+    signed_in_as: str = "",
 ) -> HTMLResponse:
     """List the scopes asked (all checked; the user may uncheck) and, for a
-    standalone launch, the patients the user may choose from."""
+    standalone launch, the patients the user may choose from; name the user signed in,
+    with a way to sign in as someone else (the same request, ``prompt=login``)."""
     items = "".join(
         f'<label><input type=checkbox name=grant value="{escape(s)}" checked> '
         f"<code>{escape(s)}</code></label>"
@@ -128,8 +131,15 @@ def consent_page(
         picker = (
             f"<label>Patient <select name=patient id=patient required>{options}</select></label>"
         )
+    switch = escape(f"authorize?{urlencode({**params, 'prompt': 'login'})}")
+    who = (
+        f"<p>Signed in as <b id=signed-in-as>{escape(signed_in_as)}</b>. "
+        f'<a id=switch-user href="{switch}">Not you?</a></p>'
+        if signed_in_as
+        else ""
+    )
     body = (
-        f"<p>{escape(client_name)} asks for:</p>{_error(error)}"
+        f"{who}<p>{escape(client_name)} asks for:</p>{_error(error)}"
         f"<form method=post action=authorize>{_hidden(params)}"
         f'<input type=hidden name=step value=consent><input type=hidden name=ticket value="'
         f'{escape(ticket)}">'

@@ -43,7 +43,7 @@ from smart.launch import Launches, UnknownClient
 from smart.logout import Logout, LogoutRefused
 from smart.patients import PatientPicker
 from smart.secrets import password_helper
-from smart.sessions import SESSION_COOKIE, Sessions
+from smart.sessions import Sessions
 from smart.tickets import Tickets
 from smart.users import Accounts, LoginPolicy
 
@@ -205,7 +205,7 @@ class AuthServer:
             return pages.error_page(refusal, 403)
         try:
             checked = await self.flow.check(params, _address(request))
-            return await self._step(checked, form, request.cookies.get(SESSION_COOKIE))
+            return await self._step(checked, form, self.sessions.cookie(request.cookies))
         except PageError as exc:
             self._record("authorize", 400, str(exc), params.get("client_id"), request)
             return pages.error_page(str(exc))
@@ -220,7 +220,7 @@ class AuthServer:
             return await self.flow.login(checked, _strings(form), cookie)
         if step == "consent":
             grants = [str(g) for g in form.getlist("grant")]
-            return await self.flow.consent(checked, _strings(form), grants, cookie)
+            return await self.flow.consent(checked, _strings(form), grants)
         return await self.flow.start(checked, cookie)
 
     async def end_session(self, request: Request) -> Response:
@@ -229,7 +229,7 @@ class AuthServer:
         out, and on a shared workstation must be)."""
         assert self.logout is not None  # the route exists only with it
         _, params = await _form_or_query(request)
-        ended = await self.sessions.end(request.cookies.get(SESSION_COOKIE))
+        ended = await self.sessions.end(self.sessions.cookie(request.cookies))
         user = ended.user_id if ended is not None else None
         session = "; sign-in session ended" if ended else ""
         try:
@@ -355,8 +355,9 @@ async def _form_or_query(request: Request) -> tuple[FormData, Mapping[str, str]]
 def _same_origin(request: Request, issuer: str) -> bool:
     """Whether a browser's POST came from a page of this server: by Fetch Metadata's
     ``Sec-Fetch-Site`` where the browser sends it, else by ``Origin`` naming the host the
-    request was sent to or the issuer's (a proxy may have rewritten ``Host``). A request
-    with neither (not a browser's form) passes; an opaque origin (``null``) does not."""
+    request was sent to, or the issuer's origin (a proxy may have rewritten ``Host``). A
+    request with neither (not a browser's form) passes; an opaque origin (``null``)
+    does not."""
     if request.method != "POST":
         return True
     site = request.headers.get("sec-fetch-site")
@@ -365,8 +366,10 @@ def _same_origin(request: Request, issuer: str) -> bool:
     origin = request.headers.get("origin")
     if origin is None:
         return True
-    netloc = urlsplit(origin).netloc.lower()
-    return netloc in (request.headers.get("host", "").lower(), urlsplit(issuer).netloc.lower())
+    sent, ours = urlsplit(origin), urlsplit(issuer)
+    if sent.netloc.lower() == request.headers.get("host", "").lower():
+        return True
+    return (sent.scheme, sent.netloc.lower()) == (ours.scheme, ours.netloc.lower())
 
 
 def _address(request: Request) -> str | None:

@@ -32,12 +32,14 @@ TICKET_TYPE = "login+jwt"
 
 @dataclass(frozen=True, slots=True)
 class SignedIn:
-    """What a valid ticket proves: who signed in, when, and the ticket's one-time id."""
+    """What a valid ticket proves: who signed in, when, in which sign-in session (its
+    hash: the consent counts only while that session does), and the ticket's one-time id."""
 
     user_id: str
     auth_time: float
     jti: str
     expires_at: float
+    session: str = ""
 
 
 def request_digest(params: Mapping[str, str]) -> str:
@@ -63,7 +65,7 @@ class Tickets:
         self._ttl = ttl
         self._clock = clock
 
-    def issue(self, user_id: str, params: Mapping[str, str], auth_time: float) -> str:
+    def issue(self, user_id: str, params: Mapping[str, str], auth_time: float, session: str) -> str:
         now = int(self._clock())
         claims = {
             "sub": user_id,
@@ -73,6 +75,7 @@ class Tickets:
             "req": request_digest(params),
             "auth_time": int(auth_time),
             "jti": secrets.token_urlsafe(16),
+            "sid": session,
         }
         key = self._keyring.active_key
         header = {"alg": key.alg, "kid": key.kid, "typ": TICKET_TYPE}
@@ -105,6 +108,7 @@ class Tickets:
             float(claims.get("auth_time", 0)),
             str(claims["jti"]),
             float(claims["exp"]),
+            str(claims.get("sid", "")),
         )
 
     async def spend(self, signed_in: SignedIn) -> bool:

@@ -18,7 +18,7 @@ redemptions cannot both win, and a replay is seen as one.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
 ClientKind = Literal["public", "symmetric", "asymmetric"]
@@ -134,8 +134,9 @@ class SignInSession:
     """A browser's sign-in at the authorization server, keyed by its cookie's hash.
 
     ``expires_at`` is the idle limit (moved on with each use), never later than
-    ``ends_at``, the absolute one. ``password_stamp`` tells whether the password has
-    changed since the sign-in (then the session no longer counts)."""
+    ``ends_at``, the absolute one. ``account_stamp`` tells whether the account (its
+    password, roles, fhirUser) has changed since the sign-in (then the session no
+    longer counts)."""
 
     session_hash: str
     user_id: str
@@ -143,7 +144,7 @@ class SignInSession:
     expires_at: float
     ends_at: float
     consents: tuple[Consent, ...] = ()
-    password_stamp: str = ""
+    account_stamp: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +222,10 @@ class AuthData(Protocol):
 
     async def get_session(self, session_hash: str) -> SignInSession | None: ...
 
+    async def update_session(self, session_hash: str, changes: Mapping[str, Any]) -> bool:
+        """Set fields of a session (``expires_at``, ``consents``) in one atomic step;
+        False, and nothing written, if it no longer exists (a sign-out is never undone)."""
+
     async def delete_session(self, session_hash: str) -> None: ...
 
     async def use_jti(self, key: str, expires_at: float) -> bool:
@@ -237,6 +242,19 @@ def to_doc(record: Any) -> dict[str, Any]:
     """A record as a JSON-able dict (tuples become lists)."""
     doc: dict[str, Any] = asdict(record)
     return doc
+
+
+def to_doc_fields(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Field changes as JSON-able values (records within them as dicts, tuples as lists)."""
+    return {name: _as_json(value) for name, value in changes.items()}
+
+
+def _as_json(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    if isinstance(value, tuple | list):
+        return [_as_json(item) for item in value]
+    return value
 
 
 def from_doc(cls: type[T], doc: Mapping[str, Any]) -> T:

@@ -163,6 +163,24 @@ async def test_sign_in_session_round_trip_replace_and_delete(store: Store, now: 
     await store.auth.delete_session("s1")  # ending an ended session is no error
 
 
+async def test_a_session_is_updated_in_place_and_never_brought_back(
+    store: Store, now: float
+) -> None:
+    session = SignInSession("s1", "u1", now - 5, now + 600, now + 3600, account_stamp="p")
+    await store.auth.put_session(session)
+    consents = (Consent("app", ("openid", "x"), ("openid",)), Consent("b", ("y",), ("y",), "p1"))
+    assert await store.auth.update_session("s1", {"expires_at": now + 900})
+    assert await store.auth.update_session("s1", {"consents": consents})
+    assert await store.auth.get_session("s1") == replace(
+        session, expires_at=now + 900, consents=consents
+    )
+    await store.auth.purge(now + 700)  # the moved limit is the one purge goes by
+    assert await store.auth.get_session("s1") is not None
+    await store.auth.delete_session("s1")
+    assert not await store.auth.update_session("s1", {"expires_at": now + 1200})
+    assert await store.auth.get_session("s1") is None
+
+
 async def test_jti_used_once(store: Store, now: float) -> None:
     assert await store.auth.use_jti("app:j1", now + 300)
     assert not await store.auth.use_jti("app:j1", now + 300)

@@ -4,10 +4,14 @@ and ``prompt``, ``max_age``, sign-out and an inactive account are honoured."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import html
 import json
+import re
 import time
 from dataclasses import dataclass, replace
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -16,8 +20,9 @@ from starlette.responses import Response
 from fhir_server.app import create_app
 from fhir_server.cli import build_parser, settings_from
 from fhir_server.settings import Settings
-from fhir_server.storage.auth_port import Consent, UserRecord
+from fhir_server.storage.auth_port import Consent, SignInSession, UserRecord
 from smart.config import AuthConfig
+from smart.launch import Launches
 from smart.secrets import digest, password_helper
 from smart.sessions import SESSION_COOKIE, Sessions
 
@@ -188,10 +193,7 @@ async def test_a_picked_patient_is_remembered(smart: Smart, client: httpx.AsyncC
     await smart.add_client()
     await smart.add_user("rita", "radiologist", "Practitioner/rita")
     patient = "p7"
-    stored = await client.put(
-        f"/fhir/Patient/{patient}", json={"resourceType": "Patient", "id": patient}
-    )
-    assert stored.status_code == 201, stored.text
+    await patients(client, patient)
     scope = "openid launch/patient patient/Patient.rs"
     first = await smart.tokens(scope, "rita", patient=patient)
     assert first["patient"] == patient
@@ -262,6 +264,8 @@ async def test_the_cookie_is_http_only_lax_for_auth_and_stored_only_hashed(smart
     attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
     assert {"httponly", "path=/auth", "samesite=lax"} <= attributes
     assert "secure" not in attributes  # this test's issuer is http://
+    # a browser session's cookie: closing the browser ends it on a shared workstation
+    assert not [a for a in attributes if a.startswith(("max-age", "expires"))]
     value = smart.http.cookies[SESSION_COOKIE]
     assert len(value) >= 40
     assert await smart.store.auth.get_session(value) is None
@@ -342,33 +346,47 @@ async def test_a_session_ends_when_idle_and_at_its_absolute_limit(smart: Smart) 
             assert await sessions.find(kept) is None
 
 
-async def test_consents_are_kept_per_client_and_only_for_the_sessions_user(
+async def test_consents_are_kept_per_client_and_an_ended_session_is_not_brought_back(
     smart: Smart,
 ) -> None:
     clock = Clock()
     sessions = sessions_on(smart, clock)
     cookie = await sessions.begin(U1, clock.now, replacing=None)
-    first = Consent("app", ("openid",), ("openid",))
-    await sessions.remember(cookie, "u1", first)
-    await sessions.remember(cookie, "u1", Consent("viewer", ("a",), ("a",)))
-    await sessions.remember(cookie, "someone-else", Consent("other", ("b",), ("b",)))
+
+    async def current() -> SignInSession:
+        found = await sessions.find(cookie)
+        assert found is not None
+        return found
+
+    await sessions.remember(await current(), Consent("app", ("openid",), ("openid",)))
+    await sessions.remember(await current(), Consent("viewer", ("a",), ("a",)))
     newer = Consent("app", ("openid", "x"), ("x",))
-    await sessions.remember(cookie, "u1", newer)
-    found = await sessions.find(cookie)
-    assert found is not None
-    assert {c.client_id: c for c in found.consents} == {
-        "app": newer,
-        "viewer": Consent("viewer", ("a",), ("a",)),
-    }
-    await sessions.forget(cookie, "u1", "viewer")
-    found = await sessions.find(cookie)
-    assert found is not None and [c.client_id for c in found.consents] == ["app"]
+    await sessions.remember(await current(), newer)
+    kept = {c.client_id: c for c in (await current()).consents}
+    assert kept == {"app": newer, "viewer": Consent("viewer", ("a",), ("a",))}
+    await sessions.forget(await current(), "viewer")
+    assert [c.client_id for c in (await current()).consents] == ["app"]
+    # a consent decided in a tab while another tab signed out does not undo the sign-out
+    stale = await current()
+    await sessions.end(cookie)
+    await sessions.remember(stale, Consent("late", ("b",), ("b",)))
+    assert await smart.store.auth.get_session(digest(cookie)) is None
 
 
-def test_the_cookie_is_secure_under_an_https_issuer(smart: Smart) -> None:
+def test_the_cookie_under_an_https_issuer_is_a_host_cookie(smart: Smart) -> None:
+    """Secure, Path=/ and the ``__Host-`` prefix: no sibling subdomain can plant it."""
     response = Response()
-    sessions_on(smart, Clock(), issuer="https://pacs.example.org/auth").set_cookie(response, "v")
-    assert "secure" in response.headers["set-cookie"].lower()
+    sessions = sessions_on(smart, Clock(), issuer="https://pacs.example.org/radhub/auth")
+    sessions.set_cookie(response, "v")
+    cookie = response.headers["set-cookie"]
+    attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
+    assert cookie.startswith("__Host-radhub_signin=v;")
+    assert {"secure", "path=/", "httponly", "samesite=lax"} <= attributes
+    assert not [a for a in attributes if a.startswith(("max-age", "expires", "domain"))]
+    assert sessions.cookie({"__Host-radhub_signin": "v", "radhub_signin": "w"}) == "v"
+    plain = sessions_on(smart, Clock(), issuer="http://127.0.0.1:8080/radhub/auth")
+    plain.set_cookie(response := Response(), "v")
+    assert "path=/radhub/auth" in response.headers["set-cookie"].lower()
 
 
 async def test_a_refused_sign_out_still_ends_the_session(smart: Smart) -> None:
@@ -437,10 +455,188 @@ async def test_the_server_keeps_to_the_limits_it_is_given(settings: Settings) ->
             await smart.add_client()
             await smart.add_user("rita", "radiologist")
             before = time.time()
-            response = await smart.login(smart.request(SCOPE), "rita")
-            assert "max-age=1800" in response.headers["set-cookie"].lower()
+            assert (await smart.login(smart.request(SCOPE), "rita")).status_code == 200
             cookie = smart.http.cookies[SESSION_COOKIE]
             session = await smart.store.auth.get_session(digest(cookie))
             assert session is not None
             assert before + 600 <= session.expires_at <= time.time() + 600
             assert session.ends_at == pytest.approx(session.auth_time + 1800)
+
+
+# -- what the review of this feature found --------------------------------------------
+
+
+async def test_a_consent_page_left_open_does_not_outlive_a_sign_out(smart: Smart) -> None:
+    """A shared workstation: a consent page the session showed in one tab, the user
+    signs out in another, the next person clicks Allow: no code for the user."""
+    await signed_in(smart)
+    flow, page = await again(smart, prompt="consent")
+    flow.consent = parse_form(page.text)
+    await smart.http.get("/auth/logout", params={"client_id": "app"})
+    late = await smart.approve(flow)
+    assert late.status_code == 401 and "id=password" in late.text, late.text
+
+
+async def test_a_consent_page_left_open_does_not_outlive_a_password_change(
+    smart: Smart,
+) -> None:
+    await signed_in(smart)
+    flow, page = await again(smart, prompt="consent")
+    flow.consent = parse_form(page.text)
+    user = await smart.store.auth.get_user_by_name("rita")
+    assert user is not None
+    await smart.store.auth.update_user(user.id, {"hashed_password": password_helper().hash("n")})
+    late = await smart.approve(flow)
+    assert late.status_code == 401 and "id=password" in late.text, late.text
+
+
+async def test_an_ehr_launch_always_shows_who_is_signed_in(
+    smart: Smart, client: httpx.AsyncClient
+) -> None:
+    """The EHR knows its user; radhub must not answer its launch silently for whoever
+    holds the browser's session, even with a consent remembered for the app."""
+    await signed_in(smart)
+    for pid in ("p1", "p2"):
+        stored = await client.put(
+            f"/fhir/Patient/{pid}", json={"resourceType": "Patient", "id": pid}
+        )
+        assert stored.status_code == 201, stored.text
+    minted = Launches(smart.store.auth)
+    scope = "openid launch patient/Patient.rs"
+    first = smart.request(scope, launch=await minted.mint("app", "p1"))
+    page = await smart.http.get("/auth/authorize", params=first.params)
+    assert is_consent_page(page), page.text
+    assert "id=signed-in-as>rita<" in page.text and "id=switch-user" in page.text
+    first.consent = parse_form(page.text)
+    assert "code" in answer(first, await smart.approve(first))
+    # scopes the session's consent covers, sent with a launch (no "launch" scope needed)
+    second = smart.request(SCOPE, launch=await minted.mint("app", "p2"))
+    again_page = await smart.http.get("/auth/authorize", params=second.params)
+    assert is_consent_page(again_page), again_page.text
+    silent = smart.request(SCOPE, launch=await minted.mint("app", "p2"), prompt="none")
+    refused = await smart.http.get("/auth/authorize", params=silent.params)
+    assert answer(silent, refused)["error"] == "consent_required"
+    # "Not you?" is the same request with prompt=login
+    switch = parse_qs(urlsplit(_href(again_page.text, "switch-user")).query)
+    assert switch["prompt"] == ["login"] and switch["launch"] == [second.params["launch"]]
+
+
+async def test_a_picked_patient_is_picked_again_when_a_page_may_be_shown(
+    smart: Smart, client: httpx.AsyncClient
+) -> None:
+    """Only a silent renewal reuses the patient picked before; a user opening the app
+    picks (else a wrong patient would stick until sign-out)."""
+    await smart.add_client()
+    await smart.add_user("rita", "radiologist", "Practitioner/rita")
+    for pid in ("p7", "p8"):
+        stored = await client.put(
+            f"/fhir/Patient/{pid}", json={"resourceType": "Patient", "id": pid}
+        )
+        assert stored.status_code == 201, stored.text
+    scope = "openid launch/patient patient/Patient.rs"
+    await smart.tokens(scope, "rita", patient="p7")
+    _, page = await again(smart, scope)
+    assert is_consent_page(page) and "id=patient" in page.text, page.text
+    # the patient picked before may no longer be picked: no silent answer either
+    await client.delete("/fhir/Patient/p7")
+    silent, refused = await again(smart, scope, prompt="none")
+    assert answer(silent, refused)["error"] == "consent_required"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"roles": ["radiographer"]},
+        {"fhir_user": "Practitioner/other"},
+        {"is_active": False},
+    ],
+    ids=["roles", "fhirUser", "deactivated"],
+)
+async def test_a_changed_account_ends_its_session(smart: Smart, change: dict[str, object]) -> None:
+    await signed_in(smart)
+    cookie = smart.http.cookies[SESSION_COOKIE]
+    user = await smart.store.auth.get_user_by_name("rita")
+    assert user is not None
+    await smart.store.auth.update_user(user.id, change)
+    silent, refused = await again(smart, prompt="none")
+    assert answer(silent, refused)["error"] == "login_required"
+    # ended, not suspended: undoing the change (reactivating) does not bring it back
+    await smart.store.auth.update_user(
+        user.id, {"roles": list(user.roles), "fhir_user": user.fhir_user, "is_active": True}
+    )
+    assert await smart.store.auth.get_session(digest(cookie)) is None
+
+
+async def test_a_locked_account_suspends_its_session(smart: Smart) -> None:
+    """A lock (failed logins, perhaps by someone else) suspends; it lifts with the lock."""
+    await signed_in(smart)
+    user = await smart.store.auth.get_user_by_name("rita")
+    assert user is not None
+    await smart.store.auth.update_user(user.id, {"locked_until": time.time() + 600})
+    silent, refused = await again(smart, prompt="none")
+    assert answer(silent, refused)["error"] == "login_required"
+    await smart.store.auth.update_user(user.id, {"locked_until": 0.0})
+    flow, response = await again(smart, prompt="none")
+    assert "code" in answer(flow, response)
+
+
+@pytest.mark.parametrize("max_age", ["\u00b2", "9" * 5000, "-1", "1.5"])
+async def test_a_max_age_that_is_not_seconds_is_invalid(smart: Smart, max_age: str) -> None:
+    await signed_in(smart)
+    flow, response = await again(smart, max_age=max_age)
+    assert answer(flow, response)["error"] == "invalid_request"
+
+
+async def test_max_age_counts_from_the_password_sign_in(smart: Smart) -> None:
+    await signed_in(smart)
+    await asyncio.sleep(1.2)
+    _, page = await again(smart, max_age="1")
+    assert is_login_page(page), page.text
+    flow, response = await again(smart, max_age="600", prompt="none")
+    assert "code" in answer(flow, response)
+
+
+async def test_a_hint_that_is_not_an_id_token_for_this_app_is_refused(smart: Smart) -> None:
+    tokens = await signed_in(smart)
+    await smart.add_client("other")
+    others = str((await smart.tokens(SCOPE, "rita", params={"client_id": "other"}))["id_token"])
+    for hint in (str(tokens["access_token"]), others):
+        flow, response = await again(smart, prompt="none", id_token_hint=hint)
+        assert answer(flow, response)["error"] == "invalid_request"
+
+
+async def test_signing_in_as_someone_other_than_the_hint_is_login_required(
+    smart: Smart,
+) -> None:
+    ritas = str((await signed_in(smart))["id_token"])
+    await smart.add_user("sam", "radiologist")
+    flow = smart.request(SCOPE, id_token_hint=ritas, prompt="login")
+    answered = await smart.login(flow, "sam")
+    assert answer(flow, answered)["error"] == "login_required"
+    assert SESSION_COOKIE not in smart.http.cookies
+
+
+async def test_an_origin_of_another_scheme_is_another_site(smart: Smart) -> None:
+    """Without Fetch Metadata, ``Origin`` must match the issuer's scheme too."""
+    await smart.add_client()
+    await smart.add_user("mallory", "radiologist")
+    flow = smart.request(SCOPE)
+    page = await smart.http.get("/auth/authorize", params=flow.params)
+    data = {**parse_form(page.text).fields, "username": "mallory", "password": PASSWORD}
+    sent = {"Origin": BASE.replace("http://", "https://"), "Host": "127.0.0.1:8080"}
+    forged = await smart.http.post("/auth/authorize", data=data, headers=sent)
+    assert forged.status_code == 403
+
+
+async def patients(client: httpx.AsyncClient, *ids: str) -> None:
+    for pid in ids:
+        stored = await client.put(
+            f"/fhir/Patient/{pid}", json={"resourceType": "Patient", "id": pid}
+        )
+        assert stored.status_code == 201, stored.text
+
+
+def _href(page: str, element_id: str) -> str:
+    found = re.search(rf'id={element_id} href="([^"]+)"', page)
+    assert found is not None, page
+    return html.unescape(found.group(1))

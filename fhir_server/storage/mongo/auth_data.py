@@ -29,6 +29,7 @@ from fhir_server.storage.auth_port import (
     UserRecord,
     from_doc,
     to_doc,
+    to_doc_fields,
 )
 from fhir_server.storage.mongo.journal import Database
 
@@ -213,6 +214,14 @@ class MongoAuthData:
 
     async def get_session(self, session_hash: str) -> SignInSession | None:
         return await self._find(SESSIONS, session_hash, SignInSession)
+
+    async def update_session(self, session_hash: str, changes: Mapping[str, Any]) -> bool:
+        update = to_doc_fields(changes)
+        if "expires_at" in update:
+            update["expires"] = datetime.fromtimestamp(update["expires_at"], tz=UTC)
+        with _mapped():
+            result = await self._db[SESSIONS].update_one({"_id": session_hash}, {"$set": update})
+        return result.matched_count == 1
 
     async def delete_session(self, session_hash: str) -> None:
         with _mapped():

@@ -25,6 +25,7 @@ from fhir_server.storage.auth_port import (
     UserRecord,
     from_doc,
     to_doc,
+    to_doc_fields,
 )
 
 T = TypeVar("T")
@@ -113,6 +114,16 @@ def _take(conn: sqlite3.Connection, table: str, key: str, value: str) -> tuple[s
         conn.execute("ROLLBACK")
         raise
     return None if row is None else (row[0], not row[1])
+
+
+def _update_session(conn: sqlite3.Connection, session_hash: str, changes: str) -> bool:
+    # one statement: the row is changed only if it still exists, never written back
+    merged = (
+        "UPDATE auth_sessions SET data = json_patch(data, ?),"
+        " expires_at = coalesce(json_extract(?, '$.expires_at'), expires_at)"
+        " WHERE session_hash = ?"
+    )
+    return conn.execute(merged, (changes, changes, session_hash)).rowcount == 1
 
 
 def _update_user(conn: sqlite3.Connection, user_id: str, changes: str) -> str | None:
@@ -301,6 +312,10 @@ class SqliteAuthData:
         sql = "SELECT data FROM auth_sessions WHERE session_hash = ?"
         data = await self._db.run_read(_one, sql, session_hash)
         return None if data is None else from_doc(SignInSession, json.loads(data))
+
+    async def update_session(self, session_hash: str, changes: Mapping[str, Any]) -> bool:
+        changed = json.dumps(to_doc_fields(changes), separators=(",", ":"))
+        return await self._db.run_write(_update_session, session_hash, changed)
 
     async def delete_session(self, session_hash: str) -> None:
         sql = "DELETE FROM auth_sessions WHERE session_hash = ?"
