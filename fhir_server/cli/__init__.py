@@ -98,57 +98,36 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _setting(p: argparse.ArgumentParser, name: str, kind: Callable[[str], Any], help: str) -> None:
+    """``--name`` for the Settings field ``name``: from the command line, else
+    ``RADHUB_NAME``, else the field's default."""
+    default = _env(name, getattr(Settings(), name))
+    p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=help)
+
+
 def _http_options(p: argparse.ArgumentParser) -> None:
-    defaults = Settings()
-    p.add_argument(
-        "--http-header-limit",
-        type=_count(1024),
-        default=_env("http_header_limit", defaults.http_header_limit),
-        help="bytes a request's line and header fields may take (431 beyond)",
-    )
-    p.add_argument(
-        "--http-header-timeout",
-        type=_seconds,
-        default=_env("http_header_timeout", defaults.http_header_timeout),
-        help="seconds a client has to send a request's head (408 after)",
-    )
-    p.add_argument(
-        "--http-body-timeout",
-        type=_seconds,
-        default=_env("http_body_timeout", defaults.http_body_timeout),
-        help="seconds a request body may stall before the request ends",
-    )
+    head = "bytes a request's line and header fields may take (431 beyond)"
+    _setting(p, "http_header_limit", _count(1024), head)
+    head_time = "seconds a client has to send a request's head (408 after)"
+    _setting(p, "http_header_timeout", _seconds, head_time)
+    body_time = "seconds a request body may stall before the request ends"
+    _setting(p, "http_body_timeout", _seconds, body_time)
 
 
 def _session_options(p: argparse.ArgumentParser) -> None:
-    defaults = Settings()
-    p.add_argument(
-        "--session-idle",
-        type=_count(60),
-        default=_env("session_idle", defaults.session_idle),
-        help="seconds a browser's sign-in session lasts unused",
-    )
-    p.add_argument(
-        "--session-max",
-        type=_count(60),
-        default=_env("session_max", defaults.session_max),
-        help="seconds a browser's sign-in session lasts at most",
-    )
+    _setting(p, "session_idle", _count(60), "seconds a browser's sign-in session lasts unused")
+    _setting(p, "session_max", _count(60), "seconds a browser's sign-in session lasts at most")
 
 
 def _archive_options(p: argparse.ArgumentParser) -> None:
-    defaults = Settings()
     p.add_argument(
         "--dicom-overwrite",
         action="store_true",
         default=_env("dicom_overwrite") == "1",
         help="let a different instance with a known SOP Instance UID replace it",
     )
-    p.add_argument(
-        "--default-patient-system",
-        default=_env("default_patient_system", defaults.default_patient_system),
-        help="Patient identifier system when DICOM has no IssuerOfPatientID",
-    )
+    no_issuer = "Patient identifier system when DICOM has no IssuerOfPatientID"
+    _setting(p, "default_patient_system", str, no_issuer)
     p.add_argument(
         "--patient-issuer",
         action="append",
@@ -157,22 +136,13 @@ def _archive_options(p: argparse.ArgumentParser) -> None:
         metavar="NAME=URI",
         help="identifier system of a local IssuerOfPatientID (repeatable)",
     )
-    p.add_argument(
-        "--qido-max-results",
-        type=_count(1),
-        default=_env("qido_max_results", defaults.qido_max_results),
-        help="most QIDO-RS results per page",
-    )
-    p.add_argument(
-        "--validation-workers",
-        type=_count(0),
-        default=_env("validation_workers", defaults.validation_workers),
-        help="processes validating large Bundles (0: in the server process)",
-    )
+    _setting(p, "qido_max_results", _count(1), "most QIDO-RS results per page")
+    workers = "processes validating large Bundles (0: in the server process)"
+    _setting(p, "validation_workers", _count(0), workers)
     p.add_argument(
         "--audit-in-process",
         action="store_true",
-        default=_env("audit_in_process") == "1" or not defaults.audit_process,
+        default=_env("audit_in_process") == "1" or not Settings().audit_process,
         help="write the audit trail in the server's process, not in one beside it",
     )
 
