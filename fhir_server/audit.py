@@ -110,6 +110,7 @@ AUTH_EVENTS: dict[str, EventCodes] = {
     "admin-user-create": EventCodes(SECURITY_ALERT, USER_ATTRIBUTES_CHANGED, "C"),
     "admin-user-update": EventCodes(SECURITY_ALERT, USER_ATTRIBUTES_CHANGED, "U"),
     "admin-user-delete": EventCodes(SECURITY_ALERT, USER_ATTRIBUTES_CHANGED, "D"),
+    "admin-sessions-end": EventCodes(USER_AUTHENTICATION, LOGOUT, "D"),
     "keys-rotate": EventCodes(SECURITY_ALERT, SECURITY_CONFIGURATION, "U"),
     "import": EventCodes(IMPORT, {"system": _INTERACTION, "code": "transaction"}),
     "import-batch": EventCodes(IMPORT, {"system": _INTERACTION, "code": "batch"}),

@@ -12,11 +12,21 @@ and ``radhub user add`` and over the same store port:
     GET    /auth/admin/users/{user_id}           one account
     PATCH  /auth/admin/users/{user_id}           roles, fhirUser, active, password, unlock
     DELETE /auth/admin/users/{user_id}           → 204
+    GET    /auth/admin/users/{user_id}/sessions  the user's live sign-in sessions
+    DELETE /auth/admin/users/{user_id}/sessions  sign the user out everywhere → 200
+    DELETE /auth/admin/users/{user_id}/sessions/{session_id}   end one → 204
 
 Who may call: a bearer token of a user holding the ``admin`` role *and*
 granted ``user/*.cruds`` (or v1 ``user/*.*``). The role alone is not enough:
 any SMART app an administrator signs in to carries the role, and should not
 be able to create accounts unless the administrator granted it everything.
+
+A sign-in session is the browser's at the authorization server (``smart.sessions``):
+ending it makes that browser's next trip through ``/auth/authorize`` ask for the
+password (a workstation left signed in, a badge reported lost). It does not revoke
+tokens already issued to apps; revoke those at ``/auth/revoke``, or deactivate the
+account. Deactivating, deleting, or changing an account's password, roles or fhirUser
+ends its sessions here at once.
 
 Secrets: a client secret is generated here (256 bits), returned once in the
 201 (or the rotation) response with ``Cache-Control: no-store``, and stored
@@ -43,7 +53,7 @@ from fhir_server.access import AuthContext, TokenVerifier, bearer_challenge, bea
 from fhir_server.audit import AuditRecord
 from fhir_server.errors import FhirError, Forbidden
 from fhir_server.interactions.services import utc_now
-from fhir_server.storage.auth_port import AuthData, ClientRecord, UserRecord
+from fhir_server.storage.auth_port import AuthData, ClientRecord, SignInSession, UserRecord
 from smart.admin_models import (
     AlreadyExists,
     InvalidClientMetadata,
@@ -51,11 +61,13 @@ from smart.admin_models import (
     client_from_metadata,
     client_view,
     new_user,
+    session_view,
     user_changes,
     user_view,
 )
 from smart.errors import NO_STORE, OAuthError
 from smart.secrets import hash_secret, new_token
+from smart.sessions import account_stamp, signs_in
 from smart.users import Accounts
 
 PREFIX = "/auth/admin"
@@ -112,6 +124,14 @@ class AdminApi:
             ("/users/{user_id}", "GET", "admin-read", self.read_user),
             ("/users/{user_id}", "PATCH", "admin-user-update", self.update_user),
             ("/users/{user_id}", "DELETE", "admin-user-delete", self.delete_user),
+            ("/users/{user_id}/sessions", "GET", "admin-read", self.list_sessions),
+            ("/users/{user_id}/sessions", "DELETE", "admin-sessions-end", self.end_sessions),
+            (
+                "/users/{user_id}/sessions/{session_id}",
+                "DELETE",
+                "admin-sessions-end",
+                self.end_session,
+            ),
         ]
         for path, method, event, handler in routes:
             router.add_api_route(
@@ -251,16 +271,57 @@ class AdminApi:
         if updated is None:
             raise NotFound(f"no user {user.id!r}")
         what = f"user {user.id}: {', '.join(sorted(changes)) or 'nothing'} changed"
+        if not updated.is_active or account_stamp(updated) != account_stamp(user):
+            ended = await self._auth.delete_sessions(user.id)
+            what += f"; {_sessions(ended)} ended"
         return JSONResponse(user_view(updated, self._clock())), what
 
     async def delete_user(self, request: Request, ctx: AuthContext) -> tuple[Response, str]:
-        """Delete a user account"""
+        """Delete a user account (its sign-in sessions end with it)"""
         user = await self._user(request.path_params["user_id"])
         await self._auth.delete_user(user.id)
-        return Response(status_code=204), f"user {user.id} deleted"
+        ended = await self._auth.delete_sessions(user.id)
+        return Response(status_code=204), f"user {user.id} deleted; {_sessions(ended)} ended"
+
+    # -- sign-in sessions ---------------------------------------------------------------
+
+    async def list_sessions(self, request: Request, ctx: AuthContext) -> tuple[Response, str]:
+        """List a user's live sign-in sessions"""
+        user, live = await self._live_sessions(request.path_params["user_id"])
+        body = [session_view(s) for s in live]
+        return JSONResponse(body), f"user {user.id}: {_sessions(len(live))} listed"
+
+    async def end_sessions(self, request: Request, ctx: AuthContext) -> tuple[Response, str]:
+        """Sign a user out everywhere: end all of their sign-in sessions"""
+        user = await self._user(request.path_params["user_id"])
+        ended = await self._auth.delete_sessions(user.id)
+        return JSONResponse({"ended": ended}), f"user {user.id}: {_sessions(ended)} ended"
+
+    async def end_session(self, request: Request, ctx: AuthContext) -> tuple[Response, str]:
+        """End one of a user's sign-in sessions"""
+        session_id = request.path_params["session_id"]
+        user, live = await self._live_sessions(request.path_params["user_id"])
+        session = next((s for s in live if session_view(s)["id"] == session_id), None)
+        if session is None:
+            raise NotFound(f"no live sign-in session {session_id!r} of user {user.id!r}")
+        await self._auth.delete_session(session.session_hash)
+        return Response(status_code=204), f"user {user.id}: sign-in session {session_id} ended"
+
+    async def _live_sessions(self, user_id: str) -> tuple[UserRecord, list[SignInSession]]:
+        """The user, and those of their sessions that still sign them in (an expired
+        one, or one from before an account change, no longer does)."""
+        user = await self._user(user_id)
+        now = self._clock()
+        sessions = await self._auth.list_sessions(user.id)
+        live = [s for s in sessions if signs_in(s, user, now)]
+        return user, live
 
     async def _user(self, user_id: str) -> UserRecord:
         return _found(await self._auth.get_user(user_id), f"user {user_id!r}")
+
+
+def _sessions(count: int) -> str:
+    return f"{count} sign-in session{'' if count == 1 else 's'}"
 
 
 def _found(record: T | None, what: str) -> T:

@@ -16,6 +16,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from joserfc.errors import JoseError
@@ -23,7 +24,7 @@ from joserfc.jwk import KeySet
 
 from fhir_server.access import ScopeSet
 from fhir_server.access.roles import ROLES
-from fhir_server.storage.auth_port import ClientKind, ClientRecord, UserRecord
+from fhir_server.storage.auth_port import ClientKind, ClientRecord, SignInSession, UserRecord
 from smart.errors import OAuthError
 from smart.jwks_fetch import (
     LOOPBACK_HOSTS,
@@ -244,6 +245,22 @@ def user_view(user: UserRecord, now: float) -> dict[str, Any]:
         "active": user.is_active,
         "locked": user.locked_until > now,
     }
+
+
+def session_view(session: SignInSession) -> dict[str, Any]:
+    """A sign-in session as the API shows it. Its ``id`` is a prefix of the cookie's
+    digest: it names the session and cannot be turned back into the cookie."""
+    return {
+        "id": session.session_hash[:16],
+        "signedInAt": _instant(session.auth_time),
+        "idleUntil": _instant(session.expires_at),
+        "endsBy": _instant(session.ends_at),
+        "apps": sorted({c.client_id for c in session.consents}),
+    }
+
+
+def _instant(seconds: float) -> str:
+    return datetime.fromtimestamp(int(seconds), tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 def password_of(body: Mapping[str, Any]) -> str:

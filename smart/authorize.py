@@ -46,7 +46,7 @@ from smart.launch import Launches
 from smart.patients import PatientPicker
 from smart.scopes import cap_to_client, cap_to_roles, has_resource_scope, split
 from smart.secrets import digest, new_token
-from smart.sessions import Sessions, account_stamp, consent_for
+from smart.sessions import Sessions, consent_for, signs_in
 from smart.tickets import Tickets
 from smart.users import Accounts, LockedOut
 
@@ -252,10 +252,11 @@ class AuthorizeFlow:
         (failed logins, perhaps someone else's) only suspends it."""
         if user is None or user.id != session.user_id:
             return False
-        if not user.is_active or account_stamp(user) != session.account_stamp:
+        now = self._clock()
+        if not signs_in(session, user, now):
             await self._sessions.drop(session)
             return False
-        return user.locked_until <= self._clock()
+        return user.locked_until <= now
 
     async def _remembered(
         self,

@@ -143,6 +143,18 @@ def account_stamp(user: UserRecord) -> str:
     return digest(what)[:16]
 
 
+def signs_in(session: SignInSession, user: UserRecord, now: float) -> bool:
+    """Whether ``session`` still signs ``user`` in: not past its limits, the account
+    active and unchanged since the sign-in. (A lock only suspends a session: it is not
+    looked at here.)"""
+    return (
+        session.user_id == user.id
+        and now < session.expires_at
+        and user.is_active
+        and account_stamp(user) == session.account_stamp
+    )
+
+
 def consent_for(session: SignInSession, client_id: str) -> Consent | None:
     """What the session's user decided for this client, if anything."""
     return next((c for c in session.consents if c.client_id == client_id), None)

@@ -228,6 +228,12 @@ class AuthData(Protocol):
 
     async def delete_session(self, session_hash: str) -> None: ...
 
+    async def list_sessions(self, user_id: str) -> list[SignInSession]:
+        """A user's sessions, expired ones included, oldest sign-in first."""
+
+    async def delete_sessions(self, user_id: str) -> int:
+        """End every session of a user; returns how many there were."""
+
     async def use_jti(self, key: str, expires_at: float) -> bool:
         """Record a one-time ``jti``; False if it was seen before (a replay)."""
 

@@ -181,6 +181,22 @@ async def test_a_session_is_updated_in_place_and_never_brought_back(
     assert await store.auth.get_session("s1") is None
 
 
+async def test_a_users_sessions_are_listed_and_ended_together(store: Store, now: float) -> None:
+    later = SignInSession("s-b", "u1", now - 5, now + 600, now + 3600)
+    earlier = SignInSession("s-a", "u1", now - 50, now + 60, now + 3600, account_stamp="p")
+    other = SignInSession("s-c", "u2", now - 9, now + 600, now + 3600)
+    for session in (later, earlier, other):
+        await store.auth.put_session(session)
+    assert await store.auth.update_session("s-a", {"expires_at": now + 120})
+    assert await store.auth.list_sessions("u1") == [replace(earlier, expires_at=now + 120), later]
+    assert await store.auth.list_sessions("nobody") == []
+    assert await store.auth.delete_sessions("u1") == 2
+    assert await store.auth.list_sessions("u1") == []
+    assert await store.auth.get_session("s-a") is None
+    assert await store.auth.get_session("s-c") == other
+    assert await store.auth.delete_sessions("u1") == 0
+
+
 async def test_jti_used_once(store: Store, now: float) -> None:
     assert await store.auth.use_jti("app:j1", now + 300)
     assert not await store.auth.use_jti("app:j1", now + 300)

@@ -20,9 +20,11 @@ from fhir_server.storage.auth_port import ClientRecord
 from fhir_server.storage.base import Store
 from smart.secrets import password_helper
 from smart.users import Accounts
+from tests.conftest import MintToken
 from tests.smart_pages import PageForm, parse_form, pkce_pair  # parse_form: re-exported
 
 BASE = "http://radhub.test"
+ADMIN = "Practitioner/adm"  # the fhirUser of the ``admin`` fixture's token
 AUD = f"{BASE}/fhir"
 REDIRECT = "https://app.example.org/callback"
 PASSWORD = "correct horse battery staple"
@@ -161,3 +163,13 @@ async def audit_events(
 @pytest.fixture
 async def smart(app: FastAPI, anon: httpx.AsyncClient) -> AsyncIterator[Smart]:
     yield Smart(anon, app.state.services.store)
+
+
+@pytest.fixture
+async def admin(app: FastAPI, mint: MintToken) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client carrying an admin user's token granted everything (the admin API's
+    caller)."""
+    token = mint("user/*.cruds", roles=["admin"], fhir_user=ADMIN, subject="adm")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=BASE, headers=bearer(token)) as c:
+        yield c

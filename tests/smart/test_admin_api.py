@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -21,19 +20,10 @@ from smart.admin_models import MAX_SCOPE_LENGTH
 from smart.users import Accounts, is_username
 from tests.conftest import MintToken
 
-from .conftest import BASE, PASSWORD, REDIRECT, Smart, audit_events, bearer
+from .conftest import ADMIN, BASE, PASSWORD, REDIRECT, Smart, audit_events, bearer
 
-ADMIN = "Practitioner/adm"
 CLIENTS = "/auth/admin/clients"
 USERS = "/auth/admin/users"
-
-
-@pytest.fixture
-async def admin(app: FastAPI, mint: MintToken) -> AsyncIterator[httpx.AsyncClient]:
-    token = mint("user/*.cruds", roles=["admin"], fhir_user=ADMIN, subject="adm")
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url=BASE, headers=bearer(token)) as c:
-        yield c
 
 
 def basic(client_id: str, secret: str) -> dict[str, str]:

@@ -6,24 +6,13 @@ launch left no AuditEvent at all."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
-from fastapi import FastAPI
 
 from tests.conftest import MintToken
 
-from .conftest import BASE, Smart, audit_events, bearer, parse_form
-
-
-@pytest.fixture
-async def admin(app: FastAPI, mint: MintToken) -> AsyncIterator[httpx.AsyncClient]:
-    token = mint("user/*.cruds", roles=["admin"], fhir_user="Practitioner/adm", subject="adm")
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url=BASE, headers=bearer(token)) as c:
-        yield c
+from .conftest import Smart, audit_events, bearer, parse_form
 
 
 def names_client_and_address(event: dict[str, Any], client_id: str) -> bool:

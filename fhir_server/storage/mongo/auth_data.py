@@ -85,6 +85,8 @@ class MongoAuthData:
             grant = [IndexModel([("grant.grant_id", ASCENDING)])]
             await self._db[REFRESH].create_indexes(grant)
             await self._db[ISSUED].create_indexes([IndexModel([("grant_id", ASCENDING)])])
+            by_user = IndexModel([("user_id", ASCENDING), ("auth_time", ASCENDING)])
+            await self._db[SESSIONS].create_indexes([by_user])
             for name in _EXPIRING:
                 ttl = IndexModel([("expires", ASCENDING)], expireAfterSeconds=0)
                 await self._db[name].create_indexes([ttl])
@@ -226,6 +228,17 @@ class MongoAuthData:
     async def delete_session(self, session_hash: str) -> None:
         with _mapped():
             await self._db[SESSIONS].delete_one({"_id": session_hash})
+
+    async def list_sessions(self, user_id: str) -> list[SignInSession]:
+        order = [("auth_time", ASCENDING), ("_id", ASCENDING)]
+        with _mapped():
+            docs = await self._db[SESSIONS].find({"user_id": user_id}).sort(order).to_list(None)
+        return [from_doc(SignInSession, doc) for doc in docs]
+
+    async def delete_sessions(self, user_id: str) -> int:
+        with _mapped():
+            result = await self._db[SESSIONS].delete_many({"user_id": user_id})
+        return result.deleted_count
 
     async def use_jti(self, key: str, expires_at: float) -> bool:
         doc = {"_id": key, "expires_at": expires_at}

@@ -51,6 +51,9 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS auth_jti(key TEXT PRIMARY KEY, expires_at REAL NOT NULL)",
     """CREATE TABLE IF NOT EXISTS auth_sessions(
         session_hash TEXT PRIMARY KEY, data TEXT NOT NULL, expires_at REAL NOT NULL)""",
+    # the admin API lists and ends a user's sessions
+    """CREATE INDEX IF NOT EXISTS auth_sessions_user
+        ON auth_sessions(json_extract(data, '$.user_id'))""",
 )
 
 _EXPIRING = (
@@ -87,8 +90,8 @@ def _one(conn: sqlite3.Connection, sql: str, *args: Any) -> Any:
     return None if row is None else row[0]
 
 
-def _all(conn: sqlite3.Connection, sql: str) -> list[Any]:
-    return [row[0] for row in conn.execute(sql)]
+def _rows(conn: sqlite3.Connection, sql: str, *args: Any) -> list[Any]:
+    return [row[0] for row in conn.execute(sql, args)]
 
 
 def _execute(conn: sqlite3.Connection, sql: str, *args: Any) -> int:
@@ -208,7 +211,7 @@ class SqliteAuthData:
         return await self._db.run_write(_execute, sql, client_id) > 0
 
     async def list_clients(self) -> list[ClientRecord]:
-        rows = await self._db.run_read(_all, "SELECT data FROM auth_clients ORDER BY client_id")
+        rows = await self._db.run_read(_rows, "SELECT data FROM auth_clients ORDER BY client_id")
         return [from_doc(ClientRecord, json.loads(data)) for data in rows]
 
     # -- users ----------------------------------------------------------------------
@@ -235,7 +238,7 @@ class SqliteAuthData:
         await self._db.run_write(_execute, "DELETE FROM auth_users WHERE id = ?", user_id)
 
     async def list_users(self) -> list[UserRecord]:
-        rows = await self._db.run_read(_all, "SELECT data FROM auth_users ORDER BY name, id")
+        rows = await self._db.run_read(_rows, "SELECT data FROM auth_users ORDER BY name, id")
         return [from_doc(UserRecord, json.loads(data)) for data in rows]
 
     # -- codes and refresh tokens ---------------------------------------------------
@@ -320,6 +323,18 @@ class SqliteAuthData:
     async def delete_session(self, session_hash: str) -> None:
         sql = "DELETE FROM auth_sessions WHERE session_hash = ?"
         await self._db.run_write(_execute, sql, session_hash)
+
+    async def list_sessions(self, user_id: str) -> list[SignInSession]:
+        sql = (
+            "SELECT data FROM auth_sessions WHERE json_extract(data, '$.user_id') = ?"
+            " ORDER BY json_extract(data, '$.auth_time'), session_hash"
+        )
+        rows = await self._db.run_read(_rows, sql, user_id)
+        return [from_doc(SignInSession, json.loads(data)) for data in rows]
+
+    async def delete_sessions(self, user_id: str) -> int:
+        sql = "DELETE FROM auth_sessions WHERE json_extract(data, '$.user_id') = ?"
+        return await self._db.run_write(_execute, sql, user_id)
 
     async def use_jti(self, key: str, expires_at: float) -> bool:
         sql = "INSERT INTO auth_jti(key, expires_at) VALUES (?, ?)"
