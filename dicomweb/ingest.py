@@ -17,8 +17,10 @@ Outcomes per instance (PS3.18 §10.5.3, Table I.2-2 failure reasons): stored;
 identical re-send (stored, no duplicate); a different instance under a known
 SOP Instance UID (0x0111, unless ``overwrite``); not DICOM or incomplete
 (0xC000 and friends from ``ingest_parse``); a Study Instance UID other than the
-one the STOW URL names (0xA900); a batch the disk or the index had no room for
-(0xA700, Out of Resources), or that failed otherwise (0x0110).
+one the STOW URL names (0xA900); a Patient ID or issuer other than that of the
+study the instance joins (0xA900; the study keeps its first patient); a batch
+the disk or the index had no room for (0xA700, Out of Resources), or that failed
+otherwise (0x0110).
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ log = logging.getLogger(__name__)
 # A study UID in the STOW-RS URL that the instance does not carry: reported as
 # 0xA900, as major archives do (PS3.18 §10.5.3 leaves the code to the server).
 STUDY_UID_MISMATCH = DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+# An instance naming another patient than the study it joins holds (a wrong-patient
+# image): refused, 0xA900 likewise, so that one patient's study never shows another's
+# images or demographics, nor moves to them.
+PATIENT_MISMATCH = DATA_SET_DOES_NOT_MATCH_SOP_CLASS
 DEFAULT_BATCH_SIZE = 64
 PARSE_IN_MEMORY = 4 * 1024 * 1024
 DESCRIBE_AHEAD = 4  # instances received but not yet described, at most (plus one)
@@ -265,10 +271,10 @@ class IngestService:
                 await self._discard([r])
                 report.failed.append(_refusal(exc))
                 continue
-            except Exception as exc:  # a fault in describing it: this instance alone fails
+            except Exception:  # a fault in describing it: this instance alone fails
                 log.exception("describing a received instance failed")
                 await self._discard([r])
-                report.failed.append(Failed(PROCESSING_FAILURE, f"could not be read: {exc}"))
+                report.failed.append(Failed(PROCESSING_FAILURE, "could not be read (a fault here)"))
                 continue
             h = described.header
             if expected_study is not None and h.study_instance_uid != expected_study:
@@ -299,9 +305,9 @@ class IngestService:
                 except InstanceRejected as refused:
                     report.failed.append(_refusal(refused))
                 except Exception as unstaged:  # its own staging failed: nothing to describe
-                    report.failed.append(Failed(failure_reason(unstaged), str(unstaged)))
+                    report.failed.append(failure(unstaged))
                 else:
-                    report.failed.append(_failed(header, failure_reason(exc), str(exc)))
+                    report.failed.append(failure(exc, header))
             return
         accepted = await self._accepted(received, report, expected_study)
         if not accepted:
@@ -324,9 +330,7 @@ class IngestService:
                 results = await self._index.store_batch(records, overwrite=self._options.overwrite)
             except Exception as exc:
                 log.exception("storing a batch of %d instances failed", len(accepted))
-                reason = failure_reason(exc)
-                failed = (_failed(a.described.header, reason, str(exc)) for a in accepted)
-                report.failed.extend(failed)
+                report.failed.extend(failure(exc, a.described.header) for a in accepted)
                 await self._forget(uids)
                 for a in accepted:  # those the failed adoption left in staging
                     await self._blobs.discard(a.staged)
@@ -360,6 +364,14 @@ class IngestService:
             message = f"SOP Instance {h.sop_instance_uid} is stored with different content"
             report.failed.append(_failed(h, DUPLICATE_SOP_INSTANCE, message))
             return None
+        if result.outcome == "other-patient":
+            await self._remove(pending.blob.key)
+            message = (
+                f"Study {h.study_instance_uid} is stored for another patient: this instance's"
+                " Patient ID or Issuer of Patient ID differs (a wrong-patient image?)"
+            )
+            report.failed.append(_failed(h, PATIENT_MISMATCH, message))
+            return None
         if result.previous is not None and result.previous.key != pending.blob.key:
             await self._remove(result.previous.key)
         report.stored.append(
@@ -384,6 +396,20 @@ async def _without_data(staging: Awaitable[StagedBlob]) -> StagedBlob:
 
 def _failed(h: InstanceHeader, reason: int, message: str) -> Failed:
     return Failed(reason, message, h.sop_class_uid, h.sop_instance_uid)
+
+
+def failure(exc: BaseException, header: InstanceHeader | None = None) -> Failed:
+    """How an instance that failed on a fault of the archive's (logged where it happened)
+    is reported: its reason, and words that never carry the fault's own text, which
+    may name server paths (an OSError names its file)."""
+    reason = failure_reason(exc)
+    if reason == OUT_OF_RESOURCES:
+        message = "the archive is out of room; send it again later"
+    else:
+        message = "the archive could not store it (a fault here, logged)"
+    if header is None:
+        return Failed(reason, message)
+    return _failed(header, reason, message)
 
 
 def failure_reason(exc: BaseException) -> int:

@@ -268,7 +268,14 @@ def _record(
         instance_number=h.instance_number,
         patient_ref=patient_ref,
         extra=_pixel_extra(h, pixel),
+        patient_key=patient_key(h),
     )
+
+
+def patient_key(h: InstanceHeader) -> str:
+    """Who the instance says its patient is, as the index compares it: Patient ID and
+    Issuer of Patient ID exactly ("\\" cannot occur in either, a LO value)."""
+    return f"{h.patient_id or ''}\\{h.issuer_of_patient_id or ''}"
 
 
 def _check_element_counts(h: InstanceHeader, full: JsonDataset) -> None:

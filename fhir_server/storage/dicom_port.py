@@ -30,7 +30,7 @@ KeyDeriver = Callable[[DicomLevel, Json], MatchKeys]
 # The match key of ModalitiesInStudy, maintained by the index from series rows.
 MODALITIES_KEY = "00080061"
 
-StoreOutcome = Literal["stored", "duplicate", "replaced", "conflict"]
+StoreOutcome = Literal["stored", "duplicate", "replaced", "conflict", "other-patient"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +62,9 @@ class InstanceRecord:
     instance_number: int | None = None
     patient_ref: str | None = None
     extra: Json = field(default_factory=dict)
+    # who the instance says its patient is (its caller's encoding of Patient ID and
+    # issuer): a study keeps the first one, and refuses instances naming another
+    patient_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +224,9 @@ class DicomIndex(Protocol):
 
         An identical re-send (same SHA-256) is a ``duplicate``; a different
         instance under a known SOP Instance UID is a ``conflict`` unless
-        ``overwrite``, when it is ``replaced``.
+        ``overwrite``, when it is ``replaced``; an instance whose ``patient_key``
+        is not its study's (a wrong-patient image) is ``other-patient``, and
+        nothing of it is written.
         """
 
     async def study(self, study_uid: str) -> StudyRow | None:

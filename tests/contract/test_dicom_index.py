@@ -29,6 +29,7 @@ def record(
     date: str = "20240105",
     number: int | None = None,
     patient: str | None = None,
+    patient_key: str | None = "PA\\",
 ) -> InstanceRecord:
     sha = hashlib.sha256(f"{sop}{content}".encode()).hexdigest()
     return InstanceRecord(
@@ -48,6 +49,7 @@ def record(
         instance_number=number,
         patient_ref=patient,
         extra={"frames": 1},
+        patient_key=patient_key,
     )
 
 
@@ -94,6 +96,41 @@ async def test_series_uid_under_another_study_is_refused(store: Store) -> None:
     (result,) = await store.dicom.store_batch([record("2.2", "9.9", "2.2.9.1")])
     assert result.outcome == "conflict"
     assert await store.dicom.study("2.2") is None
+
+
+async def test_an_instance_of_another_patient_never_joins_a_study(store: Store) -> None:
+    """A wrong-patient image: refused whether the study was stored before or earlier in
+    the same batch, with nothing of it written; an identical re-send stays a duplicate."""
+    first = record("1.1", "1.1.1", "1.1.1.1", name="alpha^a")
+    await store.dicom.store_batch([first])
+    stray = record("1.1", "1.1.9", "1.1.9.1", name="beta^b", patient_key="PB\\")
+    same_batch = [
+        record("2.1", "2.1.1", "2.1.1.1"),
+        record("2.1", "2.1.2", "2.1.2.1", patient_key="PA\\other-issuer"),
+    ]
+    results = await store.dicom.store_batch([stray, first, *same_batch])
+    assert [r.outcome for r in results] == ["other-patient", "duplicate", "stored", "other-patient"]
+    assert [s.uid for s in await store.dicom.series_of("1.1")] == ["1.1.1"]
+    assert [s.uid for s in await store.dicom.series_of("2.1")] == ["2.1.1"]
+    page = await store.dicom.search(
+        DicomQuery("study", study_filters=(KeyFilter(NAME, "eq", ("beta^b",)),))
+    )
+    assert page.matches == []
+    # the same patient's next instance joins it
+    joined = await store.dicom.store_batch([record("1.1", "1.1.2", "1.1.2.1")])
+    assert [r.outcome for r in joined] == ["stored"]
+
+
+async def test_a_study_indexed_before_patient_keys_takes_the_first_one_it_sees(
+    store: Store,
+) -> None:
+    await store.dicom.store_batch([record("1.1", "1.1.1", "1.1.1.1", patient_key=None)])
+    later = [
+        record("1.1", "1.1.2", "1.1.2.1"),
+        record("1.1", "1.1.3", "1.1.3.1", patient_key="PB\\"),
+    ]
+    results = await store.dicom.store_batch(later)
+    assert [r.outcome for r in results] == ["stored", "other-patient"]
 
 
 async def test_search_filters(store: Store) -> None:

@@ -26,7 +26,7 @@ from dicomweb.imaging_study import (
     name_text,
     patient_identifier,
 )
-from dicomweb.ingest import Failed, IngestOptions, IngestService, Stored, failure_reason
+from dicomweb.ingest import Failed, IngestOptions, IngestService, Stored, failure, failure_reason
 from dicomweb.ingest_parse import OUT_OF_RESOURCES, PROCESSING_FAILURE, InstanceRejected
 from dicomweb.records import split_levels
 from fhir_server.resources.worker_pool import WorkerPool
@@ -180,6 +180,22 @@ def test_failure_reason(error: Exception, reason: int) -> None:
     assert failure_reason(error) == reason
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device", "/srv/radhub/blobs/ab/cd/x.dcm"),
+        OSError(errno.EIO, "Input/output error", "/srv/radhub/blobs/staging/tmp1"),
+        _wrapped(sqlite3.OperationalError("unable to open /srv/radhub/radhub.db")),
+    ],
+)
+def test_a_fault_is_reported_without_its_own_words(error: Exception) -> None:
+    """A client is told the reason and what to do, never the fault's text, which names
+    server paths (the fault is logged where it happened)."""
+    reported = failure(error)
+    assert reported.reason == failure_reason(error)
+    assert "/srv/radhub" not in reported.message and "error" not in reported.message
+
+
 async def test_an_index_without_room_fails_the_batch_out_of_resources(
     store: SqliteStore, tmp_path: Path
 ) -> None:
@@ -218,7 +234,7 @@ async def test_a_failed_staging_write_fails_the_batch_and_keeps_nothing(
     report = await service.ingest(stream(*good))
     assert report.stored == []
     assert [f.reason for f in report.failed] == [OUT_OF_RESOURCES] * 3
-    assert "No space left" in report.failed[1].message
+    assert "out of room" in report.failed[1].message
     assert await store.dicom.instances("1.5") == []
     assert not [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
 

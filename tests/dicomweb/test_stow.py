@@ -97,6 +97,30 @@ async def test_duplicate_and_conflicting_sop_instance(client: httpx.AsyncClient)
     assert len(found) == 1
 
 
+async def test_a_wrong_patient_image_never_joins_the_study(client: httpx.AsyncClient) -> None:
+    """An instance naming another Patient ID (or issuer) than the study it joins holds:
+    refused (0xA900), told why, and the study's patient, demographics and series stay."""
+    first = make_instance("1.2.3", "1.2.3.1", "1.2.3.1.1", patient_id="PA", name="Alpha^A")
+    assert (await stow(client, multipart(first))).status_code == 200
+    stray = make_instance("1.2.3", "1.2.3.9", "1.2.3.9.1", patient_id="PB", name="Beta^B")
+    more = make_instance("1.2.3", "1.2.3.1", "1.2.3.1.2", patient_id="PA", name="Alpha^A")
+    response = await stow(client, multipart(stray, more))
+    assert response.status_code == 202
+    failed = response.json()[FAILED]["Value"]
+    assert [(f[SOP]["Value"][0], f[REASON]["Value"][0]) for f in failed] == [("1.2.3.9.1", 0xA900)]
+    assert "another patient" in response.headers["warning"]
+    assert "PB" not in response.headers["warning"] and "PA" not in response.headers["warning"]
+    (study,) = (await client.get("/dicomweb/studies", params={"StudyInstanceUID": "1.2.3"})).json()
+    assert study["00100020"]["Value"] == ["PA"]
+    assert study["00100010"]["Value"] == [{"Alphabetic": "Alpha^A"}]
+    assert study["00201208"]["Value"] == [2]
+    gone = await client.get("/dicomweb/studies/1.2.3/series/1.2.3.9/metadata")
+    assert gone.status_code == 404
+    # another patient's study of its own is stored as usual
+    own = make_instance("7.7", "7.7.1", "7.7.1.1", patient_id="PB", name="Beta^B")
+    assert (await stow(client, multipart(own))).status_code == 200
+
+
 async def test_bad_media_types_and_bodies(client: httpx.AsyncClient) -> None:
     wrong = await client.post(
         "/dicomweb/studies", content=b"{}", headers={"Content-Type": "application/json"}

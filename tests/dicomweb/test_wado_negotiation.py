@@ -84,7 +84,11 @@ def with_overlay(data: bytes, *, big_endian: bool = False) -> bytes:
 
 LOSSY = bundled("JPEG-lossy.dcm").read_bytes()  # 12-bit JPEG no installed decoder reads
 LOSSY_STUDY, _, _ = uids_of(LOSSY)
-CT = make_instance(LOSSY_STUDY, f"{LOSSY_STUDY}.7", f"{LOSSY_STUDY}.7.1", number=1)
+LOSSY_PATIENT = str(dcmread(io.BytesIO(LOSSY), stop_before_pixels=True).PatientID)
+# (an instance joins a study only under the study's patient)
+CT = make_instance(
+    LOSSY_STUDY, f"{LOSSY_STUDY}.7", f"{LOSSY_STUDY}.7.1", number=1, patient_id=LOSSY_PATIENT
+)
 VIDEO_STUDY = "1.2.826.0.1.3680043.10.9"
 CT_OF_VIDEO = make_instance(VIDEO_STUDY, f"{VIDEO_STUDY}.1", f"{VIDEO_STUDY}.1.1")
 MPEG = mpeg2_of(VIDEO_STUDY, f"{VIDEO_STUDY}.2", f"{VIDEO_STUDY}.2.1")

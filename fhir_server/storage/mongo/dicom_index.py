@@ -109,7 +109,11 @@ class MongoDicomIndex:
         elsewhere = series is not None and series["study"] != rec.study_uid
         if (old is not None and not overwrite) or elsewhere:
             return StoreResult(rec.sop_uid, "conflict")
-        await self._upsert_parents(rec)
+        study = await self._db[STUDIES].find_one({"_id": rec.study_uid}, {"pkey": 1})
+        known = None if study is None else study.get("pkey")
+        if known is not None and known != rec.patient_key:
+            return StoreResult(rec.sop_uid, "other-patient")
+        await self._upsert_parents(rec, set_key=known is None)
         previous = None
         if old is not None:
             previous = blob_location(old)
@@ -119,10 +123,12 @@ class MongoDicomIndex:
         touched.add(rec.series_uid)
         return StoreResult(rec.sop_uid, "replaced" if previous else "stored", previous)
 
-    async def _upsert_parents(self, rec: InstanceRecord) -> None:
+    async def _upsert_parents(self, rec: InstanceRecord, *, set_key: bool) -> None:
         study: Doc = {"attrs": rec.study_attrs, "skeys": _keys(rec.study_keys)}
         if rec.patient_ref is not None:
             study["patient"] = rec.patient_ref
+        if set_key and rec.patient_key is not None:
+            study["pkey"] = rec.patient_key  # the study's first patient stays its patient
         await self._db[STUDIES].update_one({"_id": rec.study_uid}, {"$set": study}, upsert=True)
         series = {
             "study": rec.study_uid,

@@ -72,6 +72,7 @@ SCHEMA = (
 ADDED_COLUMNS = (
     ("dicom_study", "rev", "INTEGER NOT NULL DEFAULT 0"),
     ("dicom_study", "synced_rev", "INTEGER NOT NULL DEFAULT 0"),
+    ("dicom_study", "patient_key", "TEXT"),
 )
 
 
@@ -99,30 +100,43 @@ def _set_keys(conn: sqlite3.Connection, level: str, pk: int, keys: MatchKeys) ->
 # Within one batch, the study and series rows an instance would write again
 # exactly as the previous instance of the batch wrote them (the usual case: a
 # batch is one study's instances) are left as they are: by uid, what was written.
-Written = dict[str, tuple[int, object]]
+Written = dict[str, tuple[int, tuple[Any, ...]]]
 
 
 def _upsert_study(conn: sqlite3.Connection, rec: InstanceRecord, written: Written) -> int:
-    state = (rec.study_attrs, rec.study_keys, rec.patient_ref)
+    state = (rec.study_attrs, rec.study_keys, rec.patient_ref, rec.patient_key)
     done = written.get(rec.study_uid)
     if done is not None and done[1] == state:
         return done[0]
     found = conn.execute("SELECT pk FROM dicom_study WHERE uid = ?", (rec.study_uid,)).fetchone()
     if found is None:
         cur = conn.execute(
-            "INSERT INTO dicom_study(uid, attrs, patient_ref) VALUES (?, ?, ?)",
-            (rec.study_uid, _dumps(rec.study_attrs), rec.patient_ref),
+            "INSERT INTO dicom_study(uid, attrs, patient_ref, patient_key) VALUES (?, ?, ?, ?)",
+            (rec.study_uid, _dumps(rec.study_attrs), rec.patient_ref, rec.patient_key),
         )
         pk = int(cur.lastrowid or 0)
     else:
         pk = int(found[0])
         conn.execute(
-            "UPDATE dicom_study SET attrs = ?, patient_ref = COALESCE(?, patient_ref) WHERE pk = ?",
-            (_dumps(rec.study_attrs), rec.patient_ref, pk),
+            "UPDATE dicom_study SET attrs = ?, patient_ref = COALESCE(?, patient_ref),"
+            " patient_key = COALESCE(patient_key, ?) WHERE pk = ?",
+            (_dumps(rec.study_attrs), rec.patient_ref, rec.patient_key, pk),
         )
     _set_keys(conn, "study", pk, rec.study_keys)
     written[rec.study_uid] = (pk, state)
     return pk
+
+
+def _other_patient(conn: sqlite3.Connection, rec: InstanceRecord, written: Written) -> bool:
+    """True when the study is indexed for another patient than the instance names."""
+    done = written.get(rec.study_uid)
+    if done is not None:
+        known = done[1][3]  # the state _upsert_study wrote
+    else:
+        sql = "SELECT patient_key FROM dicom_study WHERE uid = ?"
+        row = conn.execute(sql, (rec.study_uid,)).fetchone()
+        known = None if row is None else row[0]
+    return known is not None and known != rec.patient_key
 
 
 def _series_elsewhere(conn: sqlite3.Connection, rec: InstanceRecord) -> bool:
@@ -180,6 +194,8 @@ def _store_one(
         return StoreResult(rec.sop_uid, "duplicate")
     if (old is not None and not overwrite) or _series_elsewhere(conn, rec):
         return StoreResult(rec.sop_uid, "conflict")
+    if _other_patient(conn, rec, written[0]):
+        return StoreResult(rec.sop_uid, "other-patient")
     study_pk = _upsert_study(conn, rec, written[0])
     series_pk = _upsert_series(conn, rec, study_pk, written[1])
     previous = None
