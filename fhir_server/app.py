@@ -34,6 +34,7 @@ from fhir_server.http.read_lane import ReadLane
 from fhir_server.http.responses import error_response
 from fhir_server.http.route_table import FHIR_ROUTES, openapi_paths
 from fhir_server.http.routes import FhirHttp
+from fhir_server.http.security_headers import SecurityHeaders
 from fhir_server.interactions.capability import capability_statement
 from fhir_server.interactions.services import Limits, Services, new_uuid, utc_now
 from fhir_server.resources.meta import format_instant
@@ -198,6 +199,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
     )
     http_metrics = HttpMetrics(metrics_registry := CollectorRegistry())
     cors = cors_options(settings)
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(MetricsMiddleware, metrics=http_metrics)
     app.add_middleware(CORSMiddleware, **cors)
     fhir = FhirHttp(svc, verifier, audit, capability)
@@ -209,7 +211,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> FastAPI:
     )
     lane = CORSMiddleware(MetricsMiddleware(fhir_router(fhir_routes), http_metrics), **cors)
     reads = ReadLane(lane, fhir, "/fhir", read_route, http_metrics)
-    app.set_fast_lane("/fhir", reads, bypass="/fhir/.well-known/")
+    app.set_fast_lane("/fhir", SecurityHeaders(reads), bypass="/fhir/.well-known/")
     archive = dicomweb_archive(svc, verifier, audit, settings)
     dicom = archive.services
     app.include_router(dicomweb_router(dicom), prefix="/dicomweb", tags=["DICOMweb"])

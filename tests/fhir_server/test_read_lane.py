@@ -12,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from fhir_server.http.read_lane import ReadLane
+from fhir_server.http.security_headers import SecurityHeaders
 from tests.conftest import BASE, MintToken
 
 PATIENT = {"resourceType": "Patient", "name": [{"family": "Lane", "given": ["Plain"]}]}
@@ -19,7 +20,9 @@ PATIENT = {"resourceType": "Patient", "name": [{"family": "Lane", "given": ["Pla
 
 @pytest.fixture
 def lane(app: FastAPI) -> ReadLane:
-    found = app._lane  # type: ignore[attr-defined]
+    headed = app._lane  # type: ignore[attr-defined]
+    assert isinstance(headed, SecurityHeaders)
+    found = headed.app
     assert isinstance(found, ReadLane)
     return found
 
