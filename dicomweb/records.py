@@ -70,10 +70,13 @@ KEYS_VERSION = "2"
 _PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 
 # Attributes kept with the study and series rows beyond those PS3.18's tables
-# name (ImagingStudy and viewers use them).
+# name (ImagingStudy and viewers use them). Besides these, every attribute of the
+# patient (group 0010: the Patient and Patient Study modules, e.g. IssuerOfPatientID,
+# PatientAge, PatientWeight) is kept with the study, so that a study-level
+# includefield for one finds its value (PS3.18 Table 10.6.3-3); the archive
+# refuses an instance naming another patient than its study's (``ingest``).
+_PATIENT_GROUP = 0x0010
 _EXTRA_LEVEL: dict[int, Level] = {
-    0x00100021: "study",  # IssuerOfPatientID
-    0x00101010: "study",  # PatientAge
     0x00081030: "study",  # StudyDescription
     0x00200010: "study",  # StudyID
     0x00081032: "study",  # ProcedureCodeSequence
@@ -105,8 +108,12 @@ MAX_ELEMENTS = 2_000_000
 
 
 def level_of(tag: int) -> Level:
-    """The level an attribute is stored at: the tables, the extras, else instance."""
-    return _EXTRA_LEVEL.get(tag) or LEVEL_OF.get(tag) or "instance"
+    """The level an attribute is stored at: the tables, the extras, the patient's at
+    the study, else instance."""
+    found = _EXTRA_LEVEL.get(tag) or LEVEL_OF.get(tag)
+    if found is not None:
+        return found
+    return "study" if tag >> 16 == _PATIENT_GROUP else "instance"
 
 
 def number_normal(value: Any) -> str:

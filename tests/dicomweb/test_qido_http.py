@@ -4,12 +4,14 @@ and the HTTP methods every DICOMweb path answers (HEAD, 405 with Allow)."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import httpx
 import orjson
+import pydicom
 import pytest
 from fastapi import FastAPI
 
@@ -228,6 +230,29 @@ async def test_attributes_without_a_value_are_returned_empty(loaded: httpx.Async
     assert instance["00280010"] == {"vr": "US", "Value": [8]}
     (plain,) = (await loaded.get("/dicomweb/studies", params={"PatientID": "P1.1"})).json()
     assert "00081070" not in plain  # not asked for: not returned
+
+
+async def test_a_patient_attribute_is_found_at_the_study_level(client: httpx.AsyncClient) -> None:
+    """PatientWeight and PatientSize (Patient Study module), OtherPatientIDs (Patient
+    module): kept with the study, so a study-level includefield returns their values,
+    and every instance-level answer still carries them."""
+    ds = pydicom.dcmread(io.BytesIO(make_instance("5.5", "5.5.1", "5.5.1.1")))
+    ds.PatientWeight, ds.PatientSize, ds.OtherPatientIDs = "70", "1.8", "ALT-9"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    stored = await client.post(
+        "/dicomweb/studies", content=multipart(out.getvalue()), headers={"Content-Type": STOW_TYPE}
+    )
+    assert stored.status_code == 200
+    wanted = {"includefield": "PatientWeight,PatientSize,OtherPatientIDs"}
+    (study,) = (await client.get("/dicomweb/studies", params=wanted)).json()
+    assert study["00101030"] == {"vr": "DS", "Value": [70]}
+    assert study["00101020"] == {"vr": "DS", "Value": [1.8]}
+    assert study["00101000"] == {"vr": "LO", "Value": ["ALT-9"]}
+    (instance,) = (await client.get("/dicomweb/instances", params={"includefield": "all"})).json()
+    assert instance["00101030"] == {"vr": "DS", "Value": [70]}
+    metadata = (await client.get("/dicomweb/studies/5.5/metadata")).json()
+    assert metadata[0]["00101030"] == {"vr": "DS", "Value": [70]}
 
 
 @pytest.mark.parametrize(
