@@ -189,9 +189,14 @@ def require_system_delete(svc: DicomwebServices, auth: AuthContext) -> None:
 
 
 def require_store(svc: DicomwebServices, auth: AuthContext) -> None:
-    """STOW-RS needs unrestricted ImagingStudy create rights."""
-    if svc.policy.search_filter(auth, IMAGING_STUDY, Interaction.CREATE) is not None:
-        raise Forbidden("storing DICOM data needs unrestricted ImagingStudy create rights")
+    """STOW-RS needs unrestricted ImagingStudy create *and* update rights: an instance
+    either starts a study or joins one already stored, and joining one changes it (its
+    series, counts and FHIR ImagingStudy), which is an update."""
+    for action in (Interaction.CREATE, Interaction.UPDATE):
+        if svc.policy.search_filter(auth, IMAGING_STUDY, action) is not None:
+            raise Forbidden(
+                "storing DICOM data needs unrestricted ImagingStudy create and update rights"
+            )
 
 
 async def handle(

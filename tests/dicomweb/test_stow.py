@@ -438,6 +438,30 @@ async def test_one_large_instance_is_stored_whole_in_bounded_memory(
     assert hashlib.sha256(stored).hexdigest() == digest
 
 
+@pytest.mark.parametrize(
+    ("scope", "status"),
+    [
+        ("system/ImagingStudy.cu", 200),
+        ("system/ImagingStudy.write", 200),  # SMART v1
+        ("system/ImagingStudy.c", 403),  # adding to a stored study is an update
+        ("system/ImagingStudy.u", 403),
+        ("system/ImagingStudy.cu?status=available", 403),  # restricted
+    ],
+)
+async def test_storing_needs_create_and_update_rights(
+    app: FastAPI, mint: object, scope: str, status: int
+) -> None:
+    token = mint(scope)  # type: ignore[operator]
+    transport = httpx.ASGITransport(app=app)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": STOW_TYPE}
+    async with httpx.AsyncClient(transport=transport, base_url="http://radhub.test") as c:
+        body = multipart(make_instance("1.2", "1.2.1", "1.2.1.1"))
+        response = await c.post("/dicomweb/studies/1.2", content=body, headers=headers)
+    assert response.status_code == status, response.text
+    if status == 403:
+        assert "ImagingStudy" in response.text
+
+
 async def test_patient_token_cannot_store(app: FastAPI, mint: object) -> None:
     token = mint("patient/*.cruds", patient="p1")  # type: ignore[operator]
     transport = httpx.ASGITransport(app=app)
