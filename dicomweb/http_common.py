@@ -220,6 +220,7 @@ async def handle(
     except Exception:
         log.exception("unexpected error in %s %s", request.method, request.url.path)
         response = error_body(500, "internal error")
+    patient = await _patient_of(svc, study_uid) if response.status_code < 400 else None
     svc.audit.record(
         AuditRecord(
             interaction=interaction,
@@ -231,7 +232,22 @@ async def handle(
             query=f"{request.method} {request.url.path}?{request.url.query}",
             address=request.client.host if request.client else None,
             description=f"DICOMweb {request.method} {request.url.path}",
+            patient=patient,
         )
     )
     await svc.audit.room()
     return response
+
+
+async def _patient_of(svc: DicomwebServices, study_uid: str | None) -> str | None:
+    """The Patient whose study a request reached, for its audit record: who read a
+    patient's images is found by that patient (IHE BALP); None for a search, which
+    may reach many, or when the study is gone (a DELETE)."""
+    if study_uid is None:
+        return None
+    try:
+        study = await svc.index.study(study_uid)
+    except Exception:  # the audit record goes on without it
+        log.exception("could not find the patient of study %s for the audit", study_uid)
+        return None
+    return study.patient_ref if study is not None else None

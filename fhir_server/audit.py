@@ -159,6 +159,9 @@ class AuditRecord(NamedTuple):
     query: str | None = None
     address: str | None = None
     description: str | None = None
+    # the Patient the accessed data belongs to, when the caller knows it and the
+    # token does not name it (a clinician reading a patient's images)
+    patient: str | None = None
 
 
 def _agents(record: AuditRecord) -> list[dict[str, Any]]:
@@ -194,7 +197,7 @@ def _entities(record: AuditRecord) -> list[dict[str, Any]]:
         if record.query:
             entity["description"] = record.query[:1000]
         entities.append(entity)
-    patient = record.auth.patient if record.auth else None
+    patient = record.patient or (record.auth.patient if record.auth else None)
     if patient:
         entities.append(
             {

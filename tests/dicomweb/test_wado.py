@@ -11,6 +11,7 @@ from PIL import Image
 from pydicom import dcmread
 
 from dicomweb.retrievals_in_flight import HeldBody
+from tests.dicomweb.archive_app import eventually, settled, study_patient
 from tests.dicomweb.conftest import bundled
 from tests.dicomweb.dicom_data import STOW_TYPE, make_instance, multipart, split_multipart
 
@@ -275,3 +276,32 @@ async def test_a_file_gone_before_the_response_starts_is_a_404(
     response = await loaded.get(url)
     assert response.status_code == 404, response.text
     assert app.state.dicomweb.retrievals.busy() == 0
+
+
+async def test_a_retrieval_is_audited_under_the_studys_patient(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """Who read a patient's images is found by that patient (AuditEvent?patient=),
+    though the reader's token names no patient; a search names none."""
+    patient = await study_patient(client)
+    body = multipart(make_instance("4.4", "4.4.1", "4.4.1.1"))
+    stored = await client.post(
+        "/dicomweb/studies", content=body, headers={"Content-Type": STOW_TYPE}
+    )
+    assert stored.status_code == 200
+    await settled(app)
+    instance = "/dicomweb/studies/4.4/series/4.4.1/instances/4.4.1.1"
+    assert (await client.get(f"{instance}/rendered")).status_code == 200
+    assert (await client.get("/dicomweb/studies", params={"PatientID": "PAT-1"})).status_code == 200
+
+    async def audited() -> list[str] | None:
+        found = await client.get("/fhir/AuditEvent", params={"patient": patient, "_count": "100"})
+        entities = [
+            entity["what"].get("reference") or entity.get("description", "")
+            for entry in found.json().get("entry", [])
+            for entity in entry["resource"].get("entity", [])
+        ]
+        return entities if "ImagingStudy/4.4" in entities else None
+
+    entities = await eventually(audited, "the rendered read's AuditEvent under the patient")
+    assert not any("GET /dicomweb/studies?" in e for e in entities)  # the search's
