@@ -18,17 +18,19 @@ from __future__ import annotations
 import io
 import re
 import struct
+import zlib
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
 from pydicom.multival import MultiValue
 
 from dicomweb import header_scan, transfer_syntax
@@ -59,7 +61,16 @@ DEFAULT_DEFER_SIZE = 64 * 1024
 SCAN_FIRST = 64 * 1024  # bytes the fast road reads first
 SCAN_MOST = 4 * 1024 * 1024  # and at most: a longer header (a large value) is pydicom's
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-_FOREIGN_ERRORS = (InvalidDicomError, EOFError, ValueError, struct.error, TypeError, KeyError)
+# zlib.error: a deflated data set that does not inflate (truncated, damaged)
+_FOREIGN_ERRORS = (
+    InvalidDicomError,
+    EOFError,
+    ValueError,
+    struct.error,
+    TypeError,
+    KeyError,
+    zlib.error,
+)
 
 
 class InstanceRejected(Exception):
@@ -89,11 +100,12 @@ class InstanceRejected(Exception):
 
 @dataclass(frozen=True)
 class PixelDataLocation:
-    """Where the pixel data value starts in the file; ``length`` None = encapsulated."""
+    """Where the pixel data value starts in the file; ``length`` None = encapsulated;
+    ``offset`` None = not readable in the file as stored (a deflated data set)."""
 
     tag: int
     vr: str | None
-    offset: int
+    offset: int | None
     length: int | None
 
 
@@ -210,18 +222,37 @@ def parse_instance(
             ds = dcmread(fp, stop_before_pixels=True, defer_size=defer_size)
         with _identified(ds), _cannot_understand():
             ts = _transfer_syntax(ds)
-            deflated = ts == transfer_syntax.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
-            _check_complete(ds, size, None if deflated else fp.tell())
-            pixels = None if deflated else _locate_pixel_data(fp, size, ts)
+            if ts == transfer_syntax.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+                pixels = _inflated_pixel_data(ds)
+            else:
+                _check_complete(ds, size, fp.tell())
+                pixels = _locate_pixel_data(fp, size, ts)
     if isinstance(ds, FileDataset):
         ds.buffer = None  # read from memory: do not keep the whole file (pixels) alive
     with _identified(ds):
         header = _header(_DatasetValues(ds, ts).of, ts)
-        if pixels is None and header.rows is not None and not deflated:
+        if pixels is None and header.rows is not None:
             raise InstanceRejected(DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "image without pixel data")
         if sop_classes is not None and header.sop_class_uid not in sop_classes:
             raise InstanceRejected(SOP_CLASS_NOT_SUPPORTED, f"SOP Class {header.sop_class_uid}")
     return ParsedInstance(header, ds, pixels, size)
+
+
+def _inflated_pixel_data(ds: Dataset) -> PixelDataLocation | None:
+    """A deflated data set's pixel data (PS3.5 §A.5), found and checked in the data set
+    pydicom inflated in memory (its ``buffer``, read up to the pixel data), as the
+    whole data set's completeness is. Offsets there are not offsets in the stored
+    file, so the location keeps none: such pixel data is only ever decoded."""
+    inflated = ds.buffer if isinstance(ds, FileDataset) else None
+    if not isinstance(inflated, DicomBytesIO):
+        raise InstanceRejected(CANNOT_UNDERSTAND, "the deflated data set could not be inflated")
+    stop = inflated.tell()
+    size = inflated.seek(0, io.SEEK_END)
+    inflated.seek(stop)
+    _check_complete(ds, size, stop)
+    explicit_le = transfer_syntax.EXPLICIT_VR_LITTLE_ENDIAN
+    found = _locate_pixel_data(cast(BinaryIO, inflated), size, explicit_le)
+    return None if found is None else replace(found, offset=None)
 
 
 @contextmanager

@@ -22,11 +22,16 @@ import numpy as np
 from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_file_meta_info
 from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi
 from pydicom.pixels.utils import pixel_array
 
-from dicomweb.transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
+from dicomweb.transfer_syntax import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+)
 
 NATIVE_LE = frozenset({EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN})
 # Rendered media types for single-frame images, PS3.18 Table 8.7.4-1 (image/jp2 is optional)
@@ -137,7 +142,11 @@ def native_frame_range(extra: dict[str, Any], ts: str, frame: int) -> tuple[int,
 
 def _frame(path: Path, index: int, *, raw: bool) -> Array:
     try:
-        return pixel_array(path, index=index, raw=raw)
+        # pydicom's path reader decodes one frame without reading the others, but it
+        # cannot inflate a deflated data set (PS3.5 §A.5): that one is read whole
+        ts = read_file_meta_info(path).get("TransferSyntaxUID")
+        source = dcmread(path) if ts == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN else path
+        return pixel_array(source, index=index, raw=raw)
     except (IndexError, ValueError) as exc:
         raise RenderError(f"frame {index + 1}: {exc}") from exc
     except (RuntimeError, NotImplementedError, AttributeError, KeyError) as exc:

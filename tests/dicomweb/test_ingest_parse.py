@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from dicomweb.ingest_parse import (
     SOP_CLASS_NOT_SUPPORTED,
     TRANSFER_SYNTAX_NOT_SUPPORTED,
     InstanceRejected,
+    PixelDataLocation,
     parse_instance,
 )
 
@@ -124,9 +127,53 @@ def test_encapsulated_pixel_data_location(sample: Sample, name: str) -> None:
     assert data[location.offset : location.offset + 4] == b"\xfe\xff\x00\xe0"  # first item
 
 
-@pytest.mark.parametrize("name", ["rtplan.dcm", "image_dfl.dcm"])
-def test_no_pixel_location_when_none_or_deflated(sample: Sample, name: str) -> None:
-    assert parse_instance(sample(name)).pixel_data is None
+def test_no_pixel_location_without_pixel_data(sample: Sample) -> None:
+    assert parse_instance(sample("rtplan.dcm")).pixel_data is None
+
+
+def test_deflated_pixel_data_is_found_without_an_offset(sample: Sample) -> None:
+    # its offset in the inflated data set is no offset in the stored (deflated) file
+    location = parse_instance(sample("image_dfl.dcm")).pixel_data
+    pixels = dcmread(sample("image_dfl.dcm")).PixelData
+    assert location == PixelDataLocation(0x7FE00010, "OB", None, len(pixels))
+
+
+def _redeflated(data: bytes, change: Callable[[bytes], bytes]) -> bytes:
+    """A deflated file whose inflated data set is ``change``d, deflated again."""
+    meta_end = 144 + struct.unpack_from("<I", data, 140)[0]  # after (0002,0000)'s value
+    body = zlib.decompress(data[meta_end:], -zlib.MAX_WBITS)
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return data[:meta_end] + packer.compress(change(body)) + packer.flush()
+
+
+@pytest.mark.parametrize(
+    ("cut", "message"),
+    [
+        (lambda data: data[: len(data) // 2], "cannot parse instance"),  # does not inflate
+        (
+            lambda data: _redeflated(data, lambda body: body[:-100]),
+            "truncated inside the pixel data",
+        ),
+    ],
+    ids=["deflate-stream-cut", "inflated-data-set-cut"],
+)
+def test_truncated_deflated_files_are_rejected(
+    sample: Sample, cut: Callable[[bytes], bytes], message: str
+) -> None:
+    with pytest.raises(InstanceRejected, match=message) as caught:
+        parse_instance(cut(sample("image_dfl.dcm").read_bytes()))
+    assert caught.value.reason == CANNOT_UNDERSTAND
+
+
+def test_deflated_file_with_a_deferred_value_is_complete(sample: Sample) -> None:
+    """A value pydicom defers lies in the inflated data set, not the file."""
+    ds = dcmread(sample("image_dfl.dcm"))
+    ds.EncapsulatedDocument = b"\x01" * 100_000
+    out = io.BytesIO()
+    dcmwrite(out, ds, enforce_file_format=True)
+    assert len(out.getvalue()) < 100_000  # deflated
+    parsed = parse_instance(out.getvalue(), defer_size=1024)
+    assert parsed.pixel_data is not None and parsed.pixel_data.length == len(ds.PixelData)
 
 
 def _rewritten(sample: Sample, name: str, change: Callable[[Dataset], None]) -> bytes:

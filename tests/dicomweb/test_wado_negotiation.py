@@ -222,6 +222,42 @@ async def test_big_endian_frames_and_bulk_data_are_little_endian(
     assert [body for _, body in parts(overlay)] == [OVERLAY_SWAPPED]
 
 
+# 2b. a deflated instance: its pixel data is native, but only once inflated
+
+
+async def _stowed(client: httpx.AsyncClient, *instances: bytes) -> None:
+    response = await client.post(
+        "/dicomweb/studies", content=multipart(*instances), headers={"Content-Type": STOW_TYPE}
+    )
+    assert response.status_code == 200, response.text
+
+
+async def test_deflated_pixel_data_is_served_inflated(client: httpx.AsyncClient) -> None:
+    deflated = bundled("image_dfl.dcm").read_bytes()
+    # the same data set uncompressed, as another instance: what rendering must match
+    same = dcmread(io.BytesIO(deflated))
+    same.file_meta.TransferSyntaxUID = UID(ELE)
+    same.SOPInstanceUID = same.file_meta.MediaStorageSOPInstanceUID = f"{same.SOPInstanceUID}.9"
+    out = io.BytesIO()
+    same.save_as(out, enforce_file_format=True)
+    plain = out.getvalue()
+    await _stowed(client, deflated, plain)
+    (meta,) = (await client.get(f"{url(deflated)}/metadata")).json()
+    assert meta["7FE00010"]["BulkDataURI"].endswith(f"{url(deflated)}/bulkdata/7FE00010")
+    for resource in ("frames/1", "bulkdata/7FE00010"):
+        ((headers, body),) = parts(await client.get(f"{url(deflated)}/{resource}"))
+        assert headers["content-type"] == f"application/octet-stream; transfer-syntax={ELE}"
+        assert body == same.PixelData, resource
+    assert (await client.get(f"{url(deflated)}/frames/2")).status_code == 404
+    png = {"Accept": "image/png"}
+    for resource in ("rendered", "thumbnail"):
+        got = await client.get(f"{url(deflated)}/{resource}", headers=png)
+        assert got.status_code == 200, got.text
+        assert got.content == (await client.get(f"{url(plain)}/{resource}", headers=png)).content
+    as_stored = await client.get(url(deflated), headers={"Accept": ANY_TS})
+    assert [body for _, body in parts(as_stored)] == [deflated]
+
+
 # 3. one instance that cannot be decoded does not block its study
 
 
