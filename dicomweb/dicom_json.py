@@ -1,12 +1,13 @@
 """DICOM JSON (PS3.18 Annex F.2) for QIDO-RS results and WADO-RS metadata.
 
 ``to_dicom_json`` converts a dataset to the JSON model without bulk data:
-binary values above a threshold, and values pydicom deferred while reading,
-become a ``BulkDataURI`` under the instance's ``/bulkdata/{tag path}``, so
-``/metadata`` never carries pixels. Tag paths are ``GGGGEEEE`` at the top
-level and ``SSSSSSSS/{item}/GGGGEEEE`` inside sequences (the URI form is the
-origin server's choice, PS3.18 §F.2.7). ``from_dicom_json`` goes back through
-pydicom's reader.
+binary values above a threshold, and values pydicom deferred while reading
+when their VR may be bulk data (``BULK_DATA_VRS``; others are read in,
+``read_inline_values``), become a ``BulkDataURI`` under the instance's
+``/bulkdata/{tag path}``, so ``/metadata`` never carries pixels. Tag paths
+are ``GGGGEEEE`` at the top level and ``SSSSSSSS/{item}/GGGGEEEE`` inside
+sequences (the URI form is the origin server's choice, PS3.18 §F.2.7).
+``from_dicom_json`` goes back through pydicom's reader.
 
 Raw values of the common VRs in a single-codec character set are decoded
 here straight from their bytes (``raw_values``), the way pydicom's own
@@ -22,7 +23,7 @@ import re
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
@@ -35,6 +36,10 @@ PIXEL_DATA = 0x7FE00010
 
 # PS3.18 Table F.2.3-1: how each VR's values are written in JSON.
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+# PS3.18 §F.2.2: the VRs whose value may be given as a BulkDataURI. A long value of
+# another VR (a sequence's items, names, codes) is always in the JSON itself.
+BULK_DATA_VRS = _BINARY_VRS | {"DS", "FL", "FD", "IS", "LT", "SL", "SS", "ST", "SV"}
+BULK_DATA_VRS |= {"UC", "UL", "US", "UT", "UV"}
 _INT_VRS = frozenset({"IS", "SL", "SS", "SV", "UL", "US", "UV"})
 _FLOAT_VRS = frozenset({"DS", "FL", "FD"})
 # pydicom's ambiguous VRs, resolved the way PS3.5 Annex A usually does for LE data.
@@ -189,7 +194,7 @@ def _dataset(ds: Dataset, parent: tuple[int, ...], ctx: _Context) -> JsonDataset
             continue
         path = (*parent, int(tag))
         raw = ds.get_item(tag, keep_deferred=True)
-        if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
+        if _bulk_deferred(raw):
             out[f"{tag:08X}"] = _deferred(raw, path, ctx)
             continue
         values = None
@@ -212,6 +217,25 @@ def from_values(vr: str, values: list[Any]) -> JsonDataset:
     if all(v is None or v == "" for v in values):
         return {"vr": vr}
     return {"vr": vr, "Value": [_scalar(vr, v) for v in values]}
+
+
+def is_deferred(raw: object) -> TypeGuard[RawDataElement]:
+    """Whether pydicom left the element's value in the file (read with ``defer_size``)."""
+    return isinstance(raw, RawDataElement) and raw.value is None and bool(raw.length)
+
+
+def _bulk_deferred(raw: object) -> TypeGuard[RawDataElement]:
+    """A deferred value the JSON gives as a BulkDataURI, without reading it."""
+    return is_deferred(raw) and _vr(raw.VR, raw.tag) in BULK_DATA_VRS
+
+
+def read_inline_values(ds: Dataset) -> None:
+    """Read in the deferred values of ``ds`` that ``to_dicom_json`` cannot give as
+    bulk data (a long sequence, say), while the file they are in can still be read."""
+    for tag in ds.keys():
+        raw = ds.get_item(tag, keep_deferred=True)
+        if is_deferred(raw) and not _bulk_deferred(raw):
+            ds.get_item(tag)  # reads and converts it, in place
 
 
 def _deferred(raw: RawDataElement, path: tuple[int, ...], ctx: _Context) -> JsonDataset:

@@ -34,7 +34,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.multival import MultiValue
 
 from dicomweb import header_scan, transfer_syntax
-from dicomweb.dicom_json import JsonDataset, raw_values, text_codec
+from dicomweb.dicom_json import JsonDataset, raw_values, read_inline_values, text_codec
 from dicomweb.header_scan import ITEM, LONG_VRS, PIXEL_TAGS, SEQUENCE_END, UNDEFINED
 
 # Failure Reason values, PS3.18 Table I.2-2 "Store Instances Response Failure
@@ -227,6 +227,7 @@ def parse_instance(
             else:
                 _check_complete(ds, size, fp.tell())
                 pixels = _locate_pixel_data(fp, size, ts)
+            read_inline_values(ds)
     if isinstance(ds, FileDataset):
         ds.buffer = None  # read from memory: do not keep the whole file (pixels) alive
     with _identified(ds):

@@ -27,10 +27,12 @@ from typing import Any, TypeVar
 
 import orjson
 from pydicom import dcmread
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.filereader import read_deferred_data_element
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from dicomweb.dicom_json import format_tag_path, parse_tag_path
+from dicomweb.dicom_json import format_tag_path, is_deferred, parse_tag_path
 from dicomweb.http_common import DicomwebServices
 from dicomweb.multipart import OutPart, new_boundary, related_content_type, write_parts
 from dicomweb.pixel_codec import (
@@ -44,6 +46,7 @@ from dicomweb.pixel_codec import (
 )
 from dicomweb.render import RenderError, native_frame_range
 from dicomweb.transfer_syntax import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
@@ -210,16 +213,23 @@ async def _bulk_vr(svc: DicomwebServices, row: InstanceRow, path: tuple[int, ...
     return str(element.get("vr") or "UN")
 
 
-def _bulk_value(file: Path, tag_path: tuple[int, ...], vr: str, big_endian: bool) -> bytes:
-    """A value's bytes as stored, in little endian order (PS3.18 §8.7.3.3.1). Values
-    above ``_READ_LATER`` bytes stay on disk unless they are the one asked for: one
-    small value of a large instance costs its size, not the instance's."""
-    ds = dcmread(file, defer_size=_READ_LATER)
+def _bulk_value(file: Path, tag_path: tuple[int, ...], vr: str, ts: str) -> bytes:
+    """A value's bytes as stored, in little endian order (PS3.18 §8.7.3.3.1), whatever
+    its VR (text too: PS3.18 §F.2.2). Values above ``_READ_LATER`` bytes stay on disk
+    unless they are the one asked for: one small value of a large instance costs its
+    size, not the instance's. A deflated data set is inflated in memory whole anyway."""
+    deflated = ts == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+    ds = dcmread(file, defer_size=None if deflated else _READ_LATER)
     for i in range(0, len(tag_path) - 1, 2):
         ds = ds[tag_path[i]].value[tag_path[i + 1]]
-    value = ds.get_item(tag_path[-1]).value  # raw, when pydicom has not converted it
+    raw: DataElement | RawDataElement = ds.get_item(tag_path[-1], keep_deferred=True)
+    if is_deferred(raw):
+        # read here, not by pydicom's deferred read, which would convert it (text to str)
+        raw = read_deferred_data_element(open, str(file), None, raw)
+    value = raw.value if isinstance(raw, RawDataElement) else None
     if not isinstance(value, bytes):
         raise KeyError(f"{tag_path[-1]:08X} holds no raw value")
+    big_endian = ts == EXPLICIT_VR_BIG_ENDIAN
     return swap_bytes(value, NUMBER_WIDTHS.get(vr, 1)) if big_endian else value
 
 
@@ -261,10 +271,9 @@ async def bulkdata(
     vr = await _bulk_vr(svc, row, path)
     if not any(f.native for f in pixel_forms(accept, EXPLICIT_VR_LITTLE_ENDIAN)):
         raise NotAcceptable(f"bulk data is sent as {OCTET}, not {accept!r}")
-    big = row.transfer_syntax_uid == EXPLICIT_VR_BIG_ENDIAN
     file = svc.blobs.path_for(row.blob.key)
     try:
-        value = await asyncio.to_thread(_bulk_value, file, path, vr, big)
+        value = await asyncio.to_thread(_bulk_value, file, path, vr, row.transfer_syntax_uid)
     except (KeyError, IndexError, TypeError) as exc:
         raise NotFound(f"no bulk data at {tag_path}") from exc
     parts = [OutPart(OCTET, _one(value))]

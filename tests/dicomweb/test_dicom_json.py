@@ -143,6 +143,27 @@ def test_deferred_values_become_bulk_without_being_read(sample: Sample) -> None:
         to_dicom_json(parsed.dataset)
 
 
+@pytest.mark.parametrize("implicit", [False, True])
+def test_a_deferred_value_is_bulk_data_only_where_its_vr_may_be(
+    sample: Sample, implicit: bool
+) -> None:
+    """PS3.18 §F.2.2: a long text may be a BulkDataURI; a long sequence (pydicom
+    writes defined lengths, so it defers it whole) never is."""
+    ds = dcmread(sample("rtplan.dcm"))
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2" if implicit else "1.2.840.10008.1.2.1")
+    ds.TextValue = "x" * 5000
+    codes = [Dataset() for _ in range(100)]
+    for i, item in enumerate(codes):
+        item.CodeValue, item.CodeMeaning = f"C{i}", "m" * 60
+    ds.ConceptNameCodeSequence = codes
+    buffer = io.BytesIO()
+    dcmwrite(buffer, ds, implicit_vr=implicit, little_endian=True, enforce_file_format=True)
+    parsed = parse_instance(buffer.getvalue(), defer_size=4096)  # its buffer is closed now
+    out = to_dicom_json(parsed.dataset, bulk_uri_prefix=PREFIX)
+    assert out["0040A160"] == {"vr": "UT", "BulkDataURI": f"{PREFIX}/bulkdata/0040A160"}
+    assert out["0040A043"] == to_dicom_json(ds)["0040A043"]
+
+
 def test_sequence_values_over_the_threshold_are_bulk(sample: Sample) -> None:
     out = to_dicom_json(dcmread(sample("waveform_ecg.dcm")), bulk_uri_prefix=PREFIX)
     waveform = out["54000100"]["Value"][1]["54001010"]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -191,6 +192,20 @@ def test_a_header_longer_than_the_fast_road_reads_is_left_to_pydicom() -> None:
     metadata = orjson.loads(described.record.metadata)
     assert metadata["00091006"]["BulkDataURI"].endswith("/bulkdata/00091006")
     _assert_same(data)
+
+
+def test_a_long_sequence_is_described_as_pydicom_does() -> None:
+    """A sequence longer than pydicom's defer size, with a defined length (as pydicom
+    writes one): both roads give its items, never a BulkDataURI (PS3.18 §F.2.2)."""
+    ds = dcmread(io.BytesIO(make_instance("1.2.3", "1.2.3.4")))
+    codes = [Dataset() for _ in range(1000)]
+    for i, item in enumerate(codes):
+        item.CodeValue, item.CodeMeaning = f"C{i}", "m" * 60
+    ds.ConceptNameCodeSequence = codes
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    assert scan_instance(out.getvalue()) is not None
+    _assert_same(out.getvalue())
 
 
 def test_an_image_without_pixel_data_is_refused_as_pydicom_refuses_it() -> None:

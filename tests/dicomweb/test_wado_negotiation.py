@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from pydicom import dcmread
+from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels.utils import pixel_array
@@ -390,6 +390,60 @@ async def test_bulk_data_is_only_what_metadata_names(stored: httpx.AsyncClient) 
         response = await stored.get(f"{url(PLAIN)}/bulkdata/{tag_path}")
         assert response.status_code == 404, tag_path
         assert b"Audit" not in response.content
+
+
+LONG_TEXT = "Befund: " + "é" * 35_000  # 70,008 bytes of UTF-8: pydicom defers it
+NUMBERS = np.arange(10_000, dtype="<f8")  # 80,000 bytes of FD: implicit VR only
+IMPLICIT = "1.2.840.10008.1.2"
+
+
+def with_long_values(sop: str, syntax: str) -> bytes:
+    """An instance in ``syntax`` with values pydicom defers when reading: a long
+    text, a long sequence (pydicom writes it with a defined length) and, where
+    the syntax has 4-byte lengths for it (implicit VR), a long FD value."""
+    ds = dcmread(io.BytesIO(make_instance("1.2.3.6", "1.2.3.6.1", sop)))
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
+    ds.SpecificCharacterSet, ds.TextValue = "ISO_IR 192", LONG_TEXT
+    codes = [Dataset() for _ in range(1000)]
+    for i, item in enumerate(codes):
+        item.CodeValue, item.CodeMeaning = f"C{i}", "m" * 60
+    ds.ConceptNameCodeSequence = codes
+    if syntax == IMPLICIT:
+        ds.add_new(0x00189089, "FD", NUMBERS.tolist())
+    out = io.BytesIO()
+    implicit, little = syntax == IMPLICIT, syntax != BIG
+    dcmwrite(out, ds, implicit_vr=implicit, little_endian=little, enforce_file_format=True)
+    return out.getvalue()
+
+
+def bulk_data_uris(element: object) -> list[str]:
+    """Every BulkDataURI in a DICOM JSON data set, its items' included."""
+    if isinstance(element, list):
+        return [uri for item in element for uri in bulk_data_uris(item)]
+    if not isinstance(element, dict):
+        return []
+    found = [element["BulkDataURI"]] if "BulkDataURI" in element else []
+    return found + [uri for value in element.values() for uri in bulk_data_uris(value)]
+
+
+@pytest.mark.parametrize("syntax", [ELE, IMPLICIT, BIG])
+async def test_every_bulk_data_uri_gives_the_value_as_stored(
+    client: httpx.AsyncClient, syntax: str
+) -> None:
+    instance = with_long_values(f"1.2.3.6.1.{len(syntax)}", syntax)
+    await _stowed(client, instance)
+    (meta,) = (await client.get(f"{url(instance)}/metadata")).json()
+    assert len(meta["0040A043"]["Value"]) == 1000  # a sequence is never bulk data
+    uris = bulk_data_uris(meta)
+    expected = {"0040A160", "7FE00010"} | ({"00189089"} if syntax == IMPLICIT else set())
+    assert {uri.rsplit("/", 1)[1] for uri in uris} == expected
+    for uri in uris:
+        assert (await client.get(uri)).status_code == 200, uri
+    text = await client.get(f"{url(instance)}/bulkdata/0040A160")
+    assert [body for _, body in parts(text)] == [LONG_TEXT.encode()]  # even: no padding
+    if syntax == IMPLICIT:
+        numbers = await client.get(f"{url(instance)}/bulkdata/00189089")
+        assert [body for _, body in parts(numbers)] == [NUMBERS.tobytes()]
 
 
 # 7. media types are case-insensitive; single-part types for many instances
