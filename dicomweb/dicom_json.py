@@ -31,6 +31,8 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
+from dicomweb.pixel_codec import NUMBER_WIDTHS, swap_bytes
+
 DEFAULT_BULK_THRESHOLD = 1024
 PIXEL_DATA = 0x7FE00010
 
@@ -276,6 +278,8 @@ def _binary(vr: str, value: bytes | None, path: tuple[int, ...], ctx: _Context) 
         return {"vr": vr}
     if ctx.uri_prefix is not None and (len(value) > ctx.threshold or path == (PIXEL_DATA,)):
         return {"vr": vr, "BulkDataURI": _bulk_uri(ctx, path)}
+    if not ctx.little_endian:  # the same octets as the value sent as bulk data (§8.7.3.3.1)
+        value = swap_bytes(value, NUMBER_WIDTHS.get(vr, 1))
     return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
 
 

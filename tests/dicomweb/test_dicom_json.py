@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
@@ -61,10 +62,42 @@ def _pydicom_normalised(ds: Dataset) -> Any:
     return fix(ds.to_json_dict(bulk_data_threshold=10**9))
 
 
-@pytest.mark.parametrize("name", CLEAN)
+# pydicom's JSON keeps a big endian file's binary values in its byte order
+@pytest.mark.parametrize("name", [n for n in CLEAN if n != "MR_small_bigendian.dcm"])
 def test_inline_json_agrees_with_pydicom(sample: Sample, name: str) -> None:
     ds = dcmread(sample(name))
     assert to_dicom_json(ds) == _pydicom_normalised(ds)
+
+
+def test_big_endian_json_is_its_little_endian_twins(sample: Sample) -> None:
+    """MR_small.dcm is MR_small_bigendian.dcm in little endian, with trailing padding
+    added: the same JSON, its inline OW pixel data included."""
+    big = to_dicom_json(dcmread(sample("MR_small_bigendian.dcm")))
+    little = to_dicom_json(dcmread(sample("MR_small.dcm")))
+    del little["FFFCFFFC"]  # Data Set Trailing Padding
+    assert "InlineBinary" in little["7FE00010"]
+    assert big == little
+
+
+def test_inline_binary_of_a_big_endian_file_is_little_endian() -> None:
+    """InlineBinary holds the octets the value's bulk data would be: little endian,
+    swapped by the VR's width (PS3.5 §7.3)."""
+    stored = bytes(range(16))
+    ds = Dataset()
+    for tag, vr in ((0x00660023, "OW"), (0x00660016, "OF"), (0x00660040, "OL")):
+        ds.add_new(tag, vr, stored)
+    ds.add_new(0x00701A05, "OD", stored)
+    ds.add_new(0x00420011, "OB", stored)
+    ds.ensure_file_meta()
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.2")
+    buffer = io.BytesIO()
+    dcmwrite(buffer, ds, implicit_vr=False, little_endian=False)
+    out = to_dicom_json(dcmread(buffer, force=True), bulk_uri_prefix=PREFIX)
+    widths = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OB": 1}
+    for element in out.values():
+        width = widths[element["vr"]]
+        little = np.frombuffer(stored, f">u{width}").astype(f"<u{width}").tobytes()
+        assert base64.b64decode(element["InlineBinary"]) == little, element["vr"]
 
 
 @pytest.mark.parametrize("name", CLEAN)

@@ -4,6 +4,7 @@ data, which values are bulk data, and the metadata's encodings and ETags."""
 
 from __future__ import annotations
 
+import base64
 import gzip
 import io
 import tracemalloc
@@ -71,9 +72,11 @@ def mpeg2_of(study: str, series: str, sop: str) -> bytes:
 
 
 def with_overlay(data: bytes, *, big_endian: bool = False) -> bytes:
-    """``data`` with long Overlay Data (bulk data) and a Referenced Image Sequence."""
+    """``data`` with long and short Overlay Data (bulk data, inline) and a Referenced
+    Image Sequence."""
     ds = dcmread(io.BytesIO(data))
     ds.add_new(0x60003000, "OW", OVERLAY)
+    ds.add_new(0x60023000, "OW", OVERLAY[:64])  # below the threshold: inline
     ref = Dataset()
     ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = ds.SOPClassUID, "1.2.3.4.5"
     ds.ReferencedImageSequence = [ref]
@@ -220,6 +223,16 @@ async def test_big_endian_frames_and_bulk_data_are_little_endian(
     assert body == original
     overlay = await stored.get(f"{url(BIG_ENDIAN)}/bulkdata/60003000")
     assert [body for _, body in parts(overlay)] == [OVERLAY_SWAPPED]
+
+
+async def test_big_endian_inline_binary_is_the_bulk_data_octets(
+    stored: httpx.AsyncClient,
+) -> None:
+    """A short OW value is inline, a long one bulk data: the same little endian words."""
+    (meta,) = (await stored.get(f"{url(BIG_ENDIAN)}/metadata")).json()
+    assert base64.b64decode(meta["60023000"]["InlineBinary"]) == OVERLAY_SWAPPED[:64]
+    bulk = await stored.get(meta["60003000"]["BulkDataURI"])
+    assert [body for _, body in parts(bulk)] == [OVERLAY_SWAPPED]
 
 
 # 2b. a deflated instance: its pixel data is native, but only once inflated
