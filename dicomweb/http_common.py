@@ -24,6 +24,7 @@ from starlette.responses import Response
 
 from dicomweb.blob_journal import InstanceUids, IntentJournal, ReconcileReport, reconcile
 from dicomweb.blobstore import FileBlobStore
+from dicomweb.decode_limit import DEFAULT_MAX_DECODED_BYTES
 from dicomweb.ingest import IngestService
 from dicomweb.qido import QidoError
 from dicomweb.retrievals_in_flight import DELETE_GRACE, RetrievalsInFlight
@@ -69,6 +70,8 @@ class DicomwebServices:
     # WADO retrievals in flight per study, and how long a DELETE leaves them its files
     retrievals: RetrievalsInFlight = field(default_factory=RetrievalsInFlight)
     delete_grace: float = DELETE_GRACE
+    # the most bytes one decoding of pixel data may produce (``decode_limit``)
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
 
     def intent(self, uids: Sequence[InstanceUids]) -> AbstractAsyncContextManager[None]:
         """Bracket a change of these instances' blobs (``blob_journal``)."""

@@ -90,6 +90,7 @@ def dicomweb_services(
         base_url=base,
         clock=svc.clock,
         max_results=settings.qido_max_results,
+        max_decoded_bytes=settings.max_decoded_bytes,
         journal=journal,
         # the embedded store is one process: every temporary at start-up is a dead
         # write; processes sharing blobs (MongoDB) may have live ones

@@ -50,6 +50,10 @@ class Settings:
     patient_issuers: tuple[tuple[str, str], ...] = field(default=())
     # QIDO-RS results per page at most (PS3.18 §8.3.4.4 lets the server cap ``limit``)
     qido_max_results: int = 1000
+    # the most bytes one decoding of pixel data may produce (a rendered frame, frames,
+    # a transcoded instance): 256 MiB holds an 8000x10000 RGB film scan; a small RLE
+    # upload can declare gigabytes (dicomweb.decode_limit)
+    max_decoded_bytes: int = 256 * 2**20
     # how often the archive reads the change log (late orders) when it is idle
     change_poll_interval: float = 0.5
     # the first delay before a failed ImagingStudy sync is retried (doubles up to a minute)

@@ -137,6 +137,8 @@ def _archive_options(p: argparse.ArgumentParser) -> None:
         help="identifier system of a local IssuerOfPatientID (repeatable)",
     )
     _setting(p, "qido_max_results", _count(1), "most QIDO-RS results per page")
+    decoded = "most bytes one decoding of pixel data may produce (rendering, transcoding)"
+    _setting(p, "max_decoded_bytes", _count(1), decoded)
     workers = "processes validating large Bundles (0: in the server process)"
     _setting(p, "validation_workers", _count(0), workers)
     p.add_argument(
@@ -200,6 +202,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         default_patient_system=args.default_patient_system,
         patient_issuers=tuple(args.patient_issuer),
         qido_max_results=args.qido_max_results,
+        max_decoded_bytes=args.max_decoded_bytes,
         validation_workers=args.validation_workers,
         audit_process=not args.audit_in_process,
         http_header_limit=args.http_header_limit,

@@ -74,9 +74,21 @@ def test_serve_options_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     assert serve_settings("--qido-max-results", "9").qido_max_results == 9  # the line wins
 
 
+def test_max_decoded_bytes_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert serve_settings().max_decoded_bytes == Settings().max_decoded_bytes == 256 * 2**20
+    assert serve_settings("--max-decoded-bytes", "1048576").max_decoded_bytes == 2**20
+    monkeypatch.setenv("RADHUB_MAX_DECODED_BYTES", "4096")
+    assert serve_settings().max_decoded_bytes == 4096
+
+
 @pytest.mark.parametrize(
     "argv",
-    [("--qido-max-results", "0"), ("--validation-workers", "-1"), ("--qido-max-results", "x")],
+    [
+        ("--qido-max-results", "0"),
+        ("--validation-workers", "-1"),
+        ("--qido-max-results", "x"),
+        ("--max-decoded-bytes", "0"),
+    ],
 )
 def test_bad_counts_are_refused(argv: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
