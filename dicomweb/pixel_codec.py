@@ -11,6 +11,9 @@ loop run it in a thread.
 A decoder being installed (``transfer_syntax.can_decode``) does not mean it
 can decode a given file (a 12-bit JPEG, a damaged stream): ``TranscodeError``
 says so at decoding time, and callers fall back to another acceptable form.
+Nothing is decoded that would produce more than ``limit`` bytes
+(``decode_limit``): ``DecodeTooLarge`` says so before, and callers fall back
+in the same way.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pydicom.encaps import generate_frames, get_frame
 from pydicom.pixels.utils import iter_pixels, pixel_array
 from pydicom.uid import UID
 
+from dicomweb.decode_limit import check_decode, frame_count
 from dicomweb.transfer_syntax import (
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -79,10 +83,11 @@ def _pixel_width(ds: Dataset) -> int:
     return pixel_width(int(ds.get("BitsAllocated") or 8), ds["PixelData"].VR)
 
 
-def transcode_to_explicit_le(source: Path | bytes) -> bytes:
+def transcode_to_explicit_le(source: Path | bytes, *, limit: int) -> bytes:
     """Rewrite a Part-10 instance as Explicit VR Little Endian (PS3.18 §8.7.3.4).
 
-    Decodes compressed pixel data; raises TranscodeError if it cannot.
+    Decodes compressed pixel data; raises TranscodeError if it cannot, and
+    DecodeTooLarge if its frames would decode to more than ``limit`` bytes.
     """
     ds = dcmread(io.BytesIO(source) if isinstance(source, bytes) else source)
     uid = str(ds.file_meta.TransferSyntaxUID)
@@ -90,6 +95,8 @@ def transcode_to_explicit_le(source: Path | bytes) -> bytes:
         raise TranscodeError(f"no decoder for transfer syntax {uid}")
     out = io.BytesIO()
     try:
+        if _BY_UID[uid].encapsulated:
+            check_decode(ds, frame_count(ds), limit, "the instance")
         _to_explicit_le(ds, uid)
         dcmwrite(out, ds, implicit_vr=False, little_endian=True, enforce_file_format=True)
     except _DECODING_ERRORS as exc:
@@ -121,11 +128,13 @@ def _swap_binary_values(ds: Dataset) -> None:
             )
 
 
-def native_frames(source: Path, indices: Sequence[int]) -> list[bytes]:
+def native_frames(source: Path, indices: Sequence[int], *, limit: int) -> list[bytes]:
     """Frames (0-based) as uncompressed little endian bytes (PS3.18 §8.7.3.3.1),
-    decoded if need be; raises TranscodeError when they cannot be."""
+    decoded if need be; raises TranscodeError when they cannot be, DecodeTooLarge
+    when together they would be more than ``limit`` bytes."""
     try:
         ds = dcmread(source)
+        check_decode(ds, len(indices), limit, f"{len(indices)} frames")
         if int(ds.BitsAllocated) == 1:
             return [_bit_frame(ds, i) for i in indices]
         arrays = iter_pixels(ds, indices=indices, raw=True)
@@ -134,9 +143,10 @@ def native_frames(source: Path, indices: Sequence[int]) -> list[bytes]:
         raise TranscodeError(f"cannot decode the pixel data: {exc}") from exc
 
 
-def native_pixel_data(source: Path) -> bytes:
+def native_pixel_data(source: Path, *, limit: int) -> bytes:
     """The whole Pixel Data value as uncompressed little endian bytes, every frame
-    (PS3.18 §8.7.3.3.1); raises TranscodeError when it cannot be decoded."""
+    (PS3.18 §8.7.3.3.1); raises TranscodeError when it cannot be decoded,
+    DecodeTooLarge when decoded it would be more than ``limit`` bytes."""
     try:
         ds = dcmread(source)
         uid = str(ds.file_meta.TransferSyntaxUID)
@@ -144,6 +154,7 @@ def native_pixel_data(source: Path) -> bytes:
             value = bytes(ds.PixelData)
             big = uid == EXPLICIT_VR_BIG_ENDIAN
             return swap_bytes(value, _pixel_width(ds)) if big else value
+        check_decode(ds, frame_count(ds), limit, "the pixel data")
         if int(ds.BitsAllocated) == 1:
             return b"".join(_bit_frame(ds, i) for i in range(int(ds.get("NumberOfFrames") or 1)))
         array = pixel_array(ds, raw=True)

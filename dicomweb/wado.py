@@ -40,6 +40,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from dicomweb.blob_gather import Piece
+from dicomweb.decode_limit import DecodeTooLarge
 from dicomweb.http_common import (
     DICOM_JSON,
     DicomwebServices,
@@ -62,7 +63,9 @@ from dicomweb.transfer_syntax import (
     lookup,
     prefers_single_part,
 )
+from dicomweb.warning_headers import warning_header
 from fhir_server.access.context import AuthContext, Interaction
+from fhir_server.errors import NotAcceptable as FhirNotAcceptable
 from fhir_server.errors import NotFound
 from fhir_server.storage.dicom_port import InstanceFile, InstanceRow
 
@@ -175,12 +178,22 @@ async def stored_or_transcoded(
 ) -> Piece:
     if options[0] == row.transfer_syntax_uid:
         return row.blob
+    path, limit = svc.blobs.path_for(row.blob.key), svc.max_decoded_bytes
     try:
-        return await asyncio.to_thread(transcode_to_explicit_le, svc.blobs.path_for(row.blob.key))
-    except TranscodeError as exc:
+        return await asyncio.to_thread(transcode_to_explicit_le, path, limit=limit)
+    except (TranscodeError, DecodeTooLarge) as exc:
         if row.transfer_syntax_uid in options:
             return row.blob
+        if isinstance(exc, DecodeTooLarge):
+            raise too_large_to_decode(row.uid, exc) from exc
         raise NotAcceptable(f"instance {row.uid} cannot be transcoded: {exc}") from exc
+
+
+def too_large_to_decode(uid: str, exc: DecodeTooLarge) -> FhirNotAcceptable:
+    """406 for data that would decode to more than the limit: the client can still
+    have it as stored (``transfer-syntax=*``, PS3.18 §8.7.3.5); the Warning says so."""
+    text = f"instance {uid}: {exc}; ask for transfer-syntax=* to receive it as stored"
+    return FhirNotAcceptable(text, headers={"Warning": warning_header(text)})
 
 
 def _one_syntax(rows: Sequence[InstanceFile], chosen: list[str]) -> str | None:
@@ -233,8 +246,9 @@ def _transcoded_part(
     """A part transcoded to Explicit VR Little Endian, or, when its pixel data will not
     decode, as stored under its real transfer syntax: the status is already sent."""
     try:
-        body, ts = transcode_to_explicit_le(path), EXPLICIT_VR_LITTLE_ENDIAN
-    except TranscodeError as exc:
+        limit = svc.max_decoded_bytes
+        body, ts = transcode_to_explicit_le(path, limit=limit), EXPLICIT_VR_LITTLE_ENDIAN
+    except (TranscodeError, DecodeTooLarge) as exc:
         log.warning("sending instance %s as stored: %s", row.uid, exc)
         body, ts = path.read_bytes(), row.transfer_syntax_uid
     content_type, headers = _instance_headers(svc, row, ts)

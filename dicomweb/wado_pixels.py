@@ -32,6 +32,7 @@ from pydicom.filereader import read_deferred_data_element
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from dicomweb.decode_limit import DecodeTooLarge
 from dicomweb.dicom_json import format_tag_path, is_deferred, parse_tag_path
 from dicomweb.http_common import DicomwebServices
 from dicomweb.multipart import OutPart, new_boundary, related_content_type, write_parts
@@ -57,7 +58,7 @@ from dicomweb.transfer_syntax import (
     lookup,
     pixel_forms,
 )
-from dicomweb.wado import instance_rows, instance_url
+from dicomweb.wado import instance_rows, instance_url, too_large_to_decode
 from fhir_server.access.context import AuthContext
 from fhir_server.errors import InvalidRequest, NotFound
 from fhir_server.storage.dicom_port import InstanceRow
@@ -116,13 +117,16 @@ def _forms(accept: str | None, row: InstanceRow, *, by_frame: bool) -> tuple[Pix
 async def _first_made(
     row: InstanceRow, forms: Sequence[PixelForm], make: Callable[[PixelForm], Awaitable[T]]
 ) -> tuple[PixelForm, T]:
-    """The first form ``make`` manages to produce (decoding can fail); else 406."""
-    problem = None
+    """The first form ``make`` manages to produce (decoding can fail, or be refused
+    as too large); else 406."""
+    problem: Exception | None = None
     for form in forms:
         try:
             return form, await make(form)
-        except TranscodeError as exc:
+        except (TranscodeError, DecodeTooLarge) as exc:
             problem = exc
+    if isinstance(problem, DecodeTooLarge):
+        raise too_large_to_decode(row.uid, problem) from problem
     raise NotAcceptable(f"the pixel data of {row.uid} cannot be decoded: {problem}")
 
 
@@ -137,7 +141,8 @@ async def _frame_data(
         return await asyncio.to_thread(compressed_frames, path, indices)
     spans = _native_spans(row, numbers)
     if spans is None:
-        return await asyncio.to_thread(native_frames, path, indices)
+        limit = svc.max_decoded_bytes
+        return await asyncio.to_thread(native_frames, path, indices, limit=limit)
     frames = []
     for offset, length in spans:
         data = b"".join(
@@ -246,7 +251,8 @@ async def _pixel_parts(svc: DicomwebServices, row: InstanceRow, form: PixelForm)
     if native and pixel.get("length") is not None:
         body = svc.blobs.open(row.blob.key, offset=pixel["offset"], length=pixel["length"])
         return [OutPart(form.content_type, body)]
-    return [OutPart(form.content_type, _one(await asyncio.to_thread(native_pixel_data, path)))]
+    decoded = await asyncio.to_thread(native_pixel_data, path, limit=svc.max_decoded_bytes)
+    return [OutPart(form.content_type, _one(decoded))]
 
 
 async def bulkdata(

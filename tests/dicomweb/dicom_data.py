@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.encaps import encapsulate
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
 
 BOUNDARY = "radhub-test-boundary"
 CT = CTImageStorage
@@ -58,6 +60,35 @@ def make_instance(
     ds.PixelData = pixels.tobytes()
     out = io.BytesIO()
     ds.save_as(out, implicit_vr=implicit, little_endian=True, enforce_file_format=True)
+    return out.getvalue()
+
+
+def rle_instance(
+    study: str, series: str, sop: str, *, side: int, frames: int = 1, number: int = 1
+) -> bytes:
+    """A black 8-bit ``side``x``side`` CT image in RLE Lossless (``side`` a multiple of
+    128): each row of 128 zeros is two bytes (PS3.5 Annex G), so the file is about
+    1/64 of its decoded size."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = CT
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    ds.SOPClassUID, ds.SOPInstanceUID = CT, sop
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.PatientID, ds.PatientName, ds.Modality = "PAT-RLE", "Rle^Large", "CT"
+    ds.InstanceNumber = number
+    ds.Rows = ds.Columns = side
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    header = struct.pack("<16I", 1, 64, *([0] * 14))  # one segment, right after the header
+    segment = b"\x81\x00" * (side // 128) * side  # 128 copies of 0, for every row
+    ds.PixelData = encapsulate([header + segment] * frames)
+    ds["PixelData"].VR = "OB"
+    out = io.BytesIO()
+    ds.save_as(out, implicit_vr=False, little_endian=True, enforce_file_format=True)
     return out.getvalue()
 
 

@@ -13,6 +13,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import UID, generate_uid
 
+from dicomweb.decode_limit import DEFAULT_MAX_DECODED_BYTES as LIMIT
+from dicomweb.decode_limit import DecodeTooLarge
 from dicomweb.pixel_codec import (
     TranscodeError,
     compressed_frames,
@@ -168,7 +170,7 @@ def test_transcode_is_explicit_le_and_lossless(
     sample: Sample, name: str, original: str | None
 ) -> None:
     source = dcmread(sample(name))
-    out = dcmread(io.BytesIO(transcode_to_explicit_le(sample(name))))
+    out = dcmread(io.BytesIO(transcode_to_explicit_le(sample(name), limit=LIMIT)))
     assert out.file_meta.TransferSyntaxUID == EXPLICIT_VR_LITTLE_ENDIAN
     assert not out.original_encoding[0]  # explicit VR as written
     assert out.SOPInstanceUID == source.SOPInstanceUID
@@ -179,7 +181,7 @@ def test_transcode_is_explicit_le_and_lossless(
 @pytest.mark.parametrize("name", ["SC_rgb_jpeg_dcmtk.dcm", "JPEG2000.dcm", "JPGExtended.dcm"])
 def test_transcode_lossy_sources_decodes_pixels(sample: Sample, name: str) -> None:
     source = dcmread(sample(name))
-    out = dcmread(io.BytesIO(transcode_to_explicit_le(sample(name).read_bytes())))
+    out = dcmread(io.BytesIO(transcode_to_explicit_le(sample(name).read_bytes(), limit=LIMIT)))
     assert out.file_meta.TransferSyntaxUID == EXPLICIT_VR_LITTLE_ENDIAN
     assert out.SOPInstanceUID == source.SOPInstanceUID
     assert out.pixel_array.shape == source.pixel_array.shape
@@ -202,7 +204,7 @@ def _mpeg2_instance() -> bytes:
 
 def test_transcode_refuses_what_it_cannot_decode() -> None:
     with pytest.raises(TranscodeError, match="no decoder"):
-        transcode_to_explicit_le(_mpeg2_instance())
+        transcode_to_explicit_le(_mpeg2_instance(), limit=LIMIT)
 
 
 @pytest.mark.parametrize(
@@ -286,10 +288,10 @@ def test_big_endian_pixel_data_and_frames_are_little_endian(
     sample: Sample, name: str, original: str
 ) -> None:
     expected = dcmread(sample(original))
-    assert native_pixel_data(sample(name)) == expected.PixelData
+    assert native_pixel_data(sample(name), limit=LIMIT) == expected.PixelData
     count = int(expected.get("NumberOfFrames") or 1)
     size = len(expected.PixelData) // count
-    last = native_frames(sample(name), [count - 1])
+    last = native_frames(sample(name), [count - 1], limit=LIMIT)
     assert last == [expected.PixelData[(count - 1) * size : count * size]]
 
 
@@ -300,7 +302,7 @@ def test_transcoding_big_endian_turns_every_word_value_round(sample: Sample) -> 
     ds.add_new(0x00281201, "OW", np.arange(256, dtype=">u2").tobytes())
     source = io.BytesIO()
     ds.save_as(source, implicit_vr=False, little_endian=False, enforce_file_format=True)
-    out = dcmread(io.BytesIO(transcode_to_explicit_le(source.getvalue())))
+    out = dcmread(io.BytesIO(transcode_to_explicit_le(source.getvalue(), limit=LIMIT)))
     assert np.array_equal(np.frombuffer(out[0x60003000].value, "<u2"), words)
     assert np.array_equal(np.frombuffer(out.RedPaletteColorLookupTableData, "<u2"), np.arange(256))
     assert out.PixelData == dcmread(sample("MR_small.dcm")).PixelData
@@ -309,11 +311,45 @@ def test_transcoding_big_endian_turns_every_word_value_round(sample: Sample) -> 
 def test_undecodable_pixel_data_raises_transcode_error(sample: Sample) -> None:
     assert can_decode(str(dcmread(sample("JPEG-lossy.dcm")).file_meta.TransferSyntaxUID))
     with pytest.raises(TranscodeError):
-        transcode_to_explicit_le(sample("JPEG-lossy.dcm"))
+        transcode_to_explicit_le(sample("JPEG-lossy.dcm"), limit=LIMIT)
     with pytest.raises(TranscodeError):
-        native_frames(sample("JPEG-lossy.dcm"), [0])
+        native_frames(sample("JPEG-lossy.dcm"), [0], limit=LIMIT)
     with pytest.raises(TranscodeError):
-        native_pixel_data(sample("JPEG-lossy.dcm"))
+        native_pixel_data(sample("JPEG-lossy.dcm"), limit=LIMIT)
+
+
+def test_decoding_beyond_the_limit_is_refused_before_decoding(sample: Sample) -> None:
+    # JPEG-lossy.dcm fails to decode: refused as too large, it was never decoded
+    path = sample("JPEG-lossy.dcm")
+    with pytest.raises(DecodeTooLarge):
+        transcode_to_explicit_le(path, limit=1024)
+    with pytest.raises(DecodeTooLarge):
+        native_frames(path, [0], limit=1024)
+    with pytest.raises(DecodeTooLarge):
+        native_pixel_data(path, limit=1024)
+
+
+def test_the_limit_counts_the_frames_decoded(sample: Sample) -> None:
+    path = sample("SC_rgb_rle_2frame.dcm")
+    ds = dcmread(path, stop_before_pixels=True)
+    frame = ds.Rows * ds.Columns * 3  # 8-bit RGB
+    assert len(native_frames(path, [1], limit=frame)[0]) == frame
+    with pytest.raises(DecodeTooLarge, match="2 frames"):
+        native_frames(path, [0, 1], limit=2 * frame - 1)
+    with pytest.raises(DecodeTooLarge, match="the instance"):
+        transcode_to_explicit_le(path, limit=2 * frame - 1)
+    with pytest.raises(DecodeTooLarge, match="the pixel data"):
+        native_pixel_data(path, limit=2 * frame - 1)
+    assert len(native_pixel_data(path, limit=2 * frame)) == 2 * frame
+    assert transcode_to_explicit_le(path, limit=2 * frame)
+
+
+def test_native_data_is_not_decoded_so_not_limited(sample: Sample) -> None:
+    # big endian and little endian are only copied or swapped: their size is the file's
+    little = dcmread(sample("MR_small.dcm")).PixelData
+    assert native_pixel_data(sample("MR_small_bigendian.dcm"), limit=1) == little
+    out = dcmread(io.BytesIO(transcode_to_explicit_le(sample("MR_small_bigendian.dcm"), limit=1)))
+    assert out.PixelData == little
 
 
 def test_compressed_frames_are_the_stored_bitstreams(sample: Sample, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import base64
 import gzip
 import io
 import tracemalloc
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -19,8 +20,9 @@ from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
+from tests.dicomweb.archive_app import fast_settings, running
 from tests.dicomweb.conftest import bundled
-from tests.dicomweb.dicom_data import STOW_TYPE, make_instance, multipart
+from tests.dicomweb.dicom_data import STOW_TYPE, make_instance, multipart, rle_instance
 
 ELE = "1.2.840.10008.1.2.1"
 BIG = "1.2.840.10008.1.2.2"
@@ -523,6 +525,101 @@ async def test_metadata_encoding_and_etags(stored: httpx.AsyncClient) -> None:
             assert response.headers["etag"] == (gz_etag if encoding == "gzip" else etag)
     gone = await stored.get("/dicomweb/studies/9.9.9/metadata", headers={"If-None-Match": "*"})
     assert gone.status_code == 404
+
+
+# 9. pixel data that would decode to more than the server decodes at once
+
+# two black 1024x1024 RLE frames (a 35 KB file, 2 MiB decoded), where 1.5 MiB may be
+# decoded at once: one frame may be, both not
+LARGE = rle_instance("1.2.3.77", "1.2.3.77.1", "1.2.3.77.1.1", side=1024, frames=2)
+LARGE_URL = url(LARGE)
+SMALL = make_instance("1.2.3.77", "1.2.3.77.1", "1.2.3.77.1.2", number=2)
+FRAME = 1024 * 1024
+
+
+@pytest.fixture
+async def limited(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    settings = fast_settings(tmp_path / "data", max_decoded_bytes=3 * FRAME // 2)
+    async with running(settings) as (_, client):
+        response = await client.post(
+            "/dicomweb/studies",
+            content=multipart(LARGE, SMALL),
+            headers={"Content-Type": STOW_TYPE},
+        )
+        assert response.status_code == 200, response.text
+        yield client
+
+
+def told_to_ask_as_stored(response: httpx.Response) -> bool:
+    """A 406 whose Warning and message say why, and how to have the data as stored."""
+    warning = response.headers.get("warning", "")
+    return (
+        response.status_code == 406
+        and "2,097,152 bytes" in response.json()["message"]
+        and "transfer-syntax=*" in warning
+        and warning.startswith("299 ")
+    )
+
+
+async def test_an_instance_beyond_the_decode_limit_is_sent_as_stored_or_406(
+    limited: httpx.AsyncClient,
+) -> None:
+    assert told_to_ask_as_stored(await limited.get(LARGE_URL))
+    single = {"Accept": "application/dicom"}
+    assert told_to_ask_as_stored(await limited.get(LARGE_URL, headers=single))
+    response = await limited.get(LARGE_URL, headers={"Accept": ANY_TS})
+    ((headers, body),) = parts(response)
+    assert headers["content-type"] == f"application/dicom; transfer-syntax={RLE}"
+    assert body == LARGE
+
+
+async def test_a_series_sends_the_part_beyond_the_decode_limit_as_stored(
+    limited: httpx.AsyncClient,
+) -> None:
+    response = await limited.get("/dicomweb/studies/1.2.3.77/series/1.2.3.77.1")
+    assert response.status_code == 200
+    sent = {dcmread(io.BytesIO(b)).SOPInstanceUID: (h, b) for h, b in parts(response)}
+    headers, body = sent["1.2.3.77.1.1"]
+    assert body == LARGE and headers["content-type"].endswith(f"transfer-syntax={RLE}")
+    assert syntax_of(sent["1.2.3.77.1.2"][1]) == ELE
+
+
+UNCOMPRESSED = {
+    "Accept": f"multipart/related; type=application/octet-stream; transfer-syntax={ELE}"
+}
+
+
+async def test_frames_beyond_the_decode_limit_together(limited: httpx.AsyncClient) -> None:
+    one = await limited.get(f"{LARGE_URL}/frames/2", headers=UNCOMPRESSED)
+    ((headers, frame),) = parts(one)
+    assert headers["content-type"] == f"application/octet-stream; transfer-syntax={ELE}"
+    assert frame == bytes(FRAME)
+    both = f"{LARGE_URL}/frames/1,2"
+    assert told_to_ask_as_stored(await limited.get(both, headers=UNCOMPRESSED))
+    # where the Accept header allows them, the frames as stored
+    for accept in ({}, {"Accept": CORNERSTONE}):
+        compressed = await limited.get(both, headers=accept)
+        sent = parts(compressed)
+        assert len(sent) == 2 and all(h["content-type"].endswith(RLE) for h, _ in sent)
+
+
+async def test_pixel_data_beyond_the_decode_limit_as_bulk_data(
+    limited: httpx.AsyncClient,
+) -> None:
+    bulk = f"{LARGE_URL}/bulkdata/7FE00010"
+    assert told_to_ask_as_stored(await limited.get(bulk, headers=UNCOMPRESSED))
+    compressed = await limited.get(bulk)
+    sent = parts(compressed)
+    assert [h["content-type"] for h, _ in sent] == [f"image/dicom-rle; transfer-syntax={RLE}"] * 2
+
+
+async def test_wado_uri_beyond_the_decode_limit(limited: httpx.AsyncClient) -> None:
+    study, series, sop = uids_of(LARGE)
+    params = {"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": sop}
+    params["contentType"] = "application/dicom"
+    assert told_to_ask_as_stored(await limited.get("/dicomweb/wado", params=params))
+    whole = await limited.get("/dicomweb/wado", params={**params, "transferSyntax": "*"})
+    assert whole.status_code == 200 and whole.content == LARGE
 
 
 def test_fixture_files_are_what_the_tests_assume() -> None:
