@@ -27,6 +27,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi
 from pydicom.pixels.utils import pixel_array
 
+from dicomweb.decode_limit import check_decode
 from dicomweb.transfer_syntax import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -300,9 +301,14 @@ def encode(image: Image.Image, media_type: str, quality: int) -> bytes:
     return out.getvalue()
 
 
-def render(path: Path, frame: int, options: RenderOptions) -> bytes:
-    """Frame ``frame`` (1-based) as a JPEG, PNG or GIF image (PS3.18 §8.3.5.1)."""
+def render(path: Path, frame: int, options: RenderOptions, limit: int) -> bytes:
+    """Frame ``frame`` (1-based) as a JPEG, PNG or GIF image (PS3.18 §8.3.5.1);
+    DecodeTooLarge, before decoding, when a frame decodes to more than ``limit`` bytes."""
     ds = dcmread(path, stop_before_pixels=True)
+    try:
+        check_decode(ds, 1, limit, "a frame")
+    except (TypeError, ValueError) as exc:
+        raise RenderError(f"invalid image pixel attributes: {exc}") from exc
     image = Image.fromarray(display_levels(_frame(path, frame - 1, raw=False), ds, options.window))
     if options.viewport is not None:
         image = fit(image, options.viewport)

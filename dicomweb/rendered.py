@@ -7,6 +7,10 @@ They take ``window=center,width[,function]``, ``viewport=vw,vh[,sx,sy,sw,sh]``
 and ``quality`` (PS3.18 Table 8.3.5-1); a malformed value is a 400. WADO-URI
 (``/wado?requestType=WADO``) serves one instance as ``application/dicom`` or
 rendered, for older viewers; it does not de-identify (``anonymize`` is refused).
+A frame that would decode to more than the server's limit (``decode_limit``)
+is not rendered: 413, PS3.18's answer when what would be sent exceeds what the
+origin server supports (PS3.2 Table N.7-92 lists it for Retrieve), the reason
+in a Warning header.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from dicomweb.decode_limit import DecodeTooLarge
 from dicomweb.http_common import DicomwebServices
 from dicomweb.render import (
     MEDIA,
@@ -35,8 +40,9 @@ from dicomweb.render import (
 from dicomweb.transfer_syntax import NotAcceptable, acceptable_syntaxes, parse_accept
 from dicomweb.wado import instance_rows, stored_or_transcoded
 from dicomweb.wado_pixels import frame_number
+from dicomweb.warning_headers import warning_header
 from fhir_server.access.context import AuthContext
-from fhir_server.errors import InvalidRequest, NotFound
+from fhir_server.errors import InvalidRequest, NotFound, PayloadTooLarge
 from fhir_server.storage.dicom_port import InstanceRow
 from fhir_server.url_integers import url_integer
 
@@ -156,7 +162,10 @@ async def _render(
         raise InvalidRequest(f"instance {row.uid} has frames 1 to {count}, not {frame}")
     path = svc.blobs.path_for(row.blob.key)
     try:
-        return await asyncio.to_thread(render, path, frame, opts)
+        return await asyncio.to_thread(render, path, frame, opts, svc.max_decoded_bytes)
+    except DecodeTooLarge as exc:
+        text = f"cannot render {row.uid}: {exc}"
+        raise PayloadTooLarge(text, headers={"Warning": warning_header(text)}) from exc
     except RegionError as exc:
         raise InvalidRequest(f"invalid viewport for {row.uid}: {exc}") from exc
     except RenderError as exc:

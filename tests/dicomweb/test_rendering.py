@@ -8,6 +8,8 @@ Greyscale results are compared as PNG (lossless), within 1 for rounding.
 from __future__ import annotations
 
 import io
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,8 +20,15 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
+from tests.dicomweb.archive_app import fast_settings, running
 from tests.dicomweb.conftest import bundled
-from tests.dicomweb.dicom_data import STOW_TYPE, make_instance, multipart, split_multipart
+from tests.dicomweb.dicom_data import (
+    STOW_TYPE,
+    make_instance,
+    multipart,
+    rle_instance,
+    split_multipart,
+)
 
 STUDY = "1.2.826.0.1.3680043.10.9901"
 SERIES = f"{STUDY}.1"
@@ -487,3 +496,49 @@ async def test_an_output_too_large_to_make_is_refused(client: httpx.AsyncClient)
     assert refused.status_code == 400 and "4096" in refused.json()["message"]
     wado = uri(f"{SERIES}.40", rows="60000", columns="60000")
     assert (await client.get("/dicomweb/wado", params=wado)).status_code == 400
+
+
+# Frames that would decode to more than the server decodes at once (``decode_limit``)
+
+# a black 1024x1024 RLE frame: a 17 KB file, 1 MiB decoded, where half that may be
+LARGE = f"{SERIES}.50"
+LARGE_URL = f"{INSTANCES}/{LARGE}"
+SMALL_URL = f"{INSTANCES}/{SERIES}.51"
+LARGE_ROADS = [
+    f"{LARGE_URL}/rendered",
+    f"{LARGE_URL}/thumbnail",
+    f"{LARGE_URL}/frames/1/rendered",
+    f"{LARGE_URL}/frames/1/thumbnail",
+    f"/dicomweb/studies/{STUDY}/series/{SERIES}/thumbnail",  # the middle instance: LARGE
+    f"/dicomweb/studies/{STUDY}/rendered",
+    f"/dicomweb/wado?requestType=WADO&studyUID={STUDY}&seriesUID={SERIES}&objectUID={LARGE}",
+]
+
+
+@pytest.fixture
+async def limited(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    settings = fast_settings(tmp_path / "data", max_decoded_bytes=2**19)
+    async with running(settings) as (_, client):
+        await stow(
+            client,
+            make_instance(STUDY, SERIES, f"{SERIES}.49", number=1),
+            rle_instance(STUDY, SERIES, LARGE, side=1024, number=2),
+            make_instance(STUDY, SERIES, f"{SERIES}.51", number=3),
+        )
+        yield client
+
+
+@pytest.mark.parametrize("url", LARGE_ROADS)
+async def test_a_frame_beyond_the_decode_limit_is_not_rendered(
+    limited: httpx.AsyncClient, url: str
+) -> None:
+    response = await limited.get(url)
+    assert response.status_code == 413, response.text
+    assert "1,048,576 bytes" in response.json()["message"]
+    assert "more than the 524,288" in response.headers["warning"]
+
+
+async def test_frames_within_the_decode_limit_are_rendered(limited: httpx.AsyncClient) -> None:
+    for path in ("rendered", "thumbnail", "frames/1/rendered"):
+        response = await limited.get(f"{SMALL_URL}/{path}")
+        assert response.status_code == 200 and response.content.startswith(b"\xff\xd8"), path
