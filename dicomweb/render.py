@@ -9,12 +9,22 @@ and maximum), inverted for MONOCHROME1. PALETTE COLOR goes through its
 palette, other colour images are scaled to 8 bits. The viewport's source
 region is cut (and flipped), fitted into the viewport keeping the aspect
 ratio, and encoded as JPEG, PNG or GIF.
+
+Nothing larger than the decoded frame is made, and nothing is decoded beyond
+the server's limit (``decode_limit``, checked from the header first). The
+window is chosen over the whole frame; the display levels are then made from
+the source region a band of rows at a time, so the floating-point working
+copies stay the size of a band, and each band is box-reduced as it is made
+when the output is much smaller (a thumbnail of a large image), as Pillow's
+``reducing_gap`` does, leaving Lanczos the last factor of three.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,6 +70,12 @@ class RegionError(ValueError):
 # Rendered images are at most this many pixels a side: an enlarging viewport could
 # otherwise ask for gigabytes (60000x60000 RGB is 10 GB) from one request.
 MAX_EDGE = 4096
+# Display levels are made this many samples at a time: a band's float working copies
+# (modality values, the window's output) take about 8 bytes a sample each
+BAND_SAMPLES = 2**18
+# A region at least this many times its output is first box-reduced by whole factors
+# (Pillow's ``reducing_gap``: at 3, "indistinguishable" from Lanczos alone)
+REDUCING_GAP = 3
 
 
 @dataclass(frozen=True)
@@ -204,21 +220,37 @@ def _voi_lut(values: Array, ds: Dataset) -> Array:
     return levels
 
 
-def _full_range(values: Array) -> Window | None:
-    """A window from the minimum to the maximum value (linear-exact: min→0, max→255)."""
-    low, high = float(np.min(values)), float(np.max(values))
+def _full_range(array: Array, ds: Dataset) -> Window | None:
+    """A window from the frame's least to its greatest modality value (linear-exact:
+    min→0, max→255), found band by band."""
+    ranges = [(np.min(v), np.max(v)) for v in map(apply_modality_lut, bands(array), repeat(ds))]
+    low, high = float(min(r[0] for r in ranges)), float(max(r[1] for r in ranges))
     return Window((low + high) / 2, high - low, "linear-exact") if high > low else None
 
 
+def frame_window(array: Array, ds: Dataset, requested: Window | None) -> Window | None:
+    """The window for a whole greyscale frame: the requested one, else the dataset's,
+    else (without a VOI LUT to apply) one spanning its values; None for colour."""
+    if ds.get("PhotometricInterpretation") == "PALETTE COLOR":
+        return None
+    if int(ds.get("SamplesPerPixel", 1)) > 1:
+        return None
+    window = requested or dataset_window(ds)
+    if window is None and not ds.get("VOILUTSequence"):
+        window = _full_range(array, ds)
+    return window
+
+
 def grey_levels(array: Array, ds: Dataset, window: Window | None) -> Array:
-    """A greyscale frame's display levels as uint8 (PS3.3 §C.11.2.1.2)."""
+    """Greyscale display levels as uint8 (PS3.3 §C.11.2.1.2) through the frame's
+    ``window`` (``frame_window``); without one, the VOI LUT, else black (a flat frame)."""
     values = apply_modality_lut(array, ds)
-    window = window or dataset_window(ds)
-    if window is None and ds.get("VOILUTSequence"):
+    if window is not None:
+        levels = apply_window(values, window)
+    elif ds.get("VOILUTSequence"):
         levels = _voi_lut(values, ds)
     else:
-        window = window or _full_range(values)
-        levels = apply_window(values, window) if window else np.zeros(values.shape)
+        levels = np.zeros(values.shape)
     if ds.get("PhotometricInterpretation") == "MONOCHROME1":
         levels = 255 - levels
     grey: Array = np.rint(levels).astype(np.uint8)
@@ -243,7 +275,8 @@ def palette_colours(array: Array, ds: Dataset) -> Array:
 
 
 def display_levels(array: Array, ds: Dataset, window: Window | None) -> Array:
-    """Frame pixels as 8-bit greyscale or RGB, ready to encode."""
+    """Frame pixels as 8-bit greyscale or RGB, ready to encode (greyscale through the
+    whole frame's window, ``frame_window``)."""
     photometric = ds.get("PhotometricInterpretation")
     if photometric == "PALETTE COLOR":
         return palette_colours(array, ds)
@@ -277,17 +310,57 @@ def fitted_size(size: tuple[int, int], vp: Viewport) -> tuple[int, int]:
     return fitted
 
 
-def fit(image: Image.Image, vp: Viewport) -> Image.Image:
-    """Cut the source region (flipped where its width or height is negative), fit it."""
-    box = source_box(image.size, vp)
-    if box != (0, 0, *image.size):
-        image = image.crop(box)
+def reduction(size: tuple[int, int], fitted: tuple[int, int]) -> tuple[int, int]:
+    """Whole box-reduction factors (x, y) that leave ``size`` at least ``REDUCING_GAP``
+    times ``fitted`` (1: no reduction)."""
+    (width, height), (out_w, out_h) = size, fitted
+    return max(1, width // (out_w * REDUCING_GAP)), max(1, height // (out_h * REDUCING_GAP))
+
+
+def bands(array: Array, multiple: int = 1) -> Iterator[Array]:
+    """Views of ``array`` a band of rows at a time: about ``BAND_SAMPLES`` samples,
+    a whole number of ``multiple`` rows."""
+    rows = max(multiple, BAND_SAMPLES // max(1, array[0].size) // multiple * multiple)
+    return (array[top : top + rows] for top in range(0, len(array), rows))
+
+
+def banded_levels(
+    array: Array, ds: Dataset, window: Window | None, factors: tuple[int, int]
+) -> Array:
+    """``display_levels`` of ``array`` a band at a time, each band box-reduced by
+    ``factors`` as it is made (a partial block at the edge is averaged as it is)."""
+    rows = -(-len(array) // factors[1])
+    out: Array | None = None
+    top = 0
+    for band in bands(array, factors[1]):
+        levels = display_levels(band, ds, window)
+        if factors != (1, 1):
+            levels = np.asarray(Image.fromarray(levels).reduce(factors))
+        if out is None:
+            out = np.empty((rows, *levels.shape[1:]), np.uint8)
+        out[top : top + len(levels)] = levels
+        top += len(levels)
+    assert out is not None  # an array has at least one row
+    return out
+
+
+def display_image(array: Array, ds: Dataset, options: RenderOptions) -> Image.Image:
+    """The frame's display levels, its source region cut (flipped where its width or
+    height is negative) and fitted to the viewport."""
+    window = frame_window(array, ds, options.window)
+    vp = options.viewport
+    if vp is None:
+        return Image.fromarray(banded_levels(array, ds, window, (1, 1)))
+    left, top, right, bottom = source_box((array.shape[1], array.shape[0]), vp)
+    region = array[top:bottom, left:right]
     if vp.sw is not None and vp.sw < 0:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        region = region[:, ::-1]
     if vp.sh is not None and vp.sh < 0:
-        image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
-    size = fitted_size(image.size, vp)
-    return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
+        region = region[::-1]
+    size = fitted_size((right - left, bottom - top), vp)
+    factors = reduction((right - left, bottom - top), size)
+    image = Image.fromarray(banded_levels(region, ds, window, factors))
+    return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
 
 
 def encode(image: Image.Image, media_type: str, quality: int) -> bytes:
@@ -309,7 +382,5 @@ def render(path: Path, frame: int, options: RenderOptions, limit: int) -> bytes:
         check_decode(ds, 1, limit, "a frame")
     except (TypeError, ValueError) as exc:
         raise RenderError(f"invalid image pixel attributes: {exc}") from exc
-    image = Image.fromarray(display_levels(_frame(path, frame - 1, raw=False), ds, options.window))
-    if options.viewport is not None:
-        image = fit(image, options.viewport)
+    image = display_image(_frame(path, frame - 1, raw=False), ds, options)
     return encode(image, options.media_type, options.quality)

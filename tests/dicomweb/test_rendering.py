@@ -8,6 +8,7 @@ Greyscale results are compared as PNG (lossless), within 1 for rounding.
 from __future__ import annotations
 
 import io
+import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
+from dicomweb.decode_limit import DEFAULT_MAX_DECODED_BYTES
+from dicomweb.render import THUMBNAIL, RenderOptions, Viewport, render
 from tests.dicomweb.archive_app import fast_settings, running
 from tests.dicomweb.conftest import bundled
 from tests.dicomweb.dicom_data import (
@@ -542,3 +545,36 @@ async def test_frames_within_the_decode_limit_are_rendered(limited: httpx.AsyncC
     for path in ("rendered", "thumbnail", "frames/1/rendered"):
         response = await limited.get(f"{SMALL_URL}/{path}")
         assert response.status_code == 200 and response.content.startswith(b"\xff\xd8"), path
+
+
+@pytest.mark.parametrize("viewport", [THUMBNAIL, None], ids=["thumbnail", "full-size"])
+def test_rendering_holds_no_float_copy_of_the_frame(
+    tmp_path: Path, viewport: Viewport | None
+) -> None:
+    """Windowing used to convert the whole frame to float64 several times over (17
+    times its decoded size at peak for a 16-bit frame); it goes a band at a time."""
+    ramp = (np.arange(2048 * 2048) % 4096).astype(np.uint16).reshape(2048, 2048)
+    path = tmp_path / "large.dcm"
+    path.write_bytes(dicom(f"{SERIES}.52", ramp, RescaleSlope=1, RescaleIntercept=-1024))
+    options = RenderOptions("image/png", viewport=viewport)
+    tracemalloc.start()
+    try:
+        render(path, 1, options, DEFAULT_MAX_DECODED_BYTES)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # the frame as decoded (pydicom reads it, then makes the array), the 8-bit output
+    assert peak < 3 * ramp.nbytes, peak
+
+
+async def test_a_reduced_thumbnail_is_the_image_scaled_down(client: httpx.AsyncClient) -> None:
+    # 1024x768 is reduced by boxes of 2 before Lanczos: the result is what Lanczos alone
+    # makes of the full-size rendering, give or take rounding
+    y, x = np.mgrid[0:768, 0:1024]
+    smooth = (2048 + 2000 * np.sin(x / 90) * np.cos(y / 70)).astype(np.uint16)
+    url = await put(client, f"{SERIES}.53", smooth)
+    full = Image.fromarray(pixels_of(await client.get(f"{url}/rendered", headers=PNG)))
+    expected = np.asarray(full.resize((128, 96), Image.Resampling.LANCZOS)).astype(int)
+    thumbnail = pixels_of(await client.get(f"{url}/thumbnail", headers=PNG))
+    assert thumbnail.shape == (96, 128)
+    assert np.abs(thumbnail - expected).max() <= 2
