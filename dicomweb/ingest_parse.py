@@ -31,6 +31,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.multival import MultiValue
 
 from dicomweb import header_scan, transfer_syntax
@@ -58,6 +59,12 @@ FAILURE_REASONS: dict[int, str] = {
 }
 
 DEFAULT_DEFER_SIZE = 64 * 1024
+# The most a deflated data set (PS3.5 §A.5) may inflate to. pydicom inflates one
+# whole in memory, to read its header and again to decode its pixels, so a few
+# megabytes that inflate a thousandfold would otherwise take gigabytes; real deflated
+# objects (structured reports, the odd image) stay far below.
+MAX_INFLATED_SIZE = 512 * 1024 * 1024
+_INFLATE_STEP = 1 << 20
 SCAN_FIRST = 64 * 1024  # bytes the fast road reads first
 SCAN_MOST = 4 * 1024 * 1024  # and at most: a longer header (a large value) is pydicom's
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -219,6 +226,7 @@ def parse_instance(
         with _cannot_understand():
             size = fp.seek(0, io.SEEK_END)
             fp.seek(0)
+            _check_inflated_size(fp, MAX_INFLATED_SIZE)
             ds = dcmread(fp, stop_before_pixels=True, defer_size=defer_size)
         with _identified(ds), _cannot_understand():
             ts = _transfer_syntax(ds)
@@ -237,6 +245,35 @@ def parse_instance(
         if sop_classes is not None and header.sop_class_uid not in sop_classes:
             raise InstanceRejected(SOP_CLASS_NOT_SUPPORTED, f"SOP Class {header.sop_class_uid}")
     return ParsedInstance(header, ds, pixels, size)
+
+
+def _check_inflated_size(fp: BinaryIO, most: int) -> None:
+    """Refuse a deflated data set that inflates beyond ``most`` bytes, found by
+    inflating it in steps and counting, before pydicom inflates it whole; anything
+    else (or a file meta pydicom will refuse itself) passes untouched."""
+    start = fp.tell()
+    try:
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)
+    except Exception:  # not Part-10 as expected: dcmread says why
+        fp.seek(start)
+        return
+    try:
+        if meta.get("TransferSyntaxUID") != transfer_syntax.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+            return
+        inflater, inflated = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        pending = fp.read(_INFLATE_STEP)
+        while pending and inflated <= most:
+            inflated += len(inflater.decompress(pending, _INFLATE_STEP))
+            pending = inflater.unconsumed_tail or fp.read(_INFLATE_STEP)
+        if inflated > most:
+            raise InstanceRejected(
+                CANNOT_UNDERSTAND,
+                f"the deflated data set inflates beyond {most:,} bytes: more than this"
+                " archive takes",
+            )
+    finally:
+        fp.seek(start)
 
 
 def _inflated_pixel_data(ds: Dataset) -> PixelDataLocation | None:

@@ -13,6 +13,7 @@ from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from dicomweb import ingest_parse
 from dicomweb.ingest_parse import (
     CANNOT_UNDERSTAND,
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
@@ -174,6 +175,26 @@ def test_deflated_file_with_a_deferred_value_is_complete(sample: Sample) -> None
     assert len(out.getvalue()) < 100_000  # deflated
     parsed = parse_instance(out.getvalue(), defer_size=1024)
     assert parsed.pixel_data is not None and parsed.pixel_data.length == len(ds.PixelData)
+
+
+def test_a_deflate_bomb_is_refused_before_pydicom_inflates_it(
+    sample: Sample, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deflated file inflating beyond MAX_INFLATED_SIZE is refused (0xC000) without
+    being read whole: 3 MB of zeros deflate to 3 KB; the limit is lowered to 1 MB."""
+    monkeypatch.setattr(ingest_parse, "MAX_INFLATED_SIZE", 1 << 20)
+    bomb = _redeflated(
+        sample("image_dfl.dcm").read_bytes(),
+        lambda body: body + b"\xfe\xff\xfe\xff" + b"\x00" * (3 << 20),  # a long padding tail
+    )
+    assert len(bomb) < 100_000
+    reads: list[int] = []
+    monkeypatch.setattr(ingest_parse, "dcmread", lambda *a, **k: reads.append(1))
+    with pytest.raises(InstanceRejected, match="inflates beyond 1,048,576 bytes") as caught:
+        parse_instance(bomb)
+    assert caught.value.reason == CANNOT_UNDERSTAND and reads == []
+    monkeypatch.undo()
+    parse_instance(sample("image_dfl.dcm"))  # one below the limit is read as before
 
 
 def _rewritten(sample: Sample, name: str, change: Callable[[Dataset], None]) -> bytes:

@@ -524,9 +524,10 @@ async def limited(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     async with running(settings) as (_, client):
         await stow(
             client,
-            make_instance(STUDY, SERIES, f"{SERIES}.49", number=1),
+            # (one patient's: a study takes no other patient's instances)
+            make_instance(STUDY, SERIES, f"{SERIES}.49", number=1, patient_id="PAT-RLE"),
             rle_instance(STUDY, SERIES, LARGE, side=1024, number=2),
-            make_instance(STUDY, SERIES, f"{SERIES}.51", number=3),
+            make_instance(STUDY, SERIES, f"{SERIES}.51", number=3, patient_id="PAT-RLE"),
         )
         yield client
 

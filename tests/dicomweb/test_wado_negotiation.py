@@ -533,7 +533,7 @@ async def test_metadata_encoding_and_etags(stored: httpx.AsyncClient) -> None:
 # decoded at once: one frame may be, both not
 LARGE = rle_instance("1.2.3.77", "1.2.3.77.1", "1.2.3.77.1.1", side=1024, frames=2)
 LARGE_URL = url(LARGE)
-SMALL = make_instance("1.2.3.77", "1.2.3.77.1", "1.2.3.77.1.2", number=2)
+SMALL = make_instance("1.2.3.77", "1.2.3.77.1", "1.2.3.77.1.2", number=2, patient_id="PAT-RLE")
 FRAME = 1024 * 1024
 
 
