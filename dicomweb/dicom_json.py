@@ -44,6 +44,7 @@ BULK_DATA_VRS = _BINARY_VRS | {"DS", "FL", "FD", "IS", "LT", "SL", "SS", "ST", "
 BULK_DATA_VRS |= {"UC", "UL", "US", "UT", "UV"}
 _INT_VRS = frozenset({"IS", "SL", "SS", "SV", "UL", "US", "UV"})
 _FLOAT_VRS = frozenset({"DS", "FL", "FD"})
+_EXACT_IN_JSON = 2**53 - 1  # the largest integer an IEEE double holds exactly
 # pydicom's ambiguous VRs, resolved the way PS3.5 Annex A usually does for LE data.
 _AMBIGUOUS: dict[str, str] = {
     "US or SS": "US",
@@ -308,11 +309,16 @@ def _scalar(vr: str, value: Any) -> Any:
 
 
 def _number(vr: str, value: Any) -> int | float | str | None:
-    """JSON number; an unparsable IS/DS string is passed through rather than lost."""
+    """JSON number; an unparsable IS/DS string is passed through rather than lost; a
+    64-bit integer beyond what a JSON reader holds exactly, ±(2^53 - 1), as a string
+    (PS3.18 §F.2.3.1; a JavaScript viewer would round it, and MongoDB cannot store an
+    unsigned one above 2^63 - 1)."""
     try:
         number = int(value) if vr in _INT_VRS else float(value)
     except (TypeError, ValueError):
         return str(value).strip() or None
+    if isinstance(number, int):
+        return number if abs(number) <= _EXACT_IN_JSON else str(number)
     return number if math.isfinite(number) else None
 
 

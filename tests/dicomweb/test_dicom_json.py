@@ -159,6 +159,32 @@ def test_person_name_groups_and_value_types() -> None:
     assert out["00081030"] == {"vr": "LO"}
 
 
+@pytest.mark.parametrize(
+    ("vr", "value", "json_value"),
+    [
+        ("UV", 2**53 - 1, 2**53 - 1),
+        ("UV", 2**53, "9007199254740992"),
+        ("UV", 2**64 - 1, "18446744073709551615"),
+        ("SV", -(2**53) + 1, -(2**53) + 1),
+        ("SV", -(2**63), "-9223372036854775808"),
+        ("UL", 2**32 - 1, 2**32 - 1),
+    ],
+)
+def test_a_64_bit_integer_beyond_what_json_holds_exactly_is_a_string(
+    vr: str, value: int, json_value: int | str
+) -> None:
+    """PS3.18 §F.2.3.1: a reader parsing JSON numbers as doubles would round it (and
+    MongoDB holds no unsigned integer above 2^63 - 1). Both ingest roads agree."""
+    tag = {"SV": 0x00720082, "UV": 0x00720083, "UL": 0x00720084}[vr]  # Selector..Value
+    ds = Dataset()
+    ds.add_new(tag, vr, value)
+    assert to_dicom_json(ds)[f"{tag:08X}"] == {"vr": vr, "Value": [json_value]}
+    out = io.BytesIO()
+    dcmwrite(out, ds, implicit_vr=False, little_endian=True)
+    raw = dcmread(io.BytesIO(out.getvalue()), force=True)  # values left raw: raw_values
+    assert to_dicom_json(raw)[f"{tag:08X}"] == {"vr": vr, "Value": [json_value]}
+
+
 def test_deferred_values_become_bulk_without_being_read(sample: Sample) -> None:
     ds = dcmread(sample("rtplan.dcm"))
     ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.1")
