@@ -28,7 +28,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -170,15 +170,20 @@ def _read_uids(path: Path, fd: int) -> list[InstanceUids]:
 
 
 async def reconcile_instances(
-    index: DicomIndex, blobs: FileBlobStore, uids: Sequence[InstanceUids]
+    index: DicomIndex,
+    blobs: FileBlobStore,
+    uids: Sequence[InstanceUids],
+    *,
+    keep: Collection[str] = (),
 ) -> int:
-    """Remove every blob of ``uids`` that the index does not name; how many were removed."""
+    """Remove every blob of ``uids`` that the index does not name (except those in
+    ``keep``); how many were removed."""
     removed = 0
     for study, series, sop in uids:
         rows = await index.instance_files(study, series, sop)
-        keep = {row.blob.key for row in rows}
+        named = {row.blob.key for row in rows}
         for key in await asyncio.to_thread(_keys_of, blobs.root, study, series, sop):
-            if key not in keep and await blobs.delete(key):
+            if key not in named and key not in keep and await blobs.delete(key):
                 removed += 1
     return removed
 

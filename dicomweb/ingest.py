@@ -323,7 +323,9 @@ class IngestService:
         uids = [a.uids for a in accepted]
         studies, sops = {u[0] for u in uids}, {u[2] for u in uids}
         async with self.locks.storing(studies, sops), self._intent(uids):
+            named: set[str] = set()
             try:
+                named = await self._named(uids)
                 refs = await self._blobs.adopt_many([(a.staged, *a.uids) for a in accepted])
                 batch = [_Pending(a.described, ref) for a, ref in zip(accepted, refs, strict=True)]
                 records = [with_blob(p.described.record, p.blob) for p in batch]
@@ -331,7 +333,7 @@ class IngestService:
             except Exception as exc:
                 log.exception("storing a batch of %d instances failed", len(accepted))
                 report.failed.extend(failure(exc, a.described.header) for a in accepted)
-                await self._forget(uids)
+                await self._forget(uids, named)
                 for a in accepted:  # those the failed adoption left in staging
                     await self._blobs.discard(a.staged)
                 return
@@ -346,11 +348,21 @@ class IngestService:
             return contextlib.nullcontext()
         return self._journal.intent(uids)
 
-    async def _forget(self, uids: list[InstanceUids]) -> None:
-        """Remove the blobs of a batch the index refused (keeping those it already had)."""
+    async def _named(self, uids: list[InstanceUids]) -> set[str]:
+        """The blobs the index names for ``uids`` before their batch, when it may replace
+        them (``overwrite``; else a stored instance is never rewritten)."""
+        if not self._options.overwrite:
+            return set()
+        files = [await self._index.instance_files(*u) for u in uids]
+        return {f.blob.key for found in files for f in found}
+
+    async def _forget(self, uids: list[InstanceUids], named: set[str]) -> None:
+        """Remove the blobs of a batch the index refused, keeping those it names and
+        those it ``named`` before the batch: an index that is not all-or-nothing may
+        have lost a row it held, and its file is then all that is left of it."""
         if isinstance(self._blobs, FileBlobStore):
             try:
-                await reconcile_instances(self._index, self._blobs, uids)
+                await reconcile_instances(self._index, self._blobs, uids, keep=named)
             except Exception:
                 log.exception("could not remove the blobs of a failed batch")
 

@@ -153,3 +153,26 @@ async def test_the_app_reconciles_at_start_up(tmp_path: Path) -> None:
         assert await blobs.keys() == []
         assert not list(blobs.root.rglob(".tmp-*"))
         assert not list((blobs.root / ".intents").iterdir())
+
+
+async def test_a_failed_overwrite_keeps_the_file_the_index_named_before(
+    tmp_path: Path, store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An index that is not all-or-nothing (MongoDB's) may fail an overwrite after it
+    dropped the stored row: the failure path must not then remove the stored file,
+    the only copy of that instance left."""
+    blobs = FileBlobStore(tmp_path / "blobs", fsync=False)
+    options = IngestOptions("http://x", overwrite=True)
+    ingest = IngestService(store.dicom, blobs, None, options, IntentJournal(blobs.root))
+    assert len((await ingest.ingest(bodies(make_instance("1.2", "1.2.1", "1.2.1.1")))).stored) == 1
+    (stored,) = await blobs.keys()
+
+    async def half_done(*args: Any, **kwargs: Any) -> Any:
+        await store.dicom.delete("1.2", "1.2.1", "1.2.1.1")
+        raise RuntimeError("the new version could not be written")
+
+    monkeypatch.setattr(store.dicom, "store_batch", half_done)
+    new = make_instance("1.2", "1.2.1", "1.2.1.1", name="New^Name")
+    report = await ingest.ingest(bodies(new))
+    assert [f.reason for f in report.failed] == [0x0110]
+    assert await blobs.keys() == [stored]  # the new file went, the stored one stayed

@@ -117,9 +117,9 @@ class MongoDicomIndex:
         previous = None
         if old is not None:
             previous = blob_location(old)
-            await self._db[INSTANCES].delete_one({"_id": rec.sop_uid})
             touched.add(old["series"])
-        await self._db[INSTANCES].insert_one(_instance_doc(rec))
+        # one atomic write: the old version stays indexed until the new one is in
+        await self._db[INSTANCES].replace_one({"_id": rec.sop_uid}, _instance_doc(rec), upsert=True)
         touched.add(rec.series_uid)
         return StoreResult(rec.sop_uid, "replaced" if previous else "stored", previous)
 
