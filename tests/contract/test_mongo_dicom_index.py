@@ -13,6 +13,7 @@ from mongomock_motor import AsyncMongoMockClient
 from pymongo.errors import AutoReconnect
 
 from fhir_server.search.registry import SearchRegistry
+from fhir_server.storage.dicom_port import MODALITIES_KEY, DicomQuery, KeyFilter
 from fhir_server.storage.mongo.dicom_search import INSTANCES
 from fhir_server.storage.mongo.store import MongoStore
 
@@ -28,28 +29,60 @@ async def store(registry: SearchRegistry) -> MongoStore:
     return made
 
 
+_WRITES = ("insert_one", "replace_one")
+_EVERYTHING = (*_WRITES, "find_one", "update_one", "update_many", "delete_one", "delete_many")
+_EVERYTHING += ("count_documents", "distinct")
+
+
 def fail_instance_writes(
-    monkeypatch: pytest.MonkeyPatch, store: MongoStore, error: Exception, after: int = 0
+    monkeypatch: pytest.MonkeyPatch,
+    store: MongoStore,
+    error: Exception,
+    *,
+    after: int = 0,
+    only: int | None = None,
+    outage: bool = False,
 ) -> None:
-    """Every write of an instance document after the first ``after`` raises ``error``."""
+    """The instance document writes after the first ``after`` raise ``error`` (only
+    ``only`` of them, if given); with ``outage``, so does every later operation on
+    any collection (the server went away)."""
     collection = type(store._db[INSTANCES])
     done = 0
+    down = False
 
     def failing(name: str) -> Any:
         real = getattr(collection, name)
 
-        async def write(self: Any, *args: Any, **kwargs: Any) -> Any:
-            nonlocal done
-            if self.name == INSTANCES:
+        async def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            nonlocal done, down
+            if down:
+                raise error
+            if self.name == INSTANCES and name in _WRITES:
                 done += 1
-                if done > after:
+                if done > after and (only is None or done <= after + only):
+                    down = outage
                     raise error
             return await real(self, *args, **kwargs)
 
-        return write
+        return call
 
-    for name in ("insert_one", "replace_one"):
+    for name in _EVERYTHING if outage else _WRITES:
         monkeypatch.setattr(collection, name, failing(name))
+
+
+def mr_batch() -> list[Any]:
+    return [record("1.1", "1.1.1", f"1.1.1.{i}", modality="MR") for i in range(1, 4)]
+
+
+async def assert_counts(store: MongoStore, instances: int) -> None:
+    """Study 1.1 counts ``instances`` MR instances in one series, and QIDO finds it."""
+    study = await store.dicom.study("1.1")
+    assert study is not None
+    assert (study.series_count, study.instance_count, study.modalities) == (1, instances, ("MR",))
+    assert [s.instance_count for s in await store.dicom.series_of("1.1")] == [instances]
+    mr = KeyFilter(MODALITIES_KEY, "eq", ("MR",))
+    page = await store.dicom.search(DicomQuery("study", study_filters=(mr,)))
+    assert [m.study.uid for m in page.matches] == ["1.1"]
 
 
 async def test_a_failed_overwrite_keeps_the_stored_version(
@@ -65,3 +98,44 @@ async def test_a_failed_overwrite_keeps_the_stored_version(
     monkeypatch.undo()
     (row,) = await store.dicom.instance_files("1.1")
     assert row.blob == old.blob
+
+
+async def test_a_batch_that_fails_part_way_leaves_right_counts(
+    store: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fail_instance_writes(monkeypatch, store, AutoReconnect("failover"), after=2, only=1)
+    with pytest.raises(AutoReconnect):
+        await store.dicom.store_batch(mr_batch())
+    assert len(await store.dicom.instances("1.1")) == 2
+    await assert_counts(store, 2)
+
+
+async def test_a_resend_repairs_the_counts_an_outage_left_stale(
+    store: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server went away during the batch and its recount: the instances written
+    are all "duplicate" when sent again, and that re-send recounts their parents."""
+    fail_instance_writes(monkeypatch, store, AutoReconnect("gone"), after=2, outage=True)
+    with pytest.raises(AutoReconnect):
+        await store.dicom.store_batch(mr_batch())
+    monkeypatch.undo()
+    study = await store.dicom.study("1.1")
+    assert study is not None and study.instance_count == 0  # stale, as the outage left it
+    again = await store.dicom.store_batch(mr_batch()[:2])
+    assert [r.outcome for r in again] == ["duplicate", "duplicate"]
+    await assert_counts(store, 2)
+    before = await store.dicom.study("1.1")
+    await store.dicom.store_batch(mr_batch()[:2])  # counts right: no recount, no new revision
+    assert await store.dicom.study("1.1") == before
+
+
+async def test_start_up_repairs_the_counts_an_outage_left_stale(
+    store: MongoStore, registry: SearchRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fail_instance_writes(monkeypatch, store, AutoReconnect("gone"), after=2, outage=True)
+    with pytest.raises(AutoReconnect):
+        await store.dicom.store_batch(mr_batch())
+    monkeypatch.undo()
+    restarted = MongoStore(store._client, DB, registry)
+    await restarted.start()
+    await assert_counts(restarted, 2)

@@ -9,9 +9,14 @@ then applied as ``$in`` on the child's parent field.
 
 A batch runs under the store's write lock. Without multi-document
 transactions (see ``store``), a batch is not all-or-nothing on MongoDB: each
-instance document is written last, after its study and series, so a crash
-leaves at most parents whose aggregates the next write of that study
-recounts, never an instance without its parents; a re-sent batch repairs it.
+instance document is written last, after its study and series, in one atomic
+write (an overwrite replaces the stored version in place), so a batch that
+fails part-way leaves no instance without its parents and loses no stored
+version. Aggregates: each series a batch writes to is marked ``dirty`` first,
+and recounted with its study when the batch ends, whether it failed or not. A
+series still marked -- its process died, or the recount failed too -- is
+recounted by the next batch that sends one of its instances, an identical
+re-send (``duplicate``) included, and at start-up.
 """
 
 from __future__ import annotations
@@ -55,7 +60,11 @@ _COLLECTIONS = {"study": STUDIES, "series": SERIES, "instance": INSTANCES}
 _KEYS = [("keys.k", ASCENDING), ("keys.v", ASCENDING)]
 _INDEXES: dict[str, list[IndexModel]] = {
     STUDIES: [IndexModel(_KEYS), IndexModel([("patient", ASCENDING), ("_id", ASCENDING)])],
-    SERIES: [IndexModel(_KEYS), IndexModel([("study", ASCENDING), ("_id", ASCENDING)])],
+    SERIES: [
+        IndexModel(_KEYS),
+        IndexModel([("study", ASCENDING), ("_id", ASCENDING)]),
+        IndexModel([("dirty", ASCENDING)], sparse=True),
+    ],
     INSTANCES: [
         IndexModel(_KEYS),
         IndexModel([("series", ASCENDING), ("num", ASCENDING), ("_id", ASCENDING)]),
@@ -87,6 +96,8 @@ class MongoDicomIndex:
     async def start(self) -> None:
         for collection, models in _INDEXES.items():
             await self._db[collection].create_indexes(models)
+        async with self._lock:  # the aggregates a process that died left stale
+            await self._refresh(set(await self._db[SERIES].distinct("_id", {"dirty": True})))
 
     # -- writes -------------------------------------------------------------------------
 
@@ -94,16 +105,25 @@ class MongoDicomIndex:
         self, records: Sequence[InstanceRecord], *, overwrite: bool = False
     ) -> list[StoreResult]:
         async with self._lock:
-            touched: set[str] = set()
-            results = [await self._store_one(rec, overwrite, touched) for rec in records]
-            await self._refresh(touched)
-            return results
+            touched: set[str] = set()  # series written to
+            seen: set[str] = set()  # series of duplicates: recounted if marked dirty
+            try:
+                return [await self._store_one(rec, overwrite, touched, seen) for rec in records]
+            finally:
+                await self._refresh(touched | await self._dirty(seen - touched))
+
+    async def _dirty(self, series_uids: set[str]) -> set[str]:
+        if not series_uids:
+            return set()
+        found = self._db[SERIES].find({"_id": {"$in": list(series_uids)}, "dirty": True}, {})
+        return {d["_id"] async for d in found}
 
     async def _store_one(
-        self, rec: InstanceRecord, overwrite: bool, touched: set[str]
+        self, rec: InstanceRecord, overwrite: bool, touched: set[str], seen: set[str]
     ) -> StoreResult:
         old = await self._db[INSTANCES].find_one({"_id": rec.sop_uid}, {"blob": 1, "series": 1})
         if old is not None and old["blob"]["sha"] == rec.blob.sha256:
+            seen.add(old["series"])
             return StoreResult(rec.sop_uid, "duplicate")
         series = await self._db[SERIES].find_one({"_id": rec.series_uid}, {"study": 1})
         elsewhere = series is not None and series["study"] != rec.study_uid
@@ -113,14 +133,16 @@ class MongoDicomIndex:
         known = None if study is None else study.get("pkey")
         if known is not None and known != rec.patient_key:
             return StoreResult(rec.sop_uid, "other-patient")
+        touched.add(rec.series_uid)
         await self._upsert_parents(rec, set_key=known is None)
         previous = None
         if old is not None:
             previous = blob_location(old)
-            touched.add(old["series"])
+            if old["series"] not in touched:  # moved to another series of the study
+                touched.add(old["series"])
+                await self._mark_dirty({old["series"]})
         # one atomic write: the old version stays indexed until the new one is in
         await self._db[INSTANCES].replace_one({"_id": rec.sop_uid}, _instance_doc(rec), upsert=True)
-        touched.add(rec.series_uid)
         return StoreResult(rec.sop_uid, "replaced" if previous else "stored", previous)
 
     async def _upsert_parents(self, rec: InstanceRecord, *, set_key: bool) -> None:
@@ -135,8 +157,14 @@ class MongoDicomIndex:
             "attrs": rec.series_attrs,
             "modality": rec.modality,
             "keys": _keys(rec.series_keys),
+            "dirty": True,  # until ``_refresh`` has recounted it and its study
         }
         await self._db[SERIES].update_one({"_id": rec.series_uid}, {"$set": series}, upsert=True)
+
+    async def _mark_dirty(self, series_uids: set[str]) -> None:
+        if series_uids:
+            where = {"_id": {"$in": list(series_uids)}}
+            await self._db[SERIES].update_many(where, {"$set": {"dirty": True}})
 
     async def _refresh(self, series_uids: set[str]) -> None:
         studies: set[str] = set()
@@ -153,6 +181,9 @@ class MongoDicomIndex:
                 await self._db[SERIES].update_one({"_id": uid}, update)
         for uid in studies:
             await self._refresh_study(uid)
+        if series_uids:
+            done = {"_id": {"$in": list(series_uids)}, "dirty": True}
+            await self._db[SERIES].update_many(done, {"$unset": {"dirty": ""}})
 
     async def _refresh_study(self, uid: str) -> None:
         n_series = await self._db[SERIES].count_documents({"study": uid})
@@ -184,8 +215,12 @@ class MongoDicomIndex:
         async with self._lock:
             where = _scope(study_uid, series_uid, sop_uid)
             docs = [d async for d in self._db[INSTANCES].find(where, {"blob": 1, "series": 1})]
-            await self._db[INSTANCES].delete_many({"_id": {"$in": [d["_id"] for d in docs]}})
-            await self._refresh({d["series"] for d in docs})
+            series = {d["series"] for d in docs}
+            await self._mark_dirty(series)
+            try:
+                await self._db[INSTANCES].delete_many({"_id": {"$in": [d["_id"] for d in docs]}})
+            finally:
+                await self._refresh(series)
         blobs = [blob_location(d) for d in docs]
         return Deleted(blobs, [study_uid] if docs else [])
 
