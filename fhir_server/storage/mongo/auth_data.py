@@ -15,9 +15,8 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pymongo import ASCENDING, IndexModel, ReturnDocument
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError
 
-from fhir_server.errors import StorageUnavailable
 from fhir_server.storage.auth_port import (
     AuthorizationCode,
     AuthRecordExists,
@@ -31,6 +30,7 @@ from fhir_server.storage.auth_port import (
     to_doc,
     to_doc_fields,
 )
+from fhir_server.storage.mongo.errors import DRIVER_ERRORS, translate
 from fhir_server.storage.mongo.journal import Database
 
 Doc = dict[str, Any]
@@ -54,8 +54,8 @@ def _mapped() -> Iterator[None]:
         yield
     except DuplicateKeyError as exc:
         raise AuthRecordExists("the record already exists") from exc
-    except PyMongoError as exc:
-        raise StorageUnavailable(f"MongoDB unavailable: {exc}") from exc
+    except DRIVER_ERRORS as exc:
+        raise translate(exc) from exc
 
 
 def _expiring(record: Any, expires_at: float) -> Doc:

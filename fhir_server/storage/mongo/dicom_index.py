@@ -52,6 +52,7 @@ from fhir_server.storage.mongo.dicom_search import (
     series_row,
     study_row,
 )
+from fhir_server.storage.mongo.errors import mapped
 from fhir_server.storage.mongo.journal import Database
 
 META = "dicom_meta"  # what the match keys were derived by (``rekey``)
@@ -93,6 +94,7 @@ class MongoDicomIndex:
         self._db = db
         self._lock = lock
 
+    @mapped
     async def start(self) -> None:
         for collection, models in _INDEXES.items():
             await self._db[collection].create_indexes(models)
@@ -101,6 +103,7 @@ class MongoDicomIndex:
 
     # -- writes -------------------------------------------------------------------------
 
+    @mapped
     async def store_batch(
         self, records: Sequence[InstanceRecord], *, overwrite: bool = False
     ) -> list[StoreResult]:
@@ -199,16 +202,19 @@ class MongoDicomIndex:
         update = {"nse": n_series, "nin": n_instances, "mods": mods, "keys": keys}
         await self._db[STUDIES].update_one({"_id": uid}, {"$set": update, "$inc": {"rev": 1}})
 
+    @mapped
     async def set_patient(self, study_uid: str, patient_ref: str | None) -> None:
         async with self._lock:
             await self._db[STUDIES].update_one(
                 {"_id": study_uid}, {"$set": {"patient": patient_ref}}
             )
 
+    @mapped
     async def mark_synced(self, study_uid: str, revision: int) -> None:
         async with self._lock:
             await self._db[STUDIES].update_one({"_id": study_uid}, {"$max": {"srev": revision}})
 
+    @mapped
     async def delete(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
     ) -> Deleted:
@@ -224,6 +230,7 @@ class MongoDicomIndex:
         blobs = [blob_location(d) for d in docs]
         return Deleted(blobs, [study_uid] if docs else [])
 
+    @mapped
     async def rekey(self, version: str, derive: KeyDeriver, levels: Sequence[DicomLevel]) -> int:
         meta = await self._db[META].find_one({"_id": "keys"})
         if meta is not None and meta.get("version") == version:
@@ -262,20 +269,24 @@ class MongoDicomIndex:
 
     # -- reads --------------------------------------------------------------------------
 
+    @mapped
     async def study(self, study_uid: str) -> StudyRow | None:
         doc = await self._db[STUDIES].find_one({"_id": study_uid})
         return None if doc is None else study_row(doc)
 
+    @mapped
     async def series_of(self, study_uid: str) -> list[SeriesRow]:
         cursor = self._db[SERIES].find({"study": study_uid}).sort("_id", ASCENDING)
         return [series_row(d) async for d in cursor]
 
+    @mapped
     async def instances(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
     ) -> list[InstanceRow]:
         docs = await self._instance_docs(study_uid, series_uid, sop_uid, {"meta": 0, "keys": 0})
         return [instance_row(d) for d in docs]
 
+    @mapped
     async def instance_files(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
     ) -> list[InstanceFile]:
@@ -286,6 +297,7 @@ class MongoDicomIndex:
             InstanceFile(d["_id"], d["series"], d["study"], blob_location(d), d["ts"]) for d in docs
         ]
 
+    @mapped
     async def metadata(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
     ) -> list[bytes]:
@@ -300,6 +312,7 @@ class MongoDicomIndex:
         docs = [d async for d in cursor]
         return sorted(docs, key=_instance_order)
 
+    @mapped
     async def search(self, query: DicomQuery) -> DicomPage:
         return await run_search(self._db, query)
 

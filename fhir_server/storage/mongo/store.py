@@ -43,7 +43,7 @@ from typing import Any
 from pymongo import ASCENDING, AsyncMongoClient, IndexModel
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from fhir_server.errors import StorageUnavailable, VersionConflict
+from fhir_server.errors import VersionConflict
 from fhir_server.search.ast import SearchQuery
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.storage.base import (
@@ -59,6 +59,7 @@ from fhir_server.storage.mongo import reads
 from fhir_server.storage.mongo.auth_data import MongoAuthData
 from fhir_server.storage.mongo.dicom_index import MongoDicomIndex
 from fhir_server.storage.mongo.documents import HISTORY, RESOURCES, Doc
+from fhir_server.storage.mongo.errors import DRIVER_ERRORS, translate
 from fhir_server.storage.mongo.journal import Database, UnitOfWork, recover
 from fhir_server.storage.mongo.search import run_search
 from fhir_server.storage.mongo.search_indexes import search_indexes
@@ -89,13 +90,13 @@ def _indexes() -> dict[str, list[IndexModel]]:
 
 @contextmanager
 def map_mongo_errors() -> Iterator[None]:
-    """Translate driver failures into the server's error hierarchy."""
+    """Translate driver failures into the server's error hierarchy (``errors``)."""
     try:
         yield
     except DuplicateKeyError as exc:
         raise VersionConflict(f"a concurrent writer won: {exc}") from exc
-    except PyMongoError as exc:
-        raise StorageUnavailable(f"MongoDB unavailable: {exc}") from exc
+    except DRIVER_ERRORS as exc:
+        raise translate(exc) from exc
 
 
 class MongoTransaction:

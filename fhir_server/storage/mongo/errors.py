@@ -1,0 +1,70 @@
+"""The MongoDB adapter's one table of driver failures, and the size limit it checks.
+
+    bson.errors.InvalidDocument                          what BSON cannot hold
+    ├── pymongo.errors.DocumentTooLarge                  a document over 16 MiB
+    │                                                    -> PayloadTooLarge (413)
+    └── the rest                                         -> UnprocessableEntity (422)
+    OverflowError (an integer beyond 64 bits)            -> UnprocessableEntity (422)
+    pymongo.errors.PyMongoError
+    ├── OperationFailure with a too-large code           -> PayloadTooLarge (413)
+    └── the rest: network, timeouts, failover            -> StorageUnavailable (503)
+
+``DocumentTooLarge`` and ``OverflowError`` are raised by PyMongo's encoder
+before anything is sent, and are not ``PyMongoError``s. The server refuses a
+document that an update makes too large (``$push``) with an ``OperationFailure``.
+Duplicate keys mean something else in each sub-store, which maps them first.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from typing import Any, ParamSpec, TypeVar
+
+from bson.errors import InvalidDocument
+from pymongo.errors import DocumentTooLarge, OperationFailure, PyMongoError
+
+from fhir_server.errors import (
+    FhirError,
+    PayloadTooLarge,
+    StorageUnavailable,
+    UnprocessableEntity,
+)
+
+# BSONObjectTooLarge; "Resulting document after update is larger than ..."
+_TOO_LARGE_CODES = frozenset({10334, 17419})
+DRIVER_ERRORS = (PyMongoError, InvalidDocument, OverflowError)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def translate(exc: BaseException) -> FhirError:
+    """The server's error for one of ``DRIVER_ERRORS`` (see the module docstring)."""
+    code = exc.code if isinstance(exc, OperationFailure) else None
+    if isinstance(exc, DocumentTooLarge) or code in _TOO_LARGE_CODES:
+        return PayloadTooLarge("too large to store: one MongoDB document holds at most 16 MiB")
+    if isinstance(exc, InvalidDocument | OverflowError):
+        return UnprocessableEntity(f"a value cannot be stored in MongoDB: {exc}")
+    return StorageUnavailable(f"MongoDB unavailable: {exc}")
+
+
+@contextmanager
+def map_driver_errors() -> Iterator[None]:
+    """Translate driver failures (``translate``) at the adapter's edge."""
+    try:
+        yield
+    except DRIVER_ERRORS as exc:
+        raise translate(exc) from exc
+
+
+def mapped(method: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """``method`` with its driver failures translated (``map_driver_errors``)."""
+
+    @functools.wraps(method)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        with map_driver_errors():
+            return await method(*args, **kwargs)
+
+    return call

@@ -1,0 +1,142 @@
+"""The MongoDB adapter's table of driver failures (``fhir_server.storage.mongo.errors``),
+in each sub-store: what a client cannot fix by retrying (a resource or record too
+large for one document, a value BSON cannot hold) is its request's fault (413,
+422), never a 500 nor a 503; availability failures, timeouts included, are 503.
+Failures are injected where the driver would raise them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from mongomock_motor import AsyncMongoMockClient
+from pymongo.errors import (
+    AutoReconnect,
+    DocumentTooLarge,
+    ExecutionTimeout,
+    NetworkTimeout,
+    OperationFailure,
+    ServerSelectionTimeoutError,
+    WTimeoutError,
+)
+
+from fhir_server.errors import (
+    FhirError,
+    PayloadTooLarge,
+    StorageUnavailable,
+    UnprocessableEntity,
+)
+from fhir_server.search.registry import SearchRegistry
+from fhir_server.storage.auth_port import ClientRecord
+from fhir_server.storage.mongo.journal import UnitOfWork
+from fhir_server.storage.mongo.store import MongoStore
+
+from .conftest import at, resource_version
+from .test_dicom_index import record
+from .test_versions import patient
+
+TOO_LARGE = DocumentTooLarge("BSON document too large (17000000 bytes)")
+UPDATE_TOO_LARGE = OperationFailure(
+    "Resulting document after update is larger than 16777216", 17419
+)
+DRIVER_FAILURES: list[tuple[Exception, type[FhirError]]] = [
+    (TOO_LARGE, PayloadTooLarge),
+    (UPDATE_TOO_LARGE, PayloadTooLarge),
+    (OverflowError("MongoDB can only handle up to 8-byte ints"), UnprocessableEntity),
+    (AutoReconnect("primary stepped down"), StorageUnavailable),
+    (ExecutionTimeout("operation exceeded time limit", 50), StorageUnavailable),
+    (WTimeoutError("waiting for replication timed out", 64), StorageUnavailable),
+    (NetworkTimeout("timed out"), StorageUnavailable),
+    (ServerSelectionTimeoutError("no primary"), StorageUnavailable),
+]
+
+
+def _name(value: object) -> str:
+    return value.__name__ if isinstance(value, type) else type(value).__name__
+
+
+@pytest.fixture
+async def store(registry: SearchRegistry) -> MongoStore:
+    made = MongoStore(AsyncMongoMockClient(), "radhub_errors", registry)
+    await made.start()
+    return made
+
+
+def raising(error: Exception) -> Any:
+    async def fail(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    return fail
+
+
+@pytest.mark.parametrize(("error", "mapped"), DRIVER_FAILURES, ids=_name)
+async def test_a_resource_write(
+    store: MongoStore,
+    registry: SearchRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+    mapped: type[FhirError],
+) -> None:
+    """Mapped, and nothing of the unit of work stays."""
+    monkeypatch.setattr(UnitOfWork, "_apply", raising(error))
+    with pytest.raises(mapped) as caught:
+        await store.write_many([resource_version(registry, patient("p1"), 1, at(1))])
+    assert type(caught.value) is mapped
+    monkeypatch.undo()
+    assert await store.read("Patient", "p1") is None
+
+
+async def test_a_transaction_whose_journal_outgrows_a_document(
+    store: MongoStore, registry: SearchRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server refuses the ``$push`` that would make the journal larger than 16 MiB
+    (a transaction of many large resources): the transaction is too large, not a fault."""
+    real = UnitOfWork._record
+    calls = 0
+
+    async def record_twice(self: UnitOfWork, entries: list[Any]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise UPDATE_TOO_LARGE
+        await real(self, entries)
+
+    monkeypatch.setattr(UnitOfWork, "_record", record_twice)
+    with pytest.raises(PayloadTooLarge):
+        async with store.transaction() as tx:
+            await tx.write(resource_version(registry, patient("p1"), 1, at(1)))
+            await tx.write(resource_version(registry, patient("p2"), 1, at(1)))
+    assert await store.read("Patient", "p1") is None
+
+
+@pytest.mark.parametrize(("error", "mapped"), DRIVER_FAILURES, ids=_name)
+async def test_an_auth_record_write(
+    store: MongoStore, monkeypatch: pytest.MonkeyPatch, error: Exception, mapped: type[FhirError]
+) -> None:
+    collection = type(store._db["auth_clients"])
+    monkeypatch.setattr(collection, "replace_one", raising(error))
+    monkeypatch.setattr(collection, "insert_one", raising(error))
+    monkeypatch.setattr(collection, "update_one", raising(error))
+    with pytest.raises(mapped):
+        await store.auth.put_client(ClientRecord("app", "public"))
+
+
+@pytest.mark.parametrize(("error", "mapped"), DRIVER_FAILURES, ids=_name)
+async def test_the_dicom_index(
+    store: MongoStore, monkeypatch: pytest.MonkeyPatch, error: Exception, mapped: type[FhirError]
+) -> None:
+    """Reads and writes alike (a QIDO or WADO-RS request gets a 503, not a 500)."""
+    await store.dicom.store_batch([record("1.1", "1.1.1", "1.1.1.1")])
+    collection = type(store._db["dicom_instances"])
+    for name in ("find_one", "replace_one", "update_one"):
+        monkeypatch.setattr(collection, name, raising(error))
+
+    def find(*args: Any, **kwargs: Any) -> Any:  # a cursor's first batch fails at once
+        raise error
+
+    monkeypatch.setattr(collection, "find", find)
+    with pytest.raises(mapped):
+        await store.dicom.instance_files("1.1")
+    with pytest.raises(mapped):
+        await store.dicom.store_batch([record("1.1", "1.1.1", "1.1.1.2")])
