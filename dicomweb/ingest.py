@@ -18,7 +18,8 @@ identical re-send (stored, no duplicate); a different instance under a known
 SOP Instance UID (0x0111, unless ``overwrite``); not DICOM or incomplete
 (0xC000 and friends from ``ingest_parse``); a Study Instance UID other than the
 one the STOW URL names (0xA900); a Patient ID or issuer other than that of the
-study the instance joins (0xA900; the study keeps its first patient); a batch
+study the instance joins (0xA900; the study keeps its first patient); one the
+index cannot hold, such as one too large for a MongoDB document (0xC000); a batch
 the disk or the index had no room for (0xA700, Out of Resources), or that failed
 otherwise (0x0110).
 """
@@ -41,6 +42,7 @@ from dicomweb.blob_journal import InstanceUids, IntentJournal, reconcile_instanc
 from dicomweb.blobstore import BlobRef, BlobStore, Chunk, FileBlobStore, StagedBlob, StagedItem
 from dicomweb.coalesce import Coalescer
 from dicomweb.ingest_parse import (
+    CANNOT_UNDERSTAND,
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     DUPLICATE_SOP_INSTANCE,
     OUT_OF_RESOURCES,
@@ -383,6 +385,11 @@ class IngestService:
                 " Patient ID or Issuer of Patient ID differs (a wrong-patient image?)"
             )
             report.failed.append(_failed(h, PATIENT_MISMATCH, message))
+            return None
+        if result.outcome == "unindexable":  # the index cannot hold it, whoever sends it
+            await self._remove(pending.blob.key)
+            message = f"SOP Instance {h.sop_instance_uid} cannot be stored: {result.detail}"
+            report.failed.append(_failed(h, CANNOT_UNDERSTAND, message))
             return None
         if result.previous is not None and result.previous.key != pending.blob.key:
             await self._remove(result.previous.key)

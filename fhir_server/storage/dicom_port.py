@@ -30,7 +30,9 @@ KeyDeriver = Callable[[DicomLevel, Json], MatchKeys]
 # The match key of ModalitiesInStudy, maintained by the index from series rows.
 MODALITIES_KEY = "00080061"
 
-StoreOutcome = Literal["stored", "duplicate", "replaced", "conflict", "other-patient"]
+StoreOutcome = Literal[
+    "stored", "duplicate", "replaced", "conflict", "other-patient", "unindexable"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +71,13 @@ class InstanceRecord:
 
 @dataclass(frozen=True, slots=True)
 class StoreResult:
-    """What the index did with one record; ``previous`` is a replaced blob to remove."""
+    """What the index did with one record; ``previous`` is a replaced blob to remove,
+    ``detail`` why an ``unindexable`` record could not be held (words for a client)."""
 
     sop_uid: str
     outcome: StoreOutcome
     previous: BlobLocation | None = None
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +230,8 @@ class DicomIndex(Protocol):
         instance under a known SOP Instance UID is a ``conflict`` unless
         ``overwrite``, when it is ``replaced``; an instance whose ``patient_key``
         is not its study's (a wrong-patient image) is ``other-patient``, and
-        nothing of it is written.
+        nothing of it is written; so is one the index cannot hold (too large for
+        one MongoDB document, say), which is ``unindexable``.
         """
 
     async def study(self, study_uid: str) -> StudyRow | None:

@@ -6,8 +6,10 @@ collection; everything else is the real adapter.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
+import orjson
 import pytest
 from mongomock_motor import AsyncMongoMockClient
 from pymongo.errors import AutoReconnect
@@ -15,7 +17,8 @@ from pymongo.errors import AutoReconnect
 from fhir_server.errors import StorageUnavailable
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.storage.dicom_port import MODALITIES_KEY, DicomQuery, KeyFilter
-from fhir_server.storage.mongo.dicom_search import INSTANCES
+from fhir_server.storage.mongo.dicom_search import INSTANCES, SERIES, STUDIES
+from fhir_server.storage.mongo.errors import MAX_DOCUMENT
 from fhir_server.storage.mongo.store import MongoStore
 
 from .test_dicom_index import record
@@ -140,3 +143,47 @@ async def test_start_up_repairs_the_counts_an_outage_left_stale(
     restarted = MongoStore(store._client, DB, registry)
     await restarted.start()
     await assert_counts(restarted, 2)
+
+
+def too_large(rec: Any) -> Any:
+    """``rec`` with instance attributes (and metadata) past what one document holds, as
+    an enhanced multi-frame instance's functional groups are (the emulator takes it)."""
+    groups = {"52009230": {"vr": "SQ", "Value": [{"00209157": {"vr": "UL", "Value": [i]}}
+                                                  for i in range(MAX_DOCUMENT // 60)]}}  # fmt: skip
+    attrs = rec.instance_attrs | groups
+    return replace(rec, instance_attrs=attrs, metadata=orjson.dumps(attrs))
+
+
+async def test_an_instance_too_large_for_one_document_is_refused_alone(store: MongoStore) -> None:
+    """Refused before anything of it is written (no study, no series), with words for
+    the client; the rest of its batch is stored."""
+    small = record("1.1", "1.1.1", "1.1.1.1")
+    large = too_large(record("2.2", "2.2.1", "2.2.1.1"))
+    results = await store.dicom.store_batch([small, large])
+    assert [r.outcome for r in results] == ["stored", "unindexable"]
+    assert "too large for this archive's index" in results[1].detail
+    assert await store.dicom.study("2.2") is None
+    assert await store._db[SERIES].count_documents({"study": "2.2"}) == 0
+    assert [f.uid for f in await store.dicom.instance_files("1.1")] == ["1.1.1.1"]
+
+
+async def test_an_overwrite_too_large_keeps_the_stored_version(store: MongoStore) -> None:
+    old = record("1.1", "1.1.1", "1.1.1.1")
+    await store.dicom.store_batch([old])
+    new = too_large(record("1.1", "1.1.1", "1.1.1.1", content="v2"))
+    (result,) = await store.dicom.store_batch([new], overwrite=True)
+    assert result.outcome == "unindexable"
+    (row,) = await store.dicom.instance_files("1.1")
+    assert row.blob == old.blob
+
+
+async def test_an_integer_beyond_64_bits_is_refused(store: MongoStore) -> None:
+    """A private UV value of 2**64 - 5: BSON holds signed 64-bit integers only."""
+    rec = record("1.1", "1.1.1", "1.1.1.1")
+    uv = {"00091011": {"vr": "UV", "Value": [2**64 - 5]}}
+    (result,) = await store.dicom.store_batch([replace(rec, instance_attrs=uv)])
+    assert (result.outcome, result.detail) == (
+        "unindexable",
+        "it holds an integer beyond 64 bits, which this archive's index cannot hold",
+    )
+    assert await store._db[STUDIES].count_documents({}) == 0

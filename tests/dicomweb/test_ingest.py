@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import pickle
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import pydicom
 import pytest
 from fastapi import FastAPI
 
@@ -552,3 +554,35 @@ def test_every_group_of_a_person_name_is_a_human_name() -> None:
     assert map_patient(only_kanji, "s", "v")["name"] == [
         {"family": "山田", "given": ["太郎"], "extension": script("IDE")}
     ]
+
+
+def _with_uv_beyond_64_bits(body: bytes) -> bytes:
+    """``body`` with a private UV value of 2**64 - 5 (no MongoDB document holds it)."""
+    ds = pydicom.dcmread(io.BytesIO(body))
+    ds.add_new(0x00091010, "LO", "VENDOR")
+    ds.add_new(0x00091011, "UV", 2**64 - 5)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+async def test_an_instance_the_index_cannot_hold_is_refused_alone(tmp_path: Path) -> None:
+    """On MongoDB (the emulator): refused with 0xC000 and words saying why, its blob
+    removed; the rest of its batch is stored."""
+    from mongomock_motor import AsyncMongoMockClient
+
+    from fhir_server.storage.mongo.store import MongoStore
+
+    store = MongoStore(AsyncMongoMockClient(), "radhub", SearchRegistry.load())
+    await store.start()
+    blobs = FileBlobStore(tmp_path / "blobs")
+    service = IngestService(store.dicom, blobs, None, IngestOptions("http://x"))
+    good = make_instance("1.8", "1.8.1", "1.8.1.1")
+    bad = _with_uv_beyond_64_bits(make_instance("1.8", "1.8.1", "1.8.1.2", number=2))
+    report = await service.ingest(stream(good, bad))
+    assert [s.sop_uid for s in report.stored] == ["1.8.1.1"]
+    (failed,) = report.failed
+    assert (failed.reason, failed.sop_uid) == (0xC000, "1.8.1.2")
+    assert "integer beyond 64 bits" in failed.message
+    (row,) = await store.dicom.instance_files("1.8")
+    assert await blobs.keys() == [row.blob.key]

@@ -52,7 +52,7 @@ from fhir_server.storage.mongo.dicom_search import (
     series_row,
     study_row,
 )
-from fhir_server.storage.mongo.errors import mapped
+from fhir_server.storage.mongo.errors import mapped, unstorable
 from fhir_server.storage.mongo.journal import Database
 
 META = "dicom_meta"  # what the match keys were derived by (``rekey``)
@@ -85,6 +85,25 @@ def _instance_doc(rec: InstanceRecord) -> Doc:
         "blob": {"key": rec.blob.key, "size": rec.blob.size, "sha": rec.blob.sha256},
         "num": rec.instance_number, "extra": rec.extra, "keys": _keys(rec.instance_keys),
     }  # fmt: skip
+
+
+def _study_set(rec: InstanceRecord, set_key: bool) -> Doc:
+    study: Doc = {"attrs": rec.study_attrs, "skeys": _keys(rec.study_keys)}
+    if rec.patient_ref is not None:
+        study["patient"] = rec.patient_ref
+    if set_key and rec.patient_key is not None:
+        study["pkey"] = rec.patient_key  # the study's first patient stays its patient
+    return study
+
+
+def _series_set(rec: InstanceRecord) -> Doc:
+    return {
+        "study": rec.study_uid,
+        "attrs": rec.series_attrs,
+        "modality": rec.modality,
+        "keys": _keys(rec.series_keys),
+        "dirty": True,  # until ``_refresh`` has recounted it and its study
+    }
 
 
 class MongoDicomIndex:
@@ -136,8 +155,16 @@ class MongoDicomIndex:
         known = None if study is None else study.get("pkey")
         if known is not None and known != rec.patient_key:
             return StoreResult(rec.sop_uid, "other-patient")
+        study_set, series_set = _study_set(rec, known is None), _series_set(rec)
+        instance = _instance_doc(rec)
+        why = unstorable(study_set, series_set, instance)
+        if why is not None:  # refused before anything of it is written
+            return StoreResult(rec.sop_uid, "unindexable", detail=why)
         touched.add(rec.series_uid)
-        await self._upsert_parents(rec, set_key=known is None)
+        await self._db[STUDIES].update_one({"_id": rec.study_uid}, {"$set": study_set}, upsert=True)
+        await self._db[SERIES].update_one(
+            {"_id": rec.series_uid}, {"$set": series_set}, upsert=True
+        )
         previous = None
         if old is not None:
             previous = blob_location(old)
@@ -145,24 +172,8 @@ class MongoDicomIndex:
                 touched.add(old["series"])
                 await self._mark_dirty({old["series"]})
         # one atomic write: the old version stays indexed until the new one is in
-        await self._db[INSTANCES].replace_one({"_id": rec.sop_uid}, _instance_doc(rec), upsert=True)
+        await self._db[INSTANCES].replace_one({"_id": rec.sop_uid}, instance, upsert=True)
         return StoreResult(rec.sop_uid, "replaced" if previous else "stored", previous)
-
-    async def _upsert_parents(self, rec: InstanceRecord, *, set_key: bool) -> None:
-        study: Doc = {"attrs": rec.study_attrs, "skeys": _keys(rec.study_keys)}
-        if rec.patient_ref is not None:
-            study["patient"] = rec.patient_ref
-        if set_key and rec.patient_key is not None:
-            study["pkey"] = rec.patient_key  # the study's first patient stays its patient
-        await self._db[STUDIES].update_one({"_id": rec.study_uid}, {"$set": study}, upsert=True)
-        series = {
-            "study": rec.study_uid,
-            "attrs": rec.series_attrs,
-            "modality": rec.modality,
-            "keys": _keys(rec.series_keys),
-            "dirty": True,  # until ``_refresh`` has recounted it and its study
-        }
-        await self._db[SERIES].update_one({"_id": rec.series_uid}, {"$set": series}, upsert=True)
 
     async def _mark_dirty(self, series_uids: set[str]) -> None:
         if series_uids:

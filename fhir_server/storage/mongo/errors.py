@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
+import bson
 from bson.errors import InvalidDocument
 from pymongo.errors import DocumentTooLarge, OperationFailure, PyMongoError
 
@@ -32,6 +33,8 @@ from fhir_server.errors import (
     UnprocessableEntity,
 )
 
+# MongoDB's maxBsonObjectSize: the largest document a server stores
+MAX_DOCUMENT = 16 * 1024 * 1024
 # BSONObjectTooLarge; "Resulting document after update is larger than ..."
 _TOO_LARGE_CODES = frozenset({10334, 17419})
 DRIVER_ERRORS = (PyMongoError, InvalidDocument, OverflowError)
@@ -68,3 +71,19 @@ def mapped(method: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any,
             return await method(*args, **kwargs)
 
     return call
+
+
+def unstorable(*docs: dict[str, Any]) -> str | None:
+    """Why MongoDB could not store ``docs`` (each one document), or None: checked
+    before anything is written, as the emulator checks neither size nor range."""
+    for doc in docs:
+        try:
+            size = len(bson.encode(doc))
+        except OverflowError:
+            return "it holds an integer beyond 64 bits, which this archive's index cannot hold"
+        except InvalidDocument:
+            return "this archive's index cannot hold one of its values"
+        if size > MAX_DOCUMENT:
+            mib = size / 1024 / 1024
+            return f"too large for this archive's index: {mib:.1f} MiB of attributes, at most 16"
+    return None
