@@ -30,7 +30,7 @@ from fhir_server.errors import (
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.storage.auth_port import ClientRecord
 from fhir_server.storage.mongo.journal import UnitOfWork
-from fhir_server.storage.mongo.store import MongoStore
+from fhir_server.storage.mongo.store import DEFAULT_TIMEOUT_MS, MongoStore
 
 from .conftest import at, resource_version
 from .test_dicom_index import record
@@ -140,3 +140,27 @@ async def test_the_dicom_index(
         await store.dicom.instance_files("1.1")
     with pytest.raises(mapped):
         await store.dicom.store_batch([record("1.1", "1.1.1", "1.1.1.2")])
+
+
+@pytest.mark.parametrize(
+    ("query", "timeout", "wtimeout"),
+    [
+        ("", DEFAULT_TIMEOUT_MS / 1000, None),
+        ("?timeoutMS=5000", 5.0, None),
+        ("?replicaSet=rs0&wtimeoutMS=2000", None, 2000),
+    ],
+)
+async def test_every_operation_is_bounded_unless_the_uri_says_otherwise(
+    registry: SearchRegistry, query: str, timeout: float | None, wtimeout: int | None
+) -> None:
+    """A write waiting for a majority that cannot answer would otherwise hang for ever
+    (holding the write lock); bounded, it fails as a timeout, a 503 (above)."""
+    store = MongoStore.from_uri(f"mongodb://127.0.0.1:9/radhub{query}", registry)
+    try:
+        options = store._client.options
+        assert options.timeout == timeout
+        assert options.write_concern.document == {"w": "majority", "j": True} | (
+            {"wtimeout": wtimeout} if wtimeout else {}
+        )
+    finally:
+        await store.close()

@@ -29,7 +29,11 @@ writer does. Across several radhub instances on one database:
   lease (``lease_seconds``) must outlast any pause of a live transaction.
 
 Durability: ``from_uri`` asks for ``w=majority`` with journaling, so a write is
-acknowledged only once it is on disk on a majority of the replica set.
+acknowledged only once it is on disk on a majority of the replica set. Every
+operation is bounded (PyMongo's ``timeoutMS``, ``DEFAULT_TIMEOUT_MS`` unless the
+URI sets a timeout of its own): without one, a write waiting for a majority that
+cannot answer would hang for ever, holding the write lock; it is a 503 instead.
+Start-up (index builds on a large collection) gets ``STARTUP_TIMEOUT_SECONDS``.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from inspect import isawaitable
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import pymongo
 from pymongo import ASCENDING, AsyncMongoClient, IndexModel
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
@@ -66,6 +72,19 @@ from fhir_server.storage.mongo.search_indexes import search_indexes
 
 DEFAULT_DATABASE = "radhub"
 DEFAULT_LEASE_SECONDS = 60.0
+DEFAULT_TIMEOUT_MS = 30_000
+STARTUP_TIMEOUT_SECONDS = 6 * 3600.0
+# URI options that bound operations: one of them there, and the URI's choice stands
+_TIMEOUT_OPTIONS = frozenset({"timeoutms", "wtimeoutms", "sockettimeoutms"})
+
+
+def client_options(uri: str) -> dict[str, Any]:
+    """The client options ``from_uri`` adds to ``uri``'s (see the module docstring)."""
+    options: dict[str, Any] = {"w": "majority", "journal": True}
+    given = {name.lower() for name in parse_qs(urlsplit(uri).query)}
+    if not given & _TIMEOUT_OPTIONS:
+        options["timeoutMS"] = DEFAULT_TIMEOUT_MS
+    return options
 
 
 def _indexes() -> dict[str, list[IndexModel]]:
@@ -144,17 +163,18 @@ class MongoStore:
     @classmethod
     def from_uri(cls, uri: str, registry: SearchRegistry) -> MongoStore:
         """A store on the database the URI names (default ``radhub``); connects lazily."""
-        client: AsyncMongoClient[Doc] = AsyncMongoClient(uri, w="majority", journal=True)
+        client: AsyncMongoClient[Doc] = AsyncMongoClient(uri, **client_options(uri))
         database = client.get_default_database(default=DEFAULT_DATABASE).name
         return cls(client, database, registry, owns_client=True)
 
     async def start(self) -> None:
-        with map_mongo_errors():
-            for collection, models in _indexes().items():
-                await self._db[collection].create_indexes(models)
-            await recover(self._db)
-            await self.dicom.start()
-        await self.auth.create_indexes()
+        with pymongo.timeout(STARTUP_TIMEOUT_SECONDS):
+            with map_mongo_errors():
+                for collection, models in _indexes().items():
+                    await self._db[collection].create_indexes(models)
+                await recover(self._db)
+                await self.dicom.start()
+            await self.auth.create_indexes()
 
     async def close(self) -> None:
         if self._owns_client:
