@@ -20,7 +20,7 @@ from fhir_server.search.registry import SearchRegistry
 from fhir_server.settings import Settings
 from fhir_server.storage.base import HistoryQuery
 from fhir_server.storage.factory import build_store
-from fhir_server.storage.mongo.documents import JOURNAL
+from fhir_server.storage.mongo.documents import COUNTERS, JOURNAL, SEQ_COUNTER
 from fhir_server.storage.mongo.journal import UnitOfWork
 from fhir_server.storage.mongo.store import MongoStore
 
@@ -76,6 +76,22 @@ async def test_start_rolls_a_committed_unit_forward(client: Any, registry: Searc
     assert p1 is not None and p1.version == 2
     assert [(v.id, v.version) for v in await store.changes(0)] == [("p1", 1), ("p1", 2), ("p2", 1)]
     assert await client[DB]["resources"].count_documents({"tx": {"$exists": True}}) == 0
+
+
+async def test_start_raises_a_counter_restored_behind_history(
+    client: Any, registry: SearchRegistry
+) -> None:
+    """A dump restored without point-in-time consistency: its counter is behind the
+    highest ``seq`` in history. Start-up raises it, so writes do not collide with the
+    numbers already used (409s on the unique ``seq`` index) and the change log shows
+    every version."""
+    store = await started(client, registry)
+    await _seed(store, registry)
+    await write(store, resource_version(registry, patient("p2"), 1, at(2)))
+    await client[DB][COUNTERS].update_one({"_id": SEQ_COUNTER}, {"$set": {"value": 1}})
+    store = await started(client, registry)
+    await write(store, resource_version(registry, patient("p3"), 1, at(3)))
+    assert [(v.id, v.seq) for v in await store.changes(0)] == [("p1", 1), ("p2", 2), ("p3", 3)]
 
 
 async def test_changes_recover_an_expired_journal(client: Any, registry: SearchRegistry) -> None:

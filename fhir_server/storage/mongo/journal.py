@@ -33,7 +33,8 @@ The change log. ``seq`` comes from one counter (``$inc``), taken while applying,
 so a unit still in flight holds numbers that may later commit or vanish. Each
 journal records ``floor``: the counter before it took any number. ``changes()``
 returns only ``seq <= min(counter, every journal's floor)``, so a consumer never
-sees an uncommitted version and never skips one that commits later.
+sees an uncommitted version and never skips one that commits later. ``start()``
+raises the counter to at least history's highest ``seq`` (``raise_counter``).
 """
 
 from __future__ import annotations
@@ -70,6 +71,16 @@ Database = AsyncDatabase[Doc]
 async def counter_value(db: Database) -> int:
     doc = await db[COUNTERS].find_one({"_id": SEQ_COUNTER})
     return int(doc["value"]) if doc else 0
+
+
+async def raise_counter(db: Database) -> None:
+    """Raise the change counter to at least the highest ``seq`` in history: a dump
+    restored without point-in-time consistency may hold a counter behind it, and
+    every write would then take a number already used (refused by the unique index)."""
+    top = await db[HISTORY].find({}, {"seq": 1}).sort("seq", -1).limit(1).to_list(1)
+    if top:
+        update = {"$max": {"value": int(top[0]["seq"])}}
+        await db[COUNTERS].update_one({"_id": SEQ_COUNTER}, update, upsert=True)
 
 
 async def next_seqs(db: Database, n: int) -> list[int]:

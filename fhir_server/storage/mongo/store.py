@@ -66,7 +66,7 @@ from fhir_server.storage.mongo.auth_data import MongoAuthData
 from fhir_server.storage.mongo.dicom_index import MongoDicomIndex
 from fhir_server.storage.mongo.documents import HISTORY, RESOURCES, Doc
 from fhir_server.storage.mongo.errors import DRIVER_ERRORS, translate
-from fhir_server.storage.mongo.journal import Database, UnitOfWork, recover
+from fhir_server.storage.mongo.journal import Database, UnitOfWork, raise_counter, recover
 from fhir_server.storage.mongo.search import run_search
 from fhir_server.storage.mongo.search_indexes import search_indexes
 
@@ -173,6 +173,7 @@ class MongoStore:
                 for collection, models in _indexes().items():
                     await self._db[collection].create_indexes(models)
                 await recover(self._db)
+                await raise_counter(self._db)
                 await self.dicom.start()
             await self.auth.create_indexes()
 
