@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import bson
 import orjson
 import pytest
 from mongomock_motor import AsyncMongoMockClient
@@ -17,6 +18,7 @@ from pymongo.errors import AutoReconnect
 from fhir_server.errors import StorageUnavailable
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.storage.dicom_port import MODALITIES_KEY, DicomQuery, KeyFilter
+from fhir_server.storage.mongo import dicom_meta
 from fhir_server.storage.mongo.dicom_search import INSTANCES, SERIES, STUDIES
 from fhir_server.storage.mongo.errors import MAX_DOCUMENT
 from fhir_server.storage.mongo.store import MongoStore
@@ -145,13 +147,19 @@ async def test_start_up_repairs_the_counts_an_outage_left_stale(
     await assert_counts(restarted, 2)
 
 
-def too_large(rec: Any) -> Any:
-    """``rec`` with instance attributes (and metadata) past what one document holds, as
-    an enhanced multi-frame instance's functional groups are (the emulator takes it)."""
-    groups = {"52009230": {"vr": "SQ", "Value": [{"00209157": {"vr": "UL", "Value": [i]}}
-                                                  for i in range(MAX_DOCUMENT // 60)]}}  # fmt: skip
-    attrs = rec.instance_attrs | groups
+def with_frames(rec: Any, mib: float) -> Any:
+    """``rec`` with about ``mib`` MiB of per-frame functional group items in its
+    attributes and metadata, as an enhanced multi-frame instance has (a few fat items:
+    the emulator copies each element, and would take minutes over a real one's)."""
+    item = {"00209157": {"vr": "UL", "Value": [1]}, "00204000": {"vr": "LT", "Value": ["x" * 4000]}}
+    items = [item] * int(mib * 1024 * 1024 / 4000)
+    attrs = rec.instance_attrs | {"52009230": {"vr": "SQ", "Value": items}}
     return replace(rec, instance_attrs=attrs, metadata=orjson.dumps(attrs))
+
+
+def too_large(rec: Any) -> Any:
+    """``rec`` with attributes alone past what one document holds (the emulator takes it)."""
+    return with_frames(rec, 16.5)
 
 
 async def test_an_instance_too_large_for_one_document_is_refused_alone(store: MongoStore) -> None:
@@ -187,3 +195,73 @@ async def test_an_integer_beyond_64_bits_is_refused(store: MongoStore) -> None:
         "it holds an integer beyond 64 bits, which this archive's index cannot hold",
     )
     assert await store._db[STUDIES].count_documents({}) == 0
+
+
+def large_metadata(rec: Any) -> Any:
+    """``rec`` with metadata over two chunks long and attributes that, beside it, would
+    not fit one document (as an enhanced CT of 8,000 frames), though each alone does."""
+    made = with_frames(rec, 9)
+    assert len(made.metadata) > 2 * dicom_meta.CHUNK
+    assert len(bson.encode(made.instance_attrs)) + len(made.metadata) > MAX_DOCUMENT
+    return made
+
+
+async def chunk_versions(store: MongoStore) -> list[tuple[str, str, int]]:
+    found = store._db[dicom_meta.CHUNKS].find({}, {"sop": 1, "v": 1, "i": 1})
+    return sorted([(d["sop"], d["v"], d["i"]) async for d in found])
+
+
+async def test_large_metadata_is_kept_in_chunks_and_read_back(store: MongoStore) -> None:
+    rec = large_metadata(record("1.1", "1.1.1", "1.1.1.1", number=1))
+    small = record("1.1", "1.1.1", "1.1.1.2", number=2)
+    results = await store.dicom.store_batch([rec, small])
+    assert [r.outcome for r in results] == ["stored", "stored"]
+    assert await store.dicom.metadata("1.1") == [rec.metadata, small.metadata]
+    doc = await store._db[INSTANCES].find_one({"_id": "1.1.1.1"})
+    assert doc is not None and doc["meta"] is None and len(bson.encode(doc)) < MAX_DOCUMENT
+    version = rec.blob.sha256[:16]
+    assert await chunk_versions(store) == [("1.1.1.1", version, i) for i in range(3)]
+
+
+async def test_an_overwrite_replaces_the_chunks_and_a_delete_removes_them(
+    store: MongoStore,
+) -> None:
+    await store.dicom.store_batch([large_metadata(record("1.1", "1.1.1", "1.1.1.1"))])
+    new = large_metadata(record("1.1", "1.1.1", "1.1.1.1", content="v2"))
+    (result,) = await store.dicom.store_batch([new], overwrite=True)
+    assert result.outcome == "replaced"
+    assert await store.dicom.metadata("1.1") == [new.metadata]
+    assert {v for _, v, _ in await chunk_versions(store)} == {new.blob.sha256[:16]}
+    inline = record("1.1", "1.1.1", "1.1.1.1", content="v3")
+    await store.dicom.store_batch([inline], overwrite=True)
+    assert await store.dicom.metadata("1.1") == [inline.metadata]
+    assert await chunk_versions(store) == []
+    await store.dicom.store_batch([new], overwrite=True)
+    await store.dicom.delete("1.1")
+    assert await chunk_versions(store) == []
+
+
+async def test_a_failed_overwrite_keeps_the_stored_metadata(
+    store: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = large_metadata(record("1.1", "1.1.1", "1.1.1.1"))
+    await store.dicom.store_batch([old])
+    fail_instance_writes(monkeypatch, store, AutoReconnect("primary stepped down"))
+    new = large_metadata(record("1.1", "1.1.1", "1.1.1.1", content="v2"))
+    with pytest.raises(StorageUnavailable):
+        await store.dicom.store_batch([new], overwrite=True)
+    monkeypatch.undo()
+    assert await store.dicom.metadata("1.1") == [old.metadata]
+    await store.dicom.store_batch([new], overwrite=True)  # the failed try's chunks replaced
+    assert await store.dicom.metadata("1.1") == [new.metadata]
+    assert {v for _, v, _ in await chunk_versions(store)} == {new.blob.sha256[:16]}
+
+
+async def test_a_read_that_an_overwrite_overtook_reads_again(store: MongoStore) -> None:
+    old = large_metadata(record("1.1", "1.1.1", "1.1.1.1"))
+    await store.dicom.store_batch([old])
+    stale = await store._db[INSTANCES].find_one({"_id": "1.1.1.1"}, dicom_meta.FIELDS)
+    new = large_metadata(record("1.1", "1.1.1", "1.1.1.1", content="v2"))
+    await store.dicom.store_batch([new], overwrite=True)
+    assert stale is not None
+    assert await dicom_meta.read(store._db, INSTANCES, stale) == new.metadata

@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import bson
 import pydicom
 import pytest
 from fastapi import FastAPI
+from pydicom.dataset import Dataset
 
 from dicomweb.blobstore import FileBlobStore, StagedBlob
 from dicomweb.imaging_study import (
@@ -30,7 +32,7 @@ from dicomweb.imaging_study import (
 )
 from dicomweb.ingest import Failed, IngestOptions, IngestService, Stored, failure, failure_reason
 from dicomweb.ingest_parse import OUT_OF_RESOURCES, PROCESSING_FAILURE, InstanceRejected
-from dicomweb.records import split_levels
+from dicomweb.records import describe_instance, split_levels
 from fhir_server.resources.worker_pool import WorkerPool
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.storage.dicom_port import BlobLocation, InstanceRow, SeriesRow, StudyRow
@@ -586,3 +588,65 @@ async def test_an_instance_the_index_cannot_hold_is_refused_alone(tmp_path: Path
     assert "integer beyond 64 bits" in failed.message
     (row,) = await store.dicom.instance_files("1.8")
     assert await blobs.keys() == [row.blob.key]
+
+
+def _enhanced_ct(frames: int) -> bytes:
+    """A multi-frame CT with the functional groups an enhanced CT carries per frame
+    (frame content, plane position, VOI LUT, pixel value transformation, CT exposure)."""
+    ds = pydicom.dcmread(io.BytesIO(make_instance("2.9", "2.9.1", "2.9.1.1", frames=frames)))
+
+    def item(**values: Any) -> Dataset:
+        made = Dataset()
+        for keyword, value in values.items():
+            setattr(made, keyword, value)
+        return made
+
+    def group(i: int) -> Dataset:
+        return item(
+            FrameContentSequence=[
+                item(FrameAcquisitionNumber=i + 1, StackID="1", InStackPositionNumber=i + 1,
+                     FrameAcquisitionDateTime="20240101101010.123456",
+                     FrameReferenceDateTime="20240101101010.123456",
+                     FrameAcquisitionDuration=500.0, DimensionIndexValues=[1, i + 1],
+                     TemporalPositionIndex=1)
+            ],
+            PlanePositionSequence=[item(ImagePositionPatient=[-250.0, -250.0, -0.625 * i])],
+            FrameVOILUTSequence=[
+                item(WindowCenter=40, WindowWidth=400, WindowCenterWidthExplanation="SOFT TISSUE")
+            ],
+            PixelValueTransformationSequence=[
+                item(RescaleIntercept=-1024, RescaleSlope=1, RescaleType="HU")
+            ],
+            CTExposureSequence=[
+                item(ExposureTimeInms=500.0, XRayTubeCurrentInmA=250.0, ExposureInmAs=125.0,
+                     CTDIvol=12.34)
+            ],
+        )  # fmt: skip
+
+    ds.PerFrameFunctionalGroupsSequence = [group(i) for i in range(frames)]
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+async def test_an_enhanced_ct_of_8000_frames_is_stored_on_mongodb(tmp_path: Path) -> None:
+    """Its instance-level DICOM JSON is ~9.8 MB and its metadata ~7.8 MB: together past
+    the 16 MiB of one MongoDB document, so the metadata is kept in chunks beside it;
+    WADO-RS metadata reads it back whole (on the emulator, measured with the real BSON
+    encoder)."""
+    from mongomock_motor import AsyncMongoMockClient
+
+    from fhir_server.storage.mongo.store import MongoStore
+
+    store = MongoStore(AsyncMongoMockClient(), "radhub", SearchRegistry.load())
+    await store.start()
+    body = _enhanced_ct(8000)
+    expected = describe_instance(body, "http://x").record.metadata
+    service = IngestService(
+        store.dicom, FileBlobStore(tmp_path / "blobs"), None, IngestOptions("http://x")
+    )
+    report = await service.ingest(stream(body))
+    assert [s.sop_uid for s in report.stored] == ["2.9.1.1"] and report.failed == []
+    (doc,) = await store._db["dicom_instances"].find({}).to_list(None)
+    assert len(bson.encode(doc)) + len(expected) > 16 * 1024 * 1024 > len(bson.encode(doc))
+    assert await store.dicom.metadata("2.9") == [expected]

@@ -5,7 +5,9 @@
 its match keys as ``keys: [{k, v}]`` under a multikey index on ``(keys.k,
 keys.v)``, so each QIDO filter is an ``$elemMatch`` served by that index.
 Filters on a parent level are resolved first to the parents' UIDs (indexed),
-then applied as ``$in`` on the child's parent field.
+then applied as ``$in`` on the child's parent field. An instance's WADO-RS
+metadata (``meta``) of more than 1 MiB is kept beside its document, in chunks
+(``dicom_meta``), so that a large enhanced multi-frame instance fits.
 
 A batch runs under the store's write lock. Without multi-document
 transactions (see ``store``), a batch is not all-or-nothing on MongoDB: each
@@ -41,6 +43,7 @@ from fhir_server.storage.dicom_port import (
     StoreResult,
     StudyRow,
 )
+from fhir_server.storage.mongo import dicom_meta
 from fhir_server.storage.mongo.dicom_search import (
     INSTANCES,
     SERIES,
@@ -71,6 +74,7 @@ _INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("series", ASCENDING), ("num", ASCENDING), ("_id", ASCENDING)]),
         IndexModel([("study", ASCENDING), ("_id", ASCENDING)]),
     ],
+    dicom_meta.CHUNKS: dicom_meta.INDEXES,
 }
 
 
@@ -81,9 +85,10 @@ def _keys(keys: MatchKeys) -> list[Doc]:
 def _instance_doc(rec: InstanceRecord) -> Doc:
     return {
         "_id": rec.sop_uid, "series": rec.series_uid, "study": rec.study_uid,
-        "attrs": rec.instance_attrs, "meta": rec.metadata, "ts": rec.transfer_syntax_uid,
+        "attrs": rec.instance_attrs, "ts": rec.transfer_syntax_uid,
         "blob": {"key": rec.blob.key, "size": rec.blob.size, "sha": rec.blob.sha256},
         "num": rec.instance_number, "extra": rec.extra, "keys": _keys(rec.instance_keys),
+        **dicom_meta.fields(rec),
     }  # fmt: skip
 
 
@@ -160,20 +165,29 @@ class MongoDicomIndex:
         why = unstorable(study_set, series_set, instance)
         if why is not None:  # refused before anything of it is written
             return StoreResult(rec.sop_uid, "unindexable", detail=why)
+        await self._write(rec, old, touched, (study_set, series_set), instance)
+        previous = None if old is None else blob_location(old)
+        return StoreResult(rec.sop_uid, "replaced" if previous else "stored", previous)
+
+    async def _write(
+        self, rec: InstanceRecord, old: Doc | None, touched: set[str], parents: tuple[Doc, Doc],
+        instance: Doc,
+    ) -> None:  # fmt: skip
+        """Its parents (marked dirty), its metadata chunks, then the instance document in
+        one atomic write: a stored version stays indexed until the new one is in."""
+        study_set, series_set = parents
         touched.add(rec.series_uid)
         await self._db[STUDIES].update_one({"_id": rec.study_uid}, {"$set": study_set}, upsert=True)
         await self._db[SERIES].update_one(
             {"_id": rec.series_uid}, {"$set": series_set}, upsert=True
         )
-        previous = None
-        if old is not None:
-            previous = blob_location(old)
-            if old["series"] not in touched:  # moved to another series of the study
-                touched.add(old["series"])
-                await self._mark_dirty({old["series"]})
-        # one atomic write: the old version stays indexed until the new one is in
+        if old is not None and old["series"] not in touched:  # moved to another series
+            touched.add(old["series"])
+            await self._mark_dirty({old["series"]})
+        await dicom_meta.write(self._db, rec, instance)
         await self._db[INSTANCES].replace_one({"_id": rec.sop_uid}, instance, upsert=True)
-        return StoreResult(rec.sop_uid, "replaced" if previous else "stored", previous)
+        if old is not None:
+            await dicom_meta.drop_others(self._db, rec.sop_uid, instance)
 
     async def _mark_dirty(self, series_uids: set[str]) -> None:
         if series_uids:
@@ -236,6 +250,7 @@ class MongoDicomIndex:
             await self._mark_dirty(series)
             try:
                 await self._db[INSTANCES].delete_many({"_id": {"$in": [d["_id"] for d in docs]}})
+                await dicom_meta.drop(self._db, [d["_id"] for d in docs])
             finally:
                 await self._refresh(series)
         blobs = [blob_location(d) for d in docs]
@@ -312,9 +327,9 @@ class MongoDicomIndex:
     async def metadata(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
     ) -> list[bytes]:
-        projection = {"meta": 1, "series": 1, "num": 1}
+        projection = {**dicom_meta.FIELDS, "series": 1, "num": 1}
         docs = await self._instance_docs(study_uid, series_uid, sop_uid, projection)
-        return [bytes(d["meta"]) for d in docs]
+        return [await dicom_meta.read(self._db, INSTANCES, d) for d in docs]
 
     async def _instance_docs(
         self, study: str, series: str | None, sop: str | None, projection: Doc
