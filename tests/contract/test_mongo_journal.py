@@ -133,6 +133,49 @@ async def test_failure_while_applying_a_batch_undoes_it(
     assert len(await store.write_many(batch)) == 3
 
 
+def _failing_unlocks(monkeypatch: pytest.MonkeyPatch, client: Any, failures: int) -> None:
+    """The first ``failures`` unlocks of ``resources`` (a committed unit's clean-up, an
+    ``update_many``, which PyMongo does not retry) fail as a failover would."""
+    collection = type(client[DB]["resources"])
+    real = collection.update_many
+    left = failures
+
+    async def update_many(self: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal left
+        if self.name == "resources" and left > 0:
+            left -= 1
+            raise AutoReconnect("primary stepped down")
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(collection, "update_many", update_many)
+
+
+async def test_a_committed_units_clean_up_is_tried_again(
+    client: Any, registry: SearchRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Else its documents stay locked against every other writer until its lease ends."""
+    store = await started(client, registry)
+    _failing_unlocks(monkeypatch, client, 1)
+    await _seed(store, registry)
+    assert await client[DB]["resources"].count_documents({"tx": {"$exists": True}}) == 0
+    assert await client[DB][JOURNAL].count_documents({}) == 0
+
+
+async def test_a_clean_up_that_fails_again_is_logged_and_the_write_stands(
+    client: Any,
+    registry: SearchRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = await started(client, registry)
+    _failing_unlocks(monkeypatch, client, 2)
+    await _seed(store, registry)
+    p1 = await store.read("Patient", "p1")
+    assert p1 is not None and p1.version == 1
+    assert "committed but its documents stay locked" in caplog.text
+    assert await client[DB][JOURNAL].count_documents({"state": "committed"}) == 1
+
+
 async def test_a_resource_in_another_instances_unit_is_locked(
     client: Any, registry: SearchRegistry
 ) -> None:

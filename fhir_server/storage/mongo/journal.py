@@ -14,7 +14,8 @@ document in ``journal`` -- the write-ahead log of what it is about to change:
    also *locks* the resource: other units of work treat a document marked by an
    unfinished journal as a version conflict.
 3. Commit is one atomic update of the journal to ``state: committed`` -- the
-   commit point. The markers are then removed and the journal deleted.
+   commit point. The markers are then removed and the journal deleted (tried
+   again once; a clean-up that fails twice is logged and left to recovery).
 4. Rollback (an exception, a conflict, a failed commit) restores every
    before-image in reverse order, deletes the unit's history rows, and deletes
    the journal. Each step is filtered on the unit's marker, so it is idempotent
@@ -39,6 +40,7 @@ raises the counter to at least history's highest ``seq`` (``raise_counter``).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -66,6 +68,8 @@ from fhir_server.storage.mongo.documents import (
 )
 
 Database = AsyncDatabase[Doc]
+log = logging.getLogger(__name__)
+_FINISH_TRIES = 2  # a committed unit's clean-up, tried again once at once
 
 
 async def counter_value(db: Database) -> int:
@@ -197,10 +201,18 @@ class UnitOfWork:
         if result.matched_count == 0:
             raise StorageUnavailable("the transaction outlived its lease and was rolled back")
         self._committed = True
-        try:
-            await finish(self._db, self.id)
-        except PyMongoError:
-            pass  # committed all the same; recovery unlocks once the lease runs out
+        for attempt in range(_FINISH_TRIES):
+            try:
+                await finish(self._db, self.id)
+                return
+            except PyMongoError:  # (update_many is not a retryable write)
+                if attempt + 1 == _FINISH_TRIES:  # committed all the same
+                    log.warning(
+                        "unit of work %s committed but its documents stay locked until"
+                        " recovery finishes it, when its lease runs out",
+                        self.id,
+                        exc_info=True,
+                    )
 
     async def rollback(self) -> None:
         if self._started and not self._committed:
