@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
+from typing import Any
 
 import orjson
+import pytest
+from pymongo.errors import OperationFailure
 
 from fhir_server.storage.base import Store
 from fhir_server.storage.dicom_port import (
@@ -14,6 +18,8 @@ from fhir_server.storage.dicom_port import (
     InstanceRecord,
     KeyFilter,
 )
+from fhir_server.storage.mongo import dicom_search
+from fhir_server.storage.mongo.store import MongoStore
 
 NAME, DATE, MODALITY, SOP_CLASS = "00100010", "00080020", "00080060", "00080016"
 
@@ -298,3 +304,59 @@ async def test_within_a_batch_the_last_instance_describes_its_study_and_series(
     assert await matches(by_modality) == ["1.1.1.1", "1.1.1.2", "1.1.1.3", "1.1.1.4"]
     series = await store.dicom.series_of("1.1")
     assert [(s.uid, s.instance_count) for s in series] == [("1.1.1", 4)]
+
+
+@pytest.fixture(params=["few-parents", "many-parents"])
+def parents(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, store: Store) -> str:
+    """On MongoDB, "many-parents" makes every parent condition too large to send as one
+    ``$in`` (``dicom_search.PARENT_LIMIT``), so children are read and checked in batches,
+    and a ``distinct`` of more UIDs fails as a real server's past 16 MiB; a no-op
+    elsewhere: both must give the same pages."""
+    if request.param == "many-parents" and isinstance(store, MongoStore):
+        monkeypatch.setattr(dicom_search, "PARENT_LIMIT", 1, raising=False)
+        monkeypatch.setattr(dicom_search, "CHECK_BATCH", 3, raising=False)
+        collection = type(store._db[dicom_search.STUDIES])
+        real = collection.distinct
+
+        async def distinct(self: Any, key: str, *args: Any, **kwargs: Any) -> Any:
+            found = await real(self, key, *args, **kwargs)
+            if key == "_id" and len(found) > 1:
+                raise OperationFailure("distinct too big, 16mb cap", 17217)
+            return found
+
+        monkeypatch.setattr(collection, "distinct", distinct)
+    return str(request.param)
+
+
+async def test_parent_conditions_page_alike_however_many_parents_match(
+    store: Store, parents: str
+) -> None:
+    names = {"2.1": "doe^a", "2.2": "roe^b", "2.3": "doe^c", "2.4": "roe^d", "2.5": "doe^e"}
+    await store.dicom.store_batch(
+        [
+            record(st, f"{st}.{se}", f"{st}.{se}.{i}", name=name, modality=("CT", "MR")[se - 1],
+                   patient="p1" if st in ("2.1", "2.2") else "p2")
+            for st, name in names.items() for se in (1, 2) for i in (1, 2)
+        ]
+    )  # fmt: skip
+    doe = (KeyFilter(NAME, "glob", ("doe*",)),)
+
+    async def found(query: DicomQuery) -> tuple[list[str], bool]:
+        page = await store.dicom.search(query)
+        level = query.level
+        uids = [m.instance.uid if level == "instance" and m.instance else m.series.uid
+                if m.series else m.study.uid for m in page.matches]  # fmt: skip
+        return uids, page.more
+
+    series = DicomQuery("series", study_filters=doe, limit=4)
+    assert await found(series) == (["2.1.1", "2.1.2", "2.3.1", "2.3.2"], True)
+    assert await found(replace(series, offset=4)) == (["2.5.1", "2.5.2"], False)
+    mr = (KeyFilter(MODALITY, "eq", ("MR",)),)
+    inst = DicomQuery("instance", study_filters=doe, series_filters=mr, limit=4, offset=2)
+    assert await found(inst) == (["2.3.2.1", "2.3.2.2", "2.5.2.1", "2.5.2.2"], False)
+    every = DicomQuery("instance", study_filters=doe, limit=5, offset=5)
+    assert await found(every) == (["2.3.1.2", "2.3.2.1", "2.3.2.2", "2.5.1.1", "2.5.1.2"], True)
+    mine = DicomQuery("series", series_filters=mr, patient_refs=("p2",), limit=2)
+    assert await found(mine) == (["2.3.2", "2.4.2"], True)
+    none = DicomQuery("instance", study_filters=(KeyFilter(NAME, "eq", ("x",)),))
+    assert await found(none) == ([], False)
