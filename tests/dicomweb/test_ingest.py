@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import bson
+import orjson
 import pydicom
 import pytest
 from fastapi import FastAPI
@@ -559,7 +560,7 @@ def test_every_group_of_a_person_name_is_a_human_name() -> None:
 
 
 def _with_uv_beyond_64_bits(body: bytes) -> bytes:
-    """``body`` with a private UV value of 2**64 - 5 (no MongoDB document holds it)."""
+    """``body`` with a private UV value of 2**64 - 5 (no MongoDB integer holds it)."""
     ds = pydicom.dcmread(io.BytesIO(body))
     ds.add_new(0x00091010, "LO", "VENDOR")
     ds.add_new(0x00091011, "UV", 2**64 - 5)
@@ -568,9 +569,11 @@ def _with_uv_beyond_64_bits(body: bytes) -> bytes:
     return out.getvalue()
 
 
-async def test_an_instance_the_index_cannot_hold_is_refused_alone(tmp_path: Path) -> None:
-    """On MongoDB (the emulator): refused with 0xC000 and words saying why, its blob
-    removed; the rest of its batch is stored."""
+async def test_a_uv_beyond_what_json_holds_is_stored_on_mongodb(tmp_path: Path) -> None:
+    """On MongoDB (the emulator), which holds no integer above 2^63 - 1: a UV of
+    2^64 - 5 is indexed as the string DICOM JSON writes it (PS3.18 §F.2.3.1) and the
+    instance is stored, beside an ordinary one. (An instance the index still cannot
+    hold is refused alone: tests/contract/test_mongo_dicom_index.py.)"""
     from mongomock_motor import AsyncMongoMockClient
 
     from fhir_server.storage.mongo.store import MongoStore
@@ -580,14 +583,13 @@ async def test_an_instance_the_index_cannot_hold_is_refused_alone(tmp_path: Path
     blobs = FileBlobStore(tmp_path / "blobs")
     service = IngestService(store.dicom, blobs, None, IngestOptions("http://x"))
     good = make_instance("1.8", "1.8.1", "1.8.1.1")
-    bad = _with_uv_beyond_64_bits(make_instance("1.8", "1.8.1", "1.8.1.2", number=2))
-    report = await service.ingest(stream(good, bad))
-    assert [s.sop_uid for s in report.stored] == ["1.8.1.1"]
-    (failed,) = report.failed
-    assert (failed.reason, failed.sop_uid) == (0xC000, "1.8.1.2")
-    assert "integer beyond 64 bits" in failed.message
-    (row,) = await store.dicom.instance_files("1.8")
-    assert await blobs.keys() == [row.blob.key]
+    wide = _with_uv_beyond_64_bits(make_instance("1.8", "1.8.1", "1.8.1.2", number=2))
+    report = await service.ingest(stream(good, wide))
+    assert report.failed == []
+    assert [s.sop_uid for s in report.stored] == ["1.8.1.1", "1.8.1.2"]
+    (meta,) = await store.dicom.metadata("1.8", "1.8.1", "1.8.1.2")
+    assert orjson.loads(meta)["00091011"] == {"vr": "UV", "Value": [str(2**64 - 5)]}
+    assert len(await store.dicom.instance_files("1.8")) == 2
 
 
 def _enhanced_ct(frames: int) -> bytes:
