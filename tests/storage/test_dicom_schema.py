@@ -1,5 +1,6 @@
 """The SQLite DICOM index opens an index made by an earlier version: the study
-table gains its revision columns, its rows kept (counted as synced)."""
+table gains its revision columns and its patient key, its rows kept (counted as synced,
+of no patient key yet: the next instance of the study sets it)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ EARLIER_STUDY_TABLE = """CREATE TABLE dicom_study (
     n_instances INTEGER NOT NULL DEFAULT 0, patient_ref TEXT)"""
 
 
-def test_an_earlier_study_table_gains_the_revision_columns(tmp_path: Path) -> None:
+def test_an_earlier_study_table_gains_the_columns_added_since(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "index.sqlite3")
     conn.execute(EARLIER_STUDY_TABLE)
     conn.execute(
@@ -24,8 +25,9 @@ def test_an_earlier_study_table_gains_the_revision_columns(tmp_path: Path) -> No
     create_schema(conn)
     create_schema(conn)  # and again, as every start does: nothing more to add
     columns = [row[1] for row in conn.execute("PRAGMA table_info(dicom_study)")]
-    assert columns[-2:] == ["rev", "synced_rev"]
+    assert columns[-3:] == ["rev", "synced_rev", "patient_key"]
     study = select_study(conn, "1.2")
     assert study is not None
     assert (study.instance_count, study.patient_ref) == (3, "p1")
     assert (study.revision, study.synced_revision) == (0, 0)
+    assert conn.execute("SELECT patient_key FROM dicom_study").fetchall() == [(None,)]
