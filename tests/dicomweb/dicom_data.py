@@ -14,6 +14,18 @@ BOUNDARY = "radhub-test-boundary"
 CT = CTImageStorage
 
 
+def part10(sop_class: str, sop: str, transfer_syntax: str, study: str, series: str) -> Dataset:
+    """A data set with its file meta and the UIDs that name it, to be filled in."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    return ds
+
+
 def make_instance(
     study: str,
     series: str,
@@ -29,14 +41,8 @@ def make_instance(
     implicit: bool = False,
 ) -> bytes:
     """A small Part-10 CT image (16-bit, 8x8 per frame) as bytes."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = CT
-    ds.file_meta.MediaStorageSOPInstanceUID = sop or generate_uid()
-    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2" if implicit else ExplicitVRLittleEndian
-    ds.SOPClassUID = CT
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    syntax = "1.2.840.10008.1.2" if implicit else ExplicitVRLittleEndian
+    ds = part10(CT, sop or generate_uid(), syntax, study, series)
     ds.PatientID, ds.PatientName, ds.PatientSex, ds.PatientBirthDate = (
         patient_id,
         name,
@@ -69,13 +75,7 @@ def rle_instance(
     """A black 8-bit ``side``x``side`` CT image in RLE Lossless (``side`` a multiple of
     128): each row of 128 zeros is two bytes (PS3.5 Annex G), so the file is about
     1/64 of its decoded size."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = CT
-    ds.file_meta.MediaStorageSOPInstanceUID = sop
-    ds.file_meta.TransferSyntaxUID = RLELossless
-    ds.SOPClassUID, ds.SOPInstanceUID = CT, sop
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds = part10(CT, sop, RLELossless, study, series)
     ds.PatientID, ds.PatientName, ds.Modality = "PAT-RLE", "Rle^Large", "CT"
     ds.InstanceNumber = number
     ds.Rows = ds.Columns = side

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from dicomweb.decode_limit import DEFAULT_MAX_DECODED_BYTES
@@ -29,6 +29,7 @@ from tests.dicomweb.dicom_data import (
     STOW_TYPE,
     make_instance,
     multipart,
+    part10,
     rle_instance,
     split_multipart,
 )
@@ -44,13 +45,8 @@ Pixels = np.ndarray[Any, Any]
 def dicom(sop: str, pixels: Pixels | None, **attrs: Any) -> bytes:
     """A native Explicit VR Little Endian image; ``attrs`` set or override attributes
     (``PixelData`` as bytes for layouts numpy does not describe, such as 4:2:2)."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = sop
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, sop
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = STUDY, SERIES, "OT"
+    ds = part10(SecondaryCaptureImageStorage, sop, ExplicitVRLittleEndian, STUDY, SERIES)
+    ds.Modality = "OT"
     ds.PatientID, ds.PatientName, ds.AccessionNumber = "PAT-R", "Render^Test", "ACC-R"
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     if pixels is not None:

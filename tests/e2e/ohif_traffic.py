@@ -62,6 +62,11 @@ class Traffic:
     preflight_answers: list[dict[str, str]] = field(default_factory=list)  # their headers
     cors_failures: list[str] = field(default_factory=list)
     console_errors: list[str] = field(default_factory=list)
+    # requests the page itself cancelled (net::ERR_ABORTED): OHIF drops the frame
+    # requests still under way for a series the user leaves. Not a server failure: a
+    # response radhub broke off shows as ERR_CONNECTION_*, ERR_EMPTY_RESPONSE or
+    # ERR_INCOMPLETE_CHUNKED_ENCODING, which stay failures.
+    cancelled: list[str] = field(default_factory=list)
 
     def is_study_search(self, response: Response) -> bool:
         return _kind(self._path(response.url)) == "studies"
@@ -95,7 +100,9 @@ class Traffic:
 
     def on_failure(self, request: Request) -> None:
         if self._path(request.url):
-            self.failures.append(f"{request.method} {request.url}: {request.failure}")
+            what = f"{request.method} {request.url}: {request.failure}"
+            aborted = request.failure == "net::ERR_ABORTED"
+            (self.cancelled if aborted else self.failures).append(what)
 
     def on_console(self, message: ConsoleMessage) -> None:
         # OHIF reports a route that failed (an exception in it) at the debug level
@@ -176,6 +183,7 @@ class Traffic:
     def report(self) -> str:
         lines = ["radhub answered:", *(f"  {e}" for e in self.exchanges)]
         lines += [f"failed: {f}" for f in self.failures]
+        lines += [f"cancelled by the page: {f}" for f in self.cancelled]
         lines += [f"preflight: {url} -> {status}" for url, status in self.preflights]
         lines += [f"CORS failure: {f}" for f in self.cors_failures]
         lines += [f"console error: {m}" for m in self.console_errors]
