@@ -373,23 +373,10 @@ class IngestService:
     ) -> str | None:
         """Record the outcome and remove blobs nothing refers to; the study UID if changed."""
         h = pending.header
-        if result.outcome == "conflict":
+        refused = refusal_of(result, h)
+        if refused is not None:
             await self._remove(pending.blob.key)
-            message = f"SOP Instance {h.sop_instance_uid} is stored with different content"
-            report.failed.append(_failed(h, DUPLICATE_SOP_INSTANCE, message))
-            return None
-        if result.outcome == "other-patient":
-            await self._remove(pending.blob.key)
-            message = (
-                f"Study {h.study_instance_uid} is stored for another patient: this instance's"
-                " Patient ID or Issuer of Patient ID differs (a wrong-patient image?)"
-            )
-            report.failed.append(_failed(h, PATIENT_MISMATCH, message))
-            return None
-        if result.outcome == "unindexable":  # the index cannot hold it, whoever sends it
-            await self._remove(pending.blob.key)
-            message = f"SOP Instance {h.sop_instance_uid} cannot be stored: {result.detail}"
-            report.failed.append(_failed(h, CANNOT_UNDERSTAND, message))
+            report.failed.append(refused)
             return None
         if result.previous is not None and result.previous.key != pending.blob.key:
             await self._remove(result.previous.key)
@@ -415,6 +402,23 @@ async def _without_data(staging: Awaitable[StagedBlob]) -> StagedBlob:
 
 def _failed(h: InstanceHeader, reason: int, message: str) -> Failed:
     return Failed(reason, message, h.sop_class_uid, h.sop_instance_uid)
+
+
+def refusal_of(result: StoreResult, h: InstanceHeader) -> Failed | None:
+    """The failure an index outcome reports, when the index refused the instance."""
+    if result.outcome == "conflict":
+        message = f"SOP Instance {h.sop_instance_uid} is stored with different content"
+        return _failed(h, DUPLICATE_SOP_INSTANCE, message)
+    if result.outcome == "other-patient":
+        message = (
+            f"Study {h.study_instance_uid} is stored for another patient: this instance's"
+            " Patient ID or Issuer of Patient ID differs (a wrong-patient image?)"
+        )
+        return _failed(h, PATIENT_MISMATCH, message)
+    if result.outcome == "unindexable":  # the index cannot hold it, whoever sends it
+        message = f"SOP Instance {h.sop_instance_uid} cannot be stored: {result.detail}"
+        return _failed(h, CANNOT_UNDERSTAND, message)
+    return None
 
 
 def failure(exc: BaseException, header: InstanceHeader | None = None) -> Failed:

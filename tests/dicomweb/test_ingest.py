@@ -31,12 +31,31 @@ from dicomweb.imaging_study import (
     name_text,
     patient_identifier,
 )
-from dicomweb.ingest import Failed, IngestOptions, IngestService, Stored, failure, failure_reason
-from dicomweb.ingest_parse import OUT_OF_RESOURCES, PROCESSING_FAILURE, InstanceRejected
+from dicomweb.ingest import (
+    Failed,
+    IngestOptions,
+    IngestService,
+    Stored,
+    failure,
+    failure_reason,
+    refusal_of,
+)
+from dicomweb.ingest_parse import (
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    InstanceHeader,
+    InstanceRejected,
+)
 from dicomweb.records import describe_instance, split_levels
 from fhir_server.resources.worker_pool import WorkerPool
 from fhir_server.search.registry import SearchRegistry
-from fhir_server.storage.dicom_port import BlobLocation, InstanceRow, SeriesRow, StudyRow
+from fhir_server.storage.dicom_port import (
+    BlobLocation,
+    InstanceRow,
+    SeriesRow,
+    StoreResult,
+    StudyRow,
+)
 from fhir_server.storage.sqlite.store import SqliteStore
 from tests.dicomweb.archive_app import settled, study_patient
 from tests.dicomweb.dicom_data import make_instance
@@ -183,6 +202,40 @@ def _wrapped(cause: Exception) -> Exception:
 )
 def test_failure_reason(error: Exception, reason: int) -> None:
     assert failure_reason(error) == reason
+
+
+H = InstanceHeader("1.1", "1.1.1", "1.1.1.1", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
+
+
+@pytest.mark.parametrize(
+    ("result", "reason", "words"),
+    [
+        (StoreResult("1.1.1.1", "stored"), None, ""),
+        (StoreResult("1.1.1.1", "duplicate"), None, ""),
+        (StoreResult("1.1.1.1", "replaced"), None, ""),
+        (StoreResult("1.1.1.1", "conflict"), 0x0111, "stored with different content"),
+        (StoreResult("1.1.1.1", "other-patient"), 0xA900, "stored for another patient"),
+        (
+            StoreResult("1.1.1.1", "unindexable", detail="too big"),
+            0xC000,
+            "cannot be stored: too big",
+        ),
+    ],
+)
+def test_what_each_index_outcome_reports(
+    result: StoreResult, reason: int | None, words: str
+) -> None:
+    refused = refusal_of(result, H)
+    if reason is None:
+        assert refused is None
+        return
+    assert refused is not None
+    assert (refused.reason, refused.sop_uid, refused.sop_class_uid) == (
+        reason,
+        "1.1.1.1",
+        "1.2.840.10008.5.1.4.1.1.2",
+    )
+    assert words in refused.message
 
 
 @pytest.mark.parametrize(
