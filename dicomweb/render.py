@@ -32,7 +32,6 @@ import numpy as np
 from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_file_meta_info
 from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi
 from pydicom.pixels.utils import pixel_array
@@ -157,23 +156,19 @@ def native_frame_range(extra: dict[str, Any], ts: str, frame: int) -> tuple[int,
     return pixel["offset"] + (frame - 1) * size, size
 
 
-def _frame(path: Path, index: int, *, raw: bool) -> Array:
+def _frame(path: Path, index: int, ds: Dataset) -> Array:
+    """Frame ``index`` (0-based) of the file, decoded; ``ds`` is its header, read
+    already (its transfer syntax says how to read the pixels)."""
     try:
         # pydicom's path reader decodes one frame without reading the others, but it
         # cannot inflate a deflated data set (PS3.5 §A.5): that one is read whole
-        ts = read_file_meta_info(path).get("TransferSyntaxUID")
+        ts = ds.file_meta.get("TransferSyntaxUID")
         source = dcmread(path) if ts == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN else path
-        return pixel_array(source, index=index, raw=raw)
+        return pixel_array(source, index=index)
     except (IndexError, ValueError) as exc:
         raise RenderError(f"frame {index + 1}: {exc}") from exc
     except (RuntimeError, NotImplementedError, AttributeError, KeyError) as exc:
         raise RenderError(f"cannot decode the pixel data: {exc}") from exc
-
-
-def decoded_frame(path: Path, frame: int) -> bytes:
-    """Frame ``frame`` (1-based) as uncompressed little-endian bytes (PS3.18 §8.7.3.3.1)."""
-    array = _frame(path, frame - 1, raw=True)
-    return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
 def apply_window(values: Array, window: Window) -> Array:
@@ -382,5 +377,5 @@ def render(path: Path, frame: int, options: RenderOptions, limit: int) -> bytes:
         check_decode(ds, 1, limit, "a frame")
     except (TypeError, ValueError) as exc:
         raise RenderError(f"invalid image pixel attributes: {exc}") from exc
-    image = display_image(_frame(path, frame - 1, raw=False), ds, options)
+    image = display_image(_frame(path, frame - 1, ds), ds, options)
     return encode(image, options.media_type, options.quality)
