@@ -67,20 +67,11 @@ def to_wire(record: AuditRecord) -> Wire:
     """A record as sent to the child: a tuple pickles in a quarter of the time a
     dataclass does, and the moment as a timestamp in a fifth of a datetime's.
     Of the caller only what an AuditEvent names travels (not the grant, whose
-    parsed scopes are the server's business)."""
+    parsed scopes are the server's business). Every field after ``auth`` travels
+    as it is, so a field added to the record cannot be left behind."""
     auth = record.auth
     caller = None if auth is None else (auth.subject, auth.client_id, auth.patient, auth.fhir_user)
-    return (
-        record.interaction,
-        record.status,
-        record.moment.timestamp(),
-        caller,
-        record.resource_type,
-        record.resource_id,
-        record.query,
-        record.address,
-        record.description,
-    )
+    return (record.interaction, record.status, record.moment.timestamp(), caller, *record[4:])
 
 
 def from_wire(wire: Wire, callers: dict[Caller, AuthContext]) -> AuditRecord:
@@ -88,7 +79,7 @@ def from_wire(wire: Wire, callers: dict[Caller, AuthContext]) -> AuditRecord:
     era holds the microseconds exactly enough that ``fromtimestamp`` (which
     rounds to the nearest one) gives the same moment back. ``callers`` hands out
     one context per caller, so the event templates (kept by context) are reused."""
-    interaction, status, stamp, caller, rtype, rid, query, address, description = wire
+    interaction, status, stamp, caller, *rest = wire
     auth = None
     if caller is not None:
         auth = callers.get(caller)
@@ -97,7 +88,7 @@ def from_wire(wire: Wire, callers: dict[Caller, AuthContext]) -> AuditRecord:
             auth = AuthContext(subject, client_id, _NO_SCOPES, patient, fhir_user=fhir_user)
             callers[caller] = auth
     moment = datetime.fromtimestamp(stamp, UTC)
-    return AuditRecord(interaction, status, moment, auth, rtype, rid, query, address, description)
+    return AuditRecord(interaction, status, moment, auth, *rest)
 
 
 class AuditProcess(QueuedTrail):

@@ -59,6 +59,9 @@ def record(n: int, auth: AuthContext | None = CALLER) -> AuditRecord:
         ),
         AuditRecord("login", 401, datetime(2031, 1, 1, tzinfo=UTC), None, description="bad"),
         AuditRecord("read", 200, datetime(2026, 1, 1, 0, 0, 0, 1, tzinfo=UTC), CALLER),
+        AuditRecord(
+            "retrieve", 200, datetime(2026, 12, 3, tzinfo=UTC), None, "ImagingStudy", patient="p9"
+        ),
     ],
 )
 def test_a_record_crosses_the_pipe_as_the_same_audit_event(original: AuditRecord) -> None:
@@ -68,7 +71,7 @@ def test_a_record_crosses_the_pipe_as_the_same_audit_event(original: AuditRecord
 
     crossed = from_wire(pickle.loads(pickle.dumps(to_wire(original))), {})
     assert to_audit_event(crossed) == to_audit_event(original)
-    assert crossed.moment == original.moment
+    assert crossed._replace(auth=None) == original._replace(auth=None)  # every other field
 
 
 def test_one_context_per_caller_in_the_child() -> None:
