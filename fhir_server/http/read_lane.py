@@ -120,7 +120,8 @@ class ReadLane:
             return False
         # before answering, as the route does: waiting for room in the audit trail
         # must hold back this client's next request, not run beside it
-        await fhir.audited("read", 200, auth, resource_type, id, None, client)
+        patient = fhir.patient_of(auth, version)
+        await fhir.audited("read", 200, auth, resource_type, id, None, client, patient)
         await send({"type": "http.response.start", "status": 200, "headers": _headers(version)})
         await send({"type": "http.response.body", "body": version.body})
         return True

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from fhir_server.access.compartment_patients import CompartmentPatients
 from fhir_server.access.context import AuthContext
 from fhir_server.access.tokens import TokenVerifier, bearer_token
 from fhir_server.audit import AuditRecord, AuditTrail
@@ -72,6 +73,7 @@ class FhirHttp:
         self.verifier = verifier
         self.audit = audit
         self.capability = capability
+        self.patients = CompartmentPatients.build(svc.policy.compartment, svc.registry)
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -100,8 +102,22 @@ class FhirHttp:
         status = response.status_code
         if id is None and status == 201:  # the AuditEvent names what was created
             id = created_id(response.headers.get("location"), resource_type)
-        await self.audited(interaction, status, auth, resource_type, id, query, client)
+        patient = self.patient_of(auth, getattr(request.state, "shown", None)) or (
+            None if auth is not None and auth.patient else getattr(request.state, "patient", None)
+        )
+        await self.audited(interaction, status, auth, resource_type, id, query, client, patient)
         return response
+
+    def patient_of(self, auth: AuthContext | None, version: StoredVersion | None) -> str | None:
+        """The Patient whose record ``version`` is, for the audit record, when the
+        token does not name one (a patient token's patient is named anyway)."""
+        if version is None or version.body is None or (auth is not None and auth.patient):
+            return None
+        if version.resource_type != "Patient" and version.resource_type not in self.patients.routes:
+            return None  # never in a compartment: no need to parse the body
+        return self.patients.patient_of(
+            version.resource_type, version.id, orjson.loads(version.body)
+        )
 
     async def audited(
         self,
@@ -112,6 +128,7 @@ class FhirHttp:
         id: str | None,
         query: str | None,
         client: tuple[str, int] | None,
+        patient: str | None = None,
     ) -> None:
         """Record one answered request in the audit trail (and wait if it lags)."""
         self.audit.record(
@@ -124,6 +141,7 @@ class FhirHttp:
                 resource_id=id,
                 query=query,
                 address=client[0] if client else None,
+                patient=patient,
             )
         )
         await self.audit.room()
@@ -167,6 +185,7 @@ class FhirHttp:
 
     def shown(self, request: Request, version: StoredVersion) -> Response:
         """A read result, or 304 when the client's copy is current."""
+        request.state.shown = version  # whose record it is goes into the audit record
         headers = version_headers(version)
         if _not_modified(request, version):
             return Response(status_code=304, headers=headers)
@@ -307,6 +326,8 @@ class FhirHttp:
     ) -> Response:
         async def work(auth: AuthContext) -> Response:
             params = list(request.query_params.multi_items())
+            if resource_type == "Patient" and id is not None:
+                request.state.patient = id  # whose record's history it is
             result = await history.history(self.svc, auth, resource_type, id, params)
             return fhir_json(result, pretty=request.query_params.get("_pretty") == "true")
 
@@ -319,6 +340,7 @@ class FhirHttp:
     async def type_search_post(self, request: Request, resource_type: str) -> Response:
         async def work(auth: AuthContext) -> Response:
             params = [*request.query_params.multi_items(), *await self.search_form(request)]
+            request.state.patient = self.patients.patient_asked_for(resource_type, params)
             result = await search.search(
                 self.svc, auth, resource_type, params, strict=prefer_strict(request)
             )
@@ -336,6 +358,7 @@ class FhirHttp:
         async def work(auth: AuthContext) -> Response:
             if resource_type != "Patient":
                 raise InvalidRequest(f"{resource_type} compartments are not supported")
+            request.state.patient = id  # whose record is searched
             params = list(request.query_params.multi_items())
             result = await search.search(
                 self.svc,
@@ -354,6 +377,7 @@ class FhirHttp:
         """See https://hl7.org/fhir/R4/patient-operation-everything.html"""
 
         async def work(auth: AuthContext) -> Response:
+            request.state.patient = id  # whose record it is
             params = list(request.query_params.multi_items())
             result = await everything.everything(self.svc, auth, id, params)
             return fhir_json(result, pretty=request.query_params.get("_pretty") == "true")
@@ -368,6 +392,7 @@ class FhirHttp:
         params: list[tuple[str, str]],
     ) -> Response:
         async def work(auth: AuthContext) -> Response:
+            request.state.patient = self.patients.patient_asked_for(resource_type, params)
             result = await search.search(
                 self.svc, auth, resource_type, params, strict=prefer_strict(request)
             )
@@ -392,6 +417,7 @@ class FhirHttp:
         return await self.handle(request, "transaction", work)
 
     def _written(self, request: Request, outcome: crud.Outcome) -> Response:
+        request.state.shown = outcome.version  # whose record it is goes into the audit record
         return written(
             request,
             self.svc.base_url,
