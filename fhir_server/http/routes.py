@@ -300,6 +300,7 @@ class FhirHttp:
     async def delete(self, request: Request, resource_type: str, id: str) -> Response:
         async def work(auth: AuthContext) -> Response:
             outcome = await crud.delete(self.svc, auth, resource_type, id)
+            request.state.shown = outcome.deleted  # whose record it was
             headers = {"ETag": f'W/"{outcome.version.version}"'} if outcome.version else {}
             return Response(status_code=204, headers=headers)
 
@@ -307,7 +308,10 @@ class FhirHttp:
 
     async def conditional_delete(self, request: Request, resource_type: str) -> Response:
         async def work(auth: AuthContext) -> Response:
-            await crud.conditional_delete(self.svc, auth, resource_type, _criteria(request))
+            outcome = await crud.conditional_delete(
+                self.svc, auth, resource_type, _criteria(request)
+            )
+            request.state.shown = outcome.deleted  # whose record it was
             return Response(status_code=204)
 
         return await self.handle(request, "delete", work, resource_type)

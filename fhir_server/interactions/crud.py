@@ -56,6 +56,8 @@ class Outcome:
     version: StoredVersion | None = None
     issues: tuple[Issue, ...] = ()
     created: bool = False
+    # a delete's last version before it: whose record it was, for the audit record
+    deleted: StoredVersion | None = None
 
 
 def check_type(resource_type: str) -> None:
@@ -494,7 +496,7 @@ async def delete_in(
         return Outcome(204)
     await _check_visible(svc, auth, current, Interaction.DELETE, tx)
     written = await _save(tx, svc, auth, resource_type, id, None, current)
-    return Outcome(204, written)
+    return Outcome(204, written, deleted=current)
 
 
 async def conditional_delete(

@@ -92,7 +92,7 @@ async def test_a_clinicians_reads_and_writes_are_audited_under_the_patient(
     client: httpx.AsyncClient, flush_audit: Flush
 ) -> None:
     """A create, an update, a read (on the short read lane), a read the routes answer
-    (``_summary``) and a vread: each AuditEvent names the Observation's Patient, found
+    (``_summary``), a vread and a delete: each AuditEvent names the Observation's Patient, found
     by ``AuditEvent?patient=``; a Practitioner's read names none."""
     observation = {
         "resourceType": "Observation",
@@ -110,6 +110,7 @@ async def test_a_clinicians_reads_and_writes_are_audited_under_the_patient(
     assert (await client.get(f"/fhir/Observation/{oid}")).status_code == 200
     assert (await client.get(f"/fhir/Observation/{oid}?_summary=true")).status_code == 200
     assert (await client.get(f"/fhir/Observation/{oid}/_history/1")).status_code == 200
+    assert (await client.delete(f"/fhir/Observation/{oid}")).status_code == 204
     practitioner = await client.post(
         "/fhir/Practitioner", json={"resourceType": "Practitioner", "name": [{"family": "X"}]}
     )
@@ -118,7 +119,7 @@ async def test_a_clinicians_reads_and_writes_are_audited_under_the_patient(
 
     about = await _events_of(client, f"entity=Observation/{oid}")
     kinds = sorted(ev["subtype"][0]["code"] for ev in about)
-    assert kinds == ["create", "read", "read", "update", "vread"]
+    assert kinds == ["create", "delete", "read", "read", "update", "vread"]
     for event in about:
         assert _named_patients(event) == ["Patient/pA"], event
     by_patient = {ev["id"] for ev in await _events_of(client, "patient=Patient/pA")}
