@@ -292,8 +292,22 @@ async def test_the_server_audits_through_the_child(tmp_path: Path) -> None:
             created = await c.post("/fhir/Patient", json={"resourceType": "Patient"})
             pid = created.json()["id"]
             assert (await c.get(f"/fhir/Patient/{pid}")).status_code == 200
+            observation = {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"text": "weight"},
+                "subject": {"reference": f"Patient/{pid}"},
+            }
+            oid = (await c.post("/fhir/Observation", json=observation)).json()["id"]
+            assert (await c.get(f"/fhir/Observation/{oid}")).status_code == 200
     events = await written(tmp_path)
     assert [(e["subtype"][0]["code"], entity(e)) for e in events] == [
         ("create", f"Patient/{pid}"),
         ("read", f"Patient/{pid}"),
+        ("create", f"Observation/{oid}"),
+        ("read", f"Observation/{oid}"),
     ]
+    # the Patient whose record was reached crosses to the child (IHE BALP's Patient entity)
+    for event in events:
+        assert event["entity"][-1]["what"]["reference"] == f"Patient/{pid}"
+        assert event["entity"][-1]["role"]["code"] == "1"
