@@ -355,7 +355,8 @@ class StudySync:
     async def _patient_in(self, tx: Transaction, study_attrs: Json) -> str:
         system, value = patient_identifier(study_attrs, self._patients)
         resource = map_patient(study_attrs, system, value)
-        criteria = f"identifier={quote(system, safe=':/')}|{quote(value, safe='')}"
+        # escaped: a comma in a Patient ID would make it two IDs, one in any system
+        criteria = f"identifier={quote(_escaped(system) + '|' + _escaped(value), safe=':/')}"
         outcome = await crud.create_in(tx, self._svc, self._auth, resource, if_none_exist=criteria)
         assert outcome.version is not None
         return outcome.version.id

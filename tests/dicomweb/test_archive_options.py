@@ -13,7 +13,13 @@ import pytest
 
 from fhir_server.cli import build_parser, settings_from
 from fhir_server.settings import Settings
-from tests.dicomweb.archive_app import fast_settings, running, settled
+from tests.dicomweb.archive_app import (
+    DEFAULT_PATIENT_SYSTEM,
+    emulated_mongo,
+    fast_settings,
+    running,
+    settled,
+)
 from tests.dicomweb.dicom_data import STOW_TYPE, make_instance, multipart
 
 FAILED, REASON = "00081198", "00081197"
@@ -154,6 +160,34 @@ async def test_patient_ids_of_two_issuers_are_two_patients(tmp_path: Path) -> No
             [{"system": "http://a.example/mrn", "value": "12345"}],
             [{"system": "urn:radhub:issuer:HOSP_B", "value": "12345"}],
         ]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mongo"])
+@pytest.mark.parametrize("patient_id", ["123,456", "123|456", "123$456"])
+async def test_a_patient_id_with_search_separators_is_that_patient(
+    tmp_path: Path, backend: str, patient_id: str
+) -> None:
+    """A Patient ID may hold a comma or a bar (LO allows them): the Patient is found by
+    the whole ID, never by a piece of it in any system (which was someone else), and
+    each study of the patient finds the same one."""
+    settings = fast_settings(tmp_path / "data")
+    store = emulated_mongo(settings) if backend == "mongo" else None
+    async with running(settings, store) as (app, client):
+        someone = {"system": "urn:example:other", "value": "456"}
+        other = {"resourceType": "Patient", "id": "other", "identifier": [someone]}
+        assert (await client.put("/fhir/Patient/other", json=other)).status_code == 201
+        parts = [make_instance(uid, f"{uid}.1", patient_id=patient_id) for uid in ("7.1", "7.2")]
+        assert (await stow(client, parts[0])).status_code == 200
+        await settled(app)
+        assert (await stow(client, parts[1])).status_code == 200
+        await settled(app)
+        subjects = set()
+        for uid in ("7.1", "7.2"):
+            study = (await client.get(f"/fhir/ImagingStudy/{uid}")).json()
+            subjects.add(study["subject"]["reference"])
+        (subject,) = subjects
+        patient = (await client.get(f"/fhir/{subject}")).json()
+        assert patient["identifier"] == [{"system": DEFAULT_PATIENT_SYSTEM, "value": patient_id}]
 
 
 async def test_a_patient_named_in_three_scripts(tmp_path: Path) -> None:
