@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 from urllib.parse import quote
 
@@ -95,21 +96,33 @@ def patient_identifier(study_attrs: Json, namespaces: PatientNamespaces) -> tupl
     return namespaces.system(issuer) if issuer else namespaces.default, value
 
 
+# PS3.5 Table 6.2-1: TM ``HHMM[SS[.F]]`` (read with its pre-3.0 colons removed), and
+# an offset ``&ZZXX`` within FHIR's -14:00..+14:00
+_TM = re.compile(r"([01][0-9]|2[0-3])([0-5][0-9])([0-5][0-9]|60)?(\.[0-9]{1,6})?")
+_OFFSET = re.compile(r"[+-]((0[0-9]|1[0-3])[0-5][0-9]|1400)")
+
+
 def fhir_date(da: str | None) -> str | None:
-    """DICOM DA ``YYYYMMDD`` → FHIR date, or None when malformed."""
-    if not da or len(da) != 8 or not da.isdigit():
+    """DICOM DA ``YYYYMMDD`` → FHIR date, or None when it is no day of the calendar
+    (``00000000``, common for an unknown date, would fail the FHIR validation)."""
+    if not da or len(da) != 8 or not (da.isascii() and da.isdigit()):
+        return None
+    try:
+        date(int(da[:4]), int(da[4:6]), int(da[6:]))
+    except ValueError:
         return None
     return f"{da[:4]}-{da[4:6]}-{da[6:]}"
 
 
-def fhir_started(date: str | None, time: str | None, offset: str | None) -> str | None:
-    """DA + TM (+ TimezoneOffsetFromUTC) → FHIR dateTime; the date alone without a zone,
-    since FHIR requires a zone whenever a time is given."""
-    day = fhir_date(date)
-    if day is None or not time or len(time) < 4 or not offset or len(offset) != 5:
-        return day
-    seconds = time[4:6] if len(time) >= 6 else "00"
-    return f"{day}T{time[:2]}:{time[2:4]}:{seconds}{offset[:3]}:{offset[3:]}"
+def fhir_started(day: str | None, time: str | None, offset: str | None) -> str | None:
+    """DA + TM (+ TimezoneOffsetFromUTC) → FHIR dateTime; the date alone without a
+    valid time and zone, since FHIR requires a zone whenever a time is given."""
+    when = fhir_date(day)
+    clock = _TM.fullmatch(time.replace(":", "")) if time else None
+    if when is None or clock is None or not offset or not _OFFSET.fullmatch(offset):
+        return when
+    hours, minutes, seconds = clock.group(1), clock.group(2), clock.group(3) or "00"
+    return f"{when}T{hours}:{minutes}:{seconds}{offset[:3]}:{offset[3:]}"
 
 
 def human_name(pn: str) -> Json:

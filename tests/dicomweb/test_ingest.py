@@ -7,6 +7,7 @@ import hashlib
 import io
 import pickle
 import sqlite3
+import warnings
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -348,6 +349,41 @@ async def test_imaging_study_is_searchable_once_ingest_settles(app: FastAPI, cli
     assert [e["resource"]["id"] for e in by_patient["entry"]] == ["7.7"]
 
 
+def _with_values(body: bytes, **values: str) -> bytes:
+    """``body`` with attributes set to values pydicom warns are invalid."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(io.BytesIO(body))
+        for keyword, value in values.items():
+            setattr(ds, keyword, value)
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+async def test_a_study_with_impossible_dates_still_gets_its_imaging_study(
+    app: FastAPI, client: Any
+) -> None:
+    """A date, time or zone that is none (all zeros for an unknown birth date is
+    common) is left out: the ImagingStudy and the Patient are written without it,
+    rather than refused by the FHIR validation and retried for ever."""
+    body = _with_values(
+        make_instance("7.8", "7.8.1", "7.8.1.1", patient_id="MRN-0", date="20240105"),
+        PatientBirthDate="00000000",
+        SeriesDate="20241340",
+        SeriesTime="101500",
+        StudyTime="256199",
+        TimezoneOffsetFromUTC="+9999",
+    )
+    await app.state.dicomweb.ingest.ingest(stream(body))
+    await settled(app)
+    study = (await client.get("/fhir/ImagingStudy/7.8")).json()
+    assert study["started"] == "2024-01-05"
+    assert "started" not in study["series"][0]
+    patient = (await client.get(f"/fhir/{study['subject']['reference']}")).json()
+    assert patient["identifier"][0]["value"] == "MRN-0" and "birthDate" not in patient
+
+
 def _row(uid: str, series: str, number: int | None) -> InstanceRow:
     attrs = {"00080016": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.2"]}}
     return InstanceRow(
@@ -421,6 +457,19 @@ def test_map_study(links: StudyLinks, path: tuple[Any, ...], expected: Any) -> N
         (("20240105", "1015", "-0500"), "2024-01-05T10:15:00-05:00"),
         (("20240105", "101500", None), "2024-01-05"),
         (("2024", None, None), None),
+        # the form before DICOM 3.0, which PS3.5 6.2 asks readers to accept
+        (("20240105", "10:15:02.5", "+0100"), "2024-01-05T10:15:02+01:00"),
+        (("20240105", "101560", "+1400"), "2024-01-05T10:15:60+14:00"),  # a leap second
+        # not a date, time or offset at all (seen in the wild): the part that is one
+        (("00000000", "101500", "+0100"), None),
+        (("20241340", "101500", "+0100"), None),
+        (("20230229", None, None), None),
+        (("2024O105", None, None), None),
+        (("20240105", "256199", "+0100"), "2024-01-05"),
+        (("20240105", "1075", "+0100"), "2024-01-05"),
+        (("20240105", "101500", "+9999"), "2024-01-05"),
+        (("20240105", "101500", "+1430"), "2024-01-05"),
+        (("20240105", "101500", "01000"), "2024-01-05"),
     ],
 )
 def test_fhir_started(args: tuple[Any, ...], expected: str | None) -> None:
@@ -587,6 +636,9 @@ def test_map_patient_from_the_dicom_demographics() -> None:
     assert "name" not in map_patient(
         {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "^^"}]}}, "s", "v"
     )
+    # 00000000 is a common "unknown" in the wild; it is no birth date
+    unknown = {"00100030": {"vr": "DA", "Value": ["00000000"]}}
+    assert "birthDate" not in map_patient(unknown, "s", "v")
 
 
 def test_every_group_of_a_person_name_is_a_human_name() -> None:
