@@ -223,7 +223,9 @@ async def handle(
     except Exception:
         log.exception("unexpected error in %s %s", request.method, request.url.path)
         response = error_body(500, "internal error")
-    patient = await _patient_of(svc, study_uid) if response.status_code < 400 else None
+    patient = None
+    if response.status_code < 400:
+        patient = getattr(request.state, "patient", None) or await _patient_of(svc, study_uid)
     svc.audit.record(
         AuditRecord(
             interaction=interaction,
@@ -245,7 +247,8 @@ async def handle(
 async def _patient_of(svc: DicomwebServices, study_uid: str | None) -> str | None:
     """The Patient whose study a request reached, for its audit record: who read a
     patient's images is found by that patient (IHE BALP); None for a search, which
-    may reach many, or when the study is gone (a DELETE)."""
+    may reach many, or when the study is gone (a DELETE tells it beforehand, in
+    ``request.state.patient``)."""
     if study_uid is None:
         return None
     try:

@@ -261,7 +261,9 @@ def _delete_routes(router: _Paths, svc: DicomwebServices) -> None:
 
         async def work(auth: AuthContext) -> Response:
             require_system_delete(svc, auth)
-            await visible_study(svc, auth, study, Interaction.DELETE)
+            found = await visible_study(svc, auth, study, Interaction.DELETE)
+            # whose images they were, for the audit: the study may be gone after
+            request.state.patient = found.patient_ref
             # no ingest into the study from reading the rows to removing their blobs
             async with svc.ingest.locks.removing(study):
                 doomed = [

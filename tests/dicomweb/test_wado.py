@@ -305,3 +305,33 @@ async def test_a_retrieval_is_audited_under_the_studys_patient(
 
     entities = await eventually(audited, "the rendered read's AuditEvent under the patient")
     assert not any("GET /dicomweb/studies?" in e for e in entities)  # the search's
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/dicomweb/studies/4.5",
+        "/dicomweb/studies/4.5/series/4.5.1",  # the last one: the study goes with it
+        "/dicomweb/studies/4.5/series/4.5.1/instances/4.5.1.1",
+    ],
+)
+async def test_a_delete_is_audited_under_the_studys_patient(
+    client: httpx.AsyncClient, app: FastAPI, path: str
+) -> None:
+    """Whose images were deleted is found by that patient, though nothing of the
+    study may be left to look the patient up by once it is done."""
+    patient = await study_patient(client)
+    body = multipart(make_instance("4.5", "4.5.1", "4.5.1.1"))
+    stored = await client.post(
+        "/dicomweb/studies", content=body, headers={"Content-Type": STOW_TYPE}
+    )
+    assert stored.status_code == 200
+    await settled(app)
+    assert (await client.delete(path)).status_code == 204
+
+    async def audited() -> list[str] | None:
+        found = await client.get("/fhir/AuditEvent", params={"patient": patient, "_count": "100"})
+        told = [e["resource"].get("outcomeDesc", "") for e in found.json().get("entry", [])]
+        return told if f"DICOMweb DELETE {path}" in told else None
+
+    await eventually(audited, "the DELETE's AuditEvent under the patient")
