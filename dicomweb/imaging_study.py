@@ -26,6 +26,7 @@ RFC3986 = "urn:ietf:rfc:3986"
 UNKNOWN_PATIENT_SYSTEM = "urn:radhub:dicom-study-without-patient-id"
 LOCAL_ISSUER_SYSTEM = "urn:radhub:issuer:"  # + the issuer's name, percent-encoded
 _OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")  # RFC 3986 scheme; FHIR uri is \S*
 
 _SEX = {"M": "male", "F": "female", "O": "other"}
 # PS3.16 CID 244 Laterality → SNOMED CT, as R4 ImagingStudy.series.laterality binds.
@@ -76,7 +77,7 @@ class PatientNamespaces:
         ``urn:oid:``; any other name in a namespace of its own."""
         if issuer in self.issuers:
             return self.issuers[issuer]
-        if ":" in issuer:
+        if _URI.fullmatch(issuer):
             return issuer
         if _OID.fullmatch(issuer):
             return f"urn:oid:{issuer}"

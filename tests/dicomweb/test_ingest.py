@@ -485,6 +485,9 @@ def test_fhir_started(args: tuple[Any, ...], expected: str | None) -> None:
         ("HOSP_A", "urn:radhub:issuer:HOSP_A"),
         ("St Mary's/North", "urn:radhub:issuer:St%20Mary%27s%2FNorth"),
         ("1.2.", "urn:radhub:issuer:1.2."),  # not an OID
+        # a colon does not make a URI: FHIR's uri holds no white space
+        ("Main Hospital: East", "urn:radhub:issuer:Main%20Hospital%3A%20East"),
+        ("1.2.3:4", "urn:radhub:issuer:1.2.3%3A4"),  # nor one with no scheme
         ("MAPPED", "http://mapped.example/mrn"),
         (None, "urn:d"),
         ("  ", "urn:d"),
