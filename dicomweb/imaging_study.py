@@ -305,3 +305,28 @@ def map_study(
         for s in sorted(series, key=_series_order)
     ]
     return out
+
+
+# What ``map_study`` writes (when the images have it): the archive's. ``text`` too: a
+# narrative of the old content would no longer say what the resource says.
+ARCHIVE_ELEMENTS = frozenset(
+    {
+        "resourceType", "id", "meta", "text", "identifier", "status", "subject",
+        "numberOfSeries", "numberOfInstances", "modality", "started", "basedOn",
+        "referrer", "endpoint", "description", "procedureCode", "series",
+    }
+)  # fmt: skip
+
+
+def with_client_elements(mapped: Json, current: Json | None) -> Json:
+    """``mapped`` with the elements of the stored ImagingStudy the archive does not
+    write (a note, reasonCode, interpreter… a FHIR client added) and its meta but
+    for the server's own (tags, security labels): rewriting the study from the
+    images must not silently drop them."""
+    if current is None:
+        return mapped
+    kept = {k: v for k, v in current.items() if k not in ARCHIVE_ELEMENTS}
+    meta = current.get("meta") or {}
+    if labels := {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}:
+        kept["meta"] = labels
+    return mapped | kept

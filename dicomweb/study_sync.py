@@ -42,6 +42,7 @@ from dicomweb.imaging_study import (
     map_patient,
     map_study,
     patient_identifier,
+    with_client_elements,
 )
 from fhir_server.access.context import AuthContext
 from fhir_server.access.scopes import ScopeSet
@@ -347,7 +348,8 @@ class StudySync:
             service_request=await self._order(tx, study.attrs, patient),
             endpoint=endpoint,
         )
-        resource = map_study(study, await index.series_of(uid), await index.instances(uid), links)
+        mapped = map_study(study, await index.series_of(uid), await index.instances(uid), links)
+        resource = with_client_elements(mapped, current)
         if current is None or not unchanged(current, resource):  # (a replay: no new version)
             await crud.update_in(tx, self._svc, self._auth, IMAGING_STUDY, uid, resource)
         return study.revision
@@ -391,5 +393,8 @@ def _escaped(value: str) -> str:
 
 
 def unchanged(current: Json, resource: Json) -> bool:
-    """Whether a stored resource already says what ``resource`` says (meta aside)."""
-    return {k: v for k, v in current.items() if k != "meta"} == resource
+    """Whether a stored resource already says what ``resource`` says (meta aside: what
+    of it ``resource`` has, it has from ``current``)."""
+    return {k: v for k, v in current.items() if k != "meta"} == {
+        k: v for k, v in resource.items() if k != "meta"
+    }

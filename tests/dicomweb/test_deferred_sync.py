@@ -121,3 +121,35 @@ async def test_a_study_sent_in_many_requests_is_written_once(tmp_path: Path) -> 
             "/fhir/ImagingStudy", params={"subject": study["subject"]["reference"]}
         )
         assert [e["resource"]["id"] for e in found.json()["entry"]] == ["6.1"]
+
+
+async def test_what_a_fhir_client_added_survives_the_next_sync(tmp_path: Path) -> None:
+    """The archive owns what it maps from the images (and the links it resolves);
+    what a FHIR client wrote beside them (a note, the reason, who read it) is kept
+    when a late series makes the archive write the study again."""
+    async with running(fast_settings(tmp_path / "data")) as (app, client):
+        first = multipart(make_instance("6.2", "6.2.1", "6.2.1.1"))
+        headers = {"Content-Type": STOW_TYPE}
+        assert (await client.post("/dicomweb/studies", content=first, headers=headers)).is_success
+        await settled(app)
+        study = await imaging_study(client, "6.2")
+        assert study is not None
+        added = {
+            "note": [{"text": "compare with the prior of 2019"}],
+            "reasonCode": [{"text": "cough for six weeks"}],
+            "interpreter": [{"reference": "Practitioner/rad-1"}],
+        }
+        confidential = {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"}
+        labels = {"security": [confidential | {"code": "R"}]}
+        edited = study | added | {"numberOfSeries": 7, "description": "edited", "meta": labels}
+        assert (await client.put("/fhir/ImagingStudy/6.2", json=edited)).status_code == 200
+        late = multipart(make_instance("6.2", "6.2.2", "6.2.2.1"))
+        assert (await client.post("/dicomweb/studies", content=late, headers=headers)).is_success
+        await settled(app)
+        after = await imaging_study(client, "6.2")
+        assert after is not None and after["numberOfSeries"] == 2
+        assert after["description"] == "CHEST"  # the archive's own, from the images
+        assert {k: after.get(k) for k in added} == added
+        assert after["meta"]["security"] == labels["security"]
+        history = (await client.get("/fhir/ImagingStudy/6.2/_history")).json()
+        assert len(history["entry"]) == 3  # written, edited, written again: no more
