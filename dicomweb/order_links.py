@@ -16,8 +16,11 @@ number finds now. So:
 
 Relinking compares before it writes, so replaying changes (a crash before the
 position was saved) rewrites nothing. A failed rewrite goes to the sync retry
-(``StudySync.pending``); only a failure to read the log or the index stops the
-position from advancing.
+(``StudySync.pending``) and the consumer reads on; but that retry is only in
+memory, and the start-up scan compares counts and Patients, not orders, so the
+position *saved* stays before the batch until the study has left ``pending``:
+after a stop, the order is read again. Only a failure to read the log or the
+index stops the position from advancing.
 """
 
 from __future__ import annotations
@@ -68,6 +71,9 @@ class OrderLinks:
         self._cursor = cursor
         self.position = 0
         self.resumed_from = 0  # the position ``load`` found: what a restart resumed at
+        self._saved = 0
+        # studies whose relink failed -> the position to read again from until written
+        self._held: dict[str, int] = {}
 
     async def load(self) -> int:
         """Resume from the saved position -- from the start if the log is behind it
@@ -75,14 +81,12 @@ class OrderLinks:
         saved = self._cursor.load()
         newest = await self._store.history(HistoryQuery(count=1))
         head = newest.versions[0].seq if newest.versions else 0
-        self.position = self.resumed_from = saved if saved <= head else 0
+        self.position = self.resumed_from = self._saved = saved if saved <= head else 0
         return self.position
 
     async def step(self, limit: int = 1000) -> int:
         """Consume up to ``limit`` changes; how many there were."""
         changes = await self._store.changes(self.position, limit, SERVICE_REQUEST)
-        if not changes:
-            return 0
         numbers: set[str] = set()
         for version in changes:
             if version.resource_type == SERVICE_REQUEST:
@@ -90,9 +94,20 @@ class OrderLinks:
         for number in sorted(numbers):
             for uid in await self._studies_with(number):
                 await self._sync.relink(uid)
-        self.position = changes[-1].seq
-        await self._cursor.save(self.position)
+                if uid in self._sync.pending:  # (a failed relink is retried from there)
+                    self._held.setdefault(uid, self.position)
+        if changes:
+            self.position = changes[-1].seq
+        await self._save()
         return len(changes)
+
+    async def _save(self) -> None:
+        """Save the position, but not past a batch whose relink is still pending."""
+        self._held = {uid: at for uid, at in self._held.items() if uid in self._sync.pending}
+        durable = min([self.position, *self._held.values()])
+        if durable != self._saved:
+            await self._cursor.save(durable)
+            self._saved = durable
 
     async def _touched(self, version: StoredVersion) -> set[str]:
         """Accession numbers this version carries, or its predecessor carried."""

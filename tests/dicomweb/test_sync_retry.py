@@ -23,9 +23,11 @@ from tests.dicomweb.archive_app import (
     eventually,
     fast_settings,
     imaging_study,
+    order,
     running,
     settled,
     stow_study,
+    study_patient,
 )
 from tests.dicomweb.dicom_data import STOW_TYPE, make_instance, multipart
 
@@ -165,6 +167,36 @@ async def test_a_missed_sync_is_found_even_when_the_counts_still_match(tmp_path:
             return study if found else None
 
         await eventually(series_b, "the start-up scan to rewrite the ImagingStudy")
+
+
+async def test_a_late_order_whose_link_failed_is_linked_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The order consumer moves on past an order whose relink failed (the retry is
+    the sync's), but the retry is only in memory: the position it saves must not
+    pass the order until the link is written, or a stop loses the link for ever
+    (the start-up scan compares counts and Patients, not orders)."""
+    settings = fast_settings(tmp_path / "data", sync_retry_interval=3600.0)
+    store = faulty_store(settings, failures=0)
+    async with running(settings, store) as (app, client):
+        await study_patient(client)
+        assert (await stow_study(client, "9.6", "LATE-6")).status_code == 200
+        await settled(app)
+        store.failures = 1_000  # every ImagingStudy write fails from now on
+        posted = await client.post("/fhir/ServiceRequest", json=order("LATE-6"))
+        assert posted.status_code == 201
+        seq = (await app.state.services.store.read("ServiceRequest", posted.json()["id"])).seq
+        links = app.state.archive_tasks.links
+        await eventually(lambda: probe(links.position >= seq), "the consumer to pass the order")
+        assert store.fired >= 1 and "basedOn" not in (await imaging_study(client, "9.6") or {})
+    async with running(settings) as (_, client):
+
+        async def linked() -> dict[str, Any] | None:
+            study = await imaging_study(client, "9.6")
+            return study if study is not None and study.get("basedOn") else None
+
+        study = await eventually(linked, "the order's link after the restart")
+        assert study["basedOn"] == [{"reference": f"ServiceRequest/{posted.json()['id']}"}]
 
 
 async def _with_instances(client: Any, uid: str, count: int) -> dict[str, Any] | None:
