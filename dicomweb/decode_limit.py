@@ -8,7 +8,10 @@ the bytes of one sample (Bits Allocated, one byte at least: 1-bit pixels come
 out a byte each), for each frame decoded. Every road that decodes (a rendered
 frame, the frames of a frames request, a whole instance transcoded, Pixel
 Data as bulk data) asks ``check_decode`` first and raises ``DecodeTooLarge``
-rather than decode more than the limit.
+rather than decode more than the limit. The JPEG family's decoders (JPEG,
+JPEG-LS, JPEG 2000, HTJ2K) follow the image their codestream declares instead,
+whatever Rows and Columns say, so those roads also ask ``check_codestreams``
+of the very frames the decoder is about to be given (``codestream_size``).
 
 The default, 256 MiB, holds the largest single images an archive keeps (a
 scanned film of 8000×10000 RGB is 229 MiB, mammography 4000×5000 16-bit 38
@@ -20,7 +23,10 @@ file), so it is what one request costs at most, not the archive's largest image.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Protocol
+
+from dicomweb.codestream_size import declared_bytes
 
 DEFAULT_MAX_DECODED_BYTES = 256 * 2**20
 
@@ -74,5 +80,15 @@ def check_decode(attrs: Attributes, frames: int, limit: int, what: str) -> None:
     """Raise DecodeTooLarge when decoding ``frames`` frames of a dataset with these
     attributes would produce more than ``limit`` bytes."""
     size = frame_bytes(attrs) * frames
+    if size > limit:
+        raise DecodeTooLarge(size, limit, what)
+
+
+def check_codestreams(frames: Iterable[bytes], limit: int, what: str) -> None:
+    """Raise DecodeTooLarge when the images these compressed frames' own headers
+    declare would together decode to more than ``limit`` bytes; a frame without a
+    header the decoders know counts nothing (they refuse it). CodestreamError
+    (a ValueError) when a header is too long to judge."""
+    size = sum(declared_bytes(frame) or 0 for frame in frames)
     if size > limit:
         raise DecodeTooLarge(size, limit, what)

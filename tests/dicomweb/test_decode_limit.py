@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
+from PIL import Image
 from pydicom.dataset import Dataset
 
+from dicomweb.codestream_size import CodestreamError
 from dicomweb.decode_limit import (
     DEFAULT_MAX_DECODED_BYTES,
     DecodeTooLarge,
+    check_codestreams,
     check_decode,
     decoded_bytes,
     frame_count,
@@ -72,3 +77,26 @@ def test_check_decode_reads_the_dataset_header() -> None:
 def test_the_settings_default_is_the_archive_default() -> None:
     # the kernel cannot import dicomweb: the two literals must agree
     assert Settings().max_decoded_bytes == DEFAULT_MAX_DECODED_BYTES
+
+
+def black_jpeg(side: int) -> bytes:
+    """A black 8-bit greyscale JPEG: ``side``² bytes decoded, a few KB encoded."""
+    out = io.BytesIO()
+    Image.new("L", (side, side)).save(out, "JPEG")
+    return out.getvalue()
+
+
+def test_check_codestreams_sums_what_the_frames_declare() -> None:
+    frame, rle = black_jpeg(1024), b"\x01\x00\x00\x00" + bytes(60)  # 1 MiB; RLE: nothing
+    check_codestreams([frame, rle], MiB, "one frame")  # exactly the limit
+    with pytest.raises(DecodeTooLarge, match="2,097,152 bytes") as refused:
+        check_codestreams(iter([frame, frame]), 3 * MiB // 2, "2 frames")
+    assert (refused.value.size, refused.value.limit) == (2 * MiB, 3 * MiB // 2)
+
+
+def test_check_codestreams_refuses_what_it_cannot_judge() -> None:
+    data = bytearray(black_jpeg(16))
+    at = data.index(b"\xff\xc0")
+    data[at + 5 : at + 7] = b"\x00\x00"  # height left to a DNL segment
+    with pytest.raises(CodestreamError):  # a ValueError: the roads treat it as undecodable
+        check_codestreams([bytes(data)], DEFAULT_MAX_DECODED_BYTES, "a frame")
