@@ -12,15 +12,18 @@ A decoder being installed (``transfer_syntax.can_decode``) does not mean it
 can decode a given file (a 12-bit JPEG, a damaged stream): ``TranscodeError``
 says so at decoding time, and callers fall back to another acceptable form.
 Nothing is decoded that would produce more than ``limit`` bytes
-(``decode_limit``): ``DecodeTooLarge`` says so before, and callers fall back
-in the same way.
+(``decode_limit``), judged from the image pixel attributes and from the frames'
+own codestreams: ``DecodeTooLarge`` says so before, and callers fall back in the
+same way.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+import struct
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from pydicom import dcmread, dcmwrite
@@ -29,7 +32,7 @@ from pydicom.encaps import generate_frames, get_frame
 from pydicom.pixels.utils import iter_pixels, pixel_array
 from pydicom.uid import UID
 
-from dicomweb.decode_limit import check_decode, frame_count
+from dicomweb.decode_limit import check_codestreams, check_decode, frame_count
 from dicomweb.transfer_syntax import (
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -66,6 +69,56 @@ _DECODING_ERRORS = (
 )
 
 
+def _extended_offsets(ds: Dataset) -> tuple[bytes, bytes] | None:
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        return ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths
+    return None
+
+
+def _frame_images(uid: str) -> bool:
+    """True when each frame of ``uid`` is a codestream of its own (PS3.5 §8.2), whose
+    header the decoder sizes its output from; a video is one stream, and undecoded."""
+    row = _BY_UID.get(uid)
+    return row is not None and row.encapsulated and not row.video
+
+
+def _encoded_frames(ds: Dataset, indices: Sequence[int] | None) -> Iterator[bytes]:
+    """The encapsulated frames at ``indices`` (0-based), or all of them, split as
+    pydicom's decoder splits them (all: with any beyond Number of Frames, which it
+    decodes too)."""
+    count, offsets = frame_count(ds), _extended_offsets(ds)
+    if indices is None:
+        return generate_frames(ds.PixelData, number_of_frames=count, extended_offsets=offsets)
+    return (
+        get_frame(ds.PixelData, i, number_of_frames=count, extended_offsets=offsets)
+        for i in indices
+    )
+
+
+def _check_frames(ds: Dataset, indices: Sequence[int] | None, limit: int, what: str) -> None:
+    if _frame_images(str(ds.file_meta.TransferSyntaxUID)):
+        check_codestreams(_encoded_frames(ds, indices), limit, what)
+
+
+def check_stored_frame(source: BinaryIO, ds: Dataset, index: int, limit: int) -> None:
+    """DecodeTooLarge when frame ``index`` (0-based) of an encapsulated file would
+    decode to more than ``limit`` bytes by its own codestream; ``source`` is where
+    ``dcmread(stop_before_pixels=True)`` leaves it, ``ds`` the header it read.
+    Only that frame is read, as pydicom's decoder reads it; ValueError when it
+    cannot be."""
+    if _frame_images(str(ds.file_meta.get("TransferSyntaxUID", ""))):
+        check_codestreams([_stored_frame(source, ds, index)], limit, "a frame")
+
+
+def _stored_frame(source: BinaryIO, ds: Dataset, index: int) -> bytes:
+    # encapsulated Pixel Data is explicit VR little endian, of undefined length (PS3.5 §A.4)
+    header = source.read(12)
+    if len(header) < 12 or struct.unpack("<HH4xI", header) != (0x7FE0, 0x0010, 0xFFFFFFFF):
+        raise ValueError("no encapsulated Pixel Data after the header")
+    count, offsets = frame_count(ds), _extended_offsets(ds)
+    return get_frame(source, index, number_of_frames=count, extended_offsets=offsets)
+
+
 def swap_bytes(data: bytes, width: int) -> bytes:
     """``data`` with the byte order of each ``width``-byte value reversed."""
     if width < 2:
@@ -97,6 +150,7 @@ def transcode_to_explicit_le(source: Path | bytes, *, limit: int) -> bytes:
     try:
         if _BY_UID[uid].encapsulated:
             check_decode(ds, frame_count(ds), limit, "the instance")
+            _check_frames(ds, None, limit, "the instance")
         _to_explicit_le(ds, uid)
         dcmwrite(out, ds, implicit_vr=False, little_endian=True, enforce_file_format=True)
     except _DECODING_ERRORS as exc:
@@ -135,6 +189,7 @@ def native_frames(source: Path, indices: Sequence[int], *, limit: int) -> list[b
     try:
         ds = dcmread(source)
         check_decode(ds, len(indices), limit, f"{len(indices)} frames")
+        _check_frames(ds, indices, limit, f"{len(indices)} frames")
         if int(ds.BitsAllocated) == 1:
             return [_bit_frame(ds, i) for i in indices]
         arrays = iter_pixels(ds, indices=indices, raw=True)
@@ -155,6 +210,7 @@ def native_pixel_data(source: Path, *, limit: int) -> bytes:
             big = uid == EXPLICIT_VR_BIG_ENDIAN
             return swap_bytes(value, _pixel_width(ds)) if big else value
         check_decode(ds, frame_count(ds), limit, "the pixel data")
+        _check_frames(ds, None, limit, "the pixel data")
         if int(ds.BitsAllocated) == 1:
             return b"".join(_bit_frame(ds, i) for i in range(int(ds.get("NumberOfFrames") or 1)))
         array = pixel_array(ds, raw=True)
@@ -188,10 +244,7 @@ def compressed_frames(source: Path, indices: Sequence[int]) -> list[bytes]:
         row = _BY_UID[str(ds.file_meta.TransferSyntaxUID)]
         if row.video:
             return [next(generate_frames(value, number_of_frames=1)) for _ in indices]
-        count = int(ds.get("NumberOfFrames") or 1)
-        offsets = None
-        if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
-            offsets = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+        count, offsets = int(ds.get("NumberOfFrames") or 1), _extended_offsets(ds)
         return [
             get_frame(value, i, number_of_frames=count, extended_offsets=offsets) for i in indices
         ]

@@ -11,12 +11,13 @@ region is cut (and flipped), fitted into the viewport keeping the aspect
 ratio, and encoded as JPEG, PNG or GIF.
 
 Nothing larger than the decoded frame is made, and nothing is decoded beyond
-the server's limit (``decode_limit``, checked from the header first). The
-window is chosen over the whole frame; the display levels are then made from
-the source region a band of rows at a time, so the floating-point working
-copies stay the size of a band, and each band is box-reduced as it is made
-when the output is much smaller (a thumbnail of a large image), as Pillow's
-``reducing_gap`` does, leaving Lanczos the last factor of three.
+the server's limit (``decode_limit``, checked first from the header, then from
+the frame's own codestream when it is compressed). The window is chosen over
+the whole frame; the display levels are then made from the source region a band
+of rows at a time, so the floating-point working copies stay the size of a
+band, and each band is box-reduced as it is made when the output is much
+smaller (a thumbnail of a large image), as Pillow's ``reducing_gap`` does,
+leaving Lanczos the last factor of three.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply
 from pydicom.pixels.utils import pixel_array
 
 from dicomweb.decode_limit import check_decode
+from dicomweb.pixel_codec import check_stored_frame
 from dicomweb.transfer_syntax import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -372,10 +374,15 @@ def encode(image: Image.Image, media_type: str, quality: int) -> bytes:
 def render(path: Path, frame: int, options: RenderOptions, limit: int) -> bytes:
     """Frame ``frame`` (1-based) as a JPEG, PNG or GIF image (PS3.18 §8.3.5.1);
     DecodeTooLarge, before decoding, when a frame decodes to more than ``limit`` bytes."""
-    ds = dcmread(path, stop_before_pixels=True)
-    try:
-        check_decode(ds, 1, limit, "a frame")
-    except (TypeError, ValueError) as exc:
-        raise RenderError(f"invalid image pixel attributes: {exc}") from exc
+    with path.open("rb") as source:
+        ds = dcmread(source, stop_before_pixels=True)
+        try:
+            check_decode(ds, 1, limit, "a frame")
+        except (TypeError, ValueError) as exc:
+            raise RenderError(f"invalid image pixel attributes: {exc}") from exc
+        try:
+            check_stored_frame(source, ds, frame - 1, limit)
+        except ValueError as exc:  # what the decoder would fail on too
+            raise RenderError(f"frame {frame}: {exc}") from exc
     image = display_image(_frame(path, frame - 1, ds), ds, options)
     return encode(image, options.media_type, options.quality)
