@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fhir_server.app import create_app
 from fhir_server.settings import Settings
 from smart.tokens import mint_access_token
+from tests.mongo_emulator import accept_bulk_sort
 
 SHARED_FHIR = Path(__file__).resolve().parents[1].parent / "shared" / "fhir"
 EXAMPLES = SHARED_FHIR / "examples"
@@ -43,6 +44,14 @@ def require_peer_dir(directory: Path, marker: str, how: str) -> Path:
     if not (directory / marker).is_file():
         peer_missing(f"{directory / marker} ({how})")
     return directory
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _emulator_takes_bulk_sort() -> Iterator[None]:
+    """The MongoDB emulator, level with PyMongo's bulk write API (``tests/mongo_emulator``)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        accept_bulk_sort(monkeypatch)
+        yield
 
 
 @pytest.fixture
