@@ -13,7 +13,9 @@ import pytest
 from mongomock_motor import AsyncMongoMockClient
 from pymongo.errors import (
     AutoReconnect,
+    BulkWriteError,
     DocumentTooLarge,
+    DuplicateKeyError,
     ExecutionTimeout,
     NetworkTimeout,
     OperationFailure,
@@ -29,6 +31,7 @@ from fhir_server.errors import (
 )
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.storage.auth_port import ClientRecord
+from fhir_server.storage.mongo.errors import duplicate_key
 from fhir_server.storage.mongo.journal import UnitOfWork
 from fhir_server.storage.mongo.store import DEFAULT_TIMEOUT_MS, MongoStore
 
@@ -40,9 +43,19 @@ TOO_LARGE = DocumentTooLarge("BSON document too large (17000000 bytes)")
 UPDATE_TOO_LARGE = OperationFailure(
     "Resulting document after update is larger than 16777216", 17419
 )
+# a bulk write whose one write the server refused as too large, and one whose writes
+# were applied on the primary but not acknowledged by a majority in time
+BULK_TOO_LARGE = BulkWriteError(
+    {"writeErrors": [{"index": 0, "code": 10334, "errmsg": "BSONObjectTooLarge"}]}
+)
+BULK_NOT_REPLICATED = BulkWriteError(
+    {"writeErrors": [], "writeConcernErrors": [{"code": 64, "errmsg": "waiting timed out"}]}
+)
 DRIVER_FAILURES: list[tuple[Exception, type[FhirError]]] = [
     (TOO_LARGE, PayloadTooLarge),
     (UPDATE_TOO_LARGE, PayloadTooLarge),
+    (BULK_TOO_LARGE, PayloadTooLarge),
+    (BULK_NOT_REPLICATED, StorageUnavailable),
     (OverflowError("MongoDB can only handle up to 8-byte ints"), UnprocessableEntity),
     (AutoReconnect("primary stepped down"), StorageUnavailable),
     (ExecutionTimeout("operation exceeded time limit", 50), StorageUnavailable),
@@ -68,6 +81,28 @@ def raising(error: Exception) -> Any:
         raise error
 
     return fail
+
+
+def _bulk(*codes: int) -> BulkWriteError:
+    errors = [{"index": i, "code": code, "errmsg": "refused"} for i, code in enumerate(codes)]
+    return BulkWriteError({"writeErrors": errors})
+
+
+@pytest.mark.parametrize(
+    ("error", "duplicate"),
+    [
+        (DuplicateKeyError("E11000 duplicate key error"), True),
+        (_bulk(11000), True),
+        (_bulk(11000, 11000), True),
+        (_bulk(11000, 10334), False),  # not only a duplicate: the other refusal stands
+        (BULK_NOT_REPLICATED, False),
+        (AutoReconnect("primary stepped down"), False),
+    ],
+)
+def test_a_duplicate_key_is_told_apart_in_a_bulk_write_too(
+    error: Exception, duplicate: bool
+) -> None:
+    assert duplicate_key(error) is duplicate
 
 
 @pytest.mark.parametrize(("error", "mapped"), DRIVER_FAILURES, ids=_name)

@@ -8,6 +8,8 @@ Failures are injected; everything else is the real adapter on the emulator.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,8 @@ from fhir_server.search.registry import SearchRegistry
 from fhir_server.settings import Settings
 from fhir_server.storage.base import HistoryQuery
 from fhir_server.storage.factory import build_store
-from fhir_server.storage.mongo.documents import COUNTERS, JOURNAL, SEQ_COUNTER
+from fhir_server.storage.mongo import journal
+from fhir_server.storage.mongo.documents import COUNTERS, HISTORY, JOURNAL, RESOURCES, SEQ_COUNTER
 from fhir_server.storage.mongo.journal import UnitOfWork
 from fhir_server.storage.mongo.store import MongoStore
 
@@ -102,22 +105,36 @@ async def test_changes_recover_an_expired_journal(client: Any, registry: SearchR
     assert await client[DB][JOURNAL].count_documents({}) == 0
 
 
+def _on_insert_many(
+    monkeypatch: pytest.MonkeyPatch, client: Any, hook: Callable[[str, int], Awaitable[None]]
+) -> None:
+    """``hook(collection, n)`` runs after the ``n``-th ``insert_many`` into each collection."""
+    collection = type(client[DB]["resources"])
+    real = collection.insert_many
+    calls: Counter[str] = Counter()
+
+    async def insert_many(self: Any, *args: Any, **kwargs: Any) -> Any:
+        done = await real(self, *args, **kwargs)
+        calls[self.name] += 1
+        await hook(self.name, calls[self.name])
+        return done
+
+    monkeypatch.setattr(collection, "insert_many", insert_many)
+
+
 async def test_failure_while_applying_a_batch_undoes_it(
     client: Any, registry: SearchRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The batch's resources are written (an update and two creates), then its history
+    insert fails: every resource is restored, the creates removed."""
     store = await started(client, registry)
     await _seed(store, registry)
-    real_apply = UnitOfWork._apply
-    calls = 0
 
-    async def flaky(self: UnitOfWork, *args: Any) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 3:
+    async def fail_history(name: str, n: int) -> None:
+        if name == HISTORY:
             raise AutoReconnect("connection lost")
-        await real_apply(self, *args)
 
-    monkeypatch.setattr(UnitOfWork, "_apply", flaky)
+    _on_insert_many(monkeypatch, client, fail_history)
     batch = [
         resource_version(registry, patient("p1", "Jones"), 2, at(2)),
         resource_version(registry, patient("p2"), 1, at(2)),
@@ -129,8 +146,75 @@ async def test_failure_while_applying_a_batch_undoes_it(
     assert p1 is not None and p1.version == 1 and body_of(p1.body)["name"] == [{"family": "Smith"}]
     assert await store.read("Patient", "p2") is None
     assert [(v.id, v.version) for v in await store.changes(0)] == [("p1", 1)]
+    assert await client[DB][HISTORY].count_documents({}) == 1
     monkeypatch.undo()
     assert len(await store.write_many(batch)) == 3
+
+
+@pytest.mark.parametrize("race", ["update", "create"])
+async def test_a_conflict_found_while_applying_a_batch_undoes_all_of_it(
+    client: Any, registry: SearchRegistry, monkeypatch: pytest.MonkeyPatch, race: str
+) -> None:
+    """Another instance writes one of the batch's resources between the batch's read
+    and its bulk writes: the replace expecting version 1 matches nothing, or the insert
+    of a new resource meets the unique ``_id``. Either is a conflict, and nothing of
+    the batch stays, a resource it wrote twice included."""
+    store, other = await started(client, registry), await started(client, registry)
+    await _seed(store, registry)
+    real = journal.next_seqs
+    raced = False
+
+    async def next_seqs(db: Any, n: int) -> list[int]:
+        nonlocal raced
+        if not raced:  # the batch has read its before-images: the other writer wins
+            raced = True
+            version = 2 if race == "update" else 1
+            racing_id = "p1" if race == "update" else "p3"
+            mine = patient(racing_id, "Other")
+            await other.write_many([resource_version(registry, mine, version, at(2))])
+        return await real(db, n)
+
+    monkeypatch.setattr(journal, "next_seqs", next_seqs)
+    batch = [
+        resource_version(registry, patient("p2"), 1, at(3)),
+        resource_version(registry, patient("p2", "Twice"), 2, at(3)),
+        resource_version(registry, patient("p1", "Jones"), 2, at(3)),
+        resource_version(registry, patient("p3"), 1, at(3)),
+    ]
+    with pytest.raises(VersionConflict):
+        await store.write_many(batch)
+    assert await store.read("Patient", "p2") is None
+    won = "p1" if race == "update" else "p3"
+    assert [(v.id, v.version) for v in await store.changes(0)][1:] == [
+        (won, 2 if race == "update" else 1)
+    ]
+    current = await store.read("Patient", won)
+    assert current is not None and body_of(current.body)["name"] == [{"family": "Other"}]
+    assert await client[DB][JOURNAL].count_documents({}) == 0
+    assert await client[DB][RESOURCES].count_documents({"tx": {"$exists": True}}) == 0
+
+
+async def test_a_batch_longer_than_a_chunk_writes_a_resource_across_chunks(
+    client: Any, registry: SearchRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Applied two versions at a time: a resource's versions land in different chunks,
+    each replace expecting the version the one before wrote."""
+    monkeypatch.setattr(journal, "CHUNK", 2)
+    store = await started(client, registry)
+    await _seed(store, registry)
+    families = ["A", "B", "C", "D"]
+    batch = [resource_version(registry, patient("p2", "New"), 1, at(2))]
+    batch += [
+        resource_version(registry, patient("p1", f), i + 2, at(2)) for i, f in enumerate(families)
+    ]
+    batch += [resource_version(registry, patient("p2", "Last"), 2, at(2))]
+    written = await store.write_many(batch)
+    assert [(v.id, v.version) for v in written] == [(b.id, b.version) for b in batch]
+    p1, p2 = await store.read("Patient", "p1"), await store.read("Patient", "p2")
+    assert p1 is not None and p1.version == 5 and body_of(p1.body)["name"] == [{"family": "D"}]
+    assert p2 is not None and p2.version == 2 and body_of(p2.body)["name"] == [{"family": "Last"}]
+    history = (await store.history(HistoryQuery("Patient", "p1"))).versions
+    assert [body_of(v.body)["name"][0]["family"] for v in history] == ["D", "C", "B", "A", "Smith"]
 
 
 def _failing_unlocks(monkeypatch: pytest.MonkeyPatch, client: Any, failures: int) -> None:

@@ -7,12 +7,14 @@
     OverflowError (an integer beyond 64 bits)            -> UnprocessableEntity (422)
     pymongo.errors.PyMongoError
     ├── OperationFailure with a too-large code           -> PayloadTooLarge (413)
+    │   (a BulkWriteError: the code of its first write error)
     └── the rest: network, timeouts, failover            -> StorageUnavailable (503)
 
 ``DocumentTooLarge`` and ``OverflowError`` are raised by PyMongo's encoder
 before anything is sent, and are not ``PyMongoError``s. The server refuses a
 document that an update makes too large (``$push``) with an ``OperationFailure``.
-Duplicate keys mean something else in each sub-store, which maps them first.
+Duplicate keys mean something else in each sub-store, which maps them first
+(``duplicate_key`` tells them apart, whether one write or a bulk write failed).
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ from typing import Any, ParamSpec, TypeVar
 
 import bson
 from bson.errors import InvalidDocument
-from pymongo.errors import DocumentTooLarge, OperationFailure, PyMongoError
+from pymongo.errors import (
+    BulkWriteError,
+    DocumentTooLarge,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+)
 
 from fhir_server.errors import (
     FhirError,
@@ -37,15 +45,34 @@ from fhir_server.errors import (
 MAX_DOCUMENT = 16 * 1024 * 1024
 # BSONObjectTooLarge; "Resulting document after update is larger than ..."
 _TOO_LARGE_CODES = frozenset({10334, 17419})
+# what PyMongo raises DuplicateKeyError for: E11000, and two codes of older servers
+_DUPLICATE_KEY_CODES = frozenset({11000, 11001, 12582})
 DRIVER_ERRORS = (PyMongoError, InvalidDocument, OverflowError)
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
+def _write_errors(exc: BulkWriteError) -> list[dict[str, Any]]:
+    errors: list[dict[str, Any]] = (exc.details or {}).get("writeErrors") or []
+    return errors
+
+
+def duplicate_key(exc: BaseException) -> bool:
+    """Whether a unique index refused the write (every write a bulk write had refused)."""
+    if isinstance(exc, DuplicateKeyError):
+        return True
+    if isinstance(exc, BulkWriteError):
+        errors = _write_errors(exc)
+        return bool(errors) and all(e.get("code") in _DUPLICATE_KEY_CODES for e in errors)
+    return False
+
+
 def translate(exc: BaseException) -> FhirError:
     """The server's error for one of ``DRIVER_ERRORS`` (see the module docstring)."""
     code = exc.code if isinstance(exc, OperationFailure) else None
+    if isinstance(exc, BulkWriteError):
+        code = next((e.get("code") for e in _write_errors(exc)), None)
     if isinstance(exc, DocumentTooLarge) or code in _TOO_LARGE_CODES:
         return PayloadTooLarge("too large to store: one MongoDB document holds at most 16 MiB")
     if isinstance(exc, InvalidDocument | OverflowError):

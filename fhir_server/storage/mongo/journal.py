@@ -12,7 +12,12 @@ document in ``journal`` -- the write-ahead log of what it is about to change:
    unique ``_id``, for version 1), and an insert into ``history``, refused by the
    unique ``(type, id, version)`` index. Both carry ``tx: <journal id>``, which
    also *locks* the resource: other units of work treat a document marked by an
-   unfinished journal as a version conflict.
+   unfinished journal as a version conflict. A ``write_many`` applies its writes
+   in bulk, ``CHUNK`` at a time: one ordered ``insert_many`` of its new resources,
+   one ordered ``bulk_write`` of its replaces (a resource written twice in the
+   batch is replaced in turn, the second replace expecting the first's version;
+   its insert, always its first write, comes before), one ``insert_many`` into
+   ``history``. A duplicate key or a replace that matched nothing is a conflict.
 3. Commit is one atomic update of the journal to ``state: committed`` -- the
    commit point. The markers are then removed and the journal deleted (tried
    again once; a clean-up that fails twice is logged and left to recovery).
@@ -43,12 +48,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 from uuid import uuid4
 
-from pymongo import ReturnDocument
+from pymongo import DeleteOne, ReplaceOne, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import PyMongoError
 
 from fhir_server.errors import StorageUnavailable, VersionConflict
 from fhir_server.storage.base import NewVersion, StoredVersion
@@ -66,10 +72,13 @@ from fhir_server.storage.mongo.documents import (
     resource_doc,
     written,
 )
+from fhir_server.storage.mongo.errors import duplicate_key
 
 Database = AsyncDatabase[Doc]
 log = logging.getLogger(__name__)
 _FINISH_TRIES = 2  # a committed unit's clean-up, tried again once at once
+CHUNK = 1000  # versions applied by one round of bulk writes
+_LOST_LEASE = "the unit of work outlived its lease and was rolled back"
 
 
 async def counter_value(db: Database) -> int:
@@ -101,6 +110,16 @@ async def next_seqs(db: Database, n: int) -> list[int]:
     return list(range(last - n + 1, last + 1))
 
 
+@dataclass(frozen=True, slots=True)
+class _Apply:
+    """One version to apply: what it replaces (None: nothing), its ``seq`` and ``pk``."""
+
+    new: NewVersion
+    before: Doc | None
+    seq: int
+    pk: int
+
+
 class UnitOfWork:
     """One journalled unit of work; see the module docstring."""
 
@@ -123,11 +142,11 @@ class UnitOfWork:
         self._check(new, before)
         await self._record([journal_entry(new, before)])
         (seq,) = await next_seqs(self._db, 1)
-        await self._apply(new, before, seq, int(before["pk"]) if before else seq)
+        await self._apply([_Apply(new, before, seq, int(before["pk"]) if before else seq)])
         return written(new, seq)
 
     async def write_batch(self, news: Sequence[NewVersion]) -> list[StoredVersion]:
-        """Journal all of ``news`` in one insert, then apply them in order."""
+        """Journal all of ``news`` in one insert, then apply them in bulk, in order."""
         keys = [key_of(n.resource_type, n.id) for n in news]
         cursor = self._db[RESOURCES].find({"_id": {"$in": keys}}, NO_BODY)
         state: dict[str, Doc | None] = {d["_id"]: d for d in await cursor.to_list(None)}
@@ -141,8 +160,12 @@ class UnitOfWork:
             state[key] = {k: v for k, v in resource_doc(new, 0, 0, self.id).items() if k != "body"}
         await self._record([journal_entry(n, b) for n, b in zip(news, befores, strict=True)])
         seqs = await next_seqs(self._db, len(news)) if news else []
-        for key, new, before, seq in zip(keys, news, befores, seqs, strict=True):
-            await self._apply(new, before, seq, pks.setdefault(key, seq))
+        applies = [
+            _Apply(new, before, seq, pks.setdefault(key, seq))
+            for key, new, before, seq in zip(keys, news, befores, seqs, strict=True)
+        ]
+        for start in range(0, len(applies), CHUNK):
+            await self._apply(applies[start : start + CHUNK])
         return [written(n, s) for n, s in zip(news, seqs, strict=True)]
 
     def _check(self, new: NewVersion, before: Doc | None) -> None:
@@ -169,27 +192,34 @@ class UnitOfWork:
             {"$push": {"entries": {"$each": entries}}, "$set": {"expires": expires}},
         )
         if result.matched_count == 0:
-            raise StorageUnavailable("the transaction outlived its lease and was rolled back")
+            raise StorageUnavailable(_LOST_LEASE)
 
-    async def _apply(self, new: NewVersion, before: Doc | None, seq: int, pk: int) -> None:
-        key = key_of(new.resource_type, new.id)
-        doc = resource_doc(new, seq, pk, self.id)
-        conflict = VersionConflict(f"{key} changed concurrently; version {new.version} refused")
+    async def _apply(self, applies: Sequence[_Apply]) -> None:
+        """Apply journalled versions: a few bulk writes, whatever their number."""
+        inserts = [resource_doc(a.new, a.seq, a.pk, self.id) for a in applies if a.before is None]
+        replaces = [
+            ReplaceOne(self._expected(a.new, a.before), resource_doc(a.new, a.seq, a.pk, self.id))
+            for a in applies
+            if a.before is not None
+        ]
         try:
-            if before is None:
-                await self._db[RESOURCES].insert_one(doc)
-            else:
-                expected = {
-                    "_id": key,
-                    "version": before["version"],
-                    "tx": {"$in": [None, self.id]},
-                }
-                result = await self._db[RESOURCES].replace_one(expected, doc)
-                if result.matched_count == 0:
-                    raise conflict
-            await self._db[HISTORY].insert_one(history_doc(new, seq, self.id))
-        except DuplicateKeyError as exc:
-            raise conflict from exc
+            if inserts:
+                await self._db[RESOURCES].insert_many(inserts, ordered=True)
+            if replaces:
+                result = await self._db[RESOURCES].bulk_write(replaces, ordered=True)
+                if result.matched_count != len(replaces):
+                    raise _conflict(applies)
+            history = [history_doc(a.new, a.seq, self.id) for a in applies]
+            await self._db[HISTORY].insert_many(history, ordered=True)
+        except PyMongoError as exc:
+            if duplicate_key(exc):
+                raise _conflict(applies) from exc
+            raise
+
+    def _expected(self, new: NewVersion, before: Doc) -> Doc:
+        """What a replace of ``before`` matches: that version, unlocked or locked by us."""
+        key = key_of(new.resource_type, new.id)
+        return {"_id": key, "version": before["version"], "tx": {"$in": [None, self.id]}}
 
     async def commit(self) -> None:
         """Pass the commit point, then clean up (recovery finishes a cleanup cut short)."""
@@ -199,7 +229,7 @@ class UnitOfWork:
             {"_id": self.id, "state": "pending"}, {"$set": {"state": "committed"}}
         )
         if result.matched_count == 0:
-            raise StorageUnavailable("the transaction outlived its lease and was rolled back")
+            raise StorageUnavailable(_LOST_LEASE)
         self._committed = True
         for attempt in range(_FINISH_TRIES):
             try:
@@ -226,21 +256,50 @@ async def finish(db: Database, journal_id: str) -> None:
     await db[JOURNAL].delete_one({"_id": journal_id})
 
 
+def _conflict(applies: Sequence[_Apply]) -> VersionConflict:
+    if len(applies) == 1:
+        new = applies[0].new
+        key = key_of(new.resource_type, new.id)
+        return VersionConflict(f"{key} changed concurrently; version {new.version} refused")
+    return VersionConflict(
+        f"a resource of this batch of {len(applies)} changed concurrently; none is written"
+    )
+
+
 async def undo(db: Database, journal_id: str, entries: Sequence[Doc]) -> None:
-    """Roll a journal back: restore before-images newest first, drop its history rows."""
-    resources = db[RESOURCES]
+    """Roll a journal back: restore before-images newest first, drop its history rows.
+
+    One ordered bulk write: the restores newest first, then the deletes of the
+    resources the unit created (a creation is a resource's first write in the unit, so
+    its delete follows that resource's restores). Each is filtered on the unit's marker
+    and the version it wrote, so a roll-back cut short can be run again."""
+    bodies = await _bodies(db, [e for e in entries if e["before"] is not None])
+    restores: list[ReplaceOne[Doc]] = []
+    deletes: list[DeleteOne] = []
     for entry in reversed(entries):
         mine = {"_id": entry["k"], "version": entry["v"], "tx": journal_id}
         before: Doc | None = entry["before"]
         if before is None:
-            await resources.delete_one(mine)
+            deletes.append(DeleteOne(mine))
             continue
-        old = await db[HISTORY].find_one(
-            {"type": entry["type"], "id": entry["id"], "version": before["version"]}, {"body": 1}
-        )
-        await resources.replace_one(mine, {**before, "body": old.get("body") if old else None})
+        body = bodies.get((entry["type"], entry["id"], before["version"]))
+        restores.append(ReplaceOne(mine, {**before, "body": body}))
+    if restores or deletes:
+        await db[RESOURCES].bulk_write([*restores, *deletes], ordered=True)
     await db[HISTORY].delete_many({"tx": journal_id})
     await db[JOURNAL].delete_one({"_id": journal_id})
+
+
+async def _bodies(db: Database, entries: Sequence[Doc]) -> dict[tuple[str, str, int], Any]:
+    """The bodies of the before-images of ``entries``, from history, in one query."""
+    if not entries:
+        return {}
+    wanted = [
+        {"type": e["type"], "id": e["id"], "version": e["before"]["version"]} for e in entries
+    ]
+    projection = {"type": 1, "id": 1, "version": 1, "body": 1}
+    found = await db[HISTORY].find({"$or": wanted}, projection).to_list(None)
+    return {(d["type"], d["id"], int(d["version"])): d.get("body") for d in found}
 
 
 async def recover(db: Database, skip: Collection[str] = ()) -> int:

@@ -47,7 +47,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pymongo
 from pymongo import ASCENDING, AsyncMongoClient, IndexModel
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import PyMongoError
 
 from fhir_server.errors import VersionConflict
 from fhir_server.search.ast import SearchQuery
@@ -65,7 +65,7 @@ from fhir_server.storage.mongo import reads
 from fhir_server.storage.mongo.auth_data import MongoAuthData
 from fhir_server.storage.mongo.dicom_index import MongoDicomIndex
 from fhir_server.storage.mongo.documents import HISTORY, RESOURCES, Doc
-from fhir_server.storage.mongo.errors import DRIVER_ERRORS, translate
+from fhir_server.storage.mongo.errors import DRIVER_ERRORS, duplicate_key, translate
 from fhir_server.storage.mongo.journal import Database, UnitOfWork, raise_counter, recover
 from fhir_server.storage.mongo.search import run_search
 from fhir_server.storage.mongo.search_indexes import search_indexes
@@ -112,9 +112,9 @@ def map_mongo_errors() -> Iterator[None]:
     """Translate driver failures into the server's error hierarchy (``errors``)."""
     try:
         yield
-    except DuplicateKeyError as exc:
-        raise VersionConflict(f"a concurrent writer won: {exc}") from exc
     except DRIVER_ERRORS as exc:
+        if duplicate_key(exc):
+            raise VersionConflict(f"a concurrent writer won: {exc}") from exc
         raise translate(exc) from exc
 
 
