@@ -8,6 +8,7 @@ Failures are injected; everything else is the real adapter on the emulator.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -38,10 +39,22 @@ def client() -> Any:
     return AsyncMongoMockClient()
 
 
-async def started(client: Any, registry: SearchRegistry, lease: float = 60.0) -> MongoStore:
-    store = MongoStore(client, DB, registry, lease_seconds=lease)
+async def started(
+    client: Any, registry: SearchRegistry, lease: float = 60.0, clock: Any = time.time
+) -> MongoStore:
+    store = MongoStore(client, DB, registry, lease_seconds=lease, clock=clock)
     await store.start()
     return store
+
+
+class Clock:
+    """Wall-clock seconds that pass only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 async def _seed(store: MongoStore, registry: SearchRegistry) -> None:
@@ -215,6 +228,62 @@ async def test_a_batch_longer_than_a_chunk_writes_a_resource_across_chunks(
     assert p2 is not None and p2.version == 2 and body_of(p2.body)["name"] == [{"family": "Last"}]
     history = (await store.history(HistoryQuery("Patient", "p1"))).versions
     assert [body_of(v.body)["name"][0]["family"] for v in history] == ["D", "C", "B", "A", "Smith"]
+
+
+async def test_a_batch_applying_for_longer_than_its_lease_keeps_it(
+    client: Any, registry: SearchRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three chunks of 4 s each against a lease of 10 s, and another instance's recovery
+    after each: the writer renews its lease as it goes, so nothing is taken from it."""
+    clock = Clock()
+    writer = await started(client, registry, lease=10.0, clock=clock)
+    other = await started(client, registry, lease=10.0, clock=clock)
+    monkeypatch.setattr(journal, "CHUNK", 2)
+    recovered: list[int] = []
+
+    async def slow_chunks(name: str, n: int) -> None:
+        if name == HISTORY:  # a chunk's last write
+            clock.now += 4.0
+            recovered.append(await other.recover())
+
+    _on_insert_many(monkeypatch, client, slow_chunks)
+    batch = [resource_version(registry, patient(f"p{i}"), 1, at(1)) for i in range(6)]
+    await writer.write_many(batch)
+    assert recovered == [0, 0, 0]
+    assert [v.id for v in await other.changes(0)] == [f"p{i}" for i in range(6)]
+    assert await client[DB][JOURNAL].count_documents({}) == 0
+
+
+async def test_a_batch_that_recovery_took_over_writes_nothing_more(
+    client: Any, registry: SearchRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer stalled past its lease after its first chunk, and another instance
+    rolled it back: the writer's next renewal fails, so it writes no further chunk
+    (which would be left marked by a journal that no longer exists if it then died)."""
+    clock = Clock()
+    writer = await started(client, registry, lease=10.0, clock=clock)
+    other = await started(client, registry, lease=10.0, clock=clock)
+    monkeypatch.setattr(journal, "CHUNK", 2)
+    taken_over = False
+    written_after: list[str] = []
+
+    async def stall_once(name: str, n: int) -> None:
+        nonlocal taken_over
+        if taken_over:
+            written_after.append(name)
+        elif name == HISTORY:
+            clock.now += 11.0
+            assert await other.recover() == 1
+            taken_over = True
+
+    _on_insert_many(monkeypatch, client, stall_once)
+    batch = [resource_version(registry, patient(f"p{i}"), 1, at(1)) for i in range(6)]
+    with pytest.raises(StorageUnavailable, match="outlived its lease"):
+        await writer.write_many(batch)
+    assert written_after == []
+    assert await client[DB][RESOURCES].count_documents({}) == 0
+    assert await client[DB][HISTORY].count_documents({}) == 0
+    assert await client[DB][JOURNAL].count_documents({}) == 0
 
 
 def _failing_unlocks(monkeypatch: pytest.MonkeyPatch, client: Any, failures: int) -> None:

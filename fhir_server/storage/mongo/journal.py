@@ -26,7 +26,11 @@ document in ``journal`` -- the write-ahead log of what it is about to change:
    the journal. Each step is filtered on the unit's marker, so it is idempotent
    and never touches another writer's documents.
 
-Recovery. A journal carries a lease (``expires``), renewed on every write. A
+Recovery. A journal carries a lease (``expires``), renewed on every write of a
+transaction and, while a unit applies, before each bulk write once a third of the
+lease has passed (``renew``, so a batch may take longer than its lease). A
+renewal, like a transaction's write, is a compare-and-set on ``state: pending``:
+a unit that recovery has taken over stops writing (``StorageUnavailable``). A
 journal whose lease ran out belongs to a crashed (or stalled) writer: recovery
 rolls a ``pending`` one *back* -- it was never acknowledged -- and rolls a
 ``committed`` one *forward* (removes its markers). ``start()`` recovers, and so
@@ -47,7 +51,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import uuid4
@@ -78,6 +82,8 @@ Database = AsyncDatabase[Doc]
 log = logging.getLogger(__name__)
 _FINISH_TRIES = 2  # a committed unit's clean-up, tried again once at once
 CHUNK = 1000  # versions applied by one round of bulk writes
+RENEW_AFTER = 1 / 3  # of the lease: how much of it may pass before a unit renews it
+Clock = Callable[[], float]
 _LOST_LEASE = "the unit of work outlived its lease and was rolled back"
 
 
@@ -123,10 +129,12 @@ class _Apply:
 class UnitOfWork:
     """One journalled unit of work; see the module docstring."""
 
-    def __init__(self, db: Database, lease_seconds: float) -> None:
+    def __init__(self, db: Database, lease_seconds: float, clock: Clock = time.time) -> None:
         self.id = uuid4().hex
         self._db = db
         self._lease = lease_seconds
+        self._clock = clock
+        self._renewed = 0.0  # when the lease was last set
         self._entries: list[Doc] = []
         self._started = False
         self._committed = False
@@ -177,7 +185,8 @@ class UnitOfWork:
             raise VersionConflict(f"{key} is at version {have}, cannot write version {new.version}")
 
     async def _record(self, entries: list[Doc]) -> None:
-        expires = time.time() + self._lease
+        now = self._clock()
+        expires = now + self._lease
         journal = self._db[JOURNAL]
         if not self._started:
             floor = await counter_value(self._db)
@@ -185,6 +194,7 @@ class UnitOfWork:
             self._entries.extend(entries)
             self._started = True
             await journal.insert_one({**doc, "entries": entries})
+            self._renewed = now
             return
         self._entries.extend(entries)
         result = await journal.update_one(
@@ -193,6 +203,20 @@ class UnitOfWork:
         )
         if result.matched_count == 0:
             raise StorageUnavailable(_LOST_LEASE)
+        self._renewed = now
+
+    async def renew(self) -> None:
+        """Extend the lease once ``RENEW_AFTER`` of it has passed; fail if recovery took
+        the unit over meanwhile (it is being rolled back: nothing more may be written)."""
+        now = self._clock()
+        if now - self._renewed < self._lease * RENEW_AFTER:
+            return
+        result = await self._db[JOURNAL].update_one(
+            {"_id": self.id, "state": "pending"}, {"$set": {"expires": now + self._lease}}
+        )
+        if result.matched_count == 0:
+            raise StorageUnavailable(_LOST_LEASE)
+        self._renewed = now
 
     async def _apply(self, applies: Sequence[_Apply]) -> None:
         """Apply journalled versions: a few bulk writes, whatever their number."""
@@ -204,11 +228,14 @@ class UnitOfWork:
         ]
         try:
             if inserts:
+                await self.renew()
                 await self._db[RESOURCES].insert_many(inserts, ordered=True)
             if replaces:
+                await self.renew()
                 result = await self._db[RESOURCES].bulk_write(replaces, ordered=True)
                 if result.matched_count != len(replaces):
                     raise _conflict(applies)
+            await self.renew()
             history = [history_doc(a.new, a.seq, self.id) for a in applies]
             await self._db[HISTORY].insert_many(history, ordered=True)
         except PyMongoError as exc:
@@ -302,9 +329,10 @@ async def _bodies(db: Database, entries: Sequence[Doc]) -> dict[tuple[str, str, 
     return {(d["type"], d["id"], int(d["version"])): d.get("body") for d in found}
 
 
-async def recover(db: Database, skip: Collection[str] = ()) -> int:
-    """Finish every journal whose lease ran out (except ``skip``); returns how many."""
-    now = time.time()
+async def recover(db: Database, skip: Collection[str] = (), now: float | None = None) -> int:
+    """Finish every journal whose lease ran out by ``now`` (except ``skip``); returns how
+    many."""
+    now = time.time() if now is None else now
     done = 0
     for doc in await db[JOURNAL].find({"expires": {"$lt": now}}).to_list(None):
         if doc["_id"] in skip:

@@ -26,7 +26,10 @@ writer does. Across several radhub instances on one database:
   flight and may yet roll back (read-uncommitted), unlike SQLite, where readers
   see only committed data;
 - leases compare wall clocks, so instances need synchronised clocks, and a
-  lease (``lease_seconds``) must outlast any pause of a live transaction.
+  lease (``lease_seconds``) must outlast any pause of a live transaction between
+  two of its writes, and any one bulk write (bounded by ``timeoutMS``, 30 s
+  unless the URI says otherwise, within two thirds of the 60 s lease): a unit
+  renews its lease while it applies (``journal``, "Recovery").
 
 Durability: ``from_uri`` asks for ``w=majority`` with journaling, so a write is
 acknowledged only once it is on disk on a majority of the replica set. Every
@@ -39,6 +42,7 @@ Start-up (index builds on a large collection) gets ``STARTUP_TIMEOUT_SECONDS``.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from inspect import isawaitable
@@ -66,7 +70,13 @@ from fhir_server.storage.mongo.auth_data import MongoAuthData
 from fhir_server.storage.mongo.dicom_index import MongoDicomIndex
 from fhir_server.storage.mongo.documents import HISTORY, RESOURCES, Doc
 from fhir_server.storage.mongo.errors import DRIVER_ERRORS, duplicate_key, translate
-from fhir_server.storage.mongo.journal import Database, UnitOfWork, raise_counter, recover
+from fhir_server.storage.mongo.journal import (
+    Clock,
+    Database,
+    UnitOfWork,
+    raise_counter,
+    recover,
+)
 from fhir_server.storage.mongo.search import run_search
 from fhir_server.storage.mongo.search_indexes import search_indexes
 
@@ -149,11 +159,13 @@ class MongoStore:
         *,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         owns_client: bool = False,
+        clock: Clock = time.time,
     ) -> None:
         self.registry = registry
         self._client = client
         self._db: Database = client[database]
         self._lease = lease_seconds
+        self._clock = clock  # what leases are measured by (wall-clock seconds)
         self._owns_client = owns_client
         self._lock = asyncio.Lock()
         self._active: set[str] = set()
@@ -172,7 +184,7 @@ class MongoStore:
             with map_mongo_errors():
                 for collection, models in _indexes().items():
                     await self._db[collection].create_indexes(models)
-                await recover(self._db)
+                await recover(self._db, now=self._clock())
                 await raise_counter(self._db)
                 await self.dicom.start()
             await self.auth.create_indexes()
@@ -186,7 +198,7 @@ class MongoStore:
     async def recover(self) -> int:
         """Finish the journals of crashed writers (their leases ran out); returns how many."""
         with map_mongo_errors():
-            return await recover(self._db, skip=set(self._active))
+            return await recover(self._db, skip=set(self._active), now=self._clock())
 
     # -- reads ----------------------------------------------------------------------
 
@@ -220,7 +232,7 @@ class MongoStore:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         async with self._lock:
-            unit = UnitOfWork(self._db, self._lease)
+            unit = UnitOfWork(self._db, self._lease, self._clock)
             self._active.add(unit.id)
             try:
                 async with self._unit_of_work(unit):
@@ -230,7 +242,7 @@ class MongoStore:
 
     async def write_many(self, versions: Sequence[NewVersion]) -> list[StoredVersion]:
         async with self._lock:
-            unit = UnitOfWork(self._db, self._lease)
+            unit = UnitOfWork(self._db, self._lease, self._clock)
             self._active.add(unit.id)
             try:
                 async with self._unit_of_work(unit):
