@@ -6,6 +6,7 @@ collection; everything else is the real adapter.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -13,7 +14,7 @@ import bson
 import orjson
 import pytest
 from mongomock_motor import AsyncMongoMockClient
-from pymongo.errors import AutoReconnect
+from pymongo.errors import AutoReconnect, BulkWriteError, DuplicateKeyError
 
 from fhir_server.errors import StorageUnavailable
 from fhir_server.search.registry import SearchRegistry
@@ -35,9 +36,9 @@ async def store(registry: SearchRegistry) -> MongoStore:
     return made
 
 
-_WRITES = ("insert_one", "replace_one")
+_WRITES = ("insert_one", "replace_one", "bulk_write")
 _EVERYTHING = (*_WRITES, "find_one", "update_one", "update_many", "delete_one", "delete_many")
-_EVERYTHING += ("count_documents", "distinct")
+_EVERYTHING += ("count_documents", "distinct", "find")
 
 
 def fail_instance_writes(
@@ -50,27 +51,43 @@ def fail_instance_writes(
     outage: bool = False,
 ) -> None:
     """The instance document writes after the first ``after`` raise ``error`` (only
-    ``only`` of them, if given); with ``outage``, so does every later operation on
-    any collection (the server went away)."""
+    ``only`` of them, if given; a bulk write applies the writes before the failing one,
+    then raises); with ``outage``, so does every later operation on any collection
+    (the server went away)."""
     collection = type(store._db[INSTANCES])
     done = 0
     down = False
 
+    def fails(n: int) -> bool:
+        return n > after and (only is None or n <= after + only)
+
     def failing(name: str) -> Any:
         real = getattr(collection, name)
 
-        async def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
             nonlocal done, down
             if down:
                 raise error
-            if self.name == INSTANCES and name in _WRITES:
-                done += 1
-                if done > after and (only is None or done <= after + only):
-                    down = outage
-                    raise error
-            return await real(self, *args, **kwargs)
+            if self.name != INSTANCES or name not in _WRITES:
+                return real(self, *args, **kwargs)
+            writes = list(args[0]) if name == "bulk_write" else [args[0]]
+            cut = next((i for i in range(len(writes)) if fails(done + i + 1)), None)
+            if cut is None:
+                done += len(writes)
+                return real(self, writes if name == "bulk_write" else args[0], *args[1:], **kwargs)
+            return _fail_after(real, self, name, writes[:cut], kwargs, error, cut)
 
         return call
+
+    async def _fail_after(
+        real: Any, this: Any, name: str, before: list[Any], kwargs: Any, raised: Exception, cut: int
+    ) -> Any:
+        nonlocal done, down
+        if before:
+            await real(this, before, **kwargs)
+        done += cut + 1
+        down = outage
+        raise raised
 
     for name in _EVERYTHING if outage else _WRITES:
         monkeypatch.setattr(collection, name, failing(name))
@@ -265,3 +282,108 @@ async def test_a_read_that_an_overwrite_overtook_reads_again(store: MongoStore) 
     await store.dicom.store_batch([new], overwrite=True)
     assert stale is not None
     assert await dicom_meta.read(store._db, INSTANCES, stale) == new.metadata
+
+
+def race_on_parents(
+    monkeypatch: pytest.MonkeyPatch, store: MongoStore, meanwhile: Callable[[], Awaitable[Any]]
+) -> None:
+    """``meanwhile`` runs once, when ``store`` has read the index and is about to write
+    its first series: another radhub instance's batch, landing in between."""
+    collection = type(store._db[SERIES])
+    raced = False
+
+    def hook(name: str) -> Any:
+        real = getattr(collection, name)
+
+        async def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            nonlocal raced
+            if self.name == SERIES and not raced:
+                raced = True
+                await meanwhile()
+            return await real(self, *args, **kwargs)
+
+        return call
+
+    for name in ("update_one", "bulk_write"):
+        monkeypatch.setattr(collection, name, hook(name))
+
+
+@pytest.mark.parametrize(
+    ("overwrite", "theirs", "outcome"),
+    [
+        (False, "", "duplicate"),
+        (False, "theirs", "conflict"),
+        (True, "theirs", "conflict"),
+    ],
+    ids=["same-bytes", "other-bytes", "both-overwrite"],
+)
+async def test_the_same_sop_instance_stored_by_another_radhub_meanwhile(
+    store: MongoStore,
+    registry: SearchRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    overwrite: bool,
+    theirs: str,
+    outcome: str,
+) -> None:
+    """Two instances of radhub on one database store one SOP Instance UID at once. The
+    one that writes second (its insert refused by the unique ``_id``, or its overwrite
+    finding another version than the one it read) reports what a re-send after the
+    first would get: the same bytes a duplicate, others a conflict (STOW: 0x0111). It
+    neither overwrites the first's instance (without ``overwrite``), nor fails as an
+    outage; the index names the first's blob, counted once."""
+    other = MongoStore(store._client, DB, registry)
+    await other.start()
+    if overwrite:
+        await store.dicom.store_batch([record("1.1", "1.1.1", "1.1.1.1", content="stored")])
+    first = record("1.1", "1.1.1", "1.1.1.1", content=theirs)
+
+    async def other_stores_first() -> None:
+        (done,) = await other.dicom.store_batch([first], overwrite=overwrite)
+        assert done.outcome == ("replaced" if overwrite else "stored")
+
+    race_on_parents(monkeypatch, store, other_stores_first)
+    mine = record("1.1", "1.1.1", "1.1.1.1")
+    (result,) = await store.dicom.store_batch([mine], overwrite=overwrite)
+    assert (result.outcome, result.previous) == (outcome, None)
+    (row,) = await store.dicom.instance_files("1.1")
+    assert row.blob == first.blob
+    study = await store.dicom.study("1.1")
+    assert study is not None and study.instance_count == 1
+
+
+async def test_a_duplicate_key_from_the_server_is_a_conflict_not_an_outage(
+    store: MongoStore, registry: SearchRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same race, with the server's answer injected: another instance's write of the
+    UID landed first, and the server refuses this one with E11000, in the form the
+    write that meets it raises (a bulk write's write error, or a DuplicateKeyError).
+    That is a conflict (0x0111), not the outage (503, 0xA700) it was reported as."""
+    other = MongoStore(store._client, DB, registry)
+    await other.start()
+    first = record("1.1", "1.1.1", "1.1.1.1", content="theirs")
+    collection = type(store._db[INSTANCES])
+    raced = False
+
+    def refusing(name: str) -> Any:
+        real = getattr(collection, name)
+
+        async def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            nonlocal raced
+            if self.name != INSTANCES or raced:
+                return await real(self, *args, **kwargs)
+            raced = True
+            await other.dicom.store_batch([first])
+            message = "E11000 duplicate key error collection: radhub.dicom_instances index: _id_"
+            if name != "bulk_write":
+                raise DuplicateKeyError(message, 11000)
+            error = {"index": 0, "code": 11000, "errmsg": message}
+            raise BulkWriteError({"writeErrors": [error], "nInserted": 0, "nMatched": 0})
+
+        return call
+
+    for name in _WRITES:
+        monkeypatch.setattr(collection, name, refusing(name))
+    (result,) = await store.dicom.store_batch([record("1.1", "1.1.1", "1.1.1.1")])
+    assert result.outcome == "conflict"
+    (row,) = await store.dicom.instance_files("1.1")
+    assert row.blob == first.blob

@@ -16,6 +16,7 @@ from fhir_server.storage.mongo.store import MongoStore
 
 from .conftest import at, resource_version
 from .mongo_round_trips import count_round_trips
+from .test_dicom_index import record
 from .test_versions import patient
 
 DB = "radhub_round_trips"
@@ -113,3 +114,29 @@ async def test_rolling_a_batch_back_costs_a_few_commands(
     assert sum(counted.values()) == 6
     p1 = await store.read("Patient", "p1")
     assert p1 is not None and p1.version == 1
+
+
+async def _dicom_cost(
+    store: MongoStore, counted: Counter[str], records: list[Any], **kw: Any
+) -> int:
+    counted.clear()
+    await store.dicom.store_batch(records, **kw)
+    return sum(counted.values())
+
+
+async def test_a_dicom_batch_costs_what_one_instance_does(
+    store: MongoStore, client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A STOW batch of 64 instances of one series was 393 commands (three reads, two
+    parent upserts and the instance write per instance); it is the 15 of one instance:
+    three reads, the series, studies and instances in a bulk write each, and the
+    recount of the series and its study. An overwrite of all 64 costs one more (the
+    replaced versions' metadata chunks, all removed in one command)."""
+    counted = count_round_trips(monkeypatch, client)
+    one = await _dicom_cost(store, counted, [record("1.1", "1.1.1", "1.1.1.0")])
+    batch = [record("1.2", "1.2.1", f"1.2.1.{i}") for i in range(64)]
+    assert await _dicom_cost(store, counted, batch) == one == 15
+    again = [record("1.2", "1.2.1", f"1.2.1.{i}", content="v2") for i in range(64)]
+    assert await _dicom_cost(store, counted, again, overwrite=True) == one + 1
+    # all duplicates: the three reads, and whether their series were left dirty
+    assert await _dicom_cost(store, counted, again) == 3 + 1

@@ -9,16 +9,16 @@ then applied as ``$in`` on the child's parent field. An instance's WADO-RS
 metadata (``meta``) of more than 1 MiB is kept beside its document, in chunks
 (``dicom_meta``), so that a large enhanced multi-frame instance fits.
 
-A batch runs under the store's write lock. Without multi-document
-transactions (see ``store``), a batch is not all-or-nothing on MongoDB: each
-instance document is written last, after its study and series, in one atomic
-write (an overwrite replaces the stored version in place), so a batch that
-fails part-way leaves no instance without its parents and loses no stored
-version. Aggregates: each series a batch writes to is marked ``dirty`` first,
-and recounted with its study when the batch ends, whether it failed or not. A
-series still marked -- its process died, or the recount failed too -- is
-recounted by the next batch that sends one of its instances, an identical
-re-send (``duplicate``) included, and at start-up.
+A batch runs under the store's write lock, in a few bulk writes whatever its
+size (``dicom_writes``). Without multi-document transactions (see ``store``), a
+batch is not all-or-nothing on MongoDB: the instance documents are written last,
+after their series and studies, each in one atomic write (an overwrite replaces
+the stored version in place), so a batch that fails part-way leaves no instance
+without its parents and loses no stored version. Aggregates: each series a batch
+writes to is marked ``dirty`` first, and recounted with its study when the batch
+ends, whether it failed or not. A series still marked -- its process died, or
+the recount failed too -- is recounted by the next batch that sends one of its
+instances, an identical re-send (``duplicate``) included, and at start-up.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from pymongo import ASCENDING, IndexModel
+from pymongo import ASCENDING, IndexModel, UpdateOne
 
 from fhir_server.storage.dicom_port import (
     MODALITIES_KEY,
@@ -38,7 +38,6 @@ from fhir_server.storage.dicom_port import (
     InstanceRecord,
     InstanceRow,
     KeyDeriver,
-    MatchKeys,
     SeriesRow,
     StoreResult,
     StudyRow,
@@ -55,7 +54,15 @@ from fhir_server.storage.mongo.dicom_search import (
     series_row,
     study_row,
 )
-from fhir_server.storage.mongo.errors import mapped, unstorable
+from fhir_server.storage.mongo.dicom_writes import (
+    Planned,
+    keys_doc,
+    plan,
+    read_known,
+    write_instances,
+    write_parents,
+)
+from fhir_server.storage.mongo.errors import mapped
 from fhir_server.storage.mongo.journal import Database
 
 META = "dicom_meta"  # what the match keys were derived by (``rekey``)
@@ -76,39 +83,6 @@ _INDEXES: dict[str, list[IndexModel]] = {
     ],
     dicom_meta.CHUNKS: dicom_meta.INDEXES,
 }
-
-
-def _keys(keys: MatchKeys) -> list[Doc]:
-    return [{"k": k, "v": v} for k, v in dict.fromkeys(keys)]
-
-
-def _instance_doc(rec: InstanceRecord) -> Doc:
-    return {
-        "_id": rec.sop_uid, "series": rec.series_uid, "study": rec.study_uid,
-        "attrs": rec.instance_attrs, "ts": rec.transfer_syntax_uid,
-        "blob": {"key": rec.blob.key, "size": rec.blob.size, "sha": rec.blob.sha256},
-        "num": rec.instance_number, "extra": rec.extra, "keys": _keys(rec.instance_keys),
-        **dicom_meta.fields(rec),
-    }  # fmt: skip
-
-
-def _study_set(rec: InstanceRecord, set_key: bool) -> Doc:
-    study: Doc = {"attrs": rec.study_attrs, "skeys": _keys(rec.study_keys)}
-    if rec.patient_ref is not None:
-        study["patient"] = rec.patient_ref
-    if set_key and rec.patient_key is not None:
-        study["pkey"] = rec.patient_key  # the study's first patient stays its patient
-    return study
-
-
-def _series_set(rec: InstanceRecord) -> Doc:
-    return {
-        "study": rec.study_uid,
-        "attrs": rec.series_attrs,
-        "modality": rec.modality,
-        "keys": _keys(rec.series_keys),
-        "dirty": True,  # until ``_refresh`` has recounted it and its study
-    }
 
 
 class MongoDicomIndex:
@@ -135,7 +109,7 @@ class MongoDicomIndex:
             touched: set[str] = set()  # series written to
             seen: set[str] = set()  # series of duplicates: recounted if marked dirty
             try:
-                return [await self._store_one(rec, overwrite, touched, seen) for rec in records]
+                return await self._store(records, overwrite, touched, seen)
             finally:
                 await self._refresh(touched | await self._dirty(seen - touched))
 
@@ -145,49 +119,24 @@ class MongoDicomIndex:
         found = self._db[SERIES].find({"_id": {"$in": list(series_uids)}, "dirty": True}, {})
         return {d["_id"] async for d in found}
 
-    async def _store_one(
-        self, rec: InstanceRecord, overwrite: bool, touched: set[str], seen: set[str]
-    ) -> StoreResult:
-        old = await self._db[INSTANCES].find_one({"_id": rec.sop_uid}, {"blob": 1, "series": 1})
-        if old is not None and old["blob"]["sha"] == rec.blob.sha256:
-            seen.add(old["series"])
-            return StoreResult(rec.sop_uid, "duplicate")
-        series = await self._db[SERIES].find_one({"_id": rec.series_uid}, {"study": 1})
-        elsewhere = series is not None and series["study"] != rec.study_uid
-        if (old is not None and not overwrite) or elsewhere:
-            return StoreResult(rec.sop_uid, "conflict")
-        study = await self._db[STUDIES].find_one({"_id": rec.study_uid}, {"pkey": 1})
-        known = None if study is None else study.get("pkey")
-        if known is not None and known != rec.patient_key:
-            return StoreResult(rec.sop_uid, "other-patient")
-        study_set, series_set = _study_set(rec, known is None), _series_set(rec)
-        instance = _instance_doc(rec)
-        why = unstorable(study_set, series_set, instance)
-        if why is not None:  # refused before anything of it is written
-            return StoreResult(rec.sop_uid, "unindexable", detail=why)
-        await self._write(rec, old, touched, (study_set, series_set), instance)
-        previous = None if old is None else blob_location(old)
-        return StoreResult(rec.sop_uid, "replaced" if previous else "stored", previous)
-
-    async def _write(
-        self, rec: InstanceRecord, old: Doc | None, touched: set[str], parents: tuple[Doc, Doc],
-        instance: Doc,
-    ) -> None:  # fmt: skip
-        """Its parents (marked dirty), its metadata chunks, then the instance document in
-        one atomic write: a stored version stays indexed until the new one is in."""
-        study_set, series_set = parents
-        touched.add(rec.series_uid)
-        await self._db[STUDIES].update_one({"_id": rec.study_uid}, {"$set": study_set}, upsert=True)
-        await self._db[SERIES].update_one(
-            {"_id": rec.series_uid}, {"$set": series_set}, upsert=True
-        )
-        if old is not None and old["series"] not in touched:  # moved to another series
-            touched.add(old["series"])
-            await self._mark_dirty({old["series"]})
-        await dicom_meta.write(self._db, rec, instance)
-        await self._db[INSTANCES].replace_one({"_id": rec.sop_uid}, instance, upsert=True)
-        if old is not None:
-            await dicom_meta.drop_others(self._db, rec.sop_uid, instance)
+    async def _store(
+        self, records: Sequence[InstanceRecord], overwrite: bool, touched: set[str], seen: set[str]
+    ) -> list[StoreResult]:
+        """Plan every record, then write the parents and the instances (``dicom_writes``)."""
+        if not records:
+            return []
+        known = await read_known(self._db, records)
+        plans = [plan(rec, overwrite, known, seen) for rec in records]
+        planned = [p for p in plans if isinstance(p, Planned)]
+        if not planned:
+            return [p for p in plans if isinstance(p, StoreResult)]
+        touched.update(p.rec.series_uid for p in planned)
+        await write_parents(self._db, planned)
+        moved = {p.old["series"] for p in planned if p.old is not None} - touched
+        touched.update(moved)  # an overwrite that moved an instance to another series
+        await self._mark_dirty(moved)
+        written = iter(await write_instances(self._db, planned))
+        return [next(written) if isinstance(p, Planned) else p for p in plans]
 
     async def _mark_dirty(self, series_uids: set[str]) -> None:
         if series_uids:
@@ -282,15 +231,10 @@ class MongoDicomIndex:
             docs = [d async for d in found.sort("_id", 1).limit(REKEY_CHUNK)]
             if not docs:
                 return None
-            for doc in docs:
-                keys = _keys(derive(level, doc["attrs"]))
-                update: Doc = {"keys": keys}
-                if level == "study":
-                    # ModalitiesInStudy is the index's own aggregate, kept as it is
-                    mods = [{"k": MODALITIES_KEY, "v": m} for m in doc.get("mods", [])]
-                    kept = [k for k in keys if k["k"] != MODALITIES_KEY]
-                    update = {"skeys": keys, "keys": kept + mods}
-                await collection.update_one({"_id": doc["_id"]}, {"$set": update})
+            updates = [
+                UpdateOne({"_id": d["_id"]}, {"$set": _rekeyed(level, d, derive)}) for d in docs
+            ]
+            await collection.bulk_write(updates, ordered=False)
         return str(docs[-1]["_id"]), len(docs)
 
     # -- reads --------------------------------------------------------------------------
@@ -341,6 +285,17 @@ class MongoDicomIndex:
     @mapped
     async def search(self, query: DicomQuery) -> DicomPage:
         return await run_search(self._db, query)
+
+
+def _rekeyed(level: DicomLevel, doc: Doc, derive: KeyDeriver) -> Doc:
+    """The match keys of ``doc`` (read with its ``attrs`` and ``mods``) derived anew."""
+    keys = keys_doc(derive(level, doc["attrs"]))
+    if level != "study":
+        return {"keys": keys}
+    # ModalitiesInStudy is the index's own aggregate, kept as it is
+    mods = [{"k": MODALITIES_KEY, "v": m} for m in doc.get("mods", [])]
+    kept = [k for k in keys if k["k"] != MODALITIES_KEY]
+    return {"skeys": keys, "keys": kept + mods}
 
 
 def _instance_order(doc: Doc) -> tuple[str, bool, int, str]:

@@ -18,6 +18,7 @@ fewer chunks than its document names raced an overwrite, and reads again.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pymongo import ASCENDING, IndexModel
@@ -56,12 +57,17 @@ async def write(db: Database, rec: InstanceRecord, named: Doc) -> None:
     )
 
 
-async def drop_others(db: Database, sop_uid: str, named: Doc) -> None:
-    """Remove the chunks of ``sop_uid`` but those ``named`` names (once it is written)."""
-    where: Doc = {"sop": sop_uid}
-    if named.get("metav") is not None:
-        where["v"] = {"$ne": named["metav"]}
-    await db[CHUNKS].delete_many(where)
+async def drop_others(db: Database, named: Sequence[tuple[str, Doc]]) -> None:
+    """Remove the chunks of each ``(sop_uid, fields)`` but those its ``fields`` name (once
+    its instance document is written), in one command."""
+    wanted: list[Doc] = []
+    for sop_uid, fields in named:
+        where: Doc = {"sop": sop_uid}
+        if fields.get("metav") is not None:
+            where["v"] = {"$ne": fields["metav"]}
+        wanted.append(where)
+    if wanted:
+        await db[CHUNKS].delete_many({"$or": wanted})
 
 
 async def drop(db: Database, sop_uids: list[str]) -> None:

@@ -1,0 +1,231 @@
+"""How the MongoDB DICOM index writes a batch of instances: a few bulk writes.
+
+1. ``read_known``: the batch's stored instances, series and studies, in three
+   queries (by ``_id``).
+2. ``plan``: each record in turn against what is known -- an identical re-send is a
+   ``duplicate``; a different instance under a stored SOP Instance UID (without
+   ``overwrite``), or a series under another study, a ``conflict``; a study of
+   another patient ``other-patient``; a document too large ``unindexable`` -- and
+   what it writes becomes known to the records after it, as one by one.
+3. ``write_parents``: the series (marked dirty), then the studies, one bulk upsert
+   each; then ``write_instances``: every instance document in one bulk write, so
+   none is written before its parents.
+
+An instance document is written by a compare-and-set: an insert, refused by the
+unique ``_id``, when none was stored, or a replace filtered on the stored version's
+blob key. Another radhub instance on the same database may store the same SOP
+Instance UID in between; the write then finds what that instance stored: the same
+bytes are a ``duplicate``, others a ``conflict`` -- the outcomes a re-send gets when
+the first one has finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo import InsertOne, ReplaceOne, UpdateOne
+from pymongo.errors import BulkWriteError
+
+from fhir_server.storage.dicom_port import InstanceRecord, MatchKeys, StoreOutcome, StoreResult
+from fhir_server.storage.mongo import dicom_meta
+from fhir_server.storage.mongo.dicom_search import INSTANCES, SERIES, STUDIES, Doc, blob_location
+from fhir_server.storage.mongo.errors import duplicate_key, unstorable
+from fhir_server.storage.mongo.journal import Database
+
+
+def keys_doc(keys: MatchKeys) -> list[Doc]:
+    """Match keys as stored: ``[{k, v}]``, without repeats."""
+    return [{"k": k, "v": v} for k, v in dict.fromkeys(keys)]
+
+
+def _instance_doc(rec: InstanceRecord) -> Doc:
+    return {
+        "_id": rec.sop_uid, "series": rec.series_uid, "study": rec.study_uid,
+        "attrs": rec.instance_attrs, "ts": rec.transfer_syntax_uid,
+        "blob": {"key": rec.blob.key, "size": rec.blob.size, "sha": rec.blob.sha256},
+        "num": rec.instance_number, "extra": rec.extra, "keys": keys_doc(rec.instance_keys),
+        **dicom_meta.fields(rec),
+    }  # fmt: skip
+
+
+def _study_set(rec: InstanceRecord, set_key: bool) -> Doc:
+    study: Doc = {"attrs": rec.study_attrs, "skeys": keys_doc(rec.study_keys)}
+    if rec.patient_ref is not None:
+        study["patient"] = rec.patient_ref
+    if set_key and rec.patient_key is not None:
+        study["pkey"] = rec.patient_key  # the study's first patient stays its patient
+    return study
+
+
+def _series_set(rec: InstanceRecord) -> Doc:
+    return {
+        "study": rec.study_uid,
+        "attrs": rec.series_attrs,
+        "modality": rec.modality,
+        "keys": keys_doc(rec.series_keys),
+        "dirty": True,  # until the index has recounted it and its study
+    }
+
+
+@dataclass
+class Known:
+    """What the index holds for a batch's UIDs, and then what the batch will write."""
+
+    instances: dict[str, Doc] = field(default_factory=dict)  # SOP UID -> {blob, series}
+    series: dict[str, str] = field(default_factory=dict)  # series UID -> its study's UID
+    patients: dict[str, Any] = field(default_factory=dict)  # study UID -> its patient key
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """An instance the batch writes, with its parents' updates and what it replaces."""
+
+    rec: InstanceRecord
+    study_set: Doc
+    series_set: Doc
+    instance: Doc
+    old: Doc | None  # the stored instance's {_id, blob, series}, if one is replaced
+
+
+async def read_known(db: Database, records: Sequence[InstanceRecord]) -> Known:
+    """What the index holds of ``records``' instances, series and studies."""
+
+    async def read(collection: str, uids: set[str], projection: Doc) -> list[Doc]:
+        found = db[collection].find({"_id": {"$in": sorted(uids)}}, projection)
+        return [doc async for doc in found]
+
+    instances = await read(INSTANCES, {r.sop_uid for r in records}, {"blob": 1, "series": 1})
+    series = await read(SERIES, {r.series_uid for r in records}, {"study": 1})
+    studies = await read(STUDIES, {r.study_uid for r in records}, {"pkey": 1})
+    return Known(
+        {d["_id"]: d for d in instances},
+        {d["_id"]: d["study"] for d in series},
+        {d["_id"]: d.get("pkey") for d in studies},
+    )
+
+
+def plan(
+    rec: InstanceRecord, overwrite: bool, known: Known, seen: set[str]
+) -> StoreResult | Planned:
+    """What storing ``rec`` comes to; ``seen`` collects the series of duplicates."""
+    old = known.instances.get(rec.sop_uid)
+    if old is not None and old["blob"]["sha"] == rec.blob.sha256:
+        seen.add(old["series"])
+        return StoreResult(rec.sop_uid, "duplicate")
+    parent = known.series.get(rec.series_uid)
+    if (old is not None and not overwrite) or parent not in (None, rec.study_uid):
+        return StoreResult(rec.sop_uid, "conflict")
+    patient = known.patients.get(rec.study_uid)
+    if patient is not None and patient != rec.patient_key:
+        return StoreResult(rec.sop_uid, "other-patient")
+    study_set, series_set = _study_set(rec, patient is None), _series_set(rec)
+    instance = _instance_doc(rec)
+    why = unstorable(study_set, series_set, instance)
+    if why is not None:  # refused before anything of it is written
+        return StoreResult(rec.sop_uid, "unindexable", detail=why)
+    known.instances[rec.sop_uid] = {
+        "_id": rec.sop_uid,
+        "blob": instance["blob"],
+        "series": rec.series_uid,
+    }
+    known.series[rec.series_uid] = rec.study_uid
+    if patient is None and rec.patient_key is not None:
+        known.patients[rec.study_uid] = rec.patient_key
+    return Planned(rec, study_set, series_set, instance, old)
+
+
+async def write_parents(db: Database, planned: Sequence[Planned]) -> None:
+    """Upsert the series (marked dirty) and then the studies of ``planned``, each
+    parent once, with what the batch's records set on it in turn."""
+    series: dict[str, Doc] = {}
+    studies: dict[str, Doc] = {}
+    for p in planned:
+        series[p.rec.series_uid] = {**series.get(p.rec.series_uid, {}), **p.series_set}
+        studies[p.rec.study_uid] = {**studies.get(p.rec.study_uid, {}), **p.study_set}
+    for collection, sets in ((SERIES, series), (STUDIES, studies)):
+        ops = [UpdateOne({"_id": uid}, {"$set": doc}, upsert=True) for uid, doc in sets.items()]
+        await db[collection].bulk_write(ops, ordered=False)
+
+
+async def write_instances(db: Database, planned: Sequence[Planned]) -> list[StoreResult]:
+    """Write the instance documents of ``planned`` (their metadata chunks before, the
+    replaced versions' after) and return what became of each."""
+    for p in planned:
+        await dicom_meta.write(db, p.rec, p.instance)
+    outcomes: dict[int, StoreResult] = {}
+    for wave in _waves(planned):
+        for p, result in zip(wave, await _put(db, wave), strict=True):
+            outcomes[id(p)] = result
+    results = [outcomes[id(p)] for p in planned]
+    replaced = zip(planned, results, strict=True)
+    await dicom_meta.drop_others(
+        db, [(p.rec.sop_uid, p.instance) for p, r in replaced if r.outcome == "replaced"]
+    )
+    return results
+
+
+def _waves(planned: Sequence[Planned]) -> list[list[Planned]]:
+    """``planned`` in bulk writes of distinct SOP Instance UIDs: a batch that holds one
+    UID twice writes its second version in a second bulk write, after the first."""
+    waves: list[list[Planned]] = []
+    seen: dict[str, int] = {}
+    for p in planned:
+        n = seen.get(p.rec.sop_uid, 0)
+        seen[p.rec.sop_uid] = n + 1
+        if n == len(waves):
+            waves.append([])
+        waves[n].append(p)
+    return waves
+
+
+async def _put(db: Database, wave: Sequence[Planned]) -> list[StoreResult]:
+    """One unordered bulk write of distinct instance documents, each a compare-and-set
+    (inserts, then replaces filtered on the replaced version's blob key)."""
+    inserts = [p for p in wave if p.old is None]
+    replaces = [p for p in wave if p.old is not None]
+    ops: list[InsertOne[Doc] | ReplaceOne[Doc]] = [InsertOne(p.instance) for p in inserts]
+    ops += [
+        ReplaceOne({"_id": p.rec.sop_uid, "blob.key": _key(p.old)}, p.instance) for p in replaces
+    ]
+    refused: set[int] = set()  # the inserts the unique _id refused
+    try:
+        matched = (await db[INSTANCES].bulk_write(ops, ordered=False)).matched_count
+    except BulkWriteError as exc:
+        if not duplicate_key(exc):
+            raise
+        refused = {int(e["index"]) for e in exc.details["writeErrors"]}
+        matched = int(exc.details.get("nMatched", 0))
+    lost = [p for i, p in enumerate(inserts) if i in refused]
+    unsure = replaces if matched != len(replaces) else []
+    now = await _stored_blobs(db, [*lost, *unsure]) if lost or unsure else {}
+    results = {id(p): _lost(p, now.get(p.rec.sop_uid)) for p in lost}
+    for p in unsure:  # a replace that matched nothing was not written
+        ours = now.get(p.rec.sop_uid, {}).get("key") == p.instance["blob"]["key"]
+        results[id(p)] = _written(p) if ours else _lost(p, now.get(p.rec.sop_uid))
+    return [results.get(id(p)) or _written(p) for p in wave]
+
+
+def _key(old: Doc | None) -> Any:
+    return None if old is None else old["blob"]["key"]
+
+
+async def _stored_blobs(db: Database, planned: Sequence[Planned]) -> dict[str, Doc]:
+    """The blobs ``planned``'s UIDs name now: what another writer stored meanwhile."""
+    found = db[INSTANCES].find({"_id": {"$in": [p.rec.sop_uid for p in planned]}}, {"blob": 1})
+    return {doc["_id"]: doc["blob"] async for doc in found}
+
+
+def _written(p: Planned) -> StoreResult:
+    if p.old is None:
+        return StoreResult(p.rec.sop_uid, "stored")
+    return StoreResult(p.rec.sop_uid, "replaced", blob_location(p.old))
+
+
+def _lost(p: Planned, blob: Doc | None) -> StoreResult:
+    """``p``, not written because another writer stored its UID first (``blob``; None
+    if it was then deleted): a duplicate if that is the same instance, else a conflict."""
+    same = blob is not None and blob["sha"] == p.rec.blob.sha256
+    outcome: StoreOutcome = "duplicate" if same else "conflict"
+    return StoreResult(p.rec.sop_uid, outcome)
