@@ -20,7 +20,10 @@ SOP Instance UID (0x0111, unless ``overwrite``); not DICOM or incomplete
 one the STOW URL names (0xA900); a Patient ID or issuer other than that of the
 study the instance joins (0xA900; the study keeps its first patient); one the
 index cannot hold, such as one too large for a MongoDB document (0xC000); a batch
-the disk or the index had no room for (0xA700, Out of Resources), or that failed
+the disk or the index had no room for, or whose database was unavailable (the
+503s of the FHIR API: unreachable, timed out, failing over, locked), 0xA700 "Out
+of Resources" -- PS3.4's "does not currently have enough resources", PS3.18's one
+failure reason that tells a client to send it again later -- or that failed
 otherwise (0x0110).
 """
 
@@ -52,6 +55,7 @@ from dicomweb.ingest_parse import (
 )
 from dicomweb.records import Described, describe_many, with_blob
 from dicomweb.study_sync import StudySync
+from fhir_server.errors import StorageUnavailable
 from fhir_server.storage.dicom_port import DicomIndex, StoreResult
 
 log = logging.getLogger(__name__)
@@ -425,29 +429,42 @@ def failure(exc: BaseException, header: InstanceHeader | None = None) -> Failed:
     """How an instance that failed on a fault of the archive's (logged where it happened)
     is reported: its reason, and words that never carry the fault's own text, which
     may name server paths (an OSError names its file)."""
-    reason = failure_reason(exc)
-    if reason == OUT_OF_RESOURCES:
+    cause = _retriable_cause(exc)
+    if cause == "room":
         message = "the archive is out of room; send it again later"
+    elif cause == "unavailable":
+        message = "the archive's database is unavailable; send it again later"
     else:
         message = "the archive could not store it (a fault here, logged)"
+    reason = PROCESSING_FAILURE if cause is None else OUT_OF_RESOURCES
     if header is None:
         return Failed(reason, message)
     return _failed(header, reason, message)
 
 
 def failure_reason(exc: BaseException) -> int:
-    """Out of Resources (0xA700) when the archive ran out of room -- a full disk or
-    quota, or a full database (SQLite's SQLITE_FULL) -- anywhere in the chain of
-    causes, so a client knows to retry later or elsewhere; else Processing Failure."""
+    """Out of Resources (0xA700) when the archive cannot store now but may later
+    (``_retriable_cause``), so a client knows to send it again later or elsewhere;
+    else Processing Failure (0x0110)."""
+    return PROCESSING_FAILURE if _retriable_cause(exc) is None else OUT_OF_RESOURCES
+
+
+def _retriable_cause(exc: BaseException) -> str | None:
+    """``"room"`` when the archive ran out of room -- a full disk or quota, or a full
+    database (SQLite's SQLITE_FULL) -- anywhere in the chain of causes; else
+    ``"unavailable"`` when its database was (``StorageUnavailable``, which both stores
+    raise for what the FHIR API answers 503); else None."""
+    unavailable = False
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno in _OUT_OF_ROOM:
-            return OUT_OF_RESOURCES
+            return "room"
         code = getattr(seen, "sqlite_errorcode", None)  # set on errors SQLite raised
         if isinstance(seen, sqlite3.Error) and code == sqlite3.SQLITE_FULL:
-            return OUT_OF_RESOURCES
+            return "room"
+        unavailable = unavailable or isinstance(seen, StorageUnavailable)
         seen = seen.__cause__ or seen.__context__
-    return PROCESSING_FAILURE
+    return "unavailable" if unavailable else None
 
 
 def _refusal(exc: InstanceRejected) -> Failed:

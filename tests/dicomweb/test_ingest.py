@@ -48,8 +48,10 @@ from dicomweb.ingest_parse import (
     InstanceRejected,
 )
 from dicomweb.records import describe_instance, split_levels
+from fhir_server.errors import StorageUnavailable
 from fhir_server.resources.worker_pool import WorkerPool
 from fhir_server.search.registry import SearchRegistry
+from fhir_server.storage.base import Store
 from fhir_server.storage.dicom_port import (
     BlobLocation,
     InstanceRow,
@@ -196,6 +198,11 @@ def _wrapped(cause: Exception) -> Exception:
         (OSError(errno.EDQUOT, "Disk quota exceeded"), OUT_OF_RESOURCES),
         (_wrapped(OSError(errno.ENOSPC, "No space left on device")), OUT_OF_RESOURCES),
         (_wrapped(_full_database()), OUT_OF_RESOURCES),
+        (StorageUnavailable("MongoDB unavailable: no primary"), OUT_OF_RESOURCES),
+        (
+            _wrapped(StorageUnavailable("embedded store unavailable: database is locked")),
+            OUT_OF_RESOURCES,
+        ),
         (OSError(errno.EIO, "Input/output error"), PROCESSING_FAILURE),
         (sqlite3.OperationalError("database is locked"), PROCESSING_FAILURE),
         (_wrapped(ValueError("bad")), PROCESSING_FAILURE),
@@ -270,6 +277,67 @@ async def test_an_index_without_room_fails_the_batch_out_of_resources(
     report = await service.ingest(stream(make_instance("1.6", "1.6.1", "1.6.1.1")))
     assert [(f.reason, f.sop_uid) for f in report.failed] == [(OUT_OF_RESOURCES, "1.6.1.1")]
     assert not [p for p in (tmp_path / "blobs").rglob("*.dcm") if p.is_file()]
+
+
+def _index_outage(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's database goes away as its driver reports it: SQLite's writer finds the
+    database locked, MongoDB's primary steps down; each store maps that to
+    StorageUnavailable, the 503 of the FHIR API."""
+    if isinstance(store, SqliteStore):
+        from fhir_server.storage.sqlite import dicom_index
+
+        def locked(*args: Any) -> Any:
+            raise sqlite3.OperationalError("database is locked")
+
+        monkeypatch.setattr(dicom_index, "store_batch", locked)
+        return
+    from pymongo.errors import AutoReconnect
+
+    async def stepped_down(*args: Any, **kwargs: Any) -> Any:
+        raise AutoReconnect("primary stepped down")
+
+    collection = type(store._db["dicom_instances"])  # type: ignore[attr-defined]
+    monkeypatch.setattr(collection, "bulk_write", stepped_down)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mongo"])
+async def test_an_unavailable_database_fails_the_batch_out_of_resources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """Whichever the store, a database that cannot be reached now fails each instance of
+    the batch with 0xA700 (PS3.18's failure reason that says: send it again later), not
+    0x0110, and nothing of the batch is kept."""
+    store = await _store_of(kind, tmp_path)
+    try:
+        _index_outage(store, monkeypatch)
+        blobs = FileBlobStore(tmp_path / "blobs")
+        service = IngestService(store.dicom, blobs, None, IngestOptions("http://x"))
+        bodies = [make_instance("1.7", "1.7.1", f"1.7.1.{i}", number=i) for i in (1, 2)]
+        report = await service.ingest(stream(*bodies))
+        assert report.stored == []
+        assert [(f.reason, f.sop_uid) for f in report.failed] == [
+            (OUT_OF_RESOURCES, "1.7.1.1"),
+            (OUT_OF_RESOURCES, "1.7.1.2"),
+        ]
+        assert "unavailable; send it again later" in report.failed[0].message
+        monkeypatch.undo()
+        assert await store.dicom.instances("1.7") == []
+        assert not [p for p in (tmp_path / "blobs").rglob("*.dcm") if p.is_file()]
+    finally:
+        await store.close()
+
+
+async def _store_of(kind: str, tmp_path: Path) -> Store:
+    if kind == "sqlite":
+        made: Store = SqliteStore(tmp_path / "db", SearchRegistry.load())
+    else:
+        from mongomock_motor import AsyncMongoMockClient
+
+        from fhir_server.storage.mongo.store import MongoStore
+
+        made = MongoStore(AsyncMongoMockClient(), "radhub", SearchRegistry.load())
+    await made.start()
+    return made
 
 
 async def test_a_failed_staging_write_fails_the_batch_and_keeps_nothing(
