@@ -96,6 +96,15 @@ def _bulk(*codes: int) -> BulkWriteError:
         (_bulk(11000, 11000), True),
         (_bulk(11000, 10334), False),  # not only a duplicate: the other refusal stands
         (BULK_NOT_REPLICATED, False),
+        (  # refused one write; what it applied may not be on a majority
+            BulkWriteError(
+                {
+                    "writeErrors": [{"index": 1, "code": 11000, "errmsg": "E11000"}],
+                    "writeConcernErrors": [{"code": 64, "errmsg": "waiting timed out"}],
+                }
+            ),
+            False,
+        ),
         (AutoReconnect("primary stepped down"), False),
     ],
 )

@@ -59,12 +59,16 @@ def _write_errors(exc: BulkWriteError) -> list[dict[str, Any]]:
 
 
 def duplicate_key(exc: BaseException) -> bool:
-    """Whether a unique index refused the write (every write a bulk write had refused)."""
+    """Whether a unique index refused the write: for a bulk write, every write it had
+    refused, and the writes it applied are as durable as asked (no write concern
+    error: else what it applied may yet be rolled back, and that is an outage)."""
     if isinstance(exc, DuplicateKeyError):
         return True
     if isinstance(exc, BulkWriteError):
         errors = _write_errors(exc)
-        return bool(errors) and all(e.get("code") in _DUPLICATE_KEY_CODES for e in errors)
+        if not errors or (exc.details or {}).get("writeConcernErrors"):
+            return False
+        return all(e.get("code") in _DUPLICATE_KEY_CODES for e in errors)
     return False
 
 
