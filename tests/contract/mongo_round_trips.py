@@ -2,9 +2,10 @@
 
 The emulator answers in-process, so PyMongo's command monitoring sees nothing;
 the collection's methods are wrapped instead. Each call counts as the commands a
-server gets for it: one, or for ``bulk_write`` one per run of operations of one
-kind, as PyMongo splits a mixed ordered bulk write (a ``find`` counts its first
-batch only; these tests read small results).
+server gets for it: one, or for ``bulk_write`` one per kind of write (insert;
+update, replaces included; delete) -- per run of one kind when ordered, as PyMongo
+splits it (``bulk_shared``); a ``find`` counts its first batch only (these tests
+read small results).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from itertools import groupby
 from typing import Any
 
 import pytest
+from pymongo import DeleteMany, DeleteOne, InsertOne
 
 OPERATIONS = (
     "find_one", "find", "aggregate", "count_documents", "distinct", "insert_one",
@@ -22,11 +24,19 @@ OPERATIONS = (
 )  # fmt: skip
 
 
+def _kind(request: Any) -> str:
+    if isinstance(request, InsertOne):
+        return "insert"
+    return "delete" if isinstance(request, DeleteOne | DeleteMany) else "update"
+
+
 def commands(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
     if name != "bulk_write":
         return 1
-    requests = list(kwargs.get("requests", args[0] if args else []))
-    return len([kind for kind, _ in groupby(type(r) for r in requests)])
+    kinds = [_kind(r) for r in kwargs.get("requests", args[0] if args else [])]
+    if not kwargs.get("ordered", True):
+        return len(set(kinds))
+    return len([kind for kind, _ in groupby(kinds)])
 
 
 def count_round_trips(monkeypatch: pytest.MonkeyPatch, client: Any) -> Counter[str]:
