@@ -286,6 +286,23 @@ async def test_a_batch_that_recovery_took_over_writes_nothing_more(
     assert await client[DB][JOURNAL].count_documents({}) == 0
 
 
+async def test_the_change_log_recovers_a_journal_once_its_lease_ran_out_by_the_stores_clock(
+    client: Any, registry: SearchRegistry
+) -> None:
+    clock = Clock()
+    store = await started(client, registry, lease=10.0, clock=clock)
+    await _seed(store, registry)
+    crashed = UnitOfWork(client[DB], lease_seconds=10.0, clock=clock)
+    await crashed.write_batch([resource_version(registry, patient("p2"), 1, at(2))])
+    clock.now += 9.0
+    assert [v.id for v in await store.changes(0)] == ["p1"]
+    assert await client[DB][JOURNAL].count_documents({}) == 1  # still within its lease
+    clock.now += 2.0
+    assert [v.id for v in await store.changes(0)] == ["p1"]
+    assert await client[DB][JOURNAL].count_documents({}) == 0
+    assert await store.read("Patient", "p2") is None
+
+
 def _failing_unlocks(monkeypatch: pytest.MonkeyPatch, client: Any, failures: int) -> None:
     """The first ``failures`` unlocks of ``resources`` (a committed unit's clean-up, an
     ``update_many``, which PyMongo does not retry) fail as a failover would."""

@@ -356,11 +356,11 @@ async def _claim(db: Database, doc: Doc, now: float) -> bool:
     return result.matched_count == 1
 
 
-async def change_cap(db: Database) -> tuple[int, bool]:
-    """The highest ``seq`` the change log may show, and whether an expired journal holds it."""
+async def change_cap(db: Database, now: float) -> tuple[int, bool]:
+    """The highest ``seq`` the change log may show, and whether a journal expired by
+    ``now`` holds it."""
     cap = await counter_value(db)
     stale = False
-    now = time.time()
     journals: list[dict[str, Any]] = (
         await db[JOURNAL].find({}, {"floor": 1, "expires": 1}).to_list(None)
     )

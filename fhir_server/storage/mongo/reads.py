@@ -84,11 +84,11 @@ async def history(db: Database, query: HistoryQuery) -> HistoryPage:
 
 
 async def changes(
-    db: Database, after_seq: int, limit: int, resource_type: str | None = None
+    db: Database, after_seq: int, limit: int, resource_type: str | None, now: float
 ) -> tuple[list[StoredVersion], bool]:
     """The committed change log after ``after_seq`` (of ``resource_type`` only, if
-    given), and whether recovery would unblock more."""
-    cap, stale = await change_cap(db)
+    given), and whether recovery at ``now`` would unblock more."""
+    cap, stale = await change_cap(db, now)
     if cap <= after_seq or limit <= 0:
         return [], stale
     where: dict[str, Any] = {"seq": {"$gt": after_seq, "$lte": cap}}

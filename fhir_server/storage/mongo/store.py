@@ -222,9 +222,10 @@ class MongoStore:
         self, after_seq: int, limit: int = 1000, resource_type: str | None = None
     ) -> list[StoredVersion]:
         with map_mongo_errors():
-            found, stale = await reads.changes(self._db, after_seq, limit, resource_type)
+            now = self._clock()
+            found, stale = await reads.changes(self._db, after_seq, limit, resource_type, now)
             if stale and len(found) < limit and await self.recover():
-                found, _ = await reads.changes(self._db, after_seq, limit, resource_type)
+                found, _ = await reads.changes(self._db, after_seq, limit, resource_type, now)
             return found
 
     # -- writes ---------------------------------------------------------------------
