@@ -188,32 +188,41 @@ def _agents(record: AuditRecord) -> list[dict[str, Any]]:
     return agents
 
 
+# BALP's Patient entity: the Patient whose record was accessed
+_PATIENT_ROLE = {
+    "type": {
+        "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+        "code": "1",
+        "display": "Person",
+    },
+    "role": {
+        "system": "http://terminology.hl7.org/CodeSystem/object-role",
+        "code": "1",
+        "display": "Patient",
+    },
+}
+
+
 def _entities(record: AuditRecord) -> list[dict[str, Any]]:
     entities: list[dict[str, Any]] = []
+    patient = record.patient or (record.auth.patient if record.auth else None)
     if record.resource_type and record.resource_id:
-        entities.append({"what": {"reference": f"{record.resource_type}/{record.resource_id}"}})
+        what: dict[str, Any] = {
+            "what": {"reference": f"{record.resource_type}/{record.resource_id}"}
+        }
+        if record.resource_type == "Patient" and record.resource_id == patient:
+            # the Patient accessed is the one whose record it is: one entity, not two
+            # (every event and its index entries are written for every read)
+            what.update(_PATIENT_ROLE)
+            patient = None
+        entities.append(what)
     elif record.resource_type or record.query:
         entity: dict[str, Any] = {"what": {"display": record.resource_type or "*"}}
         if record.query:
             entity["description"] = record.query[:1000]
         entities.append(entity)
-    patient = record.patient or (record.auth.patient if record.auth else None)
     if patient:
-        entities.append(
-            {
-                "what": {"reference": f"Patient/{patient}"},
-                "type": {
-                    "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
-                    "code": "1",
-                    "display": "Person",
-                },
-                "role": {
-                    "system": "http://terminology.hl7.org/CodeSystem/object-role",
-                    "code": "1",
-                    "display": "Patient",
-                },
-            }
-        )
+        entities.append({"what": {"reference": f"Patient/{patient}"}, **_PATIENT_ROLE})
     return entities
 
 

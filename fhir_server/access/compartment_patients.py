@@ -88,10 +88,9 @@ class CompartmentPatients:
         }
         return cls(MappingProxyType(routes), MappingProxyType(asked), registry)
 
-    def patient_of(self, resource_type: str, resource_id: str, body: dict[str, Any]) -> str | None:
-        """The id of the Patient whose record this resource is, or None."""
-        if resource_type == "Patient":
-            return resource_id
+    def patient_of(self, resource_type: str, body: dict[str, Any]) -> str | None:
+        """The id of the Patient whose record this resource is, or None (for a Patient
+        too: an audit record names it as the resource accessed)."""
         for route in self.routes.get(resource_type, ()):
             if isinstance(route, ParamDef):
                 for entry in extract_param(body, route, self.registry.base_url):

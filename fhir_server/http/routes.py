@@ -110,14 +110,16 @@ class FhirHttp:
 
     def patient_of(self, auth: AuthContext | None, version: StoredVersion | None) -> str | None:
         """The Patient whose record ``version`` is, for the audit record, when the
-        token does not name one (a patient token's patient is named anyway)."""
+        token does not name one (a patient token's patient is named anyway) and the
+        resource is not that Patient."""
         if version is None or version.body is None or (auth is not None and auth.patient):
             return None
-        if version.resource_type != "Patient" and version.resource_type not in self.patients.routes:
-            return None  # never in a compartment: no need to parse the body
-        return self.patients.patient_of(
-            version.resource_type, version.id, orjson.loads(version.body)
-        )
+        if version.resource_type not in self.patients.routes:
+            # never in a compartment, or a Patient: the event's entity names it already,
+            # and ``AuditEvent?patient=`` finds it by that (a second entity would cost
+            # every Patient read its index entries)
+            return None
+        return self.patients.patient_of(version.resource_type, orjson.loads(version.body))
 
     async def audited(
         self,

@@ -26,7 +26,7 @@ def ref(text: str) -> dict[str, str]:
 @pytest.mark.parametrize(
     ("resource_type", "body", "expected"),
     [
-        ("Patient", {"resourceType": "Patient"}, "the-id"),
+        ("Patient", {"resourceType": "Patient"}, None),  # named as what was accessed
         ("Observation", {"subject": ref("Patient/p1")}, "p1"),
         ("Observation", {"subject": ref(f"{BASE}/Patient/p1")}, "p1"),  # our own absolute URL
         ("Observation", {"subject": ref("http://elsewhere/fhir/Patient/p1")}, None),
@@ -54,7 +54,7 @@ def ref(text: str) -> dict[str, str]:
 def test_whose_record_a_resource_is(
     resource_type: str, body: dict[str, Any], expected: str | None
 ) -> None:
-    assert PATIENTS.patient_of(resource_type, "the-id", body) == expected
+    assert PATIENTS.patient_of(resource_type, body) == expected
 
 
 def test_every_compartment_type_of_the_registry_is_covered() -> None:
@@ -207,3 +207,25 @@ async def test_searches_and_histories_of_one_patient_are_audited_under_them(
         if "code=weight" in ev["entity"][0].get("description", "")
     ]
     assert _named_patients(broad) == []
+
+
+@pytest.mark.parametrize(
+    ("resource", "patient", "expected"),
+    [
+        # the Patient read is the one whose record it is: one entity, in the Patient role
+        (("Patient", "p1"), "p1", [("Patient/p1", "1")]),
+        (("Patient", "p1"), "p2", [("Patient/p1", None), ("Patient/p2", "1")]),
+        (("Observation", "o1"), "p1", [("Observation/o1", None), ("Patient/p1", "1")]),
+        (("Observation", "o1"), None, [("Observation/o1", None)]),
+    ],
+)
+def test_the_patient_entity(
+    resource: tuple[str, str], patient: str | None, expected: list[tuple[str, str | None]]
+) -> None:
+    from datetime import UTC, datetime
+
+    from fhir_server.audit import AuditRecord, to_audit_event
+
+    record = AuditRecord("read", 200, datetime.now(UTC), None, *resource, patient=patient)
+    entities = to_audit_event(record)["entity"]
+    assert [(e["what"]["reference"], e.get("role", {}).get("code")) for e in entities] == expected
