@@ -6,7 +6,7 @@ collection; everything else is the real adapter.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -284,28 +284,44 @@ async def test_a_read_that_an_overwrite_overtook_reads_again(store: MongoStore) 
     assert await dicom_meta.read(store._db, INSTANCES, stale) == new.metadata
 
 
-def race_on_parents(
-    monkeypatch: pytest.MonkeyPatch, store: MongoStore, meanwhile: Callable[[], Awaitable[Any]]
+def before_first_write(
+    monkeypatch: pytest.MonkeyPatch,
+    store: MongoStore,
+    collection_name: str,
+    methods: Sequence[str],
+    act: Callable[[str], Awaitable[Any]],
 ) -> None:
-    """``meanwhile`` runs once, when ``store`` has read the index and is about to write
-    its first series: another radhub instance's batch, landing in between."""
-    collection = type(store._db[SERIES])
-    raced = False
+    """``act(method)`` runs once, before ``store``'s first call of one of ``methods`` on
+    ``collection_name``; the call goes on unless ``act`` raises (the server's answer)."""
+    collection = type(store._db[collection_name])
+    done = False
 
     def hook(name: str) -> Any:
         real = getattr(collection, name)
 
         async def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-            nonlocal raced
-            if self.name == SERIES and not raced:
-                raced = True
-                await meanwhile()
+            nonlocal done
+            if self.name == collection_name and not done:
+                done = True
+                await act(name)
             return await real(self, *args, **kwargs)
 
         return call
 
-    for name in ("update_one", "bulk_write"):
+    for name in methods:
         monkeypatch.setattr(collection, name, hook(name))
+
+
+def race_on_parents(
+    monkeypatch: pytest.MonkeyPatch, store: MongoStore, meanwhile: Callable[[], Awaitable[Any]]
+) -> None:
+    """``meanwhile`` runs once, when ``store`` has read the index and is about to write
+    its first series: another radhub instance's batch, landing in between."""
+
+    async def act(_: str) -> None:
+        await meanwhile()
+
+    before_first_write(monkeypatch, store, SERIES, ("update_one", "bulk_write"), act)
 
 
 @pytest.mark.parametrize(
@@ -361,28 +377,16 @@ async def test_a_duplicate_key_from_the_server_is_a_conflict_not_an_outage(
     other = MongoStore(store._client, DB, registry)
     await other.start()
     first = record("1.1", "1.1.1", "1.1.1.1", content="theirs")
-    collection = type(store._db[INSTANCES])
-    raced = False
 
-    def refusing(name: str) -> Any:
-        real = getattr(collection, name)
+    async def refuse(name: str) -> None:
+        await other.dicom.store_batch([first])
+        message = "E11000 duplicate key error collection: radhub.dicom_instances index: _id_"
+        if name != "bulk_write":
+            raise DuplicateKeyError(message, 11000)
+        error = {"index": 0, "code": 11000, "errmsg": message}
+        raise BulkWriteError({"writeErrors": [error], "nInserted": 0, "nMatched": 0})
 
-        async def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-            nonlocal raced
-            if self.name != INSTANCES or raced:
-                return await real(self, *args, **kwargs)
-            raced = True
-            await other.dicom.store_batch([first])
-            message = "E11000 duplicate key error collection: radhub.dicom_instances index: _id_"
-            if name != "bulk_write":
-                raise DuplicateKeyError(message, 11000)
-            error = {"index": 0, "code": 11000, "errmsg": message}
-            raise BulkWriteError({"writeErrors": [error], "nInserted": 0, "nMatched": 0})
-
-        return call
-
-    for name in _WRITES:
-        monkeypatch.setattr(collection, name, refusing(name))
+    before_first_write(monkeypatch, store, INSTANCES, _WRITES, refuse)
     (result,) = await store.dicom.store_batch([record("1.1", "1.1.1", "1.1.1.1")])
     assert result.outcome == "conflict"
     (row,) = await store.dicom.instance_files("1.1")

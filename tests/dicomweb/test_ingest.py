@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 
 from dicomweb.blobstore import FileBlobStore, StagedBlob
 from dicomweb.imaging_study import (
+    ARCHIVE_ELEMENTS,
     EN_REPRESENTATION,
     PatientNamespaces,
     StudyLinks,
@@ -31,6 +32,7 @@ from dicomweb.imaging_study import (
     map_study,
     name_text,
     patient_identifier,
+    with_client_elements,
 )
 from dicomweb.ingest import (
     Failed,
@@ -516,6 +518,19 @@ def test_map_study(links: StudyLinks, path: tuple[Any, ...], expected: Any) -> N
     for step in path:
         value = value[step]
     assert value == expected
+
+
+def test_what_the_archive_writes_is_what_it_owns() -> None:
+    """Every element ``map_study`` writes is one ``with_client_elements`` takes from the
+    images, never from the stored version: else an element the mapping gains later
+    would keep a FHIR client's stale value over the images'."""
+    links = StudyLinks("Patient/p1", "ServiceRequest/s", "Endpoint/e")
+    rows = [_row("1.2.1.1", "1.2.1", 1), _row("1.2.1.2", "1.2.1", 2)]
+    mapped = map_study(STUDY, [SERIES], rows, links)
+    assert {"basedOn", "endpoint", "referrer", "started", "series"} <= set(mapped)
+    assert set(mapped) <= ARCHIVE_ELEMENTS
+    stored = {**mapped, "numberOfSeries": 9, "note": [{"text": "read by Dr X"}]}
+    assert with_client_elements(mapped, stored) == {**mapped, "note": stored["note"]}
 
 
 @pytest.mark.parametrize(

@@ -278,18 +278,25 @@ async def test_a_file_gone_before_the_response_starts_is_a_404(
     assert app.state.dicomweb.retrievals.busy() == 0
 
 
-async def test_a_retrieval_is_audited_under_the_studys_patient(
-    client: httpx.AsyncClient, app: FastAPI
-) -> None:
-    """Who read a patient's images is found by that patient (AuditEvent?patient=),
-    though the reader's token names no patient; a search names none."""
+async def patients_study(client: httpx.AsyncClient, app: FastAPI, study: str) -> str:
+    """A known Patient's study of one instance (``study``.1.1), its ImagingStudy
+    written; the Patient's reference."""
     patient = await study_patient(client)
-    body = multipart(make_instance("4.4", "4.4.1", "4.4.1.1"))
+    body = multipart(make_instance(study, f"{study}.1", f"{study}.1.1"))
     stored = await client.post(
         "/dicomweb/studies", content=body, headers={"Content-Type": STOW_TYPE}
     )
     assert stored.status_code == 200
     await settled(app)
+    return patient
+
+
+async def test_a_retrieval_is_audited_under_the_studys_patient(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """Who read a patient's images is found by that patient (AuditEvent?patient=),
+    though the reader's token names no patient; a search names none."""
+    patient = await patients_study(client, app, "4.4")
     instance = "/dicomweb/studies/4.4/series/4.4.1/instances/4.4.1.1"
     assert (await client.get(f"{instance}/rendered")).status_code == 200
     assert (await client.get("/dicomweb/studies", params={"PatientID": "PAT-1"})).status_code == 200
@@ -320,13 +327,7 @@ async def test_a_delete_is_audited_under_the_studys_patient(
 ) -> None:
     """Whose images were deleted is found by that patient, though nothing of the
     study may be left to look the patient up by once it is done."""
-    patient = await study_patient(client)
-    body = multipart(make_instance("4.5", "4.5.1", "4.5.1.1"))
-    stored = await client.post(
-        "/dicomweb/studies", content=body, headers={"Content-Type": STOW_TYPE}
-    )
-    assert stored.status_code == 200
-    await settled(app)
+    patient = await patients_study(client, app, "4.5")
     assert (await client.delete(path)).status_code == 204
 
     async def audited() -> list[str] | None:
