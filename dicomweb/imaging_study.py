@@ -29,7 +29,9 @@ _OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")  # RFC 3986 scheme; FHIR uri is \S*
 
 _SEX = {"M": "male", "F": "female", "O": "other"}
-# PS3.16 CID 244 Laterality → SNOMED CT, as R4 ImagingStudy.series.laterality binds.
+# PS3.16 CID 244 Laterality → its SNOMED CT codes. R4's binding of
+# ImagingStudy.series.laterality is only an example (bodysite-laterality, other SNOMED
+# codes), so the codes DICOM itself uses for ImageLaterality are the ones kept.
 _LATERALITY = {"R": ("24028007", "Right"), "L": ("7771000", "Left"), "B": ("51440002", "Both")}
 # PS3.16 Table 8-1 Coding Scheme Designators → FHIR system URIs, for the schemes FHIR
 # names. SRT is left out on purpose: its SNOMED RT identifiers are not SNOMED CT codes.
