@@ -244,9 +244,6 @@ def compressed_frames(source: Path, indices: Sequence[int]) -> list[bytes]:
         row = _BY_UID[str(ds.file_meta.TransferSyntaxUID)]
         if row.video:
             return [next(generate_frames(value, number_of_frames=1)) for _ in indices]
-        count, offsets = int(ds.get("NumberOfFrames") or 1), _extended_offsets(ds)
-        return [
-            get_frame(value, i, number_of_frames=count, extended_offsets=offsets) for i in indices
-        ]
+        return list(_encoded_frames(ds, indices))
     except (ValueError, KeyError, AttributeError, StopIteration) as exc:
         raise TranscodeError(f"cannot split the pixel data into frames: {exc}") from exc

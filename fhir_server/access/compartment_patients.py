@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeGuard
 
 from fhir_server.access.compartment import PatientCompartment
 from fhir_server.search.extract import extract_param, parse_reference
@@ -95,7 +95,6 @@ class CompartmentPatients:
             if isinstance(route, ParamDef):
                 for entry in extract_param(body, route, self.registry.base_url):
                     if _is_patient(entry.value):
-                        assert isinstance(entry.value, ReferenceValue)
                         return entry.value.id
                 continue
             for item in _found(body, route):
@@ -128,5 +127,5 @@ class CompartmentPatients:
         return found.pop() if len(found) == 1 else None
 
 
-def _is_patient(value: object) -> bool:
+def _is_patient(value: object) -> TypeGuard[ReferenceValue]:
     return isinstance(value, ReferenceValue) and value.type == "Patient" and bool(value.id)
