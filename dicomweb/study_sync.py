@@ -280,7 +280,7 @@ class StudySync:
     async def write(self, study_uids: list[str]) -> None:
         """One FHIR transaction for ``study_uids``, then their Patients on the index."""
         async with self._lock:
-            patients: dict[str, str] = {}
+            patients: dict[str, tuple[str, str | None]] = {}  # study -> (Patient, key)
             written: dict[str, int] = {}  # study -> the revision its ImagingStudy shows
             async with self._svc.store.transaction() as tx:
                 endpoint = await self._ensure_endpoint(tx)
@@ -289,8 +289,8 @@ class StudySync:
                     if revision is not None:
                         written[uid] = revision
             index = self._svc.store.dicom
-            for uid, patient in patients.items():
-                await index.set_patient(uid, patient)
+            for uid, (patient, key) in patients.items():
+                await index.set_patient(uid, patient, key)
             for uid, revision in written.items():
                 await index.mark_synced(uid, revision)
 
@@ -329,7 +329,11 @@ class StudySync:
         return f"Endpoint/{ENDPOINT_ID}"
 
     async def _sync_one(
-        self, tx: Transaction, uid: str, endpoint: str, patients: dict[str, str]
+        self,
+        tx: Transaction,
+        uid: str,
+        endpoint: str,
+        patients: dict[str, tuple[str, str | None]],
     ) -> int | None:
         """Write one study's ImagingStudy; a Patient the index lacks goes to ``patients``.
         The study's revision it was written from (None: the study is gone)."""
@@ -342,7 +346,8 @@ class StudySync:
             return None
         patient = study.patient_ref
         if patient is None:
-            patient = patients[uid] = await self._patient_in(tx, study.attrs)
+            patient = await self._patient_in(tx, study.attrs)
+            patients[uid] = (patient, study.patient_key)
         links = StudyLinks(
             patient=f"Patient/{patient}",
             service_request=await self._order(tx, study.attrs, patient),

@@ -94,6 +94,9 @@ class StudyRow:
     # latest one its FHIR ImagingStudy was written from (``mark_synced``)
     revision: int = 0
     synced_revision: int = 0
+    # who the study's first instance named as its patient (``InstanceRecord.patient_key``;
+    # None in an index made before the key was kept): ``set_patient`` compares it
+    patient_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,8 +261,13 @@ class DicomIndex(Protocol):
     async def search(self, query: DicomQuery) -> DicomPage:
         """Matches of ``query`` in UID order, served by indexes."""
 
-    async def set_patient(self, study_uid: str, patient_ref: str | None) -> None:
-        """Record which FHIR Patient a study belongs to (access control uses it)."""
+    async def set_patient(
+        self, study_uid: str, patient_ref: str | None, patient_key: str | None
+    ) -> None:
+        """Record which FHIR Patient a study belongs to (access control uses it), if
+        the study's ``patient_key`` is still ``patient_key``, the one the Patient was
+        found from: a study deleted and sent again for another patient meanwhile is
+        left without one, for its own sync to find (never given the first's)."""
 
     async def mark_synced(self, study_uid: str, revision: int) -> None:
         """Record that the study's ImagingStudy was written from ``revision`` (kept

@@ -233,11 +233,38 @@ async def test_delete_recounts_and_drops_empty_parents(store: Store) -> None:
 
 async def test_set_patient_restricts_search(store: Store) -> None:
     await store.dicom.store_batch([record("1.1", "1.1.1", "1.1.1.1")])
-    await store.dicom.set_patient("1.1", "p9")
+    await store.dicom.set_patient("1.1", "p9", "PA\\")
     study = await store.dicom.study("1.1")
     assert study is not None and study.patient_ref == "p9"
     page = await store.dicom.search(DicomQuery("instance", patient_ref="p8"))
     assert page.matches == []
+
+
+async def test_a_patient_found_for_a_study_sent_again_for_another_is_not_given_it(
+    store: Store,
+) -> None:
+    """The sync found Patient p1 from the study as it read it; meanwhile the study
+    was deleted and sent again for another patient: p1 must not become its Patient."""
+    await store.dicom.store_batch([record("1.1", "1.1.1", "1.1.1.1")])
+    read = await store.dicom.study("1.1")
+    assert read is not None and read.patient_key == "PA\\"
+    await store.dicom.delete("1.1")
+    await store.dicom.store_batch([record("1.1", "1.1.1", "1.1.1.1", patient_key="PB\\")])
+    await store.dicom.set_patient("1.1", "p1", read.patient_key)
+    again = await store.dicom.study("1.1")
+    assert again is not None and again.patient_key == "PB\\" and again.patient_ref is None
+    await store.dicom.set_patient("1.1", "p2", again.patient_key)
+    study = await store.dicom.study("1.1")
+    assert study is not None and study.patient_ref == "p2"
+
+
+async def test_a_study_stored_before_patient_keys_is_given_its_patient(store: Store) -> None:
+    await store.dicom.store_batch([record("1.1", "1.1.1", "1.1.1.1", patient_key=None)])
+    read = await store.dicom.study("1.1")
+    assert read is not None and read.patient_key is None
+    await store.dicom.set_patient("1.1", "p3", read.patient_key)
+    study = await store.dicom.study("1.1")
+    assert study is not None and study.patient_ref == "p3"
 
 
 async def test_every_change_bumps_the_revision_and_sync_marks_are_kept(store: Store) -> None:

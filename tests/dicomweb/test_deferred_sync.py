@@ -9,14 +9,24 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import TypeVar
 
+import httpx
 import pytest
 
 from dicomweb.study_sync import PendingStudies, SyncTiming
-from tests.dicomweb.archive_app import DEADLINE, fast_settings, imaging_study, running, settled
+from tests.dicomweb.archive_app import (
+    DEADLINE,
+    eventually,
+    fast_settings,
+    imaging_study,
+    running,
+    settled,
+)
 from tests.dicomweb.dicom_data import STOW_TYPE, make_instance, multipart
 
 REQUESTS = 30
+T = TypeVar("T")
 
 
 class Clock:
@@ -153,3 +163,52 @@ async def test_what_a_fhir_client_added_survives_the_next_sync(tmp_path: Path) -
         assert after["meta"]["security"] == labels["security"]
         history = (await client.get("/fhir/ImagingStudy/6.2/_history")).json()
         assert len(history["entry"]) == 3  # written, edited, written again: no more
+
+
+async def test_a_study_sent_again_for_another_patient_during_its_sync_gets_that_patient(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sync found (created) the Patient of the study as it read it; before it
+    recorded that Patient on the index, the study was deleted and sent again for
+    another patient. The study must end under the second patient, not the first."""
+    headers = {"Content-Type": STOW_TYPE}
+
+    def sent_for(patient_id: str) -> bytes:
+        return multipart(make_instance("6.3", "6.3.1", "6.3.1.1", patient_id=patient_id))
+
+    async with running(fast_settings(tmp_path / "data")) as (app, client):
+        index = app.state.dicomweb.index
+        record_patient = index.set_patient
+        raced: list[asyncio.Task[httpx.Response]] = []
+
+        async def deleted_and_sent_again_first(*args: object) -> None:
+            if not raced:
+                # the DELETE ends by syncing the study, which waits for this sync:
+                # it runs on once its rows are gone, and is awaited after
+                deleting = asyncio.create_task(client.delete("/dicomweb/studies/6.3"))
+                while await index.study("6.3") is not None:
+                    assert not deleting.done(), "the DELETE ended before its rows went"
+                    await asyncio.sleep(0.01)
+                again = await client.post(
+                    "/dicomweb/studies", content=sent_for("PAT-B"), headers=headers
+                )
+                assert again.status_code == 200
+                raced.append(deleting)
+            await record_patient(*args)
+
+        monkeypatch.setattr(index, "set_patient", deleted_and_sent_again_first)
+        first = await client.post("/dicomweb/studies", content=sent_for("PAT-A"), headers=headers)
+        assert first.status_code == 200
+        deleting = await eventually(lambda: _first(raced), "the race in the sync")
+        assert (await deleting).status_code == 204
+        await settled(app)
+        study = await imaging_study(client, "6.3")
+        assert study is not None
+        patient = (await client.get(f"/fhir/{study['subject']['reference']}")).json()
+        assert [i["value"] for i in patient["identifier"]] == ["PAT-B"]
+        row = await index.study("6.3")
+        assert row is not None and f"Patient/{row.patient_ref}" == study["subject"]["reference"]
+
+
+async def _first(items: list[T]) -> T | None:
+    return items[0] if items else None

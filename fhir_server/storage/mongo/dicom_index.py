@@ -177,11 +177,13 @@ class MongoDicomIndex:
         await self._db[STUDIES].update_one({"_id": uid}, {"$set": update, "$inc": {"rev": 1}})
 
     @mapped
-    async def set_patient(self, study_uid: str, patient_ref: str | None) -> None:
+    async def set_patient(
+        self, study_uid: str, patient_ref: str | None, patient_key: str | None
+    ) -> None:
         async with self._lock:
-            await self._db[STUDIES].update_one(
-                {"_id": study_uid}, {"$set": {"patient": patient_ref}}
-            )
+            # {"pkey": None} also matches a study stored before keys were kept
+            where = {"_id": study_uid, "pkey": patient_key}
+            await self._db[STUDIES].update_one(where, {"$set": {"patient": patient_ref}})
 
     @mapped
     async def mark_synced(self, study_uid: str, revision: int) -> None:

@@ -67,7 +67,7 @@ def study_row(doc: Doc) -> StudyRow:
     return StudyRow(
         doc["_id"], doc["attrs"], tuple(doc.get("mods", ())), int(doc.get("nse", 0)),
         int(doc.get("nin", 0)), doc.get("patient"), int(doc.get("rev", 0)),
-        int(doc.get("srev", 0)),
+        int(doc.get("srev", 0)), doc.get("pkey"),
     )  # fmt: skip
 
 

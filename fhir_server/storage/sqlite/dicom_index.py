@@ -362,8 +362,13 @@ def select_series_of(conn: sqlite3.Connection, study: str) -> list[SeriesRow]:
     return [dicom_search.series_row(r) for r in conn.execute(sql, (study,))]
 
 
-def set_patient(conn: sqlite3.Connection, study: str, patient_ref: str | None) -> None:
-    conn.execute("UPDATE dicom_study SET patient_ref = ? WHERE uid = ?", (patient_ref, study))
+def set_patient(
+    conn: sqlite3.Connection, study: str, patient_ref: str | None, patient_key: str | None
+) -> None:
+    conn.execute(
+        "UPDATE dicom_study SET patient_ref = ? WHERE uid = ? AND patient_key IS ?",
+        (patient_ref, study, patient_key),
+    )
 
 
 def mark_synced(conn: sqlite3.Connection, study: str, revision: int) -> None:
@@ -433,8 +438,10 @@ class SqliteDicomIndex:
     async def search(self, query: DicomQuery) -> DicomPage:
         return await self._store.run_read(dicom_search.search, query)
 
-    async def set_patient(self, study_uid: str, patient_ref: str | None) -> None:
-        await self._store.run_write(set_patient, study_uid, patient_ref)
+    async def set_patient(
+        self, study_uid: str, patient_ref: str | None, patient_key: str | None
+    ) -> None:
+        await self._store.run_write(set_patient, study_uid, patient_ref, patient_key)
 
     async def mark_synced(self, study_uid: str, revision: int) -> None:
         await self._store.run_write(mark_synced, study_uid, revision)

@@ -27,20 +27,20 @@ from fhir_server.storage.dicom_port import (
 
 STUDY_COLS = (
     "st.uid, st.attrs, st.modalities, st.n_series, st.n_instances, st.patient_ref, st.rev, "
-    "st.synced_rev"
+    "st.synced_rev, st.patient_key"
 )
 SERIES_COLS = "se.uid, st.uid, se.attrs, se.n_instances, se.rev"
 INSTANCE_COLS = (
     "i.uid, se.uid, st.uid, i.attrs, i.blob_key, i.blob_size, i.blob_sha256, i.ts, i.inst_no, "
     "i.extra"
 )
-_N_STUDY, _N_SERIES = 8, 5
+_N_STUDY, _N_SERIES = 9, 5
 
 
 def study_row(r: sqlite3.Row | tuple[Any, ...]) -> StudyRow:
     modalities = tuple(m for m in str(r[2]).split("\\") if m)
     attrs = orjson.loads(r[1])
-    return StudyRow(r[0], attrs, modalities, int(r[3]), int(r[4]), r[5], int(r[6]), int(r[7]))
+    return StudyRow(r[0], attrs, modalities, int(r[3]), int(r[4]), r[5], int(r[6]), int(r[7]), r[8])
 
 
 def series_row(r: sqlite3.Row | tuple[Any, ...]) -> SeriesRow:
