@@ -2,7 +2,8 @@
 
 Each request verifies the bearer token with the same verifier as the FHIR
 API, is decided by the same ``AccessPolicy`` (DICOM studies are guarded as
-the ImagingStudy resources they are), and is audited. Errors become a
+the ImagingStudy resources they are), and is audited, under the Patient whose
+study it reached (``Access``). Errors become a
 response here, never an exception escaping to Starlette, so the CORS
 middleware puts its headers on them too (viewers report a missing header on
 an error as a CORS failure).
@@ -45,7 +46,30 @@ log = logging.getLogger(__name__)
 DICOM_JSON = "application/dicom+json"
 _JSON_TYPES = frozenset({DICOM_JSON, "application/json", "*/*", "application/*"})
 IMAGING_STUDY = "ImagingStudy"
-Work = Callable[[AuthContext], Awaitable[Response]]
+
+
+@dataclass(slots=True)
+class Access:
+    """One request's caller, and the FHIR Patient whose data it reached: what its
+    audit record names, so that ``AuditEvent?patient=`` finds who read a patient's
+    images though the reader's token names no patient (IHE BALP).
+
+    ``handle`` makes one per request and hands it to the route's work. The
+    check that lets a request into a study (``visible_study``) records that
+    study's Patient as it passes, so a road into a study cannot forget to, and
+    nothing looks the study up again for the audit (a DELETE could not: the
+    study may be gone by then). A search records one only when it kept to one
+    study and found something in it.
+    """
+
+    auth: AuthContext
+    patient: str | None = None
+
+    def reached(self, study: StudyRow) -> None:
+        self.patient = study.patient_ref
+
+
+Work = Callable[[Access], Awaitable[Response]]
 
 
 @dataclass(frozen=True)
@@ -163,13 +187,15 @@ async def study_scope(
 
 
 async def visible_study(
-    svc: DicomwebServices, auth: AuthContext, study_uid: str, action: Interaction
+    svc: DicomwebServices, access: Access, study_uid: str, action: Interaction
 ) -> StudyRow:
-    """The study if it exists and the caller may reach it; 404 otherwise (no probing)."""
-    patients = patient_scope(svc, auth, action)
+    """The study if it exists and the caller may reach it, its Patient recorded on
+    ``access``; 404 otherwise (no probing)."""
+    patients = patient_scope(svc, access.auth, action)
     study = await svc.index.study(study_uid)
     if study is None or not await _reaches(svc, patients, study.patient_ref):
         raise NotFound(f"study {study_uid} is not known")
+    access.reached(study)
     return study
 
 
@@ -210,10 +236,11 @@ async def handle(
     study_uid: str | None = None,
 ) -> Response:
     """Authenticate, run, map errors to statuses, audit (PS3.18 §8.5)."""
-    auth: AuthContext | None = None
+    access: Access | None = None
     try:
-        auth = await svc.verifier.verify(bearer_token(request.headers.get("authorization")))
-        response = await work(auth)
+        token = bearer_token(request.headers.get("authorization"))
+        access = Access(await svc.verifier.verify(token))
+        response = await work(access)
     except FhirError as exc:
         response = error_body(exc.status, exc.diagnostics, exc.headers)
     except NotAcceptable as exc:
@@ -223,9 +250,9 @@ async def handle(
     except Exception:
         log.exception("unexpected error in %s %s", request.method, request.url.path)
         response = error_body(500, "internal error")
-    patient = None
-    if response.status_code < 400:
-        patient = getattr(request.state, "patient", None) or await _patient_of(svc, study_uid)
+    auth = access.auth if access is not None else None
+    # a failed request showed nothing of whose data it would have been
+    patient = access.patient if access is not None and response.status_code < 400 else None
     svc.audit.record(
         AuditRecord(
             interaction=interaction,
@@ -242,18 +269,3 @@ async def handle(
     )
     await svc.audit.room()
     return response
-
-
-async def _patient_of(svc: DicomwebServices, study_uid: str | None) -> str | None:
-    """The Patient whose study a request reached, for its audit record: who read a
-    patient's images is found by that patient (IHE BALP); None for a search, which
-    may reach many, or when the study is gone (a DELETE tells it beforehand, in
-    ``request.state.patient``)."""
-    if study_uid is None:
-        return None
-    try:
-        study = await svc.index.study(study_uid)
-    except Exception:  # the audit record goes on without it
-        log.exception("could not find the patient of study %s for the audit", study_uid)
-        return None
-    return study.patient_ref if study is not None else None

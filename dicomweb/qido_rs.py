@@ -7,7 +7,9 @@ and ``/instances``. Answers are ``application/dicom+json`` arrays (200 with
 server's maximum are reported in ``Warning: 299`` headers (PS3.18 §8.3.4.4,
 §10.6.3.2); a patient-context token only ever matches its patient's studies,
 inside the index query. The ``accept`` query parameter, when present, stands
-for the Accept header (PS3.18 §8.3.3.1).
+for the Accept header (PS3.18 §8.3.3.1). A search within one study that found
+something in it is audited under that study's Patient, from the rows it found;
+one across studies names none.
 """
 
 from __future__ import annotations
@@ -19,11 +21,17 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dicomweb.http_common import DICOM_JSON, DicomwebServices, check_json_accept, study_scope
+from dicomweb.http_common import (
+    DICOM_JSON,
+    Access,
+    DicomwebServices,
+    check_json_accept,
+    study_scope,
+)
 from dicomweb.qido import Level, parse_qido
 from dicomweb.qido_compile import Scope, compile_query, result_json, result_shape
 from dicomweb.warning_headers import warning_header
-from fhir_server.access.context import AuthContext, Interaction
+from fhir_server.access.context import Interaction
 
 TOO_MANY = (
     "The number of results exceeded the maximum supported by the server. "
@@ -38,15 +46,17 @@ def _scope_level(scope: Scope) -> Level | None:
 
 
 async def search(
-    svc: DicomwebServices, request: Request, auth: AuthContext, level: Level, scope: Scope
+    svc: DicomwebServices, request: Request, access: Access, level: Level, scope: Scope
 ) -> Response:
     """Search for studies, series or instances (PS3.18 §10.6.1)."""
     check_json_accept(request, "search results")
-    patients = await study_scope(svc, auth, Interaction.SEARCH)
+    patients = await study_scope(svc, access.auth, Interaction.SEARCH)
     params = list(request.query_params.multi_items())
     query = parse_qido(level, params, scope=_scope_level(scope), max_limit=svc.max_results)
     compiled = replace(compile_query(query, scope, None), patient_refs=patients)
     page = await svc.index.search(compiled)
+    if scope.study_uid is not None and page.matches:
+        access.reached(page.matches[0].study)  # (an empty answer showed nothing of it)
     shape = result_shape(query)
     body = orjson.dumps([result_json(query, m, svc.base_url, shape) for m in page.matches])
     response = Response(body, media_type=DICOM_JSON)

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from dicomweb.decode_limit import DecodeTooLarge
-from dicomweb.http_common import DicomwebServices
+from dicomweb.http_common import Access, DicomwebServices
 from dicomweb.render import (
     MEDIA,
     THUMBNAIL,
@@ -41,7 +41,6 @@ from dicomweb.transfer_syntax import NotAcceptable, acceptable_syntaxes, parse_a
 from dicomweb.wado import instance_rows, stored_or_transcoded
 from dicomweb.wado_pixels import frame_number
 from dicomweb.warning_headers import warning_header
-from fhir_server.access.context import AuthContext
 from fhir_server.errors import InvalidRequest, NotFound, PayloadTooLarge
 from fhir_server.storage.dicom_port import InstanceRow
 from fhir_server.url_integers import url_integer
@@ -175,7 +174,7 @@ async def _render(
 async def rendered(
     svc: DicomwebServices,
     request: Request,
-    auth: AuthContext,
+    access: Access,
     uids: Sequence[str | None],
     frame: int | None = None,
     *,
@@ -190,7 +189,7 @@ async def rendered(
     opts = render_options(request, media, thumbnail=thumbnail)
     study, series, sop = (*uids, None, None, None)[:3]
     assert study is not None
-    rows = await instance_rows(svc, auth, study, series, sop)
+    rows = await instance_rows(svc, access, study, series, sop)
     row = rows[len(rows) // 2]
     middle = max(int(row.extra.get("frames") or 1), 1) // 2 + 1
     chosen = frame if frame is not None else (middle if thumbnail else 1)
@@ -237,13 +236,13 @@ def uri_render_options(q: Mapping[str, str], media: str) -> RenderOptions:
     return RenderOptions(media, window, viewport, quality)
 
 
-async def wado_uri(svc: DicomwebServices, request: Request, auth: AuthContext) -> Response:
+async def wado_uri(svc: DicomwebServices, request: Request, access: Access) -> Response:
     """WADO-URI Retrieve Instance (PS3.18 §9.1): the file, or a rendered frame."""
     q = request.query_params
     study, series, sop = check_uri_request(q)
     media = choose_media(q.get("contentType"), URI_MEDIA, "WADO-URI responses")
     if media == DICOM:
-        (row,) = await instance_rows(svc, auth, study, series, sop)
+        (row,) = await instance_rows(svc, access, study, series, sop)
         wanted = q.get("transferSyntax")
         accept = f"{DICOM}; transfer-syntax={wanted}" if wanted else None
         syntaxes = acceptable_syntaxes(accept, row.transfer_syntax_uid)
@@ -255,5 +254,5 @@ async def wado_uri(svc: DicomwebServices, request: Request, auth: AuthContext) -
             return Response(body, media_type=DICOM)
         return StreamingResponse(svc.blobs.open(row.blob.key), media_type=DICOM)
     options, frame = uri_render_options(q, media), uri_frame(q.get("frameNumber"))
-    (row,) = await instance_rows(svc, auth, study, series, sop)
+    (row,) = await instance_rows(svc, access, study, series, sop)
     return Response(await _render(svc, row, frame, options), media_type=media)

@@ -27,6 +27,7 @@ from starlette.types import Scope as AsgiScope
 
 from dicomweb import qido_rs, rendered, stow, wado, wado_pixels
 from dicomweb.http_common import (
+    Access,
     DicomwebServices,
     Work,
     error_body,
@@ -37,7 +38,7 @@ from dicomweb.http_common import (
 from dicomweb.qido import Level
 from dicomweb.qido_compile import Scope
 from dicomweb.retrievals_in_flight import retrieval
-from fhir_server.access.context import AuthContext, Interaction
+from fhir_server.access.context import Interaction
 from fhir_server.errors import NotFound
 
 log = logging.getLogger(__name__)
@@ -135,8 +136,8 @@ def _stow_routes(router: _Paths, svc: DicomwebServices) -> None:
     async def store_instances(request: Request) -> Response:
         study = request.path_params.get("study")
 
-        async def work(auth: AuthContext) -> Response:
-            return await stow.store_instances(svc, request, auth, study)
+        async def work(access: Access) -> Response:
+            return await stow.store_instances(svc, request, access, study)
 
         return await handle(svc, request, "create", work, study)
 
@@ -150,8 +151,8 @@ def _qido_routes(router: _Paths, svc: DicomwebServices) -> None:
             p = request.path_params
             scope = Scope(p.get("study"), p.get("series"))
 
-            async def work(auth: AuthContext) -> Response:
-                return await qido_rs.search(svc, request, auth, level, scope)
+            async def work(access: Access) -> Response:
+                return await qido_rs.search(svc, request, access, level, scope)
 
             return await handle(svc, request, "search-type", work, scope.study_uid)
 
@@ -173,8 +174,8 @@ def _reading_files(svc: DicomwebServices, study: str, work: Work) -> Work:
     """``work``, which reads ``study``'s files, as a retrieval in flight: a DELETE
     leaves it the files for a while (``retrievals_in_flight``)."""
 
-    async def held(auth: AuthContext) -> Response:
-        return await retrieval(svc.retrievals, study, partial(work, auth))
+    async def held(access: Access) -> Response:
+        return await retrieval(svc.retrievals, study, partial(work, access))
 
     return held
 
@@ -183,32 +184,34 @@ def _wado_routes(router: _Paths, svc: DicomwebServices) -> None:
     async def retrieve(request: Request) -> Response:
         study, series, sop = _uids(request)
 
-        async def work(auth: AuthContext) -> Response:
-            return await wado.retrieve(svc, request, auth, study, series, sop)
+        async def work(access: Access) -> Response:
+            return await wado.retrieve(svc, request, access, study, series, sop)
 
         return await handle(svc, request, "read", _reading_files(svc, study, work), study)
 
     async def metadata(request: Request) -> Response:
         study, series, sop = _uids(request)
 
-        async def work(auth: AuthContext) -> Response:
-            return await wado.metadata(svc, request, auth, study, series, sop)
+        async def work(access: Access) -> Response:
+            return await wado.metadata(svc, request, access, study, series, sop)
 
         return await handle(svc, request, "read", work, study)
 
     async def frames(request: Request) -> Response:
         uids = _uids(request)
 
-        async def work(auth: AuthContext) -> Response:
-            return await wado_pixels.frames(svc, request, auth, uids, request.path_params["frames"])
+        async def work(access: Access) -> Response:
+            frame_list = request.path_params["frames"]
+            return await wado_pixels.frames(svc, request, access, uids, frame_list)
 
         return await handle(svc, request, "read", _reading_files(svc, uids[0], work), uids[0])
 
     async def bulkdata(request: Request) -> Response:
         uids = _uids(request)
 
-        async def work(auth: AuthContext) -> Response:
-            return await wado_pixels.bulkdata(svc, request, auth, uids, request.path_params["tags"])
+        async def work(access: Access) -> Response:
+            tag_path = request.path_params["tags"]
+            return await wado_pixels.bulkdata(svc, request, access, uids, tag_path)
 
         return await handle(svc, request, "read", _reading_files(svc, uids[0], work), uids[0])
 
@@ -225,10 +228,10 @@ def _pixel_routes(router: _Paths, svc: DicomwebServices) -> None:
             uids = _uids(request)
             frame = request.path_params.get("frame")
 
-            async def work(auth: AuthContext) -> Response:
+            async def work(access: Access) -> Response:
                 number = _frame_number(frame)
                 return await rendered.rendered(
-                    svc, request, auth, uids, number, thumbnail=thumbnail
+                    svc, request, access, uids, number, thumbnail=thumbnail
                 )
 
             return await handle(svc, request, "read", _reading_files(svc, uids[0], work), uids[0])
@@ -242,8 +245,8 @@ def _pixel_routes(router: _Paths, svc: DicomwebServices) -> None:
     async def wado_uri(request: Request) -> Response:
         study = request.query_params.get("studyUID")
 
-        async def work(auth: AuthContext) -> Response:
-            return await rendered.wado_uri(svc, request, auth)
+        async def work(access: Access) -> Response:
+            return await rendered.wado_uri(svc, request, access)
 
         # (no studyUID is a 400 before anything is read)
         return await handle(svc, request, "read", _reading_files(svc, study or "", work), study)
@@ -259,11 +262,10 @@ def _delete_routes(router: _Paths, svc: DicomwebServices) -> None:
     async def delete(request: Request) -> Response:
         uids = study, series, sop = _uids(request)
 
-        async def work(auth: AuthContext) -> Response:
-            require_system_delete(svc, auth)
-            found = await visible_study(svc, auth, study, Interaction.DELETE)
-            # whose images they were, for the audit: the study may be gone after
-            request.state.patient = found.patient_ref
+        async def work(access: Access) -> Response:
+            require_system_delete(svc, access.auth)
+            # (which also records whose images they were, for the audit, before they go)
+            await visible_study(svc, access, study, Interaction.DELETE)
             # no ingest into the study from reading the rows to removing their blobs
             async with svc.ingest.locks.removing(study):
                 doomed = [

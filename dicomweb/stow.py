@@ -29,12 +29,17 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from dicomweb.blobstore import Chunk
-from dicomweb.http_common import DICOM_JSON, DicomwebServices, check_json_accept, require_store
+from dicomweb.http_common import (
+    DICOM_JSON,
+    Access,
+    DicomwebServices,
+    check_json_accept,
+    require_store,
+)
 from dicomweb.ingest import Failed, Incoming, IngestReport, Stored
 from dicomweb.ingest_parse import CANNOT_UNDERSTAND, InstanceRejected
 from dicomweb.multipart import MultipartError, boundary_of, iter_parts, parse_content_type
 from dicomweb.warning_headers import bounded, warning_header
-from fhir_server.access.context import AuthContext
 from fhir_server.errors import InvalidRequest, UnsupportedMediaType
 from fhir_server.storage.dicom_port import Json
 
@@ -170,10 +175,10 @@ def response_status(report: IngestReport) -> int:
 
 
 async def store_instances(
-    svc: DicomwebServices, request: Request, auth: AuthContext, study_uid: str | None
+    svc: DicomwebServices, request: Request, access: Access, study_uid: str | None
 ) -> Response:
     """Store Instances transaction (PS3.18 §10.5)."""
-    require_store(svc, auth)
+    require_store(svc, access.auth)
     boundary = _boundary(request)
     check_json_accept(request, "STOW-RS responses")  # before any part is read
     broke = _BodyBreak()

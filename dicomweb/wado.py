@@ -43,6 +43,7 @@ from dicomweb.blob_gather import Piece
 from dicomweb.decode_limit import DecodeTooLarge
 from dicomweb.http_common import (
     DICOM_JSON,
+    Access,
     DicomwebServices,
     check_json_accept,
     gzip_preferred,
@@ -64,7 +65,7 @@ from dicomweb.transfer_syntax import (
     prefers_single_part,
 )
 from dicomweb.warning_headers import warning_header
-from fhir_server.access.context import AuthContext, Interaction
+from fhir_server.access.context import Interaction
 from fhir_server.errors import NotAcceptable as FhirNotAcceptable
 from fhir_server.errors import NotFound
 from fhir_server.storage.dicom_port import InstanceFile, InstanceRow
@@ -76,19 +77,19 @@ T = TypeVar("T")
 
 
 async def instance_rows(
-    svc: DicomwebServices, auth: AuthContext, study: str, series: str | None, sop: str | None
+    svc: DicomwebServices, access: Access, study: str, series: str | None, sop: str | None
 ) -> list[InstanceRow]:
     """The instances in scope, after the access check; 404 when none."""
-    await visible_study(svc, auth, study, Interaction.READ)
+    await visible_study(svc, access, study, Interaction.READ)
     return _found(await svc.index.instances(study, series, sop))
 
 
 async def instance_files(
-    svc: DicomwebServices, auth: AuthContext, study: str, series: str | None, sop: str | None
+    svc: DicomwebServices, access: Access, study: str, series: str | None, sop: str | None
 ) -> list[InstanceFile]:
     """As ``instance_rows``, only the files (no attributes to decode: a whole study's
     took a millisecond and a half before its first byte could go out)."""
-    await visible_study(svc, auth, study, Interaction.READ)
+    await visible_study(svc, access, study, Interaction.READ)
     return _found(await svc.index.instance_files(study, series, sop))
 
 
@@ -112,13 +113,13 @@ def instance_url(svc: DicomwebServices, row: InstanceFile) -> str:
 async def retrieve(
     svc: DicomwebServices,
     request: Request,
-    auth: AuthContext,
+    access: Access,
     study: str,
     series: str | None = None,
     sop: str | None = None,
 ) -> Response:
     """Retrieve a study, series or instance as multipart/related (PS3.18 §10.4.1.1)."""
-    rows = await instance_files(svc, auth, study, series, sop)
+    rows = await instance_files(svc, access, study, series, sop)
     accept = request.headers.get("accept")
     # once per stored transfer syntax, not per instance: parsing Accept is not free
     served = {
@@ -262,7 +263,7 @@ def _etag(body: bytes, suffix: str = "") -> str:
 async def metadata(
     svc: DicomwebServices,
     request: Request,
-    auth: AuthContext,
+    access: Access,
     study: str,
     series: str | None = None,
     sop: str | None = None,
@@ -271,7 +272,7 @@ async def metadata(
 
     The gzip representation has its own ETag (RFC 9110 §8.8.3)."""
     check_json_accept(request, "metadata")
-    await visible_study(svc, auth, study, Interaction.READ)
+    await visible_study(svc, access, study, Interaction.READ)
     docs = await svc.index.metadata(study, series, sop)
     if not docs:
         raise NotFound("no such series or instance")

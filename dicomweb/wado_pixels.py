@@ -34,7 +34,7 @@ from starlette.responses import Response, StreamingResponse
 
 from dicomweb.decode_limit import DecodeTooLarge
 from dicomweb.dicom_json import format_tag_path, is_deferred, parse_tag_path
-from dicomweb.http_common import DicomwebServices
+from dicomweb.http_common import Access, DicomwebServices
 from dicomweb.multipart import OutPart, new_boundary, related_content_type, write_parts
 from dicomweb.pixel_codec import (
     NUMBER_WIDTHS,
@@ -59,7 +59,6 @@ from dicomweb.transfer_syntax import (
     pixel_forms,
 )
 from dicomweb.wado import instance_rows, instance_url, too_large_to_decode
-from fhir_server.access.context import AuthContext
 from fhir_server.errors import InvalidRequest, NotFound
 from fhir_server.storage.dicom_port import InstanceRow
 from fhir_server.url_integers import url_integer
@@ -174,13 +173,13 @@ def _native_spans(row: InstanceRow, numbers: list[int]) -> list[tuple[int, int]]
 
 
 async def frames(
-    svc: DicomwebServices, request: Request, auth: AuthContext, uids: Uids, frame_list: str
+    svc: DicomwebServices, request: Request, access: Access, uids: Uids, frame_list: str
 ) -> Response:
     """Retrieve frames as multipart/related (PS3.18 §10.4.1.1.3): uncompressed, or
     compressed as stored when asked for or when they cannot be decoded
     (PS3.18 §8.7.3.3). Every frame is made before the response starts."""
     numbers = _frame_numbers(frame_list)
-    (row,) = await instance_rows(svc, auth, uids[0], uids[1], uids[2])
+    (row,) = await instance_rows(svc, access, uids[0], uids[1], uids[2])
     for n in numbers:
         if n > int(row.extra.get("frames") or 0):
             raise NotFound(f"instance {row.uid} has no frame {n}")
@@ -256,7 +255,7 @@ async def _pixel_parts(svc: DicomwebServices, row: InstanceRow, form: PixelForm)
 
 
 async def bulkdata(
-    svc: DicomwebServices, request: Request, auth: AuthContext, uids: Uids, tag_path: str
+    svc: DicomwebServices, request: Request, access: Access, uids: Uids, tag_path: str
 ) -> Response:
     """Retrieve one bulk data value named by a metadata BulkDataURI (PS3.18 §10.4.1.1.5):
     little endian octets, or compressed pixel data under its own media type."""
@@ -264,7 +263,7 @@ async def bulkdata(
         path = parse_tag_path(tag_path)
     except ValueError as exc:
         raise NotFound(str(exc)) from exc
-    (row,) = await instance_rows(svc, auth, uids[0], uids[1], uids[2])
+    (row,) = await instance_rows(svc, access, uids[0], uids[1], uids[2])
     accept = request.headers.get("accept")
     boundary = new_boundary()
     if path == (PIXEL_DATA,):

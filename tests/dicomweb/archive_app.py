@@ -99,6 +99,21 @@ async def study_patient(client: httpx.AsyncClient, patient_id: str = "PAT-1") ->
     return f"Patient/{resource_id}"
 
 
+async def patients_study(
+    client: httpx.AsyncClient, app: FastAPI, study: str, patient_id: str = "PAT-1"
+) -> str:
+    """A known Patient's study of one instance (``study``.1.1), its ImagingStudy
+    written; the Patient's reference."""
+    patient = await study_patient(client, patient_id)
+    body = multipart(make_instance(study, f"{study}.1", f"{study}.1.1", patient_id=patient_id))
+    stored = await client.post(
+        "/dicomweb/studies", content=body, headers={"Content-Type": STOW_TYPE}
+    )
+    assert stored.status_code == 200
+    await settled(app)
+    return patient
+
+
 def order(accession: str, patient: str = STUDY_PATIENT) -> dict[str, Any]:
     """A ServiceRequest carrying ``accession`` as its accession number."""
     return {

@@ -11,7 +11,7 @@ from PIL import Image
 from pydicom import dcmread
 
 from dicomweb.retrievals_in_flight import HeldBody
-from tests.dicomweb.archive_app import eventually, settled, study_patient
+from tests.dicomweb.archive_app import eventually, patients_study
 from tests.dicomweb.conftest import bundled
 from tests.dicomweb.dicom_data import STOW_TYPE, make_instance, multipart, split_multipart
 
@@ -276,19 +276,6 @@ async def test_a_file_gone_before_the_response_starts_is_a_404(
     response = await loaded.get(url)
     assert response.status_code == 404, response.text
     assert app.state.dicomweb.retrievals.busy() == 0
-
-
-async def patients_study(client: httpx.AsyncClient, app: FastAPI, study: str) -> str:
-    """A known Patient's study of one instance (``study``.1.1), its ImagingStudy
-    written; the Patient's reference."""
-    patient = await study_patient(client)
-    body = multipart(make_instance(study, f"{study}.1", f"{study}.1.1"))
-    stored = await client.post(
-        "/dicomweb/studies", content=body, headers={"Content-Type": STOW_TYPE}
-    )
-    assert stored.status_code == 200
-    await settled(app)
-    return patient
 
 
 async def test_a_retrieval_is_audited_under_the_studys_patient(

@@ -1,0 +1,133 @@
+"""The AuditEvent of a DICOMweb request names the Patient whose study it reached
+(IHE BALP), though the caller's token names no patient: every road into one
+study, and none for a search across studies or a request that failed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from tests.conftest import BASE, MintToken
+from tests.dicomweb.archive_app import eventually, patients_study
+
+STUDY = "/dicomweb/studies/4.4"
+SERIES = f"{STUDY}/series/4.4.1"
+INSTANCE = f"{SERIES}/instances/4.4.1.1"
+WADO_URI = "/dicomweb/wado?requestType=WADO&studyUID=4.4&seriesUID=4.4.1&objectUID=4.4.1.1"
+
+
+async def _events(client: httpx.AsyncClient, told: str) -> list[dict[str, Any]]:
+    found = await client.get("/fhir/AuditEvent", params={"_count": "1000"})
+    events = [entry["resource"] for entry in found.json().get("entry", [])]
+    return [event for event in events if event.get("outcomeDesc") == told]
+
+
+async def audited(
+    client: httpx.AsyncClient, method: str, url: str
+) -> tuple[httpx.Response, dict[str, Any]]:
+    """Send a request; its response and, once written, its AuditEvent (told from
+    another to the same path, whose ``outcomeDesc`` is the same, by being new)."""
+    told = f"DICOMweb {method} {httpx.URL(url).path}"
+    before = {event["id"] for event in await _events(client, told)}
+    response = await client.request(method, url)
+
+    async def probe() -> dict[str, Any] | None:
+        new = [event for event in await _events(client, told) if event["id"] not in before]
+        assert len(new) <= 1, new
+        return new[0] if new else None
+
+    return response, await eventually(probe, f"the AuditEvent of {method} {url}")
+
+
+def named_patients(event: dict[str, Any]) -> list[str]:
+    """The references of the event's entities in the Patient role."""
+    return [
+        e["what"]["reference"]
+        for e in event.get("entity", [])
+        if e.get("role", {}).get("code") == "1" and "reference" in e.get("what", {})
+    ]
+
+
+ONE_STUDY = [
+    STUDY,
+    SERIES,
+    INSTANCE,
+    f"{STUDY}/metadata",
+    f"{SERIES}/metadata",
+    f"{INSTANCE}/metadata",
+    f"{INSTANCE}/frames/1",
+    f"{INSTANCE}/bulkdata/7FE00010",
+    *(f"{base}/{kind}" for kind in ("rendered", "thumbnail") for base in (STUDY, SERIES, INSTANCE)),
+    f"{INSTANCE}/frames/1/rendered",
+    f"{INSTANCE}/frames/1/thumbnail",
+    WADO_URI + "&contentType=application/dicom",
+    WADO_URI + "&contentType=image/png",
+    f"{STUDY}/series",  # QIDO-RS within the study
+    f"{STUDY}/instances",
+    f"{SERIES}/instances",
+]
+
+
+async def test_every_road_into_one_study_names_its_patient(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """Retrievals, metadata, pixels, WADO-URI and QIDO-RS within the study, by GET and
+    HEAD; DELETE's are in ``test_wado``."""
+    patient = await patients_study(client, app, "4.4")
+    named: dict[tuple[str, str], list[str]] = {}
+    for url in ONE_STUDY:
+        for method in ("GET", "HEAD"):
+            response, event = await audited(client, method, url)
+            assert response.status_code == 200, (method, url, response.text)
+            named[method, url] = named_patients(event)
+    assert named == {request: [patient] for request in named}
+
+
+NONE = [
+    ("/dicomweb/studies?PatientID=PAT-1", 200),  # across studies, though it finds this one
+    ("/dicomweb/series?StudyInstanceUID=4.4", 200),
+    ("/dicomweb/instances?StudyInstanceUID=4.4", 200),
+    (f"{STUDY}/series?Modality=MR", 200),  # within the study, finding nothing of it
+    (f"{SERIES}/instances?SOPInstanceUID=9.9", 200),
+    (f"{STUDY}/series/9.9", 404),  # into the study, then failed
+    (f"{STUDY}/series/9.9/metadata", 404),
+    (f"{INSTANCE}/frames/2", 404),
+    (f"{INSTANCE}/frames/2/rendered", 400),
+    (WADO_URI.replace("4.4.1.1", "9.9") + "&contentType=image/png", 404),
+    ("/dicomweb/studies/9.9", 404),  # no such study
+]
+
+
+async def test_a_search_across_studies_or_a_failed_request_names_no_patient(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """Nothing of the one study was shown; the requests' token names no patient either."""
+    await patients_study(client, app, "4.4")
+    named: dict[str, list[str]] = {}
+    for url, status in NONE:
+        response, event = await audited(client, "GET", url)
+        assert response.status_code == status, (url, response.text)
+        named[url] = named_patients(event)
+    assert named == {url: [] for url in named}
+
+
+async def test_a_search_in_a_study_the_caller_cannot_see_names_not_its_patient(
+    client: httpx.AsyncClient, app: FastAPI, mint: MintToken
+) -> None:
+    """Another patient's token finds nothing in the study: the AuditEvent names that
+    token's patient, as every request of theirs, and not the study's."""
+    await patients_study(client, app, "4.4")
+    headers = {"Authorization": f"Bearer {mint('patient/*.rs', patient='someone-else')}"}
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=BASE, headers=headers) as other:
+        response = await other.get(f"{STUDY}/series")
+    assert response.status_code == 200
+    assert response.json() == []
+
+    async def probe() -> list[dict[str, Any]] | None:
+        return await _events(client, f"DICOMweb GET {STUDY}/series") or None
+
+    (event,) = await eventually(probe, "the search's AuditEvent")
+    assert named_patients(event) == ["Patient/someone-else"]
