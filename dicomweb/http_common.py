@@ -59,7 +59,8 @@ class Access:
     study's Patient as it passes, so a road into a study cannot forget to, and
     nothing looks the study up again for the audit (a DELETE could not: the
     study may be gone by then). A search records one only when it kept to one
-    study and found something in it.
+    study and found something in it; STOW-RS, the one its instances were stored
+    for when the archive knew it already (``stow.patient_stored_for``).
     """
 
     auth: AuthContext

@@ -17,10 +17,14 @@ request where it broke: the parts received whole before it are stored or
 refused as usual, and the break is one more failed item (0xC000), so the
 response names every instance that was stored. Only when nothing was stored
 is the answer 400. A client that disconnects mid-body is such a break.
+
+The request's AuditEvent names the FHIR Patient the instances were stored
+for when the index knows it already (``patient_stored_for``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
@@ -41,7 +45,9 @@ from dicomweb.ingest_parse import CANNOT_UNDERSTAND, InstanceRejected
 from dicomweb.multipart import MultipartError, boundary_of, iter_parts, parse_content_type
 from dicomweb.warning_headers import bounded, warning_header
 from fhir_server.errors import InvalidRequest, UnsupportedMediaType
-from fhir_server.storage.dicom_port import Json
+from fhir_server.storage.dicom_port import DicomIndex, Json
+
+log = logging.getLogger(__name__)
 
 RETRIEVE_URL = "00081190"
 FAILED_SOP_SEQUENCE = "00081198"
@@ -191,11 +197,42 @@ async def store_instances(
             report.failed.append(Failed(CANNOT_UNDERSTAND, message))
     if not report.stored and not report.failed:
         raise InvalidRequest("the request holds no instance")
+    access.patient = await patient_stored_for(svc.index, report)
     body = orjson.dumps(response_dataset(svc.base_url, report, study_uid))
     response = Response(body, status_code=response_status(report), media_type=DICOM_JSON)
     for text in failure_warnings(report):
         response.headers.append("Warning", warning_header(text))
     return response
+
+
+async def patient_stored_for(index: DicomIndex, report: IngestReport) -> str | None:
+    """The one FHIR Patient every stored instance was stored for, for the audit record
+    (IHE BALP), when the index knows it of each study they went into; else None.
+
+    A study stored before knows its Patient (``StudyRow.patient_ref``). A study
+    new to the archive has none yet: the ImagingStudy sync finds or creates its
+    Patient later, in the background, and nothing is guessed here. Finding it by
+    the DICOM Patient ID now would repeat the sync's own resolution on every
+    STOW (a FHIR search per new study, which could still find nothing: the sync
+    may be the one to create it); the study's ImagingStudy names it once
+    written. A request of several studies names their Patient only if it is
+    one and known for all. One index read per distinct study (the ingest
+    report does not carry the Patient), after the instances are stored, so a
+    failed read costs the audit its Patient, never the client its answer.
+    """
+    patients: set[str] = set()
+    for uid in sorted({s.study_uid for s in report.stored}):
+        try:
+            study = await index.study(uid)
+        except Exception:
+            log.exception("could not find the patient of study %s for the audit", uid)
+            return None
+        if study is None or study.patient_ref is None:
+            return None  # (a study gone already, or new: see above)
+        patients.add(study.patient_ref)
+        if len(patients) > 1:
+            return None
+    return next(iter(patients), None)
 
 
 def failure_warnings(report: IngestReport) -> tuple[str, ...]:

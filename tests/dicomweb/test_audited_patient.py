@@ -1,16 +1,19 @@
 """The AuditEvent of a DICOMweb request names the Patient whose study it reached
 (IHE BALP), though the caller's token names no patient: every road into one
-study, and none for a search across studies or a request that failed."""
+study, and none for a search across studies or a request that failed; a STOW-RS
+names the Patient of the studies it stored into when the archive knew it."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
 from tests.conftest import BASE, MintToken
 from tests.dicomweb.archive_app import eventually, patients_study
+from tests.dicomweb.dicom_data import STOW_TYPE, make_instance, multipart
 
 STUDY = "/dicomweb/studies/4.4"
 SERIES = f"{STUDY}/series/4.4.1"
@@ -24,14 +27,22 @@ async def _events(client: httpx.AsyncClient, told: str) -> list[dict[str, Any]]:
     return [event for event in events if event.get("outcomeDesc") == told]
 
 
+async def _written(app: FastAPI) -> None:
+    async def probe() -> bool | None:
+        return True if not app.state.audit.unwritten() else None
+
+    await eventually(probe, "the audit trail to write what it was given")
+
+
 async def audited(
-    client: httpx.AsyncClient, method: str, url: str
+    client: httpx.AsyncClient, app: FastAPI, method: str, url: str, **send: Any
 ) -> tuple[httpx.Response, dict[str, Any]]:
     """Send a request; its response and, once written, its AuditEvent (told from
     another to the same path, whose ``outcomeDesc`` is the same, by being new)."""
     told = f"DICOMweb {method} {httpx.URL(url).path}"
+    await _written(app)  # (an earlier request's event is not taken for this one's)
     before = {event["id"] for event in await _events(client, told)}
-    response = await client.request(method, url)
+    response = await client.request(method, url, **send)
 
     async def probe() -> dict[str, Any] | None:
         new = [event for event in await _events(client, told) if event["id"] not in before]
@@ -79,7 +90,7 @@ async def test_every_road_into_one_study_names_its_patient(
     named: dict[tuple[str, str], list[str]] = {}
     for url in ONE_STUDY:
         for method in ("GET", "HEAD"):
-            response, event = await audited(client, method, url)
+            response, event = await audited(client, app, method, url)
             assert response.status_code == 200, (method, url, response.text)
             named[method, url] = named_patients(event)
     assert named == {request: [patient] for request in named}
@@ -107,7 +118,7 @@ async def test_a_search_across_studies_or_a_failed_request_names_no_patient(
     await patients_study(client, app, "4.4")
     named: dict[str, list[str]] = {}
     for url, status in NONE:
-        response, event = await audited(client, "GET", url)
+        response, event = await audited(client, app, "GET", url)
         assert response.status_code == status, (url, response.text)
         named[url] = named_patients(event)
     assert named == {url: [] for url in named}
@@ -131,3 +142,77 @@ async def test_a_search_in_a_study_the_caller_cannot_see_names_not_its_patient(
 
     (event,) = await eventually(probe, "the search's AuditEvent")
     assert named_patients(event) == ["Patient/someone-else"]
+
+
+PAT_1 = "Patient/pat-1"  # (study_patient's for PAT-1)
+Studies = list[tuple[str, str]]  # (Study Instance UID, Patient ID)
+
+STOWS: list[tuple[Studies, Studies, int, str | None]] = [
+    # the studies stored and synced before, the instances of the STOW, its status, named
+    ([("4.4", "PAT-1")], [("4.4", "PAT-1")], 200, PAT_1),
+    (
+        [("4.4", "PAT-1"), ("4.6", "PAT-1")],
+        [("4.4", "PAT-1"), ("4.6", "PAT-1")],
+        200,
+        "Patient/pat-1",
+    ),
+    ([("4.4", "PAT-1")], [("4.4", "PAT-1"), ("4.4", "PAT-2")], 202, PAT_1),
+    ([], [("4.7", "PAT-1")], 200, None),  # a new study: its Patient is not known yet
+    ([("4.4", "PAT-1")], [("4.4", "PAT-1"), ("4.7", "PAT-1")], 200, None),  # one of them new
+    ([("4.4", "PAT-1"), ("4.6", "PAT-2")], [("4.4", "PAT-1"), ("4.6", "PAT-2")], 200, None),
+    ([("4.4", "PAT-1")], [("4.4", "PAT-2")], 409, None),  # refused: another patient's
+]
+
+
+@pytest.mark.parametrize(("known", "stored", "status", "named"), STOWS)
+async def test_a_stow_names_the_known_patient_it_stored_for(
+    client: httpx.AsyncClient,
+    app: FastAPI,
+    known: Studies,
+    stored: Studies,
+    status: int,
+    named: str | None,
+) -> None:
+    for study, patient_id in known:
+        await patients_study(client, app, study, patient_id)
+    parts = [
+        make_instance(study, f"{study}.1", f"{study}.1.{n}", patient_id=patient_id)
+        for n, (study, patient_id) in enumerate(stored, start=2)
+    ]
+    response, event = await audited(
+        client,
+        app,
+        "POST",
+        "/dicomweb/studies",
+        content=multipart(*parts),
+        headers={"Content-Type": STOW_TYPE},
+    )
+    assert response.status_code == status, response.text
+    assert named_patients(event) == ([named] if named else [])
+
+
+async def test_a_stow_whose_patient_cannot_be_read_is_stored_all_the_same(
+    client: httpx.AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The instances are stored when the audit looks for their Patient: a failure to
+    find it costs the AuditEvent its Patient, not the client a 500 (and a resend)."""
+    await patients_study(client, app, "4.4")
+    index = app.state.dicomweb.index
+    read = index.study
+    failures = [OSError("the index is unreadable for a moment")]
+
+    async def failing_once(uid: str) -> object:
+        if failures:
+            raise failures.pop()
+        return await read(uid)
+
+    monkeypatch.setattr(index, "study", failing_once)
+    body = multipart(make_instance("4.4", "4.4.1", "4.4.1.2"))
+    response, event = await audited(
+        client, app, "POST", "/dicomweb/studies", content=body, headers={"Content-Type": STOW_TYPE}
+    )
+    assert response.status_code == 200, response.text
+    assert not failures  # (the audit's read was the one that failed)
+    assert named_patients(event) == []
+    retrieved = await client.get("/dicomweb/studies/4.4/series/4.4.1/instances/4.4.1.2/metadata")
+    assert retrieved.status_code == 200
