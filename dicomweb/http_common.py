@@ -65,6 +65,9 @@ class Access:
 
     auth: AuthContext
     patient: str | None = None
+    # the study it reached when its path names none (a STOW-RS to ``/studies`` of
+    # one study's instances), for the record's ImagingStudy entity
+    study: str | None = None
 
     def reached(self, study: StudyRow) -> None:
         self.patient = study.patient_ref
@@ -261,7 +264,7 @@ async def handle(
             moment=svc.clock(),
             auth=auth,
             resource_type=IMAGING_STUDY,
-            resource_id=study_uid,
+            resource_id=study_uid or (access.study if access is not None else None),
             query=f"{request.method} {request.url.path}?{request.url.query}",
             address=request.client.host if request.client else None,
             description=f"DICOMweb {request.method} {request.url.path}",

@@ -19,7 +19,8 @@ response names every instance that was stored. Only when nothing was stored
 is the answer 400. A client that disconnects mid-body is such a break.
 
 The request's AuditEvent names the FHIR Patient the instances were stored
-for when the index knows it already (``patient_stored_for``).
+for when the index knows it already (``patient_stored_for``), and the study
+they went into when they went into one.
 """
 
 from __future__ import annotations
@@ -198,6 +199,8 @@ async def store_instances(
     if not report.stored and not report.failed:
         raise InvalidRequest("the request holds no instance")
     access.patient = await patient_stored_for(svc.index, report)
+    if study_uid is None:
+        access.study = the_one_study(report)
     body = orjson.dumps(response_dataset(svc.base_url, report, study_uid))
     response = Response(body, status_code=response_status(report), media_type=DICOM_JSON)
     for text in failure_warnings(report):
@@ -233,6 +236,12 @@ async def patient_stored_for(index: DicomIndex, report: IngestReport) -> str | N
         if len(patients) > 1:
             return None
     return next(iter(patients), None)
+
+
+def the_one_study(report: IngestReport) -> str | None:
+    """The study every stored instance went into, if they went into one."""
+    studies = {s.study_uid for s in report.stored}
+    return studies.pop() if len(studies) == 1 else None
 
 
 def failure_warnings(report: IngestReport) -> tuple[str, ...]:

@@ -216,3 +216,44 @@ async def test_a_stow_whose_patient_cannot_be_read_is_stored_all_the_same(
     assert named_patients(event) == []
     retrieved = await client.get("/dicomweb/studies/4.4/series/4.4.1/instances/4.4.1.2/metadata")
     assert retrieved.status_code == 200
+
+
+def named_studies(event: dict[str, Any]) -> list[str]:
+    """The references of the event's ImagingStudy entities."""
+    refs = [e.get("what", {}).get("reference", "") for e in event.get("entity", [])]
+    return [ref for ref in refs if ref.startswith("ImagingStudy/")]
+
+
+STOW_STUDIES: list[tuple[str, Studies, int, list[str]]] = [
+    # where it was sent, its instances, its status, the ImagingStudy its event names
+    ("/dicomweb/studies", [("4.7", "PAT-1")], 200, ["ImagingStudy/4.7"]),
+    ("/dicomweb/studies", [("4.7", "PAT-1"), ("4.7", "PAT-1")], 200, ["ImagingStudy/4.7"]),
+    ("/dicomweb/studies", [("4.7", "PAT-1"), ("4.8", "PAT-1")], 200, []),  # two studies
+    ("/dicomweb/studies", [("4.4", "PAT-1"), ("4.4", "PAT-2")], 202, ["ImagingStudy/4.4"]),
+    ("/dicomweb/studies", [("4.4", "PAT-2")], 409, []),  # none stored
+    ("/dicomweb/studies/4.7", [("4.7", "PAT-1")], 200, ["ImagingStudy/4.7"]),  # its path's
+    ("/dicomweb/studies/4.9", [("4.7", "PAT-1")], 409, ["ImagingStudy/4.9"]),
+]
+
+
+@pytest.mark.parametrize(("url", "stored", "status", "named"), STOW_STUDIES)
+async def test_a_stow_names_the_study_it_stored_into(
+    client: httpx.AsyncClient,
+    app: FastAPI,
+    url: str,
+    stored: Studies,
+    status: int,
+    named: list[str],
+) -> None:
+    """A STOW-RS whose path names no study is recorded as an access to the one study
+    its instances went into (``AuditEvent?entity=`` finds it), when there was one."""
+    await patients_study(client, app, "4.4")
+    parts = [
+        make_instance(study, f"{study}.1", f"{study}.1.{n}", patient_id=patient_id)
+        for n, (study, patient_id) in enumerate(stored, start=2)
+    ]
+    response, event = await audited(
+        client, app, "POST", url, content=multipart(*parts), headers={"Content-Type": STOW_TYPE}
+    )
+    assert response.status_code == status, response.text
+    assert named_studies(event) == named
