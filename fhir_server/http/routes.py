@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -46,7 +47,24 @@ log = logging.getLogger(__name__)
 # search parameters one POST _search form may hold (as many as Starlette's reader took)
 MAX_FORM_FIELDS = 1000
 
-Work = Callable[[AuthContext], Awaitable[Response]]
+
+@dataclass(slots=True)
+class Access:
+    """One request's caller and whose record it reached, for its audit record: the
+    Patient is named also when the token names none (IHE BALP), so that
+    ``AuditEvent?patient=`` finds every access to a patient's record. ``handle``
+    makes one per request and hands it to the route's work, which fills it in.
+    """
+
+    auth: AuthContext
+    # the version read, written or deleted: its Patient is found once answered,
+    # and only if the token names none (``FhirHttp.patient_of``)
+    shown: StoredVersion | None = None
+    # the Patient a search, a history or ``$everything`` asked for
+    patient: str | None = None
+
+
+Work = Callable[[Access], Awaitable[Response]]
 
 
 def created_id(location: str | None, resource_type: str | None) -> str | None:
@@ -86,12 +104,13 @@ class FhirHttp:
         id: str | None = None,
     ) -> Response:
         """Negotiate, authenticate, run, map errors, audit."""
-        auth: AuthContext | None = None
+        access: Access | None = None
         pretty = request.query_params.get("_pretty") == "true"
         try:
             check_accept(request)
-            auth = await self.verifier.verify(bearer_token(request.headers.get("authorization")))
-            response = await work(auth)
+            token = bearer_token(request.headers.get("authorization"))
+            access = Access(await self.verifier.verify(token))
+            response = await work(access)
         except FhirError as exc:
             response = error_response(exc, pretty=pretty)
         except Exception:
@@ -102,9 +121,10 @@ class FhirHttp:
         status = response.status_code
         if id is None and status == 201:  # the AuditEvent names what was created
             id = created_id(response.headers.get("location"), resource_type)
-        patient = self.patient_of(auth, getattr(request.state, "shown", None)) or (
-            None if auth is not None and auth.patient else getattr(request.state, "patient", None)
-        )
+        auth = access.auth if access is not None else None
+        patient = None
+        if access is not None and not access.auth.patient:  # (else the token's is named)
+            patient = self.patient_of(access.auth, access.shown) or access.patient
         await self.audited(interaction, status, auth, resource_type, id, query, client, patient)
         return response
 
@@ -185,9 +205,9 @@ class FhirHttp:
         except ValueError as exc:
             raise InvalidRequest(f"the search form cannot be read: {exc}") from None
 
-    def shown(self, request: Request, version: StoredVersion) -> Response:
+    def shown(self, request: Request, access: Access, version: StoredVersion) -> Response:
         """A read result, or 304 when the client's copy is current."""
-        request.state.shown = version  # whose record it is goes into the audit record
+        access.shown = version
         headers = version_headers(version)
         if _not_modified(request, version):
             return Response(status_code=304, headers=headers)
@@ -231,89 +251,89 @@ class FhirHttp:
         return fhir_json(self.capability(), pretty=request.query_params.get("_pretty") == "true")
 
     async def read(self, request: Request, resource_type: str, id: str) -> Response:
-        async def work(auth: AuthContext) -> Response:
-            outcome = await crud.read(self.svc, auth, resource_type, id)
+        async def work(access: Access) -> Response:
+            outcome = await crud.read(self.svc, access.auth, resource_type, id)
             assert outcome.version is not None
-            return self.shown(request, outcome.version)
+            return self.shown(request, access, outcome.version)
 
         return await self.handle(request, "read", work, resource_type, id)
 
     async def vread(
         self, request: Request, resource_type: str, id: str, version_id: str
     ) -> Response:
-        async def work(auth: AuthContext) -> Response:
-            outcome = await crud.vread(self.svc, auth, resource_type, id, version_id)
+        async def work(access: Access) -> Response:
+            outcome = await crud.vread(self.svc, access.auth, resource_type, id, version_id)
             assert outcome.version is not None
-            return self.shown(request, outcome.version)
+            return self.shown(request, access, outcome.version)
 
         return await self.handle(request, "vread", work, resource_type, id)
 
     async def create(self, request: Request, resource_type: str) -> Response:
-        async def work(auth: AuthContext) -> Response:
+        async def work(access: Access) -> Response:
             resource = await self.body(request)
             _check_body_type(resource, resource_type)
             outcome = await crud.create(
-                self.svc, auth, resource, if_none_exist=request.headers.get("if-none-exist")
+                self.svc, access.auth, resource, if_none_exist=request.headers.get("if-none-exist")
             )
-            return self._written(request, outcome)
+            return self._written(request, access, outcome)
 
         return await self.handle(request, "create", work, resource_type)
 
     async def update(self, request: Request, resource_type: str, id: str) -> Response:
-        async def work(auth: AuthContext) -> Response:
+        async def work(access: Access) -> Response:
             resource = await self.body(request)
             outcome = await crud.update(
                 self.svc,
-                auth,
+                access.auth,
                 resource_type,
                 id,
                 resource,
                 if_match=request.headers.get("if-match"),
             )
-            return self._written(request, outcome)
+            return self._written(request, access, outcome)
 
         return await self.handle(request, "update", work, resource_type, id)
 
     async def conditional_update(self, request: Request, resource_type: str) -> Response:
-        async def work(auth: AuthContext) -> Response:
+        async def work(access: Access) -> Response:
             resource = await self.body(request)
             outcome = await crud.conditional_update(
-                self.svc, auth, resource_type, _criteria(request), resource
+                self.svc, access.auth, resource_type, _criteria(request), resource
             )
-            return self._written(request, outcome)
+            return self._written(request, access, outcome)
 
         return await self.handle(request, "update", work, resource_type)
 
     async def patch(self, request: Request, resource_type: str, id: str) -> Response:
-        async def work(auth: AuthContext) -> Response:
+        async def work(access: Access) -> Response:
             operations = await self.body(request, patch=True)
             outcome = await crud.patch(
                 self.svc,
-                auth,
+                access.auth,
                 resource_type,
                 id,
                 operations,
                 if_match=request.headers.get("if-match"),
             )
-            return self._written(request, outcome)
+            return self._written(request, access, outcome)
 
         return await self.handle(request, "patch", work, resource_type, id)
 
     async def delete(self, request: Request, resource_type: str, id: str) -> Response:
-        async def work(auth: AuthContext) -> Response:
-            outcome = await crud.delete(self.svc, auth, resource_type, id)
-            request.state.shown = outcome.deleted  # whose record it was
+        async def work(access: Access) -> Response:
+            outcome = await crud.delete(self.svc, access.auth, resource_type, id)
+            access.shown = outcome.deleted  # whose record it was
             headers = {"ETag": f'W/"{outcome.version.version}"'} if outcome.version else {}
             return Response(status_code=204, headers=headers)
 
         return await self.handle(request, "delete", work, resource_type, id)
 
     async def conditional_delete(self, request: Request, resource_type: str) -> Response:
-        async def work(auth: AuthContext) -> Response:
+        async def work(access: Access) -> Response:
             outcome = await crud.conditional_delete(
-                self.svc, auth, resource_type, _criteria(request)
+                self.svc, access.auth, resource_type, _criteria(request)
             )
-            request.state.shown = outcome.deleted  # whose record it was
+            access.shown = outcome.deleted  # whose record it was
             return Response(status_code=204)
 
         return await self.handle(request, "delete", work, resource_type)
@@ -330,11 +350,11 @@ class FhirHttp:
     async def _history(
         self, request: Request, interaction: str, resource_type: str | None, id: str | None
     ) -> Response:
-        async def work(auth: AuthContext) -> Response:
+        async def work(access: Access) -> Response:
             params = list(request.query_params.multi_items())
             if resource_type == "Patient" and id is not None:
-                request.state.patient = id  # whose record's history it is
-            result = await history.history(self.svc, auth, resource_type, id, params)
+                access.patient = id  # whose record's history it is
+            result = await history.history(self.svc, access.auth, resource_type, id, params)
             return fhir_json(result, pretty=request.query_params.get("_pretty") == "true")
 
         return await self.handle(request, interaction, work, resource_type, id)
@@ -344,11 +364,11 @@ class FhirHttp:
         return await self._search(request, "search-type", resource_type, params)
 
     async def type_search_post(self, request: Request, resource_type: str) -> Response:
-        async def work(auth: AuthContext) -> Response:
+        async def work(access: Access) -> Response:
             params = [*request.query_params.multi_items(), *await self.search_form(request)]
-            request.state.patient = self.patients.patient_asked_for(resource_type, params)
+            access.patient = self.patients.patient_asked_for(resource_type, params)
             result = await search.search(
-                self.svc, auth, resource_type, params, strict=prefer_strict(request)
+                self.svc, access.auth, resource_type, params, strict=prefer_strict(request)
             )
             return fhir_json(result)
 
@@ -361,14 +381,14 @@ class FhirHttp:
     async def compartment_search(
         self, request: Request, resource_type: str, id: str, compartment_type: str
     ) -> Response:
-        async def work(auth: AuthContext) -> Response:
+        async def work(access: Access) -> Response:
             if resource_type != "Patient":
                 raise InvalidRequest(f"{resource_type} compartments are not supported")
-            request.state.patient = id  # whose record is searched
+            access.patient = id  # whose record is searched
             params = list(request.query_params.multi_items())
             result = await search.search(
                 self.svc,
-                auth,
+                access.auth,
                 compartment_type,
                 params,
                 strict=prefer_strict(request),
@@ -382,10 +402,10 @@ class FhirHttp:
     async def patient_everything(self, request: Request, id: str) -> Response:
         """See https://hl7.org/fhir/R4/patient-operation-everything.html"""
 
-        async def work(auth: AuthContext) -> Response:
-            request.state.patient = id  # whose record it is
+        async def work(access: Access) -> Response:
+            access.patient = id  # whose record it is
             params = list(request.query_params.multi_items())
-            result = await everything.everything(self.svc, auth, id, params)
+            result = await everything.everything(self.svc, access.auth, id, params)
             return fhir_json(result, pretty=request.query_params.get("_pretty") == "true")
 
         return await self.handle(request, "operation", work, "Patient", id)
@@ -397,33 +417,33 @@ class FhirHttp:
         resource_type: str | None,
         params: list[tuple[str, str]],
     ) -> Response:
-        async def work(auth: AuthContext) -> Response:
-            request.state.patient = self.patients.patient_asked_for(resource_type, params)
+        async def work(access: Access) -> Response:
+            access.patient = self.patients.patient_asked_for(resource_type, params)
             result = await search.search(
-                self.svc, auth, resource_type, params, strict=prefer_strict(request)
+                self.svc, access.auth, resource_type, params, strict=prefer_strict(request)
             )
             return fhir_json(result, pretty=request.query_params.get("_pretty") == "true")
 
         return await self.handle(request, interaction, work, resource_type)
 
     async def bundle(self, request: Request) -> Response:
-        async def work(auth: AuthContext) -> Response:
+        async def work(access: Access) -> Response:
             body = await self.body(request)
             if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
                 raise InvalidRequest("POST to the base takes a Bundle")
             kind = body.get("type")
             if kind == "transaction":
-                result = await transaction.transaction(self.svc, auth, body)
+                result = await transaction.transaction(self.svc, access.auth, body)
             elif kind == "batch":
-                result = await transaction.batch(self.svc, auth, body)
+                result = await transaction.batch(self.svc, access.auth, body)
             else:
                 raise InvalidRequest(f"Bundle.type must be batch or transaction, not {kind!r}")
             return fhir_json(result)
 
         return await self.handle(request, "transaction", work)
 
-    def _written(self, request: Request, outcome: crud.Outcome) -> Response:
-        request.state.shown = outcome.version  # whose record it is goes into the audit record
+    def _written(self, request: Request, access: Access, outcome: crud.Outcome) -> Response:
+        access.shown = outcome.version
         return written(
             request,
             self.svc.base_url,
