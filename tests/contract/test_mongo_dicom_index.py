@@ -367,6 +367,38 @@ async def test_the_same_sop_instance_stored_by_another_radhub_meanwhile(
     assert study is not None and study.instance_count == 1
 
 
+async def test_one_new_study_started_by_two_radhubs_for_two_patients_keeps_the_first(
+    store: MongoStore, registry: SearchRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two instances of radhub on one database receive the first images of one new
+    Study Instance UID at once, for two patients. The one whose study write comes
+    second finds the study another patient's, as a re-send would once the first
+    had finished: its instances are refused (``other-patient``, STOW: a wrong-
+    patient image), none is written into the first patient's study, and the
+    series it had begun there is not left behind."""
+    other = MongoStore(store._client, DB, registry)
+    await other.start()
+    theirs = record("1.1", "1.1.1", "1.1.1.1", patient_key="PAT-1\\")
+
+    async def other_starts_the_study() -> None:
+        (done,) = await other.dicom.store_batch([theirs])
+        assert done.outcome == "stored"
+
+    race_on_parents(monkeypatch, store, other_starts_the_study)
+    mine = [
+        record("1.1", "1.1.2", "1.1.2.1", patient_key="PAT-2\\"),
+        record("1.2", "1.2.1", "1.2.1.1", patient_key="PAT-2\\"),  # a study of its own
+    ]
+    results = await store.dicom.store_batch(mine)
+    assert [r.outcome for r in results] == ["other-patient", "stored"]
+    study = await store.dicom.study("1.1")
+    assert study is not None
+    assert (study.patient_key, study.series_count, study.instance_count) == ("PAT-1\\", 1, 1)
+    assert [f.uid for f in await store.dicom.instance_files("1.1")] == ["1.1.1.1"]
+    assert [s.uid for s in await store.dicom.series_of("1.1")] == ["1.1.1"]
+    assert [f.uid for f in await store.dicom.instance_files("1.2")] == ["1.2.1.1"]
+
+
 async def test_a_duplicate_key_from_the_server_is_a_conflict_not_an_outage(
     store: MongoStore, registry: SearchRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -131,7 +131,10 @@ class MongoDicomIndex:
         if not planned:
             return [p for p in plans if isinstance(p, StoreResult)]
         touched.update(p.rec.series_uid for p in planned)
-        await write_parents(self._db, planned)
+        refused = await write_parents(self._db, planned)
+        if refused:  # (another instance started the study for another patient meanwhile)
+            plans = [_other_patient(p, refused) for p in plans]
+            planned = [p for p in plans if isinstance(p, Planned)]
         moved = {p.old["series"] for p in planned if p.old is not None} - touched
         touched.update(moved)  # an overwrite that moved an instance to another series
         await self._mark_dirty(moved)
@@ -312,3 +315,9 @@ def _scope(study: str, series: str | None, sop: str | None) -> Doc:
     if sop is not None:
         where["_id"] = sop
     return where
+
+
+def _other_patient(p: Planned | StoreResult, refused: set[str]) -> Planned | StoreResult:
+    if isinstance(p, Planned) and p.rec.study_uid in refused:
+        return StoreResult(p.rec.sop_uid, "other-patient")
+    return p

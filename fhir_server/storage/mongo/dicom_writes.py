@@ -8,8 +8,9 @@
    another patient ``other-patient``; a document too large ``unindexable`` -- and
    what it writes becomes known to the records after it, as one by one.
 3. ``write_parents``: the series (marked dirty), then the studies, one bulk upsert
-   each; then ``write_instances``: every instance document in one bulk write, so
-   none is written before its parents.
+   each (a study's, a compare-and-set on its patient); then ``write_instances``:
+   every instance document in one bulk write, so none is written before its
+   parents.
 
 An instance document is written by a compare-and-set: an insert, refused by the
 unique ``_id``, when none was stored, or a replace filtered on the stored version's
@@ -136,17 +137,39 @@ def plan(
     return Planned(rec, study_set, series_set, instance, old)
 
 
-async def write_parents(db: Database, planned: Sequence[Planned]) -> None:
+async def write_parents(db: Database, planned: Sequence[Planned]) -> set[str]:
     """Upsert the series (marked dirty) and then the studies of ``planned``, each
-    parent once, with what the batch's records set on it in turn."""
+    parent once, with what the batch's records set on it in turn; the studies
+    refused as another patient's (their instances are not to be written).
+
+    A study's upsert is a compare-and-set on its patient key: it matches only a
+    study with no key or the batch's. Another radhub instance on the database
+    may have started the same new study for another patient since
+    ``read_known``; the upsert then finds no match and its insert is refused by
+    the unique ``_id``, as a re-send after that instance's batch is refused by
+    ``plan``. (The series written for it meanwhile hold no instance of this
+    batch: the recount removes a new one, as it does any empty series.)"""
     series: dict[str, Doc] = {}
     studies: dict[str, Doc] = {}
+    keys: dict[str, str | None] = {}  # study -> its records' patient (``plan`` lets in one)
     for p in planned:
         series[p.rec.series_uid] = {**series.get(p.rec.series_uid, {}), **p.series_set}
         studies[p.rec.study_uid] = {**studies.get(p.rec.study_uid, {}), **p.study_set}
-    for collection, sets in ((SERIES, series), (STUDIES, studies)):
-        ops = [UpdateOne({"_id": uid}, {"$set": doc}, upsert=True) for uid, doc in sets.items()]
-        await db[collection].bulk_write(ops, ordered=False)
+        keys[p.rec.study_uid] = p.rec.patient_key or keys.get(p.rec.study_uid)
+    ops = [UpdateOne({"_id": uid}, {"$set": doc}, upsert=True) for uid, doc in series.items()]
+    await db[SERIES].bulk_write(ops, ordered=False)
+    uids = list(studies)
+    ops = [
+        UpdateOne({"_id": uid, "pkey": {"$in": [None, keys[uid]]}}, {"$set": doc}, upsert=True)
+        for uid, doc in studies.items()
+    ]
+    try:
+        await db[STUDIES].bulk_write(ops, ordered=False)
+    except BulkWriteError as exc:
+        if not duplicate_key(exc):
+            raise
+        return {uids[int(e["index"])] for e in exc.details["writeErrors"]}
+    return set()
 
 
 async def write_instances(db: Database, planned: Sequence[Planned]) -> list[StoreResult]:
