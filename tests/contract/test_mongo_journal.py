@@ -346,6 +346,43 @@ async def test_a_clean_up_that_fails_again_is_logged_and_the_write_stands(
     assert await client[DB][JOURNAL].count_documents({"state": "committed"}) == 1
 
 
+async def test_a_roll_back_cut_short_is_taken_over_when_its_claim_runs_out(
+    client: Any, registry: SearchRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recoverer claims a crashed unit's journal for the store's lease, as a writer
+    holds it: if its roll-back is cut short (here the server goes away during it),
+    another instance finishes the roll-back once that lease has run out, not before."""
+    clock = Clock()
+    first = await started(client, registry, lease=10.0, clock=clock)
+    other = await started(client, registry, lease=10.0, clock=clock)
+    await _seed(first, registry)
+    crashed = UnitOfWork(client[DB], lease_seconds=10.0, clock=clock)
+    await crashed.write(resource_version(registry, patient("p1", "Jones"), 2, at(2)))
+    clock.now += 11.0
+    collection = type(client[DB][RESOURCES])
+    real = collection.bulk_write
+    restores: list[str] = []
+
+    async def lost_once(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.name == RESOURCES and not restores:
+            restores.append(self.name)
+            raise AutoReconnect("connection lost")
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(collection, "bulk_write", lost_once)
+    with pytest.raises(StorageUnavailable):
+        await first.recover()
+    assert restores == [RESOURCES]
+    assert await client[DB][JOURNAL].count_documents({"state": "aborting"}) == 1
+    clock.now += 9.0
+    assert await other.recover() == 0  # the first recoverer's claim holds
+    clock.now += 2.0
+    assert await other.recover() == 1
+    p1 = await other.read("Patient", "p1")
+    assert p1 is not None and p1.version == 1 and body_of(p1.body)["name"] == [{"family": "Smith"}]
+    assert await client[DB][JOURNAL].count_documents({}) == 0
+
+
 async def test_a_resource_in_another_instances_unit_is_locked(
     client: Any, registry: SearchRegistry
 ) -> None:

@@ -35,9 +35,10 @@ journal whose lease ran out belongs to a crashed (or stalled) writer: recovery
 rolls a ``pending`` one *back* -- it was never acknowledged -- and rolls a
 ``committed`` one *forward* (removes its markers). ``start()`` recovers, and so
 does ``changes()`` when an expired journal holds the change log back. A
-recoverer claims a journal with a compare-and-set, so two instances never undo
-the same journal at once; a stalled owner then finds its journal gone and fails
-its commit.
+recoverer claims a journal with a compare-and-set, for a lease as long as a
+writer's, so two instances never undo the same journal at once (a roll-back cut
+short is taken over when that lease ends); a stalled owner then finds its
+journal gone and fails its commit.
 
 The change log. ``seq`` comes from one counter (``$inc``), taken while applying,
 so a unit still in flight holds numbers that may later commit or vanish. Each
@@ -329,9 +330,12 @@ async def _bodies(db: Database, entries: Sequence[Doc]) -> dict[tuple[str, str, 
     return {(d["type"], d["id"], int(d["version"])): d.get("body") for d in found}
 
 
-async def recover(db: Database, skip: Collection[str] = (), now: float | None = None) -> int:
+async def recover(
+    db: Database, lease_seconds: float, skip: Collection[str] = (), now: float | None = None
+) -> int:
     """Finish every journal whose lease ran out by ``now`` (except ``skip``); returns how
-    many."""
+    many. A roll-back takes a lease of ``lease_seconds`` on its journal: one cut short
+    (the recoverer died, the server went away) is taken over when it ends."""
     now = time.time() if now is None else now
     done = 0
     for doc in await db[JOURNAL].find({"expires": {"$lt": now}}).to_list(None):
@@ -339,7 +343,7 @@ async def recover(db: Database, skip: Collection[str] = (), now: float | None = 
             continue
         if doc["state"] == "committed":
             await finish(db, doc["_id"])
-        elif await _claim(db, doc, now):
+        elif await _claim(db, doc, now + lease_seconds):
             await undo(db, doc["_id"], doc.get("entries", []))
         else:
             continue  # another recoverer took it
@@ -347,11 +351,11 @@ async def recover(db: Database, skip: Collection[str] = (), now: float | None = 
     return done
 
 
-async def _claim(db: Database, doc: Doc, now: float) -> bool:
-    """Take over an expired journal, unless another recoverer just did."""
+async def _claim(db: Database, doc: Doc, until: float) -> bool:
+    """Take over an expired journal until ``until``, unless another recoverer just did."""
     result = await db[JOURNAL].update_one(
         {"_id": doc["_id"], "state": doc["state"], "expires": doc["expires"]},
-        {"$set": {"state": "aborting", "expires": now + 60.0}},
+        {"$set": {"state": "aborting", "expires": until}},
     )
     return result.matched_count == 1
 

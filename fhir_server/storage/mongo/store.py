@@ -184,7 +184,7 @@ class MongoStore:
             with map_mongo_errors():
                 for collection, models in _indexes().items():
                     await self._db[collection].create_indexes(models)
-                await recover(self._db, now=self._clock())
+                await recover(self._db, self._lease, now=self._clock())
                 await raise_counter(self._db)
                 await self.dicom.start()
             await self.auth.create_indexes()
@@ -198,7 +198,7 @@ class MongoStore:
     async def recover(self) -> int:
         """Finish the journals of crashed writers (their leases ran out); returns how many."""
         with map_mongo_errors():
-            return await recover(self._db, skip=set(self._active), now=self._clock())
+            return await recover(self._db, self._lease, skip=set(self._active), now=self._clock())
 
     # -- reads ----------------------------------------------------------------------
 
