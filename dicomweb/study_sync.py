@@ -46,6 +46,7 @@ from dicomweb.imaging_study import (
 )
 from fhir_server.access.context import AuthContext
 from fhir_server.access.scopes import ScopeSet
+from fhir_server.errors import PreconditionFailed
 from fhir_server.interactions import crud
 from fhir_server.interactions.conditional import find_conditional
 from fhir_server.interactions.services import Services
@@ -240,6 +241,20 @@ class PendingStudies:
         return len(self._waiting.keys() | self._running.keys())
 
 
+class AmbiguousPatient(Exception):
+    """Several FHIR Patients have the study's patient identifier: which one the images
+    are of is no guess for the archive to make (nor is a third Patient the answer).
+    The study is written once one remains -- the duplicates merged or corrected --
+    retried with the backoff of any failed sync, and meanwhile has no Patient on
+    the index, so no patient-scoped token reaches it."""
+
+    def __init__(self, system: str, value: str, found: str) -> None:
+        super().__init__(
+            f"more than one Patient has the identifier {system}|{value} ({found}); "
+            "its ImagingStudy is written once one remains"
+        )
+
+
 class StudySync:
     """Writes Patients and ImagingStudies for the archive (see the module docstring)."""
 
@@ -364,7 +379,12 @@ class StudySync:
         resource = map_patient(study_attrs, system, value)
         # escaped: a comma in a Patient ID would make it two IDs, one in any system
         criteria = f"identifier={quote(_escaped(system) + '|' + _escaped(value), safe=':/')}"
-        outcome = await crud.create_in(tx, self._svc, self._auth, resource, if_none_exist=criteria)
+        try:
+            outcome = await crud.create_in(
+                tx, self._svc, self._auth, resource, if_none_exist=criteria
+            )
+        except PreconditionFailed as exc:
+            raise AmbiguousPatient(system, value, exc.diagnostics) from None
         assert outcome.version is not None
         return outcome.version.id
 

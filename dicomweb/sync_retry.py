@@ -27,6 +27,7 @@ from dicomweb.study_sync import (
     ENDPOINT_ID,
     IMAGING_STUDY,
     PAGE,
+    AmbiguousPatient,
     StudySync,
     body_of,
     indexed_studies,
@@ -67,8 +68,13 @@ class SyncRetry:
         for uid in pending.take_due():
             try:
                 await self._sync.write([uid])
-            except Exception:
-                log.warning("ImagingStudy sync of %s failed; retrying later", uid, exc_info=True)
+            except Exception as exc:
+                if isinstance(exc, AmbiguousPatient):  # (nothing broke: no traceback to read)
+                    log.warning("ImagingStudy sync of %s waits: %s", uid, exc)
+                else:
+                    log.warning(
+                        "ImagingStudy sync of %s failed; retrying later", uid, exc_info=True
+                    )
                 pending.failed(uid)
                 failed.append(uid)
             else:

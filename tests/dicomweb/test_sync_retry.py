@@ -8,10 +8,13 @@ store outage looks like to the archive); everything else reaches SQLite.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from dicomweb.sync_retry import archived_study
 from fhir_server.errors import StorageUnavailable
@@ -20,6 +23,7 @@ from fhir_server.settings import Settings
 from fhir_server.storage.base import NewVersion, StoredVersion, Transaction
 from fhir_server.storage.sqlite.store import SqliteStore
 from tests.dicomweb.archive_app import (
+    DEFAULT_PATIENT_SYSTEM,
     eventually,
     fast_settings,
     imaging_study,
@@ -210,3 +214,47 @@ def test_only_the_archives_own_imaging_studies_count_as_orphans() -> None:
     assert not archived_study(own | {"id": "client-written"})
     assert not archived_study({"id": "1.2", "identifier": [{"value": "urn:oid:1.2"}]})
     assert not archived_study(None)
+
+
+async def test_a_study_whose_patient_id_two_patients_share_waits_until_one_remains(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two Patients carry the study's Patient ID (a duplicate registration): the sync
+    neither picks one nor creates a third. The instances are acknowledged; the study
+    gets no ImagingStudy and no Patient on the index (no patient token reaches it),
+    and the log says why, without a traceback. Once one of the two is gone, the retry
+    writes the ImagingStudy for the one that remains."""
+    settings = fast_settings(tmp_path / "data")
+    async with running(settings) as (app, client):
+        for resource_id in ("dup-a", "dup-b"):
+            duplicate = {
+                "resourceType": "Patient",
+                "id": resource_id,
+                "identifier": [{"system": DEFAULT_PATIENT_SYSTEM, "value": "PAT-DUP"}],
+            }
+            created = await client.put(f"/fhir/Patient/{resource_id}", json=duplicate)
+            assert created.status_code == 201, created.text
+        body = multipart(make_instance("9.7", "9.7.1", "9.7.1.1", patient_id="PAT-DUP"))
+        stored = await client.post(
+            "/dicomweb/studies", content=body, headers={"Content-Type": STOW_TYPE}
+        )
+        assert stored.status_code == 200
+
+        def waits() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if "sync of 9.7 waits" in r.getMessage()]
+
+        await eventually(lambda: probe(bool(waits())), "the sync to say why it waits")
+        (said, *_) = waits()
+        assert f"{DEFAULT_PATIENT_SYSTEM}|PAT-DUP" in said.getMessage()
+        assert said.exc_info is None
+        assert await imaging_study(client, "9.7") is None
+        row = await app.state.dicomweb.index.study("9.7")
+        assert row is not None and row.patient_ref is None
+        found = await client.get("/fhir/Patient", params={"identifier": "PAT-DUP"})
+        assert sorted(e["resource"]["id"] for e in found.json()["entry"]) == ["dup-a", "dup-b"]
+
+        assert (await client.delete("/fhir/Patient/dup-b")).status_code in (200, 204)
+        study = await eventually(lambda: imaging_study(client, "9.7"), "the retried sync")
+        assert study["subject"]["reference"] == "Patient/dup-a"
+        row = await app.state.dicomweb.index.study("9.7")
+        assert row is not None and row.patient_ref == "dup-a"
