@@ -399,6 +399,33 @@ async def test_one_new_study_started_by_two_radhubs_for_two_patients_keeps_the_f
     assert [f.uid for f in await store.dicom.instance_files("1.2")] == ["1.2.1.1"]
 
 
+async def test_one_new_study_started_by_two_radhubs_for_one_patient_takes_both(
+    store: MongoStore, registry: SearchRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same race for one patient, as a server answers it: the other instance's
+    insert of the study lands between this upsert's query and its insert, and the
+    server refuses the insert with E11000 (it retries by itself only an upsert
+    filtered on ``_id`` alone, and this one is filtered on the patient key too).
+    The study is this patient's: the instances go into it, not refused as
+    another patient's."""
+    other = MongoStore(store._client, DB, registry)
+    await other.start()
+
+    async def refuse(name: str) -> None:
+        (done,) = await other.dicom.store_batch([record("1.1", "1.1.1", "1.1.1.1")])
+        assert done.outcome == "stored"
+        message = "E11000 duplicate key error collection: radhub.dicom_studies index: _id_"
+        error = {"index": 0, "code": 11000, "errmsg": message}
+        raise BulkWriteError({"writeErrors": [error], "nInserted": 0, "nMatched": 0})
+
+    before_first_write(monkeypatch, store, STUDIES, ("bulk_write",), refuse)
+    (result,) = await store.dicom.store_batch([record("1.1", "1.1.2", "1.1.2.1")])
+    assert result.outcome == "stored"
+    study = await store.dicom.study("1.1")
+    assert study is not None
+    assert (study.patient_key, study.series_count, study.instance_count) == ("PA\\", 2, 2)
+
+
 async def test_a_duplicate_key_from_the_server_is_a_conflict_not_an_outage(
     store: MongoStore, registry: SearchRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -148,7 +148,11 @@ async def write_parents(db: Database, planned: Sequence[Planned]) -> set[str]:
     ``read_known``; the upsert then finds no match and its insert is refused by
     the unique ``_id``, as a re-send after that instance's batch is refused by
     ``plan``. (The series written for it meanwhile hold no instance of this
-    batch: the recount removes a new one, as it does any empty series.)"""
+    batch: the recount removes a new one, as it does any empty series.) The
+    server refuses so too an insert that lost the race to another instance's of
+    the same study for the same patient (it retries only an upsert filtered on
+    ``_id`` alone): a refused study's upsert is tried once more, then an update
+    if the study is this patient's."""
     series: dict[str, Doc] = {}
     studies: dict[str, Doc] = {}
     keys: dict[str, str | None] = {}  # study -> its records' patient (``plan`` lets in one)
@@ -158,6 +162,17 @@ async def write_parents(db: Database, planned: Sequence[Planned]) -> set[str]:
         keys[p.rec.study_uid] = p.rec.patient_key or keys.get(p.rec.study_uid)
     ops = [UpdateOne({"_id": uid}, {"$set": doc}, upsert=True) for uid, doc in series.items()]
     await db[SERIES].bulk_write(ops, ordered=False)
+    refused = await _upsert_studies(db, studies, keys)
+    if refused:  # (or inserted meanwhile for the same patient: then this one matches it)
+        refused = await _upsert_studies(db, {uid: studies[uid] for uid in refused}, keys)
+    return refused
+
+
+async def _upsert_studies(
+    db: Database, studies: dict[str, Doc], keys: dict[str, str | None]
+) -> set[str]:
+    """Upsert ``studies``, each only if it has no patient key or ``keys``' (see
+    ``write_parents``); the ones the unique ``_id`` refused."""
     uids = list(studies)
     ops = [
         UpdateOne({"_id": uid, "pkey": {"$in": [None, keys[uid]]}}, {"$set": doc}, upsert=True)
