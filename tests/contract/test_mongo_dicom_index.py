@@ -6,6 +6,7 @@ collection; everything else is the real adapter.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -164,6 +165,39 @@ async def test_start_up_repairs_the_counts_an_outage_left_stale(
     await assert_counts(restarted, 2)
 
 
+async def test_start_up_removes_a_new_study_whose_batch_died_before_its_series(
+    store: MongoStore, registry: SearchRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch writes its study first. The server went away before the series, and
+    stayed away through the batch's recount: a new study without series is left,
+    marked. The next start removes it (QIDO would list it, with nothing in it)."""
+    collection = type(store._db[SERIES])
+    down = False
+
+    def failing(name: str) -> Any:
+        real = getattr(collection, name)
+
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            nonlocal down
+            down = down or (self.name == SERIES and name == "bulk_write")
+            if down:
+                raise AutoReconnect("gone")
+            return real(self, *args, **kwargs)
+
+        return call
+
+    for name in _EVERYTHING:
+        monkeypatch.setattr(collection, name, failing(name))
+    with pytest.raises(StorageUnavailable):
+        await store.dicom.store_batch(mr_batch())
+    monkeypatch.undo()
+    assert await store.dicom.study("1.1") is not None  # as the outage left it
+    restarted = MongoStore(store._client, DB, registry)
+    await restarted.start()
+    assert await restarted.dicom.study("1.1") is None
+    assert (await restarted.dicom.search(DicomQuery("study"))).matches == []
+
+
 def with_frames(rec: Any, mib: float) -> Any:
     """``rec`` with about ``mib`` MiB of per-frame functional group items in its
     attributes and metadata, as an enhanced multi-frame instance has (a few fat items:
@@ -316,12 +350,12 @@ def race_on_parents(
     monkeypatch: pytest.MonkeyPatch, store: MongoStore, meanwhile: Callable[[], Awaitable[Any]]
 ) -> None:
     """``meanwhile`` runs once, when ``store`` has read the index and is about to write
-    its first series: another radhub instance's batch, landing in between."""
+    its first parent (a study): another radhub instance's batch, landing in between."""
 
     async def act(_: str) -> None:
         await meanwhile()
 
-    before_first_write(monkeypatch, store, SERIES, ("update_one", "bulk_write"), act)
+    before_first_write(monkeypatch, store, STUDIES, ("update_one", "bulk_write"), act)
 
 
 @pytest.mark.parametrize(
@@ -424,6 +458,47 @@ async def test_one_new_study_started_by_two_radhubs_for_one_patient_takes_both(
     study = await store.dicom.study("1.1")
     assert study is not None
     assert (study.patient_key, study.series_count, study.instance_count) == ("PA\\", 2, 2)
+
+
+async def test_a_refused_batch_leaves_the_series_the_other_radhub_is_filling(
+    store: MongoStore, registry: SearchRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same race for two patients and one Series UID, the other instance caught
+    between writing its study and series and writing its instances: the series is
+    empty for that moment. The refused batch has written nothing into the study and
+    recounts none of it, so it does not remove that series and study from under the
+    other instance, whose instance is then indexed in them."""
+    other = MongoStore(store._client, DB, registry)
+    await other.start()
+    at_instances, go_on = asyncio.Event(), asyncio.Event()
+    instances = type(store._db[INSTANCES])
+    write = instances.bulk_write
+
+    async def held(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.name == INSTANCES and not go_on.is_set():
+            at_instances.set()
+            await go_on.wait()
+        return await write(self, *args, **kwargs)
+
+    monkeypatch.setattr(instances, "bulk_write", held)
+    theirs = record("1.1", "1.1.1", "1.1.1.1", patient_key="PAT-2\\")
+    theirs_stored: list[asyncio.Task[Any]] = []
+
+    async def other_is_writing_its_instances() -> None:
+        theirs_stored.append(asyncio.create_task(other.dicom.store_batch([theirs])))
+        await at_instances.wait()
+
+    race_on_parents(monkeypatch, store, other_is_writing_its_instances)
+    mine = record("1.1", "1.1.1", "1.1.1.2", patient_key="PAT-1\\")
+    (result,) = await store.dicom.store_batch([mine])
+    go_on.set()
+    (done,) = await theirs_stored[0]
+    assert (result.outcome, done.outcome) == ("other-patient", "stored")
+    study = await store.dicom.study("1.1")
+    assert study is not None
+    assert (study.patient_key, study.series_count, study.instance_count) == ("PAT-2\\", 1, 1)
+    assert [s.uid for s in await store.dicom.series_of("1.1")] == ["1.1.1"]
+    assert [f.uid for f in await store.dicom.instance_files("1.1")] == ["1.1.1.1"]
 
 
 async def test_a_duplicate_key_from_the_server_is_a_conflict_not_an_outage(

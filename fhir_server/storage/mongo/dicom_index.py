@@ -14,17 +14,19 @@ size (``dicom_writes``). Without multi-document transactions (see ``store``), a
 batch is not all-or-nothing on MongoDB: the instance documents are written last,
 after their series and studies, each in one atomic write (an overwrite replaces
 the stored version in place), so a batch that fails part-way leaves no instance
-without its parents and loses no stored version. Aggregates: each series a batch
-writes to is marked ``dirty`` first, and recounted with its study when the batch
-ends, whether it failed or not. A series still marked -- its process died, or
-the recount failed too -- is recounted by the next batch that sends one of its
-instances, an identical re-send (``duplicate``) included, and at start-up.
+without its parents and loses no stored version. Aggregates: each study and
+series a batch writes to is marked ``dirty`` first, and recounted when the
+batch ends, whether it failed or not. A series still marked -- its process
+died, or the recount failed too -- is recounted by the next batch that sends
+one of its instances, an identical re-send (``duplicate``) included, and every
+marked series and study at start-up.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
+from dataclasses import dataclass, field
 
 from pymongo import ASCENDING, IndexModel, UpdateOne
 
@@ -70,7 +72,11 @@ REKEY_CHUNK = 500
 _COLLECTIONS = {"study": STUDIES, "series": SERIES, "instance": INSTANCES}
 _KEYS = [("keys.k", ASCENDING), ("keys.v", ASCENDING)]
 _INDEXES: dict[str, list[IndexModel]] = {
-    STUDIES: [IndexModel(_KEYS), IndexModel([("patient", ASCENDING), ("_id", ASCENDING)])],
+    STUDIES: [
+        IndexModel(_KEYS),
+        IndexModel([("patient", ASCENDING), ("_id", ASCENDING)]),
+        IndexModel([("dirty", ASCENDING)], sparse=True),
+    ],
     SERIES: [
         IndexModel(_KEYS),
         IndexModel([("study", ASCENDING), ("_id", ASCENDING)]),
@@ -97,7 +103,9 @@ class MongoDicomIndex:
         for collection, models in _INDEXES.items():
             await self._db[collection].create_indexes(models)
         async with self._lock:  # the aggregates a process that died left stale
-            await self._refresh(set(await self._db[SERIES].distinct("_id", {"dirty": True})))
+            series = await self._db[SERIES].distinct("_id", {"dirty": True})
+            studies = await self._db[STUDIES].distinct("_id", {"dirty": True})
+            await self._refresh(set(series), set(studies))
 
     # -- writes -------------------------------------------------------------------------
 
@@ -106,12 +114,13 @@ class MongoDicomIndex:
         self, records: Sequence[InstanceRecord], *, overwrite: bool = False
     ) -> list[StoreResult]:
         async with self._lock:
-            touched: set[str] = set()  # series written to
+            touched = _Touched()
             seen: set[str] = set()  # series of duplicates: recounted if marked dirty
             try:
                 return await self._store(records, overwrite, touched, seen)
             finally:
-                await self._refresh(touched | await self._dirty(seen - touched))
+                dirty = await self._dirty(seen - touched.series)
+                await self._refresh(touched.series | dirty, touched.studies)
 
     async def _dirty(self, series_uids: set[str]) -> set[str]:
         if not series_uids:
@@ -120,7 +129,11 @@ class MongoDicomIndex:
         return {d["_id"] async for d in found}
 
     async def _store(
-        self, records: Sequence[InstanceRecord], overwrite: bool, touched: set[str], seen: set[str]
+        self,
+        records: Sequence[InstanceRecord],
+        overwrite: bool,
+        touched: _Touched,
+        seen: set[str],
     ) -> list[StoreResult]:
         """Plan every record, then write the parents and the instances (``dicom_writes``)."""
         if not records:
@@ -130,13 +143,16 @@ class MongoDicomIndex:
         planned = [p for p in plans if isinstance(p, Planned)]
         if not planned:
             return [p for p in plans if isinstance(p, StoreResult)]
-        touched.update(p.rec.series_uid for p in planned)
+        touched.add(planned)
         refused = await write_parents(self._db, planned)
         if refused:  # (another instance started the study for another patient meanwhile)
             plans = [_other_patient(p, refused) for p in plans]
+            # nothing was written to them: they are the other instance's to recount
+            touched.studies -= refused
+            touched.series -= {p.rec.series_uid for p in planned if p.rec.study_uid in refused}
             planned = [p for p in plans if isinstance(p, Planned)]
-        moved = {p.old["series"] for p in planned if p.old is not None} - touched
-        touched.update(moved)  # an overwrite that moved an instance to another series
+        moved = {p.old["series"] for p in planned if p.old is not None} - touched.series
+        touched.series.update(moved)  # an overwrite that moved an instance to another series
         await self._mark_dirty(moved)
         written = iter(await write_instances(self._db, planned))
         return [next(written) if isinstance(p, Planned) else p for p in plans]
@@ -146,8 +162,10 @@ class MongoDicomIndex:
             where = {"_id": {"$in": list(series_uids)}}
             await self._db[SERIES].update_many(where, {"$set": {"dirty": True}})
 
-    async def _refresh(self, series_uids: set[str]) -> None:
-        studies: set[str] = set()
+    async def _refresh(self, series_uids: set[str], study_uids: Set[str] = frozenset()) -> None:
+        """Recount ``series_uids`` and ``study_uids`` and the studies of the series,
+        dropping the empty ones, and clear their dirty marks."""
+        studies = set(study_uids)
         for uid in series_uids:
             doc = await self._db[SERIES].find_one({"_id": uid}, {"study": 1})
             if doc is None:
@@ -177,7 +195,8 @@ class MongoDicomIndex:
         keys = [k for k in (doc or {}).get("skeys", []) if k["k"] != MODALITIES_KEY]
         keys += [{"k": MODALITIES_KEY, "v": m} for m in mods]
         update = {"nse": n_series, "nin": n_instances, "mods": mods, "keys": keys}
-        await self._db[STUDIES].update_one({"_id": uid}, {"$set": update, "$inc": {"rev": 1}})
+        done = {"$set": update, "$inc": {"rev": 1}, "$unset": {"dirty": ""}}
+        await self._db[STUDIES].update_one({"_id": uid}, done)
 
     @mapped
     async def set_patient(
@@ -315,6 +334,18 @@ def _scope(study: str, series: str | None, sop: str | None) -> Doc:
     if sop is not None:
         where["_id"] = sop
     return where
+
+
+@dataclass
+class _Touched:
+    """The series and studies a batch wrote to: recounted when it ends."""
+
+    series: set[str] = field(default_factory=set)
+    studies: set[str] = field(default_factory=set)
+
+    def add(self, planned: Sequence[Planned]) -> None:
+        self.series.update(p.rec.series_uid for p in planned)
+        self.studies.update(p.rec.study_uid for p in planned)
 
 
 def _other_patient(p: Planned | StoreResult, refused: set[str]) -> Planned | StoreResult:

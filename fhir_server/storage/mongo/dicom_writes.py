@@ -7,8 +7,8 @@
    ``overwrite``), or a series under another study, a ``conflict``; a study of
    another patient ``other-patient``; a document too large ``unindexable`` -- and
    what it writes becomes known to the records after it, as one by one.
-3. ``write_parents``: the series (marked dirty), then the studies, one bulk upsert
-   each (a study's, a compare-and-set on its patient); then ``write_instances``:
+3. ``write_parents``: the studies (a compare-and-set on each one's patient), then
+   the series, one bulk upsert each, all marked dirty; then ``write_instances``:
    every instance document in one bulk write, so none is written before its
    parents.
 
@@ -52,7 +52,11 @@ def _instance_doc(rec: InstanceRecord) -> Doc:
 
 
 def _study_set(rec: InstanceRecord, set_key: bool) -> Doc:
-    study: Doc = {"attrs": rec.study_attrs, "skeys": keys_doc(rec.study_keys)}
+    study: Doc = {
+        "attrs": rec.study_attrs,
+        "skeys": keys_doc(rec.study_keys),
+        "dirty": True,  # until the index has recounted it
+    }
     if rec.patient_ref is not None:
         study["patient"] = rec.patient_ref
     if set_key and rec.patient_key is not None:
@@ -138,33 +142,38 @@ def plan(
 
 
 async def write_parents(db: Database, planned: Sequence[Planned]) -> set[str]:
-    """Upsert the series (marked dirty) and then the studies of ``planned``, each
-    parent once, with what the batch's records set on it in turn; the studies
-    refused as another patient's (their instances are not to be written).
+    """Upsert the studies and then the series of ``planned``, each parent once, with
+    what the batch's records set on it in turn, each marked dirty until the index
+    recounts it; the studies refused as another patient's, whose series are not
+    written (nor their instances, by the caller).
 
     A study's upsert is a compare-and-set on its patient key: it matches only a
     study with no key or the batch's. Another radhub instance on the database
     may have started the same new study for another patient since
     ``read_known``; the upsert then finds no match and its insert is refused by
     the unique ``_id``, as a re-send after that instance's batch is refused by
-    ``plan``. (The series written for it meanwhile hold no instance of this
-    batch: the recount removes a new one, as it does any empty series.) The
-    server refuses so too an insert that lost the race to another instance's of
-    the same study for the same patient (it retries only an upsert filtered on
+    ``plan``. The studies go first so that a refused batch has written nothing
+    of them: a series of the other instance's, empty until its instances land,
+    is neither written to nor recounted (and removed) from here. The server
+    refuses so too an insert that lost the race to another instance's of the
+    same study for the same patient (it retries only an upsert filtered on
     ``_id`` alone): a refused study's upsert is tried once more, then an update
     if the study is this patient's."""
     series: dict[str, Doc] = {}
     studies: dict[str, Doc] = {}
     keys: dict[str, str | None] = {}  # study -> its records' patient (``plan`` lets in one)
     for p in planned:
-        series[p.rec.series_uid] = {**series.get(p.rec.series_uid, {}), **p.series_set}
         studies[p.rec.study_uid] = {**studies.get(p.rec.study_uid, {}), **p.study_set}
         keys[p.rec.study_uid] = p.rec.patient_key or keys.get(p.rec.study_uid)
-    ops = [UpdateOne({"_id": uid}, {"$set": doc}, upsert=True) for uid, doc in series.items()]
-    await db[SERIES].bulk_write(ops, ordered=False)
     refused = await _upsert_studies(db, studies, keys)
     if refused:  # (or inserted meanwhile for the same patient: then this one matches it)
         refused = await _upsert_studies(db, {uid: studies[uid] for uid in refused}, keys)
+    for p in planned:
+        if p.rec.study_uid not in refused:
+            series[p.rec.series_uid] = {**series.get(p.rec.series_uid, {}), **p.series_set}
+    if series:
+        ops = [UpdateOne({"_id": uid}, {"$set": doc}, upsert=True) for uid, doc in series.items()]
+        await db[SERIES].bulk_write(ops, ordered=False)
     return refused
 
 
