@@ -248,9 +248,11 @@ class AmbiguousPatient(Exception):
     retried with the backoff of any failed sync, and meanwhile has no Patient on
     the index, so no patient-scoped token reaches it."""
 
-    def __init__(self, system: str, value: str, found: str) -> None:
+    def __init__(self, system: str, found: str) -> None:
+        # the Patient ID itself stays out of the log (it is the patient's record
+        # number): the study UID the log names leads to it
         super().__init__(
-            f"more than one Patient has the identifier {system}|{value} ({found}); "
+            f"more than one Patient has the study's Patient ID in {system} ({found}); "
             "its ImagingStudy is written once one remains"
         )
 
@@ -384,7 +386,7 @@ class StudySync:
                 tx, self._svc, self._auth, resource, if_none_exist=criteria
             )
         except PreconditionFailed as exc:
-            raise AmbiguousPatient(system, value, exc.diagnostics) from None
+            raise AmbiguousPatient(system, exc.diagnostics) from None
         assert outcome.version is not None
         return outcome.version.id
 
