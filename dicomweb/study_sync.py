@@ -15,8 +15,11 @@ same number on another patient's order is a mismatch to reconcile, not a
 link; it is logged), and the ImagingStudy
 mapped by ``imaging_study.map_study`` from the index rows (skipped when it
 would not change). The Patient is then recorded on the index's study, which
-patient-scoped DICOMweb access goes by. Writes are serialised (one lock), so
-an older read of the index never overwrites a newer ImagingStudy.
+patient-scoped DICOMweb access goes by, and each FHIR write is audited once
+the transaction has committed (agent: the archive's context), under the
+Patient it was for, so ``AuditEvent?patient=`` finds the filing of images
+too. Writes are serialised (one lock), so an older read of the index never
+overwrites a newer ImagingStudy.
 
 Pending studies are only in memory; after a crash ``sync_retry``'s start-up
 scan finds them again by comparing the index with the ImagingStudies.
@@ -30,7 +33,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 import orjson
@@ -46,6 +49,7 @@ from dicomweb.imaging_study import (
 )
 from fhir_server.access.context import AuthContext
 from fhir_server.access.scopes import ScopeSet
+from fhir_server.audit import AuditRecord, AuditTrail
 from fhir_server.errors import PreconditionFailed
 from fhir_server.interactions import crud
 from fhir_server.interactions.conditional import find_conditional
@@ -60,6 +64,9 @@ V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 ACCESSION_TYPE = f"{V2_0203}|ACSN"  # the identifier type of an accession number
 IMAGING_STUDY = "ImagingStudy"
 PAGE = 500
+# the ``outcomeDesc`` of the sync's AuditEvents
+SYNC_AUDIT = "DICOM archive: ImagingStudy sync"
+_STATUS = {"create": 201, "update": 200, "delete": 204}
 
 
 def archive_context() -> AuthContext:
@@ -257,6 +264,16 @@ class AmbiguousPatient(Exception):
         )
 
 
+@dataclass
+class _Written:
+    """What one ``write`` did, to record once its transaction has committed."""
+
+    patients: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # study ->
+    # (Patient, the study's patient key it was found from): for ``set_patient``
+    revisions: dict[str, int] = field(default_factory=dict)  # study -> revision shown
+    audit: list[AuditRecord] = field(default_factory=list)
+
+
 class StudySync:
     """Writes Patients and ImagingStudies for the archive (see the module docstring)."""
 
@@ -266,8 +283,10 @@ class StudySync:
         dicomweb_base: str,
         patients: PatientNamespaces,
         pending: PendingStudies,
+        audit: AuditTrail,
     ) -> None:
         self._svc = svc
+        self._audit = audit
         self._base = dicomweb_base
         self._patients = patients
         self._auth = archive_context()
@@ -295,21 +314,22 @@ class StudySync:
             raise
 
     async def write(self, study_uids: list[str]) -> None:
-        """One FHIR transaction for ``study_uids``, then their Patients on the index."""
+        """One FHIR transaction for ``study_uids``, then its audit records and the
+        studies' Patients on the index."""
         async with self._lock:
-            patients: dict[str, tuple[str, str | None]] = {}  # study -> (Patient, key)
-            written: dict[str, int] = {}  # study -> the revision its ImagingStudy shows
+            done = _Written()
             async with self._svc.store.transaction() as tx:
-                endpoint = await self._ensure_endpoint(tx)
+                endpoint = await self._ensure_endpoint(tx, done)
                 for uid in study_uids:
-                    revision = await self._sync_one(tx, uid, endpoint, patients)
-                    if revision is not None:
-                        written[uid] = revision
+                    await self._sync_one(tx, uid, endpoint, done)
+            for record in done.audit:
+                self._audit.record(record)
             index = self._svc.store.dicom
-            for uid, (patient, key) in patients.items():
+            for uid, (patient, key) in done.patients.items():
                 await index.set_patient(uid, patient, key)
-            for uid, revision in written.items():
+            for uid, revision in done.revisions.items():
                 await index.mark_synced(uid, revision)
+            await self._audit.room()
 
     async def relink(self, study_uid: str) -> bool:
         """Rewrite the study's ImagingStudy if its ``basedOn`` is not the order its
@@ -338,33 +358,29 @@ class StudySync:
         current = await self._svc.store.read(IMAGING_STUDY, study.uid)
         return matches_index(body_of(current), study)
 
-    async def _ensure_endpoint(self, tx: Transaction) -> str:
+    async def _ensure_endpoint(self, tx: Transaction, done: _Written) -> str:
         current = await tx.current("Endpoint", ENDPOINT_ID)
         if current is None or current.deleted:
             resource = endpoint_resource(self._base)
             await crud.update_in(tx, self._svc, self._auth, "Endpoint", ENDPOINT_ID, resource)
+            self._note(done, "create", "Endpoint", ENDPOINT_ID, None)
         return f"Endpoint/{ENDPOINT_ID}"
 
-    async def _sync_one(
-        self,
-        tx: Transaction,
-        uid: str,
-        endpoint: str,
-        patients: dict[str, tuple[str, str | None]],
-    ) -> int | None:
-        """Write one study's ImagingStudy; a Patient the index lacks goes to ``patients``.
-        The study's revision it was written from (None: the study is gone)."""
+    async def _sync_one(self, tx: Transaction, uid: str, endpoint: str, done: _Written) -> None:
+        """Write (or remove) one study's ImagingStudy, noting in ``done`` what it wrote,
+        the revision it was written from, and a Patient the index lacks."""
         index = self._svc.store.dicom
         study = await index.study(uid)
         current = body_of(await tx.current(IMAGING_STUDY, uid))
         if study is None:
             if current is not None:
                 await crud.delete_in(tx, self._svc, self._auth, IMAGING_STUDY, uid)
-            return None
+                self._note(done, "delete", IMAGING_STUDY, uid, _subject_id(current))
+            return
         patient = study.patient_ref
         if patient is None:
-            patient = await self._patient_in(tx, study.attrs)
-            patients[uid] = (patient, study.patient_key)
+            patient = await self._patient_in(tx, study.attrs, done)
+            done.patients[uid] = (patient, study.patient_key)
         links = StudyLinks(
             patient=f"Patient/{patient}",
             service_request=await self._order(tx, study.attrs, patient),
@@ -374,9 +390,28 @@ class StudySync:
         resource = with_client_elements(mapped, current)
         if current is None or not unchanged(current, resource):  # (a replay: no new version)
             await crud.update_in(tx, self._svc, self._auth, IMAGING_STUDY, uid, resource)
-        return study.revision
+            interaction = "create" if current is None else "update"
+            self._note(done, interaction, IMAGING_STUDY, uid, patient)
+        done.revisions[uid] = study.revision
 
-    async def _patient_in(self, tx: Transaction, study_attrs: Json) -> str:
+    def _note(
+        self, done: _Written, interaction: str, resource_type: str, id: str, patient: str | None
+    ) -> None:
+        """An audit record of one of the write's FHIR changes, for after its commit."""
+        done.audit.append(
+            AuditRecord(
+                interaction=interaction,
+                status=_STATUS[interaction],
+                moment=self._svc.clock(),
+                auth=self._auth,
+                resource_type=resource_type,
+                resource_id=id,
+                description=SYNC_AUDIT,
+                patient=patient,
+            )
+        )
+
+    async def _patient_in(self, tx: Transaction, study_attrs: Json, done: _Written) -> str:
         system, value = patient_identifier(study_attrs, self._patients)
         resource = map_patient(study_attrs, system, value)
         # escaped: a comma in a Patient ID would make it two IDs, one in any system
@@ -388,6 +423,8 @@ class StudySync:
         except PreconditionFailed as exc:
             raise AmbiguousPatient(system, exc.diagnostics) from None
         assert outcome.version is not None
+        if outcome.created:  # (from the DICOM demographics)
+            self._note(done, "create", "Patient", outcome.version.id, outcome.version.id)
         return outcome.version.id
 
     async def _order(self, tx: Transaction, study_attrs: Json, patient: str | None) -> str | None:
@@ -410,6 +447,14 @@ class StudySync:
             )
             return None
         return f"ServiceRequest/{found[0].id}"
+
+
+def _subject_id(imaging_study: Json) -> str | None:
+    """The id of the Patient an ImagingStudy is for, if it names one by reference."""
+    reference = (imaging_study.get("subject") or {}).get("reference")
+    if isinstance(reference, str) and reference.startswith("Patient/"):
+        return reference.removeprefix("Patient/")
+    return None
 
 
 def _escaped(value: str) -> str:

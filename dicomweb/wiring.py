@@ -54,7 +54,7 @@ def dicomweb_archive(
     timing = SyncTiming.from_delay(settings.study_sync_delay, settings.sync_retry_interval)
     pending = PendingStudies(timing)
     patients = PatientNamespaces(settings.default_patient_system, dict(settings.patient_issuers))
-    sync = StudySync(svc, dicomweb_base(settings), patients, pending)
+    sync = StudySync(svc, dicomweb_base(settings), patients, pending, audit)
     services = dicomweb_services(svc, verifier, audit, settings, sync)
     cursor = ChangeCursor(settings.data_dir / STATE_DIR, CONSUMER)
     links = OrderLinks(svc.store, sync, cursor)

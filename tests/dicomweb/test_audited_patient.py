@@ -1,7 +1,8 @@
 """The AuditEvent of a DICOMweb request names the Patient whose study it reached
 (IHE BALP), though the caller's token names no patient: every road into one
 study, and none for a search across studies or a request that failed; a STOW-RS
-names the Patient of the studies it stored into when the archive knew it."""
+names the Patient of the studies it stored into when the archive knew it; and
+the FHIR writes of the archive's own ImagingStudy sync name theirs."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from dicomweb.study_sync import SYNC_AUDIT
 from tests.conftest import BASE, MintToken
-from tests.dicomweb.archive_app import eventually, patients_study
+from tests.dicomweb.archive_app import eventually, imaging_study, patients_study, settled
 from tests.dicomweb.dicom_data import STOW_TYPE, make_instance, multipart
 
 STUDY = "/dicomweb/studies/4.4"
@@ -257,3 +259,38 @@ async def test_a_stow_names_the_study_it_stored_into(
     )
     assert response.status_code == status, response.text
     assert named_studies(event) == named
+
+
+async def test_the_syncs_fhir_writes_are_audited_under_their_patient(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """A new study is filed: the archive creates its Patient from the DICOM
+    demographics and writes its ImagingStudy; its DELETE removes the ImagingStudy.
+    Each of those FHIR writes is an AuditEvent by the archive naming the Patient, so
+    ``AuditEvent?patient=`` finds them beside the DICOMweb requests."""
+    body = multipart(make_instance("4.8", "4.8.1", "4.8.1.1", patient_id="PAT-NEW"))
+    stored = await client.post(
+        "/dicomweb/studies", content=body, headers={"Content-Type": STOW_TYPE}
+    )
+    assert stored.status_code == 200
+    await settled(app)
+    study = await imaging_study(client, "4.8")
+    assert study is not None
+    patient = study["subject"]["reference"]
+    assert (await client.delete("/dicomweb/studies/4.8")).status_code == 204
+    await _written(app)
+    events = await _events(client, SYNC_AUDIT)
+    done = sorted(
+        (e["subtype"][0]["code"], e["entity"][0]["what"]["reference"], *named_patients(e))
+        for e in events
+    )
+    assert done == [
+        ("create", "Endpoint/radhub-dicomweb"),
+        ("create", "ImagingStudy/4.8", patient),
+        ("create", patient, patient),
+        ("delete", "ImagingStudy/4.8", patient),
+    ]
+    assert {e["agent"][0]["who"]["identifier"]["value"] for e in events} == {"radhub-dicom-archive"}
+    found = await client.get("/fhir/AuditEvent", params={"patient": patient, "_count": "100"})
+    told = {e["resource"].get("outcomeDesc") for e in found.json()["entry"]}
+    assert SYNC_AUDIT in told
