@@ -268,8 +268,8 @@ class AmbiguousPatient(Exception):
 class _Written:
     """What one ``write`` did, to record once its transaction has committed."""
 
-    patients: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # study ->
-    # (Patient, the study's patient key it was found from): for ``set_patient``
+    # study -> (its Patient, the study's patient key it was found from): ``set_patient``
+    patients: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     revisions: dict[str, int] = field(default_factory=dict)  # study -> revision shown
     audit: list[AuditRecord] = field(default_factory=list)
 
