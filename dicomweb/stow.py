@@ -198,9 +198,10 @@ async def store_instances(
             report.failed.append(Failed(CANNOT_UNDERSTAND, message))
     if not report.stored and not report.failed:
         raise InvalidRequest("the request holds no instance")
-    access.patient = await patient_stored_for(svc.index, report)
-    if study_uid is None:
-        access.study = the_one_study(report)
+    studies = stored_studies(report)
+    access.patient = await patient_stored_for(svc.index, studies)
+    if study_uid is None and len(studies) == 1:
+        access.study = studies[0]
     body = orjson.dumps(response_dataset(svc.base_url, report, study_uid))
     response = Response(body, status_code=response_status(report), media_type=DICOM_JSON)
     for text in failure_warnings(report):
@@ -208,9 +209,14 @@ async def store_instances(
     return response
 
 
-async def patient_stored_for(index: DicomIndex, report: IngestReport) -> str | None:
-    """The one FHIR Patient every stored instance was stored for, for the audit record
-    (IHE BALP), when the index knows it of each study they went into; else None.
+def stored_studies(report: IngestReport) -> list[str]:
+    """The studies the stored instances went into, each once, in UID order."""
+    return sorted({s.study_uid for s in report.stored})
+
+
+async def patient_stored_for(index: DicomIndex, studies: list[str]) -> str | None:
+    """The one FHIR Patient instances stored into ``studies`` were stored for, for the
+    audit record (IHE BALP), when the index knows it of each study; else None.
 
     A study stored before knows its Patient (``StudyRow.patient_ref``). A study
     new to the archive has none yet: the ImagingStudy sync finds or creates its
@@ -224,7 +230,7 @@ async def patient_stored_for(index: DicomIndex, report: IngestReport) -> str | N
     failed read costs the audit its Patient, never the client its answer.
     """
     patients: set[str] = set()
-    for uid in sorted({s.study_uid for s in report.stored}):
+    for uid in studies:
         try:
             study = await index.study(uid)
         except Exception:
@@ -236,12 +242,6 @@ async def patient_stored_for(index: DicomIndex, report: IngestReport) -> str | N
         if len(patients) > 1:
             return None
     return next(iter(patients), None)
-
-
-def the_one_study(report: IngestReport) -> str | None:
-    """The study every stored instance went into, if they went into one."""
-    studies = {s.study_uid for s in report.stored}
-    return studies.pop() if len(studies) == 1 else None
 
 
 def failure_warnings(report: IngestReport) -> tuple[str, ...]:
