@@ -21,6 +21,7 @@ from fhir_server.errors import StorageUnavailable
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.settings import Settings
 from fhir_server.storage.base import NewVersion, StoredVersion, Transaction
+from fhir_server.storage.dicom_port import StudyRow
 from fhir_server.storage.sqlite.store import SqliteStore
 from tests.dicomweb.archive_app import (
     DEFAULT_PATIENT_SYSTEM,
@@ -257,5 +258,11 @@ async def test_a_study_whose_patient_id_two_patients_share_waits_until_one_remai
         assert (await client.delete("/fhir/Patient/dup-b")).status_code in (200, 204)
         study = await eventually(lambda: imaging_study(client, "9.7"), "the retried sync")
         assert study["subject"]["reference"] == "Patient/dup-a"
-        row = await app.state.dicomweb.index.study("9.7")
-        assert row is not None and row.patient_ref == "dup-a"
+
+        async def linked_row() -> StudyRow | None:
+            # the index takes the Patient just after the sync's transaction commits
+            row = await app.state.dicomweb.index.study("9.7")
+            return row if row is not None and row.patient_ref is not None else None
+
+        row = await eventually(linked_row, "the study's Patient on the index")
+        assert row.patient_ref == "dup-a"
