@@ -20,7 +20,7 @@ import pytest
 from fastapi import FastAPI
 
 from tests.conftest import app_token
-from tests.dicomweb.archive_app import DEADLINE, fast_settings, running
+from tests.dicomweb.archive_app import DEADLINE, eventually, fast_settings, running
 from tests.dicomweb.dicom_data import STOW_TYPE, make_instance, multipart, split_multipart
 from tests.dicomweb.test_wado import ANY_TS
 from tests.fhir_server.test_broken_off import serving
@@ -101,7 +101,11 @@ async def test_a_retrieval_under_way_keeps_its_files_until_it_ends(tmp_path: Pat
         slow = await SlowClient.get(port, app_token(app))
         try:
             delete = asyncio.create_task(client.delete(STUDY_PATH))
-            await asyncio.sleep(0.3)
+
+            async def rows_gone() -> bool | None:
+                return True if await app.state.dicomweb.index.study(STUDY) is None else None
+
+            await eventually(rows_gone, "the DELETE to remove the study's rows")
             assert not delete.done(), "the DELETE did not wait for the retrieval"
             assert (await client.get(STUDY_PATH)).status_code == 404  # its rows are gone
             body = await slow.read_on()

@@ -144,8 +144,21 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+AUDIT_WAIT = 30.0  # seconds a busy machine may take to write a batch of AuditEvents
+
+
+async def whole_trail(app: FastAPI, admin: httpx.AsyncClient) -> str:
+    """Every AuditEvent, as JSON text, once the writer has written all it was given:
+    a check that something is *not* in the trail means nothing before that."""
+    deadline = time.monotonic() + AUDIT_WAIT
+    while app.state.audit.unwritten():
+        assert time.monotonic() < deadline, "the audit writer did not catch up"
+        await asyncio.sleep(0.02)
+    return (await admin.get("/fhir/AuditEvent", params={"_count": "500"})).text
+
+
 async def audit_events(
-    admin: httpx.AsyncClient, query: dict[str, str], *contains: str, timeout: float = 5.0
+    admin: httpx.AsyncClient, query: dict[str, str], *contains: str, timeout: float = AUDIT_WAIT
 ) -> list[dict[str, Any]]:
     """The AuditEvents an admin finds with ``query`` whose JSON holds every string of
     ``contains``, waiting (up to ``timeout``) for the background writer to store them."""

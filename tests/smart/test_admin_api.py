@@ -20,7 +20,7 @@ from smart.admin_models import MAX_SCOPE_LENGTH
 from smart.users import Accounts, is_username
 from tests.conftest import MintToken
 
-from .conftest import ADMIN, BASE, PASSWORD, REDIRECT, Smart, audit_events, bearer
+from .conftest import ADMIN, BASE, PASSWORD, REDIRECT, Smart, audit_events, bearer, whole_trail
 
 CLIENTS = "/auth/admin/clients"
 USERS = "/auth/admin/users"
@@ -115,7 +115,7 @@ async def test_client_secret_shown_once_stored_hashed_and_working(
     assert events and events[0]["subtype"][0] == SECURITY_CONFIGURATION
     assert events[0]["outcome"] == "0" and events[0]["action"] == "C"
     await audit_events(client, {"subtype": "admin-client-update"}, "secret replaced")
-    trail = (await client.get("/fhir/AuditEvent", params={"_count": "500"})).text
+    trail = await whole_trail(app, client)
     assert secret not in trail and rotated.json()["client_secret"] not in trail
 
 
@@ -226,7 +226,7 @@ async def test_a_generated_client_id(admin: httpx.AsyncClient) -> None:
 
 
 async def test_user_lifecycle(
-    admin: httpx.AsyncClient, smart: Smart, client: httpx.AsyncClient
+    admin: httpx.AsyncClient, smart: Smart, client: httpx.AsyncClient, app: FastAPI
 ) -> None:
     await smart.add_client()
     wanted = {
@@ -268,7 +268,7 @@ async def test_user_lifecycle(
     assert (await admin.get(f"{USERS}/{user['id']}")).status_code == 404
     events = await audit_events(client, {"subtype": "admin-user-update"}, "is_active")
     assert events and events[0]["subtype"][0] == USER_ATTRIBUTES_CHANGED
-    trail = (await client.get("/fhir/AuditEvent", params={"_count": "500"})).text
+    trail = await whole_trail(app, client)
     assert PASSWORD not in trail and new_password not in trail
     assert await audit_events(client, {"subtype": "admin-user-delete", "outcome": "0"}, ADMIN)
 
