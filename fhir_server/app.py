@@ -108,6 +108,10 @@ def cors_options(settings: Settings) -> dict[str, Any]:
             "If-None-Exist",
             "If-Modified-Since",
             "Prefer",
+            # QIDO-RS clients send ``Cache-Control: no-cache`` (PS3.18 §8.3.4); a
+            # preflight refusing it blocks a browser viewer outright
+            "Cache-Control",
+            "Range",
         ],
         "expose_headers": [
             "ETag",

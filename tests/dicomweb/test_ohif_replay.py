@@ -85,13 +85,14 @@ async def test_preflight_allows_what_ohif_sends(viewer: httpx.AsyncClient) -> No
             path,
             headers={
                 "Access-Control-Request-Method": "GET",
-                "Access-Control-Request-Headers": "authorization,accept,if-none-match",
+                "Access-Control-Request-Headers": "authorization,accept,if-none-match,"
+                "cache-control",
             },
         )
         assert response.status_code == 200, path
         assert response.headers["access-control-allow-origin"] in ("*", ORIGIN)
         allowed = response.headers["access-control-allow-headers"].lower()
-        assert {"authorization", "accept", "if-none-match"} <= {
+        assert {"authorization", "accept", "if-none-match", "cache-control"} <= {
             h.strip() for h in allowed.split(",")
         }
         assert "GET" in response.headers["access-control-allow-methods"]
