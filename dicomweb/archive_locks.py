@@ -16,9 +16,12 @@ acknowledged with its row written after the DELETE and its file gone. So:
 
 A waiting DELETE goes before ingests that arrive after it, so a busy study cannot
 hold it off for ever. Keys are taken in one global order (instances, then
-studies, each sorted), so two holders never wait for each other. This excludes
-within one process: servers sharing one MongoDB and one blob store do not
-exclude each other.
+studies, each sorted), so two holders never wait for each other.
+
+Given ``shared`` (servers sharing one MongoDB and one blob store), each key is
+also held across processes, by an ``flock`` (``shared_locks``), once this
+process has let its holder in; keys are then the UIDs' stripes, in process and
+across, so the global order is one order for both.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+
+from dicomweb.shared_locks import FileLocks, stripe
 
 _INSTANCE = "i"
 _STUDY = "s"  # after _INSTANCE: the global order of ``_Key``
@@ -49,24 +54,28 @@ class _Gate:
 class ArchiveLocks:
     """The study and instance locks of one archive (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared: FileLocks | None = None) -> None:
         self._gates: dict[_Key, _Gate] = {}
+        self._shared = shared
 
     @contextlib.asynccontextmanager
     async def storing(self, studies: Iterable[str], sops: Iterable[str]) -> AsyncIterator[None]:
         """Held while a batch renames its files under their keys and indexes them."""
-        wanted = [((_INSTANCE, uid), True) for uid in sorted(set(sops))]
-        wanted += [((_STUDY, uid), False) for uid in sorted(set(studies))]
+        wanted = {self._key(_INSTANCE, uid): True for uid in sops}
+        wanted |= {self._key(_STUDY, uid): False for uid in studies}
         async with contextlib.AsyncExitStack() as held:
-            for key, exclusive in wanted:
-                await held.enter_async_context(self._hold(key, exclusive))
+            for key in sorted(wanted):
+                await held.enter_async_context(self._hold(key, wanted[key]))
             yield
 
     @contextlib.asynccontextmanager
     async def removing(self, study: str) -> AsyncIterator[None]:
         """Held while a DELETE in ``study`` reads, deletes and removes its instances."""
-        async with self._hold((_STUDY, study), True):
+        async with self._hold(self._key(_STUDY, study), True):
             yield
+
+    def _key(self, kind: str, uid: str) -> _Key:
+        return (kind, uid if self._shared is None else stripe(uid))
 
     def busy(self) -> int:
         """How many keys are held or waited for (0 when idle: nothing is kept)."""
@@ -81,7 +90,11 @@ class ArchiveLocks:
         try:
             await _acquire(gate, exclusive)
             try:
-                yield
+                if self._shared is None:
+                    yield
+                else:
+                    async with self._shared.hold("-".join(key), exclusive):
+                        yield
             finally:
                 _release(gate, exclusive)
         finally:

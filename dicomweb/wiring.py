@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dicomweb.archive_locks import ArchiveLocks
 from dicomweb.background import ArchiveTasks
 from dicomweb.blob_journal import IntentJournal
 from dicomweb.blobstore import FileBlobStore
@@ -18,6 +19,7 @@ from dicomweb.http_common import DicomwebServices
 from dicomweb.imaging_study import PatientNamespaces
 from dicomweb.ingest import IngestOptions, IngestService
 from dicomweb.order_links import CONSUMER, OrderLinks
+from dicomweb.shared_locks import LOCK_DIR, FileLocks
 from dicomweb.study_sync import PendingStudies, StudySync, SyncTiming
 from dicomweb.sync_retry import SyncRetry
 from fhir_server.access.tokens import TokenVerifier
@@ -78,7 +80,11 @@ def dicomweb_services(
         overwrite=settings.dicom_overwrite,
         describe_lanes=max(1, svc.workers.size),
     )
-    ingest = IngestService(svc.store.dicom, blobs, sync, options, journal, svc.workers.run)
+    # the embedded store is one process; processes sharing blobs (MongoDB) exclude
+    # each other too
+    one_process = svc.store.name == "sqlite"
+    locks = ArchiveLocks(None if one_process else FileLocks(blobs.root / LOCK_DIR))
+    ingest = IngestService(svc.store.dicom, blobs, sync, options, journal, svc.workers.run, locks)
     return DicomwebServices(
         index=svc.store.dicom,
         blobs=blobs,
@@ -92,9 +98,9 @@ def dicomweb_services(
         max_results=settings.qido_max_results,
         max_decoded_bytes=settings.max_decoded_bytes,
         journal=journal,
-        # the embedded store is one process: every temporary at start-up is a dead
-        # write; processes sharing blobs (MongoDB) may have live ones
-        temp_grace=0.0 if svc.store.name == "sqlite" else SHARED_TEMP_GRACE,
+        # one process: every temporary at start-up is a dead write; processes
+        # sharing blobs may have live ones
+        temp_grace=0.0 if one_process else SHARED_TEMP_GRACE,
         records=svc.store,
         delete_grace=settings.delete_grace,
     )

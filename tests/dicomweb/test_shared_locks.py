@@ -1,0 +1,148 @@
+"""ArchiveLocks across processes: servers sharing one blob store (MongoDB) exclude
+each other's STOW-RS batches and DELETEs of one study through flock files, a
+dead holder's lock goes with it, and the wiring gives a MongoDB archive such
+locks (the embedded store's, one process, keeps them in memory)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from mongomock_motor import AsyncMongoMockClient
+
+from dicomweb.archive_locks import ArchiveLocks
+from dicomweb.shared_locks import LOCK_DIR, FileLocks, stripe
+from fhir_server.search.registry import SearchRegistry
+from fhir_server.storage.mongo.store import MongoStore
+from tests.dicomweb.archive_app import DEADLINE, fast_settings, running
+from tests.dicomweb.dicom_data import STOW_TYPE, make_instance, multipart
+from tests.dicomweb.test_archive_locks import Probe
+
+QUIET = 0.3  # seconds in which a holder that could get in would have
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + DEADLINE
+    while not condition():
+        assert loop.time() < end, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def server(tmp_path: Path) -> ArchiveLocks:
+    """One server's locks on the shared blob store (its own open files, as another
+    process has: an flock is per open file)."""
+    return ArchiveLocks(FileLocks(tmp_path / LOCK_DIR))
+
+
+@pytest.mark.parametrize(
+    ("uid", "expected"),
+    [("1.2.3", "c47"), ("1.2.840.10008.5.1.4.1.1.2", "5ec"), ("", "e3b")],
+)
+def test_a_stripe_is_a_prefix_of_the_uids_sha256(uid: str, expected: str) -> None:
+    assert stripe(uid) == expected
+
+
+async def test_a_delete_on_one_server_waits_for_a_batch_on_another(tmp_path: Path) -> None:
+    one, other = server(tmp_path), server(tmp_path)
+    log: list[str] = []
+    batch = Probe(lambda: one.storing(["S"], ["1"]), log, "batch")
+    await until(lambda: log == ["batch"], "the batch")
+    delete = Probe(lambda: other.removing("S"), log, "delete")
+    unrelated = Probe(lambda: other.storing(["T"], ["2"]), log, "other study")
+    await until(lambda: "other study" in log, "a batch into another study")
+    await asyncio.sleep(QUIET)
+    assert "delete" not in log
+    await batch.leave()
+    await until(lambda: "delete" in log, "the DELETE once the batch is done")
+    await delete.leave()
+    await unrelated.leave()
+    assert one.busy() == other.busy() == 0
+
+
+async def test_batches_on_two_servers_share_a_study_but_not_an_instance(tmp_path: Path) -> None:
+    one, other = server(tmp_path), server(tmp_path)
+    log: list[str] = []
+    first = Probe(lambda: one.storing(["S"], ["1", "2"]), log, "first")
+    await until(lambda: log == ["first"], "the first batch")
+    sharing = Probe(lambda: other.storing(["S"], ["3"]), log, "sharing the study")
+    overlapping = Probe(lambda: other.storing(["S"], ["2"]), log, "sending instance 2 too")
+    await until(lambda: "sharing the study" in log, "a batch into the same study")
+    await asyncio.sleep(QUIET)
+    assert "sending instance 2 too" not in log
+    await first.leave()
+    await until(lambda: "sending instance 2 too" in log, "instance 2's turn")
+    await sharing.leave()
+    await overlapping.leave()
+
+
+async def test_a_killed_holder_leaves_no_lock_behind(tmp_path: Path) -> None:
+    """A server killed (SIGKILL) while it deletes a study: the kernel lets go of its
+    lock, so the others' batches into that study go on."""
+    ready = tmp_path / "holding"
+    code = (
+        "import asyncio, sys, pathlib\n"
+        "from dicomweb.archive_locks import ArchiveLocks\n"
+        "from dicomweb.shared_locks import FileLocks\n"
+        "async def main():\n"
+        f"    locks = ArchiveLocks(FileLocks(pathlib.Path({str(tmp_path / LOCK_DIR)!r})))\n"
+        "    async with locks.removing('S'):\n"
+        f"        pathlib.Path({str(ready)!r}).touch()\n"
+        "        await asyncio.sleep(3600)\n"
+        "asyncio.run(main())\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], env=os.environ | {"PYTHONPATH": "."})
+    try:
+        await until(ready.exists, "the other process to hold the study")
+        log: list[str] = []
+        batch = Probe(lambda: server(tmp_path).storing(["S"], ["1"]), log, "batch")
+        await asyncio.sleep(QUIET)
+        assert log == []
+        os.kill(holder.pid, signal.SIGKILL)
+        await until(lambda: log == ["batch"], "the batch once the holder is dead")
+        await batch.leave()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+async def test_a_mongodb_archive_excludes_across_servers_on_its_blob_store(
+    tmp_path: Path,
+) -> None:
+    """Two servers on one MongoDB database and one data dir: a STOW-RS into a study
+    the other is deleting waits for that DELETE, then stores."""
+    settings = fast_settings(tmp_path / "data")
+    client = AsyncMongoMockClient()
+    registry = SearchRegistry.load().with_base_url(settings.fhir_base)
+
+    def store() -> MongoStore:
+        return MongoStore(client, "radhub_archive", registry)
+
+    async with running(settings, store()) as (one, _), running(settings, store()) as (_, other):
+        body = multipart(make_instance("7.1", "7.1.1", "7.1.1.1"))
+        stow = None
+        async with one.state.dicomweb.ingest.locks.removing("7.1"):
+            stow = asyncio.create_task(
+                other.post("/dicomweb/studies", content=body, headers={"Content-Type": STOW_TYPE})
+            )
+            await asyncio.sleep(QUIET)
+            assert not stow.done(), "the STOW did not wait for the other server's DELETE"
+        stored = await asyncio.wait_for(stow, DEADLINE)
+        assert stored.status_code == 200, stored.text
+        assert (tmp_path / "data" / "blobs" / LOCK_DIR / f"s-{stripe('7.1')}").is_file()
+
+
+async def test_the_embedded_stores_archive_keeps_its_locks_in_memory(tmp_path: Path) -> None:
+    async with running(fast_settings(tmp_path / "data")) as (_, client):
+        body = multipart(make_instance("7.2", "7.2.1", "7.2.1.1"))
+        stored = await client.post(
+            "/dicomweb/studies", content=body, headers={"Content-Type": STOW_TYPE}
+        )
+        assert stored.status_code == 200
+    assert not (tmp_path / "data" / "blobs" / LOCK_DIR).exists()
