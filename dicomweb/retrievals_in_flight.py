@@ -18,18 +18,30 @@ a rendered image, a transcoding) is a 404, as if the DELETE had come first.
 
 Counting costs one dict update when a retrieval starts and one when it ends,
 not one per file: whole-study retrieval is the archive's hottest path.
+
+Given ``shared`` (servers sharing one blob store), a study with retrievals in
+flight here also holds a shared ``flock`` on its stripe's retrieval lock
+(``shared_locks``), taken when its first retrieval starts and let go when its
+last ends, and a DELETE also waits, within the same grace, until no process
+holds its study's (so retrievals of other studies on that stripe may hold it
+back too, never beyond the grace). A retrieval that starts while a DELETE
+takes that lock for its moment goes on without it: it finds its rows gone,
+unless another study of the stripe's was deleted, and then it is not waited
+for, as before there were shared locks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from dicomweb.blob_errors import BlobNotFound
+from dicomweb.shared_locks import FileLocks, stripe
 from fhir_server.errors import NotFound, ResponseBrokenOff
 
 DELETE_GRACE = 30.0  # seconds a DELETE leaves a study's files to retrievals in flight
@@ -39,9 +51,11 @@ Chunk = str | bytes | memoryview
 class RetrievalsInFlight:
     """How many retrievals of each study are in flight; what a DELETE waits on."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared: FileLocks | None = None) -> None:
         self._counts: dict[str, int] = {}
         self._idle: dict[str, asyncio.Event] = {}  # only for studies a DELETE waits on
+        self._shared = shared
+        self._locked: dict[str, int] = {}  # study -> the open file holding its shared lock
 
     def in_flight(self, study: str) -> int:
         return self._counts.get(study, 0)
@@ -52,7 +66,12 @@ class RetrievalsInFlight:
 
     def hold(self, study: str) -> Retrieval:
         """Count one retrieval of ``study`` until the handle is released."""
-        self._counts[study] = self._counts.get(study, 0) + 1
+        count = self._counts.get(study, 0)
+        if not count and self._shared is not None:
+            fd = self._shared.try_shared(_lock_name(study))
+            if fd is not None:
+                self._locked[study] = fd
+        self._counts[study] = count + 1
         return Retrieval(self, study)
 
     def _release(self, study: str) -> None:
@@ -61,21 +80,32 @@ class RetrievalsInFlight:
             self._counts[study] = left
             return
         del self._counts[study]
+        fd = self._locked.pop(study, None)
+        if fd is not None:
+            os.close(fd)  # which lets go of its shared lock
         idle = self._idle.pop(study, None)
         if idle is not None:
             idle.set()
 
     async def settled(self, study: str, grace: float) -> bool:
-        """Wait until no retrieval of ``study`` is in flight: True then, at once if
-        there is none; False if ``grace`` seconds pass first."""
-        if study not in self._counts:
+        """Wait until no retrieval of ``study`` is in flight (in any process, when
+        ``shared``): True then, at once if there is none; False if ``grace``
+        seconds pass first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        if study in self._counts:
+            idle = self._idle.setdefault(study, asyncio.Event())
+            try:
+                await asyncio.wait_for(idle.wait(), grace)
+            except TimeoutError:
+                return False
+        if self._shared is None:
             return True
-        idle = self._idle.setdefault(study, asyncio.Event())
-        try:
-            await asyncio.wait_for(idle.wait(), grace)
-        except TimeoutError:
-            return False
-        return True
+        return await self._shared.free(_lock_name(study), max(0.0, deadline - loop.time()))
+
+
+def _lock_name(study: str) -> str:
+    return f"r-{stripe(study)}"
 
 
 class Retrieval:

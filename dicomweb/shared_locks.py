@@ -63,6 +63,40 @@ class FileLocks:
         finally:
             os.close(fd)  # which lets go of the lock
 
+    def try_shared(self, name: str) -> int | None:
+        """Take lock ``name`` shared if nobody holds it exclusively, now: the open
+        file that holds it (closing it lets go), or None."""
+        fd = self._open(name)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    async def free(self, name: str, timeout: float) -> bool:
+        """Wait until nobody holds lock ``name`` (taking it exclusively for a moment):
+        True then; False if ``timeout`` seconds pass first."""
+        fd = self._open(name)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                await asyncio.wait_for(_take(fd, fcntl.LOCK_EX), timeout)
+            except TimeoutError:
+                return False
+            finally:
+                os.close(fd)
+            return True
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        return True
+
     def _open(self, name: str) -> int:
         path = self._dir / name
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC

@@ -19,6 +19,7 @@ from dicomweb.http_common import DicomwebServices
 from dicomweb.imaging_study import PatientNamespaces
 from dicomweb.ingest import IngestOptions, IngestService
 from dicomweb.order_links import CONSUMER, OrderLinks
+from dicomweb.retrievals_in_flight import RetrievalsInFlight
 from dicomweb.shared_locks import LOCK_DIR, FileLocks
 from dicomweb.study_sync import PendingStudies, StudySync, SyncTiming
 from dicomweb.sync_retry import SyncRetry
@@ -83,8 +84,10 @@ def dicomweb_services(
     # the embedded store is one process; processes sharing blobs (MongoDB) exclude
     # each other too
     one_process = svc.store.name == "sqlite"
-    locks = ArchiveLocks(None if one_process else FileLocks(blobs.root / LOCK_DIR))
-    ingest = IngestService(svc.store.dicom, blobs, sync, options, journal, svc.workers.run, locks)
+    shared = None if one_process else FileLocks(blobs.root / LOCK_DIR)
+    ingest = IngestService(
+        svc.store.dicom, blobs, sync, options, journal, svc.workers.run, ArchiveLocks(shared)
+    )
     return DicomwebServices(
         index=svc.store.dicom,
         blobs=blobs,
@@ -103,4 +106,5 @@ def dicomweb_services(
         temp_grace=0.0 if one_process else SHARED_TEMP_GRACE,
         records=svc.store,
         delete_grace=settings.delete_grace,
+        retrievals=RetrievalsInFlight(shared),
     )

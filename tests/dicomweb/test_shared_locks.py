@@ -17,6 +17,7 @@ import pytest
 from mongomock_motor import AsyncMongoMockClient
 
 from dicomweb.archive_locks import ArchiveLocks
+from dicomweb.retrievals_in_flight import RetrievalsInFlight
 from dicomweb.shared_locks import LOCK_DIR, FileLocks, stripe
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.storage.mongo.store import MongoStore
@@ -146,3 +147,49 @@ async def test_the_embedded_stores_archive_keeps_its_locks_in_memory(tmp_path: P
         )
         assert stored.status_code == 200
     assert not (tmp_path / "data" / "blobs" / LOCK_DIR).exists()
+
+
+def flights(tmp_path: Path) -> RetrievalsInFlight:
+    """One server's retrievals in flight, on the shared blob store's locks."""
+    return RetrievalsInFlight(FileLocks(tmp_path / LOCK_DIR))
+
+
+async def test_a_delete_on_one_server_waits_for_a_retrieval_on_another(tmp_path: Path) -> None:
+    reading, deleting = flights(tmp_path), flights(tmp_path)
+    first, second = reading.hold("S"), reading.hold("S")
+    waiting = asyncio.create_task(deleting.settled("S", DEADLINE))
+    first.release()
+    await asyncio.sleep(QUIET)
+    assert not waiting.done()  # the other server's second retrieval is still sending
+    second.release()
+    assert await asyncio.wait_for(waiting, DEADLINE)
+    assert await asyncio.wait_for(deleting.settled("S", 0.0), DEADLINE)  # none: at once
+
+
+async def test_a_delete_waits_for_another_servers_retrieval_no_longer_than_its_grace(
+    tmp_path: Path,
+) -> None:
+    reading, deleting = flights(tmp_path), flights(tmp_path)
+    held = reading.hold("S")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert not await deleting.settled("S", 0.2)
+    assert loop.time() - started >= 0.2
+    assert await asyncio.wait_for(deleting.settled("T", 0.0), DEADLINE)  # another study
+    held.release()
+    assert await asyncio.wait_for(deleting.settled("S", DEADLINE), DEADLINE)
+    assert reading.busy() == 0
+
+
+async def test_a_mongodb_archives_retrievals_hold_their_studys_lock(tmp_path: Path) -> None:
+    """The wiring: a MongoDB archive's retrievals take the lock another server's
+    DELETE waits on (the counting itself is tested through HTTP in
+    ``test_wado_delete_race``)."""
+    settings = fast_settings(tmp_path / "data")
+    store = MongoStore(AsyncMongoMockClient(), "radhub_archive", SearchRegistry.load())
+    async with running(settings, store) as (app, _):
+        other = flights(tmp_path / "data" / "blobs")
+        retrieval = app.state.dicomweb.retrievals.hold("7.3")
+        assert not await other.settled("7.3", 0.1)  # in flight on the first server
+        retrieval.release()
+        assert await asyncio.wait_for(other.settled("7.3", DEADLINE), DEADLINE)
