@@ -32,7 +32,15 @@ _SEX = {"M": "male", "F": "female", "O": "other"}
 # PS3.16 CID 244 Laterality → its SNOMED CT codes. R4's binding of
 # ImagingStudy.series.laterality is only an example (bodysite-laterality, other SNOMED
 # codes), so the codes DICOM itself uses for ImageLaterality are the ones kept.
-_LATERALITY = {"R": ("24028007", "Right"), "L": ("7771000", "Left"), "B": ("51440002", "Both")}
+_LATERALITY = {
+    "R": ("24028007", "Right"),
+    "L": ("7771000", "Left"),
+    "B": ("51440002", "Right and left"),
+}
+# FHIR's unsignedInt: series and instance numbers beyond it (IS allows up to 2^31 - 1
+# too, but some senders exceed it) are left out rather than failing the resource
+_UNSIGNED_INT_MAX = 2**31 - 1
+_WHITESPACE = re.compile(r"\s+")
 # PS3.16 Table 8-1 Coding Scheme Designators → FHIR system URIs, for the schemes FHIR
 # names. SRT is left out on purpose: its SNOMED RT identifiers are not SNOMED CT codes.
 _CODING_SYSTEMS = {
@@ -60,10 +68,35 @@ def first(attrs: Json, tag: str) -> Any:
 
 
 def _text(attrs: Json, tag: str) -> str | None:
+    """The first value as text, without the padding that is not part of it: every
+    attribute read here (LO, SH, CS, PN, DA, TM...) has leading and trailing spaces
+    that are not significant (PS3.5 6.2), so ``" P18 "`` is Patient ID ``P18``."""
     value = first(attrs, tag)
     if isinstance(value, dict):
         value = value.get("Alphabetic")
-    return None if value in (None, "") else str(value)
+    text = "" if value is None else str(value).strip()
+    return text or None
+
+
+def accession_number(study_attrs: Json) -> str | None:
+    """The study's AccessionNumber, its padding removed, if it has one."""
+    return _text(study_attrs, "00080050")
+
+
+def fhir_code(text: str | None) -> str | None:
+    """``text`` as a FHIR ``code`` (R4: no leading or trailing whitespace, single
+    spaces within), or None when nothing is left: DICOM allows ``"C  T"`` in a CS
+    or SH that FHIR would refuse, and one such value must not fail the whole study."""
+    if text is None:
+        return None
+    return _WHITESPACE.sub(" ", text).strip() or None
+
+
+def _unsigned(number: Any) -> int | None:
+    """A DICOM IS value as FHIR's unsignedInt, or None when it is none."""
+    if isinstance(number, int) and not isinstance(number, bool):
+        return number if 0 <= number <= _UNSIGNED_INT_MAX else None
+    return None
 
 
 @dataclass(frozen=True)
@@ -197,9 +230,9 @@ def coded_concept(item: Json) -> Json | None:
     """A DICOM Code Sequence item (PS3.3 8.8) → an R4 CodeableConcept: the system of a
     scheme FHIR names, else the code and meaning without one; None without a code."""
     meaning = _text(item, "00080104")
-    if urn := _text(item, "00080120"):  # URN Code Value: the code is its own system
+    if urn := fhir_code(_text(item, "00080120")):  # URN Code Value: its own system
         coding: Json = {"system": RFC3986, "code": urn}
-    elif code := _text(item, "00080100") or _text(item, "00080119"):
+    elif code := fhir_code(_text(item, "00080100") or _text(item, "00080119")):
         coding = {"code": code}
         if system := _CODING_SYSTEMS.get(_text(item, "00080102") or ""):
             coding = {"system": system, **coding}
@@ -215,8 +248,8 @@ def _instance(row: InstanceRow) -> dict[str, Any]:
         "uid": row.uid,
         "sopClass": {"system": RFC3986, "code": f"urn:oid:{first(row.attrs, '00080016')}"},
     }
-    if row.instance_number is not None and row.instance_number >= 0:
-        out["number"] = row.instance_number
+    if (number := _unsigned(row.instance_number)) is not None:
+        out["number"] = number
     return out
 
 
@@ -224,11 +257,10 @@ def _series(row: SeriesRow, mine: Sequence[InstanceRow], endpoint: str | None) -
     a = row.attrs
     out: dict[str, Any] = {
         "uid": row.uid,
-        "modality": {"system": DCM, "code": _text(a, "00080060") or "OT"},
+        "modality": {"system": DCM, "code": fhir_code(_text(a, "00080060")) or "OT"},
         "numberOfInstances": row.instance_count,
     }
-    number = first(a, "00200011")
-    if isinstance(number, int) and number >= 0:
+    if (number := _unsigned(first(a, "00200011"))) is not None:
         out["number"] = number
     if description := _text(a, "0008103E"):
         out["description"] = description
@@ -247,8 +279,8 @@ def _series(row: SeriesRow, mine: Sequence[InstanceRow], endpoint: str | None) -
 
 def _number_order(number: Any, uid: str) -> tuple[int, int, str]:
     """By number where there is one, then the unnumbered; UID breaks ties."""
-    numbered = isinstance(number, int) and number >= 0
-    return (0 if numbered else 1, number if numbered else 0, uid)
+    numbered = _unsigned(number)
+    return (1, 0, uid) if numbered is None else (0, numbered, uid)
 
 
 def _series_order(row: SeriesRow) -> tuple[int, int, str]:
@@ -270,7 +302,7 @@ def map_study(
     identifiers: list[dict[str, Any]] = [
         {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{study.uid}"}
     ]
-    if accession := _text(a, "00080050"):
+    if accession := accession_number(a):
         coding = {"system": V2_0203, "code": "ACSN"}
         identifiers.append({"type": {"coding": [coding]}, "value": accession})
     out: dict[str, Any] = {
@@ -282,8 +314,8 @@ def map_study(
         "numberOfSeries": study.series_count,
         "numberOfInstances": study.instance_count,
     }
-    if study.modalities:
-        out["modality"] = [{"system": DCM, "code": m} for m in study.modalities]
+    if modalities := list(dict.fromkeys(filter(None, map(fhir_code, study.modalities)))):
+        out["modality"] = [{"system": DCM, "code": m} for m in modalities]
     if started := _started(a, "00080020", "00080030"):
         out["started"] = started
     if links.service_request:

@@ -136,7 +136,14 @@ def normal_values(vr: str, value: Any) -> list[str]:
             return [number_normal(value)]
         except (TypeError, ValueError):
             return [str(value)]
+    if vr in _PADDED_VRS:
+        return [text] if (text := str(value).strip()) else []
     return [str(value)]
+
+
+# VRs whose leading and trailing spaces are padding, not value (PS3.5 Table 6.2-1): an
+# AccessionNumber sent as " A2 " is matched by A2, as a C-FIND SCP would
+_PADDED_VRS = frozenset({"AE", "CS", "LO", "SH", "UI"})
 
 
 def key_name(path: tuple[int, ...]) -> str:

@@ -41,7 +41,7 @@ import orjson
 from dicomweb.imaging_study import (
     PatientNamespaces,
     StudyLinks,
-    first,
+    accession_number,
     map_patient,
     map_study,
     patient_identifier,
@@ -96,6 +96,10 @@ def body_of(version: StoredVersion | None) -> Json | None:
         return None
     body: Json = orjson.loads(version.body)
     return body
+
+
+def _current(version: StoredVersion | None) -> bool:
+    return version is not None and not version.deleted
 
 
 def based_on(imaging_study: Json) -> str | None:
@@ -359,11 +363,16 @@ class StudySync:
         return matches_index(body_of(current), study)
 
     async def _ensure_endpoint(self, tx: Transaction, done: _Written) -> str:
-        current = await tx.current("Endpoint", ENDPOINT_ID)
-        if current is None or current.deleted:
-            resource = endpoint_resource(self._base)
+        """The Endpoint, written when it is missing or names another address (the
+        server's ``--base-url`` changed); what a client added to it is kept."""
+        current = body_of(await tx.current("Endpoint", ENDPOINT_ID))
+        wanted = endpoint_resource(self._base)
+        if current is None or current.get("address") != wanted["address"]:
+            kept = {} if current is None else {k: v for k, v in current.items() if k != "meta"}
+            resource = kept | wanted
             await crud.update_in(tx, self._svc, self._auth, "Endpoint", ENDPOINT_ID, resource)
-            self._note(done, "create", "Endpoint", ENDPOINT_ID, None)
+            interaction = "create" if current is None else "update"
+            self._note(done, interaction, "Endpoint", ENDPOINT_ID, None)
         return f"Endpoint/{ENDPOINT_ID}"
 
     async def _sync_one(self, tx: Transaction, uid: str, endpoint: str, done: _Written) -> None:
@@ -378,7 +387,9 @@ class StudySync:
                 self._note(done, "delete", IMAGING_STUDY, uid, _subject_id(current))
             return
         patient = study.patient_ref
-        if patient is None:
+        if patient is None or not _current(await tx.current("Patient", patient)):
+            # unknown yet, or deleted since (FHIR DELETE does not ask who refers to
+            # it): the Patient with the study's identifier, found or made again
             patient = await self._patient_in(tx, study.attrs, done)
             done.patients[uid] = (patient, study.patient_key)
         links = StudyLinks(
@@ -429,10 +440,10 @@ class StudySync:
 
     async def _order(self, tx: Transaction, study_attrs: Json, patient: str | None) -> str | None:
         """The one order with the study's accession number, if it is for ``patient``."""
-        accession = first(study_attrs, "00080050")
+        accession = accession_number(study_attrs)
         if not accession or patient is None:
             return None
-        criteria = f"identifier:of-type={quote(ACCESSION_TYPE + '|' + _escaped(str(accession)))}"
+        criteria = f"identifier:of-type={quote(ACCESSION_TYPE + '|' + _escaped(accession))}"
         found = await find_conditional(tx, self._svc, self._auth, "ServiceRequest", criteria)
         if len(found) != 1:
             return None

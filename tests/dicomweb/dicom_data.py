@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
+from typing import Any
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
@@ -109,3 +112,15 @@ def split_multipart(body: bytes, content_type: str) -> list[bytes]:
     boundary = content_type.split("boundary=")[1].split(";")[0].strip().strip('"')
     pieces = body.split(f"--{boundary}".encode())[1:-1]
     return [p.split(b"\r\n\r\n", 1)[1].removesuffix(b"\r\n") for p in pieces]
+
+
+def with_values(body: bytes, **values: Any) -> bytes:
+    """``body`` with attributes set, to values pydicom may warn are invalid."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(io.BytesIO(body))
+        for keyword, value in values.items():
+            setattr(ds, keyword, value)
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()

@@ -7,7 +7,6 @@ import hashlib
 import io
 import pickle
 import sqlite3
-import warnings
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -63,7 +62,7 @@ from fhir_server.storage.dicom_port import (
 )
 from fhir_server.storage.sqlite.store import SqliteStore
 from tests.dicomweb.archive_app import settled, study_patient
-from tests.dicomweb.dicom_data import make_instance
+from tests.dicomweb.dicom_data import make_instance, with_values
 
 
 async def stream(*bodies: bytes) -> AsyncIterator[AsyncIterator[bytes]]:
@@ -419,25 +418,13 @@ async def test_imaging_study_is_searchable_once_ingest_settles(app: FastAPI, cli
     assert [e["resource"]["id"] for e in by_patient["entry"]] == ["7.7"]
 
 
-def _with_values(body: bytes, **values: str) -> bytes:
-    """``body`` with attributes set to values pydicom warns are invalid."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(io.BytesIO(body))
-        for keyword, value in values.items():
-            setattr(ds, keyword, value)
-        out = io.BytesIO()
-        ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
-
-
 async def test_a_study_with_impossible_dates_still_gets_its_imaging_study(
     app: FastAPI, client: Any
 ) -> None:
     """A date, time or zone that is none (all zeros for an unknown birth date is
     common) is left out: the ImagingStudy and the Patient are written without it,
     rather than refused by the FHIR validation and retried for ever."""
-    body = _with_values(
+    body = with_values(
         make_instance("7.8", "7.8.1", "7.8.1.1", patient_id="MRN-0", date="20240105"),
         PatientBirthDate="00000000",
         SeriesDate="20241340",
