@@ -290,7 +290,7 @@ def parse_qido(
         includefields=tuple(state.includes),
         include_all=state.include_all,
         limit=limit,
-        offset=_offset(state.single.get("offset", "0")),
+        offset=_offset(state),
         fuzzymatching=state.fuzzy,
         warnings=bounded(state.warnings, "ignored parameters"),
     )
@@ -360,26 +360,23 @@ class _State:
 def _limit(state: _State, max_limit: int) -> int:
     if "limit" not in state.single:
         return max_limit
-    limit = _non_negative("limit", state.single["limit"])
-    if limit == 0:
-        raise QidoError("limit must be a positive integer")
+    # 0 is a uint like any other (PS3.18 §8.3.4.4): a request for no results, 200 []
+    limit = _unsigned("limit", state.single["limit"])
     # above the maximum: the maximum; a warning only if results are cut (qido_rs)
     return min(limit, max_limit)
 
 
-def _offset(value: str) -> int:
-    """PS3.18 §8.3.4.4: an offset below zero is zero; one that is not a number, an error.
-    A huge one is cut to ``INTEGER_CEILING`` (``url_integers``): it matches nothing."""
-    offset = url_integer(value, signed=True)
-    if offset is None:
-        raise QidoError(f"offset must be an integer, not {value!r}")
-    return max(offset, 0)
+def _offset(state: _State) -> int:
+    """A huge offset is cut to ``INTEGER_CEILING`` (``url_integers``): it matches nothing."""
+    return _unsigned("offset", state.single.get("offset", "0"))
 
 
-def _non_negative(name: str, value: str) -> int:
+def _unsigned(name: str, value: str) -> int:
+    """PS3.18 §8.3.4.4: ``limit`` and ``offset`` are uints, so a sign, a fraction or
+    anything but ASCII digits is a syntax error in the query (400, §8.3.4)."""
     number = url_integer(value)
     if number is None:
-        raise QidoError(f"{name} must be a non-negative integer, not {value!r}")
+        raise QidoError(f"{name} must be an unsigned integer (ASCII digits), not {value!r}")
     return number
 
 

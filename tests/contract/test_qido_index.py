@@ -240,3 +240,15 @@ async def test_rekey_brings_earlier_rows_to_the_current_keys(store: Store) -> No
     assert len(await search(store, "study", {"ModalitiesInStudy": "CT"})) == len(STUDIES)
     assert await rekey_index(store.dicom) == 0
     assert await store.dicom.rekey(KEYS_VERSION + "-next", match_keys, ("study",)) == len(STUDIES)
+
+
+@pytest.mark.parametrize("level", ["study", "series", "instance"])
+async def test_limit_zero_finds_nothing_and_says_more_exist(store: Store, level: Level) -> None:
+    """PS3.18 §8.3.4.4: limit=0 is a valid uint; no adapter takes it as "no limit"
+    (MongoDB's ``limit(0)`` would)."""
+    await store.dicom.store_batch(all_records())
+    query = compile_query(parse_qido(level, [("limit", "0")]), Scope(), None)
+    page = await store.dicom.search(query)
+    assert page.matches == [] and page.more
+    one = await store.dicom.search(replace(query, limit=1))
+    assert len(one.matches) == 1

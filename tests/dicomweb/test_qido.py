@@ -168,9 +168,12 @@ def test_scoped_series_search_ignores_study_keys() -> None:
     "params",
     [
         [("limit", "-1")],
-        [("limit", "0")],
         [("limit", "ten")],
         [("offset", "1.5")],
+        [("offset", "-5")],
+        [("offset", "-0")],
+        [("offset", "+1")],
+        [("offset", "-" + "9" * 30)],
         [("fuzzymatching", "yes")],
         [("PatientID", "a"), ("00100020", "b")],
         [("StudyDate", "yesterday")],
@@ -195,21 +198,31 @@ def test_parse_qido_rejects(params: list[tuple[str, str]]) -> None:
 @pytest.mark.parametrize(
     ("value", "offset"),
     [
-        ("-1", 0),
-        ("-25", 0),
         ("0", 0),
         ("7", 7),
         ("007", 7),
-        ("-" + "9" * 30, 0),
         # beyond a 64-bit integer: cut to one that still is (and matches nothing)
         ("9223372036854775808", INTEGER_CEILING),
         ("1" + "0" * 30, INTEGER_CEILING),
         ("9" * 5000, INTEGER_CEILING),  # more digits than int() reads by default
     ],
 )
-def test_offset_below_zero_is_zero(value: str, offset: int) -> None:
-    # PS3.18 §8.3.4.4: absent or less than zero -> 0; not a number stays an error
+def test_offset_is_an_unsigned_integer(value: str, offset: int) -> None:
+    # PS3.18 §8.3.4.4: offset = uint; a negative one is refused (test_parse_qido_rejects)
     assert parse_qido("study", [("offset", value)]).offset == offset
+
+
+@pytest.mark.parametrize(("value", "limit"), [("0", 0), ("00", 0), ("1", 1), ("50", 50)])
+def test_limit_zero_asks_for_no_results(value: str, limit: int) -> None:
+    assert parse_qido("study", [("limit", value)], max_limit=50).limit == limit
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("offset", "-5"), ("limit", "-1"), ("offset", "x"), ("limit", "1.0")]
+)
+def test_paging_errors_name_the_parameter(name: str, value: str) -> None:
+    with pytest.raises(QidoError, match=f"^{name} must be an unsigned integer"):
+        parse_qido("study", [(name, value)])
 
 
 def test_includefield_names_at_most_the_bound() -> None:

@@ -61,11 +61,20 @@ async def test_star_alone_is_universal_matching(loaded: httpx.AsyncClient) -> No
     assert study_uids(some) == ["1.1", "3.3"]
 
 
-async def test_offset_below_zero_is_zero(loaded: httpx.AsyncClient) -> None:
-    first = await loaded.get("/dicomweb/studies", params={"offset": "-1", "limit": "1"})
-    assert study_uids(first) == ["1.1"]
-    bad = await loaded.get("/dicomweb/studies", params={"offset": "one"})
-    assert bad.status_code == 400
+async def test_a_negative_offset_is_400_and_limit_zero_is_no_results(
+    loaded: httpx.AsyncClient,
+) -> None:
+    # PS3.18 §8.3.4.4: limit and offset are uints
+    for params in ({"offset": "-5"}, {"offset": "-1", "limit": "1"}, {"offset": "one"}):
+        bad = await loaded.get("/dicomweb/studies", params=params)
+        assert bad.status_code == 400, params
+        assert "offset must be an unsigned integer" in bad.json()["message"]
+    none = await loaded.get("/dicomweb/studies", params={"limit": "0"})
+    assert none.status_code == 200 and none.json() == []
+    assert "warning" not in none.headers
+    # and no match stays 200 [] (not 204)
+    nothing = await loaded.get("/dicomweb/studies", params={"PatientID": "nobody"})
+    assert nothing.status_code == 200 and nothing.json() == []
 
 
 EVERY = ["1.1", "2.2", "3.3"]
@@ -82,7 +91,7 @@ INTEGERS: list[tuple[dict[str, str], list[str] | None]] = [
     ({"StudyDate": "２０２４０１０５"}, None),
     ({"offset": str(2**63)}, []),  # beyond SQLite's integers: past every result
     ({"offset": "1" + "0" * 30}, []),
-    ({"offset": "-1" + "0" * 30, "limit": "1"}, ["1.1"]),
+    ({"offset": "-1" + "0" * 30, "limit": "1"}, None),
     ({"limit": "1" + "0" * 30}, EVERY),
     ({"offset": "002", "limit": "01"}, ["3.3"]),
 ]
