@@ -97,7 +97,22 @@ WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", 
 RANGE_VRS = frozenset({"DA", "TM", "DT"})
 NUMERIC_VRS = frozenset({"IS", "DS", "SL", "SS", "UL", "US", "SV", "UV", "FL", "FD"})
 LIST_VRS = frozenset({"UI", "CS"})  # UID list matching (PS3.4 C.2.2.2.2), value lists for CS
-RESERVED_PARAMS = frozenset({"limit", "offset", "includefield", "fuzzymatching", "accept"})
+# PS3.18 §8.3.4.2, §8.3.4.5, §8.3.4.6: matching the server does not perform, each
+# asked for with ``true`` or ``false``; for ``true``, the Warning text the standard gives.
+UNSUPPORTED_MATCHING: dict[str, str] = {
+    "fuzzymatching": (
+        "The fuzzymatching parameter is not supported. Only literal matching has been performed."
+    ),
+    "emptyvaluematching": (
+        "The emptyvaluematching parameter is not supported. "
+        "Empty Value Matching has not been performed."
+    ),
+    "multiplevaluematching": (
+        "The multiplevaluematching parameter is not supported. "
+        "Multiple Value Matching has not been performed."
+    ),
+}
+RESERVED_PARAMS = frozenset({"limit", "offset", "includefield", "accept", *UNSUPPORTED_MATCHING})
 
 # The longest query value matched. No value a matching key holds comes near it (a
 # PN is three groups of 64 characters; LT, the longest VR of bounded length, is
@@ -313,8 +328,8 @@ class _State:
             self._include(value)
         elif name in ("limit", "offset"):
             self.single[name] = value
-        elif name == "fuzzymatching":
-            self._fuzzy(value)
+        elif name in UNSUPPORTED_MATCHING:
+            self._unsupported(name, value)
         elif name == "accept":
             pass  # media type negotiation: the HTTP layer's (PS3.18 §8.3.3.1)
         else:
@@ -333,15 +348,13 @@ class _State:
             else:
                 self.includes[path] = None
 
-    def _fuzzy(self, value: str) -> None:
+    def _unsupported(self, name: str, value: str) -> None:
         if value not in ("true", "false"):
-            raise QidoError(f"fuzzymatching must be true or false, not {value!r}")
-        self.fuzzy = value == "true"
-        if self.fuzzy:
-            self.warnings.append(
-                "The fuzzymatching parameter is not supported. "
-                "Only literal matching has been performed."
-            )
+            raise QidoError(f"{name} must be true or false, not {value!r}")
+        if name == "fuzzymatching":
+            self.fuzzy = value == "true"
+        if value == "true" and UNSUPPORTED_MATCHING[name] not in self.warnings:
+            self.warnings.append(UNSUPPORTED_MATCHING[name])
 
     def _match(self, name: str, value: str, allowed: set[tuple[int, ...]]) -> None:
         path = attribute_path(name)

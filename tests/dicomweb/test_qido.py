@@ -175,6 +175,11 @@ def test_scoped_series_search_ignores_study_keys() -> None:
         [("offset", "+1")],
         [("offset", "-" + "9" * 30)],
         [("fuzzymatching", "yes")],
+        [("fuzzymatching", "TRUE")],
+        [("emptyvaluematching", "TRUE")],
+        [("emptyvaluematching", "")],
+        [("multiplevaluematching", "1")],
+        [("multiplevaluematching", "yes")],
         [("PatientID", "a"), ("00100020", "b")],
         [("StudyDate", "yesterday")],
         # integers are ASCII digits: not other scripts', superscripts, _ or spaces
@@ -223,6 +228,38 @@ def test_limit_zero_asks_for_no_results(value: str, limit: int) -> None:
 def test_paging_errors_name_the_parameter(name: str, value: str) -> None:
     with pytest.raises(QidoError, match=f"^{name} must be an unsigned integer"):
         parse_qido("study", [(name, value)])
+
+
+EMPTY_WARNING = (
+    "The emptyvaluematching parameter is not supported. "
+    "Empty Value Matching has not been performed."
+)
+MULTIPLE_WARNING = (
+    "The multiplevaluematching parameter is not supported. "
+    "Multiple Value Matching has not been performed."
+)
+
+
+@pytest.mark.parametrize(
+    ("params", "warnings"),
+    [
+        ([("emptyvaluematching", "true")], (EMPTY_WARNING,)),
+        ([("multiplevaluematching", "true")], (MULTIPLE_WARNING,)),
+        ([("emptyvaluematching", "false"), ("multiplevaluematching", "false")], ()),
+        ([("multiplevaluematching", "true")] * 2, (MULTIPLE_WARNING,)),  # said once
+        (
+            [("multiplevaluematching", "true"), ("emptyvaluematching", "true")],
+            (MULTIPLE_WARNING, EMPTY_WARNING),
+        ),
+    ],
+)
+def test_empty_and_multiple_value_matching_are_reserved(
+    params: list[tuple[str, str]], warnings: tuple[str, ...]
+) -> None:
+    # PS3.18 §8.3.4.5, §8.3.4.6: not matching keys, nor "unknown parameters"
+    query = parse_qido("study", params)
+    assert query.warnings == warnings
+    assert query.matches == () and not query.fuzzymatching
 
 
 def test_includefield_names_at_most_the_bound() -> None:

@@ -77,6 +77,30 @@ async def test_a_negative_offset_is_400_and_limit_zero_is_no_results(
     assert nothing.status_code == 200 and nothing.json() == []
 
 
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("fuzzymatching", "Only literal matching has been performed."),
+        ("emptyvaluematching", "Empty Value Matching has not been performed."),
+        ("multiplevaluematching", "Multiple Value Matching has not been performed."),
+    ],
+)
+async def test_unsupported_matching_parameters(
+    loaded: httpx.AsyncClient, name: str, text: str
+) -> None:
+    """PS3.18 §8.3.4.2, §8.3.4.5, §8.3.4.6: ``true`` is answered with the standard's
+    Warning; ``false`` with none; any other value is a 400."""
+    asked = await loaded.get("/dicomweb/studies", params={name: "true"})
+    assert study_uids(asked) == ["1.1", "2.2", "3.3"]
+    expected = f'299 radhub "The {name} parameter is not supported. {text}"'
+    assert asked.headers.get_list("warning") == [expected]
+    declined = await loaded.get("/dicomweb/studies", params={name: "false"})
+    assert len(study_uids(declined)) == 3 and "warning" not in declined.headers
+    wrong = await loaded.get("/dicomweb/studies", params={name: "TRUE"})
+    assert wrong.status_code == 400
+    assert wrong.json()["message"] == f"{name} must be true or false, not 'TRUE'"
+
+
 EVERY = ["1.1", "2.2", "3.3"]
 
 
