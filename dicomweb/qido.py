@@ -23,6 +23,7 @@ from typing import Literal
 from pydicom.datadict import tag_for_keyword
 
 from dicomweb.dicom_json import dictionary_vr
+from dicomweb.qido_dates import moment_fault
 from dicomweb.warning_headers import bounded
 from fhir_server.storage.dicom_port import glob_regex
 from fhir_server.url_integers import url_integer
@@ -429,21 +430,34 @@ def parse_matcher(vr: str, value: str) -> Matcher:
 
 
 def _range(vr: str, value: str) -> Range:
-    shape = _SHAPES[vr]
-    if shape.fullmatch(value.replace(":", "")):
-        return Range(
-            normalise_bound(vr, value, high=False), normalise_bound(vr, value, high=True), True
-        )
+    """A DA/TM/DT value or range (PS3.4 C.2.2.2.5) whose bounds each name a moment
+    (``moment_fault``); a TM may keep ACR-NEMA's colons (``10:30``)."""
+    plain = value.replace(":", "") if vr == "TM" else value
+    if _SHAPES[vr].fullmatch(plain):
+        fault = moment_fault(vr, plain)
+        if fault is None:
+            low = normalise_bound(vr, value, high=False)
+            return Range(low, normalise_bound(vr, value, high=True), True)
+        if vr != "DT" or "-" not in value:
+            raise QidoError(f"invalid {vr} value {value!r}: {fault}")
+        # a DT such as 2020-2021 is a range, not the year 2020 at UTC offset -2021
     low, sep, high = value.partition("-")
     if not sep or not (low or high):
         raise QidoError(f"invalid {vr} value or range {value!r}")
     for bound in (low, high):
-        if bound and not shape.fullmatch(bound.replace(":", "")):
-            raise QidoError(f"invalid {vr} value {bound!r}")
+        _check_bound(vr, bound)
     return Range(
         normalise_bound(vr, low, high=False) if low else None,
         normalise_bound(vr, high, high=True) if high else None,
     )
+
+
+def _check_bound(vr: str, bound: str) -> None:
+    plain = bound.replace(":", "") if vr == "TM" else bound
+    if plain and not _SHAPES[vr].fullmatch(plain):
+        raise QidoError(f"invalid {vr} value {bound!r}")
+    if plain and (fault := moment_fault(vr, plain)) is not None:
+        raise QidoError(f"invalid {vr} value {bound!r}: {fault}")
 
 
 def return_attributes(query: QidoQuery) -> tuple[tuple[int, ...], ...]:

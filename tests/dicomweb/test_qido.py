@@ -89,6 +89,9 @@ def test_searchable_levels(level: Level, scope: Level | None, levels: tuple[str,
         ("TM", "10:30-", Range("103000.000000", None)),
         ("DT", "2020-202106", Range("20200101000000.000000", "20210631235959.999999")),
         ("DT", "20200101120000-0500", Range("20200101120000.000000", "20200101120000.999999")),
+        ("DT", "2020-2021", Range("20200101000000.000000", "20211231235959.999999")),
+        ("DA", "20240229", Range("20240229", "20240229")),
+        ("TM", "235960", Range("235960.000000", "235960.999999")),  # a leap second
         ("IS", "5", SingleValue("5")),
         ("PN", "*", Universal()),  # PS3.4 C.2.2.2.4 note: * alone is universal matching
         ("LO", "***", Universal()),
@@ -97,6 +100,21 @@ def test_searchable_levels(level: Level, scope: Level | None, levels: tuple[str,
 )
 def test_parse_matcher(vr: str, value: str, matcher: object) -> None:
     assert parse_matcher(vr, value) == matcher
+
+
+@pytest.mark.parametrize(
+    ("vr", "value", "message"),
+    [
+        ("DA", "20241301", "invalid DA value '20241301': month 13 is not 01-12"),
+        ("DA", "20240101-20240230", "invalid DA value '20240230': day 30 is not 01-29 in 2024-02"),
+        ("TM", "2561", "invalid TM value '2561': hour 25 is not 00-23"),
+        ("TM", "-12:60", "invalid TM value '12:60': minute 60 is not 00-59"),
+    ],
+)
+def test_an_impossible_moment_is_named_in_the_error(vr: str, value: str, message: str) -> None:
+    with pytest.raises(QidoError) as raised:
+        parse_matcher(vr, value)
+    assert str(raised.value) == message
 
 
 def test_a_matching_value_may_be_as_long_as_the_bound() -> None:
@@ -108,6 +126,22 @@ def test_a_matching_value_may_be_as_long_as_the_bound() -> None:
     ("vr", "value"),
     [
         ("DA", "2020-01-01"),
+        # well shaped, but no moment (PS3.5 Table 6.2-1): single values, either bound
+        ("DA", "20241301"),
+        ("DA", "20230229"),
+        ("DA", "20240101-20241301"),
+        ("DA", "20240132-"),
+        ("DA", "-20240431"),
+        ("TM", "2561"),
+        ("TM", "24"),
+        ("TM", "25:00"),
+        ("TM", "1000-2400"),
+        ("TM", "1260-"),
+        ("DT", "20241301"),
+        ("DT", "2024010125"),
+        ("DT", "20240101+1500"),
+        ("DT", "20240101-20240230"),
+        ("DT", "2024:01"),  # colons are TM's (ACR-NEMA), never DT's
         ("DA", "202001"),
         ("DA", "-"),
         ("TM", "25x"),

@@ -133,6 +133,29 @@ async def test_integers_are_ascii_digits_and_never_overflow(loaded: httpx.AsyncC
     assert wrong == []
 
 
+# Well shaped, but no moment (PS3.5 Table 6.2-1): a syntax error in the query
+# (PS3.18 §8.3.4), not a value that matches nothing; path, parameters, the fault.
+IMPOSSIBLE_MOMENTS: list[tuple[str, dict[str, str], str]] = [
+    ("/dicomweb/studies", {"StudyDate": "20241301"}, "month 13 is not 01-12"),
+    ("/dicomweb/studies", {"StudyDate": "20240101-20240230"}, "day 30 is not 01-29"),
+    ("/dicomweb/studies", {"StudyTime": "2561"}, "hour 25 is not 00-23"),
+    ("/dicomweb/studies", {"StudyTime": "1000-2400"}, "hour 24 is not 00-23"),
+    ("/dicomweb/series", {"PerformedProcedureStepStartDate": "20230229-"}, "day 29"),
+    ("/dicomweb/instances", {"ContentDate": "-20241232"}, "day 32 is not 01-31"),
+]
+
+
+async def test_an_impossible_date_or_time_is_400(loaded: httpx.AsyncClient) -> None:
+    wrong = []
+    for path, params, fault in IMPOSSIBLE_MOMENTS:
+        response = await loaded.get(path, params=params)
+        if response.status_code != 400 or fault not in response.json()["message"]:
+            wrong.append((params, response.status_code, response.text[:200]))
+    assert wrong == []
+    leap = await loaded.get("/dicomweb/studies", params={"StudyDate": "20240229-20240301"})
+    assert leap.status_code == 200 and leap.json() == []
+
+
 # PatientName values: the longest taken, in the character whose GLOB pattern is the
 # longest once case folded (6 UTF-8 bytes), and in ASCII; then too long.
 MATCHING_VALUES: list[tuple[str, list[str] | None]] = [
