@@ -24,6 +24,7 @@ from pydicom.datadict import tag_for_keyword
 
 from dicomweb.dicom_json import dictionary_vr
 from dicomweb.qido_dates import moment_fault
+from dicomweb.qido_levels import PATIENT_GROUP, SERIES_TAGS, STUDY_TAGS
 from dicomweb.warning_headers import bounded
 from fhir_server.storage.dicom_port import glob_regex
 from fhir_server.url_integers import url_integer
@@ -88,7 +89,8 @@ MATCHING_ATTRIBUTES: dict[Level, tuple[tuple[int, ...], ...]] = {
     ),
 }  # fmt: skip
 
-# Which level an attribute belongs to, for attributes the tables above name.
+# Which level an attribute belongs to, for attributes the tables above name
+# (``attribute_level`` for every attribute).
 LEVEL_OF: dict[int, Level] = {
     path[0]: level for level in LEVELS for path in MATCHING_ATTRIBUTES[level]
 } | {tag: level for level in LEVELS for tag in RETURN_ATTRIBUTES[level] if tag != 0x00081190}
@@ -257,6 +259,17 @@ def combined_range(date: Range, time: Range) -> Range | None:
         None if date.low is None else date.low + (time.low or _LOW["TM"]),
         None if date.high is None else date.high + (time.high or _HIGH["TM"]),
     )
+
+
+def attribute_level(tag: int) -> Level:
+    """The information-model level of an attribute: the QIDO-RS tables', else the
+    patient's and study's at the study level and the series' at the series level
+    (``qido_levels``), else instance."""
+    if (found := LEVEL_OF.get(tag)) is not None:
+        return found
+    if tag in STUDY_TAGS or tag >> 16 == PATIENT_GROUP:
+        return "study"
+    return "series" if tag in SERIES_TAGS else "instance"
 
 
 def searchable_levels(level: Level, scope: Level | None) -> tuple[Level, ...]:
@@ -461,8 +474,12 @@ def _check_bound(vr: str, bound: str) -> None:
 
 
 def return_attributes(query: QidoQuery) -> tuple[tuple[int, ...], ...]:
-    """Attribute paths every result must carry: the tables, match keys, includefields."""
+    """Attribute paths every result must carry: the tables, match keys, includefields.
+
+    An included attribute of a level the search does not return is left out (PS3.18
+    §10.6.3.3: a study search returns no series or instance attribute, not even empty).
+    """
     required = [(tag,) for lv in query.levels for tag in RETURN_ATTRIBUTES[lv]]
     matched = [(m.path[0],) for m in query.matches]
-    included = [p for p in query.includefields if LEVEL_OF.get(p[0], query.level) in query.levels]
+    included = [p for p in query.includefields if attribute_level(p[0]) in query.levels]
     return tuple(dict.fromkeys([*required, *matched, *included]))

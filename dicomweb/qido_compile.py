@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 from dicomweb.dicom_json import dictionary_vr
 from dicomweb.qido import (
-    LEVEL_OF,
     NUMERIC_VRS,
     Level,
     Match,
@@ -36,6 +35,7 @@ from dicomweb.qido import (
     Universal,
     ValueList,
     Wildcard,
+    attribute_level,
     combined_range,
     date_time_pairs,
     pn_normal,
@@ -148,7 +148,7 @@ def compile_query(query: QidoQuery, scope: Scope, patient_ref: str | None) -> Di
     for match in query.matches:
         compiled = None if match.path in combined else key_filter(match)
         if compiled is not None:
-            filters[LEVEL_OF.get(match.path[0], query.level)].append(compiled)
+            filters[attribute_level(match.path[0])].append(compiled)
     for level, items in item_filters(query):
         filters[level].append(items)
     return DicomQuery(

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydicom.datadict import tag_for_keyword
 
+from dicomweb import qido_levels
 from dicomweb.qido import (
     LEVEL_OF,
     MATCHING_ATTRIBUTES,
@@ -23,12 +25,14 @@ from dicomweb.qido import (
     Universal,
     ValueList,
     Wildcard,
+    attribute_level,
     combined_range,
     parse_matcher,
     parse_qido,
     return_attributes,
     searchable_levels,
 )
+from dicomweb.qido_levels import SERIES_TAGS, STUDY_TAGS
 from dicomweb.qido_match import filter_records, match_key, match_value, matches
 from dicomweb.warning_headers import MAX_WARNINGS
 from fhir_server.url_integers import INTEGER_CEILING
@@ -354,10 +358,86 @@ def test_return_attributes_follow_levels_and_includefields() -> None:
     )
     attrs = return_attributes(query)
     assert (0x0020000E,) in attrs and (0x0020000D,) not in attrs  # study keys not asked for
-    assert (0x00180015,) in attrs and (0x00191010,) in attrs  # unknown level: kept
+    assert (0x00180015,) in attrs  # BodyPartExamined: a series attribute
+    assert (0x00191010,) not in attrs  # private: of the instance level
     assert (0x00080016,) not in attrs  # instance level is never returned for series
     unscoped = return_attributes(parse_qido("series", []))
     assert (0x00201208,) in unscoped and (0x00201209,) in unscoped
+
+
+@pytest.mark.parametrize(
+    ("keyword", "level"),
+    [
+        ("PatientName", "study"),  # the QIDO-RS tables
+        ("Modality", "series"),
+        ("SOPClassUID", "instance"),
+        ("PatientWeight", "study"),  # Patient Study module, group 0010
+        ("OtherPatientIDsSequence", "study"),  # Patient module, group 0010
+        ("NameOfPhysiciansReadingStudy", "study"),  # General Study module
+        ("AdmittingDiagnosesDescription", "study"),  # Patient Study, not group 0010
+        ("ClinicalTrialSubjectID", "study"),
+        ("Manufacturer", "series"),  # General Equipment
+        ("StationName", "series"),
+        ("OperatorsName", "series"),  # General Series
+        ("FrameOfReferenceUID", "series"),  # Frame of Reference
+        ("ImageType", "instance"),
+        ("SliceThickness", "instance"),
+        ("WindowCenter", "instance"),
+        ("AcquisitionDate", "instance"),
+    ],
+)
+def test_attribute_level_follows_the_information_model(keyword: str, level: Level) -> None:
+    tag = tag_for_keyword(keyword)
+    assert tag is not None and attribute_level(tag) == level
+
+
+def test_private_attributes_are_of_the_instance_level() -> None:
+    assert attribute_level(0x00191010) == "instance" and attribute_level(0x00090010) == "instance"
+
+
+def test_level_tables_are_disjoint_and_checked() -> None:
+    assert not STUDY_TAGS & SERIES_TAGS
+    # where the QIDO-RS tables name an attribute too, they agree
+    assert {LEVEL_OF[t] for t in STUDY_TAGS if t in LEVEL_OF} == {"study"}
+    assert {LEVEL_OF[t] for t in SERIES_TAGS if t in LEVEL_OF} == {"series"}
+    with pytest.raises(KeyError, match="NoSuchKeyword"):
+        qido_levels._tags("PatientName NoSuchKeyword")
+
+
+@pytest.mark.parametrize(
+    ("level", "scope", "includes", "returned", "left_out"),
+    [
+        (
+            "study",
+            None,
+            "ImageType,Manufacturer,SliceThickness,WindowCenter,PatientWeight,StudyDescription",
+            ["PatientWeight", "StudyDescription"],
+            ["ImageType", "Manufacturer", "SliceThickness", "WindowCenter"],
+        ),
+        (
+            "series",
+            "study",
+            "Manufacturer,ImageType,PatientWeight,OperatorsName",
+            ["Manufacturer", "OperatorsName"],
+            ["ImageType", "PatientWeight"],  # /studies/{s}/series: the series level only
+        ),
+        (
+            "series",
+            None,
+            "Manufacturer,ImageType,PatientWeight",
+            ["Manufacturer", "PatientWeight"],
+            ["ImageType"],
+        ),
+        ("instance", "series", "ImageType,WindowCenter", ["ImageType", "WindowCenter"], []),
+    ],
+)
+def test_includefield_returns_only_the_levels_searched(
+    level: Level, scope: Level | None, includes: str, returned: list[str], left_out: list[str]
+) -> None:
+    # PS3.18 §10.6.3.3: a lower level's attributes are not returned, even empty
+    attrs = return_attributes(parse_qido(level, [("includefield", includes)], scope=scope))
+    assert all((tag_for_keyword(k),) in attrs for k in returned)
+    assert not any((tag_for_keyword(k),) in attrs for k in left_out)
 
 
 def test_warnings_are_listed_up_to_a_bound_then_counted() -> None:

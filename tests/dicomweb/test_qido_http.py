@@ -186,10 +186,11 @@ async def test_includefield_names_a_bounded_number_of_attributes(
     """Each result carries each included attribute, empty if need be: 7,000 private
     tags made a 165 MB response."""
     tags = [f"0009{n:04X}" for n in range(MAX_INCLUDEFIELDS + 1)]
-    most = await loaded.get("/dicomweb/studies", params={"includefield": tags[:-1]})
+    # private attributes are of the instance level: an instance search returns them
+    most = await loaded.get("/dicomweb/instances", params={"includefield": tags[:-1]})
     assert study_uids(most) == EVERY
     assert all(tags[0] in r and tags[-2] in r for r in most.json())
-    refused = await loaded.get("/dicomweb/studies", params={"includefield": tags})
+    refused = await loaded.get("/dicomweb/instances", params={"includefield": tags})
     assert refused.status_code == 400
     assert f"at most {MAX_INCLUDEFIELDS}" in refused.json()["message"]
 
@@ -264,7 +265,10 @@ async def test_attributes_without_a_value_are_returned_empty(loaded: httpx.Async
     # The instances have no ReferringPhysicianName, StudyID, OperatorsName,
     # SeriesDescription, ... : asked for (required, matched or included), each is
     # returned with no value, as a C-FIND SCP returns them (PS3.4 C.4.1.1.3.2).
-    params = {"ReferringPhysicianName": "*", "includefield": "OperatorsName,StudyDescription"}
+    params = {
+        "ReferringPhysicianName": "*",
+        "includefield": "NameOfPhysiciansReadingStudy,StudyDescription,OperatorsName",
+    }
     for include in (params["includefield"], "all"):
         found = await loaded.get(
             "/dicomweb/studies", params={**params, "includefield": include, "PatientID": "P1.1"}
@@ -274,8 +278,9 @@ async def test_attributes_without_a_value_are_returned_empty(loaded: httpx.Async
         assert study["00200010"] == {"vr": "SH"}  # StudyID, required, absent
         assert study["00081030"] == {"vr": "LO", "Value": ["CHEST"]}  # included, present
         assert "00080201" not in study  # TimezoneOffsetFromUTC: only if present
-        # OperatorsName: empty where named; "all" returns what the study has
-        assert study.get("00081070") == ({"vr": "PN"} if include != "all" else None)
+        # NameOfPhysiciansReadingStudy: empty where named; "all" returns what the study has
+        assert study.get("00081060") == ({"vr": "PN"} if include != "all" else None)
+        assert "00081070" not in study  # OperatorsName: a series attribute (PS3.18 §10.6.3.3)
     (series,) = (await loaded.get("/dicomweb/studies/1.1/series")).json()
     assert series["0008103E"] == {"vr": "LO"}  # SeriesDescription
     assert series["00400244"] == {"vr": "DA"}  # PerformedProcedureStepStartDate
@@ -285,7 +290,7 @@ async def test_attributes_without_a_value_are_returned_empty(loaded: httpx.Async
     assert instance["00280008"] == {"vr": "IS"}  # NumberOfFrames of a single frame
     assert instance["00280010"] == {"vr": "US", "Value": [8]}
     (plain,) = (await loaded.get("/dicomweb/studies", params={"PatientID": "P1.1"})).json()
-    assert "00081070" not in plain  # not asked for: not returned
+    assert "00081060" not in plain  # not asked for: not returned
 
 
 async def test_a_patient_attribute_is_found_at_the_study_level(client: httpx.AsyncClient) -> None:
@@ -309,6 +314,33 @@ async def test_a_patient_attribute_is_found_at_the_study_level(client: httpx.Asy
     assert instance["00101030"] == {"vr": "DS", "Value": [70]}
     metadata = (await client.get("/dicomweb/studies/5.5/metadata")).json()
     assert metadata[0]["00101030"] == {"vr": "DS", "Value": [70]}
+
+
+async def test_a_lower_levels_attributes_are_not_returned(client: httpx.AsyncClient) -> None:
+    """PS3.18 §10.6.3.3: a study search returns no series or instance attribute an
+    includefield names, not even empty; a series search no instance attribute."""
+    ds = pydicom.dcmread(io.BytesIO(make_instance("6.6", "6.6.1", "6.6.1.1")))
+    ds.Manufacturer, ds.ImageType, ds.PatientWeight = "ACME", ["ORIGINAL", "PRIMARY"], "70"
+    ds.SliceThickness, ds.WindowCenter = "2.5", "40"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    stored = await client.post(
+        "/dicomweb/studies", content=multipart(out.getvalue()), headers={"Content-Type": STOW_TYPE}
+    )
+    assert stored.status_code == 200
+    named = "ImageType,Manufacturer,SliceThickness,WindowCenter,PatientWeight"
+    wanted = {"includefield": named}
+    instance_tags = ("00080008", "00180050", "00281050")  # ImageType, SliceThickness, ...
+    (study,) = (await client.get("/dicomweb/studies", params=wanted)).json()
+    assert not {"00080070", *instance_tags} & study.keys()
+    assert study["00101030"] == {"vr": "DS", "Value": [70]}  # PatientWeight: the patient's
+    for path in ("/dicomweb/series", "/dicomweb/studies/6.6/series"):
+        (series,) = (await client.get(path, params=wanted)).json()
+        assert "00080070" in series and not set(instance_tags) & series.keys()
+    (instance,) = (await client.get("/dicomweb/instances", params=wanted)).json()
+    assert instance["00080070"] == {"vr": "LO", "Value": ["ACME"]}
+    assert instance["00080008"] == {"vr": "CS", "Value": ["ORIGINAL", "PRIMARY"]}
+    assert instance["00180050"] == {"vr": "DS", "Value": [2.5]}
 
 
 @pytest.mark.parametrize(
