@@ -18,19 +18,22 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from dicomweb.accept_param import accept_parameter
 from dicomweb.blob_journal import InstanceUids, IntentJournal, ReconcileReport, reconcile
 from dicomweb.blobstore import FileBlobStore
 from dicomweb.decode_limit import DEFAULT_MAX_DECODED_BYTES
+from dicomweb.dicom_xml import DICOM_XML
 from dicomweb.ingest import IngestService
 from dicomweb.qido import QidoError
 from dicomweb.retrievals_in_flight import DELETE_GRACE, RetrievalsInFlight
 from dicomweb.study_sync import StudySync
-from dicomweb.transfer_syntax import NotAcceptable, parse_accept, weighted_values
+from dicomweb.transfer_syntax import MediaRange, NotAcceptable, weighted_values
 from fhir_server.access.context import AuthContext, Interaction
 from fhir_server.access.policy import AccessPolicy, compartment_filter
 from fhir_server.access.stored import Searcher, ids_matching, lookup_in, needs_store
@@ -44,7 +47,6 @@ from fhir_server.storage.dicom_port import DicomIndex, StudyRow
 log = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
-_JSON_TYPES = frozenset({DICOM_JSON, "application/json", "*/*", "application/*"})
 IMAGING_STUDY = "ImagingStudy"
 
 
@@ -114,14 +116,72 @@ class DicomwebServices:
         return await reconcile(self.index, self.blobs, self.journal, temp_grace=self.temp_grace)
 
 
-def check_json_accept(request: Request, what: str) -> None:
-    """406 unless the ``accept`` query parameter, or else the Accept header, admits
-    DICOM JSON, which ``what`` (search results, metadata, a STOW-RS response) is
-    (PS3.18 §8.3.3.1, §8.7.3.1)."""
-    accept = request.query_params.get("accept") or request.headers.get("accept", "")
-    accept = accept.strip()
-    if accept and not any(r.media_type in _JSON_TYPES for r in parse_accept(accept)):
-        raise NotAcceptable(f"{what} are {DICOM_JSON}, not {accept!r}")
+# The forms a DICOM dataset response takes (PS3.18 §8.7.3.2, Table 8.7.3-2): DICOM
+# JSON, or Native DICOM Model XML, a multipart of one document per dataset for
+# search results and metadata (PS3.18 §10.6.3.3.1, §10.4.3.3.2) and a single
+# document for the STOW-RS response (PS3.18 §10.5.3, store-instances-response-module).
+DatasetMedia = Literal["json", "xml"]
+XML_MULTIPART = f'multipart/related; type="{DICOM_XML}"'
+_JSON_EXACT = frozenset({DICOM_JSON, "application/json"})
+_MULTIPART_RANGES = frozenset({"multipart/related", "multipart/*"})
+
+
+def dataset_media(request: Request, what: str, *, multipart: bool = True) -> DatasetMedia:
+    """JSON or XML, as the ``accept`` query parameter, or else the Accept header,
+    prefers (PS3.18 §8.3.3.1, §8.7.3.2); 406 when it admits neither.
+
+    Each form takes the quality of the most specific range naming it (RFC 9110
+    §12.5.1), so ``q=0`` excludes it even beside ``*/*``; XML only when liked
+    better than JSON, which an absent or wildcard Accept gets. ``multipart``: XML
+    is ``multipart/related; type="application/dicom+xml"``, else single-part
+    ``application/dicom+xml`` (the STOW-RS response)."""
+    accept = (accept_parameter(request) or request.headers.get("accept", "")).strip()
+    if not accept:
+        return "json"
+    ranges = weighted_values(accept)
+    json_q = _quality(ranges, _json_rank)
+    xml_q = _quality(ranges, _xml_multipart_rank if multipart else _xml_single_rank)
+    if max(json_q, xml_q) <= 0:
+        xml = XML_MULTIPART if multipart else DICOM_XML
+        raise NotAcceptable(f"{what} are {DICOM_JSON} or {xml}, not {accept!r}")
+    return "xml" if xml_q > json_q else "json"
+
+
+def _quality(ranges: Sequence[MediaRange], rank: Callable[[MediaRange], int]) -> float:
+    """The q of the most specific range covering a form (0: none does, or q=0); of
+    equally specific ones (``application/json`` beside ``application/dicom+json``),
+    the highest."""
+    best, quality = 0, 0.0
+    for media in ranges:
+        specificity = rank(media)
+        if specificity > best:
+            best, quality = specificity, media.q
+        elif specificity == best and specificity:
+            quality = max(quality, media.q)
+    return quality
+
+
+def _json_rank(media: MediaRange) -> int:
+    if media.media_type in _JSON_EXACT:
+        return 3
+    return {"application/*": 2, "*/*": 1}.get(media.media_type, 0)
+
+
+def _xml_single_rank(media: MediaRange) -> int:
+    if media.media_type == DICOM_XML:
+        return 3
+    return {"application/*": 2, "*/*": 1}.get(media.media_type, 0)
+
+
+def _xml_multipart_rank(media: MediaRange) -> int:
+    if media.media_type == "*/*":
+        return 1
+    if media.media_type not in _MULTIPART_RANGES:
+        return 0
+    part = media.param("type")
+    if part is None:  # any part type: XML is the only multipart form here
+        return 2
+    return 3 if part == DICOM_XML else 0
 
 
 def error_body(status: int, message: str, headers: dict[str, str] | None = None) -> Response:

@@ -3,7 +3,10 @@
 ``/studies``, ``/studies/{study}/series``, ``/series``,
 ``/studies/{study}/series/{series}/instances``, ``/studies/{study}/instances``
 and ``/instances``. Answers are ``application/dicom+json`` arrays (200 with
-``[]`` when nothing matches); ignored parameters and a result set cut at the
+``[]`` when nothing matches), or, when the client prefers it,
+``multipart/related; type="application/dicom+xml"`` with one Native DICOM Model
+document per result (PS3.18 §10.6.3.3.1; no part when nothing matches), with
+the same status and headers; ignored parameters and a result set cut at the
 server's maximum are reported in ``Warning: 299`` headers (PS3.18 §8.3.4.4,
 §10.6.3.2); a patient-context token only ever matches its patient's studies,
 inside the index query. The ``accept`` query parameter, when present, stands
@@ -21,17 +24,21 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from dicomweb.dicom_xml import DICOM_XML, xml_parts
 from dicomweb.http_common import (
     DICOM_JSON,
     Access,
+    DatasetMedia,
     DicomwebServices,
-    check_json_accept,
+    dataset_media,
     study_scope,
 )
+from dicomweb.multipart import new_boundary, related_content_type
 from dicomweb.qido import Level, parse_qido
 from dicomweb.qido_compile import Scope, compile_query, result_json, result_shape
 from dicomweb.warning_headers import warning_header
 from fhir_server.access.context import Interaction
+from fhir_server.storage.dicom_port import Json
 
 TOO_MANY = (
     "The number of results exceeded the maximum supported by the server. "
@@ -49,7 +56,7 @@ async def search(
     svc: DicomwebServices, request: Request, access: Access, level: Level, scope: Scope
 ) -> Response:
     """Search for studies, series or instances (PS3.18 §10.6.1)."""
-    check_json_accept(request, "search results")
+    media = dataset_media(request, "search results")
     patients = await study_scope(svc, access.auth, Interaction.SEARCH)
     params = list(request.query_params.multi_items())
     query = parse_qido(level, params, scope=_scope_level(scope), max_limit=svc.max_results)
@@ -58,8 +65,8 @@ async def search(
     if scope.study_uid is not None and page.matches:
         access.reached(page.matches[0].study)  # (an empty answer showed nothing of it)
     shape = result_shape(query)
-    body = orjson.dumps([result_json(query, m, svc.base_url, shape) for m in page.matches])
-    response = Response(body, media_type=DICOM_JSON)
+    results = [result_json(query, m, svc.base_url, shape) for m in page.matches]
+    response = _encoded(results, media)
     for text in query.warnings:
         response.headers.append("Warning", warning_header(text))
     if page.more and query.limit >= svc.max_results:
@@ -67,3 +74,12 @@ async def search(
         agent = f"{urlsplit(svc.base_url).hostname or 'radhub'}:"
         response.headers.append("Warning", warning_header(TOO_MANY, agent))
     return response
+
+
+def _encoded(results: list[Json], media: DatasetMedia) -> Response:
+    """The results as a JSON array, or as XML parts (PS3.18 §10.6.3.3)."""
+    if media == "json":
+        return Response(orjson.dumps(results), media_type=DICOM_JSON)
+    boundary = new_boundary()
+    body = b"".join(xml_parts(results, boundary))
+    return Response(body, media_type=related_content_type(boundary, DICOM_XML))

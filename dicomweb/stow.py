@@ -2,13 +2,14 @@
 
 The request body is parsed part by part as it arrives and each part streams
 straight into the ingest pipeline, so memory stays bounded whatever the body
-size. The response is the Store Instances Response Module in DICOM JSON
+size. The response is the Store Instances Response Module in DICOM JSON, or in
+Native DICOM Model XML when the client prefers ``application/dicom+xml``
 (PS3.18 §10.5.3): RetrieveURL, ReferencedSOPSequence (each with its
 RetrieveURL) and FailedSOPSequence (each with its FailureReason, and why in
 words in a ``Warning: 299`` header per failed instance); 200 when
 all were stored, 202 when some failed, 409 when none was stored, 415 for a
 request that is not ``multipart/related; type="application/dicom"``, 400 for a
-malformed Content-Type, 406 when the client accepts no DICOM JSON.
+malformed Content-Type, 406 when the client accepts neither form of the response.
 
 A part of another media type, or with a malformed Content-Type, is refused on
 its own (0xC000) and the parts after it are read. A body that breaks off (a
@@ -34,11 +35,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from dicomweb.blobstore import Chunk
+from dicomweb.dicom_xml import DICOM_XML, native_xml
 from dicomweb.http_common import (
     DICOM_JSON,
     Access,
     DicomwebServices,
-    check_json_accept,
+    dataset_media,
     require_store,
 )
 from dicomweb.ingest import Failed, Incoming, IngestReport, Stored
@@ -187,7 +189,8 @@ async def store_instances(
     """Store Instances transaction (PS3.18 §10.5)."""
     require_store(svc, access.auth)
     boundary = _boundary(request)
-    check_json_accept(request, "STOW-RS responses")  # before any part is read
+    # (a 406 comes before any part is read)
+    media = dataset_media(request, "STOW-RS responses", multipart=False)
     broke = _BodyBreak()
     report = await svc.ingest.ingest(_dicom_parts(request, boundary, broke), study_uid)
     if broke.message is not None:
@@ -202,8 +205,12 @@ async def store_instances(
     access.patient = await patient_stored_for(svc.index, studies)
     if study_uid is None and len(studies) == 1:
         access.study = studies[0]
-    body = orjson.dumps(response_dataset(svc.base_url, report, study_uid))
-    response = Response(body, status_code=response_status(report), media_type=DICOM_JSON)
+    dataset = response_dataset(svc.base_url, report, study_uid)
+    status = response_status(report)
+    if media == "xml":  # one document, not multipart (PS3.18 §10.5.3)
+        response = Response(native_xml(dataset), status_code=status, media_type=DICOM_XML)
+    else:
+        response = Response(orjson.dumps(dataset), status_code=status, media_type=DICOM_JSON)
     for text in failure_warnings(report):
         response.headers.append("Warning", warning_header(text))
     return response

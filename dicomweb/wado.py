@@ -21,6 +21,7 @@ sent as stored, its own Content-Type saying so, rather than breaking the
 connection off.
 
 Metadata comes from the index's precomputed documents, never from the files,
+as DICOM JSON or converted to Native DICOM Model XML as it is sent,
 gzip-compressed when the client prefers it, with an ETag per representation
 honouring If-None-Match.
 """
@@ -31,21 +32,24 @@ import asyncio
 import gzip
 import hashlib
 import logging
-from collections.abc import Sequence
+import zlib
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from dicomweb.blob_gather import Piece
 from dicomweb.decode_limit import DecodeTooLarge
+from dicomweb.dicom_xml import DICOM_XML, xml_parts
 from dicomweb.http_common import (
     DICOM_JSON,
     Access,
     DicomwebServices,
-    check_json_accept,
+    dataset_media,
     gzip_preferred,
     none_match,
     visible_study,
@@ -268,21 +272,49 @@ async def metadata(
     series: str | None = None,
     sop: str | None = None,
 ) -> Response:
-    """Retrieve metadata from the precomputed documents (PS3.18 §10.4.1.1.2).
+    """Retrieve metadata from the precomputed documents (PS3.18 §10.4.1.1.2), as DICOM
+    JSON or, when preferred, Native DICOM Model XML (``_xml_metadata``).
 
     The gzip representation has its own ETag (RFC 9110 §8.8.3)."""
-    check_json_accept(request, "metadata")
+    media = dataset_media(request, "metadata")
     await visible_study(svc, access, study, Interaction.READ)
     docs = await svc.index.metadata(study, series, sop)
     if not docs:
         raise NotFound("no such series or instance")
     body = b"[" + b",".join(docs) + b"]"
     compress = gzip_preferred(request.headers.get("accept-encoding"))
-    etag = _etag(body, "-gz" if compress else "")
-    headers = {"ETag": etag, "Vary": "Accept-Encoding", "Cache-Control": "private, no-cache"}
+    suffix = ("-xml" if media == "xml" else "") + ("-gz" if compress else "")
+    etag = _etag(body, suffix)
+    vary = "Accept, Accept-Encoding"
+    headers = {"ETag": etag, "Vary": vary, "Cache-Control": "private, no-cache"}
     if none_match(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     if compress:
-        body = await asyncio.to_thread(gzip.compress, body, 5)
         headers["Content-Encoding"] = "gzip"
+    if media == "xml":
+        return _xml_metadata(docs, compress, headers)
+    if compress:
+        body = await asyncio.to_thread(gzip.compress, body, 5)
     return Response(body, media_type=DICOM_JSON, headers=headers)
+
+
+def _xml_metadata(docs: list[bytes], compress: bool, headers: dict[str, str]) -> Response:
+    """The metadata as ``multipart/related; type="application/dicom+xml"``, one part per
+    instance (PS3.18 §10.4.3.3.2), converted from the JSON documents as the body is
+    sent: a synchronous iterator, which Starlette runs in a worker thread, so that a
+    large study's conversion does not hold up the event loop. Its ETag is the JSON's
+    content with its own suffix: the XML is a function of the JSON."""
+    boundary = new_boundary()
+    parts = xml_parts(map(orjson.loads, docs), boundary)
+    body = _gzip_stream(parts) if compress else parts
+    media = related_content_type(boundary, DICOM_XML)
+    return StreamingResponse(body, media_type=media, headers=headers)
+
+
+def _gzip_stream(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """``chunks`` as one gzip member, compressed as they come."""
+    packer = zlib.compressobj(5, zlib.DEFLATED, 31)  # 31: the gzip wrapper (RFC 1952)
+    for chunk in chunks:
+        if packed := packer.compress(chunk):
+            yield packed
+    yield packer.flush()

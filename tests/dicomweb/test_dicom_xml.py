@@ -10,8 +10,7 @@ import pytest
 
 from dicomweb.dicom_xml import NATIVE_DICOM_NAMESPACE, native_xml, xml_parts
 from tests.dicomweb.dicom_data import split_multipart
-
-NS = {"n": NATIVE_DICOM_NAMESPACE}
+from tests.dicomweb.xml_compare import NS, comparable, from_xml, values
 
 # (case, one DICOM JSON element under its tag, the DicomAttribute expected for it)
 SNIPPETS: list[tuple[str, str, dict[str, Any], str]] = [
@@ -133,7 +132,7 @@ def test_private_elements_name_their_creator_and_drop_the_block() -> None:
     )
     root = ET.fromstring(document)
     written = [
-        (a.get("tag"), a.get("privateCreator"), a.get("keyword"), _values(a))
+        (a.get("tag"), a.get("privateCreator"), a.get("keyword"), values(a))
         for a in root.findall("n:DicomAttribute", NS)
     ]
     assert written == [
@@ -182,67 +181,17 @@ EVERY_KIND: dict[str, Any] = {
 }
 
 
-def test_every_kind_parses_back_to_the_json_values() -> None:
+def test_every_kind_parses_back_to_the_jsonvalues() -> None:
     root = ET.fromstring(native_xml(EVERY_KIND))
     assert root.tag == f"{{{NATIVE_DICOM_NAMESPACE}}}NativeDicomModel"
-    assert _from_xml(root) == _comparable(EVERY_KIND)
-
-
-def _comparable(dataset: dict[str, Any]) -> dict[str, Any]:
-    """The JSON as XML keeps it: values as text, empty values as ``None``."""
-    out: dict[str, Any] = {}
-    for tag, element in sorted(dataset.items()):
-        values = element.get("Value", [])
-        if element["vr"] == "SQ":
-            kept: Any = [_comparable(item) for item in values]
-        elif element["vr"] == "PN":
-            kept = [(v or {}).get("Alphabetic") for v in values]
-        elif "BulkDataURI" in element or "InlineBinary" in element:
-            kept = element.get("BulkDataURI") or element["InlineBinary"]
-        else:
-            kept = [None if v is None else str(v) for v in values]
-        out[tag] = (element["vr"], kept)
-    return out
-
-
-def _from_xml(parent: ET.Element) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for attribute in parent.findall("n:DicomAttribute", NS):
-        vr = attribute.get("vr")
-        if vr == "SQ":
-            kept: Any = [_from_xml(item) for item in attribute.findall("n:Item", NS)]
-        elif vr == "PN":
-            kept = [_alphabetic(name) for name in attribute.findall("n:PersonName", NS)]
-        elif (bulk := attribute.find("n:BulkData", NS)) is not None:
-            kept = bulk.get("uri")
-        elif (inline := attribute.find("n:InlineBinary", NS)) is not None:
-            kept = inline.text
-        else:
-            kept = [v.text for v in attribute.findall("n:Value", NS)]
-            numbers = [v.get("number") for v in attribute.findall("n:Value", NS)]
-            assert numbers == [str(n) for n in range(1, len(kept) + 1)]
-        out[str(attribute.get("tag"))] = (vr, kept)
-    return out
-
-
-def _alphabetic(name: ET.Element) -> str | None:
-    group = name.find("n:Alphabetic", NS)
-    if group is None:
-        return None
-    components = {c.tag.split("}")[1]: c.text for c in group}
-    order = ("FamilyName", "GivenName", "MiddleName", "NamePrefix", "NameSuffix")
-    return "^".join(components.get(c) or "" for c in order).rstrip("^")
-
-
-def _values(attribute: ET.Element) -> list[str | None]:
-    return [v.text for v in attribute.findall("n:Value", NS)]
+    assert from_xml(root) == comparable(EVERY_KIND)
 
 
 def test_xml_parts_are_one_document_each() -> None:
     content_type = 'multipart/related; type="application/dicom+xml"; boundary=b0'
     body = b"".join(xml_parts([{"00080060": {"vr": "CS", "Value": [m]}} for m in "AB"], "b0"))
     documents = [ET.fromstring(p) for p in split_multipart(body, content_type)]
-    assert [_values(d[0]) for d in documents] == [["A"], ["B"]]
+    assert [values(d[0]) for d in documents] == [["A"], ["B"]]
     assert b"Content-Type: application/dicom+xml\r\n" in body
     assert b"".join(xml_parts([], "b0")) == b"--b0--\r\n"
 
@@ -250,4 +199,4 @@ def test_xml_parts_are_one_document_each() -> None:
 def test_a_carriage_return_survives_parsing() -> None:
     """XML parsers turn CR LF into LF unless the CR is a character reference."""
     root = ET.fromstring(native_xml({"00104000": {"vr": "LT", "Value": ["a\r\nb\rc"]}}))
-    assert _values(root[0]) == ["a\r\nb\rc"]
+    assert values(root[0]) == ["a\r\nb\rc"]

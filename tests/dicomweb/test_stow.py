@@ -328,21 +328,24 @@ async def test_failure_warnings_are_bounded(client: httpx.AsyncClient) -> None:
     assert warnings[-1] == '299 radhub "3 more failures are not listed"'
 
 
-async def test_stow_answers_406_when_json_is_not_accepted(client: httpx.AsyncClient) -> None:
+async def test_stow_answers_406_when_no_response_form_is_accepted(
+    client: httpx.AsyncClient,
+) -> None:
     body = multipart(make_instance("1.2.3", "1.2.3.1", "1.2.3.1.1"))
     refused = await client.post(
         "/dicomweb/studies",
         content=body,
-        headers={"Content-Type": STOW_TYPE, "Accept": "application/dicom+xml"},
+        headers={"Content-Type": STOW_TYPE, "Accept": "text/html"},
     )
     assert refused.status_code == 406
     assert await _stored_uids(client) == []
     accepted = await client.post(
         "/dicomweb/studies",
         content=body,
-        headers={"Content-Type": STOW_TYPE, "Accept": "application/dicom+xml, */*;q=0.1"},
+        headers={"Content-Type": STOW_TYPE, "Accept": "text/html, */*;q=0.1"},
     )
     assert accepted.status_code == 200
+    assert accepted.headers["content-type"] == "application/dicom+json"
 
 
 async def test_retrieve_url_is_present_even_without_one_study(client: httpx.AsyncClient) -> None:
