@@ -8,8 +8,9 @@ Native DICOM Model XML when the client prefers ``application/dicom+xml``
 RetrieveURL) and FailedSOPSequence (each with its FailureReason, and why in
 words in a ``Warning: 299`` header per failed instance); 200 when
 all were stored, 202 when some failed, 409 when none was stored, 415 for a
-request that is not ``multipart/related; type="application/dicom"``, 400 for a
-malformed Content-Type, 406 when the client accepts neither form of the response.
+request that is not ``multipart/related; type="application/dicom"`` or whose body
+has a content coding (gzip), 400 for a malformed Content-Type, 406 when the client
+accepts neither form of the response.
 
 A part of another media type, or with a malformed Content-Type, is refused on
 its own (0xC000) and the parts after it are read. A body that breaks off (a
@@ -62,6 +63,19 @@ DICOM = "application/dicom"
 # a client that went away mid-body is a body that broke off: no response reaches
 # it, but the outcome is logged and audited as such, not as a server error
 CLIENT_GONE = "the client closed the connection before the body ended"
+
+
+def _check_content_coding(request: Request) -> None:
+    """415 for a body under a content coding (gzip...): its parts cannot be read as
+    they arrive, and none is undone here (RFC 9110 §15.5.16; ``Accept-Encoding``
+    in the answer says what would do, §12.5.3)."""
+    header = request.headers.get("content-encoding", "")
+    codings = [c.strip() for c in header.split(",") if c.strip().lower() not in ("", "identity")]
+    if codings:
+        raise UnsupportedMediaType(
+            f"STOW-RS takes no content coding; the body is {', '.join(codings)}-encoded",
+            headers={"Accept-Encoding": "identity"},
+        )
 
 
 def _boundary(request: Request) -> str:
@@ -188,6 +202,7 @@ async def store_instances(
 ) -> Response:
     """Store Instances transaction (PS3.18 §10.5)."""
     require_store(svc, access.auth)
+    _check_content_coding(request)
     boundary = _boundary(request)
     # (a 406 comes before any part is read)
     media = dataset_media(request, "STOW-RS responses", multipart=False)

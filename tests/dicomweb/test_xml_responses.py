@@ -2,10 +2,12 @@
 results and metadata as ``multipart/related; type="application/dicom+xml"``, the
 STOW-RS response as one ``application/dicom+xml`` document (PS3.18 §8.7.3.2), each
 the same data, status and Warning headers as its JSON; the choice between them
-(Accept, q-values, the ``accept`` parameter with its ``+``)."""
+(Accept, q-values, the ``accept`` parameter with its ``+``); and a STOW-RS body under
+a content coding refused 415."""
 
 from __future__ import annotations
 
+import gzip
 import xml.etree.ElementTree as ET
 
 import httpx
@@ -158,6 +160,25 @@ async def test_stow_response_as_one_xml_document(client: httpx.AsyncClient) -> N
     )
     assert json_answer.status_code == 202
     assert json_answer.headers.get_list("warning") == response.headers.get_list("warning")
+
+
+async def test_stow_refuses_a_content_coding_before_reading(client: httpx.AsyncClient) -> None:
+    body = gzip.compress(multipart(make_instance("7.8", "7.8.1", "7.8.1.1")))
+    response = await client.post(
+        "/dicomweb/studies",
+        content=body,
+        headers={"Content-Type": STOW_TYPE, "Content-Encoding": "gzip"},
+    )
+    assert response.status_code == 415
+    assert "gzip" in response.json()["message"]
+    assert response.headers["accept-encoding"] == "identity"
+    assert (await client.get("/dicomweb/studies/7.8/metadata")).status_code == 404
+    plain = await client.post(
+        "/dicomweb/studies",
+        content=gzip.decompress(body),
+        headers={"Content-Type": STOW_TYPE, "Content-Encoding": "identity"},
+    )
+    assert plain.status_code == 200
 
 
 async def test_the_accept_parameter_keeps_its_plus(loaded: httpx.AsyncClient) -> None:
