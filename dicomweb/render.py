@@ -6,9 +6,10 @@ Modality LUT (rescale), then one VOI transformation mapping straight to
 0..255 (the requested window, else the dataset's first window with its VOI
 LUT Function, else its VOI LUT, else a window spanning the frame's minimum
 and maximum), inverted for MONOCHROME1. PALETTE COLOR goes through its
-palette, other colour images are scaled to 8 bits. The viewport's source
-region is cut (and flipped), fitted into the viewport keeping the aspect
-ratio, and encoded as JPEG, PNG or GIF.
+palette, other colour images are scaled to 8 bits. A WADO-URI region (a
+fraction of the image) is cut first, then the viewport's source region (and
+flipped), fitted into the viewport keeping the aspect ratio, and encoded as
+JPEG, PNG or GIF.
 
 Nothing larger than the decoded frame is made, and nothing is decoded beyond
 the server's limit (``decode_limit``, checked first from the header, then from
@@ -23,6 +24,7 @@ leaving Lanczos the last factor of three.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import repeat
@@ -57,6 +59,8 @@ DATASET_FUNCTIONS: dict[str, WindowFunction] = {
 }
 WINDOW_FUNCTIONS: tuple[WindowFunction, ...] = ("linear", "linear-exact", "sigmoid")
 Array = np.ndarray[Any, Any]
+# WADO-URI ``region``: x1, y1, x2, y2 as fractions of the columns and rows (PS3.18 §8.2.4)
+Region = tuple[float, float, float, float]
 
 
 class RenderError(ValueError):
@@ -116,12 +120,14 @@ THUMBNAIL = Viewport(128, 128, enlarge=False)
 
 @dataclass(frozen=True)
 class RenderOptions:
-    """What to render: output media type, VOI window, viewport, JPEG quality."""
+    """What to render: output media type, VOI window, viewport, JPEG quality, and the
+    region of the image (WADO-URI) the viewport applies to."""
 
     media_type: str = "image/jpeg"
     window: Window | None = None
     viewport: Viewport | None = None
     quality: int = 90
+    region: Region | None = None
 
 
 def stored_frame_size(extra: dict[str, Any]) -> int | None:
@@ -294,6 +300,17 @@ def source_box(size: tuple[int, int], vp: Viewport) -> tuple[int, int, int, int]
     return vp.sx, vp.sy, right, bottom
 
 
+def region_box(size: tuple[int, int], region: Region) -> tuple[int, int, int, int]:
+    """The pixels (left, top, right, bottom) a normalised region covers in an image of
+    ``size``: every pixel it touches, at least one each way."""
+    columns, rows = size
+    x1, y1, x2, y2 = region
+    left, top = min(math.floor(x1 * columns), columns - 1), min(math.floor(y1 * rows), rows - 1)
+    right = min(max(math.ceil(x2 * columns), left + 1), columns)
+    bottom = min(max(math.ceil(y2 * rows), top + 1), rows)
+    return left, top, right, bottom
+
+
 def fitted_size(size: tuple[int, int], vp: Viewport) -> tuple[int, int]:
     """``size`` scaled to fit the viewport with its aspect ratio kept."""
     width, height = size
@@ -342,9 +359,12 @@ def banded_levels(
 
 
 def display_image(array: Array, ds: Dataset, options: RenderOptions) -> Image.Image:
-    """The frame's display levels, its source region cut (flipped where its width or
-    height is negative) and fitted to the viewport."""
-    window = frame_window(array, ds, options.window)
+    """The frame's display levels: its region cut (WADO-URI), then its viewport's source
+    region (flipped where its width or height is negative), fitted to the viewport."""
+    window = frame_window(array, ds, options.window)  # the whole frame's, as without a region
+    if options.region is not None:
+        left, top, right, bottom = region_box((array.shape[1], array.shape[0]), options.region)
+        array = array[top:bottom, left:right]
     vp = options.viewport
     if vp is None:
         return Image.fromarray(banded_levels(array, ds, window, (1, 1)))

@@ -230,9 +230,9 @@ def _pixel_routes(router: _Paths, svc: DicomwebServices) -> None:
 
             async def work(access: Access) -> Response:
                 number = _frame_number(frame)
-                return await rendered.rendered(
-                    svc, request, access, uids, number, thumbnail=thumbnail
-                )
+                if thumbnail:
+                    return await rendered.thumbnail(svc, request, access, uids, number)
+                return await rendered.rendered(svc, request, access, uids, number)
 
             return await handle(svc, request, "read", _reading_files(svc, uids[0], work), uids[0])
 

@@ -1,0 +1,70 @@
+"""Which Rendered Media Type answers a rendered request (PS3.18 §8.7.4, §8.7.8.1).
+
+A rendered study or series is every instance of it rendered, so it is answered
+as ``multipart/related; type="image/jpeg"`` (or png, gif), one part per image.
+Single-part media types are only for a resource that is a single item: the note
+to PS3.18 Table 10.4.4-1 has the server ignore them for the others, and a 406 when
+nothing else is left (even for a study of one single-frame image). An instance
+or a frame may be asked for either way. ``*/*``, ``multipart/*`` and a
+``multipart/related`` without a ``type`` take the default, JPEG (Table 8.7.4-1);
+``image/*`` names only single-part types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dicomweb.render import MEDIA
+from dicomweb.transfer_syntax import NotAcceptable, parse_accept
+
+DEFAULT = "image/jpeg"
+RELATED = "multipart/related"
+_ANY_MULTIPART = (RELATED, "multipart/*")
+
+
+@dataclass(frozen=True)
+class RenderedMedia:
+    """The chosen image media type, and whether it goes as parts of a multipart body."""
+
+    media_type: str
+    multipart: bool
+
+
+def choose_media(accept: str | None, supported: Sequence[str], what: str) -> str:
+    """The best supported single-part media type in an Accept-style list (with q
+    values); image/jpeg when the list is empty or names a wildcard first (PS3.18 §8.7.5)."""
+    if not accept or not accept.strip():
+        return DEFAULT
+    for media in parse_accept(accept):
+        if media.media_type in supported:
+            return media.media_type
+        if media.media_type in ("*/*", "image/*"):
+            return DEFAULT
+    raise NotAcceptable(f"{what} are {', '.join(supported)}; none of {accept!r}")
+
+
+def choose_rendered(accept: str | None, *, single_item: bool) -> RenderedMedia:
+    """The best acceptable rendered form of a resource: single-part only when it is a
+    ``single_item`` (an instance or a frame), else a multipart/related of images."""
+    if not accept or not accept.strip():
+        return RenderedMedia(DEFAULT, multipart=not single_item)
+    for media in parse_accept(accept):
+        if media.media_type == "*/*":
+            return RenderedMedia(DEFAULT, multipart=not single_item)
+        if media.media_type in _ANY_MULTIPART:
+            part = media.param("type") if media.media_type == RELATED else None
+            if part is None or part in ("*/*", "image/*"):
+                return RenderedMedia(DEFAULT, multipart=True)
+            if part in MEDIA:
+                return RenderedMedia(part, multipart=True)
+        elif single_item and media.media_type in MEDIA:
+            return RenderedMedia(media.media_type, multipart=False)
+        elif single_item and media.media_type == "image/*":
+            return RenderedMedia(DEFAULT, multipart=False)
+    kinds = ", ".join(f'{RELATED}; type="{m}"' for m in MEDIA)
+    if single_item:
+        kinds = f"{kinds}, or {', '.join(MEDIA)}"
+    else:
+        kinds += " (a study or series is several images: single-part types are not enough)"
+    raise NotAcceptable(f"rendered images are {kinds}; none of {accept!r}")
