@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dicomweb.render import MEDIA
-from dicomweb.transfer_syntax import NotAcceptable, parse_accept
+from dicomweb.transfer_syntax import NotAcceptable, acceptable, parse_accept, weighted_values
 
 DEFAULT = "image/jpeg"
 RELATED = "multipart/related"
@@ -33,14 +33,19 @@ class RenderedMedia:
 
 def choose_media(accept: str | None, supported: Sequence[str], what: str) -> str:
     """The best supported single-part media type in an Accept-style list (with q
-    values); image/jpeg when the list is empty or names a wildcard first (PS3.18 §8.7.5)."""
+    values); image/jpeg when the list is empty or names a wildcard first (PS3.18 §8.7.5),
+    unless a more specific q=0 range excludes it (RFC 9110 §12.5.1)."""
     if not accept or not accept.strip():
         return DEFAULT
+    every = weighted_values(accept)
     for media in parse_accept(accept):
-        if media.media_type in supported:
-            return media.media_type
         if media.media_type in ("*/*", "image/*"):
-            return DEFAULT
+            covered = [m for m in (DEFAULT, *supported) if acceptable((media,), m) > 0]
+        else:
+            covered = [media.media_type] if media.media_type in supported else []
+        chosen = next((m for m in covered if acceptable(every, m) > 0), None)
+        if chosen is not None:
+            return chosen
     raise NotAcceptable(f"{what} are {', '.join(supported)}; none of {accept!r}")
 
 

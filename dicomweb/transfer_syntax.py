@@ -19,6 +19,7 @@ back to another acceptable form.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pydicom.pixels.decoders.base import get_decoder
@@ -126,9 +127,61 @@ class MediaRange:
 
 
 def parse_accept(header: str) -> tuple[MediaRange, ...]:
-    """Parse an Accept header into media ranges, best first (PS3.18 §8.7.2)."""
+    """The acceptable (q > 0) media ranges of an Accept header, best first (PS3.18
+    §8.7.2). The q=0 ranges are left out here, but they still exclude what they
+    name from the wider ranges kept: ask ``acceptable`` about a representation."""
     kept = [r for r in weighted_values(header) if r.q > 0]
     return tuple(sorted(kept, key=lambda r: -r.q))
+
+
+def acceptable(
+    ranges: Sequence[MediaRange], media_type: str, params: Mapping[str, str] | None = None
+) -> float:
+    """The quality ``ranges`` (every entry, q=0 ones too: ``weighted_values``) give a
+    representation of ``media_type`` with ``params``: that of the most specific range
+    covering it, 0 when none does. A more specific range overrides a wider one
+    (RFC 9110 §12.5.1), so ``application/dicom+json;q=0, */*;q=0.1`` excludes JSON."""
+    best = _most_specific(ranges, media_type, params or {})
+    return best.q if best is not None else 0.0
+
+
+def _excluded(ranges: Sequence[MediaRange], media_type: str, params: Mapping[str, str]) -> bool:
+    """Whether the most specific range covering the representation has q=0; one that no
+    range names is not excluded (it was admitted by the caller's own rules)."""
+    best = _most_specific(ranges, media_type, params)
+    return best is not None and best.q <= 0
+
+
+def _most_specific(
+    ranges: Sequence[MediaRange], media_type: str, params: Mapping[str, str]
+) -> MediaRange | None:
+    best: tuple[tuple[int, int, int], MediaRange] | None = None
+    for media in ranges:
+        rank = _specificity(media, media_type, params)
+        if rank is not None and (best is None or rank > best[0]):
+            best = (rank, media)
+    return best[1] if best is not None else None
+
+
+def _specificity(
+    media: MediaRange, media_type: str, params: Mapping[str, str]
+) -> tuple[int, int, int] | None:
+    """How specifically ``media`` covers the representation (None: not at all): a
+    full type before ``type/*`` before ``*/*``, then by parameters matched exactly; a
+    wildcard value (``transfer-syntax=*``, ``type=image/*``) matches but counts less."""
+    if not _matches(media.media_type, media_type):
+        return None
+    exact = 0
+    for name, value in media.params:
+        have = params.get(name)
+        if have is None:
+            return None
+        if value == have or (name == "type" and value == have.lower()):
+            exact += 1
+        elif not (value == "*" or (name == "type" and _matches(value, have))):
+            return None
+    level = 0 if media.media_type == "*/*" else 1 if media.media_type.endswith("/*") else 2
+    return level, exact, len(media.params)
 
 
 def weighted_values(header: str) -> tuple[MediaRange, ...]:
@@ -141,6 +194,11 @@ def weighted_values(header: str) -> tuple[MediaRange, ...]:
 def _ranges(accept: str | None) -> tuple[MediaRange, ...]:
     """An absent Accept header accepts everything (RFC 9110 §12.5.1)."""
     return parse_accept(accept) if accept and accept.strip() else parse_accept("*/*")
+
+
+def _every_range(accept: str | None) -> tuple[MediaRange, ...]:
+    """Every entry, the q=0 ones too, for ``_excluded``."""
+    return weighted_values(accept) if accept else ()
 
 
 def _split_outside_quotes(text: str, sep: str) -> list[str]:
@@ -210,12 +268,30 @@ def acceptable_syntaxes(
     admits, best first (PS3.18 §8.7.8.2). ``multi``: the resource holds several
     instances, so single-part media types do not count (PS3.18 §8.7.5)."""
     found: list[str] = []
+    every = _every_range(accept)
     for media in _ranges(accept):
         if _names_dicom(media, multi):
-            found += [
-                u for u in _choices(media.param("transfer-syntax"), stored_uid) if u not in found
-            ]
+            for uid in _choices(media.param("transfer-syntax"), stored_uid):
+                sent = _representation(media, "application/dicom", uid)
+                if uid not in found and not _excluded(every, *sent):
+                    found.append(uid)
     return tuple(found)
+
+
+def _is_multipart(media: MediaRange) -> bool:
+    """Whether what a range admits is sent multipart: a multipart range, or ``*/*``
+    (multipart being the DICOMweb default)."""
+    return media.media_type in _MULTIPART or media.media_type == "*/*"
+
+
+def _representation(
+    media: MediaRange, media_type: str, transfer_syntax: str
+) -> tuple[str, dict[str, str]]:
+    """What is sent for what ``media`` admitted: a ``multipart/related`` body of
+    ``media_type`` parts, or one bare part; for ``_excluded``."""
+    if _is_multipart(media):
+        return "multipart/related", {"type": media_type, "transfer-syntax": transfer_syntax}
+    return media_type, {"transfer-syntax": transfer_syntax}
 
 
 def negotiate(accept: str | None, stored_uid: str, *, multi: bool = False) -> str:
@@ -272,27 +348,64 @@ class PixelForm:
         return f"{self.media_type}; transfer-syntax={self.transfer_syntax}"
 
 
+@dataclass(frozen=True)
+class PixelChoice:
+    """A form ``accept`` admits, and whether a single-part range admitted it: then it
+    may go as a bare body, when it is one item (PS3.18 Table 10.4.4-1, note 3)."""
+
+    form: PixelForm
+    single: bool
+
+
 def pixel_forms(accept: str | None, stored_uid: str) -> tuple[PixelForm, ...]:
     """The forms ``accept`` admits for an instance's pixel data, best first: native
     (decoded if need be), or compressed as stored (PS3.18 §8.7.3.3). Empty when
     none can be served (406)."""
+    return tuple(dict.fromkeys(c.form for c in pixel_choices(accept, stored_uid)))
+
+
+def pixel_choices(accept: str | None, stored_uid: str) -> tuple[PixelChoice, ...]:
+    """``pixel_forms``, each as often as a single-part and a multipart range admit
+    it, best first, less those a more specific q=0 range excludes."""
     row = _BY_UID.get(stored_uid)
     native = PixelForm(OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN)
     can_native = _can_make_explicit_le(stored_uid)
     stored = PixelForm(row.media, stored_uid) if row and row.encapsulated and row.media else None
-    found: list[PixelForm] = []
+    every = _every_range(accept)
+    found: list[PixelChoice] = []
     for media in _ranges(accept):
         inner = (media.param("type") or OCTET_STREAM) if media.media_type in _MULTIPART else None
         inner, ts = inner or media.media_type, media.param("transfer-syntax")
+        forms: list[PixelForm] = []
         if (
             can_native
             and _matches(inner, OCTET_STREAM)
             and ts in (None, "*", native.transfer_syntax)
         ):
-            found.append(native)
+            forms.append(native)
         if stored is not None and row is not None and _admits_stored(inner, ts, stored, row.lossy):
-            found.append(stored)
+            forms.append(stored)
+        for form in forms:
+            # compressed data asked for as octets in its transfer syntax: named both ways
+            named: tuple[str, ...] = (form.media_type,)
+            if not _matches(inner, form.media_type):
+                named += (OCTET_STREAM,)
+            sent = (_representation(media, m, form.transfer_syntax) for m in named)
+            if not any(_excluded(every, *rep) for rep in sent):
+                found.append(PixelChoice(form, not _is_multipart(media)))
     return tuple(dict.fromkeys(found))
+
+
+def prefers_bulkdata(accept: str | None) -> bool:
+    """Whether a study, series or instance is asked for as its bulk data (PS3.18
+    Table 10.4.4-1: ``multipart/related; type="application/octet-stream"`` or a
+    pixel data media type) rather than as instances: the best multipart range (or
+    ``*/*``, which means instances) decides."""
+    for media in _ranges(accept):
+        if _is_multipart(media):
+            inner = media.param("type") or "application/dicom"
+            return media.media_type != "*/*" and not _matches(inner, "application/dicom")
+    return False
 
 
 def _admits_stored(inner: str, ts: str | None, stored: PixelForm, lossy: bool) -> bool:

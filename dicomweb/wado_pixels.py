@@ -54,9 +54,10 @@ from dicomweb.transfer_syntax import (
     OCTET_STREAM,
     PIXEL_DATA,
     NotAcceptable,
+    PixelChoice,
     PixelForm,
     lookup,
-    pixel_forms,
+    pixel_choices,
 )
 from dicomweb.wado import instance_rows, instance_url, too_large_to_decode
 from fhir_server.errors import InvalidRequest, NotFound
@@ -99,29 +100,46 @@ def _frame_numbers(text: str) -> list[int]:
     return list(numbers)
 
 
-def _forms(accept: str | None, row: InstanceRow, *, by_frame: bool) -> tuple[PixelForm, ...]:
-    """The acceptable forms of the pixel data; a video's stream has no frames of its own
-    to send one by one, so its frames are only ever sent decoded."""
-    forms = pixel_forms(accept, row.transfer_syntax_uid)
+def _choices(
+    accept: str | None, row: InstanceRow, *, by_frame: bool, items: int
+) -> tuple[PixelChoice, ...]:
+    """The acceptable forms of the pixel data, best first; a video's stream has no
+    frames of its own to send one by one, so its frames are only ever sent decoded.
+    A single-part range admits a form only when it makes one item (PS3.18 Table
+    10.4.4-1, note 3: one frame, one bulk data value); several need a multipart one."""
     stored = lookup(row.transfer_syntax_uid)
-    if by_frame and stored is not None and stored.video:
-        forms = tuple(f for f in forms if f.native)
-    if not forms:
+    video = stored is not None and stored.video
+    choices = tuple(
+        c
+        for c in pixel_choices(accept, row.transfer_syntax_uid)
+        if not (by_frame and video and not c.form.native)
+        and not (c.single and _item_count(row, c.form, items) > 1)
+    )
+    if not choices:
         raise NotAcceptable(
             f"the pixel data of {row.uid} ({row.transfer_syntax_uid}) cannot be sent as {accept!r}"
         )
-    return forms
+    return choices
+
+
+def _item_count(row: InstanceRow, form: PixelForm, items: int) -> int:
+    """How many parts the pixel data makes in ``form``: ``items`` frames asked for
+    (0: the whole value, one part uncompressed or for a video, else one per frame)."""
+    if items or form.native:
+        return items or 1
+    stored = lookup(row.transfer_syntax_uid)
+    return 1 if stored is not None and stored.video else max(int(row.extra.get("frames") or 1), 1)
 
 
 async def _first_made(
-    row: InstanceRow, forms: Sequence[PixelForm], make: Callable[[PixelForm], Awaitable[T]]
-) -> tuple[PixelForm, T]:
+    row: InstanceRow, choices: Sequence[PixelChoice], make: Callable[[PixelForm], Awaitable[T]]
+) -> tuple[PixelChoice, T]:
     """The first form ``make`` manages to produce (decoding can fail, or be refused
     as too large); else 406."""
     problem: Exception | None = None
-    for form in forms:
+    for choice in choices:
         try:
-            return form, await make(form)
+            return choice, await make(choice.form)
         except (TranscodeError, DecodeTooLarge) as exc:
             problem = exc
     if isinstance(problem, DecodeTooLarge):
@@ -183,9 +201,13 @@ async def frames(
     for n in numbers:
         if n > int(row.extra.get("frames") or 0):
             raise NotFound(f"instance {row.uid} has no frame {n}")
-    forms = _forms(request.headers.get("accept"), row, by_frame=True)
-    form, data = await _first_made(row, forms, lambda f: _frame_data(svc, row, numbers, f))
-    location = f"{instance_url(svc, row.file)}/frames"
+    accept = request.headers.get("accept")
+    choices = _choices(accept, row, by_frame=True, items=len(numbers))
+    choice, data = await _first_made(row, choices, lambda f: _frame_data(svc, row, numbers, f))
+    form, location = choice.form, f"{instance_url(svc, row.file)}/frames"
+    if choice.single:  # one frame, asked for as a bare body
+        headers = {"Content-Location": f"{location}/{numbers[0]}"}
+        return Response(data[0], media_type=form.content_type, headers=headers)
     parts = [
         OutPart(form.content_type, _one(d), (("Content-Location", f"{location}/{n}"),))
         for n, d in zip(numbers, data, strict=True)
@@ -217,7 +239,7 @@ async def _bulk_vr(svc: DicomwebServices, row: InstanceRow, path: tuple[int, ...
     return str(element.get("vr") or "UN")
 
 
-def _bulk_value(file: Path, tag_path: tuple[int, ...], vr: str, ts: str) -> bytes:
+def bulk_value(file: Path, tag_path: tuple[int, ...], vr: str, ts: str) -> bytes:
     """A value's bytes as stored, in little endian order (PS3.18 §8.7.3.3.1), whatever
     its VR (text too: PS3.18 §F.2.2). Values above ``_READ_LATER`` bytes stay on disk
     unless they are the one asked for: one small value of a large instance costs its
@@ -237,51 +259,74 @@ def _bulk_value(file: Path, tag_path: tuple[int, ...], vr: str, ts: str) -> byte
     return swap_bytes(value, NUMBER_WIDTHS.get(vr, 1)) if big_endian else value
 
 
-async def _pixel_parts(svc: DicomwebServices, row: InstanceRow, form: PixelForm) -> list[OutPart]:
+async def pixel_parts(
+    svc: DicomwebServices, row: InstanceRow, form: PixelForm, location: str
+) -> list[OutPart]:
     """Pixel Data as bulk data: one part of every frame uncompressed, or compressed
-    frames one per part (PS3.18 §8.7.3.3.2; a video is one stream)."""
+    frames one per part (PS3.18 §8.7.3.3.2; a video is one stream). A part of the
+    whole value has ``location`` (its BulkDataURI) as its Content-Location, a frame
+    its frame's URI."""
     pixel, path = row.extra.get("pixel") or {}, svc.blobs.path_for(row.blob.key)
+    whole = (("Content-Location", location),)
     if not form.native:
-        stored = lookup(row.transfer_syntax_uid)
-        count = 1 if stored and stored.video else max(int(row.extra.get("frames") or 1), 1)
+        count = _item_count(row, form, 0)
         data = await asyncio.to_thread(compressed_frames, path, range(count))
-        return [OutPart(form.content_type, _one(d)) for d in data]
+        if count == 1:
+            return [OutPart(form.content_type, _one(data[0]), whole)]
+        frames = f"{instance_url(svc, row.file)}/frames"
+        return [
+            OutPart(form.content_type, _one(d), (("Content-Location", f"{frames}/{n}"),))
+            for n, d in enumerate(data, 1)
+        ]
     native = row.transfer_syntax_uid in _SLICEABLE and pixel.get("tag") == PIXEL_DATA
     if native and pixel.get("length") is not None:
         body = svc.blobs.open(row.blob.key, offset=pixel["offset"], length=pixel["length"])
-        return [OutPart(form.content_type, body)]
+        return [OutPart(form.content_type, body, whole)]
     decoded = await asyncio.to_thread(native_pixel_data, path, limit=svc.max_decoded_bytes)
-    return [OutPart(form.content_type, _one(decoded))]
+    return [OutPart(form.content_type, _one(decoded), whole)]
 
 
 async def bulkdata(
     svc: DicomwebServices, request: Request, access: Access, uids: Uids, tag_path: str
 ) -> Response:
     """Retrieve one bulk data value named by a metadata BulkDataURI (PS3.18 §10.4.1.1.5):
-    little endian octets, or compressed pixel data under its own media type."""
+    little endian octets, or compressed pixel data under its own media type; a bare
+    body when the client accepts only that and it is one part (Table 10.4.4-1)."""
     try:
         path = parse_tag_path(tag_path)
     except ValueError as exc:
         raise NotFound(str(exc)) from exc
     (row,) = await instance_rows(svc, access, uids[0], uids[1], uids[2])
     accept = request.headers.get("accept")
-    boundary = new_boundary()
+    location = f"{instance_url(svc, row.file)}/bulkdata/{format_tag_path(path)}"
     if path == (PIXEL_DATA,):
         if not row.extra.get("pixel"):  # else the index says where it is: no metadata to read
             await _bulk_vr(svc, row, path)
-        forms = _forms(accept, row, by_frame=False)
-        form, parts = await _first_made(row, forms, lambda f: _pixel_parts(svc, row, f))
-        media = related_content_type(boundary, form.media_type, form.transfer_syntax)
-        return StreamingResponse(write_parts(parts, boundary), media_type=media)
+        choices = _choices(accept, row, by_frame=False, items=0)
+        choice, parts = await _first_made(
+            row, choices, lambda f: pixel_parts(svc, row, f, location)
+        )
+        if choice.single:
+            (part,) = parts
+            return StreamingResponse(part.body, media_type=part.content_type)
+        return _multipart(parts, choice.form)
     vr = await _bulk_vr(svc, row, path)
-    if not any(f.native for f in pixel_forms(accept, EXPLICIT_VR_LITTLE_ENDIAN)):
+    octets = [c for c in pixel_choices(accept, EXPLICIT_VR_LITTLE_ENDIAN) if c.form.native]
+    if not octets:
         raise NotAcceptable(f"bulk data is sent as {OCTET}, not {accept!r}")
     file = svc.blobs.path_for(row.blob.key)
     try:
-        value = await asyncio.to_thread(_bulk_value, file, path, vr, row.transfer_syntax_uid)
+        value = await asyncio.to_thread(bulk_value, file, path, vr, row.transfer_syntax_uid)
     except (KeyError, IndexError, TypeError) as exc:
         raise NotFound(f"no bulk data at {tag_path}") from exc
-    parts = [OutPart(OCTET, _one(value))]
-    return StreamingResponse(
-        write_parts(parts, boundary), media_type=related_content_type(boundary, OCTET)
+    if octets[0].single:
+        return Response(value, media_type=OCTET)
+    return _multipart([OutPart(OCTET, _one(value), (("Content-Location", location),))], None)
+
+
+def _multipart(parts: list[OutPart], form: PixelForm | None) -> StreamingResponse:
+    boundary = new_boundary()
+    media = related_content_type(
+        boundary, form.media_type if form else OCTET, form.transfer_syntax if form else None
     )
+    return StreamingResponse(write_parts(parts, boundary), media_type=media)

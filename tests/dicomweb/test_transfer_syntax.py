@@ -29,15 +29,20 @@ from dicomweb.transfer_syntax import (
     OCTET_STREAM,
     TRANSFER_SYNTAXES,
     NotAcceptable,
+    PixelChoice,
     PixelForm,
+    acceptable,
     acceptable_syntaxes,
     can_decode,
     is_accepted,
     lookup,
     negotiate,
     parse_accept,
+    pixel_choices,
     pixel_forms,
+    prefers_bulkdata,
     prefers_single_part,
+    weighted_values,
 )
 
 Sample = Callable[[str], Path]
@@ -379,3 +384,120 @@ def test_compressed_frames_are_the_stored_bitstreams(sample: Sample, tmp_path: P
 )
 def test_prefers_single_part(accept: str | None, single: bool) -> None:
     assert prefers_single_part(accept) is single
+
+
+JSON = "application/dicom+json"
+DICOM = 'multipart/related; type="application/dicom"'
+
+
+@pytest.mark.parametrize(
+    ("accept", "media_type", "params", "q"),
+    [
+        # RFC 9110 §12.5.1: the most specific range decides, a q=0 one excludes
+        (f"{JSON};q=0, */*;q=0.1", JSON, {}, 0.0),
+        (f"{JSON};q=0, */*;q=0.1", "application/json", {}, 0.1),
+        (f"*/*;q=0.1, {JSON};q=0", JSON, {}, 0.0),
+        (f"application/*;q=0, {JSON};q=0.4", JSON, {}, 0.4),
+        ("application/*;q=0, */*", JSON, {}, 0.0),
+        ("text/html", JSON, {}, 0.0),
+        ("APPLICATION/DICOM+JSON;q=0.7", JSON, {}, 0.7),
+        (
+            f"{OCTETS};q=0, */*",
+            "multipart/related",
+            {"type": OCTET_STREAM, "transfer-syntax": EXPLICIT},
+            0.0,
+        ),
+        (
+            f"{OCTETS}; transfer-syntax={EXPLICIT};q=0, {OCTETS};q=0.3",
+            "multipart/related",
+            {"type": OCTET_STREAM, "transfer-syntax": JPEG_LS},
+            0.3,
+        ),
+        (
+            f"{OCTETS}; transfer-syntax=*;q=0.2, {OCTETS}; transfer-syntax={JPEG_LS};q=0",
+            "multipart/related",
+            {"type": OCTET_STREAM, "transfer-syntax": JPEG_LS},
+            0.0,
+        ),
+        ("multipart/related; type=image/*;q=0.6", "multipart/related", {"type": "image/jls"}, 0.6),
+        # a range with a parameter the representation lacks does not cover it
+        (f"{JSON}; foo=bar", JSON, {}, 0.0),
+    ],
+)
+def test_acceptable_is_the_most_specific_ranges_quality(
+    accept: str, media_type: str, params: dict[str, str], q: float
+) -> None:
+    assert acceptable(weighted_values(accept), media_type, params) == q
+
+
+@pytest.mark.parametrize(
+    ("accept", "stored", "served"),
+    [
+        (f"{DICOM_ALL};q=0, */*", JPEG2000, ()),
+        ('multipart/related; type="application/dicom";q=0, */*', EXPLICIT, ()),
+        (
+            f"{DICOM}; transfer-syntax={EXPLICIT};q=0, {DICOM_ALL}",
+            JPEG_BASELINE,
+            (JPEG_BASELINE,),
+        ),
+        (
+            f"{DICOM}; transfer-syntax={EXPLICIT};q=0, */*",
+            JPEG_BASELINE,
+            (JPEG_BASELINE,),
+        ),
+        ("application/dicom;q=0, */*", EXPLICIT, (EXPLICIT,)),  # */* is sent multipart
+    ],
+)
+def test_a_q0_range_excludes_what_a_wider_one_admits(
+    accept: str, stored: str, served: tuple[str, ...]
+) -> None:
+    assert acceptable_syntaxes(accept, stored, multi=True) == served
+
+
+@pytest.mark.parametrize(
+    ("accept", "stored", "choices"),
+    [
+        (None, EXPLICIT, [PixelChoice(NATIVE, False)]),
+        (OCTET_STREAM, EXPLICIT, [PixelChoice(NATIVE, True)]),
+        (
+            f"{OCTET_STREAM}, {OCTETS};q=0.5",
+            EXPLICIT,
+            [PixelChoice(NATIVE, True), PixelChoice(NATIVE, False)],
+        ),
+        ("image/*", RLE, [PixelChoice(PixelForm("image/dicom-rle", RLE), True)]),
+        (f"{OCTETS};q=0, */*", EXPLICIT, []),
+        (f"{OCTET_STREAM};q=0, */*", EXPLICIT, [PixelChoice(NATIVE, False)]),
+        (
+            f"image/jls;q=0, {OCTETS}; transfer-syntax=*",
+            JPEG_LS,
+            [PixelChoice(NATIVE, False), PixelChoice(PixelForm("image/jls", JPEG_LS), False)],
+        ),
+        (
+            f"{OCTETS}; transfer-syntax={JPEG_LS};q=0, {OCTETS}; transfer-syntax=*",
+            JPEG_LS,
+            [PixelChoice(NATIVE, False)],
+        ),
+    ],
+)
+def test_pixel_choices(accept: str | None, stored: str, choices: list[PixelChoice]) -> None:
+    assert list(pixel_choices(accept, stored)) == choices
+
+
+@pytest.mark.parametrize(
+    ("accept", "bulk"),
+    [
+        (None, False),
+        ("*/*", False),
+        (DICOM_ALL, False),
+        ("multipart/related", False),
+        (OCTETS, True),
+        ('multipart/related; type="application/octet-stream"', True),
+        ("multipart/related; type=image/jls", True),
+        (f"{OCTETS};q=0.5, {DICOM_ALL}", False),
+        (f"{DICOM_ALL};q=0, {OCTETS}", True),
+        (f"application/dicom, {OCTETS}", True),  # single-part ranges do not decide
+        ("application/octet-stream", False),
+    ],
+)
+def test_prefers_bulkdata(accept: str | None, bulk: bool) -> None:
+    assert prefers_bulkdata(accept) is bulk

@@ -32,6 +32,7 @@ RLE = "1.2.840.10008.1.2.5"
 DICOM = 'multipart/related; type="application/dicom"'
 ANY_TS = f"{DICOM}; transfer-syntax=*"
 CORNERSTONE = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+OCTET = "application/octet-stream"
 VIDEO = b"\x00\x00\x01\xb3not-really-an-mpeg2-stream"
 OVERLAY = bytes(range(256)) * 8  # 2 KiB: above the 1 KiB bulk data threshold
 # OVERLAY's 16-bit words, as a big endian file holds them, written little endian
@@ -312,12 +313,18 @@ REFUSED = (
 SERVED = (
     None,
     "*/*",
-    "application/octet-stream",
     "multipart/related",
     f"multipart/related; type=application/octet-stream; transfer-syntax={ELE}",
     CORNERSTONE,
     'Multipart/Related; Type="Application/Octet-Stream"',
+    "application/octet-stream;q=0.5, */*",
+)
+# single-part only: one frame or one value goes as a bare body (PS3.18 Table 10.4.4-1)
+SERVED_BARE = (
+    "application/octet-stream",
     "text/html;q=0.9, application/octet-stream;q=0.1",
+    f"application/octet-stream; transfer-syntax={ELE}",
+    "application/*",
 )
 
 
@@ -341,6 +348,46 @@ async def test_frames_and_bulk_data_serve_octets(stored: httpx.AsyncClient) -> N
             )
             assert response.status_code == 200, (resource, accept)
             assert [body for _, body in parts(response)] == [expected]
+            assert response.headers["content-type"].startswith("multipart/related")
+    for accept in SERVED_BARE:
+        for resource, expected in (
+            ("frames/1", pixels),
+            ("bulkdata/7FE00010", pixels),
+            ("bulkdata/60003000", OVERLAY),
+        ):
+            response = await stored.get(f"{url(PLAIN)}/{resource}", headers={"Accept": accept})
+            assert response.status_code == 200, (resource, accept)
+            assert response.headers["content-type"].startswith(OCTET), (resource, accept)
+            assert response.content == expected, (resource, accept)
+
+
+async def test_several_frames_single_part_only_is_406(stored: httpx.AsyncClient) -> None:
+    """Several frames, or pixel data of several compressed frames, are several parts: a
+    client that takes only a bare body cannot have them (PS3.18 §8.7.8.1)."""
+    source = dcmread(io.BytesIO(RLE_2))
+    for resource, accept in (
+        ("frames/1,2", "application/octet-stream"),
+        ("frames/1,2", f"image/dicom-rle; transfer-syntax={RLE}"),
+        ("bulkdata/7FE00010", f"image/dicom-rle; transfer-syntax={RLE}"),
+    ):
+        response = await stored.get(f"{url(RLE_2)}/{resource}", headers={"Accept": accept})
+        assert response.status_code == 406, (resource, accept)
+    one = await stored.get(
+        f"{url(RLE_2)}/frames/2", headers={"Accept": f"image/dicom-rle; transfer-syntax={RLE}"}
+    )
+    assert one.status_code == 200
+    assert one.headers["content-type"] == f"image/dicom-rle; transfer-syntax={RLE}"
+    assert one.content == list(generate_frames(source.PixelData, number_of_frames=2))[1]
+    # whole decoded pixel data is one value
+    whole = await stored.get(f"{url(RLE_2)}/bulkdata/7FE00010", headers={"Accept": OCTET})
+    assert whole.status_code == 200
+    assert whole.content == pixel_array(bundled("SC_rgb_rle_2frame.dcm"), raw=True).tobytes()
+    # a multipart range besides: several frames go multipart
+    both = await stored.get(
+        f"{url(RLE_2)}/frames/1,2", headers={"Accept": f"{OCTET}, {CORNERSTONE};q=0.5"}
+    )
+    assert both.status_code == 200
+    assert len(parts(both)) == 2
 
 
 async def test_one_small_bulk_value_does_not_read_the_whole_instance(
@@ -626,3 +673,36 @@ def test_fixture_files_are_what_the_tests_assume() -> None:
     """The bundled 12-bit JPEG defeats every installed decoder (the point of test 1)."""
     with pytest.raises(Exception, match="Unable to decode"):
         pixel_array(Path(bundled("JPEG-lossy.dcm")))
+
+
+# 8. a q=0 range excludes what a wider range would admit (RFC 9110 §12.5.1)
+
+
+async def test_a_q0_range_excludes_a_type_a_wildcard_admits(stored: httpx.AsyncClient) -> None:
+    study = f"/dicomweb/studies/{uids_of(PLAIN)[0]}"
+    refused = (
+        (study, f"{DICOM};q=0, */*;q=0.1"),
+        (url(PLAIN), f"{DICOM}; transfer-syntax={ELE};q=0, */*"),
+        (f"{url(PLAIN)}/frames/1", "multipart/related; type=application/octet-stream;q=0, */*"),
+        (
+            f"{url(PLAIN)}/bulkdata/60003000",
+            "multipart/related; type=application/octet-stream;q=0, */*",
+        ),
+        (f"{url(PLAIN)}/rendered", "image/jpeg;q=0, image/png;q=0, image/gif;q=0, */*"),
+    )
+    for path, accept in refused:
+        response = await stored.get(path, headers={"Accept": accept})
+        assert response.status_code == 406, (path, accept)
+    # excluding one form leaves the others a wildcard admits
+    png = await stored.get(f"{url(PLAIN)}/rendered", headers={"Accept": "image/jpeg;q=0, */*"})
+    assert png.status_code == 200
+    assert png.headers["content-type"] == "image/png"
+    bare = await stored.get(
+        f"{url(PLAIN)}/frames/1",
+        headers={"Accept": "multipart/related; type=application/octet-stream;q=0, application/*"},
+    )
+    assert bare.status_code == 200
+    assert bare.headers["content-type"].startswith(OCTET)
+    whole = await stored.get(study, headers={"Accept": f"application/dicom;q=0, {DICOM}"})
+    assert whole.status_code == 200
+    assert [syntax_of(body) for _, body in parts(whole)] == [ELE]
