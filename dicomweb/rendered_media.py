@@ -16,7 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dicomweb.render import MEDIA
-from dicomweb.transfer_syntax import NotAcceptable, acceptable, parse_accept, weighted_values
+from dicomweb.transfer_syntax import (
+    MediaRange,
+    NotAcceptable,
+    acceptable,
+    parse_accept,
+    weighted_values,
+)
 
 DEFAULT = "image/jpeg"
 RELATED = "multipart/related"
@@ -51,25 +57,43 @@ def choose_media(accept: str | None, supported: Sequence[str], what: str) -> str
 
 def choose_rendered(accept: str | None, *, single_item: bool) -> RenderedMedia:
     """The best acceptable rendered form of a resource: single-part only when it is a
-    ``single_item`` (an instance or a frame), else a multipart/related of images."""
+    ``single_item`` (an instance or a frame), else a multipart/related of images; a
+    form a more specific q=0 range excludes is passed over (RFC 9110 §12.5.1)."""
     if not accept or not accept.strip():
         return RenderedMedia(DEFAULT, multipart=not single_item)
+    every = weighted_values(accept)
+
+    def allowed(choice: RenderedMedia) -> bool:
+        if choice.multipart:
+            return acceptable(every, RELATED, {"type": choice.media_type}) > 0
+        return acceptable(every, choice.media_type) > 0
+
     for media in parse_accept(accept):
-        if media.media_type == "*/*":
-            return RenderedMedia(DEFAULT, multipart=not single_item)
-        if media.media_type in _ANY_MULTIPART:
-            part = media.param("type") if media.media_type == RELATED else None
-            if part is None or part in ("*/*", "image/*"):
-                return RenderedMedia(DEFAULT, multipart=True)
-            if part in MEDIA:
-                return RenderedMedia(part, multipart=True)
-        elif single_item and media.media_type in MEDIA:
-            return RenderedMedia(media.media_type, multipart=False)
-        elif single_item and media.media_type == "image/*":
-            return RenderedMedia(DEFAULT, multipart=False)
+        chosen = next((c for c in _choices(media, single_item) if allowed(c)), None)
+        if chosen is not None:
+            return chosen
     kinds = ", ".join(f'{RELATED}; type="{m}"' for m in MEDIA)
     if single_item:
         kinds = f"{kinds}, or {', '.join(MEDIA)}"
     else:
         kinds += " (a study or series is several images: single-part types are not enough)"
     raise NotAcceptable(f"rendered images are {kinds}; none of {accept!r}")
+
+
+_IMAGES = (DEFAULT, *(m for m in MEDIA if m != DEFAULT))  # the default first
+
+
+def _choices(media: MediaRange, single_item: bool) -> list[RenderedMedia]:
+    """The rendered forms one Accept entry names, the default first."""
+    if media.media_type == "*/*":
+        return [RenderedMedia(m, multipart=not single_item) for m in _IMAGES]
+    if media.media_type in _ANY_MULTIPART:
+        part = media.param("type") if media.media_type == RELATED else None
+        if part is None or part in ("*/*", "image/*"):
+            return [RenderedMedia(m, multipart=True) for m in _IMAGES]
+        return [RenderedMedia(part, multipart=True)] if part in MEDIA else []
+    if single_item and media.media_type in MEDIA:
+        return [RenderedMedia(media.media_type, multipart=False)]
+    if single_item and media.media_type == "image/*":
+        return [RenderedMedia(m, multipart=False) for m in _IMAGES]
+    return []
