@@ -25,7 +25,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Send
 from starlette.types import Scope as AsgiScope
 
-from dicomweb import qido_rs, rendered, stow, wado, wado_pixels
+from dicomweb import qido_rs, rendered, stow, wado, wado_bulk, wado_pixels
 from dicomweb.http_common import (
     Access,
     DicomwebServices,
@@ -38,6 +38,7 @@ from dicomweb.http_common import (
 from dicomweb.qido import Level
 from dicomweb.qido_compile import Scope
 from dicomweb.retrievals_in_flight import retrieval
+from dicomweb.transfer_syntax import prefers_bulkdata
 from fhir_server.access.context import Interaction
 from fhir_server.errors import NotFound
 
@@ -185,6 +186,9 @@ def _wado_routes(router: _Paths, svc: DicomwebServices) -> None:
         study, series, sop = _uids(request)
 
         async def work(access: Access) -> Response:
+            if prefers_bulkdata(request.headers.get("accept")):  # PS3.18 Table 10.4.4-1
+                uids = (study, series, sop)
+                return await wado_bulk.retrieve_bulkdata(svc, request, access, uids)
             return await wado.retrieve(svc, request, access, study, series, sop)
 
         return await handle(svc, request, "read", _reading_files(svc, study, work), study)
@@ -215,9 +219,25 @@ def _wado_routes(router: _Paths, svc: DicomwebServices) -> None:
 
         return await handle(svc, request, "read", _reading_files(svc, uids[0], work), uids[0])
 
+    def bulk_resource(*, pixel_only: bool) -> Endpoint:
+        async def endpoint(request: Request) -> Response:
+            uids = _uids(request)
+
+            async def work(access: Access) -> Response:
+                return await wado_bulk.retrieve_bulkdata(
+                    svc, request, access, uids, pixel_only=pixel_only
+                )
+
+            return await handle(svc, request, "read", _reading_files(svc, uids[0], work), uids[0])
+
+        return endpoint
+
     for path in (STUDY, SERIES, INSTANCE):
         router.add(path, retrieve, "GET", summary="WADO-RS retrieve")
         router.add(path + "/metadata", metadata, "GET", summary="metadata")
+        # PS3.18 §10.4.1.1.5-6: Study, Series and Instance Bulkdata and Pixel Data
+        router.add(path + "/bulkdata", bulk_resource(pixel_only=False), "GET", summary="bulk data")
+        router.add(path + "/pixeldata", bulk_resource(pixel_only=True), "GET", summary="pixel data")
     router.add(INSTANCE + "/frames/{frames}", frames, "GET", summary="frames")
     router.add(INSTANCE + "/bulkdata/{tags:path}", bulkdata, "GET", summary="bulk data")
 
