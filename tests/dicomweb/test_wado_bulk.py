@@ -137,7 +137,7 @@ async def test_compressed_pixel_data_decoded_or_as_stored_frames(
     frames = list(generate_frames(dcmread(source).PixelData, number_of_frames=2))
     assert [body for _, body in sent] == frames
     assert [h["content-type"] for h, _ in sent] == [f"image/dicom-rle; transfer-syntax={RLE}"] * 2
-    assert [h["content-location"].endswith(f"/frames/{n}") for n, (h, _) in enumerate(sent, 1)]
+    assert all(h["content-location"].endswith(f"/frames/{n}") for n, (h, _) in enumerate(sent, 1))
     refused = await stored.get(
         f"{study}/pixeldata", headers={"Accept": "multipart/related; type=image/jp2"}
     )
