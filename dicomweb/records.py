@@ -48,6 +48,7 @@ from dicomweb.qido import (
     NUMERIC_VRS,
     RANGE_VRS,
     Level,
+    attribute_level,
     date_time_pairs,
     pn_normal,
     sequence_keys,
@@ -218,10 +219,22 @@ def split_levels(full: Json) -> dict[Level, Json]:
     for tag, element in full.items():
         if "BulkDataURI" in element or "InlineBinary" in element:
             continue
-        number = int(tag, 16)
-        for level in out if number in _EVERY_LEVEL else (level_of(number),):
+        for level in _stored_levels(int(tag, 16)):
             out[level][tag] = element
     return out
+
+
+def _stored_levels(tag: int) -> tuple[Level, ...]:
+    """Where an attribute is kept: at its ``level_of``; an instance's attribute that
+    the information model puts higher (Manufacturer, a series' General Equipment;
+    NameOfPhysiciansReadingStudy, a study's) also at that level, so a search there
+    returns it (``qido_levels``), and still with the instance, as before."""
+    if tag in _EVERY_LEVEL:
+        return ("study", "series", "instance")
+    stored = level_of(tag)
+    if stored == "instance" and (model := attribute_level(tag)) != "instance":
+        return (model, "instance")
+    return (stored,)
 
 
 def index_record(

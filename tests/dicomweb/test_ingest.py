@@ -581,6 +581,8 @@ def test_patient_identifier_system(issuer: str | None, system: str) -> None:
         ("00080018", {"instance"}),  # SOPInstanceUID
         ("00280010", {"instance"}),  # Rows: not in PS3.18's tables
         ("00080201", {"study", "series", "instance"}),  # TimezoneOffsetFromUTC: all three
+        ("00080070", {"series", "instance"}),  # Manufacturer: General Equipment, a series'
+        ("00081060", {"study", "instance"}),  # NameOfPhysiciansReadingStudy: a study's
     ],
 )
 def test_each_attribute_is_kept_at_its_levels(tag: str, levels: set[str]) -> None:
