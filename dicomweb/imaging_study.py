@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
 from urllib.parse import quote
 
@@ -54,11 +54,13 @@ _CODING_SYSTEMS = {
 
 @dataclass(frozen=True)
 class StudyLinks:
-    """References resolved by the caller: subject, order and the DICOMweb endpoint."""
+    """What the caller resolved: the subject, order and DICOMweb endpoint references,
+    and the site's time zone for DICOM times without an offset (``fhir_started``)."""
 
     patient: str
     service_request: str | None = None
     endpoint: str | None = None
+    zone: tzinfo | None = None
 
 
 def first(attrs: Json, tag: str) -> Any:
@@ -150,15 +152,35 @@ def fhir_date(da: str | None) -> str | None:
     return f"{da[:4]}-{da[4:6]}-{da[6:]}"
 
 
-def fhir_started(day: str | None, time: str | None, offset: str | None) -> str | None:
-    """DA + TM (+ TimezoneOffsetFromUTC) → FHIR dateTime; the date alone without a
-    valid time and zone, since FHIR requires a zone whenever a time is given."""
+def fhir_started(
+    day: str | None, time: str | None, offset: str | None, zone: tzinfo | None = None
+) -> str | None:
+    """DA + TM (+ TimezoneOffsetFromUTC) → FHIR dateTime, seconds' fraction kept.
+    FHIR requires a zone whenever a time is given, and most modalities send no
+    TimezoneOffsetFromUTC: then the site's ``zone`` (``--dicom-timezone``) gives
+    the offset that held at that local time; without either, the date alone."""
     when = fhir_date(day)
     clock = _TM.fullmatch(time.replace(":", "")) if time else None
-    if when is None or clock is None or not offset or not _OFFSET.fullmatch(offset):
+    if when is None or clock is None:
         return when
     hours, minutes, seconds = clock.group(1), clock.group(2), clock.group(3) or "00"
-    return f"{when}T{hours}:{minutes}:{seconds}{offset[:3]}:{offset[3:]}"
+    if offset and _OFFSET.fullmatch(offset):
+        zoned = f"{offset[:3]}:{offset[3:]}"
+    elif not offset and zone is not None:
+        zoned = _offset_at(when, int(hours), int(minutes), int(seconds), zone)
+    else:  # an offset that is none: no time rather than a wrong one
+        return when
+    return f"{when}T{hours}:{minutes}:{seconds}{clock.group(4) or ''}{zoned}"
+
+
+def _offset_at(day: str, hours: int, minutes: int, seconds: int, zone: tzinfo) -> str:
+    """``±HH:MM``, the UTC offset of ``zone`` at that local time (summer time too)."""
+    year, month, date_of_month = map(int, day.split("-"))
+    local = datetime(year, month, date_of_month, hours, minutes, min(seconds, 59), tzinfo=zone)
+    shift = local.utcoffset() or timedelta()
+    sign, total = ("-", -shift) if shift < timedelta() else ("+", shift)
+    whole_minutes = int(total.total_seconds()) // 60
+    return f"{sign}{whole_minutes // 60:02d}:{whole_minutes % 60:02d}"
 
 
 def human_name(pn: str) -> Json:
@@ -204,10 +226,11 @@ def name_text(human: Json) -> str:
     return " ".join(words)
 
 
-def _started(attrs: Json, date_tag: str, time_tag: str) -> str | None:
+def _started(attrs: Json, date_tag: str, time_tag: str, zone: tzinfo | None) -> str | None:
     """``fhir_started`` of a level's date and time, with the TimezoneOffsetFromUTC
     every level keeps."""
-    return fhir_started(_text(attrs, date_tag), _text(attrs, time_tag), _text(attrs, "00080201"))
+    day, time = _text(attrs, date_tag), _text(attrs, time_tag)
+    return fhir_started(day, time, _text(attrs, "00080201"), zone)
 
 
 def map_patient(study_attrs: Json, system: str, value: str) -> dict[str, Any]:
@@ -253,7 +276,9 @@ def _instance(row: InstanceRow) -> dict[str, Any]:
     return out
 
 
-def _series(row: SeriesRow, mine: Sequence[InstanceRow], endpoint: str | None) -> Json:
+def _series(
+    row: SeriesRow, mine: Sequence[InstanceRow], endpoint: str | None, zone: tzinfo | None
+) -> Json:
     a = row.attrs
     out: dict[str, Any] = {
         "uid": row.uid,
@@ -264,7 +289,7 @@ def _series(row: SeriesRow, mine: Sequence[InstanceRow], endpoint: str | None) -
         out["number"] = number
     if description := _text(a, "0008103E"):
         out["description"] = description
-    if started := _started(a, "00080021", "00080031"):
+    if started := _started(a, "00080021", "00080031", zone):
         out["started"] = started
     if body := _text(a, "00180015"):
         out["bodySite"] = body_site(body)
@@ -316,7 +341,7 @@ def map_study(
     }
     if modalities := list(dict.fromkeys(filter(None, map(fhir_code, study.modalities)))):
         out["modality"] = [{"system": DCM, "code": m} for m in modalities]
-    if started := _started(a, "00080020", "00080030"):
+    if started := _started(a, "00080020", "00080030", links.zone):
         out["started"] = started
     if links.service_request:
         out["basedOn"] = [{"reference": links.service_request}]
@@ -335,7 +360,7 @@ def map_study(
     for instance in instances:
         by_series.setdefault(instance.series_uid, []).append(instance)
     out["series"] = [
-        _series(s, by_series.get(s.uid, []), links.endpoint)
+        _series(s, by_series.get(s.uid, []), links.endpoint, links.zone)
         for s in sorted(series, key=_series_order)
     ]
     return out

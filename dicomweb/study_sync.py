@@ -34,6 +34,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from urllib.parse import quote
 
 import orjson
@@ -288,8 +289,10 @@ class StudySync:
         patients: PatientNamespaces,
         pending: PendingStudies,
         audit: AuditTrail,
+        zone: tzinfo | None = None,
     ) -> None:
         self._svc = svc
+        self._zone = zone  # of DICOM times without an offset (``fhir_started``)
         self._audit = audit
         self._base = dicomweb_base
         self._patients = patients
@@ -396,6 +399,7 @@ class StudySync:
             patient=f"Patient/{patient}",
             service_request=await self._order(tx, study.attrs, patient),
             endpoint=endpoint,
+            zone=self._zone,
         )
         mapped = map_study(study, await index.series_of(uid), await index.instances(uid), links)
         resource = with_client_elements(mapped, current)

@@ -9,6 +9,7 @@ bridge takes the same ``IngestService`` and ``DicomIndex`` from ``services``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
 from dicomweb.archive_locks import ArchiveLocks
 from dicomweb.background import ArchiveTasks
@@ -57,7 +58,8 @@ def dicomweb_archive(
     timing = SyncTiming.from_delay(settings.study_sync_delay, settings.sync_retry_interval)
     pending = PendingStudies(timing)
     patients = PatientNamespaces(settings.default_patient_system, dict(settings.patient_issuers))
-    sync = StudySync(svc, dicomweb_base(settings), patients, pending, audit)
+    zone = ZoneInfo(settings.dicom_timezone) if settings.dicom_timezone else None
+    sync = StudySync(svc, dicomweb_base(settings), patients, pending, audit, zone)
     services = dicomweb_services(svc, verifier, audit, settings, sync)
     cursor = ChangeCursor(settings.data_dir / STATE_DIR, CONSUMER)
     links = OrderLinks(svc.store, sync, cursor)

@@ -48,6 +48,9 @@ class Settings:
     default_patient_system: str = "urn:radhub:patient-id"
     # (IssuerOfPatientID, identifier system): the system of a local issuer's Patient IDs
     patient_issuers: tuple[tuple[str, str], ...] = field(default=())
+    # the IANA time zone of DICOM dates and times sent without TimezoneOffsetFromUTC
+    # (an ImagingStudy's ``started`` needs an offset to keep its time); None: unknown
+    dicom_timezone: str | None = None
     # QIDO-RS results per page at most (PS3.18 §8.3.4.4 lets the server cap ``limit``)
     qido_max_results: int = 1000
     # the most bytes one decoding of pixel data may produce (a rendered frame, frames,

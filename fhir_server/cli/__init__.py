@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fhir_server.errors import FhirError
 from fhir_server.settings import Settings
@@ -32,6 +33,15 @@ def _issuer_system(text: str) -> tuple[str, str]:
     if not name.strip() or ":" not in system:
         raise argparse.ArgumentTypeError(f"expected NAME=URI, not {text!r}")
     return name.strip(), system.strip()
+
+
+def _time_zone(text: str) -> str:
+    """An argparse type: an IANA time zone name (``Europe/Berlin``)."""
+    try:
+        ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"not an IANA time zone: {text!r}") from exc
+    return text
 
 
 def _add_data_dir(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -136,6 +146,8 @@ def _archive_options(p: argparse.ArgumentParser) -> None:
         metavar="NAME=URI",
         help="identifier system of a local IssuerOfPatientID (repeatable)",
     )
+    zone = "IANA time zone of DICOM times sent without TimezoneOffsetFromUTC"
+    _setting(p, "dicom_timezone", _time_zone, zone)
     _setting(p, "qido_max_results", _count(1), "most QIDO-RS results per page")
     decoded = "most bytes one decoding of pixel data may produce (rendering, transcoding)"
     _setting(p, "max_decoded_bytes", _count(1), decoded)
@@ -201,6 +213,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         dicom_overwrite=args.dicom_overwrite,
         default_patient_system=args.default_patient_system,
         patient_issuers=tuple(args.patient_issuer),
+        dicom_timezone=args.dicom_timezone,
         qido_max_results=args.qido_max_results,
         max_decoded_bytes=args.max_decoded_bytes,
         validation_workers=args.validation_workers,

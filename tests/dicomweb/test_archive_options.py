@@ -43,7 +43,10 @@ def test_serve_options_reach_the_settings() -> None:
         "HOSP_A=http://a.example/mrn",
         "--patient-issuer",
         " HOSP B = urn:oid:1.2.9",
+        "--dicom-timezone",
+        "Europe/Berlin",
     )
+    assert settings.dicom_timezone == "Europe/Berlin"
     assert settings.patient_issuers == (
         ("HOSP_A", "http://a.example/mrn"),
         ("HOSP B", "urn:oid:1.2.9"),
@@ -59,6 +62,7 @@ def test_serve_option_defaults() -> None:
     settings, defaults = serve_settings(), Settings()
     assert settings.dicom_overwrite is False
     assert settings.default_patient_system == "urn:radhub:patient-id"
+    assert settings.dicom_timezone is None
     assert settings.qido_max_results == defaults.qido_max_results == 1000
     assert settings.validation_workers == defaults.validation_workers
     assert settings.audit_process == defaults.audit_process == ((os.cpu_count() or 1) > 1)
@@ -132,6 +136,26 @@ async def test_dicom_overwrite(tmp_path: Path, overwrite: bool) -> None:
 def test_patient_issuer_needs_a_name_and_a_uri(bad: str) -> None:
     with pytest.raises(SystemExit):
         serve_settings("--patient-issuer", bad)
+
+
+@pytest.mark.parametrize("bad", ["Mars/Olympus_Mons", "+01:00", "../etc/passwd"])
+def test_dicom_timezone_is_an_iana_zone(bad: str) -> None:
+    with pytest.raises(SystemExit):
+        serve_settings("--dicom-timezone", bad)
+
+
+async def test_dicom_timezone_gives_started_its_offset(tmp_path: Path) -> None:
+    """A study sent without TimezoneOffsetFromUTC (most are) keeps its time in
+    ``started`` at the site's offset of that day: summer time in July."""
+    settings = fast_settings(tmp_path / "data", dicom_timezone="Europe/Berlin")
+    async with running(settings) as (app, client):
+        july = make_instance("4.9", "4.9.1", date="20240705")
+        assert (await stow(client, july)).is_success
+        await settled(app)
+        study = (await client.get("/fhir/ImagingStudy/4.9")).json()
+        assert study["started"] == "2024-07-05T10:15:00+02:00"
+        found = await client.get("/fhir/ImagingStudy", params={"started": "gt2024-07-05T08:00:00Z"})
+        assert [e["resource"]["id"] for e in found.json()["entry"]] == ["4.9"]
 
 
 def _with_issuer(study: str, issuer: str, patient_id: str = "12345") -> bytes:

@@ -10,6 +10,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
+from zoneinfo import ZoneInfo
 
 import bson
 import orjson
@@ -520,6 +521,9 @@ def test_what_the_archive_writes_is_what_it_owns() -> None:
     assert with_client_elements(mapped, stored) == {**mapped, "note": stored["note"]}
 
 
+BERLIN, NEW_YORK = ZoneInfo("Europe/Berlin"), ZoneInfo("America/New_York")
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -528,7 +532,14 @@ def test_what_the_archive_writes_is_what_it_owns() -> None:
         (("20240105", "101500", None), "2024-01-05"),
         (("2024", None, None), None),
         # the form before DICOM 3.0, which PS3.5 6.2 asks readers to accept
-        (("20240105", "10:15:02.5", "+0100"), "2024-01-05T10:15:02+01:00"),
+        (("20240105", "10:15:02.5", "+0100"), "2024-01-05T10:15:02.5+01:00"),
+        # no offset sent: the site's zone's, summer time included
+        (("20240105", "101500", None, BERLIN), "2024-01-05T10:15:00+01:00"),
+        (("20240705", "101500.123456", None, BERLIN), "2024-07-05T10:15:00.123456+02:00"),
+        (("20240105", "0930", None, NEW_YORK), "2024-01-05T09:30:00-05:00"),
+        (("20240105", "101500", "+0530", BERLIN), "2024-01-05T10:15:00+05:30"),  # sent wins
+        (("20240105", "101500", "+9999", BERLIN), "2024-01-05"),  # a wrong one: no time
+        (("20240105", "256199", None, BERLIN), "2024-01-05"),
         (("20240105", "101560", "+1400"), "2024-01-05T10:15:60+14:00"),  # a leap second
         # not a date, time or offset at all (seen in the wild): the part that is one
         (("00000000", "101500", "+0100"), None),
