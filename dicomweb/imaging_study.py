@@ -293,13 +293,24 @@ def _series(
         out["started"] = started
     if body := _text(a, "00180015"):
         out["bodySite"] = body_site(body)
-    if (side := _text(a, "00200060")) in _LATERALITY:
-        code, display = _LATERALITY[str(side)]
+    if (side := _laterality(a, mine)) is not None:
+        code, display = _LATERALITY[side]
         out["laterality"] = {"system": SNOMED, "code": code, "display": display}
     if endpoint:
         out["endpoint"] = [{"reference": endpoint}]
     out["instance"] = [_instance(i) for i in sorted(mine, key=_instance_order)]
     return out
+
+
+def _laterality(series_attrs: Json, mine: Sequence[InstanceRow]) -> str | None:
+    """The series' Laterality, else the ImageLaterality its instances all share (a
+    mammography or radiography series gives only the latter, per image)."""
+    if (side := _text(series_attrs, "00200060")) in _LATERALITY:
+        return side
+    sides = {_text(i.attrs, "00200062") for i in mine}
+    if len(sides) == 1 and (only := sides.pop()) in _LATERALITY:
+        return only
+    return None
 
 
 def _number_order(number: Any, uid: str) -> tuple[int, int, str]:

@@ -163,3 +163,35 @@ async def test_a_study_whose_patient_was_deleted_gets_one_again(tmp_path: Path) 
         await settled(app)
         row = await app.state.dicomweb.index.study("8.3")
         assert row is not None and f"Patient/{row.patient_ref}" == subject
+
+
+def _with_image_laterality(uid: str, side: str | None) -> InstanceRow:
+    row = _instance(uid, 1)
+    if side is not None:
+        row.attrs["00200062"] = {"vr": "CS", "Value": [side]}
+    return row
+
+
+@pytest.mark.parametrize(
+    ("series_side", "image_sides", "code"),
+    [
+        ("L", ["R", "R"], "7771000"),  # the series' own Laterality first
+        (None, ["R", "R"], "24028007"),  # else the ImageLaterality its images share
+        (None, ["B"], "51440002"),
+        (None, ["R", "L"], None),  # images of both sides: the series has none
+        (None, ["R", None], None),
+        (None, ["U"], None),  # unpaired: no SNOMED CT laterality
+        (None, [], None),
+    ],
+)
+def test_series_laterality(
+    series_side: str | None, image_sides: list[str | None], code: str | None
+) -> None:
+    attrs: dict[str, Any] = {"00080060": {"vr": "CS", "Value": ["MG"]}}
+    if series_side is not None:
+        attrs["00200060"] = {"vr": "CS", "Value": [series_side]}
+    series = SeriesRow("1.2.1", "1.2", attrs, len(image_sides), 1)
+    rows = [_with_image_laterality(f"1.2.1.{n}", side) for n, side in enumerate(image_sides)]
+    study = StudyRow("1.2", {}, ("MG",), 1, len(image_sides), "p1")
+    (mapped,) = map_study(study, [series], rows, StudyLinks("Patient/p1"))["series"]
+    assert (mapped.get("laterality") or {}).get("code") == code
