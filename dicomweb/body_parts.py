@@ -26,6 +26,20 @@ ABBREVIATIONS = {
     "ANKLE": "AnkleJoint",
     "ELBOW": "ElbowJoint",
     "WRIST": "WristJoint",
+    "WHOLEBODY": "EntireBody",
+    "ARM": "UpperArm",
+    "LEG": "LowerLeg",
+    "CTSPINE": "CervicoThoracicSpine",
+    "TLSPINE": "ThoracoLumbarSpine",
+    "LSSPINE": "LumboSacralSpine",
+    "SSPINE": "SacroCoccygealSpine",
+    "SIJOINT": "SacroiliacJoint",
+    "TMJ": "TemporomandibularJoint",
+    "ACJOINT": "AcromioclavicularJoint",
+    "ORBIT": "OrbitalStructure",
+    "JAW": "JawRegion",
+    "IAC": "InternalAuditoryCanal",
+    "SELLA": "SellaTurcica",
 }
 
 

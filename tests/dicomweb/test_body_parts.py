@@ -22,6 +22,10 @@ def test_the_table_is_what_pydicom_gives() -> None:
         ("knee ", {"system": SNOMED, "code": "72696002", "display": "Knee"}),  # as sent
         ("CSPINE", {"system": SNOMED, "code": "122494005", "display": "Cervical spine"}),
         ("ANKLE", {"system": SNOMED, "code": "70258002", "display": "Ankle joint"}),
+        # PS3.16 Annex L's other abbreviations
+        ("WHOLEBODY", {"system": SNOMED, "code": "38266002", "display": "Entire body"}),
+        ("TMJ", {"system": SNOMED, "code": "53620006", "display": "Temporomandibular joint"}),
+        ("TLSPINE", {"system": SNOMED, "code": "1217256009", "display": "Thoraco-lumbar spine"}),
         ("LEFTTOE3", {"display": "LEFTTOE3"}),  # unknown: the text alone, no invented code
     ],
 )
