@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import calendar
 import os
 import random
 import shutil
@@ -205,7 +206,8 @@ def _qido_mix(studies: Sequence[Study]) -> dict[str, Callable[[random.Random], s
 
     def month(rng: random.Random) -> str:
         d = pick(rng).study_date
-        return f"StudyDate={d[:6]}01-{d[:6]}31&limit={PAGE}"
+        last = calendar.monthrange(int(d[:4]), int(d[4:6]))[1]  # a day the month has
+        return f"StudyDate={d[:6]}01-{d[:6]}{last:02d}&limit={PAGE}"
 
     return {
         "PatientID exact": lambda rng: f"PatientID={pick(rng).patient_id}",
