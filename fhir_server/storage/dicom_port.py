@@ -234,7 +234,9 @@ class DicomIndex(Protocol):
         ``overwrite``, when it is ``replaced``; an instance whose ``patient_key``
         is not its study's (a wrong-patient image) is ``other-patient``, and
         nothing of it is written; so is one the index cannot hold (too large for
-        one MongoDB document, say), which is ``unindexable``.
+        one MongoDB document, say), which is ``unindexable``. A stored study or
+        series takes in each instance's attributes and keys by ``dicom_merge``: what
+        the instance leaves empty keeps the stored value.
         """
 
     async def study(self, study_uid: str) -> StudyRow | None:

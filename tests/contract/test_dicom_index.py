@@ -10,6 +10,9 @@ import orjson
 import pytest
 from pymongo.errors import OperationFailure
 
+from dicomweb.qido import Level, parse_qido
+from dicomweb.qido_compile import Scope, compile_query
+from dicomweb.records import match_keys
 from fhir_server.storage.base import Store
 from fhir_server.storage.dicom_port import (
     MODALITIES_KEY,
@@ -305,7 +308,7 @@ async def test_within_a_batch_the_last_instance_describes_its_study_and_series(
 ) -> None:
     """Instances of one study in one batch usually carry the same study and series
     attributes (the adapter may then write them once); where they differ, the
-    last one's are what the index holds, as when they come one batch each."""
+    last one's values are what the index holds, as when they come one batch each."""
     await store.dicom.store_batch(
         [
             record("1.1", "1.1.1", "1.1.1.1", name="doe^jane", modality="CT"),
@@ -387,3 +390,96 @@ async def test_parent_conditions_page_alike_however_many_parents_match(
     assert await found(mine) == (["2.3.2", "2.4.2"], True)
     none = DicomQuery("instance", study_filters=(KeyFilter(NAME, "eq", ("x",)),))
     assert await found(none) == ([], False)
+
+
+def el(vr: str, *values: Any) -> dict[str, Any]:
+    return {"vr": vr, "Value": list(values)} if values else {"vr": vr}
+
+
+def described(sop: str, study: dict[str, Any], series: dict[str, Any]) -> InstanceRecord:
+    """An instance of study 5.1, series 5.1.1 with these study and series attributes
+    besides the UIDs, and the match keys the archive derives from them."""
+    study = {"0020000D": el("UI", "5.1"), **study}
+    series = {"0020000E": el("UI", "5.1.1"), "00080060": el("CS", "CT"), **series}
+    return replace(
+        record("5.1", "5.1.1", sop),
+        study_attrs=study,
+        series_attrs=series,
+        study_keys=match_keys("study", study),
+        series_keys=match_keys("series", series),
+    )
+
+
+IMAGE_STUDY = {
+    "00080050": el("SH", "LW-ACC"),  # AccessionNumber
+    "00080020": el("DA", "20240105"),  # StudyDate
+    "00080030": el("TM", "101500"),  # StudyTime
+    "00081030": el("LO", "CT HEAD"),  # StudyDescription
+    "00080090": el("PN", {"Alphabetic": "Ref^Doc"}),  # ReferringPhysicianName
+}
+IMAGE_SERIES = {"0008103E": el("LO", "AXIAL")}  # SeriesDescription
+# a presentation state's: AccessionNumber and StudyTime empty (Type 2), the rest absent
+STATE_STUDY = {"00080050": el("SH"), "00080030": el("TM")}
+STATE_SERIES = {"0008103E": {"vr": "LO", "Value": [""]}}
+
+
+@pytest.mark.parametrize("batches", ["one batch", "a batch each"])
+async def test_a_later_instance_without_a_value_leaves_its_study_and_series_one(
+    store: Store, batches: str
+) -> None:
+    """An instance that lacks a study or series attribute, or carries it empty, leaves
+    the value an earlier instance gave (a presentation state has no accession number);
+    one with another value replaces it. The row's match keys follow its attributes."""
+    instances = [
+        described("5.1.1.1", IMAGE_STUDY, IMAGE_SERIES),
+        described("5.1.1.2", STATE_STUDY, STATE_SERIES),
+    ]
+    if batches == "one batch":
+        await store.dicom.store_batch(instances)
+    else:
+        for instance in instances:
+            await store.dicom.store_batch([instance])
+
+    async def found(level: Level, **params: str) -> list[str]:
+        query = compile_query(parse_qido(level, list(params.items())), Scope(), None)
+        page = await store.dicom.search(query)
+        return [m.series.uid if m.series else m.study.uid for m in page.matches]
+
+    study = await store.dicom.study("5.1")
+    assert study is not None and study.instance_count == 2
+    assert {tag: study.attrs.get(tag) for tag in IMAGE_STUDY} == IMAGE_STUDY
+    (series,) = await store.dicom.series_of("5.1")
+    assert series.attrs["0008103E"] == IMAGE_SERIES["0008103E"]
+    assert await found("study", AccessionNumber="LW-ACC") == ["5.1"]
+    assert await found("study", StudyDate="20240105") == ["5.1"]
+    assert await found("study", StudyDate="20240101-20240110", StudyTime="1000-1100") == ["5.1"]
+    assert await found("study", ReferringPhysicianName="ref*") == ["5.1"]
+    assert await found("series", SeriesDescription="AXIAL") == ["5.1.1"]
+    assert await found("study", ModalitiesInStudy="CT") == ["5.1"]
+
+    corrected = described(
+        "5.1.1.3", {"00081030": el("LO", "CT HEAD W/O")}, {"0008103E": el("LO", "AXIAL 2")}
+    )
+    await store.dicom.store_batch([corrected])
+    study = await store.dicom.study("5.1")
+    assert study is not None and study.instance_count == 3
+    assert study.attrs["00081030"] == el("LO", "CT HEAD W/O")
+    assert study.attrs["00080050"] == el("SH", "LW-ACC")
+    assert await found("study", StudyDescription="CT HEAD W/O") == ["5.1"]
+    assert await found("study", StudyDescription="CT HEAD") == []
+    assert await found("study", AccessionNumber="LW-ACC") == ["5.1"]
+    assert await found("series", SeriesDescription="AXIAL 2") == ["5.1.1"]
+    assert await found("series", SeriesDescription="AXIAL") == []
+
+
+async def test_a_new_study_keeps_its_first_instance_s_empty_attributes(store: Store) -> None:
+    """A new row takes its first instance's attributes as they are, empty ones too
+    (an includefield of one finds it present, empty), and a later value fills them."""
+    await store.dicom.store_batch([described("5.1.1.1", STATE_STUDY, STATE_SERIES)])
+    study = await store.dicom.study("5.1")
+    assert study is not None and study.attrs["00080050"] == el("SH")
+    await store.dicom.store_batch([described("5.1.1.2", IMAGE_STUDY, IMAGE_SERIES)])
+    study = await store.dicom.study("5.1")
+    assert study is not None and study.attrs["00080050"] == el("SH", "LW-ACC")
+    (series,) = await store.dicom.series_of("5.1")
+    assert series.attrs["0008103E"] == el("LO", "AXIAL")

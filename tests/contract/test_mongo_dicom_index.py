@@ -25,7 +25,15 @@ from fhir_server.storage.mongo.dicom_search import INSTANCES, SERIES, STUDIES
 from fhir_server.storage.mongo.errors import MAX_DOCUMENT
 from fhir_server.storage.mongo.store import MongoStore
 
-from .test_dicom_index import record
+from .test_dicom_index import (
+    IMAGE_SERIES,
+    IMAGE_STUDY,
+    STATE_SERIES,
+    STATE_STUDY,
+    described,
+    el,
+    record,
+)
 
 DB = "radhub_dicom"
 
@@ -458,6 +466,33 @@ async def test_one_new_study_started_by_two_radhubs_for_one_patient_takes_both(
     study = await store.dicom.study("1.1")
     assert study is not None
     assert (study.patient_key, study.series_count, study.instance_count) == ("PA\\", 2, 2)
+
+
+async def test_two_radhubs_merging_into_one_study_at_once_keep_each_other_s_attributes(
+    store: MongoStore, registry: SearchRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another instance of radhub stores a study's images between this one's reading
+    the index and its writing a presentation state of the study (which it took for a
+    new study): each attribute is set on its own, so the state's empty accession
+    number and lack of the rest do not erase the images' values, and its new
+    description replaces theirs."""
+    other = MongoStore(store._client, DB, registry)
+    await other.start()
+
+    async def other_stores_the_images() -> None:
+        (done,) = await other.dicom.store_batch([described("5.1.1.1", IMAGE_STUDY, IMAGE_SERIES)])
+        assert done.outcome == "stored"
+
+    race_on_parents(monkeypatch, store, other_stores_the_images)
+    state_study = {**STATE_STUDY, "00081030": el("LO", "CT HEAD W/O")}
+    (result,) = await store.dicom.store_batch([described("5.1.1.2", state_study, STATE_SERIES)])
+    assert result.outcome == "stored"
+    study = await store.dicom.study("5.1")
+    assert study is not None and study.instance_count == 2
+    expected = {**IMAGE_STUDY, "00081030": el("LO", "CT HEAD W/O")}
+    assert {tag: study.attrs.get(tag) for tag in expected} == expected
+    (series,) = await store.dicom.series_of("5.1")
+    assert series.attrs["0008103E"] == IMAGE_SERIES["0008103E"]
 
 
 async def test_a_refused_batch_leaves_the_series_the_other_radhub_is_filling(

@@ -12,6 +12,17 @@
    every instance document in one bulk write, so none is written before its
    parents.
 
+A study or series takes in its instances' attributes by a merge (``dicom_merge``):
+each attribute an instance carries a value of is ``$set`` on its own path
+(``attrs.GGGGEEEE``), so two servers storing instances of one study at once each
+replace only what theirs carry, and none puts back an older whole. The empty ones
+go in with ``$setOnInsert``: a new row takes them, a stored value stays. The
+row's match keys are merged in ``plan`` from the ones ``read_known`` read and set
+whole: of two servers merging different attributes into one row at once, the
+last one's keys stand, without the other's changes to them, until an instance
+carrying those attributes is stored again (a lost key is a study a search by it
+misses; the attributes themselves are not lost).
+
 An instance document is written by a compare-and-set: an insert, refused by the
 unique ``_id``, when none was stored, or a replace filtered on the stored version's
 blob key. Another radhub instance on the same database may store the same SOP
@@ -29,7 +40,15 @@ from typing import Any
 from pymongo import InsertOne, ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError
 
-from fhir_server.storage.dicom_port import InstanceRecord, MatchKeys, StoreOutcome, StoreResult
+from fhir_server.storage.dicom_merge import canonical_keys, carried, merge_keys
+from fhir_server.storage.dicom_port import (
+    DicomLevel,
+    InstanceRecord,
+    Json,
+    MatchKeys,
+    StoreOutcome,
+    StoreResult,
+)
 from fhir_server.storage.mongo import dicom_meta
 from fhir_server.storage.mongo.dicom_search import INSTANCES, SERIES, STUDIES, Doc, blob_location
 from fhir_server.storage.mongo.errors import duplicate_key, unstorable
@@ -51,27 +70,88 @@ def _instance_doc(rec: InstanceRecord) -> Doc:
     }  # fmt: skip
 
 
-def _study_set(rec: InstanceRecord, set_key: bool) -> Doc:
-    study: Doc = {
-        "attrs": rec.study_attrs,
-        "skeys": keys_doc(rec.study_keys),
-        "dirty": True,  # until the index has recounted it
-    }
+@dataclass(frozen=True, slots=True)
+class ParentSet:
+    """What one record writes to its study or series (``dicom_merge``): the attributes
+    it carries a value of, each set on its own path so that what a concurrent writer
+    set of the others stays; the ones it carries empty, which only a new row takes;
+    and the row's other fields (its match keys merged, its patient, the dirty mark)."""
+
+    values: Doc
+    empty: Doc
+    fields: Doc
+
+    def doc(self) -> Doc:
+        """About the document it makes (what ``unstorable`` weighs)."""
+        return {"attrs": {**self.empty, **self.values}, **self.fields}
+
+
+@dataclass(frozen=True, slots=True)
+class Merged:
+    """One record's attributes and keys (``received``) merged into its study's or
+    series' row: what they write to it (``ParentSet.fields`` holds the keys alone),
+    and the row's match keys then."""
+
+    received: tuple[Json, MatchKeys]
+    write: ParentSet
+    keys: MatchKeys
+
+
+def _merged(known: Known, level: DicomLevel, uid: str, attrs: Json, keys: MatchKeys) -> Merged:
+    """``attrs`` and ``keys`` merged into the row ``uid`` as ``known`` has it (as read,
+    or as the batch's records before left it). The same attributes and keys as the
+    batch's last record for the row come to the same (a merge is idempotent): the
+    usual batch, one study's instances, merges once per row."""
+    received = (attrs, keys)
+    last = known.received.get((level, uid))
+    if last is not None and last.received == received:
+        return last
+    carries = carried(attrs, keys)
+    merged = merge_keys(known.keys[level].get(uid, ()), keys, carries)
+    values = {tag: element for tag, element in attrs.items() if tag in carries}
+    empty = {tag: element for tag, element in attrs.items() if tag not in carries}
+    field = "skeys" if level == "study" else "keys"
+    return Merged(received, ParentSet(values, empty, {field: keys_doc(merged)}), merged)
+
+
+def _study_set(rec: InstanceRecord, merged: Merged, set_key: bool) -> ParentSet:
+    fields: Doc = {**merged.write.fields, "dirty": True}  # until the index has recounted it
     if rec.patient_ref is not None:
-        study["patient"] = rec.patient_ref
+        fields["patient"] = rec.patient_ref
     if set_key and rec.patient_key is not None:
-        study["pkey"] = rec.patient_key  # the study's first patient stays its patient
-    return study
+        fields["pkey"] = rec.patient_key  # the study's first patient stays its patient
+    return ParentSet(merged.write.values, merged.write.empty, fields)
 
 
-def _series_set(rec: InstanceRecord) -> Doc:
-    return {
-        "study": rec.study_uid,
-        "attrs": rec.series_attrs,
-        "modality": rec.modality,
-        "keys": keys_doc(rec.series_keys),
-        "dirty": True,  # until the index has recounted it and its study
-    }
+def _series_set(rec: InstanceRecord, merged: Merged) -> ParentSet:
+    # dirty until the index has recounted it and its study
+    fields: Doc = {**merged.write.fields, "study": rec.study_uid, "dirty": True}
+    if rec.modality:  # (an instance without one leaves the series' as it is)
+        fields["modality"] = rec.modality
+    return ParentSet(merged.write.values, merged.write.empty, fields)
+
+
+def _update(sets: Sequence[ParentSet]) -> Doc:
+    """The update of a row that ``sets`` write to in turn: the attributes they carry a
+    value of set, the last one's where several do; the ones they carry empty only on
+    a new row (``$setOnInsert``), not over a value."""
+    values: Doc = {}
+    empty: Doc = {}
+    fields: Doc = {}
+    last: ParentSet | None = None
+    for s in sets:
+        if last is None or s.values is not last.values or s.empty is not last.empty:
+            values.update(s.values)  # (a batch's records of one row mostly share them)
+            empty.update(s.empty)
+        fields.update(s.fields)
+        last = s
+    update: Doc = {"$set": {**{f"attrs.{t}": e for t, e in values.items()}, **fields}}
+    on_insert = {f"attrs.{t}": e for t, e in empty.items() if t not in values}
+    if not values and not on_insert:
+        on_insert = {"attrs": {}}
+    if on_insert:
+        update["$setOnInsert"] = on_insert
+    return update
 
 
 @dataclass
@@ -81,6 +161,17 @@ class Known:
     instances: dict[str, Doc] = field(default_factory=dict)  # SOP UID -> {blob, series}
     series: dict[str, str] = field(default_factory=dict)  # series UID -> its study's UID
     patients: dict[str, Any] = field(default_factory=dict)  # study UID -> its patient key
+    # study and series UID -> its own match keys
+    keys: dict[DicomLevel, dict[str, MatchKeys]] = field(
+        default_factory=lambda: {"study": {}, "series": {}}
+    )
+    # the attributes and keys the batch's last record for a row had, what they wrote
+    received: dict[tuple[DicomLevel, str], Merged] = field(default_factory=dict)
+
+    def take(self, level: DicomLevel, uid: str, merged: Merged) -> None:
+        """Record that the batch writes ``merged`` to the row ``uid``."""
+        self.keys[level][uid] = merged.keys
+        self.received[(level, uid)] = merged
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +179,8 @@ class Planned:
     """An instance the batch writes, with its parents' updates and what it replaces."""
 
     rec: InstanceRecord
-    study_set: Doc
-    series_set: Doc
+    study_set: ParentSet
+    series_set: ParentSet
     instance: Doc
     old: Doc | None  # the stored instance's {_id, blob, series}, if one is replaced
 
@@ -102,13 +193,19 @@ async def read_known(db: Database, records: Sequence[InstanceRecord]) -> Known:
         return [doc async for doc in found]
 
     instances = await read(INSTANCES, {r.sop_uid for r in records}, {"blob": 1, "series": 1})
-    series = await read(SERIES, {r.series_uid for r in records}, {"study": 1})
-    studies = await read(STUDIES, {r.study_uid for r in records}, {"pkey": 1})
+    series = await read(SERIES, {r.series_uid for r in records}, {"study": 1, "keys": 1})
+    studies = await read(STUDIES, {r.study_uid for r in records}, {"pkey": 1, "skeys": 1})
     return Known(
         {d["_id"]: d for d in instances},
         {d["_id"]: d["study"] for d in series},
         {d["_id"]: d.get("pkey") for d in studies},
+        {"study": _keys_of(studies, "skeys"), "series": _keys_of(series, "keys")},
     )
+
+
+def _keys_of(docs: Sequence[Doc], name: str) -> dict[str, MatchKeys]:
+    """Each document's match keys (a study's own, ``skeys``: not its aggregates)."""
+    return {d["_id"]: canonical_keys((k["k"], k["v"]) for k in d.get(name, ())) for d in docs}
 
 
 def plan(
@@ -125,11 +222,15 @@ def plan(
     patient = known.patients.get(rec.study_uid)
     if patient is not None and patient != rec.patient_key:
         return StoreResult(rec.sop_uid, "other-patient")
-    study_set, series_set = _study_set(rec, patient is None), _series_set(rec)
+    study = _merged(known, "study", rec.study_uid, rec.study_attrs, rec.study_keys)
+    series = _merged(known, "series", rec.series_uid, rec.series_attrs, rec.series_keys)
+    study_set, series_set = _study_set(rec, study, patient is None), _series_set(rec, series)
     instance = _instance_doc(rec)
-    why = unstorable(study_set, series_set, instance)
+    why = unstorable(study_set.doc(), series_set.doc(), instance)
     if why is not None:  # refused before anything of it is written
         return StoreResult(rec.sop_uid, "unindexable", detail=why)
+    known.take("study", rec.study_uid, study)
+    known.take("series", rec.series_uid, series)
     known.instances[rec.sop_uid] = {
         "_id": rec.sop_uid,
         "blob": instance["blob"],
@@ -159,33 +260,34 @@ async def write_parents(db: Database, planned: Sequence[Planned]) -> set[str]:
     same study for the same patient (it retries only an upsert filtered on
     ``_id`` alone): a refused study's upsert is tried once more, then an update
     if the study is this patient's."""
-    series: dict[str, Doc] = {}
-    studies: dict[str, Doc] = {}
+    series: dict[str, list[ParentSet]] = {}
+    studies: dict[str, list[ParentSet]] = {}
     keys: dict[str, str | None] = {}  # study -> its records' patient (``plan`` lets in one)
     for p in planned:
-        studies[p.rec.study_uid] = {**studies.get(p.rec.study_uid, {}), **p.study_set}
+        studies.setdefault(p.rec.study_uid, []).append(p.study_set)
         keys[p.rec.study_uid] = p.rec.patient_key or keys.get(p.rec.study_uid)
-    refused = await _upsert_studies(db, studies, keys)
+    updates = {uid: _update(sets) for uid, sets in studies.items()}
+    refused = await _upsert_studies(db, updates, keys)
     if refused:  # (or inserted meanwhile for the same patient: then this one matches it)
-        refused = await _upsert_studies(db, {uid: studies[uid] for uid in refused}, keys)
+        refused = await _upsert_studies(db, {uid: updates[uid] for uid in refused}, keys)
     for p in planned:
         if p.rec.study_uid not in refused:
-            series[p.rec.series_uid] = {**series.get(p.rec.series_uid, {}), **p.series_set}
+            series.setdefault(p.rec.series_uid, []).append(p.series_set)
     if series:
-        ops = [UpdateOne({"_id": uid}, {"$set": doc}, upsert=True) for uid, doc in series.items()]
+        ops = [UpdateOne({"_id": uid}, _update(sets), upsert=True) for uid, sets in series.items()]
         await db[SERIES].bulk_write(ops, ordered=False)
     return refused
 
 
 async def _upsert_studies(
-    db: Database, studies: dict[str, Doc], keys: dict[str, str | None]
+    db: Database, updates: dict[str, Doc], keys: dict[str, str | None]
 ) -> set[str]:
-    """Upsert ``studies``, each only if it has no patient key or ``keys``' (see
-    ``write_parents``); the ones the unique ``_id`` refused."""
-    uids = list(studies)
+    """Upsert the studies of ``updates``, each only if it has no patient key or
+    ``keys``' (see ``write_parents``); the ones the unique ``_id`` refused."""
+    uids = list(updates)
     ops = [
-        UpdateOne({"_id": uid, "pkey": {"$in": [None, keys[uid]]}}, {"$set": doc}, upsert=True)
-        for uid, doc in studies.items()
+        UpdateOne({"_id": uid, "pkey": {"$in": [None, keys[uid]]}}, update, upsert=True)
+        for uid, update in updates.items()
     ]
     try:
         await db[STUDIES].bulk_write(ops, ordered=False)

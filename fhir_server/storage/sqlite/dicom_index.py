@@ -6,16 +6,20 @@ columns); ``dicom_key`` holds the match keys of every row, indexed on
 ``(level, key, value)`` so every QIDO filter is an index range lookup (see
 ``dicom_search``). A batch is one ``BEGIN IMMEDIATE`` … ``COMMIT`` on the
 store's single writer connection, durable before acknowledged (group commit).
+A study or series row takes in each instance by ``dicom_merge``, under that
+transaction: read once per batch, written only when the merge changes it.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from fhir_server.storage.dicom_merge import canonical_keys, merge
 from fhir_server.storage.dicom_port import (
     MODALITIES_KEY,
     BlobLocation,
@@ -97,41 +101,87 @@ def _set_keys(conn: sqlite3.Connection, level: str, pk: int, keys: MatchKeys) ->
     insert_rows(conn, "INSERT INTO dicom_key(level, pk, key, value)", rows)
 
 
-# Within one batch, the study and series rows an instance would write again
-# exactly as the previous instance of the batch wrote them (the usual case: a
-# batch is one study's instances) are left as they are: by uid, what was written.
-Written = dict[str, tuple[int, tuple[Any, ...]]]
+def _stored_keys(conn: sqlite3.Connection, level: str, pk: int) -> MatchKeys:
+    """A row's own match keys (a study's ModalitiesInStudy is the index's aggregate)."""
+    rows = conn.execute(
+        "SELECT key, value FROM dicom_key WHERE level = ? AND pk = ? AND key != ?",
+        (level, pk, MODALITIES_KEY),
+    )
+    return canonical_keys((str(k), str(v)) for k, v in rows)
+
+
+@dataclass(slots=True)
+class _Row:
+    """A study or series row as the batch has left it, by uid (``Written``).
+
+    ``received`` is the last record's own state (attributes, keys and the rest) that
+    was merged into it: the next record of the batch with the same state -- the usual
+    case, a batch being one study's instances -- would change nothing (a merge is
+    idempotent), so it is let through without a look. ``state`` is what the row holds
+    (merged attributes and keys, and the rest): a record whose merge comes to it
+    writes nothing either.
+    """
+
+    pk: int
+    received: tuple[Any, ...] | None
+    state: tuple[Any, ...]
+
+
+Written = dict[str, _Row]
+
+
+def _study_state(conn: sqlite3.Connection, uid: str) -> _Row | None:
+    """The stored study row, or None: (attrs, keys, patient_ref, patient_key)."""
+    found = conn.execute(
+        "SELECT pk, attrs, patient_ref, patient_key FROM dicom_study WHERE uid = ?", (uid,)
+    ).fetchone()
+    if found is None:
+        return None
+    pk = int(found[0])
+    keys = _stored_keys(conn, "study", pk)
+    return _Row(pk, None, (orjson.loads(found[1]), keys, found[2], found[3]))
 
 
 def _upsert_study(conn: sqlite3.Connection, rec: InstanceRecord, written: Written) -> int:
-    state = (rec.study_attrs, rec.study_keys, rec.patient_ref, rec.patient_key)
-    done = written.get(rec.study_uid)
-    if done is not None and done[1] == state:
-        return done[0]
-    found = conn.execute("SELECT pk FROM dicom_study WHERE uid = ?", (rec.study_uid,)).fetchone()
-    if found is None:
+    received = (rec.study_attrs, rec.study_keys, rec.patient_ref, rec.patient_key)
+    row = written.get(rec.study_uid)
+    if row is not None and row.received == received:
+        return row.pk
+    row = row or _study_state(conn, rec.study_uid)
+    if row is None:
         cur = conn.execute(
             "INSERT INTO dicom_study(uid, attrs, patient_ref, patient_key) VALUES (?, ?, ?, ?)",
             (rec.study_uid, _dumps(rec.study_attrs), rec.patient_ref, rec.patient_key),
         )
         pk = int(cur.lastrowid or 0)
-    else:
-        pk = int(found[0])
+        keys = canonical_keys(rec.study_keys)
+        _set_keys(conn, "study", pk, keys)
+        state = (rec.study_attrs, keys, rec.patient_ref, rec.patient_key)
+        written[rec.study_uid] = _Row(pk, received, state)
+        return pk
+    attrs, keys, patient_ref, patient_key = row.state
+    attrs, keys = merge(attrs, keys, rec.study_attrs, rec.study_keys)
+    if rec.patient_ref is not None:  # (a study's patient is set once its sync found it)
+        patient_ref = rec.patient_ref
+    if patient_key is None:  # a study indexed before the key was kept takes the first
+        patient_key = rec.patient_key
+    state = (attrs, keys, patient_ref, patient_key)
+    if state[0] != row.state[0] or state[2:] != row.state[2:]:
         conn.execute(
-            "UPDATE dicom_study SET attrs = ?, patient_ref = COALESCE(?, patient_ref),"
-            " patient_key = COALESCE(patient_key, ?) WHERE pk = ?",
-            (_dumps(rec.study_attrs), rec.patient_ref, rec.patient_key, pk),
+            "UPDATE dicom_study SET attrs = ?, patient_ref = ?, patient_key = ? WHERE pk = ?",
+            (_dumps(attrs), state[2], state[3], row.pk),
         )
-    _set_keys(conn, "study", pk, rec.study_keys)
-    written[rec.study_uid] = (pk, state)
-    return pk
+    if keys != row.state[1]:
+        _set_keys(conn, "study", row.pk, keys)
+    written[rec.study_uid] = _Row(row.pk, received, state)
+    return row.pk
 
 
 def _other_patient(conn: sqlite3.Connection, rec: InstanceRecord, written: Written) -> bool:
     """True when the study is indexed for another patient than the instance names."""
     done = written.get(rec.study_uid)
     if done is not None:
-        known = done[1][3]  # the state _upsert_study wrote
+        known = done.state[3]  # the study's patient key, as _upsert_study left it
     else:
         sql = "SELECT patient_key FROM dicom_study WHERE uid = ?"
         row = conn.execute(sql, (rec.study_uid,)).fetchone()
@@ -149,29 +199,49 @@ def _series_elsewhere(conn: sqlite3.Connection, rec: InstanceRecord) -> bool:
     return row is not None and row[0] != rec.study_uid
 
 
+def _series_state(conn: sqlite3.Connection, uid: str) -> _Row | None:
+    """The stored series row, or None: (attrs, keys, modality)."""
+    found = conn.execute(
+        "SELECT pk, attrs, modality FROM dicom_series WHERE uid = ?", (uid,)
+    ).fetchone()
+    if found is None:
+        return None
+    pk = int(found[0])
+    return _Row(pk, None, (orjson.loads(found[1]), _stored_keys(conn, "series", pk), found[2]))
+
+
 def _upsert_series(
     conn: sqlite3.Connection, rec: InstanceRecord, study_pk: int, written: Written
 ) -> int:
-    state = (study_pk, rec.series_attrs, rec.series_keys, rec.modality)
-    done = written.get(rec.series_uid)
-    if done is not None and done[1] == state:
-        return done[0]
-    found = conn.execute("SELECT pk FROM dicom_series WHERE uid = ?", (rec.series_uid,)).fetchone()
-    if found is None:
+    """The series row of ``rec``, inserted or merged into (``_series_elsewhere`` has
+    refused a series of another study, so a stored one is ``study_pk``'s)."""
+    received = (rec.series_attrs, rec.series_keys, rec.modality)
+    row = written.get(rec.series_uid)
+    if row is not None and row.received == received:
+        return row.pk
+    row = row or _series_state(conn, rec.series_uid)
+    if row is None:
         cur = conn.execute(
             "INSERT INTO dicom_series(uid, study_pk, attrs, modality) VALUES (?, ?, ?, ?)",
             (rec.series_uid, study_pk, _dumps(rec.series_attrs), rec.modality),
         )
         pk = int(cur.lastrowid or 0)
-    else:
-        pk = int(found[0])
+        keys = canonical_keys(rec.series_keys)
+        _set_keys(conn, "series", pk, keys)
+        written[rec.series_uid] = _Row(pk, received, (rec.series_attrs, keys, rec.modality))
+        return pk
+    attrs, keys, modality = row.state
+    attrs, keys = merge(attrs, keys, rec.series_attrs, rec.series_keys)
+    state = (attrs, keys, rec.modality or modality)
+    if state[0] != row.state[0] or state[2] != row.state[2]:
         conn.execute(
             "UPDATE dicom_series SET attrs = ?, modality = ? WHERE pk = ?",
-            (_dumps(rec.series_attrs), rec.modality, pk),
+            (_dumps(attrs), state[2], row.pk),
         )
-    _set_keys(conn, "series", pk, rec.series_keys)
-    written[rec.series_uid] = (pk, state)
-    return pk
+    if keys != row.state[1]:
+        _set_keys(conn, "series", row.pk, keys)
+    written[rec.series_uid] = _Row(row.pk, received, state)
+    return row.pk
 
 
 def _existing(conn: sqlite3.Connection, sop_uid: str) -> tuple[int, str, str, int, int] | None:
