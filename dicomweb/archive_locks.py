@@ -18,10 +18,15 @@ A waiting DELETE goes before ingests that arrive after it, so a busy study canno
 hold it off for ever. Keys are taken in one global order (instances, then
 studies, each sorted), so two holders never wait for each other.
 
-Given ``shared`` (servers sharing one MongoDB and one blob store), each key is
-also held across processes, by an ``flock`` (``shared_locks``), once this
-process has let its holder in; keys are then the UIDs' stripes, in process and
-across, so the global order is one order for both.
+Given ``shared`` (servers sharing one MongoDB and one blob store), each *study*
+key is also held across processes, by an ``flock`` (``shared_locks``), once this
+process has let its holder in; study keys are then the UIDs' stripes, in process
+and across, so the global order is one order for both. Instance keys stay within
+the process: held across it, by stripe, two servers' batches of different studies
+would take turns on the stripes their instances share (most pairs of large
+batches share one), and a batch would hold an open file per instance. What that
+leaves open is two servers sent one instance at once, one of whose batches then
+fails its index write: its clean-up may remove the file the other placed.
 """
 
 from __future__ import annotations
@@ -75,7 +80,7 @@ class ArchiveLocks:
             yield
 
     def _key(self, kind: str, uid: str) -> _Key:
-        return (kind, uid if self._shared is None else stripe(uid))
+        return (kind, stripe(uid) if self._shared is not None and kind == _STUDY else uid)
 
     def busy(self) -> int:
         """How many keys are held or waited for (0 when idle: nothing is kept)."""
@@ -90,7 +95,7 @@ class ArchiveLocks:
         try:
             await _acquire(gate, exclusive)
             try:
-                if self._shared is None:
+                if self._shared is None or key[0] != _STUDY:
                     yield
                 else:
                     async with self._shared.hold("-".join(key), exclusive):

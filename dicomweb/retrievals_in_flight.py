@@ -25,9 +25,9 @@ flight here also holds a shared ``flock`` on its stripe's retrieval lock
 last ends, and a DELETE also waits, within the same grace, until no process
 holds its study's (so retrievals of other studies on that stripe may hold it
 back too, never beyond the grace). A retrieval that starts while a DELETE
-takes that lock for its moment goes on without it: it finds its rows gone,
-unless another study of the stripe's was deleted, and then it is not waited
-for, as before there were shared locks.
+takes that lock for its moment goes on without it (it finds its rows gone,
+unless another study of the stripe's was deleted): the next retrieval of the
+study takes it, if that one is not waited for.
 """
 
 from __future__ import annotations
@@ -66,12 +66,13 @@ class RetrievalsInFlight:
 
     def hold(self, study: str) -> Retrieval:
         """Count one retrieval of ``study`` until the handle is released."""
-        count = self._counts.get(study, 0)
-        if not count and self._shared is not None:
+        if self._shared is not None and study not in self._locked:
+            # (tried again by each later retrieval while it has none: a DELETE
+            # elsewhere held it for a moment when the first one started)
             fd = self._shared.try_shared(_lock_name(study))
             if fd is not None:
                 self._locked[study] = fd
-        self._counts[study] = count + 1
+        self._counts[study] = self._counts.get(study, 0) + 1
         return Retrieval(self, study)
 
     def _release(self, study: str) -> None:

@@ -218,7 +218,10 @@ def _split_outside_quotes(text: str, sep: str) -> list[str]:
 
 
 def _parse_range(text: str) -> MediaRange | None:
-    head, *raw_params = _split_outside_quotes(text, ";")
+    pieces = _split_outside_quotes(text, ";")
+    if not pieces:  # ``;`` alone: no value at all
+        return None
+    head, *raw_params = pieces
     params: list[tuple[str, str]] = []
     q = 1.0
     for raw in raw_params:

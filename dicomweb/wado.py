@@ -292,19 +292,22 @@ async def metadata(
     if compress:
         headers["Content-Encoding"] = "gzip"
     if media == "xml":
-        return _xml_metadata(docs, compress, headers)
+        return _xml_metadata(docs, compress, headers, etag)
     if compress:
         body = await asyncio.to_thread(gzip.compress, body, 5)
     return Response(body, media_type=DICOM_JSON, headers=headers)
 
 
-def _xml_metadata(docs: list[bytes], compress: bool, headers: dict[str, str]) -> Response:
+def _xml_metadata(
+    docs: list[bytes], compress: bool, headers: dict[str, str], etag: str
+) -> Response:
     """The metadata as ``multipart/related; type="application/dicom+xml"``, one part per
     instance (PS3.18 §10.4.3.3.2), converted from the JSON documents as the body is
     sent: a synchronous iterator, which Starlette runs in a worker thread, so that a
     large study's conversion does not hold up the event loop. Its ETag is the JSON's
-    content with its own suffix: the XML is a function of the JSON."""
-    boundary = new_boundary()
+    content with its own suffix: the XML is a function of the JSON, and so is its
+    boundary (from the ETag, not random), or one strong ETag would name two bodies."""
+    boundary = hashlib.sha256(etag.encode()).hexdigest()[:32]
     parts = xml_parts(map(orjson.loads, docs), boundary)
     body = _gzip_stream(parts) if compress else parts
     media = related_content_type(boundary, DICOM_XML)

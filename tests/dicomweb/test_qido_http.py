@@ -418,3 +418,19 @@ async def test_a_warning_quoting_any_character_is_a_header_field(
     response = await loaded.get(f"/dicomweb/studies?{query}")
     assert response.status_code == 200 and len(response.json()) == 3
     assert response.headers.get_list("warning") == [f'299 radhub "{warning}"']
+
+
+@pytest.mark.parametrize(
+    ("path", "accept"),
+    [
+        ("/dicomweb/studies", ";"),
+        ("/dicomweb/studies?accept=;", None),
+        ("/dicomweb/studies/1.1/series/1.1.1/metadata", " ; "),
+        ("/dicomweb/studies/1.1/series/1.1.1/instances/1.1.1.1/rendered", ";"),
+    ],
+)
+async def test_an_accept_of_separators_alone_is_a_406_not_a_fault(
+    loaded: httpx.AsyncClient, path: str, accept: str | None
+) -> None:
+    headers = {"Accept": accept} if accept is not None else {}
+    assert (await loaded.get(path, headers=headers)).status_code == 406

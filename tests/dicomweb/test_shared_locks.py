@@ -67,20 +67,28 @@ async def test_a_delete_on_one_server_waits_for_a_batch_on_another(tmp_path: Pat
     assert one.busy() == other.busy() == 0
 
 
-async def test_batches_on_two_servers_share_a_study_but_not_an_instance(tmp_path: Path) -> None:
+async def test_batches_on_two_servers_share_a_study_and_hold_no_instance_files(
+    tmp_path: Path,
+) -> None:
+    """Across servers only a study is locked: batches of other studies never take
+    turns on stripes their instances share, and a batch of many instances holds one
+    lock file, not one per instance. Within a server an instance is still its
+    batch's alone."""
     one, other = server(tmp_path), server(tmp_path)
     log: list[str] = []
-    first = Probe(lambda: one.storing(["S"], ["1", "2"]), log, "first")
+    sops = [str(n) for n in range(100)]
+    first = Probe(lambda: one.storing(["S"], sops), log, "first")
     await until(lambda: log == ["first"], "the first batch")
-    sharing = Probe(lambda: other.storing(["S"], ["3"]), log, "sharing the study")
-    overlapping = Probe(lambda: other.storing(["S"], ["2"]), log, "sending instance 2 too")
-    await until(lambda: "sharing the study" in log, "a batch into the same study")
+    sharing = Probe(lambda: other.storing(["S"], ["2", "100"]), log, "other server")
+    await until(lambda: "other server" in log, "the other server's batch into the study")
+    assert sorted(p.name for p in (tmp_path / LOCK_DIR).iterdir()) == [f"s-{stripe('S')}"]
+    same_server = Probe(lambda: one.storing(["S"], ["2"]), log, "same server, instance 2")
     await asyncio.sleep(QUIET)
-    assert "sending instance 2 too" not in log
+    assert "same server, instance 2" not in log
     await first.leave()
-    await until(lambda: "sending instance 2 too" in log, "instance 2's turn")
+    await until(lambda: "same server, instance 2" in log, "instance 2's turn")
     await sharing.leave()
-    await overlapping.leave()
+    await same_server.leave()
 
 
 async def test_a_killed_holder_leaves_no_lock_behind(tmp_path: Path) -> None:
@@ -193,3 +201,21 @@ async def test_a_mongodb_archives_retrievals_hold_their_studys_lock(tmp_path: Pa
         assert not await other.settled("7.3", 0.1)  # in flight on the first server
         retrieval.release()
         assert await asyncio.wait_for(other.settled("7.3", DEADLINE), DEADLINE)
+
+
+async def test_a_study_whose_first_retrieval_missed_the_lock_takes_it_with_the_next(
+    tmp_path: Path,
+) -> None:
+    """A retrieval that started while another server's DELETE had the stripe for a
+    moment goes on without the lock; the study's next retrieval takes it, so a
+    study viewed without a pause is not left unprotected."""
+    reading, deleting = flights(tmp_path), flights(tmp_path)
+    locks = FileLocks(tmp_path / LOCK_DIR)
+    async with locks.hold(f"r-{stripe('S')}", exclusive=True):  # the DELETE's moment
+        missed = reading.hold("S")
+    assert await deleting.settled("S", 0.0)  # nothing held it
+    second = reading.hold("S")
+    assert not await deleting.settled("S", 0.1)
+    missed.release()
+    second.release()
+    assert await asyncio.wait_for(deleting.settled("S", DEADLINE), DEADLINE)

@@ -501,3 +501,8 @@ def test_pixel_choices(accept: str | None, stored: str, choices: list[PixelChoic
 )
 def test_prefers_bulkdata(accept: str | None, bulk: bool) -> None:
     assert prefers_bulkdata(accept) is bulk
+
+
+@pytest.mark.parametrize("header", [";", " ; ;", ",;,"])
+def test_an_accept_of_separators_alone_names_nothing(header: str) -> None:
+    assert weighted_values(header) == ()
