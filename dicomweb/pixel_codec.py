@@ -237,13 +237,22 @@ def _bit_frame(ds: Dataset, index: int) -> bytes:
 
 def compressed_frames(source: Path, indices: Sequence[int]) -> list[bytes]:
     """Frames (0-based) of encapsulated pixel data as stored, without the item
-    delimiters (PS3.18 §8.7.3.3.2); a video's one stream is its only frame."""
+    delimiters (PS3.18 §8.7.3.3.2); a video's one stream is its only frame. Only
+    the header and the frames asked for are read (``_stored_frame``): a viewer asks
+    for one frame of a multi-frame object of hundreds of megabytes at a time."""
     try:
-        ds = dcmread(source)
-        value = ds.PixelData
-        row = _BY_UID[str(ds.file_meta.TransferSyntaxUID)]
-        if row.video:
-            return [next(generate_frames(value, number_of_frames=1)) for _ in indices]
-        return list(_encoded_frames(ds, indices))
+        with source.open("rb") as file:
+            ds = dcmread(file, stop_before_pixels=True)
+            row = _BY_UID[str(ds.file_meta.TransferSyntaxUID)]
+            if row.video:
+                file.seek(0)
+                value = dcmread(file).PixelData
+                return [next(generate_frames(value, number_of_frames=1)) for _ in indices]
+            pixel_data = file.tell()
+            frames: list[bytes] = []
+            for index in indices:
+                file.seek(pixel_data)
+                frames.append(_stored_frame(file, ds, index))
+            return frames
     except (ValueError, KeyError, AttributeError, StopIteration) as exc:
         raise TranscodeError(f"cannot split the pixel data into frames: {exc}") from exc

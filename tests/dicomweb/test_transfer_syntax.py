@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from dicomweb.transfer_syntax import (
     prefers_single_part,
     weighted_values,
 )
+from tests.dicomweb.dicom_data import rle_instance
 
 Sample = Callable[[str], Path]
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
@@ -506,3 +508,21 @@ def test_prefers_bulkdata(accept: str | None, bulk: bool) -> None:
 @pytest.mark.parametrize("header", [";", " ; ;", ",;,"])
 def test_an_accept_of_separators_alone_names_nothing(header: str) -> None:
     assert weighted_values(header) == ()
+
+
+def test_a_compressed_frame_is_read_without_the_rest_of_the_pixel_data(tmp_path: Path) -> None:
+    """Frame 250 of a 300-frame object (~19 MB) is found by its item headers and read
+    alone: the whole Pixel Data never comes into memory."""
+    source = tmp_path / "multiframe.dcm"
+    source.write_bytes(rle_instance("1.2", "1.2.1", "1.2.1.1", side=2048, frames=300))
+    whole = source.stat().st_size
+    tracemalloc.start()
+    try:
+        (frame,) = compressed_frames(source, [249])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(frame) == 64 + 2 * 16 * 2048  # the RLE header and its one segment
+    assert whole > 18 * 2**20 and peak < 2 * 2**20
+    with pytest.raises(TranscodeError):
+        compressed_frames(source, [300])  # beyond the last frame
