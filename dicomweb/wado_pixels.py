@@ -75,6 +75,12 @@ async def _one(chunk: bytes) -> AsyncIterator[bytes]:
     yield chunk
 
 
+async def _frame_later(path: Path, index: int) -> AsyncIterator[bytes]:
+    """Encapsulated frame ``index``, read from the file once the body gets to it."""
+    (frame,) = await asyncio.to_thread(compressed_frames, path, [index])
+    yield frame
+
+
 _READ_LATER = 64 * 1024
 
 
@@ -269,14 +275,17 @@ async def pixel_parts(
     pixel, path = row.extra.get("pixel") or {}, svc.blobs.path_for(row.blob.key)
     whole = (("Content-Location", location),)
     if not form.native:
+        # the first frame now (a form that cannot be made fails before the status is
+        # sent), each other one when its part's turn comes: never all of them at once
         count = _item_count(row, form, 0)
-        data = await asyncio.to_thread(compressed_frames, path, range(count))
+        (first,) = await asyncio.to_thread(compressed_frames, path, [0])
         if count == 1:
-            return [OutPart(form.content_type, _one(data[0]), whole)]
+            return [OutPart(form.content_type, _one(first), whole)]
         frames = f"{instance_url(svc, row.file)}/frames"
+        bodies = [_one(first), *(_frame_later(path, i) for i in range(1, count))]
         return [
-            OutPart(form.content_type, _one(d), (("Content-Location", f"{frames}/{n}"),))
-            for n, d in enumerate(data, 1)
+            OutPart(form.content_type, body, (("Content-Location", f"{frames}/{n}"),))
+            for n, body in enumerate(bodies, 1)
         ]
     native = row.transfer_syntax_uid in _SLICEABLE and pixel.get("tag") == PIXEL_DATA
     if native and pixel.get("length") is not None:
