@@ -68,33 +68,25 @@ class FileLocks:
         file that holds it (closing it lets go), or None."""
         fd = self._open(name)
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
+            if _try(fd, fcntl.LOCK_SH):
+                return fd
         except BaseException:
             os.close(fd)
             raise
-        return fd
+        os.close(fd)
+        return None
 
     async def free(self, name: str, timeout: float) -> bool:
         """Wait until nobody holds lock ``name`` (taking it exclusively for a moment):
         True then; False if ``timeout`` seconds pass first."""
         fd = self._open(name)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
+            if not _try(fd, fcntl.LOCK_EX):
                 await asyncio.wait_for(_take(fd, fcntl.LOCK_EX), timeout)
-            except TimeoutError:
-                return False
-            finally:
-                os.close(fd)
-            return True
-        except BaseException:
+        except TimeoutError:
+            return False
+        finally:
             os.close(fd)
-            raise
-        os.close(fd)
         return True
 
     def _open(self, name: str) -> int:
@@ -107,12 +99,17 @@ class FileLocks:
             return os.open(path, flags, 0o600)
 
 
+def _try(fd: int, mode: int) -> bool:
+    """Take the lock in ``mode`` if nobody stands in the way, without waiting."""
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 async def _take(fd: int, mode: int) -> None:
     pause = _FIRST_PAUSE
-    while True:
-        try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, _LONGEST_PAUSE)
+    while not _try(fd, mode):
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, _LONGEST_PAUSE)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
@@ -130,16 +130,17 @@ class _Row:
 Written = dict[str, _Row]
 
 
-def _study_state(conn: sqlite3.Connection, uid: str) -> _Row | None:
-    """The stored study row, or None: (attrs, keys, patient_ref, patient_key)."""
+def _stored_row(
+    conn: sqlite3.Connection, level: Literal["study", "series"], uid: str, rest: str
+) -> _Row | None:
+    """The stored study or series row, or None: (attrs, keys, *the ``rest`` columns)."""
     found = conn.execute(
-        "SELECT pk, attrs, patient_ref, patient_key FROM dicom_study WHERE uid = ?", (uid,)
+        f"SELECT pk, attrs, {rest} FROM dicom_{level} WHERE uid = ?", (uid,)
     ).fetchone()
     if found is None:
         return None
     pk = int(found[0])
-    keys = _stored_keys(conn, "study", pk)
-    return _Row(pk, None, (orjson.loads(found[1]), keys, found[2], found[3]))
+    return _Row(pk, None, (orjson.loads(found[1]), _stored_keys(conn, level, pk), *found[2:]))
 
 
 def _upsert_study(conn: sqlite3.Connection, rec: InstanceRecord, written: Written) -> int:
@@ -147,7 +148,7 @@ def _upsert_study(conn: sqlite3.Connection, rec: InstanceRecord, written: Writte
     row = written.get(rec.study_uid)
     if row is not None and row.received == received:
         return row.pk
-    row = row or _study_state(conn, rec.study_uid)
+    row = row or _stored_row(conn, "study", rec.study_uid, "patient_ref, patient_key")
     if row is None:
         cur = conn.execute(
             "INSERT INTO dicom_study(uid, attrs, patient_ref, patient_key) VALUES (?, ?, ?, ?)",
@@ -199,17 +200,6 @@ def _series_elsewhere(conn: sqlite3.Connection, rec: InstanceRecord) -> bool:
     return row is not None and row[0] != rec.study_uid
 
 
-def _series_state(conn: sqlite3.Connection, uid: str) -> _Row | None:
-    """The stored series row, or None: (attrs, keys, modality)."""
-    found = conn.execute(
-        "SELECT pk, attrs, modality FROM dicom_series WHERE uid = ?", (uid,)
-    ).fetchone()
-    if found is None:
-        return None
-    pk = int(found[0])
-    return _Row(pk, None, (orjson.loads(found[1]), _stored_keys(conn, "series", pk), found[2]))
-
-
 def _upsert_series(
     conn: sqlite3.Connection, rec: InstanceRecord, study_pk: int, written: Written
 ) -> int:
@@ -219,7 +209,7 @@ def _upsert_series(
     row = written.get(rec.series_uid)
     if row is not None and row.received == received:
         return row.pk
-    row = row or _series_state(conn, rec.series_uid)
+    row = row or _stored_row(conn, "series", rec.series_uid, "modality")
     if row is None:
         cur = conn.execute(
             "INSERT INTO dicom_series(uid, study_pk, attrs, modality) VALUES (?, ?, ?, ?)",
