@@ -410,6 +410,13 @@ def described(sop: str, study: dict[str, Any], series: dict[str, Any]) -> Instan
     )
 
 
+async def qido_uids(store: Store, level: Level, **params: str) -> list[str]:
+    """The study (or series) UIDs a QIDO search of ``level`` with ``params`` finds."""
+    query = compile_query(parse_qido(level, list(params.items())), Scope(), None)
+    page = await store.dicom.search(query)
+    return [m.series.uid if m.series else m.study.uid for m in page.matches]
+
+
 IMAGE_STUDY = {
     "00080050": el("SH", "LW-ACC"),  # AccessionNumber
     "00080020": el("DA", "20240105"),  # StudyDate
@@ -441,9 +448,7 @@ async def test_a_later_instance_without_a_value_leaves_its_study_and_series_one(
             await store.dicom.store_batch([instance])
 
     async def found(level: Level, **params: str) -> list[str]:
-        query = compile_query(parse_qido(level, list(params.items())), Scope(), None)
-        page = await store.dicom.search(query)
-        return [m.series.uid if m.series else m.study.uid for m in page.matches]
+        return await qido_uids(store, level, **params)
 
     study = await store.dicom.study("5.1")
     assert study is not None and study.instance_count == 2

@@ -32,6 +32,7 @@ from .test_dicom_index import (
     STATE_STUDY,
     described,
     el,
+    qido_uids,
     record,
 )
 
@@ -371,7 +372,7 @@ def race_on_parents(
     [
         (False, "", "duplicate"),
         (False, "theirs", "conflict"),
-        (True, "theirs", "conflict"),
+        (True, "theirs", "replaced"),
     ],
     ids=["same-bytes", "other-bytes", "both-overwrite"],
 )
@@ -384,11 +385,12 @@ async def test_the_same_sop_instance_stored_by_another_radhub_meanwhile(
     outcome: str,
 ) -> None:
     """Two instances of radhub on one database store one SOP Instance UID at once. The
-    one that writes second (its insert refused by the unique ``_id``, or its overwrite
-    finding another version than the one it read) reports what a re-send after the
-    first would get: the same bytes a duplicate, others a conflict (STOW: 0x0111). It
-    neither overwrites the first's instance (without ``overwrite``), nor fails as an
-    outage; the index names the first's blob, counted once."""
+    one that writes second finds the study changed since it read it, reads and plans
+    its batch again, and reports what a re-send after the first gets: the same bytes a
+    duplicate, others a conflict (STOW: 0x0111), or with ``overwrite`` a replacement
+    of the first's version (whose blob it names, to be removed). Without ``overwrite``
+    it does not overwrite the first's instance, nor fails as an outage; the index
+    names the stored blob, counted once."""
     other = MongoStore(store._client, DB, registry)
     await other.start()
     if overwrite:
@@ -402,9 +404,10 @@ async def test_the_same_sop_instance_stored_by_another_radhub_meanwhile(
     race_on_parents(monkeypatch, store, other_stores_first)
     mine = record("1.1", "1.1.1", "1.1.1.1")
     (result,) = await store.dicom.store_batch([mine], overwrite=overwrite)
-    assert (result.outcome, result.previous) == (outcome, None)
+    assert result.outcome == outcome
+    assert result.previous == (first.blob if overwrite else None)
     (row,) = await store.dicom.instance_files("1.1")
-    assert row.blob == first.blob
+    assert row.blob == (mine.blob if overwrite else first.blob)
     study = await store.dicom.study("1.1")
     assert study is not None and study.instance_count == 1
 
@@ -475,7 +478,10 @@ async def test_two_radhubs_merging_into_one_study_at_once_keep_each_other_s_attr
     the index and its writing a presentation state of the study (which it took for a
     new study): each attribute is set on its own, so the state's empty accession
     number and lack of the rest do not erase the images' values, and its new
-    description replaces theirs."""
+    description replaces theirs. The match keys follow: the state's write finds the
+    study changed since it was read and is planned again, so it does not set keys
+    merged from a study without the images' (a search by the accession number would
+    then miss the study)."""
     other = MongoStore(store._client, DB, registry)
     await other.start()
 
@@ -493,6 +499,34 @@ async def test_two_radhubs_merging_into_one_study_at_once_keep_each_other_s_attr
     assert {tag: study.attrs.get(tag) for tag in expected} == expected
     (series,) = await store.dicom.series_of("5.1")
     assert series.attrs["0008103E"] == IMAGE_SERIES["0008103E"]
+    assert await qido_uids(store, "study", AccessionNumber="LW-ACC") == ["5.1"]
+    assert await qido_uids(store, "study", ReferringPhysicianName="ref*") == ["5.1"]
+    assert await qido_uids(store, "study", StudyDescription="CT HEAD W/O") == ["5.1"]
+    assert await qido_uids(store, "study", StudyDescription="CT HEAD") == []
+    assert await qido_uids(store, "series", SeriesDescription="AXIAL") == ["5.1.1"]
+
+
+async def test_a_recount_overtaken_by_another_radhub_s_batch_counts_again(
+    store: MongoStore, registry: SearchRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another instance of radhub stores a second instance of the series, and recounts
+    it, between this one's counting the series and its writing the count. The write
+    is a compare-and-set on the series' revision: it finds the series written to and
+    counts again, instead of putting back a count older than the other's."""
+    other = MongoStore(store._client, DB, registry)
+    await other.start()
+
+    async def other_stores_one_more(_: str) -> None:
+        (done,) = await other.dicom.store_batch([record("1.1", "1.1.1", "1.1.1.2")])
+        assert done.outcome == "stored"
+
+    before_first_write(monkeypatch, store, SERIES, ("update_one",), other_stores_one_more)
+    (result,) = await store.dicom.store_batch([record("1.1", "1.1.1", "1.1.1.1")])
+    assert result.outcome == "stored"
+    (series,) = await store.dicom.series_of("1.1")
+    study = await store.dicom.study("1.1")
+    assert study is not None
+    assert (series.instance_count, study.instance_count) == (2, 2)
 
 
 async def test_a_refused_batch_leaves_the_series_the_other_radhub_is_filling(

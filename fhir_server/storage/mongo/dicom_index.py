@@ -25,11 +25,12 @@ marked series and study at start-up.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence, Set
+from collections.abc import Awaitable, Callable, Sequence, Set
 from dataclasses import dataclass, field
 
 from pymongo import ASCENDING, IndexModel, UpdateOne
 
+from fhir_server.errors import StorageUnavailable
 from fhir_server.storage.dicom_port import (
     MODALITIES_KEY,
     Deleted,
@@ -57,10 +58,12 @@ from fhir_server.storage.mongo.dicom_search import (
     study_row,
 )
 from fhir_server.storage.mongo.dicom_writes import (
+    REVISION,
     Planned,
     keys_doc,
     plan,
     read_known,
+    revision_filter,
     write_instances,
     write_parents,
 )
@@ -69,6 +72,11 @@ from fhir_server.storage.mongo.journal import Database
 
 META = "dicom_meta"  # what the match keys were derived by (``rekey``)
 REKEY_CHUNK = 500
+# Reads and plans of one batch (and recounts of one row) while other radhub instances'
+# writes to its studies and series overtake each one; each try lost means another
+# instance's write went through, so a long run of them is not contention but a fault.
+PLAN_ATTEMPTS = 8
+_RECOUNT_FIELDS = {"study": 1, "skeys": 1, REVISION: 1}
 _COLLECTIONS = {"study": STUDIES, "series": SERIES, "instance": INSTANCES}
 _KEYS = [("keys.k", ASCENDING), ("keys.v", ASCENDING)]
 _INDEXES: dict[str, list[IndexModel]] = {
@@ -135,27 +143,31 @@ class MongoDicomIndex:
         touched: _Touched,
         seen: set[str],
     ) -> list[StoreResult]:
-        """Plan every record, then write the parents and the instances (``dicom_writes``)."""
+        """Plan every record, then write the parents and the instances (``dicom_writes``);
+        plan again while another radhub instance's writes overtake the parents'."""
         if not records:
             return []
-        known = await read_known(self._db, records)
-        plans = [plan(rec, overwrite, known, seen) for rec in records]
-        planned = [p for p in plans if isinstance(p, Planned)]
-        if not planned:
-            return [p for p in plans if isinstance(p, StoreResult)]
-        touched.add(planned)
-        refused = await write_parents(self._db, planned)
-        if refused:  # (another instance started the study for another patient meanwhile)
-            plans = [_other_patient(p, refused) for p in plans]
-            # nothing was written to them: they are the other instance's to recount
-            touched.studies -= refused
-            touched.series -= {p.rec.series_uid for p in planned if p.rec.study_uid in refused}
+        for _ in range(PLAN_ATTEMPTS):
+            known = await read_known(self._db, records)
+            plans = [plan(rec, overwrite, known, seen) for rec in records]
             planned = [p for p in plans if isinstance(p, Planned)]
+            if not planned:
+                return [p for p in plans if isinstance(p, StoreResult)]
+            before = _Touched(set(touched.series), set(touched.studies))
+            touched.add(planned)  # should the writes fail part-way
+            written = await write_parents(self._db, planned, known)
+            # what was not written is another instance's to recount
+            touched.series = before.series | written.series
+            touched.studies = before.studies | written.studies
+            if not written.moved:
+                break
+        else:
+            raise StorageUnavailable("the study's index entries kept changing; send it again")
         moved = {p.old["series"] for p in planned if p.old is not None} - touched.series
         touched.series.update(moved)  # an overwrite that moved an instance to another series
         await self._mark_dirty(moved)
-        written = iter(await write_instances(self._db, planned))
-        return [next(written) if isinstance(p, Planned) else p for p in plans]
+        written_instances = iter(await write_instances(self._db, planned))
+        return [next(written_instances) if isinstance(p, Planned) else p for p in plans]
 
     async def _mark_dirty(self, series_uids: set[str]) -> None:
         if series_uids:
@@ -167,36 +179,52 @@ class MongoDicomIndex:
         dropping the empty ones, and clear their dirty marks."""
         studies = set(study_uids)
         for uid in series_uids:
-            doc = await self._db[SERIES].find_one({"_id": uid}, {"study": 1})
-            if doc is None:
-                continue
-            studies.add(doc["study"])
-            count = await self._db[INSTANCES].count_documents({"series": uid})
-            if count == 0:
-                await self._db[SERIES].delete_one({"_id": uid})
-            else:
-                update = {"$set": {"nin": count}, "$inc": {"rev": 1}}
-                await self._db[SERIES].update_one({"_id": uid}, update)
+            study = await self._recount(SERIES, uid, self._series_counts)
+            if study is not None:
+                studies.add(study)
         for uid in studies:
-            await self._refresh_study(uid)
-        if series_uids:
-            done = {"_id": {"$in": list(series_uids)}, "dirty": True}
-            await self._db[SERIES].update_many(done, {"$unset": {"dirty": ""}})
+            await self._recount(STUDIES, uid, self._study_counts)
 
-    async def _refresh_study(self, uid: str) -> None:
+    async def _recount(
+        self, collection: str, uid: str, counts: Callable[[Doc], Awaitable[Doc | None]]
+    ) -> str | None:
+        """Set a series' or study's ``counts`` (None: it is empty, and removed), a
+        compare-and-set on its revision: another radhub instance on the database may
+        write to it and recount it meanwhile, and a count made before its instances
+        landed must not overwrite its later one. Returns a series' study."""
+        study: str | None = None
+        for _ in range(PLAN_ATTEMPTS):
+            doc = await self._db[collection].find_one({"_id": uid}, _RECOUNT_FIELDS)
+            if doc is None:
+                break
+            study = doc.get("study")
+            where = {"_id": uid, **revision_filter(doc.get(REVISION))}
+            update = await counts(doc)
+            if update is None:
+                done = (await self._db[collection].delete_one(where)).deleted_count
+            else:
+                change = {"$set": update, "$inc": {REVISION: 1}, "$unset": {"dirty": ""}}
+                done = (await self._db[collection].update_one(where, change)).matched_count
+            if done:
+                break
+        # (else written to at every try: each writer recounts after its own writes)
+        return study
+
+    async def _series_counts(self, doc: Doc) -> Doc | None:
+        count = await self._db[INSTANCES].count_documents({"series": doc["_id"]})
+        return {"nin": count} if count else None
+
+    async def _study_counts(self, doc: Doc) -> Doc | None:
+        uid = doc["_id"]
         n_series = await self._db[SERIES].count_documents({"study": uid})
         if n_series == 0:
-            await self._db[STUDIES].delete_one({"_id": uid})
-            return
+            return None
         n_instances = await self._db[INSTANCES].count_documents({"study": uid})
         found = await self._db[SERIES].distinct("modality", {"study": uid})
         mods = sorted(m for m in found if m)
-        doc = await self._db[STUDIES].find_one({"_id": uid}, {"skeys": 1})
-        keys = [k for k in (doc or {}).get("skeys", []) if k["k"] != MODALITIES_KEY]
+        keys = [k for k in doc.get("skeys", []) if k["k"] != MODALITIES_KEY]
         keys += [{"k": MODALITIES_KEY, "v": m} for m in mods]
-        update = {"nse": n_series, "nin": n_instances, "mods": mods, "keys": keys}
-        done = {"$set": update, "$inc": {"rev": 1}, "$unset": {"dirty": ""}}
-        await self._db[STUDIES].update_one({"_id": uid}, done)
+        return {"nse": n_series, "nin": n_instances, "mods": mods, "keys": keys}
 
     @mapped
     async def set_patient(
@@ -346,9 +374,3 @@ class _Touched:
     def add(self, planned: Sequence[Planned]) -> None:
         self.series.update(p.rec.series_uid for p in planned)
         self.studies.update(p.rec.study_uid for p in planned)
-
-
-def _other_patient(p: Planned | StoreResult, refused: set[str]) -> Planned | StoreResult:
-    if isinstance(p, Planned) and p.rec.study_uid in refused:
-        return StoreResult(p.rec.sop_uid, "other-patient")
-    return p

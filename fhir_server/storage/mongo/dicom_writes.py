@@ -7,10 +7,11 @@
    ``overwrite``), or a series under another study, a ``conflict``; a study of
    another patient ``other-patient``; a document too large ``unindexable`` -- and
    what it writes becomes known to the records after it, as one by one.
-3. ``write_parents``: the studies (a compare-and-set on each one's patient), then
-   the series, one bulk upsert each, all marked dirty; then ``write_instances``:
-   every instance document in one bulk write, so none is written before its
-   parents.
+3. ``write_parents``: the studies (a compare-and-set on each one's revision and
+   patient), then the series (on each one's revision), one bulk upsert each, all
+   marked dirty; when one of them had changed since step 1, steps 1-3 again.
+4. ``write_instances``: every instance document in one bulk write, so none is
+   written before its parents.
 
 A study or series takes in its instances' attributes by a merge (``dicom_merge``):
 each attribute an instance carries a value of is ``$set`` on its own path
@@ -18,10 +19,13 @@ each attribute an instance carries a value of is ``$set`` on its own path
 replace only what theirs carry, and none puts back an older whole. The empty ones
 go in with ``$setOnInsert``: a new row takes them, a stored value stays. The
 row's match keys are merged in ``plan`` from the ones ``read_known`` read and set
-whole: of two servers merging different attributes into one row at once, the
-last one's keys stand, without the other's changes to them, until an instance
-carrying those attributes is stored again (a lost key is a study a search by it
-misses; the attributes themselves are not lost).
+whole, so each parent write is a compare-and-set on the row's revision (``rev``,
+which every write to the row raises): another radhub instance on the same database
+may have merged other attributes into the row since ``read_known``, and setting
+keys merged from what was read would drop that instance's changes to them. A
+write that finds the row moved on writes nothing (the server refuses the upsert's
+insert by the unique ``_id``), and the batch is read and planned again on what is
+stored now (``write_parents``).
 
 An instance document is written by a compare-and-set: an insert, refused by the
 unique ``_id``, when none was stored, or a replace filtered on the stored version's
@@ -53,6 +57,15 @@ from fhir_server.storage.mongo import dicom_meta
 from fhir_server.storage.mongo.dicom_search import INSTANCES, SERIES, STUDIES, Doc, blob_location
 from fhir_server.storage.mongo.errors import duplicate_key, unstorable
 from fhir_server.storage.mongo.journal import Database
+
+REVISION = "rev"  # raised by every write to a study or series: their compare-and-set
+
+
+def revision_filter(revision: int | None) -> Doc:
+    """The filter of a write to a row read at ``revision`` (None: the row was not
+    stored, or has no revision yet). Not an equality on a missing one: an upsert
+    would copy ``rev: null`` into the document it inserts, where ``$inc`` fails."""
+    return {REVISION: {"$exists": False} if revision is None else revision}
 
 
 def keys_doc(keys: MatchKeys) -> list[Doc]:
@@ -146,6 +159,7 @@ def _update(sets: Sequence[ParentSet]) -> Doc:
         fields.update(s.fields)
         last = s
     update: Doc = {"$set": {**{f"attrs.{t}": e for t, e in values.items()}, **fields}}
+    update["$inc"] = {REVISION: 1}
     on_insert = {f"attrs.{t}": e for t, e in empty.items() if t not in values}
     if not values and not on_insert:
         on_insert = {"attrs": {}}
@@ -163,6 +177,10 @@ class Known:
     patients: dict[str, Any] = field(default_factory=dict)  # study UID -> its patient key
     # study and series UID -> its own match keys
     keys: dict[DicomLevel, dict[str, MatchKeys]] = field(
+        default_factory=lambda: {"study": {}, "series": {}}
+    )
+    # study and series UID -> its revision as read (``REVISION``)
+    revisions: dict[DicomLevel, dict[str, int]] = field(
         default_factory=lambda: {"study": {}, "series": {}}
     )
     # the attributes and keys the batch's last record for a row had, what they wrote
@@ -193,14 +211,21 @@ async def read_known(db: Database, records: Sequence[InstanceRecord]) -> Known:
         return [doc async for doc in found]
 
     instances = await read(INSTANCES, {r.sop_uid for r in records}, {"blob": 1, "series": 1})
-    series = await read(SERIES, {r.series_uid for r in records}, {"study": 1, "keys": 1})
-    studies = await read(STUDIES, {r.study_uid for r in records}, {"pkey": 1, "skeys": 1})
+    series_fields = {"study": 1, "keys": 1, REVISION: 1}
+    series = await read(SERIES, {r.series_uid for r in records}, series_fields)
+    study_fields = {"pkey": 1, "skeys": 1, REVISION: 1}
+    studies = await read(STUDIES, {r.study_uid for r in records}, study_fields)
     return Known(
         {d["_id"]: d for d in instances},
         {d["_id"]: d["study"] for d in series},
         {d["_id"]: d.get("pkey") for d in studies},
         {"study": _keys_of(studies, "skeys"), "series": _keys_of(series, "keys")},
+        {"study": _revisions_of(studies), "series": _revisions_of(series)},
     )
+
+
+def _revisions_of(docs: Sequence[Doc]) -> dict[str, int]:
+    return {d["_id"]: d[REVISION] for d in docs if d.get(REVISION) is not None}
 
 
 def _keys_of(docs: Sequence[Doc], name: str) -> dict[str, MatchKeys]:
@@ -242,55 +267,69 @@ def plan(
     return Planned(rec, study_set, series_set, instance, old)
 
 
-async def write_parents(db: Database, planned: Sequence[Planned]) -> set[str]:
+@dataclass(frozen=True, slots=True)
+class ParentsWritten:
+    """What ``write_parents`` wrote: the studies and series, and whether that was all
+    of the batch's (else the batch is planned again: ``moved``)."""
+
+    studies: set[str]
+    series: set[str]
+    moved: bool
+
+
+async def write_parents(db: Database, planned: Sequence[Planned], known: Known) -> ParentsWritten:
     """Upsert the studies and then the series of ``planned``, each parent once, with
     what the batch's records set on it in turn, each marked dirty until the index
-    recounts it; the studies refused as another patient's, whose series are not
-    written (nor their instances, by the caller).
+    recounts it; each write a compare-and-set on the row's revision as ``known``.
 
-    A study's upsert is a compare-and-set on its patient key: it matches only a
-    study with no key or the batch's. Another radhub instance on the database
-    may have started the same new study for another patient since
-    ``read_known``; the upsert then finds no match and its insert is refused by
-    the unique ``_id``, as a re-send after that instance's batch is refused by
-    ``plan``. The studies go first so that a refused batch has written nothing
-    of them: a series of the other instance's, empty until its instances land,
-    is neither written to nor recounted (and removed) from here. The server
-    refuses so too an insert that lost the race to another instance's of the
-    same study for the same patient (it retries only an upsert filtered on
-    ``_id`` alone): a refused study's upsert is tried once more, then an update
-    if the study is this patient's."""
-    series: dict[str, list[ParentSet]] = {}
+    A write that meets a row another radhub instance on the database wrote to since
+    ``read_known`` writes nothing; the server refuses the upsert's insert by the
+    unique ``_id``. So does a study's write when that instance has started the same
+    new study meanwhile, for another patient (a study's write is filtered on its
+    patient key too: no key or the batch's) or for this one. Either way the result
+    is ``moved``, and the batch is to be read and planned again on what is stored
+    now, where a study of another patient is ``other-patient`` (``plan``). The
+    studies go first and the series only when all studies were written, so that a
+    batch refused as another patient's writes nothing of that study: a series of
+    the other instance's, empty until its instances land, is neither written to nor
+    recounted (and removed) from here."""
     studies: dict[str, list[ParentSet]] = {}
     keys: dict[str, str | None] = {}  # study -> its records' patient (``plan`` lets in one)
     for p in planned:
         studies.setdefault(p.rec.study_uid, []).append(p.study_set)
         keys[p.rec.study_uid] = p.rec.patient_key or keys.get(p.rec.study_uid)
-    updates = {uid: _update(sets) for uid, sets in studies.items()}
-    refused = await _upsert_studies(db, updates, keys)
-    if refused:  # (or inserted meanwhile for the same patient: then this one matches it)
-        refused = await _upsert_studies(db, {uid: updates[uid] for uid in refused}, keys)
+    study_writes = {
+        uid: UpdateOne(
+            {"_id": uid, "pkey": {"$in": [None, keys[uid]]}, **_revision(known, "study", uid)},
+            _update(sets),
+            upsert=True,
+        )
+        for uid, sets in studies.items()
+    }
+    refused = await _compare_and_set(db[STUDIES], study_writes)
+    if refused:
+        return ParentsWritten(set(studies) - refused, set(), moved=True)
+    series: dict[str, list[ParentSet]] = {}
     for p in planned:
-        if p.rec.study_uid not in refused:
-            series.setdefault(p.rec.series_uid, []).append(p.series_set)
-    if series:
-        ops = [UpdateOne({"_id": uid}, _update(sets), upsert=True) for uid, sets in series.items()]
-        await db[SERIES].bulk_write(ops, ordered=False)
-    return refused
+        series.setdefault(p.rec.series_uid, []).append(p.series_set)
+    series_writes = {
+        uid: UpdateOne({"_id": uid, **_revision(known, "series", uid)}, _update(sets), upsert=True)
+        for uid, sets in series.items()
+    }
+    refused = await _compare_and_set(db[SERIES], series_writes)
+    return ParentsWritten(set(studies), set(series) - refused, moved=bool(refused))
 
 
-async def _upsert_studies(
-    db: Database, updates: dict[str, Doc], keys: dict[str, str | None]
-) -> set[str]:
-    """Upsert the studies of ``updates``, each only if it has no patient key or
-    ``keys``' (see ``write_parents``); the ones the unique ``_id`` refused."""
-    uids = list(updates)
-    ops = [
-        UpdateOne({"_id": uid, "pkey": {"$in": [None, keys[uid]]}}, update, upsert=True)
-        for uid, update in updates.items()
-    ]
+def _revision(known: Known, level: DicomLevel, uid: str) -> Doc:
+    return revision_filter(known.revisions[level].get(uid))
+
+
+async def _compare_and_set(collection: Any, writes: dict[str, UpdateOne]) -> set[str]:
+    """Run ``writes`` (by UID) in one unordered bulk write; the UIDs whose filter matched
+    no document, which the unique ``_id`` then refused as an insert."""
+    uids = list(writes)
     try:
-        await db[STUDIES].bulk_write(ops, ordered=False)
+        await collection.bulk_write(list(writes.values()), ordered=False)
     except BulkWriteError as exc:
         if not duplicate_key(exc):
             raise
