@@ -12,8 +12,9 @@ header admits (``wado_pixels.pixel_parts``); both are multipart only, being
 several values (a bare body is for one value, ``wado_pixels.bulkdata``).
 
 The body is made instance by instance as it is sent: each instance's metadata is
-read from the index, and its values from its file, when its turn comes, so memory
-holds one instance's values at most (native Pixel Data is streamed from the blob).
+read from the index, and where its values lie in its file, when its turn comes; each
+value is then sent from the file a block at a time (``stored_values``), so memory
+holds one instance's header and small values, not its large ones.
 What can be known before the status goes out is checked first: the instances
 being there and visible (404), and the Pixel Data of every stored transfer syntax
 having an acceptable form (406). Pixel Data whose decoding fails later is sent as
@@ -26,7 +27,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -38,6 +38,7 @@ from dicomweb.dicom_json import parse_tag_path
 from dicomweb.http_common import Access, DicomwebServices
 from dicomweb.multipart import OutPart, new_boundary, related_content_type, write_parts
 from dicomweb.pixel_codec import TranscodeError
+from dicomweb.stored_values import locate
 from dicomweb.transfer_syntax import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     OCTET_STREAM,
@@ -48,7 +49,7 @@ from dicomweb.transfer_syntax import (
     pixel_choices,
 )
 from dicomweb.wado import instance_rows
-from dicomweb.wado_pixels import Uids, bulk_value, pixel_parts
+from dicomweb.wado_pixels import Uids, pixel_parts
 from fhir_server.errors import NotFound
 from fhir_server.storage.dicom_port import InstanceRow
 
@@ -141,10 +142,6 @@ async def retrieve_bulkdata(
     return StreamingResponse(body, media_type=media)
 
 
-async def _one(chunk: bytes) -> AsyncIterator[bytes]:
-    yield chunk
-
-
 async def _parts(
     svc: DicomwebServices, rows: Sequence[InstanceRow], plan: _Plan
 ) -> AsyncIterator[OutPart]:
@@ -161,24 +158,18 @@ async def _parts(
         others = [v for v in values if v not in pixels] if plan.octets else []
         if others:
             file = svc.blobs.path_for(row.blob.key)
-            found = await asyncio.to_thread(_read_values, file, others, row.transfer_syntax_uid)
-            for value, data in found:
-                yield OutPart(OCTET_STREAM, _one(data), (("Content-Location", value.uri),))
+            wanted = [(v.path, v.vr) for v in others]
+            found = await asyncio.to_thread(locate, file, wanted, row.transfer_syntax_uid)
+            for value in others:
+                stored = found.get(value.path)
+                if stored is None:  # as ``wado_pixels.bulkdata`` answers it 404
+                    log.warning("no raw value at %s", value.uri)
+                    continue
+                body = stored.chunks(svc.blobs, row.blob.key)
+                yield OutPart(OCTET_STREAM, body, (("Content-Location", value.uri),))
         for value in pixels:
             for part in await _pixel_data(svc, row, plan.forms[row.transfer_syntax_uid], value):
                 yield part
-
-
-def _read_values(file: Path, values: Sequence[BulkValue], ts: str) -> list[tuple[BulkValue, bytes]]:
-    """The values that are in the file (one the metadata names may not be readable
-    as a raw value: it is left out, as ``wado_pixels.bulkdata`` answers it 404)."""
-    found = []
-    for value in values:
-        try:
-            found.append((value, bulk_value(file, value.path, value.vr, ts)))
-        except (KeyError, IndexError, TypeError):
-            log.warning("no raw value at %s", value.uri)
-    return found
 
 
 async def _pixel_data(

@@ -26,18 +26,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-from pydicom import dcmread
-from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.filereader import read_deferred_data_element
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from dicomweb.decode_limit import DecodeTooLarge
-from dicomweb.dicom_json import format_tag_path, is_deferred, parse_tag_path
+from dicomweb.dicom_json import format_tag_path, parse_tag_path
 from dicomweb.http_common import Access, DicomwebServices
 from dicomweb.multipart import OutPart, new_boundary, related_content_type, write_parts
 from dicomweb.pixel_codec import (
-    NUMBER_WIDTHS,
     TranscodeError,
     compressed_frames,
     native_frames,
@@ -46,8 +42,8 @@ from dicomweb.pixel_codec import (
     swap_bytes,
 )
 from dicomweb.render import RenderError, native_frame_range
+from dicomweb.stored_values import StoredValue, locate
 from dicomweb.transfer_syntax import (
-    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
@@ -79,9 +75,6 @@ async def _frame_later(path: Path, index: int) -> AsyncIterator[bytes]:
     """Encapsulated frame ``index``, read from the file once the body gets to it."""
     (frame,) = await asyncio.to_thread(compressed_frames, path, [index])
     yield frame
-
-
-_READ_LATER = 64 * 1024
 
 
 def frame_number(text: str, name: str = "a frame number") -> int:
@@ -245,26 +238,6 @@ async def _bulk_vr(svc: DicomwebServices, row: InstanceRow, path: tuple[int, ...
     return str(element.get("vr") or "UN")
 
 
-def bulk_value(file: Path, tag_path: tuple[int, ...], vr: str, ts: str) -> bytes:
-    """A value's bytes as stored, in little endian order (PS3.18 §8.7.3.3.1), whatever
-    its VR (text too: PS3.18 §F.2.2). Values above ``_READ_LATER`` bytes stay on disk
-    unless they are the one asked for: one small value of a large instance costs its
-    size, not the instance's. A deflated data set is inflated in memory whole anyway."""
-    deflated = ts == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
-    ds = dcmread(file, defer_size=None if deflated else _READ_LATER)
-    for i in range(0, len(tag_path) - 1, 2):
-        ds = ds[tag_path[i]].value[tag_path[i + 1]]
-    raw: DataElement | RawDataElement = ds.get_item(tag_path[-1], keep_deferred=True)
-    if is_deferred(raw):
-        # read here, not by pydicom's deferred read, which would convert it (text to str)
-        raw = read_deferred_data_element(open, str(file), None, raw)
-    value = raw.value if isinstance(raw, RawDataElement) else None
-    if not isinstance(value, bytes):
-        raise KeyError(f"{tag_path[-1]:08X} holds no raw value")
-    big_endian = ts == EXPLICIT_VR_BIG_ENDIAN
-    return swap_bytes(value, NUMBER_WIDTHS.get(vr, 1)) if big_endian else value
-
-
 async def pixel_parts(
     svc: DicomwebServices, row: InstanceRow, form: PixelForm, location: str
 ) -> list[OutPart]:
@@ -287,10 +260,14 @@ async def pixel_parts(
             OutPart(form.content_type, body, (("Content-Location", f"{frames}/{n}"),))
             for n, body in enumerate(bodies, 1)
         ]
-    native = row.transfer_syntax_uid in _SLICEABLE and pixel.get("tag") == PIXEL_DATA
+    ts = row.transfer_syntax_uid
+    native = ts in _SLICEABLE | {EXPLICIT_VR_BIG_ENDIAN} and pixel.get("tag") == PIXEL_DATA
     if native and pixel.get("length") is not None:
-        body = svc.blobs.open(row.blob.key, offset=pixel["offset"], length=pixel["length"])
-        return [OutPart(form.content_type, body, whole)]
+        # sent from the file, big endian swapped a block at a time (PS3.5 §8.1.1)
+        big = ts == EXPLICIT_VR_BIG_ENDIAN
+        width = pixel_width(int(row.extra.get("bits") or 8), pixel.get("vr")) if big else 1
+        value = StoredValue(pixel["offset"], pixel["length"], None, width)
+        return [OutPart(form.content_type, value.chunks(svc.blobs, row.blob.key), whole)]
     decoded = await asyncio.to_thread(native_pixel_data, path, limit=svc.max_decoded_bytes)
     return [OutPart(form.content_type, _one(decoded), whole)]
 
@@ -324,13 +301,16 @@ async def bulkdata(
     if not octets:
         raise NotAcceptable(f"bulk data is sent as {OCTET}, not {accept!r}")
     file = svc.blobs.path_for(row.blob.key)
-    try:
-        value = await asyncio.to_thread(bulk_value, file, path, vr, row.transfer_syntax_uid)
-    except (KeyError, IndexError, TypeError) as exc:
-        raise NotFound(f"no bulk data at {tag_path}") from exc
+    wanted = [(path, vr)]
+    found = await asyncio.to_thread(locate, file, wanted, row.transfer_syntax_uid)
+    if path not in found:
+        raise NotFound(f"no bulk data at {tag_path}")
+    value, key = found[path], row.blob.key
     if octets[0].single:
-        return Response(value, media_type=OCTET)
-    return _multipart([OutPart(OCTET, _one(value), (("Content-Location", location),))], None)
+        length = {"Content-Length": str(value.length)}
+        return StreamingResponse(value.chunks(svc.blobs, key), media_type=OCTET, headers=length)
+    part = OutPart(OCTET, value.chunks(svc.blobs, key), (("Content-Location", location),))
+    return _multipart([part], None)
 
 
 def _multipart(parts: list[OutPart], form: PixelForm | None) -> StreamingResponse:

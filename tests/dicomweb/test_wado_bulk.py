@@ -9,11 +9,14 @@ import tracemalloc
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from fastapi import FastAPI
-from pydicom import dcmread
+from pydicom import dcmread, dcmwrite
+from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.pixels.utils import pixel_array
+from pydicom.uid import ExplicitVRBigEndian
 
 from tests.conftest import MintToken
 from tests.dicomweb.conftest import bundled
@@ -232,3 +235,63 @@ async def test_a_study_is_streamed_not_held(
     assert status == 200
     assert size > 4 * 2048 * 2048 * 2
     assert peak < 8 * 1024 * 1024  # less than one instance's pixel data
+
+
+DOCUMENT = 0x00420011  # EncapsulatedDocument, OB
+WAVEFORMS, WAVEFORM_DATA = 0x54000100, 0x54001010  # WaveformSequence > WaveformData, OW
+
+
+def with_large_values(study: str, sop: str, document: bytes, samples: bytes, *, big: bool) -> bytes:
+    """An instance holding a large document (OB) and a large waveform (OW, ``samples``
+    as little endian 16-bit numbers), stored little or ``big`` endian."""
+    ds = dcmread(io.BytesIO(make_instance(study, f"{study}.1", sop)))
+    ds.add_new(DOCUMENT, "OB", document)
+    item = Dataset()
+    item.WaveformBitsAllocated, item.WaveformSampleInterpretation = 16, "SS"
+    numbers = np.frombuffer(samples, "<u2")
+    item.add_new(WAVEFORM_DATA, "OW", numbers.astype(">u2" if big else "<u2").tobytes())
+    ds.add_new(WAVEFORMS, "SQ", [item])
+    out = io.BytesIO()
+    if big:  # (the pixel data's bytes go as they are: only the values above are checked)
+        ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+        dcmwrite(out, ds, little_endian=False, implicit_vr=False, force_encoding=True)
+    else:
+        ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["little-endian", "big-endian"])
+async def test_large_values_besides_pixel_data_are_sent_from_the_file(
+    client: httpx.AsyncClient, app: FastAPI, mint: MintToken, big: bool
+) -> None:
+    """A document and a waveform of 10 MiB each are sent a block at a time from
+    the stored file, at every level and as the one value a BulkDataURI names: the
+    bytes as stored, numbers little endian (a big endian file's swapped across the
+    blocks), and never the whole value in memory."""
+    study = "1.2.3.22" if big else "1.2.3.23"
+    sop = f"{study}.1.1"
+    document = bytes(range(256)) * (10 * 4096) + b"end"  # 10 MiB and an odd tail
+    samples = np.arange(5 * 2**20 + 7, dtype="<u2").tobytes()  # 10 MiB, not whole blocks
+    stored = with_large_values(study, sop, document, samples, big=big)
+    response = await client.post(
+        "/dicomweb/studies", content=multipart(stored), headers={"Content-Type": STOW_TYPE}
+    )
+    assert response.status_code == 200, response.text
+    instance = f"/dicomweb/studies/{study}/series/{study}.1/instances/{sop}"
+    expected = {
+        f"{instance}/bulkdata/{DOCUMENT:08X}": document + b"\0",  # padded to even length
+        f"{instance}/bulkdata/{WAVEFORMS:08X}/0/{WAVEFORM_DATA:08X}": samples,
+    }
+    for path in (f"/dicomweb/studies/{study}", instance):
+        got = await client.get(f"{path}/bulkdata", headers={"Accept": OCTETS})
+        assert got.status_code == 200
+        sent = by_location(got)
+        assert {location: sent.get(location) for location in expected} == expected
+        assert set(sent) - set(expected) == {f"{instance}/bulkdata/7FE00010"}
+    for location, value in expected.items():
+        got = await client.get(location, headers={"Accept": "application/octet-stream"})
+        assert (got.status_code, got.content) == (200, value)
+        assert got.headers["content-length"] == str(len(value))
+    status, size, peak = await sent_through(app, mint(), f"/dicomweb/studies/{study}/bulkdata")
+    assert status == 200 and size > len(document) + len(samples)
+    assert peak < 8 * 1024 * 1024  # less than either value
