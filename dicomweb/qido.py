@@ -22,6 +22,7 @@ from typing import Literal
 
 from pydicom.datadict import tag_for_keyword
 
+from dicomweb.case_fold import fold
 from dicomweb.dicom_json import dictionary_vr
 from dicomweb.qido_dates import moment_fault
 from dicomweb.qido_levels import PATIENT_GROUP, SERIES_TAGS, STUDY_TAGS
@@ -121,8 +122,9 @@ RESERVED_PARAMS = frozenset({"limit", "offset", "includefield", "accept", *UNSUP
 # PN is three groups of 64 characters; LT, the longest VR of bounded length, is
 # 10,240 but no match key; UC, UR and UT are unbounded and none either), nor a
 # list of 100 UIDs, nor any request line most proxies pass (8 KB). And once case
-# folded and escaped, a character is at most 6 UTF-8 bytes, so the longest
-# wildcard stays a GLOB pattern SQLite takes (at most 50,000 bytes).
+# folded (one character stays one, ``case_fold``) and escaped, a character is at
+# most 6 UTF-8 bytes, so the longest wildcard stays a GLOB pattern SQLite takes
+# (at most 50,000 bytes).
 MAX_MATCH_VALUE_LENGTH = 8192
 # The most attributes one query may name in includefield: every result carries
 # each of them, empty when it has no value (C-FIND-like, ``qido_compile``), so the
@@ -283,12 +285,13 @@ def searchable_levels(level: Level, scope: Level | None) -> tuple[Level, ...]:
 
 
 def pn_normal(text: str) -> str:
-    """Case-fold one PN component group and drop trailing empty components:
-    ``Smith^John^^`` == ``SMITH^JOHN`` (the index's keys and the matcher both use it)."""
+    """Case-fold one PN component group (``case_fold``: ``?`` stays one character)
+    and drop trailing empty components: ``Smith^John^^`` == ``SMITH^JOHN`` (the
+    index's keys and the matcher both use it)."""
     components = [c.strip() for c in text.split("^")]
     while components and not components[-1]:
         components.pop()
-    return "^".join(components).casefold()
+    return fold("^".join(components))
 
 
 def normalise_bound(vr: str, value: str, *, high: bool) -> str:

@@ -67,7 +67,7 @@ TRANSFER_SYNTAX_UID = "00020010"
 # hold it (PS3.5 §6.1.3 allows no control characters but ESC, LF, FF and CR).
 ITEM_SEPARATOR = "\x1f"
 # Bump when the derived keys change, so indexed rows are re-keyed (``rekey_index``).
-KEYS_VERSION = "3"
+KEYS_VERSION = "4"
 _PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 
 # Attributes kept with the study and series rows beyond those PS3.18's tables
@@ -205,7 +205,9 @@ def _item_values(attrs: Json, sequence: int, paths: Sequence[tuple[int, ...]]) -
 # The levels whose keys changed since the previous KEYS_VERSIONs: "1" had no datetime
 # and item keys, which exist at the study and series levels only; "2" kept the
 # padding of AE, CS, LO, SH and UI values (a PatientID or AccessionNumber sent as
-# " A2 "), which the instance level's keys do not hold in practice.
+# " A2 "), which the instance level's keys do not hold in practice; "3" case-folded
+# person names with ``str.casefold``, which made ``ß`` two characters (``case_fold``):
+# PN keys are the study level's only.
 _REKEYED: tuple[Level, ...] = ("study", "series")
 
 
