@@ -22,7 +22,7 @@ import math
 import re
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeGuard
 
 from pydicom.datadict import dictionary_VR
@@ -267,11 +267,26 @@ def _element(elem: DataElement, path: tuple[int, ...], ctx: _Context) -> JsonDat
     vr = _vr(elem.VR, elem.tag)
     value = elem.value
     if vr == "SQ":
-        items = [_dataset(item, (*path, i), ctx) for i, item in enumerate(value or [])]
+        items = [
+            _dataset(item, (*path, i), _item_context(item, ctx))
+            for i, item in enumerate(value or [])
+        ]
         return {"vr": vr, "Value": items} if items else {"vr": vr}
     if vr in _BINARY_VRS or isinstance(value, bytes):
         return _binary(vr if vr in _BINARY_VRS else "OW", value, path, ctx)
     return from_values(vr, _as_list(value))
+
+
+def _item_context(item: Dataset, ctx: _Context) -> _Context:
+    """The context of a sequence item: one with a Specific Character Set of its own
+    has its text in that one, for itself and the items it nests (PS3.5 §7.5.3);
+    read with the enclosing data set's codec, its names came out as mojibake. An
+    empty one is no character set of its own, as pydicom reads it."""
+    raw = item.get_item(SPECIFIC_CHARACTER_SET, keep_deferred=True)
+    value = None if raw is None else raw.value
+    if isinstance(value, bytes):
+        value = value.strip(b" \x00")
+    return replace(ctx, codec=text_codec(item)) if value else ctx
 
 
 def _binary(vr: str, value: bytes | None, path: tuple[int, ...], ctx: _Context) -> JsonDataset:
