@@ -43,6 +43,7 @@ from typing import Any, Protocol
 from dicomweb.archive_locks import ArchiveLocks
 from dicomweb.blob_journal import InstanceUids, IntentJournal, reconcile_instances
 from dicomweb.blobstore import BlobRef, BlobStore, Chunk, FileBlobStore, StagedBlob, StagedItem
+from dicomweb.character_sets import unknown_character_set
 from dicomweb.coalesce import Coalescer
 from dicomweb.ingest_parse import (
     CANNOT_UNDERSTAND,
@@ -96,6 +97,8 @@ class Stored:
     sop_uid: str
     study_uid: str
     series_uid: str
+    # what the sender should know of how it was read (``character_sets``), if anything
+    warning: str | None = None
 
 
 @dataclass(frozen=True)
@@ -385,7 +388,13 @@ class IngestService:
         if result.previous is not None and result.previous.key != pending.blob.key:
             await self._remove(result.previous.key)
         report.stored.append(
-            Stored(h.sop_class_uid, h.sop_instance_uid, h.study_instance_uid, h.series_instance_uid)
+            Stored(
+                h.sop_class_uid,
+                h.sop_instance_uid,
+                h.study_instance_uid,
+                h.series_instance_uid,
+                unknown_character_set(h.specific_character_set),
+            )
         )
         return None if result.outcome == "duplicate" else h.study_instance_uid
 

@@ -226,7 +226,7 @@ async def store_instances(
         response = Response(native_xml(dataset), status_code=status, media_type=DICOM_XML)
     else:
         response = Response(orjson.dumps(dataset), status_code=status, media_type=DICOM_JSON)
-    for text in failure_warnings(report):
+    for text in failure_warnings(report) + stored_warnings(report):
         response.headers.append("Warning", warning_header(text))
     return response
 
@@ -264,6 +264,13 @@ async def patient_stored_for(index: DicomIndex, studies: list[str]) -> str | Non
         if len(patients) > 1:
             return None
     return next(iter(patients), None)
+
+
+def stored_warnings(report: IngestReport) -> tuple[str, ...]:
+    """What a sender should know of instances stored all the same: a Specific
+    Character Set the archive does not know (``character_sets``)."""
+    texts = [f"{s.sop_uid}: {s.warning}" for s in report.stored if s.warning]
+    return bounded(texts, "warnings")
 
 
 def failure_warnings(report: IngestReport) -> tuple[str, ...]:
