@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -203,6 +204,21 @@ _PATIENT_ROLE = {
 }
 
 
+# Query parameters that carry a credential. radhub takes none of them from a query (a
+# token only from the Authorization header, OAuth secrets only in a POST body), but a
+# client may put one there anyway, and the audit trail keeps the query it sent.
+_SECRET_PARAMETERS = re.compile(
+    r"(?i)(^|[?&;])(access_token|id_token|refresh_token|client_secret|client_assertion"
+    r"|password)=[^&;]*"
+)
+REDACTED = "[redacted]"
+
+
+def without_secrets(query: str) -> str:
+    """``query`` with the value of each credential parameter replaced (pure)."""
+    return _SECRET_PARAMETERS.sub(rf"\1\2={REDACTED}", query)
+
+
 def _entities(record: AuditRecord) -> list[dict[str, Any]]:
     entities: list[dict[str, Any]] = []
     patient = record.patient or (record.auth.patient if record.auth else None)
@@ -219,7 +235,7 @@ def _entities(record: AuditRecord) -> list[dict[str, Any]]:
     elif record.resource_type or record.query:
         entity: dict[str, Any] = {"what": {"display": record.resource_type or "*"}}
         if record.query:
-            entity["description"] = record.query[:1000]
+            entity["description"] = without_secrets(record.query)[:1000]
         entities.append(entity)
     if patient:
         entities.append({"what": {"reference": f"Patient/{patient}"}, **_PATIENT_ROLE})
