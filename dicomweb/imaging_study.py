@@ -356,9 +356,10 @@ def map_study(
         out["started"] = started
     if links.service_request:
         out["basedOn"] = [{"reference": links.service_request}]
-    if (name := _text(a, "00080090")) and (human := human_name(name)):
-        # ReferringPhysicianName names no Practitioner resource: the name alone
-        out["referrer"] = {"display": name_text(human)}
+    if names := person_names(first(a, "00080090")):
+        # ReferringPhysicianName names no Practitioner resource: the name alone, from
+        # its first group that has one (a name given only in kanji is still shown)
+        out["referrer"] = {"display": name_text(names[0])}
     if links.endpoint:
         out["endpoint"] = [{"reference": links.endpoint}]
     if description := _text(a, "00081030"):

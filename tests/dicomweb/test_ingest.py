@@ -8,6 +8,7 @@ import io
 import pickle
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO
 from zoneinfo import ZoneInfo
@@ -506,6 +507,27 @@ def test_map_study(links: StudyLinks, path: tuple[Any, ...], expected: Any) -> N
     for step in path:
         value = value[step]
     assert value == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ({"Alphabetic": "House^Gregory^^Dr."}, "Dr. Gregory House"),
+        ({"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎"}, "Tarou Yamada"),
+        ({"Ideographic": "山田^太郎", "Phonetic": "やまだ^たろう"}, "太郎 山田"),
+        ({"Phonetic": "やまだ^たろう"}, "たろう やまだ"),
+        ({"Alphabetic": "", "Ideographic": "홍^길동"}, "길동 홍"),
+        ({"Alphabetic": "  "}, None),
+        ({}, None),
+    ],
+)
+def test_the_referrer_is_named_by_the_first_group_that_has_a_name(
+    name: dict[str, str], expected: str | None
+) -> None:
+    study = replace(STUDY, attrs={**STUDY.attrs, "00080090": {"vr": "PN", "Value": [name]}})
+    rows = [_row("1.2.1.1", "1.2.1", 1)]
+    mapped = map_study(study, [SERIES], rows, StudyLinks("Patient/p1"))
+    assert mapped.get("referrer") == (None if expected is None else {"display": expected})
 
 
 def test_what_the_archive_writes_is_what_it_owns() -> None:
