@@ -34,8 +34,10 @@ from dicomweb.qido import QidoError
 from dicomweb.retrievals_in_flight import DELETE_GRACE, RetrievalsInFlight
 from dicomweb.study_sync import StudySync
 from dicomweb.transfer_syntax import MediaRange, NotAcceptable, weighted_values
+from fhir_server.access.compartment import PatientCompartment
 from fhir_server.access.context import AuthContext, Interaction
 from fhir_server.access.policy import AccessPolicy, compartment_filter
+from fhir_server.access.roles import patient_of
 from fhir_server.access.stored import Searcher, ids_matching, lookup_in, needs_store
 from fhir_server.access.tokens import TokenVerifier, bearer_token
 from fhir_server.audit import AuditRecord, AuditTrail
@@ -219,18 +221,17 @@ def patient_scope(svc: DicomwebServices, auth: AuthContext, action: Interaction)
     """The FHIR Patients whose studies a request may reach, as a filter on Patient
     (None: every study); Forbidden if nothing.
 
-    Only an unrestricted grant, the ImagingStudy Patient compartment, or a
-    restriction to the studies of some Patients (a referrer's own) can be
-    applied to the index, which knows each study's Patient; any other
-    restriction fails closed.
+    Only an unrestricted grant, one Patient's ImagingStudy compartment
+    (``_own_patient``), or a restriction to the studies of some Patients (a
+    referrer's own) can be applied to the index, which knows each study's
+    Patient; any other restriction fails closed.
     """
     where = svc.policy.search_filter(auth, IMAGING_STUDY, action)
     if where is None:
         return None
-    if auth.patient is not None:
-        own = compartment_filter(svc.policy.compartment, IMAGING_STUDY, auth.patient)
-        if own == where:
-            return Compare("_id", "token", TokenValue(None, auth.patient))
+    own = _own_patient(svc.policy.compartment, auth, where)
+    if own is not None:
+        return _patient_is(own)
     patients = svc.policy.patient_scope(auth, IMAGING_STUDY, action)
     if patients is None or svc.records is None:
         raise Forbidden("this token's ImagingStudy access cannot be applied to DICOM data")
@@ -244,10 +245,37 @@ async def study_scope(
     patients = patient_scope(svc, auth, action)
     if patients is None:
         return None
+    one = _patient_named(patients)
+    if one is not None:
+        return (one,)
     if svc.records is None or not needs_store(patients):
-        # a patient-context token's own patient (patient_scope refused the rest)
-        return (auth.patient,) if auth.patient is not None else ()
+        return ()  # (patient_scope refused these: fail closed all the same)
     return await ids_matching(svc.records, "Patient", patients)
+
+
+def _own_patient(compartment: PatientCompartment, auth: AuthContext, where: Node) -> str | None:
+    """The Patient whose ImagingStudy compartment is exactly what ``where`` reaches,
+    if it is the caller's own: the launch patient of a ``patient/`` token, or the
+    ``fhirUser`` Patient of a user whom the ``patient`` role caps to their own
+    record (under ``user/`` scopes, signed in without a launch patient). Only an
+    equal filter counts, so nothing reaches further than on the FHIR side."""
+    for patient in (auth.patient, patient_of(auth.fhir_user)):
+        if patient is not None and compartment_filter(compartment, IMAGING_STUDY, patient) == where:
+            return patient
+    return None
+
+
+def _patient_is(patient: str) -> Node:
+    return Compare("_id", "token", TokenValue(None, patient))
+
+
+def _patient_named(patients: Node) -> str | None:
+    """The id, when ``patients`` selects one Patient by id (``_patient_is``)."""
+    if isinstance(patients, Compare) and isinstance(patients.value, TokenValue):
+        patient = patients.value.code
+        if patient is not None and patients == _patient_is(patient):
+            return patient
+    return None
 
 
 async def visible_study(
