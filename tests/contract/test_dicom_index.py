@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from dataclasses import replace
 from typing import Any
 
@@ -241,6 +242,44 @@ async def test_set_patient_restricts_search(store: Store) -> None:
     assert study is not None and study.patient_ref == "p9"
     page = await store.dicom.search(DicomQuery("instance", patient_ref="p8"))
     assert page.matches == []
+
+
+def bound_parameter_limit() -> int:
+    """How many parameters this SQLite binds to one statement (32,766 by default since
+    3.32; some builds, Debian's among them, raise it to 250,000)."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        return conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    finally:
+        conn.close()
+
+
+async def test_a_search_for_more_patients_than_sqlite_binds_finds_theirs(store: Store) -> None:
+    """A referrer's own patients may outnumber the parameters SQLite binds: a search
+    restricted to them still finds exactly their studies, at every level and paged."""
+    refs = tuple(
+        f"{i:08x}-0000-4000-8000-000000000000"
+        for i in range(max(40_000, bound_parameter_limit() + 1))
+    )
+    await store.dicom.store_batch(
+        [
+            record("7.1", "7.1.1", "7.1.1.1", patient=refs[-1]),
+            record("7.2", "7.2.1", "7.2.1.1", patient="someone-else"),
+            record("7.3", "7.3.1", "7.3.1.1", patient=refs[0]),
+            record("7.3", "7.3.1", "7.3.1.2", patient=refs[0]),
+        ]
+    )
+    for level, wanted in (
+        ("study", ["7.1", "7.3"]),
+        ("series", ["7.1", "7.3"]),
+        ("instance", ["7.1", "7.3", "7.3"]),
+    ):
+        page = await store.dicom.search(DicomQuery(level, patient_refs=refs))
+        assert ([m.study.uid for m in page.matches], page.more) == (wanted, False), level
+    last = await store.dicom.search(DicomQuery("instance", patient_refs=refs, limit=1, offset=2))
+    assert [m.instance.uid for m in last.matches if m.instance] == ["7.3.1.2"]
+    assert (await store.dicom.search(DicomQuery("study", patient_refs=refs[1:-1]))).matches == []
+    assert (await store.dicom.search(DicomQuery("study", patient_refs=()))).matches == []
 
 
 async def test_a_patient_found_for_a_study_sent_again_for_another_is_not_given_it(

@@ -3,8 +3,9 @@
 Each ``KeyFilter`` becomes ``pk IN (SELECT pk FROM dicom_key WHERE level = ?
 AND key = ? AND value …)``, an index range on ``dicom_key_lookup``
 (wildcards use ``GLOB``, case-sensitive, whose literal prefix SQLite turns
-into a range). Results come in UID order with ``LIMIT``/``OFFSET``; one row
-more than asked tells whether more exist.
+into a range); the Patients a caller may reach come as one JSON array
+(``json_each``), however many they are. Results come in UID order with
+``LIMIT``/``OFFSET``; one row more than asked tells whether more exist.
 """
 
 from __future__ import annotations
@@ -106,9 +107,12 @@ def compile_search(query: DicomQuery) -> tuple[str, list[Any]]:
             where.append(f"{column} = ?")
             args.append(value)
     if query.patient_refs is not None:
-        # an empty set matches nothing
-        where.append(f"st.patient_ref IN ({', '.join('?' * len(query.patient_refs))})")
-        args.extend(query.patient_refs)
+        # One JSON array, not a parameter each: a referrer's patients can outnumber
+        # the parameters SQLite binds (32,766 by default), and paging rules out
+        # chunks. Each value is still looked up on ``dicom_study_patient``; an
+        # empty array matches nothing.
+        where.append("st.patient_ref IN (SELECT value FROM json_each(?))")
+        args.append(orjson.dumps(query.patient_refs).decode())
     for alias, level, filters in (
         ("st", "study", query.study_filters),
         ("se", "series", query.series_filters),
