@@ -172,6 +172,18 @@ SEARCHES = [
 ]
 
 
+async def only_own_studies_found(c: httpx.AsyncClient, own: set[str]) -> None:
+    """Every search of ``SEARCHES`` answers without pat-2's study, and each level's
+    search across studies, with every field, finds exactly the studies ``own``."""
+    for url in SEARCHES:
+        response = await c.get(url)
+        assert response.status_code == 200, (url, response.text)
+        assert OTHER[0] not in studies_named(response.json()), url
+    for level in ("studies", "series", "instances"):
+        found = (await c.get(f"/dicomweb/{level}", params={"includefield": "all"})).json()
+        assert studies_named(found) == own, level
+
+
 @pytest.mark.usefixtures("two_patients")
 @pytest.mark.parametrize("scope", ["patient/ImagingStudy.rs", "patient/*.read"])
 async def test_a_patient_tokens_searches_find_only_its_patients_studies(
@@ -180,13 +192,7 @@ async def test_a_patient_tokens_searches_find_only_its_patients_studies(
     """QIDO-RS at every level, with a study or across studies, paged and with every
     field, shows nothing of pat-2's study; searches across studies do find pat-1's."""
     async with caller(app, mint(scope, patient="pat-1")) as c:
-        for url in SEARCHES:
-            response = await c.get(url)
-            assert response.status_code == 200, (url, response.text)
-            assert OTHER[0] not in studies_named(response.json()), url
-        for level in ("studies", "series", "instances"):
-            found = (await c.get(f"/dicomweb/{level}", params={"includefield": "all"})).json()
-            assert studies_named(found) == {OWN[0]}, level
+        await only_own_studies_found(c, {OWN[0]})
         xml = await c.get("/dicomweb/instances", params={"includefield": "all", "accept": XML})
         assert xml.status_code == 200 and OWN[1] in xml.text and OTHER[1] not in xml.text
 
