@@ -24,9 +24,11 @@ process has let its holder in; study keys are then the UIDs' stripes, in process
 and across, so the global order is one order for both. Instance keys stay within
 the process: held across it, by stripe, two servers' batches of different studies
 would take turns on the stripes their instances share (most pairs of large
-batches share one), and a batch would hold an open file per instance. What that
-leaves open is two servers sent one instance at once, one of whose batches then
-fails its index write: its clean-up may remove the file the other placed.
+batches share one), and a batch would hold an open file per instance. So two
+servers sent one instance at once both place the very same file; should one of the
+batches fail its index write, its clean-up (and a crashed server's, at its next
+start) holds the study exclusively, as a DELETE does, and so waits until the other
+batch has indexed the file, which then stays (``blob_journal.reconcile_instances``).
 """
 
 from __future__ import annotations

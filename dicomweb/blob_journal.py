@@ -28,7 +28,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -41,6 +42,8 @@ from fhir_server.storage.dicom_port import DicomIndex
 log = logging.getLogger(__name__)
 
 InstanceUids = tuple[str, str, str]
+# Holds a study as a DELETE does while its blobs are reconciled (``archive_locks``).
+Hold = Callable[[str], AbstractAsyncContextManager[None]]
 _INTENTS = ".intents"
 _WRITING = ".new-"
 
@@ -175,16 +178,27 @@ async def reconcile_instances(
     uids: Sequence[InstanceUids],
     *,
     keep: Collection[str] = (),
+    hold: Hold | None = None,
 ) -> int:
     """Remove every blob of ``uids`` that the index does not name (except those in
-    ``keep``); how many were removed."""
+    ``keep``); how many were removed. Each study's under ``hold(study)`` when given:
+    a blob key comes from the content, so a batch of the same instance (in this
+    process or another on the same blob store) may have placed the very same file
+    and not yet indexed it; holding the study as a DELETE does (``archive_locks``)
+    waits until it has."""
     removed = 0
-    for study, series, sop in uids:
-        rows = await index.instance_files(study, series, sop)
-        named = {row.blob.key for row in rows}
-        for key in await asyncio.to_thread(_keys_of, blobs.root, study, series, sop):
-            if key not in named and key not in keep and await blobs.delete(key):
-                removed += 1
+    by_study: dict[str, list[InstanceUids]] = {}
+    for u in uids:
+        by_study.setdefault(u[0], []).append(u)
+    for study, its in sorted(by_study.items()):
+        async with hold(study) if hold is not None else contextlib.nullcontext():
+            for study_uid, series, sop in its:
+                rows = await index.instance_files(study_uid, series, sop)
+                named = {row.blob.key for row in rows}
+                found = await asyncio.to_thread(_keys_of, blobs.root, study_uid, series, sop)
+                for key in found:
+                    if key not in named and key not in keep and await blobs.delete(key):
+                        removed += 1
     return removed
 
 
@@ -196,18 +210,24 @@ def _keys_of(root: Path, study: str, series: str, sop: str) -> list[str]:
 
 
 async def reconcile(
-    index: DicomIndex, blobs: FileBlobStore, journal: IntentJournal, *, temp_grace: float = 0.0
+    index: DicomIndex,
+    blobs: FileBlobStore,
+    journal: IntentJournal,
+    *,
+    temp_grace: float = 0.0,
+    hold: Hold | None = None,
 ) -> ReconcileReport:
     """Make the blob store agree with the index after a crash (see the module docstring).
 
     ``temp_grace``: temporaries younger than this many seconds are left alone
-    (another live process may be writing them when several share the blobs).
+    (another live process may be writing them when several share the blobs);
+    ``hold``: as ``reconcile_instances`` takes it.
     """
     intents = await asyncio.to_thread(journal.claim_abandoned)
     orphans = 0
     for path, fd, uids in intents:
         try:
-            orphans += await reconcile_instances(index, blobs, uids)
+            orphans += await reconcile_instances(index, blobs, uids, hold=hold)
         finally:
             await asyncio.to_thread(journal.release, path, fd)
     temporaries = await blobs.remove_temporaries(older_than=time.time() - temp_grace)

@@ -115,7 +115,9 @@ class DicomwebServices:
         """Start-up: make the blob store agree with the index after an unclean stop."""
         if self.journal is None:
             return ReconcileReport()
-        return await reconcile(self.index, self.blobs, self.journal, temp_grace=self.temp_grace)
+        hold = self.ingest.locks.removing  # (another server may be storing their instances)
+        grace = self.temp_grace
+        return await reconcile(self.index, self.blobs, self.journal, temp_grace=grace, hold=hold)
 
 
 # The forms a DICOM dataset response takes (PS3.18 §8.7.3.2, Table 8.7.3-2): DICOM

@@ -331,24 +331,33 @@ class IngestService:
         a batch that fails leaves neither blob nor staged file behind."""
         uids = [a.uids for a in accepted]
         studies, sops = {u[0] for u in uids}, {u[2] for u in uids}
-        async with self.locks.storing(studies, sops), self._intent(uids):
+        async with self._intent(uids):
+            failed = False
             named: set[str] = set()
-            try:
-                named = await self._named(uids)
-                refs = await self._blobs.adopt_many([(a.staged, *a.uids) for a in accepted])
-                batch = [_Pending(a.described, ref) for a, ref in zip(accepted, refs, strict=True)]
-                records = [with_blob(p.described.record, p.blob) for p in batch]
-                results = await self._index.store_batch(records, overwrite=self._options.overwrite)
-            except Exception as exc:
-                log.exception("storing a batch of %d instances failed", len(accepted))
-                report.failed.extend(failure(exc, a.described.header) for a in accepted)
+            async with self.locks.storing(studies, sops):
+                try:
+                    named = await self._named(uids)
+                    refs = await self._blobs.adopt_many([(a.staged, *a.uids) for a in accepted])
+                    batch = [
+                        _Pending(a.described, ref) for a, ref in zip(accepted, refs, strict=True)
+                    ]
+                    records = [with_blob(p.described.record, p.blob) for p in batch]
+                    overwrite = self._options.overwrite
+                    results = await self._index.store_batch(records, overwrite=overwrite)
+                except Exception as exc:
+                    log.exception("storing a batch of %d instances failed", len(accepted))
+                    report.failed.extend(failure(exc, a.described.header) for a in accepted)
+                    failed = True
+                else:
+                    touched = [
+                        await self._settle(p, r, report)
+                        for p, r in zip(batch, results, strict=True)
+                    ]
+            if failed:
                 await self._forget(uids, named)
                 for a in accepted:  # those the failed adoption left in staging
                     await self._blobs.discard(a.staged)
                 return
-            touched = [
-                await self._settle(p, r, report) for p, r in zip(batch, results, strict=True)
-            ]
         if self._sync is not None:
             self._sync.mark(sorted({uid for uid in touched if uid is not None}))
 
@@ -368,10 +377,14 @@ class IngestService:
     async def _forget(self, uids: list[InstanceUids], named: set[str]) -> None:
         """Remove the blobs of a batch the index refused, keeping those it names and
         those it ``named`` before the batch: an index that is not all-or-nothing may
-        have lost a row it held, and its file is then all that is left of it."""
+        have lost a row it held, and its file is then all that is left of it. Each
+        study's once the batch has let go of it, holding it as a DELETE does: another
+        batch of the same instance may have placed the very same file
+        (``reconcile_instances``)."""
         if isinstance(self._blobs, FileBlobStore):
             try:
-                await reconcile_instances(self._index, self._blobs, uids, keep=named)
+                hold = self.locks.removing
+                await reconcile_instances(self._index, self._blobs, uids, keep=named, hold=hold)
             except Exception:
                 log.exception("could not remove the blobs of a failed batch")
 

@@ -12,18 +12,25 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mongomock_motor import AsyncMongoMockClient
 
 from dicomweb.archive_locks import ArchiveLocks
+from dicomweb.blob_journal import IntentJournal
+from dicomweb.blobstore import FileBlobStore
+from dicomweb.ingest import IngestOptions, IngestService
 from dicomweb.retrievals_in_flight import RetrievalsInFlight
 from dicomweb.shared_locks import LOCK_DIR, FileLocks, stripe
+from fhir_server.errors import StorageUnavailable
 from fhir_server.search.registry import SearchRegistry
+from fhir_server.storage.dicom_port import DicomIndex
 from fhir_server.storage.mongo.store import MongoStore
 from tests.dicomweb.archive_app import DEADLINE, fast_settings, running
 from tests.dicomweb.dicom_data import STOW_TYPE, make_instance, multipart
 from tests.dicomweb.test_archive_locks import Probe
+from tests.dicomweb.test_ingest import stream
 
 QUIET = 0.3  # seconds in which a holder that could get in would have
 
@@ -219,3 +226,54 @@ async def test_a_study_whose_first_retrieval_missed_the_lock_takes_it_with_the_n
     missed.release()
     second.release()
     assert await asyncio.wait_for(deleting.settled("S", DEADLINE), DEADLINE)
+
+
+class HeldIndex:
+    """One server's view of the shared index: its batches wait at ``gate`` once
+    ``entered`` is set (``hold``), or fail (``fail``), before reaching the index."""
+
+    def __init__(self, index: DicomIndex, *, hold: bool = False, fail: bool = False) -> None:
+        self._index = index
+        self.hold, self.fail = hold, fail
+        self.entered, self.gate = asyncio.Event(), asyncio.Event()
+
+    async def store_batch(self, records: Any, **kwargs: Any) -> Any:
+        if self.hold:
+            self.entered.set()
+            await self.gate.wait()
+        if self.fail:
+            raise StorageUnavailable("MongoDB unavailable: injected")
+        return await self._index.store_batch(records, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._index, name)
+
+
+async def test_a_failed_batch_leaves_the_file_another_server_is_indexing(tmp_path: Path) -> None:
+    """Two servers on one blob store receive one instance at once. Blob keys come from
+    the content, so both place the very same file; the second's index write fails.
+    Its clean-up waits for the first to index the file (holding the study as a
+    DELETE does), finds the index naming it, and leaves it: the instance the first
+    acknowledged keeps its bytes."""
+    registry = SearchRegistry.load()
+    store = MongoStore(AsyncMongoMockClient(), "radhub_archive", registry)
+    await store.start()
+    blobs = FileBlobStore(tmp_path / "blobs")
+    first, second = HeldIndex(store.dicom, hold=True), HeldIndex(store.dicom, fail=True)
+    options = IngestOptions("http://x/dicomweb")
+
+    def ingest(index: HeldIndex) -> IngestService:
+        journal = IntentJournal(tmp_path / "blobs")
+        return IngestService(index, blobs, None, options, journal, None, server(tmp_path / "blobs"))  # type: ignore[arg-type]
+
+    body = make_instance("7.3", "7.3.1", "7.3.1.1")
+    storing = asyncio.create_task(ingest(first).ingest(stream(body)))
+    await asyncio.wait_for(first.entered.wait(), DEADLINE)  # its file is in place
+    failing = asyncio.create_task(ingest(second).ingest(stream(body)))
+    await asyncio.sleep(QUIET)  # the failed batch's clean-up, had it not waited
+    first.gate.set()
+    stored, failed = await asyncio.wait_for(asyncio.gather(storing, failing), DEADLINE)
+    assert [s.sop_uid for s in stored.stored] == ["7.3.1.1"]
+    assert [f.sop_uid for f in failed.failed] == ["7.3.1.1"]
+    (row,) = await store.dicom.instance_files("7.3")
+    assert blobs.path_for(row.blob.key).read_bytes() == body
