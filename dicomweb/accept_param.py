@@ -47,3 +47,9 @@ def accept_parameter(request: HTTPConnection) -> str | None:
     """The request's ``accept`` query parameter (``accept_in_query``)."""
     query: bytes = request.scope.get("query_string", b"")
     return accept_in_query(query.decode("latin-1"))
+
+
+def requested_accept(request: HTTPConnection) -> str | None:
+    """What the request accepts: its ``accept`` parameter, which overrides the Accept
+    header (PS3.18 §8.3.3.1), else that header."""
+    return accept_parameter(request) or request.headers.get("accept")

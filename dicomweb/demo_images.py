@@ -30,6 +30,7 @@ from pydicom import Dataset, FileMetaDataset, dcmwrite
 from pydicom.uid import UID, ExplicitVRLittleEndian, RLELossless
 
 from dicomweb.ingest import IngestService
+from dicomweb.multipart import single_chunk
 from fhir_server.demo import PROCEDURES
 
 Json = dict[str, Any]
@@ -351,8 +352,4 @@ async def load_demo_images(ingest: IngestService, bundle: Json) -> int:
 
 async def _bodies(files: Sequence[bytes]) -> AsyncIterator[AsyncIterator[bytes]]:
     for data in files:
-        yield _one(data)
-
-
-async def _one(data: bytes) -> AsyncIterator[bytes]:
-    yield data
+        yield single_chunk(data)

@@ -24,7 +24,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dicomweb.accept_param import accept_parameter
+from dicomweb.accept_param import requested_accept
 from dicomweb.blob_journal import InstanceUids, IntentJournal, ReconcileReport, reconcile
 from dicomweb.blobstore import FileBlobStore
 from dicomweb.decode_limit import DEFAULT_MAX_DECODED_BYTES
@@ -139,7 +139,7 @@ def dataset_media(request: Request, what: str, *, multipart: bool = True) -> Dat
     better than JSON, which an absent or wildcard Accept gets. ``multipart``: XML
     is ``multipart/related; type="application/dicom+xml"``, else single-part
     ``application/dicom+xml`` (the STOW-RS response)."""
-    accept = (accept_parameter(request) or request.headers.get("accept", "")).strip()
+    accept = (requested_accept(request) or "").strip()
     if not accept:
         return "json"
     ranges = weighted_values(accept)
@@ -300,8 +300,7 @@ async def _reaches(svc: DicomwebServices, patients: Node | None, patient: str | 
         return False
     if svc.records is None or not needs_store(patients):
         return svc.policy.matches(patients, patient, ())
-    is_patient = Compare("_id", "token", TokenValue(None, patient))
-    return await lookup_in(svc.records)("Patient", And((is_patient, patients)))
+    return await lookup_in(svc.records)("Patient", And((_patient_is(patient), patients)))
 
 
 def require_system_delete(svc: DicomwebServices, auth: AuthContext) -> None:

@@ -323,3 +323,8 @@ async def _aiter_any(parts: AsyncIterable[OutPart] | Iterable[OutPart]) -> Async
     else:
         for part in parts:
             yield part
+
+
+async def single_chunk(data: bytes) -> AsyncIterator[bytes]:
+    """A part body (or response body) that is one chunk already in memory."""
+    yield data

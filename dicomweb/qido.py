@@ -116,7 +116,6 @@ UNSUPPORTED_MATCHING: dict[str, str] = {
         "Multiple Value Matching has not been performed."
     ),
 }
-RESERVED_PARAMS = frozenset({"limit", "offset", "includefield", "accept", *UNSUPPORTED_MATCHING})
 
 # The longest query value matched. No value a matching key holds comes near it (a
 # PN is three groups of 64 characters; LT, the longest VR of bounded length, is

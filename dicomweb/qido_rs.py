@@ -18,7 +18,6 @@ one across studies names none.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 from dataclasses import replace
 from urllib.parse import urlsplit
 
@@ -84,9 +83,5 @@ async def _encoded(results: list[Json], media: DatasetMedia) -> Response:
     if media == "json":
         return Response(orjson.dumps(results), media_type=DICOM_JSON)
     boundary = new_boundary()
-    body = await asyncio.to_thread(_joined, xml_parts(results, boundary))
+    body = await asyncio.to_thread(b"".join, xml_parts(results, boundary))
     return Response(body, media_type=related_content_type(boundary, DICOM_XML))
-
-
-def _joined(parts: Iterable[bytes]) -> bytes:
-    return b"".join(parts)

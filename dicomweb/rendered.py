@@ -28,10 +28,16 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from dicomweb.accept_param import accept_parameter
+from dicomweb.accept_param import requested_accept
 from dicomweb.decode_limit import DecodeTooLarge, check_decode
 from dicomweb.http_common import Access, DicomwebServices
-from dicomweb.multipart import OutPart, new_boundary, related_content_type, write_parts
+from dicomweb.multipart import (
+    OutPart,
+    new_boundary,
+    related_content_type,
+    single_chunk,
+    write_parts,
+)
 from dicomweb.render import MEDIA, RegionError, RenderError, RenderOptions, render
 from dicomweb.rendered_media import RenderedMedia, choose_media, choose_rendered
 from dicomweb.rendered_params import (
@@ -45,7 +51,7 @@ from dicomweb.rendered_params import (
     uri_render_options,
 )
 from dicomweb.transfer_syntax import NotAcceptable, acceptable_syntaxes, can_decode
-from dicomweb.wado import instance_rows, instance_url, stored_or_transcoded
+from dicomweb.wado import frame_count_of, instance_rows, instance_url, stored_or_transcoded
 from dicomweb.warning_headers import bounded, warning_header
 from fhir_server.errors import (
     FhirError,
@@ -66,23 +72,24 @@ async def _render(
 ) -> bytes:
     # A frame the instance does not have is an error in the request (PS3.18 §8.3.5.2);
     # an instance without pixel data gets as far as the decoder, which says so.
-    count = max(int(row.extra.get("frames") or 0), 1)
+    count = frame_count_of(row)
     if not 1 <= frame <= count:
         raise InvalidRequest(f"instance {row.uid} has frames 1 to {count}, not {frame}")
     path = svc.blobs.path_for(row.blob.key)
     try:
         return await asyncio.to_thread(render, path, frame, opts, svc.max_decoded_bytes)
     except DecodeTooLarge as exc:
-        text = f"cannot render {row.uid}: {exc}"
-        raise PayloadTooLarge(text, headers={"Warning": warning_header(text)}) from exc
+        raise _too_large(row, exc) from exc
     except RegionError as exc:
         raise InvalidRequest(f"invalid viewport for {row.uid}: {exc}") from exc
     except RenderError as exc:
         raise NotFound(f"cannot render {row.uid}: {exc}") from exc
 
 
-def _frames(row: InstanceRow) -> int:
-    return max(int(row.extra.get("frames") or 1), 1)
+def _too_large(row: InstanceRow, exc: DecodeTooLarge) -> PayloadTooLarge:
+    """The 413 of a frame that would decode beyond the limit, its reason in a Warning."""
+    text = f"cannot render {row.uid}: {exc}"
+    return PayloadTooLarge(text, headers={"Warning": warning_header(text)})
 
 
 async def thumbnail(
@@ -94,13 +101,13 @@ async def thumbnail(
 ) -> Response:
     """One representative image (PS3.18 §10.4.1.1.4): the frame, or the middle frame of
     the instance, or of a series' or study's middle instance."""
-    accept = accept_parameter(request) or request.headers.get("accept")
+    accept = requested_accept(request)
     media = choose_media(accept, tuple(MEDIA), "thumbnails")
     opts = render_options(request.query_params, media, thumbnail=True)
     study, series, sop = _split(uids)
     rows = await instance_rows(svc, access, study, series, sop)
     row = rows[len(rows) // 2]
-    chosen = frame if frame is not None else _frames(row) // 2 + 1
+    chosen = frame if frame is not None else frame_count_of(row) // 2 + 1
     return Response(await _render(svc, row, chosen, opts), media_type=media)
 
 
@@ -121,7 +128,7 @@ async def rendered(
     a single-part type is chosen for an instance or frame, else a multipart/related
     of every image (``rendered_media``)."""
     study, series, sop = _split(uids)
-    accept = accept_parameter(request) or request.headers.get("accept")
+    accept = requested_accept(request)
     chosen = choose_rendered(accept, single_item=sop is not None)
     opts = render_options(request.query_params, chosen.media_type)
     warnings = rendered_warnings(request.query_params)
@@ -130,9 +137,9 @@ async def rendered(
         items = [(rows[0], frame)]
     elif not chosen.multipart:
         (row,) = rows
-        if _frames(row) > 1:
+        if (count := frame_count_of(row)) > 1:
             warnings.append(
-                f"only frame 1 of the {_frames(row)} frames of {row.uid} is rendered: ask for"
+                f"only frame 1 of the {count} frames of {row.uid} is rendered: ask for"
                 f' multipart/related; type="{chosen.media_type}" for one part per frame'
             )
         items = [(row, 1)]
@@ -158,7 +165,7 @@ def _images(rows: list[InstanceRow]) -> tuple[list[tuple[InstanceRow, int]], str
     skipped = None
     if left:
         skipped = f"{left} instances without pixel data this server can decode are not rendered"
-    return [(row, n) for row in kept for n in range(1, _frames(row) + 1)], skipped
+    return [(row, n) for row in kept for n in range(1, frame_count_of(row) + 1)], skipped
 
 
 def _check_sizes(svc: DicomwebServices, items: list[tuple[InstanceRow, int]]) -> None:
@@ -178,8 +185,7 @@ def _check_sizes(svc: DicomwebServices, items: list[tuple[InstanceRow, int]]) ->
         try:
             check_decode(attrs, 1, svc.max_decoded_bytes, "a frame")
         except DecodeTooLarge as exc:
-            text = f"cannot render {row.uid}: {exc}"
-            raise PayloadTooLarge(text, headers={"Warning": warning_header(text)}) from exc
+            raise _too_large(row, exc) from exc
         except (TypeError, ValueError):
             continue  # the renderer reads the file's own attributes, and says what is wrong
 
@@ -201,18 +207,14 @@ def _answer(
 
     def parts() -> Iterator[OutPart]:
         for index, (row, number) in enumerate(items):
-            body = _one(first) if index == 0 else _rendered_later(svc, row, number, opts)
-            whole = multi_frame and _frames(row) == 1
+            body = single_chunk(first) if index == 0 else _rendered_later(svc, row, number, opts)
+            whole = multi_frame and frame_count_of(row) == 1
             path = "rendered" if whole else f"frames/{number}/rendered"
             location = f"{instance_url(svc, row.file)}/{path}"
             yield OutPart(chosen.media_type, body, (("Content-Location", location),))
 
     media = related_content_type(boundary, chosen.media_type)
     return StreamingResponse(write_parts(parts(), boundary), media_type=media)
-
-
-async def _one(data: bytes) -> AsyncIterator[bytes]:
-    yield data
 
 
 async def _rendered_later(

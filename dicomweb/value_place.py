@@ -58,15 +58,34 @@ def place(fp: BinaryIO, path: TagPath, transfer_syntax: str) -> tuple[int, int]:
     """The offset and length in ``fp`` (a Part-10 file) of the value at ``path``
     (tag, item index, tag, ...; item indexes from 0). ``NoValue`` when the file holds
     none there, or only one of undefined length (encapsulated pixel data)."""
-    if len(path) % 2 == 0 or len(path) > 2 * _WAY_DOWN:
+    found = places(fp, [path], transfer_syntax)
+    if path not in found:
         raise NoValue(path)
+    return found[path]
+
+
+def places(
+    fp: BinaryIO, paths: Sequence[TagPath], transfer_syntax: str
+) -> dict[TagPath, tuple[int, int]]:
+    """``place`` of each of ``paths`` that the file holds; its header is read once."""
     encoding = Encoding(
         implicit=transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN,
         little=transfer_syntax != EXPLICIT_VR_BIG_ENDIAN,
     )
     walk = _Walk(fp)
-    start = walk.past_meta()
-    return walk.find(path, start, None, encoding)
+    try:
+        start = walk.past_meta()
+    except NoValue:
+        return {}
+    found: dict[TagPath, tuple[int, int]] = {}
+    for path in paths:
+        if len(path) % 2 == 0 or len(path) > 2 * _WAY_DOWN:
+            continue
+        try:
+            found[path] = walk.find(path, start, None, encoding)
+        except NoValue:
+            continue
+    return found
 
 
 class _Walk:
@@ -157,16 +176,3 @@ class _Walk:
             return _Header(tag, vr, length, at + 12)
         (length,) = struct.unpack(f"{order}H", raw[6:8])
         return _Header(tag, vr, length, at + 8)
-
-
-def places(
-    fp: BinaryIO, paths: Sequence[TagPath], transfer_syntax: str
-) -> dict[TagPath, tuple[int, int]]:
-    """``place`` of each of ``paths`` that the file holds."""
-    found: dict[TagPath, tuple[int, int]] = {}
-    for path in paths:
-        try:
-            found[path] = place(fp, path, transfer_syntax)
-        except NoValue:
-            continue
-    return found

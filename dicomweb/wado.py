@@ -321,3 +321,8 @@ def _gzip_stream(chunks: Iterator[bytes]) -> Iterator[bytes]:
         if packed := packer.compress(chunk):
             yield packed
     yield packer.flush()
+
+
+def frame_count_of(row: InstanceRow) -> int:
+    """How many frames an instance has, as the index records it (1 when it says none)."""
+    return max(int(row.extra.get("frames") or 1), 1)

@@ -154,7 +154,7 @@ async def _parts(
         pixel_tag = (row.extra.get("pixel") or {}).get("tag")
         if plan.pixel_only:
             values = [v for v in values if v.path == (pixel_tag,)]
-        pixels = [v for v in values if v.path == (PIXEL_DATA,) and pixel_tag == PIXEL_DATA]
+        pixels = [v for v in values if v.path == (PIXEL_DATA,) and _has_pixels(row)]
         others = [v for v in values if v not in pixels] if plan.octets else []
         if others:
             file = svc.blobs.path_for(row.blob.key)

@@ -32,7 +32,13 @@ from starlette.responses import Response, StreamingResponse
 from dicomweb.decode_limit import DecodeTooLarge
 from dicomweb.dicom_json import format_tag_path, parse_tag_path
 from dicomweb.http_common import Access, DicomwebServices
-from dicomweb.multipart import OutPart, new_boundary, related_content_type, write_parts
+from dicomweb.multipart import (
+    OutPart,
+    new_boundary,
+    related_content_type,
+    single_chunk,
+    write_parts,
+)
 from dicomweb.pixel_codec import (
     TranscodeError,
     compressed_frames,
@@ -55,7 +61,7 @@ from dicomweb.transfer_syntax import (
     lookup,
     pixel_choices,
 )
-from dicomweb.wado import instance_rows, instance_url, too_large_to_decode
+from dicomweb.wado import frame_count_of, instance_rows, instance_url, too_large_to_decode
 from fhir_server.errors import InvalidRequest, NotFound
 from fhir_server.storage.dicom_port import InstanceRow
 from fhir_server.url_integers import url_integer
@@ -65,10 +71,8 @@ Uids = tuple[str, str | None, str | None]
 T = TypeVar("T")
 # Pixel data whose frames lie in the file as they are sent (bar the byte order)
 _SLICEABLE = frozenset({EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN})
-
-
-async def _one(chunk: bytes) -> AsyncIterator[bytes]:
-    yield chunk
+# native Pixel Data read from the file as it lies (big endian swapped as it goes)
+_NATIVE = _SLICEABLE | {EXPLICIT_VR_BIG_ENDIAN}
 
 
 async def _frame_later(path: Path, index: int) -> AsyncIterator[bytes]:
@@ -127,7 +131,7 @@ def _item_count(row: InstanceRow, form: PixelForm, items: int) -> int:
     if items or form.native:
         return items or 1
     stored = lookup(row.transfer_syntax_uid)
-    return 1 if stored is not None and stored.video else max(int(row.extra.get("frames") or 1), 1)
+    return 1 if stored is not None and stored.video else frame_count_of(row)
 
 
 async def _first_made(
@@ -174,7 +178,7 @@ async def _frame_data(
 
 def _native_spans(row: InstanceRow, numbers: list[int]) -> list[tuple[int, int]] | None:
     ts, pixel = row.transfer_syntax_uid, row.extra.get("pixel") or {}
-    if ts not in _SLICEABLE | {EXPLICIT_VR_BIG_ENDIAN} or pixel.get("tag") != PIXEL_DATA:
+    if ts not in _NATIVE or pixel.get("tag") != PIXEL_DATA:
         return None
     spans = []
     for n in numbers:
@@ -208,7 +212,7 @@ async def frames(
         headers = {"Content-Location": f"{location}/{numbers[0]}"}
         return Response(data[0], media_type=form.content_type, headers=headers)
     parts = [
-        OutPart(form.content_type, _one(d), (("Content-Location", f"{location}/{n}"),))
+        OutPart(form.content_type, single_chunk(d), (("Content-Location", f"{location}/{n}"),))
         for n, d in zip(numbers, data, strict=True)
     ]
     boundary = new_boundary()
@@ -253,15 +257,15 @@ async def pixel_parts(
         count = _item_count(row, form, 0)
         (first,) = await asyncio.to_thread(compressed_frames, path, [0])
         if count == 1:
-            return [OutPart(form.content_type, _one(first), whole)]
+            return [OutPart(form.content_type, single_chunk(first), whole)]
         frames = f"{instance_url(svc, row.file)}/frames"
-        bodies = [_one(first), *(_frame_later(path, i) for i in range(1, count))]
+        bodies = [single_chunk(first), *(_frame_later(path, i) for i in range(1, count))]
         return [
             OutPart(form.content_type, body, (("Content-Location", f"{frames}/{n}"),))
             for n, body in enumerate(bodies, 1)
         ]
     ts = row.transfer_syntax_uid
-    native = ts in _SLICEABLE | {EXPLICIT_VR_BIG_ENDIAN} and pixel.get("tag") == PIXEL_DATA
+    native = ts in _NATIVE and pixel.get("tag") == PIXEL_DATA
     if native and pixel.get("length") is not None:
         # sent from the file, big endian swapped a block at a time (PS3.5 §8.1.1)
         big = ts == EXPLICIT_VR_BIG_ENDIAN
@@ -269,7 +273,7 @@ async def pixel_parts(
         value = StoredValue(pixel["offset"], pixel["length"], None, width)
         return [OutPart(form.content_type, value.chunks(svc.blobs, row.blob.key), whole)]
     decoded = await asyncio.to_thread(native_pixel_data, path, limit=svc.max_decoded_bytes)
-    return [OutPart(form.content_type, _one(decoded), whole)]
+    return [OutPart(form.content_type, single_chunk(decoded), whole)]
 
 
 async def bulkdata(
